@@ -1,0 +1,221 @@
+"""What every provider adapter shares: the deployment it talks to, the request it
+builds, the stream translator it returns, and the OpenAI error and usage shapes.
+
+An adapter turns OpenAI-shaped dicts into one provider's wire format and back. It
+does no I/O: the proxy sends the `UpstreamRequest` and feeds the answer back in.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_mtok: float
+    output_per_mtok: float
+    cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One upstream endpoint serving one model. `id` is safe to show (no secret)."""
+
+    id: str
+    provider: str
+    model: str
+    base_url: str = ""
+    api_key: str | None = field(default=None, repr=False)
+    api_version: str | None = None
+    timeout_s: float = 600.0
+    weight: float = 1.0
+    price: Price | None = None
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    method: str = "POST"
+    # answers in-process instead of over the network (the mock provider):
+    # an async callable taking this request and returning (status, async byte iterator)
+    local: Any = field(default=None, repr=False)
+
+
+class UnsupportedRequest(Exception):
+    """The request cannot be expressed in this provider's format (a 400 for the client)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ChatStream:
+    """Turns one provider's streamed bytes into OpenAI `chat.completion.chunk` dicts.
+
+    `feed` takes raw bytes as they arrive (event boundaries anywhere) and returns the
+    chunks they complete; `finish` returns whatever the end of the stream completes.
+    A provider's in-stream error becomes an `{"error": {...}}` dict in the output.
+    `usage` holds OpenAI-shaped usage once the upstream has reported it. A usage-only
+    final chunk is emitted only when `include_usage` is set, as OpenAI does.
+    """
+
+    usage: dict | None = None
+
+    def feed(self, data: bytes) -> list[dict]:
+        raise NotImplementedError
+
+    def finish(self) -> list[dict]:
+        return []
+
+
+class Adapter:
+    name = ""
+    chat_native = False  # the upstream speaks OpenAI chat itself
+    supports_embeddings = False
+    supports_completions = False
+    supports_responses = False  # the upstream speaks the Responses API natively
+    supports_messages = False  # the upstream speaks Anthropic Messages natively
+
+    def chat_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def chat_response(self, dep: Deployment, data: dict) -> dict:
+        raise NotImplementedError
+
+    def chat_stream(self, dep: Deployment, include_usage: bool) -> ChatStream:
+        raise NotImplementedError
+
+    def embeddings_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
+        raise UnsupportedRequest(f"provider {self.name} does not serve embeddings")
+
+    def embeddings_response(self, dep: Deployment, data: dict) -> dict:
+        raise NotImplementedError
+
+    def passthrough_request(self, dep: Deployment, path: str, body: dict) -> UpstreamRequest:
+        """A request in the upstream's own format (completions, responses, messages)."""
+        raise UnsupportedRequest(f"provider {self.name} does not serve {path}")
+
+    def passthrough_usage(self, path: str, data: dict) -> dict | None:
+        """OpenAI-shaped usage from a non-streamed native answer."""
+        return None
+
+    def passthrough_stream_usage(self, path: str, event: str, data: dict, usage: dict | None) -> dict | None:
+        """Usage so far, updated by one event of a native stream."""
+        return usage
+
+    def error(self, status: int, body: bytes) -> tuple[int, dict]:
+        return status, openai_error_from_upstream(status, body)
+
+
+ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "upstream_auth_failed"),
+    403: ("permission_error", "upstream_forbidden"),
+    404: ("invalid_request_error", "model_not_found"),
+    408: ("timeout", "upstream_timeout"),
+    413: ("invalid_request_error", "request_too_large"),
+    422: ("invalid_request_error", None),
+    429: ("rate_limit_exceeded", "rate_limit_exceeded"),
+}
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "code": code, "param": param}}
+
+
+def openai_error_from_upstream(status: int, body: bytes) -> dict:
+    """Keep an OpenAI-shaped upstream error as it is; wrap anything else."""
+    parsed = loads_or_none(body)
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        err = parsed["error"]
+        message = err.get("message") or f"upstream returned {status}"
+        type_ = err.get("type") or ERROR_TYPES.get(status, ("api_error", None))[0]
+        code = err.get("code")
+        return error_body(str(message), str(type_), None if code is None else str(code), err.get("param"))
+    type_, code = ERROR_TYPES.get(status, ("api_error", "upstream_error"))
+    text = body[:500].decode("utf-8", "replace").strip() if body else ""
+    return error_body(text or f"upstream returned {status}", type_, code)
+
+
+CONTEXT_ERROR_HINTS = ("context length", "context_length", "maximum context", "too long", "too many tokens")
+
+
+def looks_like_context_error(message: str) -> bool:
+    lowered = message.lower()
+    return any(hint in lowered for hint in CONTEXT_ERROR_HINTS)
+
+
+def loads_or_none(data: bytes | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
+def usage_dict(
+    prompt: int,
+    completion: int,
+    cached: int = 0,
+    cache_write: int = 0,
+    reasoning: int = 0,
+) -> dict:
+    """OpenAI's usage shape. `prompt` counts every input token, cached ones included."""
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    details: dict[str, int] = {}
+    if cached:
+        details["cached_tokens"] = cached
+    if cache_write:
+        details["cache_write_tokens"] = cache_write
+    if details:
+        usage["prompt_tokens_details"] = details
+    if reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def chunk(cid: str, model: str, created: int, delta: dict, finish_reason: str | None = None) -> dict:
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
+
+
+def usage_chunk(cid: str, model: str, created: int, usage: dict) -> dict:
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
+
+
+def join_url(base: str, path: str) -> str:
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def text_of(content: Any) -> str:
+    """The text of an OpenAI message `content` (a string or a list of parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text"))
+    return str(content)

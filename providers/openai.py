@@ -1,0 +1,117 @@
+"""OpenAI's own API and every server that speaks it (vLLM, Ollama, LM Studio, TGI).
+
+The request body goes through as the client sent it, unknown fields included, with
+two changes: the deployment's model name, and a request for stream usage so every
+stream can be priced. The usage chunk that adds is dropped again unless the client
+asked for it.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from providers import responses
+from providers.base import Adapter, ChatStream, Deployment, UpstreamRequest, join_url
+from providers.sse import SSEDecoder
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class OpenAIStream(ChatStream):
+    """Passes OpenAI-format chunks (chat or legacy completions) through, noting usage."""
+
+    __slots__ = ("_decoder", "_include_usage", "usage")
+
+    def __init__(self, include_usage: bool) -> None:
+        self._decoder = SSEDecoder()
+        self._include_usage = include_usage
+        self.usage: dict | None = None
+
+    def feed(self, data: bytes) -> list[dict]:
+        return self._translate(self._decoder.feed(data))
+
+    def finish(self) -> list[dict]:
+        return self._translate(self._decoder.finish())
+
+    def _translate(self, events: list[tuple[str, bytes]]) -> list[dict]:
+        out = []
+        for _, data in events:
+            if data == b"[DONE]":
+                continue
+            try:
+                payload = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(payload, dict):
+                continue
+            usage = payload.get("usage")
+            if usage:
+                self.usage = usage
+            if not self._include_usage and "usage" in payload:
+                if not payload.get("choices"):
+                    continue
+                del payload["usage"]
+            out.append(payload)
+        return out
+
+
+def with_stream_usage(body: dict) -> dict:
+    if not body.get("stream"):
+        return body
+    options = dict(body.get("stream_options") or {})
+    options["include_usage"] = True
+    return {**body, "stream_options": options}
+
+
+class OpenAIAdapter(Adapter):
+    name = "openai"
+    chat_native = True
+    supports_embeddings = True
+    supports_completions = True
+    supports_responses = True
+
+    def url(self, dep: Deployment, path: str) -> str:
+        return join_url(dep.base_url or DEFAULT_BASE_URL, path)
+
+    def headers(self, dep: Deployment) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        if dep.api_key:
+            headers["authorization"] = "Bearer " + dep.api_key
+        headers.update(dep.headers)
+        return headers
+
+    def build(self, dep: Deployment, path: str, body: dict) -> UpstreamRequest:
+        return UpstreamRequest(self.url(dep, path), self.headers(dep), orjson.dumps({**body, "model": dep.model}))
+
+    def chat_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
+        return self.build(dep, "chat/completions", with_stream_usage(body))
+
+    def chat_response(self, dep: Deployment, data: dict) -> dict:
+        return data
+
+    def chat_stream(self, dep: Deployment, include_usage: bool) -> ChatStream:
+        return OpenAIStream(include_usage)
+
+    def embeddings_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
+        return self.build(dep, "embeddings", body)
+
+    def embeddings_response(self, dep: Deployment, data: dict) -> dict:
+        return data
+
+    def passthrough_request(self, dep: Deployment, path: str, body: dict) -> UpstreamRequest:
+        if path == "completions":
+            return self.build(dep, "completions", with_stream_usage(body))
+        if path == "responses":
+            return self.build(dep, "responses", body)
+        return super().passthrough_request(dep, path, body)
+
+    def passthrough_usage(self, path: str, data: dict) -> dict | None:
+        if path == "responses":
+            return responses.usage_to_chat(data.get("usage"))
+        return data.get("usage")
+
+    def passthrough_stream_usage(self, path: str, event: str, data: dict, usage: dict | None) -> dict | None:
+        return responses.passthrough_stream_usage(event, data, usage)
+
+
+ADAPTER = OpenAIAdapter()

@@ -1,0 +1,76 @@
+"""Server-sent events: an incremental decoder and the encoders the proxy writes with."""
+
+from __future__ import annotations
+
+import orjson
+
+
+class SSEDecoder:
+    """Splits a byte stream into (event, data) pairs, whatever the chunk boundaries.
+
+    Follows the WHATWG event-stream rules that matter for LLM APIs: events end at a
+    blank line, `data:` lines join with newlines, comments and `id:`/`retry:` are ignored,
+    and CRLF, CR or LF all end a line.
+    """
+
+    __slots__ = ("_buffer", "_event", "_data")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+        buffer = self._buffer + data if self._buffer else data
+        held = b""
+        if buffer.endswith(b"\r"):
+            # a trailing CR may be the first half of a CRLF still in flight
+            buffer, held = buffer[:-1], b"\r"
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events: list[tuple[str, bytes]] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            self._line(buffer[start:end], events)
+            start = end + 1
+        self._buffer = buffer[start:] + held
+        return events
+
+    def finish(self) -> list[tuple[str, bytes]]:
+        events: list[tuple[str, bytes]] = []
+        if self._buffer:
+            self._line(self._buffer.rstrip(b"\r"), events)
+            self._buffer = b""
+        self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[tuple[str, bytes]]) -> None:
+        if not line:
+            if self._data:
+                events.append((self._event or "message", b"\n".join(self._data)))
+            self._event = ""
+            self._data = []
+            return
+        if line[:1] == b":":
+            return
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def encode_data(payload: dict) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def encode_event(event: str, payload: dict) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

@@ -1,0 +1,119 @@
+"""The app factory: `create_app(config)` returns the whole gateway as a Starlette app,
+the middlewares `gateway.yaml` lists wrapped around the proxy routes in its order."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from proxy.config import ConfigError, GatewayConfig, load_config
+from proxy.context import get_context
+from proxy.errors import GatewayError, send_error, send_json
+from proxy.handlers import Endpoint, Gateway, response_headers
+from proxy.logs import configure as configure_logs
+from proxy.router import Router
+from proxy.upstream import UpstreamClient
+
+MODEL_ROUTES = {
+    "/chat/completions": ("chat", ["POST"]),
+    "/completions": ("completions", ["POST"]),
+    "/embeddings": ("embeddings", ["POST"]),
+    "/responses": ("responses", ["POST"]),
+    "/messages": ("messages", ["POST"]),
+    "/models": ("models", ["GET"]),
+    "/model/info": ("model_info", ["GET"]),
+}
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def middleware_class(name: str) -> type:
+    module = importlib.import_module(f"middleware.{name}")
+    return getattr(module, name.capitalize() + "Middleware")
+
+
+def resolve_policy(policy: Any, base_dir: Path) -> Any:
+    """A relative policy path is looked up next to gateway.yaml, then in the working directory."""
+    if not isinstance(policy, str):
+        return policy
+    path = Path(policy)
+    if path.is_absolute() or not (base_dir / path).exists():
+        return str(path)
+    return str(base_dir / path)
+
+
+def build_middleware(config: GatewayConfig, **shared: Any) -> list[Middleware]:
+    stack = []
+    problems = []
+    for name, policy in config.middleware:
+        try:
+            cls = middleware_class(name)
+        except (ImportError, AttributeError):
+            problems.append(f"{config.source}: middleware {name!r} is not available in this version")
+            continue
+        stack.append(Middleware(cls, policy=resolve_policy(policy, config.base_dir), **shared))
+    if problems:
+        raise ConfigError(problems)
+    return stack
+
+
+async def health(scope: Scope, receive: Receive, send: Send) -> None:
+    await send_json(send, 200, {"status": "healthy"})
+
+
+async def liveness(scope: Scope, receive: Receive, send: Send) -> None:
+    await send_json(send, 200, {"status": "alive"})
+
+
+async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    ctx = get_context(scope)
+    error = GatewayError(404, f"Unknown path: {scope.get('method')} {scope.get('path')}", "invalid_request_error", "not_found")
+    await send_error(send, error, response_headers(ctx))
+
+
+def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client: UpstreamClient | None = None) -> Starlette:
+    """The gateway for `config` (a path to gateway.yaml, a dict, or a parsed config)."""
+    config = load_config(config)
+    configure_logs(os.environ.get("LOCKGATE_LOG_LEVEL", "info"))
+    upstream = client or UpstreamClient()
+    router = Router(dict(config.models))
+    gateway = Gateway(config, router, upstream)
+
+    async def readiness(scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"status": "ready", "models": len(config.models)})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await upstream.open()
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    routes = [
+        Route("/health", Endpoint(health), methods=["GET"]),
+        Route("/health/liveness", Endpoint(liveness), methods=["GET"]),
+        Route("/health/readiness", Endpoint(readiness), methods=["GET"]),
+    ]
+    for path, (handler, methods) in MODEL_ROUTES.items():
+        endpoint = Endpoint(getattr(gateway, handler))
+        routes.append(Route("/v1" + path, endpoint, methods=methods))
+        routes.append(Route(path, endpoint, methods=methods))
+    routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
+
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=build_middleware(config))
+    app.state.gateway = gateway
+    app.state.config = config
+    return app
+
+
+def app_from_env() -> Starlette:
+    """The factory uvicorn's workers call: the config path comes from LOCKGATE_CONFIG."""
+    return create_app(os.environ.get("LOCKGATE_CONFIG", "gateway.yaml"))

@@ -1,0 +1,54 @@
+"""What `/v1/model/info` says about a model when `gateway.yaml` does not: context
+window, output limit, vision and reasoning support of the common model families.
+Matched by glob on the upstream model name, first match wins."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Any, Mapping
+
+from providers.base import Deployment
+
+# (glob, max_input_tokens, max_tokens, supports_vision, supports_reasoning)
+FAMILIES: tuple[tuple[str, int, int, bool, bool], ...] = (
+    ("gpt-4.1*", 1_047_576, 32_768, True, False),
+    ("gpt-4o*", 128_000, 16_384, True, False),
+    ("gpt-4-turbo*", 128_000, 4_096, True, False),
+    ("gpt-4*", 8_192, 4_096, False, False),
+    ("gpt-3.5*", 16_385, 4_096, False, False),
+    ("gpt-5*", 272_000, 128_000, True, True),
+    ("o1*", 200_000, 100_000, True, True),
+    ("o3*", 200_000, 100_000, True, True),
+    ("o4*", 200_000, 100_000, True, True),
+    ("claude-3-5-haiku*", 200_000, 8_192, True, False),
+    ("claude-3-haiku*", 200_000, 4_096, True, False),
+    ("claude-3*", 200_000, 8_192, True, False),
+    ("claude-*", 200_000, 64_000, True, True),
+    ("gemini-1.5*", 1_048_576, 8_192, True, False),
+    ("gemini-2.0*", 1_048_576, 8_192, True, False),
+    ("gemini-*", 1_048_576, 65_536, True, True),
+    ("text-embedding-*", 8_191, 0, False, False),
+)
+DEFAULT = (128_000, 4_096, False, False)
+
+
+def model_info(deployment: Deployment, overrides: Mapping[str, Any]) -> dict:
+    name = deployment.model.lower()
+    max_input, max_output, vision, reasoning = DEFAULT
+    for pattern, *values in FAMILIES:
+        if fnmatchcase(name, pattern):
+            max_input, max_output, vision, reasoning = values
+            break
+    mode = "embedding" if "embed" in name else "chat"
+    info = {
+        "max_input_tokens": max_input,
+        "max_tokens": max_output,
+        "max_output_tokens": max_output,
+        "supports_vision": vision,
+        "supports_reasoning": reasoning,
+        "supports_function_calling": mode == "chat",
+        "litellm_provider": deployment.provider,
+        "mode": mode,
+    }
+    info.update(overrides)
+    return info

@@ -1,0 +1,97 @@
+"""`lockgate serve | check | keys new | spend`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from proxy.config import ConfigError, GatewayConfig, load_config
+
+
+def find_config(given: str | None) -> str:
+    if given:
+        return given
+    for candidate in ("gateway.yaml", "policies/gateway.yaml"):
+        if Path(candidate).exists():
+            return candidate
+    return "gateway.yaml"
+
+
+def load_or_exit(path: str) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    path = find_config(args.config)
+    config = load_or_exit(path)
+    os.environ["LOCKGATE_CONFIG"] = str(Path(path).resolve())
+    from proxy.app import create_app
+
+    try:
+        create_app(config)  # fail here, with file:line errors, not inside a worker
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    uvicorn.run(
+        "proxy.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = find_config(args.config)
+    config = load_or_exit(path)
+    from proxy.app import create_app
+
+    try:
+        create_app(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(config.models)} models, middleware: {', '.join(n for n, _ in config.middleware) or 'none'})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lockgate", description="An OpenAI-compatible LLM API gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the gateway")
+    serve.add_argument("--config", help="path to gateway.yaml (default: ./gateway.yaml, then ./policies/gateway.yaml)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(run=cmd_serve)
+
+    check = commands.add_parser("check", help="validate gateway.yaml and every policy it names")
+    check.add_argument("--config")
+    check.set_defaults(run=cmd_check)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""`gateway.yaml`: loading, `${VAR}` expansion and validation with `file:line` errors.
+
+The result is a tree of frozen dataclasses, built once at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from providers.base import Deployment, Price
+
+PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mock")
+BALANCES = ("round_robin", "weighted", "least_busy", "lowest_latency", "sticky")
+MIDDLEWARES = ("auth", "throttle", "budget", "cache", "rewrite", "fallback")
+STORES = ("memory", "disk", "redis")
+DEPLOYMENT_KEYS = {
+    "provider", "model", "base_url", "api_key", "api_version", "timeout_s", "weight", "price", "headers", "id",
+    "latency_ms", "fail_rate",
+}
+MOCK_OPTIONS = ("latency_ms", "fail_rate")
+INFO_KEYS = {"max_input_tokens", "max_tokens", "supports_vision", "supports_reasoning", "mode"}
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """Every problem found, each as `file:line: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 4000
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    backend: str = "disk"
+    path: str = ".lockgate/state"
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    deployments: tuple[Deployment, ...]
+    balance: str = "round_robin"
+    cooldown_failures: int = 3
+    cooldown_s: float = 30.0
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    server: ServerConfig
+    store: StoreConfig
+    models: Mapping[str, ModelConfig]
+    middleware: tuple[tuple[str, Any], ...]
+    source: str = "<dict>"
+    base_dir: Path = Path(".")
+
+
+# -- YAML with line numbers -----------------------------------------------------------
+class LineDict(dict):
+    line = 0
+    key_lines: dict
+
+
+class LineList(list):
+    line = 0
+    item_lines: list
+
+
+class LineLoader(yaml.SafeLoader):
+    """A SafeLoader whose mappings and sequences remember the line they start on."""
+
+
+def _construct_mapping(loader: LineLoader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: LineLoader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file, turning syntax errors into `file:line: message`."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        return yaml.load(text, Loader=LineLoader)  # noqa: S506 - LineLoader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigError([f"{path}:{line}: {exc.problem or exc}"]) from None
+
+
+def line_of(node: Any, key: Any = None) -> int:
+    if isinstance(node, LineDict):
+        return node.key_lines.get(key, node.line) if key is not None else node.line
+    if isinstance(node, LineList):
+        if isinstance(key, int) and key < len(node.item_lines):
+            return node.item_lines[key]
+        return node.line
+    return 0
+
+
+# -- validation ---------------------------------------------------------------------
+class Checker:
+    """Collects problems with their lines, so one run reports every mistake."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[str] = []
+
+    def fail(self, node: Any, key: Any, message: str) -> None:
+        line = line_of(node, key)
+        self.problems.append(f"{self.source}:{line}: {message}" if line else f"{self.source}: {message}")
+
+    def expand(self, value: Any, node: Any, key: Any) -> Any:
+        """`${VAR}` (or `${VAR:-default}`) from the environment; a missing one is an error."""
+        if isinstance(value, str) and "${" in value:
+
+            def substitute(match: re.Match) -> str:
+                name, default = match.group(1), match.group(2)
+                if name in os.environ:
+                    return os.environ[name]
+                if default is not None:
+                    return default
+                self.fail(node, key, f"environment variable {name} is not set")
+                return ""
+
+            return ENV_PATTERN.sub(substitute, value)
+        return value
+
+    def mapping(self, node: Any, key: Any, what: str) -> dict:
+        value = node.get(key) if isinstance(node, dict) else None
+        if value is None:
+            return LineDict()
+        if not isinstance(value, dict):
+            self.fail(node, key, f"{what} must be a mapping")
+            return LineDict()
+        return value
+
+    def unknown(self, node: dict, allowed: set[str] | tuple[str, ...], what: str) -> None:
+        for key in node:
+            if key not in allowed:
+                self.fail(node, key, f"unknown key {key!r} in {what} (expected one of: {', '.join(sorted(allowed))})")
+
+    def number(self, node: dict, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> Any:
+        value = self.expand(node.get(key, default), node, key)
+        if isinstance(value, str):
+            try:
+                value = float(value) if not integer else int(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(node, key, f"{key} must be a number")
+            return default
+        if value < minimum:
+            self.fail(node, key, f"{key} must be at least {minimum}")
+            return default
+        return int(value) if integer else value
+
+    def string(self, node: dict, key: str, default: str | None = None, *, required: bool = False, what: str = "") -> Any:
+        if key not in node or node[key] is None:
+            if required:
+                self.fail(node, None, f"{what} needs {key!r}")
+            return default
+        value = self.expand(node[key], node, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            self.fail(node, key, f"{key} must be a string")
+            return default
+        return value
+
+
+def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None) -> GatewayConfig:
+    check = Checker(source)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}:1: the config must be a mapping with at least `models:`"])
+    check.unknown(raw, {"server", "store", "models", "middleware", "routing"}, "the config")
+
+    server_node = check.mapping(raw, "server", "server")
+    check.unknown(server_node, {"host", "port", "max_body_bytes"}, "server")
+    server = ServerConfig(
+        host=check.string(server_node, "host", "127.0.0.1"),
+        port=check.number(server_node, "port", 4000, minimum=0, integer=True),
+        max_body_bytes=check.number(server_node, "max_body_bytes", 10 * 1024 * 1024, minimum=1, integer=True),
+    )
+
+    store_node = check.mapping(raw, "store", "store")
+    check.unknown(store_node, {"backend", "path", "url"}, "store")
+    backend = check.string(store_node, "backend", "disk")
+    if backend not in STORES:
+        check.fail(store_node, "backend", f"store backend must be one of {', '.join(STORES)}, not {backend!r}")
+    store = StoreConfig(backend=backend, path=check.string(store_node, "path", ".lockgate/state"), url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"))
+
+    routing = check.mapping(raw, "routing", "routing")
+    check.unknown(routing, {"cooldown_failures", "cooldown_s"}, "routing")
+    failures = check.number(routing, "cooldown_failures", 3, minimum=1, integer=True)
+    cooldown_s = check.number(routing, "cooldown_s", 30.0)
+
+    models: dict[str, ModelConfig] = {}
+    model_nodes = raw.get("models")
+    if not isinstance(model_nodes, list) or not model_nodes:
+        check.fail(raw, "models" if "models" in raw else None, "`models:` must be a non-empty list")
+        model_nodes = []
+    for index, node in enumerate(model_nodes):
+        if not isinstance(node, dict):
+            check.fail(model_nodes, index, "each model must be a mapping with `name` and `deployments`")
+            continue
+        model = parse_model(check, node, failures, cooldown_s)
+        if model is None:
+            continue
+        if model.name in models:
+            check.fail(node, "name", f"model {model.name!r} is defined twice")
+        models[model.name] = model
+
+    middleware = parse_middleware(check, raw)
+    if check.problems:
+        raise ConfigError(check.problems)
+    return GatewayConfig(server, store, models, middleware, source, base_dir or Path("."))
+
+
+def parse_model(check: Checker, node: dict, failures: int, cooldown_s: float) -> ModelConfig | None:
+    check.unknown(node, {"name", "balance", "deployments", "cooldown_failures", "cooldown_s", "info"}, "a model")
+    name = check.string(node, "name", required=True, what="a model")
+    balance = check.string(node, "balance", "round_robin")
+    if balance not in BALANCES:
+        check.fail(node, "balance", f"balance must be one of {', '.join(BALANCES)}, not {balance!r}")
+    info = check.mapping(node, "info", "info")
+    check.unknown(info, INFO_KEYS, "info")
+    dep_nodes = node.get("deployments")
+    if not isinstance(dep_nodes, list) or not dep_nodes:
+        check.fail(node, "deployments" if "deployments" in node else None, f"model {name!r} needs a non-empty `deployments:` list")
+        return None
+    deployments: list[Deployment] = []
+    seen: dict[str, int] = {}
+    for index, dep_node in enumerate(dep_nodes):
+        if not isinstance(dep_node, dict):
+            check.fail(dep_nodes, index, "each deployment must be a mapping with at least `provider`")
+            continue
+        dep = parse_deployment(check, dep_node, name)
+        if dep is None:
+            continue
+        seen[dep.id] = seen.get(dep.id, 0) + 1
+        if seen[dep.id] > 1:
+            dep = Deployment(**{**{f: getattr(dep, f) for f in dep.__dataclass_fields__}, "id": f"{dep.id}#{seen[dep.id]}"})
+        deployments.append(dep)
+    if not name:
+        return None
+    return ModelConfig(
+        name=name,
+        deployments=tuple(deployments),
+        balance=balance,
+        cooldown_failures=check.number(node, "cooldown_failures", failures, minimum=1, integer=True),
+        cooldown_s=check.number(node, "cooldown_s", cooldown_s),
+        info=dict(info),
+    )
+
+
+def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment | None:
+    check.unknown(node, DEPLOYMENT_KEYS, "a deployment")
+    provider = check.string(node, "provider", required=True, what="a deployment")
+    if provider is None:
+        return None
+    if provider not in PROVIDERS:
+        check.fail(node, "provider", f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+        return None
+    model = check.string(node, "model", model_name if provider == "mock" else None, required=provider != "mock", what=f"a {provider} deployment")
+    base_url = check.string(node, "base_url", "")
+    if provider == "azure" and not base_url:
+        check.fail(node, None, "an azure deployment needs base_url (https://RESOURCE.openai.azure.com)")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        check.fail(node, "base_url", f"base_url must start with http:// or https://, not {base_url!r}")
+    headers_node = check.mapping(node, "headers", "headers")
+    headers = {str(k).lower(): str(check.expand(v, headers_node, k)) for k, v in headers_node.items()}
+    price = None
+    if "price" in node:
+        price_node = check.mapping(node, "price", "price")
+        check.unknown(price_node, {"input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok"}, "price")
+        price = Price(
+            input_per_mtok=check.number(price_node, "input_per_mtok", 0.0),
+            output_per_mtok=check.number(price_node, "output_per_mtok", 0.0),
+            cached_input_per_mtok=check.number(price_node, "cached_input_per_mtok", 0.0) if "cached_input_per_mtok" in price_node else None,
+            cache_write_per_mtok=check.number(price_node, "cache_write_per_mtok", 0.0) if "cache_write_per_mtok" in price_node else None,
+        )
+    options = {}
+    for key in MOCK_OPTIONS:
+        if key in node:
+            if provider != "mock":
+                check.fail(node, key, f"{key} applies only to mock deployments")
+            options[key] = check.number(node, key, 0)
+    if options.get("fail_rate", 0) > 1:
+        check.fail(node, "fail_rate", "fail_rate must be between 0 and 1")
+    api_key = check.string(node, "api_key")
+    return Deployment(
+        id=check.string(node, "id") or f"{provider}/{model}",
+        provider=provider,
+        model=model or "",
+        base_url=base_url,
+        api_key=api_key or None,
+        api_version=check.string(node, "api_version"),
+        timeout_s=check.number(node, "timeout_s", 600.0, minimum=0.001),
+        weight=check.number(node, "weight", 1.0, minimum=0.0),
+        price=price,
+        headers=headers,
+        options=options,
+    )
+
+
+def parse_middleware(check: Checker, raw: dict) -> tuple[tuple[str, Any], ...]:
+    nodes = raw.get("middleware")
+    if nodes is None:
+        return ()
+    if not isinstance(nodes, list):
+        check.fail(raw, "middleware", "`middleware:` must be a list like `- auth: policies/auth.yaml`")
+        return ()
+    stack: list[tuple[str, Any]] = []
+    for index, node in enumerate(nodes):
+        if not isinstance(node, dict) or len(node) != 1:
+            check.fail(nodes, index, "each middleware entry is one `name: policy` pair")
+            continue
+        (name, policy), = node.items()
+        if name not in MIDDLEWARES:
+            check.fail(node, name, f"unknown middleware {name!r} (expected one of: {', '.join(MIDDLEWARES)})")
+            continue
+        if any(existing == name for existing, _ in stack):
+            check.fail(node, name, f"middleware {name!r} is listed twice")
+            continue
+        stack.append((name, check.expand(policy, node, name)))
+    return tuple(stack)
+
+
+def load_config(config: str | Path | Mapping[str, Any] | GatewayConfig) -> GatewayConfig:
+    """A parsed config from a path, a dict or an already parsed config."""
+    if isinstance(config, GatewayConfig):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(dict(config))
+    path = Path(config)
+    return parse_config(load_yaml(path), str(path), path.resolve().parent)

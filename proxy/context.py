@@ -1,0 +1,153 @@
+"""The per-request context that lockgate's middlewares and the proxy share.
+
+It lives in `scope["lockgate"]`; whoever needs it first creates it. The body is read
+and parsed once, whoever asks first, and handed on to the inner app by `replay`.
+A middleware that changes the request edits `body` and calls `mark_changed`, so the
+bytes are serialized again only when something really changed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import Message, Receive, Scope
+
+from proxy.errors import GatewayError, bad_request
+
+CONTEXT_KEY = "lockgate"
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+class RequestContext:
+    __slots__ = (
+        "request_id",
+        "started",
+        "raw_body",
+        "body",
+        "body_loaded",
+        "identity",
+        "model_requested",
+        "model_served",
+        "deployment",
+        "usage",
+        "cost_usd",
+        "cache",
+        "fallback_chain",
+        "response_headers",
+        "upstream_s",
+        "extra",
+    )
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.started = time.perf_counter()
+        self.raw_body: bytes | None = None
+        self.body: Any = None
+        self.body_loaded = False
+        self.identity: dict[str, Any] | None = None
+        self.model_requested: str | None = None
+        self.model_served: str | None = None
+        self.deployment: str | None = None
+        self.usage: dict | None = None
+        self.cost_usd: float | None = None
+        self.cache: str | None = None
+        self.fallback_chain: list[str] | None = None
+        self.response_headers: dict[str, str] = {}
+        self.upstream_s = 0.0
+        self.extra: dict[str, Any] = {}
+
+    def mark_changed(self) -> None:
+        self.raw_body = None
+
+    def body_bytes(self) -> bytes:
+        if self.raw_body is None:
+            self.raw_body = orjson.dumps(self.body)
+        return self.raw_body
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def get_context(scope: Scope) -> RequestContext:
+    ctx = scope.get(CONTEXT_KEY)
+    if ctx is None:
+        ctx = RequestContext(header(scope, b"x-request-id") or uuid.uuid4().hex)
+        scope[CONTEXT_KEY] = ctx
+    return ctx
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    declared = header(scope, b"content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(499, "client disconnected", "invalid_request_error", "client_disconnected")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large(max_bytes)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def too_large(max_bytes: int) -> GatewayError:
+    return GatewayError(413, f"Request body is larger than {max_bytes} bytes.", "invalid_request_error", "request_too_large")
+
+
+def is_json(scope: Scope) -> bool:
+    content_type = header(scope, b"content-type")
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+async def load_json(scope: Scope, receive: Receive, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> RequestContext:
+    """The context with the JSON body read and parsed (once per request, whoever asks)."""
+    ctx = get_context(scope)
+    if ctx.body_loaded:
+        return ctx
+    if not is_json(scope):
+        raise bad_request("Content-Type must be application/json.", code="invalid_content_type")
+    raw = await read_body(scope, receive, max_bytes)
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"We could not parse the JSON body of your request: {exc.msg}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    ctx.raw_body = raw
+    ctx.body = body
+    ctx.body_loaded = True
+    model = body.get("model")
+    if isinstance(model, str):
+        ctx.model_requested = model
+    return ctx
+
+
+def replay(ctx: RequestContext, receive: Receive) -> Receive:
+    """A `receive` for the inner app: the (possibly changed) body first, then the real one
+    (so the inner app still hears about a disconnect)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": ctx.body_bytes(), "more_body": False}
+        return await receive()
+
+    return replayed

@@ -1,0 +1,55 @@
+"""OpenAI-shaped errors, the only kind a client of lockgate ever sees."""
+
+from __future__ import annotations
+
+import orjson
+
+from providers.base import error_body
+from starlette.types import Send
+
+
+class GatewayError(Exception):
+    """An error answered to the client as `{"error": {...}}` with `status`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = error_body(message, type_, code, param)
+        self.headers = headers or {}
+
+    @classmethod
+    def from_body(cls, status: int, body: dict, headers: dict[str, str] | None = None) -> "GatewayError":
+        err = cls(status, "")
+        err.body = body
+        err.headers = headers or {}
+        return err
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", code, param)
+
+
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(404, f"The model `{model}` does not exist or you do not have access to it.", "invalid_request_error", "model_not_found", "model")
+
+
+async def send_json(send: Send, status: int, payload: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = orjson.dumps(payload)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, error: GatewayError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send_json(send, error.status, error.body, (headers or []) + extra)

@@ -1,0 +1,440 @@
+"""The endpoints: read the request (through the shared context), choose a deployment,
+send it upstream through the provider's adapter, and answer in OpenAI's format.
+
+Every endpoint is a plain ASGI callable, so streams go out chunk by chunk as the
+upstream produces them, with nothing in between to buffer them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from fnmatch import fnmatchcase
+from typing import AsyncIterator, Awaitable, Callable
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from providers import anthropic, azure, gemini, mock, openai, responses
+from providers.base import Adapter, Deployment, UnsupportedRequest, loads_or_none
+from providers.sse import DONE, SSEDecoder, encode_data
+from proxy import catalog
+from proxy.config import GatewayConfig
+from proxy.context import RequestContext, get_context, load_json
+from proxy.errors import GatewayError, bad_request, model_not_found, send_error, send_json
+from proxy.logs import get_logger
+from proxy.router import Balancer, Router, sticky_key
+from proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse, UpstreamTimeout
+
+ADAPTERS: dict[str, Adapter] = {
+    "openai": openai.ADAPTER,
+    "azure": azure.ADAPTER,
+    "anthropic": anthropic.ADAPTER,
+    "gemini": gemini.ADAPTER,
+    "mock": mock.ADAPTER,
+}
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+COOLDOWN_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+# client headers a native passthrough may carry upstream: feature flags, never credentials
+PASSTHROUGH_HEADERS = {"messages": (b"anthropic-beta", b"anthropic-version"), "responses": (b"openai-beta",)}
+
+log = get_logger("lockgate.access")
+
+
+class Endpoint:
+    """Marks a coroutine as a raw ASGI app for Starlette's router."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
+def upstream_failure(exc: UpstreamError) -> GatewayError:
+    if isinstance(exc, UpstreamTimeout):
+        return GatewayError(504, f"The upstream did not answer in time: {exc}", "api_error", "upstream_timeout")
+    return GatewayError(502, f"The upstream could not be reached: {exc}", "api_error", "upstream_connect_error")
+
+
+def response_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-request-id", ctx.request_id.encode("latin-1"))]
+    if ctx.model_served:
+        headers.append((b"x-lockgate-model", ctx.model_served.encode("latin-1", "replace")))
+    if ctx.deployment:
+        headers.append((b"x-lockgate-deployment", ctx.deployment.encode("latin-1", "replace")))
+    return headers
+
+
+class Gateway:
+    """Holds what every request needs: the config, the router and the upstream client."""
+
+    def __init__(self, config: GatewayConfig, router: Router, client: UpstreamClient) -> None:
+        self.config = config
+        self.router = router
+        self.client = client
+        self.max_body = config.server.max_body_bytes
+
+    # -- endpoints ------------------------------------------------------------------
+    async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "chat", self._validate_chat)
+
+    async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "completions", self._validate_completions)
+
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "embeddings", self._validate_embeddings)
+
+    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "responses", self._validate_responses)
+
+    async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "messages", self._validate_messages)
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = get_context(scope)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "lockgate"} for name in self._visible_models(ctx)]
+        await send_json(send, 200, {"object": "list", "data": data}, response_headers(ctx))
+
+    async def model_info(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """LiteLLM's `/model/info`, which Onyx's LiteLLM Proxy provider reads."""
+        ctx = get_context(scope)
+        data = []
+        for name in self._visible_models(ctx):
+            model = self.config.models[name]
+            first = model.deployments[0]
+            data.append(
+                {
+                    "model_name": name,
+                    "litellm_params": {"model": f"{first.provider}/{first.model}", "custom_llm_provider": first.provider},
+                    "model_info": {"id": name, **catalog.model_info(first, model.info)},
+                }
+            )
+        await send_json(send, 200, {"data": data}, response_headers(ctx))
+
+    def _visible_models(self, ctx: RequestContext) -> list[str]:
+        allowed = (ctx.identity or {}).get("models")
+        names = list(self.config.models)
+        if not allowed:
+            return names
+        return [n for n in names if any(fnmatchcase(n, pattern) for pattern in allowed)]
+
+    # -- validation -------------------------------------------------------------------
+    @staticmethod
+    def _require_model(body: dict) -> None:
+        model = body.get("model")
+        if not model:
+            raise bad_request("You must provide a model parameter.", "model", "missing_required_parameter")
+        if not isinstance(model, str):
+            raise bad_request("`model` must be a string.", "model", "invalid_type")
+
+    def _validate_chat(self, body: dict) -> None:
+        self._require_model(body)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("`messages` must be a non-empty array.", "messages", "missing_required_parameter")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise bad_request(f"messages[{i}] must be an object with a `role`.", f"messages[{i}]", "invalid_value")
+
+    def _validate_completions(self, body: dict) -> None:
+        self._require_model(body)
+        if "prompt" not in body:
+            raise bad_request("You must provide a prompt parameter.", "prompt", "missing_required_parameter")
+
+    def _validate_embeddings(self, body: dict) -> None:
+        self._require_model(body)
+        value = body.get("input")
+        if value is None or value == "" or value == []:
+            raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
+
+    def _validate_responses(self, body: dict) -> None:
+        self._require_model(body)
+        if "input" not in body and "instructions" not in body:
+            raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
+
+    def _validate_messages(self, body: dict) -> None:
+        self._require_model(body)
+        if not isinstance(body.get("messages"), list):
+            raise bad_request("`messages` must be an array.", "messages", "missing_required_parameter")
+
+    # -- the request cycle --------------------------------------------------------------
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: str, validate: Callable[[dict], None]) -> None:
+        ctx = get_context(scope)
+        status = 500
+        sent_start = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal status, sent_start
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                sent_start = True
+            await send(message)
+
+        try:
+            await load_json(scope, receive, self.max_body)
+            body = ctx.body
+            validate(body)
+            model = body["model"]
+            balancer = self.router.get(model)
+            if balancer is None:
+                raise model_not_found(model)
+            ctx.model_served = model
+            await self._dispatch(scope, receive, tracking_send, ctx, kind, balancer)
+        except GatewayError as exc:
+            if not sent_start:
+                status = exc.status
+                await send_error(send, exc, response_headers(ctx))
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        except Exception:
+            log.exception("internal_error", request_id=ctx.request_id, path=scope.get("path"))
+            if not sent_start:
+                status = 500
+                error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
+                await send_error(send, error, response_headers(ctx))
+        finally:
+            self._access_log(scope, ctx, status)
+
+    def _access_log(self, scope: Scope, ctx: RequestContext, status: int) -> None:
+        usage = ctx.usage or {}
+        log.info(
+            "request",
+            request_id=ctx.request_id,
+            method=scope.get("method"),
+            path=scope.get("path"),
+            status=status,
+            model=ctx.model_requested,
+            served=ctx.model_served,
+            deployment=ctx.deployment,
+            latency_ms=round((time.perf_counter() - ctx.started) * 1000, 2),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            cost_usd=ctx.cost_usd,
+            cache=ctx.cache,
+        )
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: str, balancer: Balancer) -> None:
+        body = ctx.body
+        key = sticky_key(body) if balancer.model.balance == "sticky" else ""
+        candidates = balancer.order(key)
+        for attempt, dep in enumerate(candidates[:2]):
+            adapter = ADAPTERS[dep.provider]
+            mode, request = self._build(kind, adapter, dep, body, scope, ctx)
+            balancer.started(dep)
+            started = time.perf_counter()
+            try:
+                upstream = await self.client.send(request, dep.timeout_s)
+            except UpstreamConnectError as exc:
+                balancer.finished(dep, ok=False)
+                if attempt == 0 and len(candidates) > 1:
+                    continue  # nothing reached the upstream: one more deployment of the same model
+                ctx.extra["upstream_failure"] = exc.kind
+                raise upstream_failure(exc) from None
+            except UpstreamError as exc:
+                balancer.finished(dep, ok=False)
+                ctx.extra["upstream_failure"] = exc.kind
+                raise upstream_failure(exc) from None
+            except BaseException:
+                balancer.finished(dep, ok=False)
+                raise
+            ctx.deployment = dep.id
+            ok = False
+            try:
+                if upstream.status >= 400:
+                    await self._upstream_error(ctx, adapter, dep, upstream)
+                ok = await self._answer(scope, receive, send, ctx, kind, mode, adapter, dep, upstream)
+            finally:
+                upstream.close()
+                elapsed = time.perf_counter() - started
+                ctx.upstream_s += elapsed
+                balancer.finished(dep, ok=ok or upstream.status not in COOLDOWN_STATUSES, latency_s=elapsed if ok else None)
+            return
+
+    def _build(self, kind: str, adapter: Adapter, dep: Deployment, body: dict, scope: Scope, ctx: RequestContext):
+        """The upstream request and how its answer is read: `native` (OpenAI-format
+        passthrough), `chat` (the adapter's chat translation), or `responses`
+        (chat translation wrapped in the Responses format)."""
+        try:
+            if kind == "chat":
+                return "chat", adapter.chat_request(dep, body)
+            if kind == "embeddings":
+                return "embeddings", adapter.embeddings_request(dep, body)
+            if kind == "completions":
+                if not adapter.supports_completions:
+                    raise UnsupportedRequest(f"`/v1/completions` is served only by OpenAI-compatible deployments, not {dep.provider}.")
+                return "completions", adapter.passthrough_request(dep, "completions", body)
+            if kind == "responses":
+                if adapter.supports_responses:
+                    return "native", self._with_client_headers(adapter.passthrough_request(dep, "responses", body), scope, kind)
+                chat_body = responses.to_chat(body)
+                return "responses", adapter.chat_request(dep, chat_body)
+            if kind == "messages":
+                if not adapter.supports_messages:
+                    raise UnsupportedRequest(f"`/v1/messages` is served only by anthropic deployments; `{ctx.model_served}` is {dep.provider}.")
+                return "native", self._with_client_headers(adapter.passthrough_request(dep, "messages", body), scope, kind)
+        except UnsupportedRequest as exc:
+            raise bad_request(exc.message, exc.param, "unsupported_request") from None
+        raise bad_request(f"unknown endpoint kind {kind}")
+
+    @staticmethod
+    def _with_client_headers(request, scope: Scope, kind: str):
+        allowed = PASSTHROUGH_HEADERS.get(kind, ())
+        for name, value in scope.get("headers", ()):
+            if name in allowed:
+                request.headers[name.decode()] = value.decode("latin-1")
+        return request
+
+    async def _upstream_error(self, ctx: RequestContext, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> None:
+        try:
+            raw = await upstream.read()
+        except UpstreamError:
+            raw = b""
+        status, error = adapter.error(upstream.status, raw)
+        ctx.extra["upstream_status"] = upstream.status
+        if upstream.status in (401, 403):
+            # the gateway's own provider credentials were refused: not the client's fault
+            message = f"The upstream refused the gateway's credentials for deployment {dep.id}."
+            raise GatewayError(502, message, "api_error", "upstream_auth_failed")
+        raise GatewayError.from_body(status, error)
+
+    async def _answer(self, scope, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
+        streaming = bool(ctx.body.get("stream"))
+        if not streaming:
+            raw = await self._read(upstream)
+            data = loads_or_none(raw)
+            if not isinstance(data, dict):
+                raise GatewayError(502, "The upstream answered with something that is not JSON.", "api_error", "upstream_bad_response")
+            if mode == "chat":
+                answer = adapter.chat_response(dep, data)
+                ctx.usage = answer.get("usage")
+            elif mode == "responses":
+                chat = adapter.chat_response(dep, data)
+                ctx.usage = chat.get("usage")
+                answer = responses.from_chat(chat, ctx.body)
+            elif mode == "embeddings":
+                answer = adapter.embeddings_response(dep, data)
+                ctx.usage = answer.get("usage")
+            elif mode == "completions":
+                answer = data
+                ctx.usage = data.get("usage")
+            else:
+                answer = data
+                ctx.usage = adapter.passthrough_usage(kind, data)
+            payload = raw if answer is data else orjson.dumps(answer)
+            headers = JSON_HEADERS + [(b"content-length", str(len(payload)).encode())] + response_headers(ctx)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return True
+        return await self._stream(receive, send, ctx, kind, mode, adapter, dep, upstream)
+
+    @staticmethod
+    async def _read(upstream: UpstreamResponse) -> bytes:
+        try:
+            return await upstream.read()
+        except UpstreamError as exc:
+            raise upstream_failure(exc) from None
+
+    async def _stream(self, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
+        include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+        pump: AsyncIterator[bytes]
+        if mode == "native":
+            pump = self._native_events(ctx, kind, adapter, upstream)
+        elif mode == "responses":
+            pump = self._responses_events(ctx, adapter.chat_stream(dep, True), upstream)
+        else:
+            pump = self._chat_events(ctx, adapter.chat_stream(dep, include_usage), upstream)
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + response_headers(ctx)})
+        ok = await run_until_disconnect(self._forward(send, pump), receive)
+        if not ok:
+            ctx.extra["client_disconnected"] = True
+        return ok
+
+    @staticmethod
+    async def _forward(send: Send, pump: AsyncIterator[bytes]) -> bool:
+        """Sends each piece the moment it is ready; the last one closes the response."""
+        async for piece in pump:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+    @staticmethod
+    async def _chat_events(ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+        try:
+            async for data in upstream.iter_bytes():
+                chunks = stream.feed(data)
+                if chunks:
+                    ctx.usage = stream.usage or ctx.usage
+                    yield b"".join(encode_data(c) for c in chunks)
+            tail = stream.finish()
+            ctx.usage = stream.usage or ctx.usage
+            yield b"".join(encode_data(c) for c in tail) + DONE
+        except UpstreamError as exc:
+            ctx.usage = stream.usage or ctx.usage
+            ctx.extra["stream_error"] = exc.kind
+            yield encode_data(upstream_failure(exc).body)
+
+    @staticmethod
+    async def _responses_events(ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+        translator = responses.ResponsesStream(ctx.body)
+        try:
+            async for data in upstream.iter_bytes():
+                out = [event for c in stream.feed(data) for event in translator.feed(c)]
+                if out:
+                    yield b"".join(out)
+            out = [event for c in stream.finish() for event in translator.feed(c)]
+            ctx.usage = stream.usage
+            yield b"".join(out + translator.finish(stream.usage))
+        except UpstreamError as exc:
+            ctx.usage = stream.usage
+            ctx.extra["stream_error"] = exc.kind
+            yield b"".join(translator.feed(upstream_failure(exc).body))
+
+    @staticmethod
+    async def _native_events(ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+        """The upstream's own stream, byte for byte, read on the side for usage."""
+        decoder = SSEDecoder()
+        try:
+            async for data in upstream.iter_bytes():
+                for event, payload in decoder.feed(data):
+                    parsed = loads_or_none(payload)
+                    if isinstance(parsed, dict):
+                        ctx.usage = adapter.passthrough_stream_usage(kind, event, parsed, ctx.usage)
+                yield data
+        except UpstreamError as exc:
+            ctx.extra["stream_error"] = exc.kind
+            error = upstream_failure(exc).body
+            yield b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+
+
+async def run_until_disconnect(work: Awaitable[bool], receive: Receive) -> bool:
+    """Runs `work` (a stream going out) until it ends or the client goes away, in which
+    case it is cancelled, which closes the upstream request too. False on a disconnect."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        raise
+    if task in done:
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    return False
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

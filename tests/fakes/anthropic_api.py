@@ -1,0 +1,122 @@
+"""The fake upstream's Anthropic Messages endpoint: the Message JSON, the SSE event
+sequence (message_start, content blocks with a ping, message_delta, message_stop) and
+Anthropic's error shape, as the official SDK parses them."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from providers.base import looks_like_context_error
+from providers.sse import encode_event
+from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error(b: Behaviour) -> Response:
+    message = b.error_message
+    if b.status == 400 and looks_like_context_error(message):
+        message = "prompt is too long: 208310 tokens > 200000 maximum"
+    request_id = "req_" + uuid.uuid4().hex[:24]
+    payload = {"type": "error", "error": {"type": ERROR_TYPES.get(b.status, "api_error"), "message": message}, "request_id": request_id}
+    response = json_response(payload, b.status)
+    response.headers["request-id"] = request_id
+    return response
+
+
+def text(content: object) -> str:
+    if isinstance(content, list):
+        return "".join(text(block.get("content")) if block.get("type") == "tool_result" else block.get("text", "") for block in content if isinstance(block, dict))
+    return content if isinstance(content, str) else ""
+
+
+def tool_result_of(message: dict) -> str | None:
+    """The text of the tool results in a user turn, or None if it carries none."""
+    content = message.get("content")
+    if message.get("role") != "user" or not isinstance(content, list):
+        return None
+    results = [block for block in content if isinstance(block, dict) and block.get("type") == "tool_result"]
+    return text(results) if results else None
+
+
+def reply_for(body: dict, b: Behaviour) -> tuple[str | None, dict | None]:
+    """The text to answer with, or the tool_use block to answer with."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    result = tool_result_of(last)
+    if result is not None:
+        return "tool said: " + result, None
+    tools = body.get("tools")
+    if tools:
+        return None, {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": tools[0]["name"], "input": b.tool_args}
+    if b.reply is not None:
+        return b.reply, None
+    users = [m for m in messages if m.get("role") == "user"]
+    return "echo: " + (text(users[-1].get("content")) if users else ""), None
+
+
+def routes(fake: FakeUpstream) -> list[Route]:
+    async def messages(request: Request) -> Response:
+        body = await fake.record(request)
+        model = body.get("model", "")
+        b = fake.behaviour(model)
+        await fake.before_answer(b)
+        if b.status != 200:
+            return anthropic_error(b)
+        reply, call = reply_for(body, b)
+        arguments = orjson.dumps(call["input"]).decode() if call else ""
+        usage = {
+            "input_tokens": count_tokens(body.get("messages") or []) + count_tokens(body.get("system") or ""),
+            "output_tokens": len(words(reply)) if reply is not None else len(words(arguments)),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+        message = {
+            "id": "msg_" + uuid.uuid4().hex[:24],
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [call] if call else [{"type": "text", "text": reply}],
+            "stop_reason": "tool_use" if call else "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return json_response(message)
+
+        start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+        chunks = [encode_event("message_start", {"type": "message_start", "message": start})]
+        if call:
+            block = {**call, "input": {}}
+            # the real API sends an empty fragment first, then the JSON in pieces
+            pieces = [""] + [arguments[i : i + 8] for i in range(0, len(arguments), 8)]
+            deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
+        else:
+            block = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": piece} for piece in words(reply)]
+        chunks.append(encode_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}))
+        chunks.append(encode_event("ping", {"type": "ping"}))
+        chunks += [encode_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
+        chunks.append(encode_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+        chunks.append(encode_event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["output_tokens"]}}))
+        chunks.append(encode_event("message_stop", {"type": "message_stop"}))
+        return fake.stream_response(chunks, b)
+
+    return [Route("/v1/messages", messages, methods=["POST"])]

@@ -1,0 +1,156 @@
+"""A fake LLM provider over real HTTP on loopback, for tests.
+
+One Starlette app speaks OpenAI (also as Azure, under /openai/deployments/...),
+Anthropic (tests/fakes/anthropic_api.py) and Gemini (tests/fakes/gemini_api.py).
+Tests steer it per model name with `Behaviour` switches and read back every request
+it saw in `requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Behaviour:
+    status: int = 200  # anything else: a provider-shaped error with that status
+    latency_s: float = 0.0  # before the response starts
+    chunk_delay_s: float = 0.0  # between streamed chunks
+    break_after: int | None = None  # drop the connection after this many stream chunks
+    hang: bool = False  # never answer
+    reply: str | None = None  # default: "echo: <last user text>"
+    error_message: str = "fake upstream error"
+    tool_args: dict = field(default_factory=lambda: {"location": "Paris"})
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+
+
+def words(text: str) -> list[str]:
+    """The reply split into stream pieces that join back to the text exactly."""
+    pieces = text.split(" ")
+    return [p if i == 0 else " " + p for i, p in enumerate(pieces)]
+
+
+def count_tokens(value: Any) -> int:
+    """A stand-in tokenizer: whitespace-separated words in every string of the value."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, dict):
+        return sum(count_tokens(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(count_tokens(v) for v in value)
+    return 0
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.behaviours: dict[str, Behaviour] = {}
+        self.requests: list[Recorded] = []
+        self.url = ""
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        from tests.fakes import anthropic_api, gemini_api, openai_api, responses_api
+
+        routes: list[Route] = []
+        for module in (openai_api, responses_api, anthropic_api, gemini_api):
+            routes.extend(module.routes(self))
+        self.app = Starlette(routes=routes)
+
+    # -- steering ---------------------------------------------------------------
+    def set(self, model: str, **switches: Any) -> Behaviour:
+        behaviour = Behaviour(**switches)
+        self.behaviours[model] = behaviour
+        return behaviour
+
+    def behaviour(self, model: str) -> Behaviour:
+        return self.behaviours.get(model) or Behaviour()
+
+    def reset(self) -> None:
+        self.behaviours.clear()
+        self.requests.clear()
+
+    def seen(self, path_part: str = "") -> list[Recorded]:
+        return [r for r in self.requests if path_part in r.path]
+
+    async def record(self, request: Request) -> Any:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = raw
+        self.requests.append(
+            Recorded(
+                method=request.method,
+                path=request.url.path,
+                query=dict(request.query_params),
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+            )
+        )
+        return body
+
+    async def before_answer(self, behaviour: Behaviour) -> None:
+        if behaviour.hang:
+            await asyncio.sleep(3600)
+        if behaviour.latency_s:
+            await asyncio.sleep(behaviour.latency_s)
+
+    async def paced(self, chunks: list[bytes], behaviour: Behaviour) -> AsyncIterator[bytes]:
+        """Yields pre-encoded stream chunks with the behaviour's pacing and break."""
+        for i, piece in enumerate(chunks):
+            if behaviour.break_after is not None and i >= behaviour.break_after:
+                raise ConnectionAbortedError("fake upstream broke the stream")
+            if i and behaviour.chunk_delay_s:
+                await asyncio.sleep(behaviour.chunk_delay_s)
+            yield piece
+
+    def stream_response(self, chunks: list[bytes], behaviour: Behaviour) -> StreamingResponse:
+        return StreamingResponse(self.paced(chunks, behaviour), media_type="text/event-stream")
+
+    # -- serving ----------------------------------------------------------------
+    def start(self) -> str:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
