@@ -19,9 +19,10 @@ class AzureAdapter(OpenAIAdapter):
     def url(self, dep: Deployment, path: str) -> str:
         if not dep.base_url:
             raise UnsupportedRequest("azure deployments need a base_url (https://RESOURCE.openai.azure.com)")
-        version = dep.api_version or DEFAULT_API_VERSION
         if path == "responses":
-            return join_url(dep.base_url, f"openai/responses?api-version={version}")
+            # the Responses API is served on Azure's version-less v1 surface
+            return join_url(dep.base_url, "openai/v1/responses")
+        version = dep.api_version or DEFAULT_API_VERSION
         return join_url(dep.base_url, f"openai/deployments/{quote(dep.model, safe='')}/{path}?api-version={version}")
 
     def headers(self, dep: Deployment) -> dict[str, str]:

@@ -99,7 +99,8 @@ class Adapter:
     def embeddings_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
         raise UnsupportedRequest(f"provider {self.name} does not serve embeddings")
 
-    def embeddings_response(self, dep: Deployment, data: dict) -> dict:
+    def embeddings_response(self, dep: Deployment, data: dict, body: dict | None = None) -> dict:
+        """`body` is the client's request (its encoding_format, the inputs to count)."""
         raise NotImplementedError
 
     def passthrough_request(self, dep: Deployment, path: str, body: dict) -> UpstreamRequest:
@@ -148,7 +149,7 @@ def openai_error_from_upstream(status: int, body: bytes) -> dict:
     return error_body(text or f"upstream returned {status}", type_, code)
 
 
-CONTEXT_ERROR_HINTS = ("context length", "context_length", "maximum context", "too long", "too many tokens")
+CONTEXT_ERROR_HINTS = ("context length", "context_length", "context window", "maximum context", "too long", "too many tokens")
 
 
 def looks_like_context_error(message: str) -> bool:

@@ -241,13 +241,18 @@ def gemini_schema(schema: Any, defs: dict | None = None, seen: frozenset[str] = 
         out["type"] = types[0].upper()
     kind = out.get("type")
 
-    if "const" in schema and schema["const"] is not None:
-        out["enum"] = [str(schema["const"])]
-    elif isinstance(schema.get("enum"), list):
-        values = schema["enum"]
+    values = [schema["const"]] if schema.get("const") is not None else schema.get("enum")
+    if isinstance(values, list):
         if None in values:
             out["nullable"] = True
-        out["enum"] = [str(v) for v in values if v is not None]
+        names = [str(v) for v in values if v is not None]
+        if kind in (None, "STRING"):
+            out["type"] = kind = "STRING"
+            out["enum"] = names
+        else:
+            # Gemini allows enum on strings only; a number keeps its type and the model reads the choices
+            choices = "one of: " + ", ".join(names)
+            out["description"] = f"{out['description']} ({choices})" if out.get("description") else choices
     fmt = schema.get("format")
     if fmt in SCHEMA_FORMATS.get(kind or "", ()):
         out["format"] = fmt

@@ -95,7 +95,7 @@ class OpenAIAdapter(Adapter):
     def embeddings_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
         return self.build(dep, "embeddings", body)
 
-    def embeddings_response(self, dep: Deployment, data: dict) -> dict:
+    def embeddings_response(self, dep: Deployment, data: dict, body: dict | None = None) -> dict:
         return data
 
     def passthrough_request(self, dep: Deployment, path: str, body: dict) -> UpstreamRequest:

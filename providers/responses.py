@@ -17,7 +17,7 @@ from typing import Any
 from providers.base import UnsupportedRequest, now, text_of, usage_dict
 from providers.sse import encode_event
 
-# Responses name -> chat name, for settings that mean the same on both APIs.
+# settings with the same name and meaning in both APIs
 SAME_SETTINGS = ("temperature", "top_p", "parallel_tool_calls", "user", "safety_identifier")
 
 STATEFUL = {
@@ -371,7 +371,7 @@ class ResponsesStream:
         if self._done:
             return []
         self._done = True
-        reason = None
+        reason = INCOMPLETE_REASONS.get(self._finish_reason or "")
         events = self._start(None) + self._close("incomplete" if reason else "completed")
         response = finished(self._shell, self._output, reason, usage_from_chat(usage or self._usage))
         events.append(self._event("response.incomplete" if reason else "response.completed", response=response))

@@ -300,6 +300,8 @@ class Gateway:
             # the gateway's own provider credentials were refused: not the client's fault
             message = f"The upstream refused the gateway's credentials for deployment {dep.id}."
             raise GatewayError(502, message, "api_error", "upstream_auth_failed")
+        if status >= 500:
+            status = 502  # the gateway worked; what is behind it failed
         raise GatewayError.from_body(status, error)
 
     async def _answer(self, scope, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
@@ -317,7 +319,7 @@ class Gateway:
                 ctx.usage = chat.get("usage")
                 answer = responses.from_chat(chat, ctx.body)
             elif mode == "embeddings":
-                answer = adapter.embeddings_response(dep, data)
+                answer = adapter.embeddings_response(dep, data, ctx.body)
                 ctx.usage = answer.get("usage")
             elif mode == "completions":
                 answer = data
@@ -398,17 +400,27 @@ class Gateway:
     async def _native_events(ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         """The upstream's own stream, byte for byte, read on the side for usage."""
         decoder = SSEDecoder()
+        sequence = 0
         try:
             async for data in upstream.iter_bytes():
                 for event, payload in decoder.feed(data):
                     parsed = loads_or_none(payload)
                     if isinstance(parsed, dict):
+                        sequence = parsed.get("sequence_number", sequence)
                         ctx.usage = adapter.passthrough_stream_usage(kind, event, parsed, ctx.usage)
                 yield data
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
-            error = upstream_failure(exc).body
-            yield b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+            yield native_stream_error(kind, upstream_failure(exc).body["error"], sequence + 1)
+
+
+def native_stream_error(kind: str, error: dict, sequence: int) -> bytes:
+    """A failure event in the format of the native stream it ends."""
+    if kind == "messages":
+        payload = {"type": "error", "error": {"type": "api_error", "message": error["message"]}}
+    else:
+        payload = {"type": "error", "code": error["code"], "message": error["message"], "param": None, "sequence_number": sequence, "error": error}
+    return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
 async def run_until_disconnect(work: Awaitable[bool], receive: Receive) -> bool:

@@ -395,6 +395,14 @@ def test_tool_call_stream(step: int) -> None:
     assert final.usage.total_tokens == 13 and final.output_text == "Checking."
 
 
+def test_late_fragment_of_a_closed_call_is_not_sent_after_its_done_event() -> None:
+    chunks = tool_chunks([("a", "f", "{}"), ("b", "g", "{}")], step=10)
+    late = chunk("c", "m", 1, {"tool_calls": [{"index": 0, "function": {"arguments": "junk"}}]})
+    events, final = run({"model": "m", "input": "x"}, chunks[:-1] + [late, chunks[-1]])
+    assert [o.arguments for o in final.output] == ["{}", "{}"]
+    assert all("junk" not in orjson.dumps(data).decode() for _, data in events)
+
+
 def test_length_stream_ends_incomplete() -> None:
     events, final = run({"model": "m", "input": "x", "max_output_tokens": 2}, text_chunks(["cut", " sho"], finish="length"))
     assert events[-1][0] == "response.incomplete"

@@ -65,6 +65,8 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.behaviours: dict[str, Behaviour] = {}
         self.requests: list[Recorded] = []
+        self.streams_completed = 0
+        self.streams_aborted = 0  # the client (the gateway) went away mid-stream
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -87,6 +89,8 @@ class FakeUpstream:
     def reset(self) -> None:
         self.behaviours.clear()
         self.requests.clear()
+        self.streams_completed = 0
+        self.streams_aborted = 0
 
     def seen(self, path_part: str = "") -> list[Recorded]:
         return [r for r in self.requests if path_part in r.path]
@@ -116,12 +120,20 @@ class FakeUpstream:
 
     async def paced(self, chunks: list[bytes], behaviour: Behaviour) -> AsyncIterator[bytes]:
         """Yields pre-encoded stream chunks with the behaviour's pacing and break."""
-        for i, piece in enumerate(chunks):
-            if behaviour.break_after is not None and i >= behaviour.break_after:
-                raise ConnectionAbortedError("fake upstream broke the stream")
-            if i and behaviour.chunk_delay_s:
-                await asyncio.sleep(behaviour.chunk_delay_s)
-            yield piece
+        finished = False
+        try:
+            for i, piece in enumerate(chunks):
+                if behaviour.break_after is not None and i >= behaviour.break_after:
+                    finished = True
+                    raise ConnectionAbortedError("fake upstream broke the stream")
+                if i and behaviour.chunk_delay_s:
+                    await asyncio.sleep(behaviour.chunk_delay_s)
+                yield piece
+            finished = True
+            self.streams_completed += 1
+        finally:
+            if not finished:
+                self.streams_aborted += 1
 
     def stream_response(self, chunks: list[bytes], behaviour: Behaviour) -> StreamingResponse:
         return StreamingResponse(self.paced(chunks, behaviour), media_type="text/event-stream")
