@@ -1,0 +1,25 @@
+"""Who is asking: the identity auth established, or, without auth, what the client says
+about itself when a policy trusts it, or `anonymous`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.context import RequestContext, header
+from starlette.types import Scope
+
+ANONYMOUS = "anonymous"
+FIELDS = ("key", "user", "team", "tier")
+
+
+def identity(scope: Scope, ctx: RequestContext, trust_client: bool = False) -> dict[str, Any]:
+    """`ctx.identity` when auth set it; otherwise a claimed user (from the
+    `x-lockgate-user` header, then the body's `user` field) only if `trust_client`."""
+    if ctx.identity is not None:
+        return ctx.identity
+    user = None
+    if trust_client:
+        user = header(scope, b"x-lockgate-user")
+        if not user and isinstance(ctx.body, dict) and isinstance(ctx.body.get("user"), str):
+            user = ctx.body["user"]
+    return {"key": None, "user": user or ANONYMOUS, "team": None, "tier": None, "metadata": {}, "source": "client" if user else "anonymous"}

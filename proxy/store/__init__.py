@@ -1,0 +1,145 @@
+"""The state store: rate-limit ledgers, budgets, spend counters and cached values,
+behind one small async interface with three backends.
+
+- `memory`: one process (tests, single-worker use).
+- `disk`: diskcache (SQLite) under a path; the embedded default, correct across the
+  worker processes of one host.
+- `redis`: correct across hosts; every check-and-update is one Lua script.
+
+The two primitives that must be atomic:
+
+- A *ledger* (`claim`/`adjust`): entries with an amount and an expiry. A claim adds
+  one entry to several ledgers at once, all or nothing, only if each ledger's live total
+  plus the amount stays within its limit. Rate windows (`rpm`, `tpm`: entries expire
+  after the window, so the count is an exact sliding window) and concurrency leases
+  (entries removed when the request ends, expiring only if a process dies) are both
+  ledgers.
+- A *budget* (`reserve`/`settle`): spent money plus open reservations. A reservation is
+  granted while spent + reserved is still under the limit; settling drops the
+  reservation and adds the real cost to spent, in one step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    key: str  # the ledger or budget
+    limit: float
+    amount: float
+    ttl_s: float  # how long the entry counts (the window, or a lease's longest life)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    ok: bool
+    used: tuple[float, ...]  # each ledger's live total (after the claim when ok, before it when not)
+    failed: int | None = None  # index of the first claim that did not fit
+    retry_after_s: float = 0.0  # when not ok: until enough of that ledger expires for the claim to fit
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    ok: bool
+    spent: tuple[float, ...]  # per budget
+    reserved: tuple[float, ...]  # per budget, open reservations (including this one when ok)
+    failed: int | None = None
+
+
+class Store:
+    """The interface every backend implements. Keys are plain strings; backends add
+    their own prefix. Times are the backend's clock (Redis's server time on redis)."""
+
+    backend = ""
+
+    # -- ledgers: rate windows and concurrency -------------------------------------------
+    async def claim(self, claims: Sequence[Claim], entry_id: str) -> ClaimResult:
+        """All or nothing: drop expired entries; if used + amount <= limit in every ledger,
+        add `entry_id` with its amount (expiring ttl_s from now) to each."""
+        raise NotImplementedError
+
+    async def adjust(self, key: str, entry_id: str, amount: float | None) -> None:
+        """Set an entry's amount (a token estimate corrected by real usage), keeping its
+        expiry; `None` removes it (a lease released). An unknown entry is ignored."""
+        raise NotImplementedError
+
+    async def used(self, key: str) -> float:
+        """A ledger's live total."""
+        raise NotImplementedError
+
+    # -- budgets ----------------------------------------------------------------------
+    async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
+        """All or nothing: granted when spent + reserved < limit in every budget; then a
+        reservation of `amount` (expiring after ttl_s, in case its process dies) is added
+        to each."""
+        raise NotImplementedError
+
+    async def settle(self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None) -> tuple[float, ...]:
+        """For each budget, atomically: drop the reservation, add `cost` to spent.
+        `ttl_s` (when given) is how long the budget record is kept (its period's end).
+        Returns each budget's new spent."""
+        raise NotImplementedError
+
+    async def spent(self, key: str) -> float:
+        raise NotImplementedError
+
+    # -- counters (spend reports, failure streaks) -------------------------------------
+    async def incr(self, items: Sequence[tuple[str, str, float]], ttl_s: float | None = None) -> None:
+        """Adds `amount` to `field` of hash `key` for each (key, field, amount)."""
+        raise NotImplementedError
+
+    async def counters(self, key: str) -> dict[str, float]:
+        """Every field of hash `key`."""
+        raise NotImplementedError
+
+    async def keys(self, prefix: str) -> list[str]:
+        """The hash, value and budget keys starting with `prefix` (for reports; not a hot path)."""
+        raise NotImplementedError
+
+    # -- plain values (cache entries, cooldowns) -----------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        raise NotImplementedError
+
+    async def add(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        """Sets `key` only if it is absent (a lock); True when it was set."""
+        raise NotImplementedError
+
+    async def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+def open_store(config: Any = None) -> Store:
+    """A store from gateway.yaml's `store:` (a StoreConfig, a mapping, or a ready Store)."""
+    if isinstance(config, Store):
+        return config
+    if config is None:
+        config = {"backend": "memory"}
+    if not isinstance(config, Mapping):
+        config = {"backend": config.backend, "path": config.path, "url": config.url}
+    backend = config.get("backend", "disk")
+    if backend == "memory":
+        from proxy.store.memory import MemoryStore
+
+        return MemoryStore()
+    if backend == "disk":
+        from proxy.store.disk import DiskStore
+
+        return DiskStore(config.get("path") or ".lockgate/state")
+    if backend == "redis":
+        from proxy.store.redis import RedisStore
+
+        return RedisStore(config.get("url") or "redis://127.0.0.1:6379/0")
+    raise ValueError(f"unknown store backend {backend!r}")
