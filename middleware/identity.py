@@ -3,6 +3,7 @@ about itself when a policy trusts it, or `anonymous`."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Any
 
 from proxy.context import RequestContext, header
@@ -23,3 +24,18 @@ def identity(scope: Scope, ctx: RequestContext, trust_client: bool = False) -> d
         if not user and isinstance(ctx.body, dict) and isinstance(ctx.body.get("user"), str):
             user = ctx.body["user"]
     return {"key": None, "user": user or ANONYMOUS, "team": None, "tier": None, "metadata": {}, "source": "client" if user else "anonymous"}
+
+
+def matches(spec: dict[str, Any], facts: dict[str, Any]) -> bool:
+    """Every field of `spec` matches `facts`: a value, a glob, or a list of either."""
+    for name, wanted in spec.items():
+        actual = facts.get(name)
+        options = wanted if isinstance(wanted, (list, tuple)) else (wanted,)
+        if actual is None:
+            if None not in options:
+                return False
+            continue
+        text = str(actual).lower() if isinstance(actual, bool) else str(actual)
+        if not any(text == str(o).lower() if isinstance(o, bool) else fnmatchcase(text, str(o)) for o in options):
+            return False
+    return True

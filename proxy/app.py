@@ -14,12 +14,17 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from middleware import policy
+from proxy import metrics
+from proxy.access import AccessLog
+from proxy.admin import Admin
 from proxy.config import ConfigError, GatewayConfig, load_config
 from proxy.context import get_context
 from proxy.errors import GatewayError, send_error, send_json
 from proxy.handlers import Endpoint, Gateway, response_headers
 from proxy.logs import configure as configure_logs
 from proxy.router import Router
+from proxy.store import Store, open_store
 from proxy.upstream import UpstreamClient
 
 MODEL_ROUTES = {
@@ -49,16 +54,24 @@ def resolve_policy(policy: Any, base_dir: Path) -> Any:
     return str(base_dir / path)
 
 
-def build_middleware(config: GatewayConfig, **shared: Any) -> list[Middleware]:
-    stack = []
+def build_middleware(config: GatewayConfig, store: Store) -> list[Middleware]:
+    """The stack gateway.yaml lists, outermost first, behind the access log. Each
+    policy is parsed here, so a broken one stops start-up with its file:line."""
+    stack = [Middleware(AccessLog)]
     problems = []
-    for name, policy in config.middleware:
+    for name, source in config.middleware:
         try:
             cls = middleware_class(name)
         except (ImportError, AttributeError):
             problems.append(f"{config.source}: middleware {name!r} is not available in this version")
             continue
-        stack.append(Middleware(cls, policy=resolve_policy(policy, config.base_dir), **shared))
+        try:
+            # built once here to surface policy errors; Starlette builds the stack again lazily
+            cls(None, policy=resolve_policy(source, config.base_dir), store=store)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        stack.append(Middleware(cls, policy=resolve_policy(source, config.base_dir), store=store))
     if problems:
         raise ConfigError(problems)
     return stack
@@ -83,11 +96,25 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     config = load_config(config)
     configure_logs(os.environ.get("LOCKGATE_LOG_LEVEL", "info"))
     upstream = client or UpstreamClient()
+    store = open_store(config.store)
     router = Router(dict(config.models))
     gateway = Gateway(config, router, upstream)
+    admin = Admin(store)
 
     async def readiness(scope: Scope, receive: Receive, send: Send) -> None:
-        await send_json(send, 200, {"status": "ready", "models": len(config.models)})
+        try:
+            store_ok = await store.ping()
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            store_ok = False
+        policies = policy.statuses()
+        ready = store_ok and not any(p["last_error"] for p in policies)
+        body = {"status": "ready" if ready else "degraded", "store": {"backend": store.backend, "ok": store_ok}, "policies": policies}
+        await send_json(send, 200 if store_ok else 503, body)
+
+    async def prometheus(scope: Scope, receive: Receive, send: Send) -> None:
+        body = metrics.render()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": body})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -96,11 +123,16 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
             yield
         finally:
             await upstream.close()
+            await store.close()
 
     routes = [
         Route("/health", Endpoint(health), methods=["GET"]),
         Route("/health/liveness", Endpoint(liveness), methods=["GET"]),
         Route("/health/readiness", Endpoint(readiness), methods=["GET"]),
+        Route("/metrics", Endpoint(prometheus), methods=["GET"]),
+        Route("/admin/spend", Endpoint(admin.spend), methods=["GET"]),
+        Route("/admin/policies", Endpoint(admin.policies), methods=["GET"]),
+        Route("/admin/reload", Endpoint(admin.reload), methods=["POST"]),
     ]
     for path, (handler, methods) in MODEL_ROUTES.items():
         endpoint = Endpoint(getattr(gateway, handler))
@@ -108,9 +140,10 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         routes.append(Route(path, endpoint, methods=methods))
     routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
 
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=build_middleware(config))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=build_middleware(config, store))
     app.state.gateway = gateway
     app.state.config = config
+    app.state.store = store
     return app
 
 

@@ -151,3 +151,15 @@ def replay(ctx: RequestContext, receive: Receive) -> Receive:
         return await receive()
 
     return replayed
+
+
+MODEL_PATHS = frozenset(
+    prefix + path
+    for prefix in ("", "/v1")
+    for path in ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
+)
+
+
+def is_model_request(scope: Scope) -> bool:
+    """A call that reaches a model (and so counts against limits and budgets)."""
+    return scope.get("method") == "POST" and scope.get("path") in MODEL_PATHS

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from providers import anthropic, azure, gemini, mock, openai, responses
 from providers.base import Adapter, Deployment, UnsupportedRequest, loads_or_none
 from providers.sse import DONE, SSEDecoder, encode_data
+from providers.tokens import prompt_tokens
 from proxy import catalog
 from proxy.config import GatewayConfig
 from proxy.context import RequestContext, get_context, load_json
@@ -39,7 +40,7 @@ COOLDOWN_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 # client headers a native passthrough may carry upstream: feature flags, never credentials
 PASSTHROUGH_HEADERS = {"messages": (b"anthropic-beta", b"anthropic-version"), "responses": (b"openai-beta",)}
 
-log = get_logger("lockgate.access")
+log = get_logger("lockgate.proxy")
 
 
 class Endpoint:
@@ -164,13 +165,11 @@ class Gateway:
     # -- the request cycle --------------------------------------------------------------
     async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: str, validate: Callable[[dict], None]) -> None:
         ctx = get_context(scope)
-        status = 500
         sent_start = False
 
         async def tracking_send(message: dict) -> None:
-            nonlocal status, sent_start
+            nonlocal sent_start
             if message["type"] == "http.response.start":
-                status = message["status"]
                 sent_start = True
             await send(message)
 
@@ -186,37 +185,12 @@ class Gateway:
             await self._dispatch(scope, receive, tracking_send, ctx, kind, balancer)
         except GatewayError as exc:
             if not sent_start:
-                status = exc.status
                 await send_error(send, exc, response_headers(ctx))
-        except asyncio.CancelledError:
-            status = 499
-            raise
         except Exception:
             log.exception("internal_error", request_id=ctx.request_id, path=scope.get("path"))
             if not sent_start:
-                status = 500
                 error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
                 await send_error(send, error, response_headers(ctx))
-        finally:
-            self._access_log(scope, ctx, status)
-
-    def _access_log(self, scope: Scope, ctx: RequestContext, status: int) -> None:
-        usage = ctx.usage or {}
-        log.info(
-            "request",
-            request_id=ctx.request_id,
-            method=scope.get("method"),
-            path=scope.get("path"),
-            status=status,
-            model=ctx.model_requested,
-            served=ctx.model_served,
-            deployment=ctx.deployment,
-            latency_ms=round((time.perf_counter() - ctx.started) * 1000, 2),
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            cost_usd=ctx.cost_usd,
-            cache=ctx.cache,
-        )
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: str, balancer: Balancer) -> None:
         body = ctx.body
@@ -243,6 +217,9 @@ class Gateway:
                 balancer.finished(dep, ok=False)
                 raise
             ctx.deployment = dep.id
+            ctx.extra["upstream_model"] = dep.model
+            if dep.price is not None:
+                ctx.extra["price"] = dep.price
             ok = False
             try:
                 if upstream.status >= 400:
@@ -366,52 +343,87 @@ class Gateway:
 
     @staticmethod
     async def _chat_events(ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+        sent = 0
         try:
             async for data in upstream.iter_bytes():
                 chunks = stream.feed(data)
                 if chunks:
-                    ctx.usage = stream.usage or ctx.usage
+                    sent += sum(map(delta_chars, chunks))
                     yield b"".join(encode_data(c) for c in chunks)
             tail = stream.finish()
-            ctx.usage = stream.usage or ctx.usage
             yield b"".join(encode_data(c) for c in tail) + DONE
         except UpstreamError as exc:
-            ctx.usage = stream.usage or ctx.usage
             ctx.extra["stream_error"] = exc.kind
             yield encode_data(upstream_failure(exc).body)
+        finally:
+            ctx.usage = stream.usage or estimated_usage(ctx, sent)
 
     @staticmethod
     async def _responses_events(ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         translator = responses.ResponsesStream(ctx.body)
+        sent = 0
         try:
             async for data in upstream.iter_bytes():
-                out = [event for c in stream.feed(data) for event in translator.feed(c)]
+                chunks = stream.feed(data)
+                sent += sum(map(delta_chars, chunks))
+                out = [event for c in chunks for event in translator.feed(c)]
                 if out:
                     yield b"".join(out)
             out = [event for c in stream.finish() for event in translator.feed(c)]
-            ctx.usage = stream.usage
             yield b"".join(out + translator.finish(stream.usage))
         except UpstreamError as exc:
-            ctx.usage = stream.usage
             ctx.extra["stream_error"] = exc.kind
             yield b"".join(translator.feed(upstream_failure(exc).body))
+        finally:
+            ctx.usage = stream.usage or estimated_usage(ctx, sent)
 
     @staticmethod
     async def _native_events(ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         """The upstream's own stream, byte for byte, read on the side for usage."""
         decoder = SSEDecoder()
         sequence = 0
+        sent = 0
+        usage = None
         try:
             async for data in upstream.iter_bytes():
                 for event, payload in decoder.feed(data):
                     parsed = loads_or_none(payload)
                     if isinstance(parsed, dict):
                         sequence = parsed.get("sequence_number", sequence)
-                        ctx.usage = adapter.passthrough_stream_usage(kind, event, parsed, ctx.usage)
+                        sent += delta_chars(parsed)
+                        usage = adapter.passthrough_stream_usage(kind, event, parsed, usage)
                 yield data
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
             yield native_stream_error(kind, upstream_failure(exc).body["error"], sequence + 1)
+        finally:
+            complete = usage and usage.get("completion_tokens")
+            ctx.usage = usage if complete else estimated_usage(ctx, sent, usage)
+
+
+def delta_chars(event: dict) -> int:
+    """Characters of generated text in one stream event (OpenAI chunk, Anthropic or
+    Responses event), for pricing a stream that ended before its usage arrived."""
+    total = 0
+    for choice in event.get("choices") or ():
+        delta = choice.get("delta") or {}
+        total += len(delta.get("content") or "")
+        for call in delta.get("tool_calls") or ():
+            total += len((call.get("function") or {}).get("arguments") or "")
+    delta = event.get("delta")
+    if isinstance(delta, str):
+        total += len(delta)
+    elif isinstance(delta, dict):
+        total += len(delta.get("text") or delta.get("partial_json") or "")
+    return total
+
+
+def estimated_usage(ctx: RequestContext, completion_chars: int, partial: dict | None = None) -> dict:
+    """Usage for a stream cut short: what the upstream reported, else an estimate, so
+    a broken or abandoned stream is still counted and charged."""
+    prompt = (partial or {}).get("prompt_tokens") or prompt_tokens(ctx.body)
+    completion = (completion_chars + 3) // 4
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "estimated": True}
 
 
 def native_stream_error(kind: str, error: dict, sequence: int) -> bytes:

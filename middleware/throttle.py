@@ -1,0 +1,262 @@
+"""Rate limits: requests per minute, tokens per minute and requests in flight, counted
+in the store so they hold across worker processes (disk) and replicas (redis).
+
+throttle.yaml:
+
+    trust_client_user: false   # without auth: believe x-lockgate-user / the body's `user`?
+    limits:
+      - per: user              # key | user | team | model | global
+        match: {team: [eng, "ml-*"]}   # optional: identity fields and `model`, globs and lists
+        rpm: 60                # requests in any 60 s (an exact sliding window)
+        tpm: 100000            # tokens in any 60 s: estimated up front, corrected by usage
+        concurrent: 4          # requests in flight at once
+        on_limit: reject       # reject (429 + Retry-After) | queue (wait up to max_wait_s)
+        max_wait_s: 10
+        completion_estimate: 256   # tokens assumed for the answer when max_tokens is absent
+
+Every matching limit applies; one request claims all its counters in one atomic step,
+so a refusal never leaves a partial claim behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from middleware.identity import identity, matches
+from middleware.policy import Policy
+from proxy.config import Checker, ConfigError
+from proxy.context import get_context, is_model_request, load_json, replay
+from proxy.errors import GatewayError, send_error
+from proxy.store import Claim, Store, open_store
+from providers.tokens import prompt_tokens
+
+WINDOW_S = 60.0
+LEASE_S = 900.0  # a concurrency slot outlives any request; it only expires if its process died
+PER = ("key", "user", "team", "model", "global")
+LIMIT_KEYS = {"id", "per", "match", "rpm", "tpm", "concurrent", "on_limit", "max_wait_s", "completion_estimate"}
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    id: str
+    per: str
+    match: Mapping[str, Any]
+    rpm: int | None
+    tpm: int | None
+    concurrent: int | None
+    queue: bool
+    max_wait_s: float
+    completion_estimate: int
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottlePolicy:
+    limits: tuple[Limit, ...]
+    trust_client_user: bool = False
+
+
+def parse_policy(raw: Any, source: str) -> ThrottlePolicy:
+    check = Checker(source)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}:1: the throttle policy must be a mapping with `limits:`"])
+    check.unknown(raw, {"limits", "trust_client_user"}, "the throttle policy")
+    nodes = raw.get("limits") or []
+    if not isinstance(nodes, list):
+        check.fail(raw, "limits", "`limits:` must be a list")
+        nodes = []
+    limits = []
+    for index, node in enumerate(nodes):
+        if not isinstance(node, dict):
+            check.fail(nodes, index, "each limit must be a mapping")
+            continue
+        check.unknown(node, LIMIT_KEYS, "a limit")
+        per = check.string(node, "per", "global")
+        if per not in PER:
+            check.fail(node, "per", f"per must be one of {', '.join(PER)}, not {per!r}")
+        match = check.mapping(node, "match", "match")
+        counts = {name: check.number(node, name, 0, minimum=1, integer=True) if name in node else None for name in ("rpm", "tpm", "concurrent")}
+        if not any(counts.values()):
+            check.fail(node, None, "a limit needs at least one of rpm, tpm, concurrent")
+        on_limit = check.string(node, "on_limit", "reject")
+        if on_limit not in ("reject", "queue"):
+            check.fail(node, "on_limit", f"on_limit must be reject or queue, not {on_limit!r}")
+        identity_key = node.get("id") or f"{per}:{sorted((k, str(v)) for k, v in match.items())}"
+        limits.append(
+            Limit(
+                id=hashlib.blake2b(str(identity_key).encode(), digest_size=6).hexdigest(),
+                per=per,
+                match=dict(match),
+                rpm=counts["rpm"],
+                tpm=counts["tpm"],
+                concurrent=counts["concurrent"],
+                queue=on_limit == "queue",
+                max_wait_s=check.number(node, "max_wait_s", 10.0),
+                completion_estimate=check.number(node, "completion_estimate", 256, integer=True),
+            )
+        )
+    trust = raw.get("trust_client_user", False)
+    if not isinstance(trust, bool):
+        check.fail(raw, "trust_client_user", "trust_client_user must be true or false")
+        trust = False
+    if check.problems:
+        raise ConfigError(check.problems)
+    return ThrottlePolicy(tuple(limits), trust)
+
+
+def requested_completion(body: dict) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class ThrottleMiddleware:
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None) -> None:
+        self.app = app
+        self.policy = Policy("throttle", policy, parse_policy)
+        self.store = open_store(store)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_model_request(scope):
+            await self.app(scope, receive, send)
+            return
+        if hasattr(self.policy, "ensure_watching"):
+            self.policy.ensure_watching()
+        policy = self.policy.current
+        if not policy.limits:
+            await self.app(scope, receive, send)
+            return
+        try:
+            ctx = await load_json(scope, receive)
+        except GatewayError:
+            await self.app(scope, receive, send)  # the proxy answers bad input itself
+            return
+        await ThrottledRequest(self.store, policy, ctx)(self.app, scope, replay(ctx, receive), send)
+
+
+class ThrottledRequest:
+    """One request's claims: taken before the call, corrected and released after it."""
+
+    def __init__(self, store: Store, policy: ThrottlePolicy, ctx) -> None:
+        self.store = store
+        self.policy = policy
+        self.ctx = ctx
+        self.entry = uuid.uuid4().hex
+        self.claims: list[Claim] = []
+        self.tpm_keys: list[str] = []
+        self.concurrent_keys: list[str] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = self.ctx
+        who = identity(scope, ctx, self.policy.trust_client_user)
+        facts = {**who, "model": ctx.model_requested}
+        active = [limit for limit in self.policy.limits if matches(limit.match, facts)]
+        if not active:
+            await app(scope, receive, send)
+            return
+        estimate = prompt_tokens(ctx.body)
+        wait_until = asyncio.get_running_loop().time() + max((l.max_wait_s for l in active if l.queue), default=0.0)
+        self._plan(active, facts, estimate)
+        while True:
+            result = await self.store.claim(self.claims, self.entry)
+            if result.ok:
+                break
+            limit = self.limit_of[result.failed]
+            now = asyncio.get_running_loop().time()
+            if limit.queue and now < wait_until:
+                delay = result.retry_after_s if math.isfinite(result.retry_after_s) and result.retry_after_s > 0 else 0.05
+                await asyncio.sleep(min(delay, wait_until - now, 1.0))
+                continue
+            await send_error(send, self._refusal(result, limit))
+            return
+        self._set_headers(result.used)
+        try:
+            await app(scope, receive, self._send(send))
+        finally:
+            await self._settle()
+
+    def _plan(self, active: list[Limit], facts: dict, estimate: int) -> None:
+        self.limit_of: list[Limit] = []
+        self.kind_of: list[str] = []
+        for limit in active:
+            subject = "*" if limit.per == "global" else str(facts.get(limit.per) or "-")
+            base = f"throttle:{limit.id}:{subject}"
+            wanted = (
+                ("rpm", limit.rpm, 1, WINDOW_S),
+                ("tpm", limit.tpm, estimate + (requested_completion(self.ctx.body) or limit.completion_estimate), WINDOW_S),
+                ("concurrent", limit.concurrent, 1, LEASE_S),
+            )
+            for kind, cap, amount, ttl in wanted:
+                if not cap:
+                    continue
+                key = f"{base}:{kind}"
+                self.claims.append(Claim(key, cap, min(amount, cap) if kind == "tpm" else amount, ttl))
+                self.limit_of.append(limit)
+                self.kind_of.append(kind)
+                if kind == "tpm":
+                    self.tpm_keys.append(key)
+                elif kind == "concurrent":
+                    self.concurrent_keys.append(key)
+
+    def _refusal(self, result, limit: Limit) -> GatewayError:
+        kind = self.kind_of[result.failed]
+        claim = self.claims[result.failed]
+        retry = result.retry_after_s if math.isfinite(result.retry_after_s) else WINDOW_S
+        retry_after = max(1, math.ceil(retry)) if kind != "concurrent" else 1
+        unit = {"rpm": "requests per minute", "tpm": "tokens per minute", "concurrent": "requests in flight"}[kind]
+        message = f"Rate limit reached: {int(claim.limit)} {unit} (per {limit.per}). Try again in {retry_after}s."
+        headers = {"retry-after": str(retry_after)}
+        if kind in ("rpm", "tpm"):
+            suffix = "requests" if kind == "rpm" else "tokens"
+            headers[f"x-ratelimit-limit-{suffix}"] = str(int(claim.limit))
+            headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, int(claim.limit - result.used[result.failed])))
+            headers[f"x-ratelimit-reset-{suffix}"] = f"{retry_after}s"
+        error = GatewayError(429, message, "rate_limit_exceeded", "rate_limit_exceeded", headers=headers)
+        error.headers["x-request-id"] = self.ctx.request_id
+        return error
+
+    def _set_headers(self, used: tuple[float, ...]) -> None:
+        """OpenAI's x-ratelimit-* for the tightest rpm and tpm limit that applied."""
+        best: dict[str, tuple[float, float]] = {}
+        for claim, kind, total in zip(self.claims, self.kind_of, used):
+            if kind in ("rpm", "tpm"):
+                remaining = claim.limit - total
+                if kind not in best or remaining < best[kind][1]:
+                    best[kind] = (claim.limit, remaining)
+        for kind, (cap, remaining) in best.items():
+            suffix = "requests" if kind == "rpm" else "tokens"
+            self.headers += [
+                (f"x-ratelimit-limit-{suffix}".encode(), str(int(cap)).encode()),
+                (f"x-ratelimit-remaining-{suffix}".encode(), str(max(0, int(remaining))).encode()),
+                (f"x-ratelimit-reset-{suffix}".encode(), f"{int(WINDOW_S)}s".encode()),
+            ]
+
+    def _send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.headers:
+                message = {**message, "headers": list(message.get("headers", ())) + self.headers}
+            await send(message)
+
+        return wrapped
+
+    async def _settle(self) -> None:
+        """Release concurrency slots; replace the token estimate with what was used
+        (nothing, when the upstream never answered)."""
+        usage = self.ctx.usage or {}
+        used_tokens = usage.get("total_tokens") or (usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
+        await asyncio.shield(self._release(float(used_tokens)))
+
+    async def _release(self, used_tokens: float) -> None:
+        for key in self.concurrent_keys:
+            await self.store.adjust(key, self.entry, None)
+        for key in self.tpm_keys:
+            await self.store.adjust(key, self.entry, used_tokens)

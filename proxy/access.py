@@ -1,0 +1,81 @@
+"""The outermost layer of the gateway: it opens the request context, stamps
+`x-request-id` on every answer (whichever layer wrote it), and writes one access-log
+line and the metrics when the answer is done, refusals by middlewares included."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy import metrics
+from proxy.context import get_context
+from proxy.logs import get_logger
+
+log = get_logger("lockgate.access")
+QUIET_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
+
+
+class AccessLog:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = get_context(scope)
+        status = 0
+        request_id = ctx.request_id.encode("latin-1", "replace")
+
+        async def stamped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = message.get("headers") or []
+                if not any(k == b"x-request-id" for k, _ in headers):
+                    message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, stamped)
+        finally:
+            path = scope.get("path", "")
+            if path not in QUIET_PATHS:
+                self.record(scope, ctx, status or 499)
+
+    @staticmethod
+    def record(scope: Scope, ctx, status: int) -> None:
+        elapsed = time.perf_counter() - ctx.started
+        usage = ctx.usage or {}
+        model = ctx.model_served or ctx.model_requested or ""
+        path = scope.get("path", "")
+        metrics.requests.labels(path, model, str(status)).inc()
+        metrics.latency.labels(path).observe(elapsed)
+        if usage:
+            metrics.tokens.labels(model, "prompt").inc(usage.get("prompt_tokens") or 0)
+            metrics.tokens.labels(model, "completion").inc(usage.get("completion_tokens") or 0)
+        if ctx.cost_usd:
+            metrics.spend.labels(model).inc(ctx.cost_usd)
+        failure = ctx.extra.get("stream_error") or ctx.extra.get("upstream_failure")
+        if failure:
+            metrics.upstream_failures.labels(failure).inc()
+        log.info(
+            "request",
+            request_id=ctx.request_id,
+            method=scope.get("method"),
+            path=path,
+            status=status,
+            key=(ctx.identity or {}).get("key"),
+            user=(ctx.identity or {}).get("user"),
+            model=ctx.model_requested,
+            served=ctx.model_served,
+            deployment=ctx.deployment,
+            latency_ms=round(elapsed * 1000, 2),
+            upstream_ms=round(ctx.upstream_s * 1000, 2),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            cost_usd=ctx.cost_usd,
+            cache=ctx.cache,
+            fallback=ctx.fallback_chain,
+        )

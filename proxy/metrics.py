@@ -1,0 +1,49 @@
+"""Prometheus metrics, in a registry of lockgate's own, served at `/metrics`.
+
+Each worker process counts its own requests (a scrape sees the worker that answered
+it); spend and limits, which must agree across workers, live in the store instead.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+requests = Counter("lockgate_requests", "Requests answered", ("path", "model", "status"), registry=REGISTRY)
+latency = Histogram(
+    "lockgate_request_duration_seconds",
+    "Time from request to the end of the answer",
+    ("path",),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+tokens = Counter("lockgate_tokens", "Tokens reported by upstreams", ("model", "kind"), registry=REGISTRY)
+spend = Counter("lockgate_spend_usd", "USD spent, priced from upstream usage", ("model",), registry=REGISTRY)
+upstream_failures = Counter("lockgate_upstream_failures", "Upstream timeouts, connection errors and broken streams", ("kind",), registry=REGISTRY)
+
+
+class PolicyCollector:
+    """Reload counts and the unpriced-request count, read when scraped."""
+
+    def collect(self):
+        from middleware import budget, policy
+
+        reloads = CounterMetricFamily("lockgate_policy_reloads", "Policy files reloaded", labels=("kind",))
+        failures = CounterMetricFamily("lockgate_policy_reload_failures", "Policy edits refused as invalid", labels=("kind",))
+        for status in policy.statuses():
+            reloads.add_metric((status["kind"],), status["reloads"])
+            failures.add_metric((status["kind"],), status["failures"])
+        yield reloads
+        yield failures
+        unpriced = CounterMetricFamily("lockgate_unpriced_requests", "Requests to models with no known price")
+        unpriced.add_metric((), budget.unpriced_requests)
+        yield unpriced
+
+
+REGISTRY.register(PolicyCollector())
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)
