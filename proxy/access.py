@@ -17,14 +17,17 @@ QUIET_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness", "/m
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         ctx = get_context(scope)
+        if self.max_body_bytes:
+            ctx.max_body = self.max_body_bytes
         status = 0
         request_id = ctx.request_id.encode("latin-1", "replace")
 

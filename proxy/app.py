@@ -3,6 +3,7 @@ the middlewares `gateway.yaml` lists wrapped around the proxy routes in its orde
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import os
@@ -23,7 +24,7 @@ from proxy.context import get_context
 from proxy.errors import GatewayError, send_error, send_json
 from proxy.handlers import Endpoint, Gateway, response_headers
 from proxy.logs import configure as configure_logs
-from proxy.router import Router
+from proxy.router import Router, SharedCooldowns
 from proxy.store import Store, open_store
 from proxy.upstream import UpstreamClient
 
@@ -57,7 +58,7 @@ def resolve_policy(policy: Any, base_dir: Path) -> Any:
 def build_middleware(config: GatewayConfig, store: Store) -> list[Middleware]:
     """The stack gateway.yaml lists, outermost first, behind the access log. Each
     policy is parsed here, so a broken one stops start-up with its file:line."""
-    stack = [Middleware(AccessLog)]
+    stack = [Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes)]
     problems = []
     for name, source in config.middleware:
         try:
@@ -97,7 +98,8 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     configure_logs(os.environ.get("LOCKGATE_LOG_LEVEL", "info"))
     upstream = client or UpstreamClient()
     store = open_store(config.store)
-    router = Router(dict(config.models))
+    cooldowns = SharedCooldowns(store, [d.id for m in config.models.values() for d in m.deployments])
+    router = Router(dict(config.models), cooldowns)
     gateway = Gateway(config, router, upstream)
     admin = Admin(store)
 
@@ -119,9 +121,11 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await upstream.open()
+        syncing = asyncio.get_running_loop().create_task(cooldowns.run())
         try:
             yield
         finally:
+            syncing.cancel()
             await upstream.close()
             await store.close()
 

@@ -73,6 +73,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    import yaml
+
+    from middleware.auth import new_key
+
+    key, entry = new_key(args.id, user=args.user, team=args.team, tier=args.tier)
+    print(f"New API key for {args.id!r} (it will not be shown again; lockgate keeps only its sha256):")
+    print()
+    print(f"    {key}")
+    print()
+    print("Paste this entry under `keys:` in auth.yaml:")
+    print()
+    print(yaml.safe_dump([entry], sort_keys=False), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lockgate", description="An OpenAI-compatible LLM API gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate gateway.yaml and every policy it names")
     check.add_argument("--config")
     check.set_defaults(run=cmd_check)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    keys_new = keys.add_parser("new", help="print a fresh API key once, and its auth.yaml entry")
+    keys_new.add_argument("--id", required=True, help="the name logs, spend and limits show for this key")
+    keys_new.add_argument("--user")
+    keys_new.add_argument("--team")
+    keys_new.add_argument("--tier")
+    keys_new.set_defaults(run=cmd_keys_new)
 
     args = parser.parse_args(argv)
     return args.run(args)

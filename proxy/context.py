@@ -38,6 +38,7 @@ class RequestContext:
         "fallback_chain",
         "response_headers",
         "upstream_s",
+        "max_body",
         "extra",
     )
 
@@ -57,6 +58,7 @@ class RequestContext:
         self.fallback_chain: list[str] | None = None
         self.response_headers: dict[str, str] = {}
         self.upstream_s = 0.0
+        self.max_body = DEFAULT_MAX_BODY_BYTES  # the gateway sets server.max_body_bytes
         self.extra: dict[str, Any] = {}
 
     def mark_changed(self) -> None:
@@ -115,14 +117,14 @@ def is_json(scope: Scope) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-async def load_json(scope: Scope, receive: Receive, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> RequestContext:
+async def load_json(scope: Scope, receive: Receive, max_bytes: int | None = None) -> RequestContext:
     """The context with the JSON body read and parsed (once per request, whoever asks)."""
     ctx = get_context(scope)
     if ctx.body_loaded:
         return ctx
     if not is_json(scope):
         raise bad_request("Content-Type must be application/json.", code="invalid_content_type")
-    raw = await read_body(scope, receive, max_bytes)
+    raw = await read_body(scope, receive, max_bytes or ctx.max_body)
     try:
         body = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError as exc:

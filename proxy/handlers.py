@@ -77,7 +77,6 @@ class Gateway:
         self.config = config
         self.router = router
         self.client = client
-        self.max_body = config.server.max_body_bytes
 
     # -- endpoints ------------------------------------------------------------------
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -174,7 +173,7 @@ class Gateway:
             await send(message)
 
         try:
-            await load_json(scope, receive, self.max_body)
+            await load_json(scope, receive)
             body = ctx.body
             validate(body)
             model = body["model"]

@@ -7,6 +7,7 @@ cools down soonest is still tried rather than failing outright).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import random
@@ -53,6 +54,47 @@ class LocalCooldowns:
     def succeeded(self, dep_id: str) -> None:
         if self.streaks.get(dep_id):
             self.streaks[dep_id] = 0
+
+
+class SharedCooldowns(LocalCooldowns):
+    """Cooldowns published to the store and read back every `SYNC_S`, so a deployment
+    one process found failing is skipped by every worker and replica. Failure streaks
+    stay per process; only the verdict is shared. The store keeps wall-clock times."""
+
+    SYNC_S = 1.0
+
+    def __init__(self, store, dep_ids: list[str]) -> None:
+        super().__init__()
+        self.store = store
+        self.dep_ids = dep_ids
+        self._pending: set[asyncio.Task] = set()
+
+    def failed(self, dep_id: str, threshold: int, cooldown_s: float, now: float) -> None:
+        before = self.until.get(dep_id)
+        super().failed(dep_id, threshold, cooldown_s, now)
+        if self.until.get(dep_id) != before:
+            wall_until = time.time() + cooldown_s
+            task = asyncio.get_running_loop().create_task(self.store.set(f"cooldown:{dep_id}", repr(wall_until).encode(), cooldown_s))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def sync(self) -> None:
+        for dep_id in self.dep_ids:
+            value = await self.store.get(f"cooldown:{dep_id}")
+            if value is None:
+                continue
+            remaining = float(value) - time.time()
+            if remaining > 0:
+                until = time.monotonic() + remaining
+                self.until[dep_id] = max(self.until.get(dep_id, 0.0), until)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except Exception:  # noqa: BLE001 - a store hiccup must not stop the loop
+                pass
+            await asyncio.sleep(self.SYNC_S)
 
 
 class Balancer:
