@@ -89,6 +89,38 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spend(args: argparse.Namespace) -> int:
+    """Reads the spend report straight from the store gateway.yaml names (the same data
+    `GET /admin/spend` serves), so it works whether or not the gateway is running."""
+    import asyncio
+
+    from proxy.admin import spend_rows
+    from proxy.store import open_store
+
+    config = load_or_exit(find_config(args.config))
+    store = open_store(config.store)
+
+    async def report() -> dict:
+        try:
+            return await spend_rows(store, args.by, args.period)
+        finally:
+            await store.close()
+
+    result = asyncio.run(report())
+    if args.json:
+        import json
+
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"spend by {args.by}, period {args.period} ({result['key']}), store {config.store.backend}")
+    width = max([len(args.by)] + [len(str(row[args.by])) for row in result["data"]])
+    print(f"{args.by:<{width}}  {'usd':>14}")
+    for row in result["data"]:
+        print(f"{row[args.by]:<{width}}  {row['spend_usd']:>14.6f}")
+    print(f"{'total':<{width}}  {result['total_usd']:>14.6f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lockgate", description="An OpenAI-compatible LLM API gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate gateway.yaml and every policy it names")
     check.add_argument("--config")
     check.set_defaults(run=cmd_check)
+
+    spend = commands.add_parser("spend", help="spend report from the store")
+    spend.add_argument("--config")
+    spend.add_argument("--by", default="key", choices=["key", "user", "team", "model"])
+    spend.add_argument("--period", default="total", choices=["day", "month", "total"])
+    spend.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    spend.set_defaults(run=cmd_spend)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     keys_new = keys.add_parser("new", help="print a fresh API key once, and its auth.yaml entry")
