@@ -193,8 +193,7 @@ class BudgetMiddleware:
         if scope["type"] != "http" or not is_model_request(scope):
             await self.app(scope, receive, send)
             return
-        if hasattr(self.policy, "ensure_watching"):
-            self.policy.ensure_watching()
+        self.policy.ensure_watching()
         try:
             ctx = await load_json(scope, receive)
         except GatewayError:

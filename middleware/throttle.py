@@ -128,8 +128,7 @@ class ThrottleMiddleware:
         if scope["type"] != "http" or not is_model_request(scope):
             await self.app(scope, receive, send)
             return
-        if hasattr(self.policy, "ensure_watching"):
-            self.policy.ensure_watching()
+        self.policy.ensure_watching()
         policy = self.policy.current
         if not policy.limits:
             await self.app(scope, receive, send)

@@ -121,6 +121,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await upstream.open()
+        policy.start_watching()  # edits and SIGHUP count from start-up, not the first request
         syncing = asyncio.get_running_loop().create_task(cooldowns.run())
         try:
             yield

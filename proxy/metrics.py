@@ -7,7 +7,7 @@ it); spend and limits, which must agree across workers, live in the store instea
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -25,18 +25,24 @@ upstream_failures = Counter("lockgate_upstream_failures", "Upstream timeouts, co
 
 
 class PolicyCollector:
-    """Reload counts and the unpriced-request count, read when scraped."""
+    """Policy reloads and the unpriced-request count, read when scraped."""
 
     def collect(self):
         from middleware import budget, policy
 
+        totals = policy.metrics()
         reloads = CounterMetricFamily("lockgate_policy_reloads", "Policy files reloaded", labels=("kind",))
         failures = CounterMetricFamily("lockgate_policy_reload_failures", "Policy edits refused as invalid", labels=("kind",))
-        for status in policy.statuses():
-            reloads.add_metric((status["kind"],), status["reloads"])
-            failures.add_metric((status["kind"],), status["failures"])
+        invalid = GaugeMetricFamily("lockgate_policy_invalid", "Policies whose file holds a refused edit right now", labels=("kind",))
+        for kind, count in totals["reloads"].items():
+            reloads.add_metric((kind,), count)
+        for kind, count in totals["failures"].items():
+            failures.add_metric((kind,), count)
+        for kind, count in totals["invalid"].items():
+            invalid.add_metric((kind,), count)
         yield reloads
         yield failures
+        yield invalid
         unpriced = CounterMetricFamily("lockgate_unpriced_requests", "Requests to models with no known price")
         unpriced.add_metric((), budget.unpriced_requests)
         yield unpriced

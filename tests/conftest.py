@@ -15,6 +15,8 @@ import yaml
 
 from tests.fakes.upstream import FakeUpstream
 
+pytest_plugins = ["tests.redis_fixture"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Provider secrets the gateway holds: tests assert they never reach a client or a log.

@@ -1,0 +1,365 @@
+"""The on-disk store: diskcache's SQLite database under a path, shared by the worker
+processes of one host.
+
+Every check-and-update runs inside `Cache.transact()`, which is SQLite's `BEGIN
+IMMEDIATE`: one writer at a time across all processes, so a claim's check and its update
+can never interleave with another worker's. Readers do not wait for the lock (WAL).
+
+Ledgers, budgets and counters live in tables of their own in the same database, on the
+connection diskcache manages: kept as one pickled diskcache value, a ledger would be
+read, pruned and rewritten whole on every claim (about 370 µs at 1,000 entries, and
+growing with the limit); indexed rows keep a claim near 50 µs however large the window.
+Plain values use diskcache's own API (its expiry, and files for large values).
+
+The calls run on the event loop, so nothing here may block it for long. Two things in
+SQLite would: its busy handler, which sleeps the thread (1, 2, 5, 10... ms) while another
+process holds the write lock, and the automatic WAL checkpoint, which copies and fsyncs
+pages every thousand or so pages written (3-4 ms). So a write lock that is taken is
+waited for with `asyncio.sleep`, and checkpoints run in a thread of their own.
+
+Durability: WAL mode with `synchronous=NORMAL`. A commit has been written to the WAL
+file (handed to the OS) before COMMIT returns, so an acknowledged settle survives the
+process dying at any point (SIGKILL, OOM, a crash). Only an OS crash or a power loss can
+drop the commits since the last checkpoint's fsync; `FULL` would fsync on every commit,
+milliseconds each on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import sqlite3
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import AsyncIterator, Callable, Sequence
+
+import diskcache
+
+from proxy.store import Claim, ClaimResult, Reservation, Store
+
+Execute = Callable[..., sqlite3.Cursor]
+
+SCHEMA = (
+    # a ledger's row exists exactly while it has entries; `expires` is its latest entry's
+    "CREATE TABLE IF NOT EXISTS Ledger (name TEXT PRIMARY KEY, total REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS Ledger_expires ON Ledger (expires)",
+    "CREATE TABLE IF NOT EXISTS Entry ("
+    " ledger TEXT NOT NULL, entry TEXT NOT NULL, expires REAL NOT NULL, amount REAL NOT NULL,"
+    " PRIMARY KEY (ledger, entry)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS Entry_expires ON Entry (ledger, expires, amount)",
+    "CREATE TABLE IF NOT EXISTS Budget (key TEXT PRIMARY KEY, spent REAL NOT NULL, expires REAL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS Budget_expires ON Budget (expires)",
+    "CREATE TABLE IF NOT EXISTS Hash (key TEXT PRIMARY KEY, expires REAL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS Hash_expires ON Hash (expires)",
+    "CREATE TABLE IF NOT EXISTS HashField ("
+    " key TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (key, field)) WITHOUT ROWID",
+)
+
+SWEEP_ROWS = 8  # abandoned records removed per write, as diskcache's own cull does
+LOCK_TIMEOUT_S = 5.0  # waiting longer means a stuck writer: fail the request
+LOCK_RETRY_S = (0.0002, 0.005)  # first and longest wait between tries for the write lock
+CHECKPOINT_EVERY = 500  # writes between WAL checkpoints (SQLite's automatic one: ~1,000 pages)
+
+
+def ledger_name(key: str) -> str:
+    return "l:" + key
+
+
+def reservations_name(key: str) -> str:
+    """A budget's open reservations are a ledger of their own."""
+    return "b:" + key
+
+
+def key_range(prefix: str) -> tuple[str, tuple[str, ...]]:
+    """An indexable `key` condition for keys starting with `prefix`."""
+    if not prefix:
+        return "1", ()
+    return "key >= ? AND key < ?", (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+
+
+class DiskStore(Store):
+    backend = "disk"
+
+    def __init__(self, path: str) -> None:
+        self.cache = diskcache.Cache(
+            path,
+            timeout=LOCK_TIMEOUT_S,
+            eviction_policy="none",  # a state store must never drop spend to save room
+            sqlite_synchronous=1,  # NORMAL: see the module docstring
+            sqlite_wal_autocheckpoint=0,  # checkpoints run in `checkpointer` instead
+        )
+        self.checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-checkpoint")
+        self.checkpoint: Future[None] | None = None
+        self.writes = 0
+        with self.cache.transact():
+            for statement in SCHEMA:
+                self._sql(statement)
+
+    @property
+    def _connection(self) -> sqlite3.Connection:
+        # diskcache's connection for this process and thread (it reconnects after a
+        # fork); statements on it join the transaction `transact()` holds
+        return self.cache._con
+
+    @property
+    def _sql(self) -> Execute:
+        return self._connection.execute
+
+    async def _lock(self) -> contextlib.ExitStack:
+        """diskcache's transaction, entered once the write lock is free: busy_timeout is 0
+        for the attempt, so a taken lock fails at once and is waited for on the loop."""
+        transaction = contextlib.ExitStack()
+        wait, longest = LOCK_RETRY_S
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            self._sql("PRAGMA busy_timeout = 0")
+            try:
+                transaction.enter_context(self.cache.transact())
+                return transaction
+            except diskcache.Timeout:
+                if time.monotonic() > deadline:
+                    raise
+            finally:
+                self._sql(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
+            await asyncio.sleep(wait * random.uniform(0.5, 1.5))  # jitter: waiters do not retry in step
+            wait = min(wait * 2, longest)
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[tuple[Execute, float]]:
+        with await self._lock():
+            # read the clock holding the lock, so serialized writers see time move forward
+            now = time.time()
+            sql = self._sql
+            self._sweep(sql, now)
+            yield sql, now
+        self.writes += 1
+        if self.writes >= CHECKPOINT_EVERY and (self.checkpoint is None or self.checkpoint.done()):
+            self.writes = 0
+            self.checkpoint = self.checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copies the WAL into the database, in the checkpoint thread (on its own
+        connection). PASSIVE: never waits for, nor blocks, readers and writers; a failed
+        one is simply retried after the next CHECKPOINT_EVERY writes."""
+        self._sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _sweep(self, sql: Execute, now: float) -> None:
+        """Removes a few records that expired without being touched again, so idle
+        ledgers, budgets and counters do not pile up."""
+        for (name,) in sql("SELECT name FROM Ledger WHERE expires <= ? LIMIT ?", (now, SWEEP_ROWS)).fetchall():
+            self._drop_ledger(sql, name)
+        for (key,) in sql("SELECT key FROM Budget WHERE expires <= ? LIMIT ?", (now, SWEEP_ROWS)).fetchall():
+            self._drop_budget(sql, key)
+        for (key,) in sql("SELECT key FROM Hash WHERE expires <= ? LIMIT ?", (now, SWEEP_ROWS)).fetchall():
+            self._drop_hash(sql, key)
+
+    # -- ledgers ----------------------------------------------------------------------
+    @staticmethod
+    def _drop_ledger(sql: Execute, name: str) -> None:
+        sql("DELETE FROM Entry WHERE ledger = ?", (name,))
+        sql("DELETE FROM Ledger WHERE name = ?", (name,))
+
+    def _prune(self, sql: Execute, name: str, now: float) -> float:
+        """Drops the ledger's expired entries; returns its live total."""
+        row = sql("SELECT total, expires FROM Ledger WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return 0.0
+        total, latest = row
+        if latest <= now:
+            self._drop_ledger(sql, name)
+            return 0.0
+        gone = sql("DELETE FROM Entry WHERE ledger = ? AND expires <= ? RETURNING amount", (name, now)).fetchall()
+        if not gone:
+            return total
+        for (amount,) in gone:
+            total -= amount
+        if sql("SELECT 1 FROM Entry WHERE ledger = ? LIMIT 1", (name,)).fetchone() is None:
+            self._drop_ledger(sql, name)  # empty: no rounding residue carried into the next window
+            return 0.0
+        sql("UPDATE Ledger SET total = ? WHERE name = ?", (total, name))
+        return total
+
+    @staticmethod
+    def _put(sql: Execute, name: str, entry_id: str, amount: float, expires: float, total: float) -> float:
+        """Adds or replaces an entry; returns the ledger's new total."""
+        old = sql("SELECT amount FROM Entry WHERE ledger = ? AND entry = ?", (name, entry_id)).fetchone()
+        if old is not None:
+            total -= old[0]
+        total += amount
+        sql("INSERT OR REPLACE INTO Entry VALUES (?, ?, ?, ?)", (name, entry_id, expires, amount))
+        sql(
+            "INSERT INTO Ledger VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET total = excluded.total, expires = max(expires, excluded.expires)",
+            (name, total, expires),
+        )
+        return total
+
+    def _remove(self, sql: Execute, name: str, entry_id: str) -> None:
+        gone = sql("DELETE FROM Entry WHERE ledger = ? AND entry = ? RETURNING amount", (name, entry_id)).fetchone()
+        if gone is None:
+            return
+        if sql("SELECT 1 FROM Entry WHERE ledger = ? LIMIT 1", (name,)).fetchone() is None:
+            self._drop_ledger(sql, name)
+        else:
+            sql("UPDATE Ledger SET total = total - ? WHERE name = ?", (gone[0], name))
+
+    @staticmethod
+    def _retry_after(sql: Execute, name: str, total: float, claim: Claim, now: float) -> float:
+        """Seconds until enough expires that the claim fits (reads only as far as needed)."""
+        excess = total + claim.amount - claim.limit
+        with contextlib.closing(sql("SELECT expires, amount FROM Entry WHERE ledger = ? ORDER BY expires, amount", (name,))) as rows:
+            for expires, amount in rows:
+                excess -= amount
+                if excess <= 0:
+                    return max(0.0, expires - now)
+        return math.inf  # larger than the limit itself: it never fits
+
+    async def claim(self, claims: Sequence[Claim], entry_id: str) -> ClaimResult:
+        names = [ledger_name(c.key) for c in claims]
+        async with self._write() as (sql, now):
+            totals = {name: self._prune(sql, name, now) for name in names}
+            for i, (c, name) in enumerate(zip(claims, names)):
+                if totals[name] + c.amount > c.limit:
+                    retry = self._retry_after(sql, name, totals[name], c, now)
+                    return ClaimResult(False, tuple(totals[n] for n in names), i, retry)
+            for c, name in zip(claims, names):
+                totals[name] = self._put(sql, name, entry_id, c.amount, now + c.ttl_s, totals[name])
+        return ClaimResult(True, tuple(totals[n] for n in names))
+
+    async def adjust(self, key: str, entry_id: str, amount: float | None) -> None:
+        name = ledger_name(key)
+        async with self._write() as (sql, _):
+            if amount is None:
+                self._remove(sql, name, entry_id)
+                return
+            old = sql("SELECT amount FROM Entry WHERE ledger = ? AND entry = ?", (name, entry_id)).fetchone()
+            if old is None:
+                return
+            sql("UPDATE Entry SET amount = ? WHERE ledger = ? AND entry = ?", (amount, name, entry_id))
+            sql("UPDATE Ledger SET total = total - ? + ? WHERE name = ?", (old[0], amount, name))
+
+    async def used(self, key: str) -> float:
+        # one statement is one snapshot: no lock needed to read past the expired entries
+        row = self._sql(
+            "SELECT total - coalesce((SELECT sum(amount) FROM Entry WHERE ledger = ?1 AND expires <= ?2), 0.0)"
+            " FROM Ledger WHERE name = ?1 AND EXISTS (SELECT 1 FROM Entry WHERE ledger = ?1 AND expires > ?2)",
+            (ledger_name(key), time.time()),
+        ).fetchone()
+        return 0.0 if row is None else row[0]
+
+    # -- budgets ----------------------------------------------------------------------
+    def _drop_budget(self, sql: Execute, key: str) -> None:
+        sql("DELETE FROM Budget WHERE key = ?", (key,))
+        self._drop_ledger(sql, reservations_name(key))
+
+    def _budget(self, sql: Execute, key: str, now: float) -> tuple[float, float]:
+        """(spent, reserved), starting afresh once the budget's period is over."""
+        spent = 0.0
+        row = sql("SELECT spent, expires FROM Budget WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            if row[1] is not None and row[1] <= now:
+                self._drop_budget(sql, key)
+            else:
+                spent = row[0]
+        return spent, self._prune(sql, reservations_name(key), now)
+
+    async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
+        keys = [c.key for c in claims]
+        async with self._write() as (sql, now):
+            state = {key: self._budget(sql, key, now) for key in keys}
+            for i, c in enumerate(claims):
+                spent, reserved = state[c.key]
+                if spent + reserved >= c.limit:
+                    return Reservation(False, tuple(state[k][0] for k in keys), tuple(state[k][1] for k in keys), i)
+            for c in claims:
+                spent, reserved = state[c.key]
+                state[c.key] = (spent, self._put(sql, reservations_name(c.key), entry_id, c.amount, now + c.ttl_s, reserved))
+                sql("INSERT OR IGNORE INTO Budget VALUES (?, 0.0, NULL)", (c.key,))
+        return Reservation(True, tuple(state[k][0] for k in keys), tuple(state[k][1] for k in keys))
+
+    async def settle(self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None) -> tuple[float, ...]:
+        result = []
+        async with self._write() as (sql, now):
+            expires = None if ttl_s is None else now + ttl_s
+            for key in keys:
+                spent, _ = self._budget(sql, key, now)
+                self._remove(sql, reservations_name(key), entry_id)
+                spent += cost
+                sql(
+                    "INSERT INTO Budget VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET spent = excluded.spent, expires = coalesce(excluded.expires, expires)",
+                    (key, spent, expires),
+                )
+                result.append(spent)
+        return tuple(result)
+
+    async def spent(self, key: str) -> float:
+        row = self._sql("SELECT spent FROM Budget WHERE key = ? AND (expires IS NULL OR expires > ?)", (key, time.time())).fetchone()
+        return 0.0 if row is None else row[0]
+
+    # -- counters -----------------------------------------------------------------------
+    @staticmethod
+    def _drop_hash(sql: Execute, key: str) -> None:
+        sql("DELETE FROM HashField WHERE key = ?", (key,))
+        sql("DELETE FROM Hash WHERE key = ?", (key,))
+
+    async def incr(self, items: Sequence[tuple[str, str, float]], ttl_s: float | None = None) -> None:
+        async with self._write() as (sql, now):
+            expires = None if ttl_s is None else now + ttl_s
+            for key in dict.fromkeys(key for key, _, _ in items):
+                row = sql("SELECT expires FROM Hash WHERE key = ?", (key,)).fetchone()
+                if row is not None and row[0] is not None and row[0] <= now:
+                    self._drop_hash(sql, key)
+                sql("INSERT INTO Hash VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET expires = coalesce(excluded.expires, expires)", (key, expires))
+            self._connection.executemany(
+                "INSERT INTO HashField VALUES (?, ?, ?) ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value",
+                [(key, field, float(amount)) for key, field, amount in items],
+            )
+
+    async def counters(self, key: str) -> dict[str, float]:
+        rows = self._sql(
+            "SELECT field, value FROM HashField WHERE key = ?1 AND NOT EXISTS (SELECT 1 FROM Hash WHERE key = ?1 AND expires <= ?2)",
+            (key, time.time()),
+        )
+        return dict(rows.fetchall())
+
+    async def keys(self, prefix: str) -> list[str]:
+        now = time.time()
+        where, bounds = key_range(prefix)
+        live = (now,)
+        found = [k for (k,) in self._sql(f"SELECT key FROM Hash WHERE {where} AND (expires IS NULL OR expires > ?)", bounds + live)]
+        found += [k for (k,) in self._sql(f"SELECT key FROM Budget WHERE {where} AND (expires IS NULL OR expires > ?)", bounds + live)]
+        # diskcache keeps str keys as TEXT in its Cache table, indexed by (key, raw)
+        found += [k for (k,) in self._sql(f"SELECT key FROM Cache WHERE {where} AND raw = 1 AND (expire_time IS NULL OR expire_time > ?)", bounds + live)]
+        return sorted(set(found))
+
+    # -- values -------------------------------------------------------------------------
+    # diskcache's own writes join the transaction `_write` holds instead of starting one
+    async def get(self, key: str) -> bytes | None:
+        return self.cache.get(key)
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        async with self._write():
+            self.cache.set(key, value, expire=ttl_s)
+
+    async def add(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        async with self._write():
+            return self.cache.add(key, value, expire=ttl_s)
+
+    async def delete(self, key: str) -> None:
+        async with self._write() as (sql, _):
+            self.cache.delete(key)
+            self._drop_hash(sql, key)
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def ping(self) -> bool:
+        self._sql("SELECT 1 FROM Ledger LIMIT 1").fetchall()
+        return True
+
+    async def close(self) -> None:
+        # the checkpoint thread closes its own connection, then this thread closes its
+        self.checkpointer.submit(self.cache.close)
+        self.checkpointer.shutdown(wait=True)
+        self.cache.close()

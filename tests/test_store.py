@@ -1,0 +1,311 @@
+"""The state store: one conformance suite run against every backend (memory is the
+reference), then the proofs the shared backends exist for: limits held exactly across
+processes (disk: worker processes of one host; redis: separate clients), and spend on
+disk surviving a killed process."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+import multiprocessing.queues
+import multiprocessing.synchronize
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from proxy.store import Claim, Store
+from proxy.store.disk import DiskStore
+from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore
+
+TTL = 0.3
+PAST_TTL = 0.45  # sleeping this long puts a TTL entry safely in the past (Redis expires by the ms)
+LONG = 60.0
+
+
+@pytest.fixture(params=["memory", "disk", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        backend: Store = MemoryStore()
+    elif request.param == "disk":
+        backend = DiskStore(str(tmp_path / "state"))
+    else:
+        backend = RedisStore(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
+    yield backend
+    await backend.close()
+
+
+# -- ledgers ------------------------------------------------------------------------------
+async def test_claim_is_all_or_nothing_across_ledgers(store: Store) -> None:
+    first = await store.claim([Claim("rpm", 5, 1, LONG), Claim("tpm", 100, 60, LONG)], "r1")
+    assert first.ok and first.used == (1, 60) and first.failed is None
+
+    refused = await store.claim([Claim("rpm", 5, 1, LONG), Claim("tpm", 100, 60, LONG), Claim("conc", 5, 1, LONG)], "r2")
+    assert not refused.ok and refused.failed == 1
+    assert refused.used == (1, 60, 0)  # totals before the claim: nothing was added anywhere
+    assert await store.used("rpm") == 1 and await store.used("tpm") == 60 and await store.used("conc") == 0
+    assert LONG - 1 < refused.retry_after_s <= LONG  # until r1's tokens leave the window
+
+
+async def test_limit_is_hit_exactly_then_held_until_the_oldest_entry_expires(store: Store) -> None:
+    limit, ttl = 10, 0.6
+    started = time.time()
+    assert (await store.claim([Claim("rpm", limit, 1, ttl)], "oldest")).ok
+    await asyncio.sleep(0.2)  # the oldest entry leaves the window well before the others
+    results = [await store.claim([Claim("rpm", limit, 1, ttl)], f"r{i}") for i in range(limit)]
+    assert [r.ok for r in results] == [True] * (limit - 1) + [False]
+    assert results[-2].used == (limit,)
+    refused = results[-1]
+    assert refused.used == (limit,) and refused.failed == 0
+    assert abs(refused.retry_after_s - (started + ttl - time.time())) < 0.1
+
+    await asyncio.sleep(refused.retry_after_s + 0.05)
+    assert (await store.claim([Claim("rpm", limit, 1, ttl)], "after")).ok
+    assert not (await store.claim([Claim("rpm", limit, 1, ttl)], "again")).ok
+
+
+async def test_a_claim_larger_than_the_limit_never_fits(store: Store) -> None:
+    assert (await store.claim([Claim("tpm", 10, 11, LONG)], "huge")).retry_after_s == math.inf
+    assert (await store.claim([Claim("tpm", 10, 4, LONG)], "small")).ok
+    refused = await store.claim([Claim("tpm", 10, 11, LONG)], "huge")
+    assert not refused.ok and refused.retry_after_s == math.inf and refused.used == (4,)
+
+
+async def test_claiming_an_entry_again_replaces_it(store: Store) -> None:
+    await store.claim([Claim("tpm", 100, 30, LONG)], "r1")
+    result = await store.claim([Claim("tpm", 100, 45, LONG)], "r1")
+    assert result.used == (45,) and await store.used("tpm") == 45
+
+
+async def test_adjust_changes_and_removes_entries(store: Store) -> None:
+    await store.claim([Claim("tpm", 1000, 100, LONG)], "r1")
+    await store.claim([Claim("tpm", 1000, 50, LONG)], "r2")
+    await store.adjust("tpm", "r1", 30)
+    assert await store.used("tpm") == 80
+    await store.adjust("tpm", "r2", None)
+    assert await store.used("tpm") == 30
+    await store.adjust("tpm", "unknown", 500)
+    await store.adjust("no-such-ledger", "r1", 500)
+    assert await store.used("tpm") == 30 and await store.used("no-such-ledger") == 0
+    await store.adjust("tpm", "r1", None)
+    assert await store.used("tpm") == 0
+    assert (await store.claim([Claim("tpm", 1000, 1000, LONG)], "r3")).ok
+
+
+# -- budgets ------------------------------------------------------------------------------
+async def test_reservations_are_granted_while_under_the_limit(store: Store) -> None:
+    first = await store.reserve([Claim("daily", 1.0, 0.5, LONG)], "r1")
+    assert first.ok and first.spent == (0,) and first.reserved == (0.5,)
+    second = await store.reserve([Claim("daily", 1.0, 0.5, LONG)], "r2")
+    assert second.ok and second.reserved == (1.0,)
+    refused = await store.reserve([Claim("daily", 1.0, 0.01, LONG)], "r3")  # spent + reserved == limit
+    assert not refused.ok and refused.failed == 0 and refused.spent == (0,) and refused.reserved == (1.0,)
+
+    assert await store.settle(["daily"], "r1", 0.25) == (0.25,)
+    assert await store.spent("daily") == 0.25
+    granted = await store.reserve([Claim("daily", 1.0, 0.5, LONG)], "r3")
+    assert granted.ok and granted.spent == (0.25,) and granted.reserved == (1.0,)
+    assert not (await store.reserve([Claim("daily", 1.0, 0.01, LONG)], "r4")).ok
+
+
+async def test_reserve_is_all_or_nothing_across_budgets(store: Store) -> None:
+    await store.settle(["team"], "earlier", 2.0)
+    refused = await store.reserve([Claim("user", 10, 1, LONG), Claim("team", 2.0, 1, LONG)], "r1")
+    assert not refused.ok and refused.failed == 1 and refused.spent == (0, 2.0) and refused.reserved == (0, 0)
+    granted = await store.reserve([Claim("user", 10, 1, LONG)], "r2")
+    assert granted.reserved == (1,)  # r1 left nothing behind
+
+
+async def test_settle_adds_cost_without_a_reservation_and_per_budget(store: Store) -> None:
+    await store.reserve([Claim("user", 10, 3, LONG), Claim("team", 10, 3, LONG)], "r1")
+    assert await store.settle(["user", "team"], "r1", 1.5) == (1.5, 1.5)
+    assert await store.settle(["user"], "never-reserved", 0.25) == (1.75,)
+    after = await store.reserve([Claim("user", 10, 0, LONG), Claim("team", 10, 0, LONG)], "r2")
+    assert after.spent == (1.75, 1.5) and after.reserved == (0, 0)
+    assert await store.spent("nobody") == 0
+
+
+# -- expiry -------------------------------------------------------------------------------
+async def test_everything_with_a_ttl_expires(store: Store) -> None:
+    """One sleep for every kind of expiry, to keep the suite fast."""
+    await store.claim([Claim("rpm", 3, 3, TTL)], "window")
+    await store.claim([Claim("tpm", 100, 10, TTL)], "adjusted")
+    await store.adjust("tpm", "adjusted", 20)  # keeps its expiry
+    await store.claim([Claim("tpm", 100, 5, LONG)], "lasting")
+    await store.reserve([Claim("monthly", 1.0, 1.0, TTL)], "stuck")
+    await store.settle(["daily"], "paid", 0.5, ttl_s=TTL)
+    await store.incr([("report", "user:a", 1.0)], ttl_s=TTL)
+    await store.set("cooldown", b"1", ttl_s=TTL)
+    assert await store.used("rpm") == 3 and await store.used("tpm") == 25
+    assert not (await store.claim([Claim("rpm", 3, 1, TTL)], "too-soon")).ok
+    assert not (await store.reserve([Claim("monthly", 1.0, 0.1, LONG)], "too-soon")).ok
+    assert await store.spent("daily") == 0.5 and await store.counters("report") == {"user:a": 1.0}
+    assert await store.get("cooldown") == b"1" and not await store.add("cooldown", b"2")
+
+    await asyncio.sleep(PAST_TTL)
+    assert await store.used("rpm") == 0 and await store.used("tpm") == 5
+    assert (await store.claim([Claim("rpm", 3, 3, TTL)], "next")).ok
+    granted = await store.reserve([Claim("monthly", 1.0, 0.1, LONG)], "next")
+    assert granted.ok and granted.reserved == (0.1,)
+    assert await store.spent("daily") == 0  # the period ended
+    assert (await store.reserve([Claim("daily", 0.5, 0.1, LONG)], "next")).ok
+    assert await store.counters("report") == {}
+    assert await store.get("cooldown") is None and await store.add("cooldown", b"2")
+
+
+# -- counters and values ------------------------------------------------------------------
+async def test_counters_add_up(store: Store) -> None:
+    await store.incr([("spend:daily", "user:a", 1.5), ("spend:daily", "model:m", 2), ("spend:daily", "user:a", 0.25)])
+    await store.incr([("spend:daily", "user:a", 0.1), ("spend:monthly", "user:a", 0.1)])
+    assert await store.counters("spend:daily") == {"user:a": 1.5 + 0.25 + 0.1, "model:m": 2.0}
+    assert await store.counters("spend:monthly") == {"user:a": 0.1}
+    assert await store.counters("spend:never") == {}
+
+
+async def test_keys_lists_hashes_values_and_budgets_by_prefix(store: Store) -> None:
+    await store.incr([("report:daily", "user:a", 1)])
+    await store.set("report:cached", b"x")
+    await store.settle(["report:budget"], "r1", 1.0)
+    await store.incr([("other", "user:a", 1)])
+    await store.claim([Claim("report:ledger", 10, 1, LONG)], "r1")  # ledgers are not listed
+    assert await store.keys("report:") == ["report:budget", "report:cached", "report:daily"]
+    assert await store.keys("") == ["other", "report:budget", "report:cached", "report:daily"]
+    assert await store.keys("nothing") == []
+
+
+async def test_values_get_set_add_delete(store: Store) -> None:
+    assert await store.get("k") is None
+    await store.set("k", b"\x00binary\xff")
+    assert await store.get("k") == b"\x00binary\xff"
+    assert not await store.add("k", b"other")
+    assert await store.add("lock", b"me") and not await store.add("lock", b"you")
+    assert await store.get("lock") == b"me"
+    await store.incr([("k", "f", 1)])
+    await store.delete("k")
+    assert await store.get("k") is None and await store.counters("k") == {}
+    await store.delete("never-set")
+    big = os.urandom(100_000)  # larger than diskcache keeps inside SQLite
+    await store.set("big", big, ttl_s=LONG)
+    assert await store.get("big") == big
+    assert await store.ping()
+
+
+# -- nothing left behind ------------------------------------------------------------------
+async def test_disk_sweeps_records_nobody_touches_again(tmp_path: Path) -> None:
+    store = DiskStore(str(tmp_path / "state"))
+    await store.claim([Claim("idle", 10, 1, 0.05)], "r1")
+    await store.reserve([Claim("idle", 10, 1, 0.05)], "r1")
+    await store.settle(["period"], "r1", 1.0, ttl_s=0.05)
+    await store.incr([("report", "user:a", 1)], ttl_s=0.05)
+    await asyncio.sleep(0.1)
+    await store.claim([Claim("busy", 10, 1, LONG)], "r2")  # any write sweeps
+    rows = {table: store._sql(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("Ledger", "Entry", "Budget", "Hash", "HashField")}
+    assert rows == {"Ledger": 1, "Entry": 1, "Budget": 1, "Hash": 0, "HashField": 0}  # "busy", and "idle"'s budget record
+    await store.close()
+
+
+async def test_redis_keys_expire_unless_they_hold_spend(redis_url: str, redis_prefix: str) -> None:
+    store = RedisStore(redis_url, redis_prefix)
+
+    async def ttl_ms(name: str) -> int:
+        return await store.redis.pttl(redis_prefix + name)
+
+    await store.claim([Claim("rpm", 10, 1, LONG)], "r1")
+    assert LONG * 1000 < await ttl_ms("l:rpm") <= (LONG + 1) * 1000 and LONG * 1000 < await ttl_ms("la:rpm")
+    await store.reserve([Claim("total", 10, 1, LONG)], "r1")
+    assert LONG * 1000 < await ttl_ms("b:total") and LONG * 1000 < await ttl_ms("bz:total")
+    await store.settle(["total"], "r1", 1.0)
+    assert await ttl_ms("b:total") == -1  # spend with no period is kept for good
+    await store.settle(["daily"], "r1", 1.0, ttl_s=LONG)
+    await store.reserve([Claim("daily", 10, 1, 3 * LONG)], "r2")
+    assert 0 < await ttl_ms("b:daily") <= LONG * 1000
+    assert 0 < await ttl_ms("bz:daily") <= LONG * 1000  # the reservation ends with the period, as the spend does
+    await store.incr([("report", "user:a", 1)])
+    assert await ttl_ms("h:report") == -1
+    await store.close()
+
+
+# -- across processes ---------------------------------------------------------------------
+ATTEMPTS = 40
+
+
+def open_backend(where: tuple[str, ...]) -> Store:
+    kind, *args = where
+    return DiskStore(*args) if kind == "disk" else RedisStore(*args)
+
+
+async def contend(where: tuple[str, ...], start: multiprocessing.synchronize.Barrier) -> tuple[int, int]:
+    """Claims and reservations as fast as one process can; returns how many were granted."""
+    store = open_backend(where)
+    me = uuid.uuid4().hex
+    start.wait()
+    claimed = 0
+    for i in range(ATTEMPTS):
+        claimed += (await store.claim([Claim("rpm", 10, 1, LONG)], f"{me}-{i}")).ok
+    start.wait()
+    reserved = 0
+    for i in range(ATTEMPTS):
+        reserved += (await store.reserve([Claim("budget", 10, 1, LONG)], f"{me}-{i}")).ok
+    await store.close()
+    return claimed, reserved
+
+
+def contender(where: tuple[str, ...], start: multiprocessing.synchronize.Barrier, results: multiprocessing.queues.Queue) -> None:
+    results.put(asyncio.run(contend(where, start)))
+
+
+def run_contenders(where: tuple[str, ...], processes: int) -> list[tuple[int, int]]:
+    spawn = multiprocessing.get_context("spawn")  # what separate workers look like: nothing inherited
+    start = spawn.Barrier(processes)
+    results = spawn.Queue()
+    workers = [spawn.Process(target=contender, args=(where, start, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    granted = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=10)
+        assert worker.exitcode == 0
+    return granted
+
+
+def test_disk_holds_limits_across_worker_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "state")
+    DiskStore(path).cache.close()  # the schema exists before the race starts
+    granted = run_contenders(("disk", path), processes=4)
+    assert sum(claimed for claimed, _ in granted) == 10
+    assert sum(reserved for _, reserved in granted) == 10
+
+
+def test_redis_holds_limits_across_clients(redis_url: str, redis_prefix: str) -> None:
+    granted = run_contenders(("redis", redis_url, redis_prefix), processes=2)
+    assert sum(claimed for claimed, _ in granted) == 10
+    assert sum(reserved for _, reserved in granted) == 10
+
+
+def settle_then_hang(path: str, settled: multiprocessing.synchronize.Event) -> None:
+    store = DiskStore(path)
+    asyncio.run(store.settle(["budget:user:a:total"], "r1", 2.5))
+    settled.set()
+    time.sleep(LONG)  # killed long before this ends, without closing anything
+
+
+async def test_acknowledged_spend_on_disk_survives_a_killed_process(tmp_path: Path) -> None:
+    path = str(tmp_path / "state")
+    spawn = multiprocessing.get_context("spawn")
+    settled = spawn.Event()
+    worker = spawn.Process(target=settle_then_hang, args=(path, settled))
+    worker.start()
+    assert settled.wait(timeout=30)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join(timeout=10)
+    assert worker.exitcode == -signal.SIGKILL
+
+    fresh = DiskStore(path)
+    assert await fresh.spent("budget:user:a:total") == 2.5
+    await fresh.close()
