@@ -154,3 +154,17 @@ def test_serve_refuses_a_broken_config(tmp_path):
     result = run_cli("serve", "--config", str(path), "--port", "0")
     assert result.returncode == 1
     assert "models" in result.stderr
+
+
+def test_example_policies_parse_and_the_readme_demo_key_works():
+    from middleware import auth, budget, throttle
+    from proxy.config import load_yaml
+
+    policies = ROOT / "policies"
+    keys = auth.parse_policy(load_yaml(policies / "auth.yaml"), "auth.yaml")
+    found = keys.find(b"sk-lockgate-demo-alice")
+    assert found is not None and found.user == "alice"
+    assert keys.find(b"sk-lockgate-demo-alicX") is None
+    assert keys.find(b"sk-lockgate-demo-master").identity()["admin"] is True
+    assert throttle.parse_policy(load_yaml(policies / "throttle.yaml"), "throttle.yaml").limits
+    assert budget.parse_policy(load_yaml(policies / "budget.yaml"), "budget.yaml").default is not None

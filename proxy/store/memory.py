@@ -3,6 +3,7 @@ one process only."""
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Sequence
 
@@ -10,18 +11,34 @@ from proxy.store import Claim, ClaimResult, Reservation, Store
 
 
 class Ledger:
-    __slots__ = ("entries", "total")
+    """Entries with expiries; a heap of expiry times makes pruning cost only what expired."""
+
+    __slots__ = ("entries", "total", "heap")
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[float, float]] = {}  # entry id -> (expires_at, amount)
         self.total = 0.0
+        self.heap: list[tuple[float, str]] = []
+
+    def put(self, entry_id: str, expires: float, amount: float) -> None:
+        old = self.entries.get(entry_id)
+        if old is not None:
+            self.total -= old[1]
+        self.entries[entry_id] = (expires, amount)
+        self.total += amount
+        heapq.heappush(self.heap, (expires, entry_id))
 
     def prune(self, now: float) -> None:
-        expired = [k for k, (exp, _) in self.entries.items() if exp <= now]
-        for k in expired:
-            self.total -= self.entries.pop(k)[1]
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            expires, entry_id = heapq.heappop(heap)
+            entry = self.entries.get(entry_id)
+            if entry is not None and entry[0] == expires:  # not since replaced or removed
+                del self.entries[entry_id]
+                self.total -= entry[1]
         if not self.entries:
             self.total = 0.0
+            heap.clear()
 
     def retry_after(self, limit: float, amount: float, now: float) -> float:
         """Seconds until enough expires that `amount` fits."""
@@ -71,11 +88,7 @@ class MemoryStore(Store):
             if ledger.total + c.amount > c.limit:
                 return ClaimResult(False, tuple(l.total for l in ledgers), i, ledger.retry_after(c.limit, c.amount, now))
         for c, ledger in zip(claims, ledgers):
-            old = ledger.entries.get(entry_id)
-            if old is not None:
-                ledger.total -= old[1]
-            ledger.entries[entry_id] = (now + c.ttl_s, c.amount)
-            ledger.total += c.amount
+            ledger.put(entry_id, now + c.ttl_s, c.amount)
         return ClaimResult(True, tuple(l.total for l in ledgers))
 
     async def adjust(self, key: str, entry_id: str, amount: float | None) -> None:
@@ -110,12 +123,7 @@ class MemoryStore(Store):
             if budget.spent + budget.reservations.total >= c.limit:
                 return Reservation(False, tuple(b.spent for b in budgets), tuple(b.reservations.total for b in budgets), i)
         for c, budget in zip(claims, budgets):
-            ledger = budget.reservations
-            old = ledger.entries.get(entry_id)
-            if old is not None:
-                ledger.total -= old[1]
-            ledger.entries[entry_id] = (now + c.ttl_s, c.amount)
-            ledger.total += c.amount
+            budget.reservations.put(entry_id, now + c.ttl_s, c.amount)
         return Reservation(True, tuple(b.spent for b in budgets), tuple(b.reservations.total for b in budgets))
 
     async def settle(self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None) -> tuple[float, ...]:
