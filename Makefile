@@ -22,5 +22,15 @@ check: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# make bench [PEERS=litellm] [DURATION=10]
+bench: $(BENCH_STAMP)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/python bench/run.py --duration $(or $(DURATION),10) --peers '$(PEERS)'
+
 clean:
 	rm -rf $(VENV) .lockgate .pytest_cache

@@ -20,6 +20,19 @@ BODY = orjson.dumps(
     }
 )
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+ANTHROPIC_BODY = orjson.dumps(
+    {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-bench",
+        "content": [{"type": "text", "text": "hello from the bench upstream"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 6},
+    }
+)
+ANTHROPIC_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANTHROPIC_BODY)).encode())]
 CHUNK_DELAY_S = float(os.environ.get("BENCH_CHUNK_DELAY_S", "0.01"))
 
 
@@ -51,6 +64,10 @@ async def app(scope, receive, send):
                 await asyncio.sleep(CHUNK_DELAY_S)
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        return
+    if scope["path"].endswith("/messages"):
+        await send({"type": "http.response.start", "status": 200, "headers": ANTHROPIC_HEADERS})
+        await send({"type": "http.response.body", "body": ANTHROPIC_BODY})
         return
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})

@@ -35,9 +35,14 @@ class AccessLog:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = message.get("headers") or []
+                headers = list(message.get("headers") or ())
                 if not any(k == b"x-request-id" for k, _ in headers):
-                    message = {**message, "headers": [*headers, (b"x-request-id", request_id)]}
+                    headers.append((b"x-request-id", request_id))
+                # lockgate's own time until the answer starts, the upstream's wait left out
+                overhead = time.perf_counter() - ctx.started - ctx.upstream_s
+                metrics.overhead.observe(overhead)
+                headers.append((b"x-lockgate-overhead-ms", f"{overhead * 1000:.3f}".encode()))
+                message = {**message, "headers": headers}
             await send(message)
 
         try:

@@ -19,6 +19,12 @@ latency = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
     registry=REGISTRY,
 )
+overhead = Histogram(
+    "lockgate_overhead_seconds",
+    "Time spent inside lockgate until the answer starts, waiting for the upstream excluded",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+    registry=REGISTRY,
+)
 tokens = Counter("lockgate_tokens", "Tokens reported by upstreams", ("model", "kind"), registry=REGISTRY)
 spend = Counter("lockgate_spend_usd", "USD spent, priced from upstream usage", ("model",), registry=REGISTRY)
 upstream_failures = Counter("lockgate_upstream_failures", "Upstream timeouts, connection errors and broken streams", ("kind",), registry=REGISTRY)

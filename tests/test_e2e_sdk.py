@@ -230,3 +230,14 @@ def test_responses_function_call_translated(client, upstream):
         ],
     )
     assert second.output_text == "tool said: 18C"
+
+
+def test_overhead_header_leaves_out_the_upstream_wait(client, upstream, gateway):
+    upstream.set("gpt-4o-mini", latency_s=0.3)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    overhead_ms = float(raw.headers["x-lockgate-overhead-ms"])
+    # the request took over 300 ms, all but a sliver of it waiting for the upstream
+    assert 0 <= overhead_ms < 250
+    import httpx
+
+    assert "lockgate_overhead_seconds_count" in httpx.get(gateway.url + "/metrics").text

@@ -1,0 +1,476 @@
+"""`make bench`: lockgate's speed on this machine, each scenario as a ratio against a
+baseline taken in the same run.
+
+A minimal fast fake upstream (bench/fast_upstream.py) and lockgate run on loopback;
+wrk drives them at 32 connections (throughput, p50/p99) and at 1 connection (added
+latency over the direct call); psutil reads CPU time and RSS of the serving process
+tree. Streaming is measured by a client that timestamps every SSE event. Results go to
+bench/results/ as results.json, results.md and results.png.
+
+    python bench/run.py [--duration 10] [--peers litellm] [--only 1,2,3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+KEY = "sk-bench-client-key"
+BODY = {"model": "bench", "messages": [{"role": "user", "content": "hello there, how are you today?"}]}
+LITELLM_VENV = BENCH / ".litellm-venv"
+LITELLM_MASTER = "sk-bench-litellm-master"
+
+
+@dataclass
+class Result:
+    scenario: str
+    target: str
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    added_p50_ms: float | None = None
+    added_p99_ms: float | None = None
+    cpu_ms_per_request: float | None = None
+    rss_mb: float | None = None
+    errors: int = 0
+    ratio_vs_direct: float | None = None
+    notes: dict = field(default_factory=dict)
+
+
+# -- processes ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60, headers: dict | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1, headers=headers).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict | None = None, health: str = "", headers: dict | None = None) -> None:
+        self.process = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        if health:
+            wait_http(health, headers=headers)
+        self.ps = psutil.Process(self.process.pid)
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for proc in self.tree():
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def rss_mb(self) -> float:
+        """The serving processes' resident memory: workers when there are workers."""
+        procs = self.tree()
+        workers = procs[1:] if len(procs) > 1 and any("multiprocessing" in " ".join(p.cmdline()) for p in procs[1:]) else procs
+        total = 0
+        for proc in workers:
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total / 2**20
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+# -- load --------------------------------------------------------------------------------------
+LUA = """
+local counter = 0
+local nonce = "x"
+local threads = 0
+function setup(thread) thread:set("tid", threads); threads = threads + 1 end
+function init(args) nonce = args[1] or "x"; unique = args[2] == "unique" end
+request = function()
+  counter = counter + 1
+  local content = "hello there, how are you today?"
+  if unique then content = content .. " " .. nonce .. "-" .. tid .. "-" .. counter end
+  local body = '{"model":"%(model)s","messages":[{"role":"user","content":"' .. content .. '"}]}'
+  return wrk.format("POST", "%(path)s", {["Content-Type"]="application/json", ["Authorization"]="Bearer %(key)s"}, body)
+end
+"""
+
+
+def to_ms(value: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s|m)", value)
+    number, unit = float(match.group(1)), match.group(2)
+    return number * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url: str, path: str, connections: int, duration: int, *, unique: bool, key: str = KEY, model: str = "bench") -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(LUA % {"model": model, "path": path, "key": key})
+    nonce = hashlib.blake2b(os.urandom(8), digest_size=4).hexdigest()
+    threads = min(2, connections)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url, "--", nonce, "unique" if unique else "same"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(script.name)
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "requests": int(re.search(r"(\d+) requests in", out).group(1))}
+    for pct in ("50", "99"):
+        result[f"p{pct}_ms"] = to_ms(re.search(rf"\s{pct}(?:\.000)?%\s+([\d.]+\w+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["errors"] = (int(errors.group(1)) if errors else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
+    return result
+
+
+def measure(name: str, target: str, base_url: str, path: str, args, server: Server | None, *, unique: bool, key: str = KEY, model: str = "bench") -> Result:
+    wrk(base_url, path, 8, 2, unique=unique, key=key, model=model)  # warm up
+    cpu_before = server.cpu_seconds() if server else 0.0
+    loaded = wrk(base_url, path, 32, args.duration, unique=unique, key=key, model=model)
+    cpu = (server.cpu_seconds() - cpu_before) if server else 0.0
+    single = wrk(base_url, path, 1, max(3, args.duration // 2), unique=unique, key=key, model=model)
+    result = Result(name, target, loaded["rps"], loaded["p50_ms"], loaded["p99_ms"], errors=loaded["errors"] + single["errors"])
+    result.notes["single_p50_ms"] = single["p50_ms"]
+    result.notes["single_p99_ms"] = single["p99_ms"]
+    if server:
+        result.cpu_ms_per_request = round(cpu / max(1, loaded["requests"]) * 1000, 4)
+        result.rss_mb = round(server.rss_mb(), 1)
+    return result
+
+
+# -- configs -------------------------------------------------------------------------------
+def write_policies(workdir: Path) -> list[dict]:
+    policies = {
+        "auth": {"keys": [{"id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest(), "user": "bench-user", "team": "bench-team"}]},
+        "throttle": {"limits": [{"per": "user", "rpm": 10**9, "tpm": 10**12}]},
+        "budget": {"budgets": [{"team": "bench-team", "limit_usd": 10**9, "period": "daily"}]},
+        "cache": {"ttl_s": 3600, "scope": "user"},
+        "rewrite": {"aliases": {"bench-alias": "bench"}, "rules": [{"when": {"tier": "premium"}, "model": "bench"}]},
+        "fallback": {"chains": {"bench": ["bench-backup"]}},
+    }
+    entries = []
+    for name, policy in policies.items():
+        path = workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        entries.append({name: str(path)})
+    return entries
+
+
+def lockgate_config(workdir: Path, upstream: str, *, middleware: bool, store: dict | None = None) -> Path:
+    price = {"input_per_mtok": 0.15, "output_per_mtok": 0.6}
+    config = {
+        "server": {"host": "127.0.0.1", "port": free_port()},
+        "store": store or {"backend": "disk", "path": str(workdir / "state")},
+        "models": [
+            {"name": "bench", "deployments": [{"provider": "openai", "model": "bench", "base_url": upstream + "/v1", "api_key": "sk-upstream", "price": price}]},
+            {"name": "bench-backup", "deployments": [{"provider": "openai", "model": "bench", "base_url": upstream + "/v1", "api_key": "sk-upstream", "price": price}]},
+            {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-bench", "base_url": upstream, "api_key": "sk-upstream", "price": price}]},
+        ],
+    }
+    if middleware:
+        config["middleware"] = write_policies(workdir)
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_lockgate(config: Path, workers: int = 1) -> tuple[Server, str]:
+    port = yaml.safe_load(config.read_text())["server"]["port"]
+    args = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--workers", str(workers)]
+    server = Server(args, health=f"http://127.0.0.1:{port}/health")
+    return server, f"http://127.0.0.1:{port}"
+
+
+# -- streaming ------------------------------------------------------------------------------
+async def stream_timings(url: str, n: int, key: str = KEY) -> tuple[list[float], list[float]]:
+    """Time to first content event and the gaps between events, per stream."""
+    import aiohttp
+
+    body = {**BODY, "stream": True}
+    first, gaps = [], []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(n):
+            start = time.perf_counter()
+            stamps = []
+            async with session.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+                buffer = b""
+                async for chunk in response.content.iter_any():
+                    now = time.perf_counter()
+                    buffer += chunk
+                    while b"\n\n" in buffer:
+                        event, buffer = buffer.split(b"\n\n", 1)
+                        if b'"content":" w' in event:
+                            stamps.append(now)
+            first.append((stamps[0] - start) * 1000)
+            gaps += [(b - a) * 1000 for a, b in zip(stamps, stamps[1:])]
+    return first, gaps
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+# -- litellm -------------------------------------------------------------------------------
+def litellm_ready() -> Path:
+    python = LITELLM_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "litellm[proxy]"], check=True)
+    return LITELLM_VENV / "bin" / "litellm"
+
+
+def start_litellm(workdir: Path, upstream: str, full: bool) -> tuple[Server, str]:
+    port = free_port()
+    params = {"model": "openai/bench", "api_base": upstream + "/v1", "api_key": "sk-upstream"}
+    config: dict = {
+        "model_list": [{"model_name": "bench", "litellm_params": params}, {"model_name": "bench-backup", "litellm_params": params}],
+        "general_settings": {"master_key": LITELLM_MASTER},
+    }
+    if full:
+        # the closest LiteLLM has without a database: master-key auth, per-deployment rpm/tpm,
+        # an in-memory cache, fallbacks and an alias (budgets need its Postgres)
+        for entry in config["model_list"]:
+            entry["litellm_params"].update({"rpm": 10**9, "tpm": 10**12})
+        config["litellm_settings"] = {"cache": True, "cache_params": {"type": "local"}}
+        config["router_settings"] = {"fallbacks": [{"bench": ["bench-backup"]}], "model_group_alias": {"bench-alias": "bench"}}
+    path = workdir / f"litellm-{'full' if full else 'bare'}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "DISABLE_ADMIN_UI": "True"}
+    server = Server(
+        [str(litellm_ready()), "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        env=env,
+        health=f"http://127.0.0.1:{port}/health/liveliness",
+    )
+    return server, f"http://127.0.0.1:{port}"
+
+
+# -- the run -------------------------------------------------------------------------------
+def run(args) -> list[Result]:
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: `make bench` installs it (apt-get install wrk)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
+    only = set(args.only.split(",")) if args.only else None
+    wanted = lambda n: only is None or str(n) in only  # noqa: E731
+    port = free_port()
+    upstream = Server([sys.executable, str(BENCH / "fast_upstream.py"), str(port)], env={"BENCH_CHUNK_DELAY_S": "0.01"}, health=f"http://127.0.0.1:{port}/")
+    up_url = f"http://127.0.0.1:{port}"
+    results: list[Result] = []
+    try:
+        direct = measure("1. direct to the fake upstream (baseline)", "upstream", up_url, "/v1/chat/completions", args, None, unique=False)
+        results.append(direct)
+
+        def lockgate(name: str, scenario: int, *, middleware: bool, unique: bool, store=None, workers=1, model="bench"):
+            if not wanted(scenario):
+                return
+            sub = workdir / f"s{scenario}"
+            sub.mkdir()
+            server, url = start_lockgate(lockgate_config(sub, up_url, middleware=middleware, store=store), workers)
+            try:
+                results.append(measure(name, "lockgate", url, "/v1/chat/completions", args, server, unique=unique, model=model))
+            finally:
+                server.stop()
+
+        lockgate("2. lockgate, no middleware", 2, middleware=False, unique=True)
+        lockgate("3. lockgate, all six middlewares (cache miss), disk store", 3, middleware=True, unique=True)
+        lockgate("4. lockgate, all six middlewares (cache hit), disk store", 4, middleware=True, unique=False)
+        if wanted(5):
+            results += streaming(workdir, up_url, args)
+        lockgate("6. lockgate, Anthropic-translated model, no middleware", 6, middleware=False, unique=True, model="claude")
+        lockgate("7. lockgate, all six (cache miss), disk, --workers 2", 7, middleware=True, unique=True, workers=2)
+        if wanted(8):
+            redis_url = ensure_redis()
+            lockgate("8. lockgate, all six (cache miss), redis store", 8, middleware=True, unique=True, store={"backend": "redis", "url": redis_url})
+        if "litellm" in (args.peers or ""):
+            for full, label in ((False, "2"), (True, "3")):
+                server, url = start_litellm(workdir, up_url, full)
+                try:
+                    name = f"9.{label} LiteLLM Proxy, " + ("master key + rpm/tpm, cache (miss), fallbacks, alias" if full else "master key only")
+                    results.append(measure(name, "litellm", url, "/v1/chat/completions", args, server, unique=True, key=LITELLM_MASTER))
+                finally:
+                    server.stop()
+        ready = startup_time(workdir, up_url)
+    finally:
+        upstream.stop()
+    for r in results:
+        r.ratio_vs_direct = round(r.rps / direct.rps, 3) if direct.rps else None
+        if r is not direct and "single_p50_ms" in r.notes:
+            r.added_p50_ms = round(r.notes["single_p50_ms"] - direct.notes["single_p50_ms"], 3)
+            r.added_p99_ms = round(r.notes["single_p99_ms"] - direct.notes["single_p99_ms"], 3)
+    results.append(Result("lockgate serve ready (s)", "lockgate", notes={"seconds": ready}))
+    return results
+
+
+def streaming(workdir: Path, up_url: str, args) -> list[Result]:
+    sub = workdir / "s5"
+    sub.mkdir()
+    n = max(50, args.duration * 10)
+    direct_first, direct_gaps = asyncio.run(stream_timings(up_url, n))
+    out = []
+    for middleware in (False, True):
+        target = sub / ("all-six" if middleware else "bare")
+        target.mkdir()
+        server, url = start_lockgate(lockgate_config(target, up_url, middleware=middleware))
+        try:
+            asyncio.run(stream_timings(url, 10))
+            first, gaps = asyncio.run(stream_timings(url, n))
+        finally:
+            server.stop()
+        result = Result(f"5. streaming, {'all six middlewares' if middleware else 'no middleware'}", "lockgate")
+        result.added_p50_ms = round(statistics.median(first) - statistics.median(direct_first), 3)
+        result.added_p99_ms = round(percentile(first, 99) - percentile(direct_first, 99), 3)
+        result.notes = {
+            "ttft_p50_ms": round(statistics.median(first), 3),
+            "direct_ttft_p50_ms": round(statistics.median(direct_first), 3),
+            "inter_chunk_p50_ms": round(statistics.median(gaps), 3),
+            "direct_inter_chunk_p50_ms": round(statistics.median(direct_gaps), 3),
+            "added_inter_chunk_p50_ms": round(statistics.median(gaps) - statistics.median(direct_gaps), 3),
+            "added_inter_chunk_p99_ms": round(percentile(gaps, 99) - percentile(direct_gaps, 99), 3),
+            "streams": n,
+        }
+        out.append(result)
+    return out
+
+
+def startup_time(workdir: Path, up_url: str) -> float:
+    sub = workdir / "startup"
+    sub.mkdir()
+    config = lockgate_config(sub, up_url, middleware=True)
+    start = time.perf_counter()
+    server, _ = start_lockgate(config)
+    elapsed = time.perf_counter() - start
+    server.stop()
+    return round(elapsed, 3)
+
+
+def ensure_redis() -> str:
+    import redis
+
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
+        return "redis://127.0.0.1:6379/14"
+    except redis.RedisError:
+        port = free_port()
+        subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(0.5)
+        return f"redis://127.0.0.1:{port}/0"
+
+
+# -- reporting -----------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or "unknown cpu"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{psutil.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def fmt(value, digits=2) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(results: list[Result], when: str) -> str:
+    lines = [
+        f"Measured {when} on {machine()}; wrk at 32 connections (1 for added latency), {ARGS.duration} s a run.",
+        "",
+        "| scenario | req/s | × direct | p50 ms | p99 ms | added p50 ms (1 conn) | added p99 ms (1 conn) | CPU ms/req | RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.scenario.startswith("5.") or r.scenario.startswith("lockgate serve"):
+            continue
+        lines.append(
+            f"| {r.scenario} | {fmt(r.rps, 0)} | {fmt(r.ratio_vs_direct, 3)} | {fmt(r.p50_ms)} | {fmt(r.p99_ms)} | {fmt(r.added_p50_ms, 3)} | {fmt(r.added_p99_ms, 3)} | {fmt(r.cpu_ms_per_request, 3)} | {fmt(r.rss_mb, 1)} |"
+        )
+    streams = [r for r in results if r.scenario.startswith("5.")]
+    if streams:
+        lines += ["", "| streaming | added time to first token p50 / p99 ms | added inter-chunk delay p50 / p99 ms |", "|---|---:|---:|"]
+        for r in streams:
+            lines.append(f"| {r.scenario[3:]} | {fmt(r.added_p50_ms, 3)} / {fmt(r.added_p99_ms, 3)} | {fmt(r.notes['added_inter_chunk_p50_ms'], 3)} / {fmt(r.notes['added_inter_chunk_p99_ms'], 3)} |")
+    ready = next((r for r in results if r.scenario.startswith("lockgate serve")), None)
+    if ready:
+        lines += ["", f"`lockgate serve` with all six middlewares: healthy {ready.notes['seconds']:.2f} s after launch."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r.rps]
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
+    colors = ["#888888" if r.target == "upstream" else "#d9534f" if r.target == "litellm" else "#2a7ab0" for r in rows]
+    ax.barh([r.scenario for r in rows][::-1], [r.rps for r in rows][::-1], color=colors[::-1])
+    for i, r in enumerate(rows[::-1]):
+        ax.text(r.rps, i, f" {r.rps:,.0f}", va="center", fontsize=8)
+    ax.set_xlabel("requests per second at 32 connections (higher is better)")
+    ax.set_title("lockgate throughput on loopback")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    global ARGS
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--peers", default=os.environ.get("PEERS", ""))
+    parser.add_argument("--only", help="comma-separated scenario numbers (the baseline always runs)")
+    ARGS = parser.parse_args()
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results = run(ARGS)
+    (RESULTS / "results.json").write_text(json.dumps({"when": when, "machine": machine(), "results": [asdict(r) for r in results]}, indent=2))
+    table = markdown(results, when)
+    (RESULTS / "results.md").write_text(table)
+    chart(results, RESULTS / "results.png")
+    print(table)
+
+
+ARGS = None
+if __name__ == "__main__":
+    main()
