@@ -39,7 +39,7 @@ from providers import prices
 from providers.base import Price
 from providers.tokens import prompt_tokens
 from proxy.config import Checker, ConfigError
-from proxy.context import is_model_request, load_json, replay
+from proxy.context import get_context, is_model_request, load_json, replay
 from proxy.errors import GatewayError, send_error
 from proxy.logs import get_logger
 from proxy.store import Claim, Store, open_store
@@ -197,7 +197,7 @@ class BudgetMiddleware:
         try:
             ctx = await load_json(scope, receive)
         except GatewayError:
-            await self.app(scope, receive, send)
+            await self.app(scope, replay(get_context(scope), receive), send)  # the inner app answers bad input itself
             return
         await BudgetedRequest(self.store, self.policy.current, ctx, scope)(self.app, replay(ctx, receive), send)
 
@@ -236,7 +236,7 @@ class BudgetedRequest:
     async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
         ctx = self.ctx
         price = price_for(self.policy, self.scope, ctx.model_requested)
-        if price is None and self.policy.unknown_price == "refuse":
+        if price is None and self.policy.unknown_price == "refuse" and not self._resolved_later(ctx.model_requested):
             global unpriced_requests
             unpriced_requests += 1
             log.warning("unpriced_model_refused", model=ctx.model_requested, request_id=ctx.request_id)
@@ -265,6 +265,12 @@ class BudgetedRequest:
         finally:
             if not self.settled:
                 await asyncio.shield(self._settle())
+
+    def _resolved_later(self, model: str | None) -> bool:
+        """A name the gateway does not serve as such (an alias a rewrite resolves further
+        in) cannot be priced yet: its served model is priced when it settles."""
+        gateway = getattr(getattr(self.scope.get("app"), "state", None), "gateway", None)
+        return gateway is not None and model not in gateway.config.models
 
     def _estimate(self, price: Price | None) -> float:
         if price is None:

@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from middleware.policy import Policy
 from providers.sse import SSEDecoder
 from proxy.config import Checker, ConfigError
-from proxy.context import RequestContext, is_model_request, load_json, replay
+from proxy.context import RequestContext, get_context, is_model_request, load_json, replay
 from proxy.errors import GatewayError
 
 DEFAULT_ON = (429, 500, 502, 503, 504, "timeout", "connect_error")
@@ -120,7 +120,7 @@ class FallbackMiddleware:
         try:
             ctx = await load_json(scope, receive)
         except GatewayError:
-            await self.app(scope, receive, send)
+            await self.app(scope, replay(get_context(scope), receive), send)  # the inner app answers bad input itself
             return
         model = ctx.body.get("model")
         policy = self.policy.current

@@ -136,7 +136,7 @@ class ThrottleMiddleware:
         try:
             ctx = await load_json(scope, receive)
         except GatewayError:
-            await self.app(scope, receive, send)  # the proxy answers bad input itself
+            await self.app(scope, replay(get_context(scope), receive), send)  # the proxy answers bad input itself
             return
         await ThrottledRequest(self.store, policy, ctx)(self.app, scope, replay(ctx, receive), send)
 

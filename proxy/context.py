@@ -39,6 +39,7 @@ class RequestContext:
         "response_headers",
         "upstream_s",
         "max_body",
+        "body_error",
         "extra",
     )
 
@@ -59,6 +60,7 @@ class RequestContext:
         self.response_headers: dict[str, str] = {}
         self.upstream_s = 0.0
         self.max_body = DEFAULT_MAX_BODY_BYTES  # the gateway sets server.max_body_bytes
+        self.body_error: GatewayError | None = None  # the body was read and was bad: say so again
         self.extra: dict[str, Any] = {}
 
     def mark_changed(self) -> None:
@@ -122,16 +124,17 @@ async def load_json(scope: Scope, receive: Receive, max_bytes: int | None = None
     ctx = get_context(scope)
     if ctx.body_loaded:
         return ctx
-    if not is_json(scope):
-        raise bad_request("Content-Type must be application/json.", code="invalid_content_type")
-    raw = await read_body(scope, receive, max_bytes or ctx.max_body)
+    if ctx.body_error is not None:
+        # an outer layer already consumed the body and found it bad; reading again would wait forever
+        raise ctx.body_error
     try:
-        body = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"We could not parse the JSON body of your request: {exc.msg}.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    ctx.raw_body = raw
+        if not is_json(scope):
+            raise bad_request("Content-Type must be application/json.", code="invalid_content_type")
+        ctx.raw_body = await read_body(scope, receive, max_bytes or ctx.max_body)
+        body = parse_object(ctx.raw_body)
+    except GatewayError as exc:
+        ctx.body_error = exc
+        raise
     ctx.body = body
     ctx.body_loaded = True
     model = body.get("model")
@@ -140,9 +143,22 @@ async def load_json(scope: Scope, receive: Receive, max_bytes: int | None = None
     return ctx
 
 
+def parse_object(raw: bytes) -> dict:
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"We could not parse the JSON body of your request: {exc.msg}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
 def replay(ctx: RequestContext, receive: Receive) -> Receive:
     """A `receive` for the inner app: the (possibly changed) body first, then the real one
-    (so the inner app still hears about a disconnect)."""
+    (so the inner app still hears about a disconnect). Before anyone read the body, the
+    real one as it is."""
+    if ctx.raw_body is None and not ctx.body_loaded:
+        return receive
     sent = False
 
     async def replayed() -> Message:

@@ -132,3 +132,25 @@ def _closed_port() -> int:
     from tests.conftest import free_port
 
     return free_port()
+
+
+@pytest.mark.parametrize("middleware", ["throttle", "budget", "rewrite", "fallback"])
+def test_bad_body_behind_a_middleware_is_answered_not_hung(fake, tmp_path, middleware):
+    policies = {
+        "throttle": {"limits": [{"per": "global", "rpm": 100}]},
+        "budget": {"unknown_price": "allow"},
+        "rewrite": {"aliases": {"a": "demo"}},
+        "fallback": {"chains": {"*": ["demo"]}},
+    }
+    path = tmp_path / f"{middleware}.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(policies[middleware]))
+    gateway = start_gateway({"models": provider_models(fake.url), "middleware": [{middleware: str(path)}]}, tmp_path)
+    try:
+        bad = httpx.post(gateway.url + CHAT, content=b"{bad", headers={"content-type": "application/json"}, timeout=5)
+        assert_openai_error(bad, 400, "invalid_json")
+        wrong_type = httpx.post(gateway.url + CHAT, content=b"model=demo", headers={"content-type": "text/plain"}, timeout=5)
+        assert_openai_error(wrong_type, 400, "invalid_content_type")
+    finally:
+        gateway.stop()

@@ -1,0 +1,355 @@
+"""Model aliases and routing rules: which model a request is really served by.
+
+rewrite.yaml:
+
+    trust_client_fields: false   # may rules read what the client says about its request
+                                 # (x-lockgate-<name> headers, the body's `metadata`, extra body fields)?
+    aliases:                     # name -> name, applied first and once (a loop or a chain is refused)
+      gpt-4: gpt-4o
+      fast: gpt-4o-mini
+    rules:                       # in order; the first that matches decides
+      - id: premium              # optional: names the rule in logs and salts its split (default: its index)
+        when: {tier: premium}    # every field must match: a value, a glob, or a list of them
+        model: gpt-4o            # serve this model instead ...
+      - when: {header: {x-lockgate-task: simple_qa}}
+        model: gpt-3.5-turbo
+      - condition: "user_tier == 'basic' && hour >= 9 && hour <= 17"   # see middleware/expression.py
+        model: gpt-4o-mini
+      - when: {model: "gpt-4o*"}
+        split: {gpt-4o: 90, claude-sonnet: 10}   # ... or one of these, by weight (any total), sticky per user
+
+A rule may have `when`, `condition`, both (both must hold) or neither (always matches).
+
+Names that `when` keys and conditions read:
+- `key`, `user`, `team`, `tier` (also `user_tier`), `metadata.<name>`: the caller's identity,
+  as auth established it (without auth: `anonymous`, or with trust_client_fields the user
+  claimed in `x-lockgate-user` / the body's `user`, as throttle and budget read it)
+- `model`: the model asked for, after aliases; `hour`: the hour of day, UTC, 0-23;
+  `input_length`: the estimated prompt tokens
+- `header.<name>`: a request header (`when` also takes `header: {<name>: value}`)
+- request fields the API defines (`stream`, `temperature`, `max_tokens`, `tools`, `think`...)
+- any other name (`task_type`, `task_complexity`, `test_mode`) is a client field, and only
+  with `trust_client_fields: true`: read from the `x-lockgate-<name>` header (`_` may be
+  written `-`), then the body's `metadata.<name>`, then a top-level body field `<name>`.
+  Without trust such a name is an error when the policy loads. Identity names always
+  come from the identity: a client cannot claim a tier.
+
+Client fields the policy reads are removed from the top level of the body before it goes
+upstream, since strict providers reject fields they do not know. A split hashes the user
+with the rule's id, so a user stays on one side for as long as the rule keeps its id and
+weights. Requests without a model and routes that reach no model pass untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from middleware import expression
+from middleware.expression import Expression, ExpressionError
+from middleware.identity import identity, matches
+from middleware.policy import Policy
+from providers.tokens import prompt_tokens
+from proxy.config import Checker, ConfigError
+from proxy.context import RequestContext, get_context, header, is_model_request, load_json, replay
+from proxy.errors import GatewayError
+
+IDENTITY_NAMES = {"key": "key", "user": "user", "team": "team", "tier": "tier", "user_tier": "tier"}
+COMPUTED_NAMES = frozenset({"model", "hour", "input_length"})
+# fields the APIs define: they describe the request rather than claim anything about the
+# caller, so rules read them without trust, and they are never stripped
+REQUEST_FIELDS = frozenset(
+    {
+        "stream", "temperature", "top_p", "top_k", "n", "max_tokens", "max_completion_tokens", "max_output_tokens",
+        "presence_penalty", "frequency_penalty", "seed", "stop", "logprobs", "top_logprobs", "service_tier", "store",
+        "parallel_tool_calls", "reasoning_effort", "tool_choice", "response_format", "tools", "modalities",
+        "instructions", "previous_response_id", "truncation", "background", "dimensions", "encoding_format", "think",
+    }
+)
+CLIENT_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+RULE_KEYS = {"id", "when", "condition", "model", "split"}
+
+
+def utc_hour() -> int:
+    return time.gmtime().tm_hour
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    label: str | int  # its `id`, else its index
+    when: Mapping[str, Any]  # canonical name -> value, glob or list
+    condition: Expression | None
+    model: str | None
+    split: tuple[tuple[str, float], ...]  # (model, cumulative weight)
+
+    def applies(self, facts: "Facts") -> bool:
+        return matches(self.when, facts) and (self.condition is None or self.condition.test(facts))
+
+    def target(self, facts: "Facts") -> str:
+        if self.model is not None:
+            return self.model
+        # blake2b, not hash(): the same user lands on the same side in every process
+        digest = hashlib.blake2b(f"{self.label}\0{facts.get('user')}".encode(), digest_size=8).digest()
+        point = int.from_bytes(digest, "big") / 2**64 * self.split[-1][1]
+        return next((model for model, edge in self.split if point < edge), self.split[-1][0])
+
+
+@dataclass(frozen=True, slots=True)
+class RewritePolicy:
+    aliases: Mapping[str, str]
+    rules: tuple[Rule, ...]
+    trust_client_fields: bool = False
+    client_fields: frozenset[str] = frozenset()  # stripped from the body
+
+
+class Names:
+    """Turns a name a policy uses into its canonical form, refusing those it may not read."""
+
+    def __init__(self, trust_client_fields: bool) -> None:
+        self.trust = trust_client_fields
+        self.client_fields: set[str] = set()
+
+    def resolve(self, name: str, column: int = 0) -> str:
+        if name in IDENTITY_NAMES:
+            return IDENTITY_NAMES[name]
+        if name in COMPUTED_NAMES or name in REQUEST_FIELDS:
+            return name
+        root, _, rest = name.partition(".")
+        if root in ("header", "metadata"):
+            if not rest or "." in rest or (root == "header" and not HEADER_NAME.fullmatch(rest)):
+                raise ExpressionError(f"write {root}.<name>, not {name!r}", column)
+            return f"header.{rest.lower()}" if root == "header" else name
+        if rest:
+            raise ExpressionError(f"attribute access is not allowed: {name!r} (only header.<name> and metadata.<name>)", column)
+        if not CLIENT_FIELD.fullmatch(name):
+            raise ExpressionError(f"{name!r} is not a name a rule can read", column)
+        if not self.trust:
+            raise ExpressionError(f"unknown name {name!r} (fields the client sends are read only with trust_client_fields: true)", column)
+        self.client_fields.add(name)
+        return name
+
+
+def parse_policy(raw: Any, source: str) -> RewritePolicy:
+    check = Checker(source)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}:1: the rewrite policy must be a mapping with `aliases:` and/or `rules:`"])
+    check.unknown(raw, {"trust_client_fields", "aliases", "rules"}, "the rewrite policy")
+    trust = raw.get("trust_client_fields", False)
+    if not isinstance(trust, bool):
+        check.fail(raw, "trust_client_fields", "trust_client_fields must be true or false")
+        trust = False
+    aliases = parse_aliases(check, check.mapping(raw, "aliases", "aliases"))
+    names = Names(trust)
+    nodes = raw.get("rules") or []
+    if not isinstance(nodes, list):
+        check.fail(raw, "rules", "`rules:` must be a list")
+        nodes = []
+    rules: list[Rule] = []
+    for index, node in enumerate(nodes):
+        if not isinstance(node, dict):
+            check.fail(nodes, index, "each rule must be a mapping")
+            continue
+        rule = parse_rule(check, node, index, names)
+        if rule is not None:
+            if any(r.label == rule.label for r in rules):
+                check.fail(node, "id", f"two rules have the id {rule.label!r}")
+            rules.append(rule)
+    if check.problems:
+        raise ConfigError(check.problems)
+    return RewritePolicy(aliases, tuple(rules), trust, frozenset(names.client_fields))
+
+
+def parse_aliases(check: Checker, node: dict) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    for name, target in node.items():
+        if not isinstance(target, str) or not target:
+            check.fail(node, name, f"alias {name!r} must name a model")
+            continue
+        aliases[str(name)] = target
+    reported: set[frozenset[str]] = set()
+    for name, target in aliases.items():
+        if target not in aliases:
+            continue
+        path = [name, target]
+        while path[-1] in aliases and aliases[path[-1]] not in path:
+            path.append(aliases[path[-1]])
+        if path[-1] in aliases:
+            loop = frozenset(path)
+            if loop not in reported:
+                reported.add(loop)
+                check.fail(node, name, "alias loop: " + " -> ".join(path + [aliases[path[-1]]]))
+        else:
+            check.fail(node, name, f"alias target {target!r} is itself an alias (aliases apply once): point {name!r} at {path[-1]!r}")
+    return aliases
+
+
+def parse_rule(check: Checker, node: dict, index: int, names: Names) -> Rule | None:
+    check.unknown(node, RULE_KEYS, "a rule")
+    label = check.string(node, "id", index) if "id" in node else index
+    when = parse_when(check, node, names)
+    condition = None
+    if "condition" in node:
+        text = node["condition"]
+        try:
+            condition = expression.parse(text, names.resolve)
+        except ExpressionError as exc:
+            shown = text if not isinstance(text, str) or len(text) <= 80 else text[:77] + "..."
+            check.fail(node, "condition", f"condition {shown!r}: {exc}")
+    if ("model" in node) == ("split" in node):
+        check.fail(node, None, "a rule needs exactly one of `model:` or `split:`")
+        return None
+    if "model" in node:
+        model = check.string(node, "model")
+        if not model:
+            check.fail(node, "model", "model must name a model")
+        return Rule(label, when, condition, model, ())
+    return Rule(label, when, condition, None, parse_split(check, node))
+
+
+def parse_when(check: Checker, node: dict, names: Names) -> dict[str, Any]:
+    spec = node.get("when")
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        check.fail(node, "when", "when must be a mapping of names to values")
+        return {}
+    flat: dict[str, Any] = {}
+    entries = []
+    for key, wanted in spec.items():
+        if key in ("header", "metadata") and isinstance(wanted, dict):
+            entries += [(f"{key}.{sub}", value, wanted, sub) for sub, value in wanted.items()]
+        else:
+            entries.append((str(key), wanted, spec, key))
+    for name, wanted, where, key in entries:
+        try:
+            canonical = names.resolve(name)
+        except ExpressionError as exc:
+            check.fail(where, key, f"when: {exc.message}")
+            continue
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if any(isinstance(option, (dict, list)) for option in options):
+            check.fail(where, key, f"when: {name} takes a value, a glob or a list of them")
+            continue
+        flat[canonical] = tuple(options) if isinstance(wanted, list) else wanted
+    return flat
+
+
+def parse_split(check: Checker, node: dict) -> tuple[tuple[str, float], ...]:
+    weights = check.mapping(node, "split", "split")
+    edges: list[tuple[str, float]] = []
+    total = 0.0
+    for model, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            check.fail(weights, model, f"the weight of {model!r} must be a number of at least 0")
+            continue
+        total += weight
+        edges.append((str(model), total))
+    if total <= 0:
+        check.fail(node, "split", "a split needs at least one model with a weight above 0")
+    return tuple(edges)
+
+
+class Facts:
+    """One request as rules see it. Each fact is worked out the first time a rule asks,
+    so a policy that never reads `input_length` never counts tokens."""
+
+    __slots__ = ("scope", "ctx", "trust", "who", "known")
+
+    def __init__(self, scope: Scope, ctx: RequestContext, model: str, trust: bool) -> None:
+        self.scope = scope
+        self.ctx = ctx
+        self.trust = trust
+        self.who: dict[str, Any] | None = None
+        self.known: dict[str, Any] = {"model": model}
+
+    def get(self, name: str) -> Any:
+        if name in self.known:
+            return self.known[name]
+        value = self.known[name] = self._find(name)
+        return value
+
+    def _find(self, name: str) -> Any:
+        body = self.ctx.body
+        if name in IDENTITY_NAMES or name.startswith("metadata."):
+            if self.who is None:
+                self.who = identity(self.scope, self.ctx, self.trust)
+            if name.startswith("metadata."):
+                return (self.who.get("metadata") or {}).get(name[9:])
+            return self.who.get(name)
+        if name == "hour":
+            return utc_hour()
+        if name == "input_length":
+            return prompt_tokens(body)
+        if name.startswith("header."):
+            return header(self.scope, name[7:].encode("latin-1"))
+        if name in REQUEST_FIELDS:
+            return body.get(name)
+        return self._client_field(name)
+
+    def _client_field(self, name: str) -> Any:
+        for spelling in dict.fromkeys((name.lower(), name.lower().replace("_", "-"))):
+            value = header(self.scope, b"x-lockgate-" + spelling.encode())
+            if value is not None:
+                return value
+        metadata = self.ctx.body.get("metadata")
+        if isinstance(metadata, dict) and name in metadata:
+            return metadata[name]
+        return self.ctx.body.get(name)
+
+
+def rewrite(policy: RewritePolicy, scope: Scope, ctx: RequestContext) -> None:
+    """Applies the alias and the first matching rule to ctx.body, and strips the
+    client's routing hints."""
+    body = ctx.body
+    asked = body.get("model")
+    if not isinstance(asked, str):
+        return
+    model = policy.aliases.get(asked, asked)
+    facts = Facts(scope, ctx, model, policy.trust_client_fields)
+    for rule in policy.rules:
+        if rule.applies(facts):
+            model = rule.target(facts)
+            ctx.extra["rewrite_rule"] = rule.label
+            break
+    changed = False
+    for name in policy.client_fields:
+        if name in body:
+            del body[name]
+            changed = True
+    if model != asked:
+        body["model"] = model
+        ctx.model_served = model
+        changed = True
+    if changed:
+        ctx.mark_changed()
+
+
+class RewriteMiddleware:
+    """`store` is accepted like every lockgate middleware's; rewriting keeps no state."""
+
+    def __init__(self, app: ASGIApp, policy: Any, store: Any = None) -> None:
+        self.app = app
+        self.policy = Policy("rewrite", policy, parse_policy)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_model_request(scope):
+            await self.app(scope, receive, send)
+            return
+        self.policy.ensure_watching()
+        policy = self.policy.current
+        if not policy.aliases and not policy.rules:
+            await self.app(scope, receive, send)
+            return
+        try:
+            ctx = await load_json(scope, receive)
+        except GatewayError:
+            await self.app(scope, replay(get_context(scope), receive), send)  # the proxy answers bad input itself
+            return
+        rewrite(policy, scope, ctx)
+        await self.app(scope, replay(ctx, receive), send)
