@@ -104,6 +104,13 @@ def _construct_sequence(loader: LineLoader, node: yaml.SequenceNode) -> LineList
     return result
 
 
+# YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
+# which would turn fallback.yaml's `on:` key into True.
+LineLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+LineLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 

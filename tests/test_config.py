@@ -168,3 +168,13 @@ def test_example_policies_parse_and_the_readme_demo_key_works():
     assert keys.find(b"sk-lockgate-demo-master").identity()["admin"] is True
     assert throttle.parse_policy(load_yaml(policies / "throttle.yaml"), "throttle.yaml").limits
     assert budget.parse_policy(load_yaml(policies / "budget.yaml"), "budget.yaml").default is not None
+
+
+def test_yaml_reads_on_and_yes_as_strings_not_booleans(tmp_path):
+    from middleware.fallback import parse_policy
+    from proxy.config import load_yaml
+
+    path = tmp_path / "fallback.yaml"
+    path.write_text("chains: {a: [b]}\non: [429, timeout]\n")
+    policy = parse_policy(load_yaml(path), str(path))
+    assert policy.statuses == {429} and policy.kinds == {"timeout"}
