@@ -125,7 +125,7 @@ class FallbackMiddleware:
         model = ctx.body.get("model")
         policy = self.policy.current
         if not isinstance(model, str) or not (policy.chain(model) or policy.retries_for(model) or model in policy.context_window):
-            await self.app(scope, receive, replay(ctx, receive))
+            await self.app(scope, replay(ctx, receive), send)
             return
         await FallbackRequest(policy, ctx)(self.app, scope, receive, send)
 

@@ -150,3 +150,10 @@ def test_stream_that_fails_after_content_does_not_fall_back_or_hang(gw, upstream
     assert text_of(events).startswith("one")
     assert "error" in events[-1]
     assert upstream_models(upstream) == ["fb-p"]
+
+
+def test_a_model_without_a_chain_passes_straight_through(gw, upstream):
+    r = chat(gw, "third")
+    assert r.status_code == 200 and "x-lockgate-fallback" not in r.headers
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json={"model": "third", "messages": MESSAGES, "stream": True}) as s:
+        assert s.status_code == 200 and "echo: hello fallback".split()[-1] in s.read().decode()
