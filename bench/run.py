@@ -228,10 +228,12 @@ async def stream_timings(url: str, n: int, key: str = KEY) -> tuple[list[float],
     """Time to first content event and the gaps between events, per stream."""
     import aiohttp
 
-    body = {**BODY, "stream": True}
     first, gaps = [], []
+    nonce = os.urandom(4).hex()
     async with aiohttp.ClientSession() as session:
-        for _ in range(n):
+        for i in range(n):
+            # a new prompt each time: a cache hit would replay the stream at once
+            body = {**BODY, "stream": True, "messages": [{"role": "user", "content": f"stream {nonce} {i}"}]}
             start = time.perf_counter()
             stamps = []
             async with session.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as response:

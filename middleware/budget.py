@@ -317,18 +317,22 @@ class BudgetedRequest:
                 cost = prices.cost(ctx.usage, price)
         ctx.cost_usd = cost
         amount = cost or 0.0
-        if self.applicable:
-            for key, budget in zip(self.keys, self.applicable):
-                await self.store.settle([key], self.entry, amount, period_window(budget.period, self.now)[1])
-        if amount:
-            await self._report(amount)
+        report = self._report(amount) if amount else []
+        by_ttl: dict[float | None, list[str]] = {}
+        for key, budget in zip(self.keys, self.applicable):
+            by_ttl.setdefault(period_window(budget.period, self.now)[1], []).append(key)
+        for ttl, keys in by_ttl.items():
+            # the report lines go with the first settle: recorded together, durably
+            await self.store.settle(keys, self.entry, amount, ttl, counters=report)
+            report = []
+        if report:
+            await self.store.incr(report)
         return cost
 
-    async def _report(self, amount: float) -> None:
+    def _report(self, amount: float) -> list[tuple[str, str, float]]:
         fields = [f"{d}:{self.who.get(d)}" for d in DIMENSIONS if self.who.get(d)]
         fields.append(f"model:{self.ctx.model_served or self.ctx.model_requested}")
-        items = [(report_key(period, self.now), field, amount) for period in REPORT_PERIODS for field in fields]
-        await self.store.incr(items)
+        return [(report_key(period, self.now), field, amount) for period in REPORT_PERIODS for field in fields]
 
 
 def spend_report(counters: dict[str, float], by: str) -> list[dict[str, Any]]:

@@ -255,7 +255,7 @@ class ThrottledRequest:
         await asyncio.shield(self._release(float(used_tokens)))
 
     async def _release(self, used_tokens: float) -> None:
-        for key in self.concurrent_keys:
-            await self.store.adjust(key, self.entry, None)
-        for key in self.tpm_keys:
-            await self.store.adjust(key, self.entry, used_tokens)
+        items = [(key, self.entry, None) for key in self.concurrent_keys]
+        items += [(key, self.entry, used_tokens) for key in self.tpm_keys]
+        if items:
+            await self.store.adjust_many(items)

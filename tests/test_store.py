@@ -197,14 +197,17 @@ async def test_values_get_set_add_delete(store: Store) -> None:
 
 
 # -- nothing left behind ------------------------------------------------------------------
-async def test_disk_sweeps_records_nobody_touches_again(tmp_path: Path) -> None:
+async def test_disk_sweeps_records_nobody_touches_again(tmp_path: Path, monkeypatch) -> None:
+    import proxy.store.disk as disk
+
+    monkeypatch.setattr(disk, "SWEEP_EVERY", 1)  # every write sweeps (normally every 16th)
     store = DiskStore(str(tmp_path / "state"))
     await store.claim([Claim("idle", 10, 1, 0.05)], "r1")
     await store.reserve([Claim("idle", 10, 1, 0.05)], "r1")
     await store.settle(["period"], "r1", 1.0, ttl_s=0.05)
     await store.incr([("report", "user:a", 1)], ttl_s=0.05)
     await asyncio.sleep(0.1)
-    await store.claim([Claim("busy", 10, 1, LONG)], "r2")  # any write sweeps
+    await store.claim([Claim("busy", 10, 1, LONG)], "r2")  # the next write sweeps
     rows = {table: store._sql(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("Ledger", "Entry", "Budget", "Hash", "HashField")}
     assert rows == {"Ledger": 1, "Entry": 1, "Budget": 1, "Hash": 0, "HashField": 0}  # "busy", and "idle"'s budget record
     await store.close()
@@ -309,3 +312,17 @@ async def test_acknowledged_spend_on_disk_survives_a_killed_process(tmp_path: Pa
     fresh = DiskStore(path)
     assert await fresh.spent("budget:user:a:total") == 2.5
     await fresh.close()
+
+
+async def test_settle_records_report_counters_with_the_cost(store: Store) -> None:
+    await store.reserve([Claim("team-budget", 10, 2, LONG)], "req")
+    spent = await store.settle(["team-budget"], "req", 1.5, None, counters=[("spend:day:x", "team:a", 1.5), ("spend:day:x", "model:m", 1.5)])
+    assert spent == (1.5,)
+    assert await store.counters("spend:day:x") == {"team:a": 1.5, "model:m": 1.5}
+    assert (await store.reserve([Claim("team-budget", 10, 0, LONG)], "next")).reserved == (0.0,), "the reservation was dropped"
+
+
+async def test_adjust_many_in_one_step(store: Store) -> None:
+    await store.claim([Claim("tpm", 100, 40, LONG), Claim("conc", 2, 1, LONG)], "req")
+    await store.adjust_many([("tpm", "req", 7), ("conc", "req", None)])
+    assert await store.used("tpm") == 7 and await store.used("conc") == 0

@@ -66,6 +66,11 @@ class Store:
         expiry; `None` removes it (a lease released). An unknown entry is ignored."""
         raise NotImplementedError
 
+    async def adjust_many(self, items: Sequence[tuple[str, str, float | None]]) -> None:
+        """`adjust` for several (key, entry_id, amount), in one step where the backend can."""
+        for key, entry_id, amount in items:
+            await self.adjust(key, entry_id, amount)
+
     async def used(self, key: str) -> float:
         """A ledger's live total."""
         raise NotImplementedError
@@ -77,10 +82,14 @@ class Store:
         to each."""
         raise NotImplementedError
 
-    async def settle(self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None) -> tuple[float, ...]:
+    async def settle(
+        self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
+    ) -> tuple[float, ...]:
         """For each budget, atomically: drop the reservation, add `cost` to spent.
         `ttl_s` (when given) is how long the budget record is kept (its period's end).
-        Returns each budget's new spent."""
+        `counters` are `incr` items recorded in the same step (the spend report), so a
+        settled cost and its report line are durable together. Returns each budget's
+        new spent."""
         raise NotImplementedError
 
     async def spent(self, key: str) -> float:

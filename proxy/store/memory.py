@@ -126,7 +126,11 @@ class MemoryStore(Store):
             budget.reservations.put(entry_id, now + c.ttl_s, c.amount)
         return Reservation(True, tuple(b.spent for b in budgets), tuple(b.reservations.total for b in budgets))
 
-    async def settle(self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None) -> tuple[float, ...]:
+    async def settle(
+        self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
+    ) -> tuple[float, ...]:
+        if counters:
+            await self.incr(counters)
         now = self.now()
         result = []
         for key in keys:

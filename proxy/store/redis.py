@@ -283,6 +283,15 @@ class RedisStore(Store):
     async def adjust(self, key: str, entry_id: str, amount: float | None) -> None:
         await self._adjust(self._ledger(key), [entry_id, "" if amount is None else amount])
 
+    async def adjust_many(self, items: Sequence[tuple[str, str, float | None]]) -> None:
+        if len(items) == 1:
+            await self.adjust(*items[0])
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, entry_id, amount in items:
+                await self._adjust(self._ledger(key), [entry_id, "" if amount is None else amount], client=pipe)
+            await pipe.execute()
+
     async def used(self, key: str) -> float:
         return float(await self._used(self._ledger(key)))
 
@@ -298,9 +307,19 @@ class RedisStore(Store):
         reserved = tuple(float(v) for v in values[n:])
         return Reservation(bool(ok), spent, reserved, None if ok else int(failed))
 
-    async def settle(self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None) -> tuple[float, ...]:
+    async def settle(
+        self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
+    ) -> tuple[float, ...]:
         redis_keys = [k for key in keys for k in self._budget(key)]
-        spent = await self._settle(redis_keys, [entry_id, cost, "" if ttl_s is None else ttl_s])
+        args = [entry_id, cost, "" if ttl_s is None else ttl_s]
+        if not counters:
+            spent = await self._settle(redis_keys, args)
+            return tuple(float(s) for s in spent)
+        # one round trip, applied as one: MULTI around the two scripts
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await self._settle(redis_keys, args, client=pipe)
+            await self._incr(*self._incr_args(counters, None), client=pipe)
+            spent, _ = await pipe.execute()
         return tuple(float(s) for s in spent)
 
     async def spent(self, key: str) -> float:
@@ -310,11 +329,14 @@ class RedisStore(Store):
 
     # -- counters -----------------------------------------------------------------------
     async def incr(self, items: Sequence[tuple[str, str, float]], ttl_s: float | None = None) -> None:
+        await self._incr(*self._incr_args(items, ttl_s))
+
+    def _incr_args(self, items: Sequence[tuple[str, str, float]], ttl_s: float | None) -> tuple[list[str], list[str | float]]:
         keys = [f"{self.prefix}h:{key}" for key, _, _ in items]
         args: list[str | float] = ["" if ttl_s is None else ttl_s]
         for _, field, amount in items:
             args += [field, amount]
-        await self._incr(keys, args)
+        return keys, args
 
     async def counters(self, key: str) -> dict[str, float]:
         fields = await self.redis.hgetall(f"{self.prefix}h:{key}")
