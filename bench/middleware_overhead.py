@@ -20,6 +20,9 @@ sys.path.insert(0, ".")
 
 from middleware.auth import AuthMiddleware  # noqa: E402
 from middleware.budget import BudgetMiddleware  # noqa: E402
+from middleware.cache import CacheMiddleware  # noqa: E402
+from middleware.fallback import FallbackMiddleware  # noqa: E402
+from middleware.rewrite import RewriteMiddleware  # noqa: E402
 from middleware.throttle import ThrottleMiddleware  # noqa: E402
 from proxy.context import get_context  # noqa: E402
 from proxy.store import open_store  # noqa: E402
@@ -51,9 +54,14 @@ def scope() -> dict:
     }
 
 
-async def run(app, n: int) -> float:
+async def run(app, n: int, unique: bool = False) -> float:
+    counter = 0
+
     async def receive():
-        return {"type": "http.request", "body": BODY, "more_body": False}
+        nonlocal counter
+        counter += 1
+        body = BODY.replace(b"today?", f"today? {counter}".encode()) if unique else BODY
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message):
         if message["type"] == "http.response.start" and message["status"] != 200:
@@ -74,16 +82,25 @@ async def main(n: int) -> None:
     auth_policy = {"keys": [{"id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest(), "user": "u1", "models": ["gpt-*"]}]}
     throttle_policy = {"trust_client_user": True, "limits": [{"per": "user", "rpm": 10**9, "tpm": 10**12, "concurrent": 10**6}]}
     budget_policy = {"trust_client_user": True, "budgets": [{"user": "u1", "limit_usd": 10**9, "period": "daily"}]}
+    cache_policy = {"ttl_s": 3600, "scope": "user", "trust_client_user": True}
+    rewrite_policy = {"aliases": {"gpt-4": "gpt-4o"}, "rules": [{"when": {"tier": "premium"}, "model": "gpt-4o"}, {"condition": "input_length > 4000", "model": "gpt-4o"}]}
+    fallback_policy = {"chains": {"gpt-4o-mini": ["gpt-4o"]}}
     base = await run(inner, n)
     print(f"inner app alone: {base:.1f} µs/request ({n} requests)")
     print(f"{'middleware':<10} {'store':<7} {'added µs':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         stores = {"memory": lambda: open_store({"backend": "memory"}), "disk": lambda: open_store({"backend": "disk", "path": tmp + "/state"})}
         print(f"{'auth':<10} {'-':<7} {await run(AuthMiddleware(inner, policy=auth_policy), n) - base:>9.1f}")
+        print(f"{'rewrite':<10} {'-':<7} {await run(RewriteMiddleware(inner, policy=rewrite_policy), n) - base:>9.1f}")
+        print(f"{'fallback':<10} {'-':<7} {await run(FallbackMiddleware(inner, policy=fallback_policy), n) - base:>9.1f}")
         for store_name, make in stores.items():
             for name, cls, policy in (("throttle", ThrottleMiddleware, throttle_policy), ("budget", BudgetMiddleware, budget_policy)):
                 added = await run(cls(inner, policy=policy, store=make()), n) - base
                 print(f"{name:<10} {store_name:<7} {added:>9.1f}")
+            miss = await run(CacheMiddleware(inner, policy=cache_policy, store=make()), n, unique=True) - base
+            hit = await run(CacheMiddleware(inner, policy=cache_policy, store=make()), n) - base
+            print(f"{'cache miss':<10} {store_name:<7} {miss:>9.1f}")
+            print(f"{'cache hit':<10} {store_name:<7} {hit:>9.1f}   (instead of the whole upstream call)")
 
 
 if __name__ == "__main__":
