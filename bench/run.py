@@ -304,6 +304,13 @@ def run(args) -> list[Result]:
     try:
         direct = measure("1. direct to the fake upstream (baseline)", "upstream", up_url, "/v1/chat/completions", args, None, unique=False)
         results.append(direct)
+        bare_port = free_port()
+        bare = Server([sys.executable, str(BENCH / "bare_passthrough.py"), str(bare_port), up_url])
+        wait_http(f"http://127.0.0.1:{bare_port}/v1/chat/completions")
+        try:
+            results.append(measure("0. bare Starlette + aiohttp passthrough (reference)", "reference", f"http://127.0.0.1:{bare_port}", "/v1/chat/completions", args, bare, unique=True))
+        finally:
+            bare.stop()
 
         def lockgate(name: str, scenario: int, *, middleware: bool, unique: bool, store=None, workers=1, model="bench"):
             if not wanted(scenario):
@@ -334,11 +341,15 @@ def run(args) -> list[Result]:
                     results.append(measure(name, "litellm", url, "/v1/chat/completions", args, server, unique=True, key=LITELLM_MASTER))
                 finally:
                     server.stop()
+        if wanted(10):
+            results.append(soak(workdir, up_url, args.soak))
         ready = startup_time(workdir, up_url)
     finally:
         upstream.stop()
+    reference = next(r for r in results if r.target == "reference")
     for r in results:
         r.ratio_vs_direct = round(r.rps / direct.rps, 3) if direct.rps else None
+        r.notes["ratio_vs_bare_passthrough"] = round(r.rps / reference.rps, 3) if reference.rps and r.rps else None
         if r is not direct and "single_p50_ms" in r.notes:
             r.added_p50_ms = round(r.notes["single_p50_ms"] - direct.notes["single_p50_ms"], 3)
             r.added_p99_ms = round(r.notes["single_p99_ms"] - direct.notes["single_p99_ms"], 3)
@@ -375,6 +386,25 @@ def streaming(workdir: Path, up_url: str, args) -> list[Result]:
         }
         out.append(result)
     return out
+
+
+def soak(workdir: Path, up_url: str, total: int) -> Result:
+    """RSS of one worker with all six middlewares, sampled as requests accumulate."""
+    sub = workdir / "soak"
+    sub.mkdir()
+    server, url = start_lockgate(lockgate_config(sub, up_url, middleware=True))
+    samples: list[tuple[int, float]] = [(0, round(server.rss_mb(), 1))]
+    done = 0
+    try:
+        while done < total:
+            run = wrk(url, "/v1/chat/completions", 32, 15, unique=True)
+            done += run["requests"]
+            samples.append((done, round(server.rss_mb(), 1)))
+    finally:
+        server.stop()
+    result = Result(f"10. RSS over {done:,} requests, all six (cache miss), disk", "lockgate", rss_mb=samples[-1][1])
+    result.notes["rss_samples"] = samples
+    return result
 
 
 def startup_time(workdir: Path, up_url: str) -> float:
@@ -419,20 +449,24 @@ def markdown(results: list[Result], when: str) -> str:
     lines = [
         f"Measured {when} on {machine()}; wrk at 32 connections (1 for added latency), {ARGS.duration} s a run.",
         "",
-        "| scenario | req/s | × direct | p50 ms | p99 ms | added p50 ms (1 conn) | added p99 ms (1 conn) | CPU ms/req | RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | req/s | × direct | × bare passthrough | p50 ms | p99 ms | added p50 ms (1 conn) | added p99 ms (1 conn) | CPU ms/req | RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        if r.scenario.startswith("5.") or r.scenario.startswith("lockgate serve"):
+        if r.scenario.startswith(("5.", "10.", "lockgate serve")):
             continue
         lines.append(
-            f"| {r.scenario} | {fmt(r.rps, 0)} | {fmt(r.ratio_vs_direct, 3)} | {fmt(r.p50_ms)} | {fmt(r.p99_ms)} | {fmt(r.added_p50_ms, 3)} | {fmt(r.added_p99_ms, 3)} | {fmt(r.cpu_ms_per_request, 3)} | {fmt(r.rss_mb, 1)} |"
+            f"| {r.scenario} | {fmt(r.rps, 0)} | {fmt(r.ratio_vs_direct, 3)} | {fmt(r.notes.get('ratio_vs_bare_passthrough'), 3)} | {fmt(r.p50_ms)} | {fmt(r.p99_ms)} | {fmt(r.added_p50_ms, 3)} | {fmt(r.added_p99_ms, 3)} | {fmt(r.cpu_ms_per_request, 3)} | {fmt(r.rss_mb, 1)} |"
         )
     streams = [r for r in results if r.scenario.startswith("5.")]
     if streams:
         lines += ["", "| streaming | added time to first token p50 / p99 ms | added inter-chunk delay p50 / p99 ms |", "|---|---:|---:|"]
         for r in streams:
             lines.append(f"| {r.scenario[3:]} | {fmt(r.added_p50_ms, 3)} / {fmt(r.added_p99_ms, 3)} | {fmt(r.notes['added_inter_chunk_p50_ms'], 3)} / {fmt(r.notes['added_inter_chunk_p99_ms'], 3)} |")
+    soaked = next((r for r in results if r.scenario.startswith("10.")), None)
+    if soaked:
+        trail = ", ".join(f"{mb:.1f} MB at {n:,}" for n, mb in soaked.notes["rss_samples"])
+        lines += ["", f"Worker RSS with all six middlewares as requests accumulate: {trail}."]
     ready = next((r for r in results if r.scenario.startswith("lockgate serve")), None)
     if ready:
         lines += ["", f"`lockgate serve` with all six middlewares: healthy {ready.notes['seconds']:.2f} s after launch."]
@@ -447,7 +481,7 @@ def chart(results: list[Result], path: Path) -> None:
 
     rows = [r for r in results if r.rps]
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
-    colors = ["#888888" if r.target == "upstream" else "#d9534f" if r.target == "litellm" else "#2a7ab0" for r in rows]
+    colors = ["#888888" if r.target in ("upstream", "reference") else "#d9534f" if r.target == "litellm" else "#2a7ab0" for r in rows]
     ax.barh([r.scenario for r in rows][::-1], [r.rps for r in rows][::-1], color=colors[::-1])
     for i, r in enumerate(rows[::-1]):
         ax.text(r.rps, i, f" {r.rps:,.0f}", va="center", fontsize=8)
@@ -463,6 +497,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--peers", default=os.environ.get("PEERS", ""))
     parser.add_argument("--only", help="comma-separated scenario numbers (the baseline always runs)")
+    parser.add_argument("--soak", type=int, default=100_000, help="requests for the memory soak (scenario 10)")
     ARGS = parser.parse_args()
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results = run(ARGS)

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import functools
 import datetime as dt
-import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -39,7 +39,7 @@ from providers import prices
 from providers.base import Price
 from providers.tokens import prompt_tokens
 from proxy.config import Checker, ConfigError
-from proxy.context import get_context, is_model_request, load_json, replay
+from proxy.context import get_context, is_model_request, load_json, new_id, replay
 from proxy.errors import GatewayError, send_error
 from proxy.logs import get_logger
 from proxy.store import Claim, Store, open_store
@@ -157,9 +157,14 @@ def period_window(period: str, now: dt.datetime) -> tuple[str, float | None]:
     return label, (ends - now).total_seconds()
 
 
-def report_key(period: str, now: dt.datetime) -> str:
-    label = {"day": now.date().isoformat(), "month": now.strftime("%Y-%m"), "total": "total"}[period]
+@functools.lru_cache(maxsize=64)
+def report_key_for_day(period: str, day: dt.date) -> str:
+    label = {"day": day.isoformat(), "month": day.strftime("%Y-%m"), "total": "total"}[period]
     return f"spend:{period}:{label}"
+
+
+def report_key(period: str, now: dt.datetime) -> str:
+    return report_key_for_day(period, now.date())
 
 
 def price_for(policy: BudgetPolicy, scope: Scope, *models: str | None) -> Price | None:
@@ -208,7 +213,7 @@ class BudgetedRequest:
         self.policy = policy
         self.ctx = ctx
         self.scope = scope
-        self.entry = uuid.uuid4().hex
+        self.entry = new_id()
         self.now = dt.datetime.now(dt.timezone.utc)
         self.who = identity(scope, ctx, policy.trust_client_user)
         self.applicable = self._applicable()

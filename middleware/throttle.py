@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -32,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from middleware.identity import identity, matches
 from middleware.policy import Policy
 from proxy.config import Checker, ConfigError
-from proxy.context import get_context, is_model_request, load_json, replay
+from proxy.context import get_context, is_model_request, load_json, new_id, replay
 from proxy.errors import GatewayError, send_error
 from proxy.store import Claim, Store, open_store
 from providers.tokens import prompt_tokens
@@ -148,7 +147,7 @@ class ThrottledRequest:
         self.store = store
         self.policy = policy
         self.ctx = ctx
-        self.entry = uuid.uuid4().hex
+        self.entry = new_id()
         self.claims: list[Claim] = []
         self.tpm_keys: list[str] = []
         self.concurrent_keys: list[str] = []

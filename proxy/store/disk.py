@@ -98,6 +98,10 @@ class DiskStore(Store):
             eviction_policy="none",  # a state store must never drop spend to save room
             sqlite_synchronous=1,  # NORMAL: see the module docstring
             sqlite_wal_autocheckpoint=0,  # checkpoints run in `checkpointer` instead
+            # diskcache's defaults (32 MB of page cache and a 64 MB map) would be most of
+            # a worker's memory; the hot pages of a state store are few
+            sqlite_cache_size=2**10,
+            sqlite_mmap_size=2**22,
         )
         self.checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockgate-checkpoint")
         self.checkpoint: Future[None] | None = None
