@@ -39,7 +39,7 @@ from providers import prices
 from providers.base import Price
 from providers.tokens import prompt_tokens
 from proxy.config import Checker, ConfigError
-from proxy.context import get_context, is_model_request, load_json, new_id, replay
+from proxy.context import is_model_request, model_request, new_id
 from proxy.errors import GatewayError, send_error
 from proxy.logs import get_logger
 from proxy.store import Claim, Store, open_store
@@ -199,12 +199,11 @@ class BudgetMiddleware:
             await self.app(scope, receive, send)
             return
         self.policy.ensure_watching()
-        try:
-            ctx = await load_json(scope, receive)
-        except GatewayError:
-            await self.app(scope, replay(get_context(scope), receive), send)  # the inner app answers bad input itself
+        ctx, inner_receive = await model_request(scope, receive)
+        if ctx is None:
+            await self.app(scope, inner_receive, send)
             return
-        await BudgetedRequest(self.store, self.policy.current, ctx, scope)(self.app, replay(ctx, receive), send)
+        await BudgetedRequest(self.store, self.policy.current, ctx, scope)(self.app, inner_receive, send)
 
 
 class BudgetedRequest:

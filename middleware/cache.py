@@ -76,8 +76,7 @@ from middleware.policy import Policy
 from providers.base import loads_or_none
 from providers.sse import DONE, SSEDecoder
 from proxy.config import Checker, ConfigError
-from proxy.context import RequestContext, header, is_model_request, load_json, replay
-from proxy.errors import GatewayError
+from proxy.context import RequestContext, header, is_model_request, model_request
 from proxy.logs import get_logger
 from proxy.store import Store, open_store
 
@@ -235,12 +234,10 @@ class CacheMiddleware:
             return
         self.policy.ensure_watching()
         policy = self.policy.current
-        try:
-            ctx = await load_json(scope, receive)
-        except GatewayError:
-            await self.app(scope, receive, tagged(send, b"bypass"))  # the proxy answers bad input itself
+        ctx, receive = await model_request(scope, receive)
+        if ctx is None:
+            await self.app(scope, receive, tagged(send, b"bypass"))
             return
-        receive = replay(ctx, receive)
         model = ctx.body.get("model")
         directives = cache_control(scope)
         if (

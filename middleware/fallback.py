@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from middleware.policy import Policy
 from providers.sse import SSEDecoder
 from proxy.config import Checker, ConfigError
-from proxy.context import RequestContext, get_context, is_model_request, load_json, replay
+from proxy.context import RequestContext, is_model_request, model_request, replay
 from proxy.errors import GatewayError
 
 DEFAULT_ON = (429, 500, 502, 503, 504, "timeout", "connect_error")
@@ -117,15 +117,11 @@ class FallbackMiddleware:
             await self.app(scope, receive, send)
             return
         self.policy.ensure_watching()
-        try:
-            ctx = await load_json(scope, receive)
-        except GatewayError:
-            await self.app(scope, replay(get_context(scope), receive), send)  # the inner app answers bad input itself
-            return
-        model = ctx.body.get("model")
+        ctx, inner_receive = await model_request(scope, receive)
+        model = ctx.body.get("model") if ctx is not None else None
         policy = self.policy.current
         if not isinstance(model, str) or not (policy.chain(model) or policy.retries_for(model) or model in policy.context_window):
-            await self.app(scope, replay(ctx, receive), send)
+            await self.app(scope, inner_receive, send)
             return
         await FallbackRequest(policy, ctx)(self.app, scope, receive, send)
 

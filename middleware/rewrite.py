@@ -56,8 +56,7 @@ from middleware.identity import identity, matches
 from middleware.policy import Policy
 from providers.tokens import prompt_tokens
 from proxy.config import Checker, ConfigError
-from proxy.context import RequestContext, get_context, header, is_model_request, load_json, replay
-from proxy.errors import GatewayError
+from proxy.context import RequestContext, header, is_model_request, model_request
 
 IDENTITY_NAMES = {"key": "key", "user": "user", "team": "team", "tier": "tier", "user_tier": "tier"}
 COMPUTED_NAMES = frozenset({"model", "hour", "input_length"})
@@ -346,10 +345,7 @@ class RewriteMiddleware:
         if not policy.aliases and not policy.rules:
             await self.app(scope, receive, send)
             return
-        try:
-            ctx = await load_json(scope, receive)
-        except GatewayError:
-            await self.app(scope, replay(get_context(scope), receive), send)  # the proxy answers bad input itself
-            return
-        rewrite(policy, scope, ctx)
-        await self.app(scope, replay(ctx, receive), send)
+        ctx, inner_receive = await model_request(scope, receive)
+        if ctx is not None:
+            rewrite(policy, scope, ctx)
+        await self.app(scope, inner_receive, send)

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from middleware.identity import identity, matches
 from middleware.policy import Policy
 from proxy.config import Checker, ConfigError
-from proxy.context import get_context, is_model_request, load_json, new_id, replay
+from proxy.context import is_model_request, model_request, new_id
 from proxy.errors import GatewayError, send_error
 from proxy.store import Claim, Store, open_store
 from providers.tokens import prompt_tokens
@@ -132,12 +132,11 @@ class ThrottleMiddleware:
         if not policy.limits:
             await self.app(scope, receive, send)
             return
-        try:
-            ctx = await load_json(scope, receive)
-        except GatewayError:
-            await self.app(scope, replay(get_context(scope), receive), send)  # the proxy answers bad input itself
+        ctx, inner_receive = await model_request(scope, receive)
+        if ctx is None:
+            await self.app(scope, inner_receive, send)
             return
-        await ThrottledRequest(self.store, policy, ctx)(self.app, scope, replay(ctx, receive), send)
+        await ThrottledRequest(self.store, policy, ctx)(self.app, scope, inner_receive, send)
 
 
 class ThrottledRequest:

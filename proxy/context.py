@@ -172,6 +172,17 @@ def parse_object(raw: bytes) -> dict:
     return body
 
 
+async def model_request(scope: Scope, receive: Receive) -> tuple[RequestContext | None, Receive]:
+    """What a middleware needs of a model request: its context with the body parsed,
+    and the `receive` to hand the inner app. No context means stand aside: the body is
+    bad, and the inner app (the proxy) answers that itself from what was read."""
+    try:
+        ctx = await load_json(scope, receive)
+    except GatewayError:
+        return None, replay(get_context(scope), receive)
+    return ctx, replay(ctx, receive)
+
+
 def replay(ctx: RequestContext, receive: Receive) -> Receive:
     """A `receive` for the inner app: the (possibly changed) body first, then the real one
     (so the inner app still hears about a disconnect). Before anyone read the body, the
