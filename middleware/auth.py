@@ -45,6 +45,7 @@ from typing import Any, Mapping
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from middleware.policy import Policy
+from providers.tokens import ANSWER_LIMIT_FIELDS
 from proxy.config import Checker, ConfigError
 from proxy.context import get_context, is_model_request, load_json, replay
 from proxy.errors import GatewayError, send_error
@@ -57,7 +58,6 @@ TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", 
 KEY_KEYS = {"id", "sha256", "user", "team", "tier", "models", "expires", "metadata", "ip_allow", "max_tokens", "max_messages"}
 DEFAULT_PUBLIC_PATHS = ("/health", "/health/*", "/metrics")
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
-TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 MASTER_ID = "master"
 HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 log = get_logger("lockgate.auth")
@@ -314,7 +314,7 @@ def check_body(key: Key, body: dict) -> None:
     if key.models is not None and isinstance(model, str) and not any(fnmatchcase(model, glob) for glob in key.models):
         raise refusal(403, "model_not_allowed", f"This API key may not use the model `{model}`.", "model")
     if key.max_tokens is not None:
-        for name in TOKEN_FIELDS:
+        for name in ANSWER_LIMIT_FIELDS:
             value = body.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > key.max_tokens:
                 raise refusal(400, "max_tokens_exceeded", f"`{name}` is {value}, over this API key's cap of {key.max_tokens}.", name)

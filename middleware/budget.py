@@ -37,7 +37,7 @@ from middleware.identity import identity
 from middleware.policy import Policy
 from providers import prices
 from providers.base import Price
-from providers.tokens import prompt_tokens
+from providers.tokens import answer_limit, prompt_tokens
 from proxy.config import Checker, ConfigError
 from proxy.context import is_model_request, model_request, new_id
 from proxy.errors import GatewayError, send_error
@@ -280,8 +280,7 @@ class BudgetedRequest:
         if price is None:
             return 0.0
         body = self.ctx.body
-        answer = next((body[k] for k in ("max_completion_tokens", "max_tokens", "max_output_tokens") if isinstance(body.get(k), int)), None)
-        usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": answer or self.policy.reserve_max_tokens}
+        usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": answer_limit(body) or self.policy.reserve_max_tokens}
         return prices.cost(usage, price)
 
     def _send(self, send: Send) -> Send:

@@ -34,7 +34,7 @@ from proxy.config import Checker, ConfigError
 from proxy.context import is_model_request, model_request, new_id
 from proxy.errors import GatewayError, send_error
 from proxy.store import Claim, Store, open_store
-from providers.tokens import prompt_tokens
+from providers.tokens import answer_limit, prompt_tokens
 
 WINDOW_S = 60.0
 LEASE_S = 900.0  # a concurrency slot outlives any request; it only expires if its process died
@@ -109,14 +109,6 @@ def parse_policy(raw: Any, source: str) -> ThrottlePolicy:
     return ThrottlePolicy(tuple(limits), trust)
 
 
-def requested_completion(body: dict) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 class ThrottleMiddleware:
     def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None) -> None:
         self.app = app
@@ -189,7 +181,7 @@ class ThrottledRequest:
             base = f"throttle:{limit.id}:{subject}"
             wanted = (
                 ("rpm", limit.rpm, 1, WINDOW_S),
-                ("tpm", limit.tpm, estimate + (requested_completion(self.ctx.body) or limit.completion_estimate), WINDOW_S),
+                ("tpm", limit.tpm, estimate + (answer_limit(self.ctx.body) or limit.completion_estimate), WINDOW_S),
                 ("concurrent", limit.concurrent, 1, LEASE_S),
             )
             for kind, cap, amount, ttl in wanted:

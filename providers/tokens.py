@@ -48,3 +48,15 @@ def prompt_tokens(body: dict) -> int:
     if body.get("tools"):
         total += text_tokens(str(body["tools"]))
     return total
+
+
+ANSWER_LIMIT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+def answer_limit(body: dict) -> int | None:
+    """The most answer tokens the request allows (chat, completions, Responses), if it says."""
+    for name in ANSWER_LIMIT_FIELDS:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
