@@ -39,6 +39,7 @@ from providers.tokens import answer_limit, prompt_tokens
 WINDOW_S = 60.0
 LEASE_S = 900.0  # a concurrency slot outlives any request; it only expires if its process died
 PER = ("key", "user", "team", "model", "global")
+ABANDONED: set[asyncio.Task] = set()  # releases of claims whose request was cancelled, kept alive until done
 LIMIT_KEYS = {"id", "per", "match", "rpm", "tpm", "concurrent", "on_limit", "max_wait_s", "completion_estimate"}
 
 
@@ -156,7 +157,13 @@ class ThrottledRequest:
         wait_until = asyncio.get_running_loop().time() + max((l.max_wait_s for l in active if l.queue), default=0.0)
         self._plan(active, facts, estimate)
         while True:
-            result = await self.store.claim(self.claims, self.entry)
+            try:
+                result = await self.store.claim(self.claims, self.entry)
+            except asyncio.CancelledError:
+                # the client left while the claim was on its way: it may have landed, and
+                # nobody would release it (a concurrency slot would stay taken for LEASE_S)
+                self._abandon()
+                raise
             if result.ok:
                 break
             limit = self.limit_of[result.failed]
@@ -236,6 +243,12 @@ class ThrottledRequest:
             await send(message)
 
         return wrapped
+
+    def _abandon(self) -> None:
+        items = [(claim.key, self.entry, None) for claim in self.claims]
+        task = asyncio.get_running_loop().create_task(self.store.adjust_many(items))
+        ABANDONED.add(task)
+        task.add_done_callback(ABANDONED.discard)
 
     async def _settle(self) -> None:
         """Release concurrency slots; replace the token estimate with what was used

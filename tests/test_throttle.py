@@ -206,3 +206,33 @@ def test_tpm_estimate_is_corrected_by_real_usage(fake, upstream, tmp_path):
         assert Counter(r.status_code for r in big)[429] >= 1, "concurrent estimates are held until corrected"
     finally:
         gw.stop()
+
+
+async def test_a_claim_cancelled_in_flight_is_released(tmp_path):
+    """A client that disconnects while its claim is being written must not keep a
+    concurrency slot: the claim may have landed, so it is released on the side."""
+    from middleware.throttle import ABANDONED, ThrottledRequest, parse_policy
+    from proxy.context import RequestContext
+    from proxy.store import open_store
+
+    store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
+    policy = parse_policy({"limits": [{"per": "global", "concurrent": 1}]}, "<test>")
+    ctx = RequestContext("r1")
+    ctx.body = {"model": "m", "messages": MESSAGES}
+    request = ThrottledRequest(store, policy, ctx)
+
+    async def never_called(scope, receive, send):
+        raise AssertionError("a cancelled request must not reach the app")
+
+    real_claim = store.claim
+
+    async def claim_then_cancelled(claims, entry):
+        await real_claim(claims, entry)  # the claim lands...
+        raise asyncio.CancelledError  # ...and the caller is cancelled before it hears back
+
+    store.claim = claim_then_cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await request(never_called, {"type": "http", "headers": []}, None, None)
+    await asyncio.gather(*ABANDONED)
+    key = request.claims[0].key
+    assert await store.used(key) == 0, "the slot was given back"
