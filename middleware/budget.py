@@ -50,6 +50,7 @@ RESERVATION_TTL_S = 900.0  # a reservation outlives any request; it only expires
 REPORT_PERIODS = ("day", "month", "total")
 log = get_logger("lockgate.budget")
 unpriced_requests = 0  # counted for /metrics
+ABANDONED: set[asyncio.Task] = set()  # reservations of cancelled requests being dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +251,15 @@ class BudgetedRequest:
         if self.applicable:
             estimate = self._estimate(price)
             claims = [Claim(key, b.limit_usd, estimate, RESERVATION_TTL_S) for key, b in zip(self.keys, self.applicable)]
-            reservation = await self.store.reserve(claims, self.entry)
+            try:
+                reservation = await self.store.reserve(claims, self.entry)
+            except asyncio.CancelledError:
+                # the client left while the reservation was on its way: it may have landed,
+                # and would hold the budget's headroom until it expired; drop it on the side
+                task = asyncio.get_running_loop().create_task(self.store.settle(self.keys, self.entry, 0.0))
+                ABANDONED.add(task)
+                task.add_done_callback(ABANDONED.discard)
+                raise
             if not reservation.ok:
                 budget = self.applicable[reservation.failed]
                 spent = reservation.spent[reservation.failed]

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from middleware.budget import BudgetMiddleware, period_window
-from proxy.store import open_store
+from proxy.store import Claim, open_store
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -184,3 +184,29 @@ async def test_mounted_into_an_existing_app(kind):
         assert float(first.headers["x-lockgate-cost-usd"]) == pytest.approx(2.0)  # 2,000 tokens at $0.001
         assert_budget_refusal(await post())
         assert (await client.get("/own")).json() == {"own": True}
+
+
+async def test_a_reservation_cancelled_in_flight_is_dropped(tmp_path):
+    from middleware.budget import ABANDONED, BudgetedRequest, parse_policy
+    from proxy.context import RequestContext
+
+    store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
+    policy = parse_policy({"trust_client_user": True, "budgets": [{"user": "gus", "limit_usd": 1, "period": "total"}], "prices": {"m": PRICE}}, "<test>")
+    ctx = RequestContext("r1")
+    ctx.body = {"model": "m", "messages": MESSAGES, "max_tokens": 10}
+    ctx.model_requested = "m"
+    scope = {"type": "http", "headers": [(b"x-lockgate-user", b"gus")]}
+    request = BudgetedRequest(store, policy, ctx, scope)
+    real_reserve = store.reserve
+
+    async def reserve_then_cancelled(claims, entry):
+        await real_reserve(claims, entry)
+        raise asyncio.CancelledError
+
+    store.reserve = reserve_then_cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await request(None, None, None)
+    await asyncio.gather(*ABANDONED)
+    store.reserve = real_reserve
+    after = await store.reserve([Claim(request.keys[0], 1, 0, 60)], "probe")
+    assert after.reserved == (0.0,) and after.spent == (0.0,), "the reservation was dropped and nothing was charged"
