@@ -48,7 +48,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from middleware import expression
 from middleware.expression import Expression, ExpressionError
@@ -337,7 +338,14 @@ class RewriteMiddleware:
         self.policy = Policy("rewrite", policy, parse_policy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_model_request(scope):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") == "GET" and scope.get("path") in LISTING_PATHS:
+            self.policy.ensure_watching()
+            await self.app(scope, receive, AliasListing(self.policy.current, scope).wrap(send))
+            return
+        if not is_model_request(scope):
             await self.app(scope, receive, send)
             return
         self.policy.ensure_watching()
@@ -349,3 +357,63 @@ class RewriteMiddleware:
         if ctx is not None:
             rewrite(policy, scope, ctx)
         await self.app(scope, inner_receive, send)
+
+
+LISTING_PATHS = frozenset({"/v1/models", "/models", "/v1/model/info", "/model/info"})
+
+
+class AliasListing:
+    """Adds each alias to the model lists (`/v1/models`, and `/v1/model/info`, which
+    Onyx discovers models from) next to the model it stands for, so a client can pick
+    an alias like any model. An alias is listed only where its target is: the list was
+    already filtered to what the caller's key may use."""
+
+    def __init__(self, policy: RewritePolicy, scope: Scope) -> None:
+        self.policy = policy
+        self.scope = scope
+        self.start: Message | None = None
+        self.parts: list[bytes] = []
+
+    def wrap(self, send: Send) -> Send:
+        if not self.policy.aliases:
+            return send
+
+        async def listing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.start = message
+                return
+            if message["type"] != "http.response.body" or self.start is None:
+                await send(message)
+                return
+            self.parts.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = b"".join(self.parts)
+            if self.start["status"] == 200:
+                body = self._with_aliases(body)
+            headers = [(k, v) for k, v in self.start.get("headers", ()) if k != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**self.start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        return listing
+
+    def _with_aliases(self, body: bytes) -> bytes:
+        try:
+            listing = orjson.loads(body)
+            entries = listing["data"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return body
+        info = self.scope["path"].endswith("/model/info")
+        by_name = {(e.get("model_name") if info else e.get("id")): e for e in entries if isinstance(e, dict)}
+        for alias, target in self.policy.aliases.items():
+            if alias in by_name or target not in by_name:
+                continue
+            entry = dict(by_name[target])
+            if info:
+                entry["model_name"] = alias
+                entry["model_info"] = {**entry.get("model_info", {}), "id": alias}
+            else:
+                entry["id"] = alias
+            entries.append(entry)
+        return orjson.dumps(listing)

@@ -433,3 +433,27 @@ def test_gateway_serves_the_rewritten_model(fake, upstream, tmp_path):
         assert all(not k.startswith("x-lockgate") for r in upstream.requests for k in r.headers)
     finally:
         gw.stop()
+
+
+def test_aliases_are_listed_next_to_their_targets(fake, tmp_path):
+    """Onyx discovers models from /v1/model/info: an alias must be pickable there."""
+    from tests.conftest import start_gateway
+
+    policy = tmp_path / "rewrite.yaml"
+    policy.write_text(yaml.safe_dump({"aliases": {"onyx-default": "big", "onyx-fast": "small", "ghost": "nowhere"}}))
+    models = [
+        {"name": "big", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": fake.url}]},
+        {"name": "small", "deployments": [{"provider": "mock"}]},
+    ]
+    gw = start_gateway({"models": models, "middleware": [{"rewrite": str(policy)}]}, tmp_path)
+    try:
+        ids = [m["id"] for m in httpx.get(gw.url + "/v1/models").json()["data"]]
+        assert ids == ["big", "small", "onyx-default", "onyx-fast"], "an alias to an unknown model is not listed"
+        info = {e["model_name"]: e for e in httpx.get(gw.url + "/model/info").json()["data"]}
+        assert info["onyx-default"]["litellm_params"] == info["big"]["litellm_params"]
+        assert info["onyx-default"]["model_info"]["max_input_tokens"] == 200_000
+        assert info["onyx-default"]["model_info"]["id"] == "onyx-default"
+        answer = httpx.post(gw.url + "/v1/chat/completions", json={"model": "onyx-fast", "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200 and answer.headers["x-lockgate-model"] == "small"
+    finally:
+        gw.stop()
