@@ -326,3 +326,24 @@ async def test_adjust_many_in_one_step(store: Store) -> None:
     await store.claim([Claim("tpm", 100, 40, LONG), Claim("conc", 2, 1, LONG)], "req")
     await store.adjust_many([("tpm", "req", 7), ("conc", "req", None)])
     assert await store.used("tpm") == 7 and await store.used("conc") == 0
+
+
+async def test_disk_write_failures_leave_no_trace_alone_or_batched(tmp_path: Path) -> None:
+    """A write that fails mid-way is rolled back, whether it ran alone in its
+    transaction or shared it (group commit) with writes that succeeded."""
+    store = DiskStore(str(tmp_path / "state"))
+
+    def half_then_fail(sql, now):
+        sql("INSERT INTO Budget VALUES ('half-written', 1.0, NULL)")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await store._run(half_then_fail)
+    assert await store.spent("half-written") == 0.0
+    good = asyncio.ensure_future(store.settle(["fine"], "e", 2.0))
+    bad = asyncio.ensure_future(store._run(half_then_fail))
+    assert await good == (2.0,)
+    with pytest.raises(RuntimeError):
+        await bad
+    assert await store.spent("half-written") == 0.0 and await store.spent("fine") == 2.0
+    await store.close()
