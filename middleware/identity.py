@@ -10,7 +10,6 @@ from proxy.context import RequestContext, header
 from starlette.types import Scope
 
 ANONYMOUS = "anonymous"
-FIELDS = ("key", "user", "team", "tier")
 
 
 def identity(scope: Scope, ctx: RequestContext, trust_client: bool = False) -> dict[str, Any]:

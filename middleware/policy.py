@@ -296,7 +296,6 @@ class Watcher:
         self.hangups = 0
         self.seen_hangups = 0
         self.armed = False
-        self.generation = 0  # watches armed so far
 
     def start(self) -> None:
         """Under `_lock`."""
@@ -363,7 +362,6 @@ class Watcher:
         first ask is the moment to catch up on changes made before: none falls between."""
         if not self.armed:
             self.armed = True
-            self.generation += 1
             reload_files()
         return self.wake.is_set()
 

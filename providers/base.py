@@ -81,8 +81,6 @@ class ChatStream:
 
 class Adapter:
     name = ""
-    chat_native = False  # the upstream speaks OpenAI chat itself
-    supports_embeddings = False
     supports_completions = False
     supports_responses = False  # the upstream speaks the Responses API natively
     supports_messages = False  # the upstream speaks Anthropic Messages natively

@@ -609,7 +609,6 @@ def openai_error(status: int, body: bytes) -> tuple[int, dict]:
 
 class GeminiAdapter(Adapter):
     name = "gemini"
-    supports_embeddings = True
 
     def chat_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
         method = "streamGenerateContent?alt=sse" if body.get("stream") else "generateContent"

@@ -65,8 +65,6 @@ def with_stream_usage(body: dict) -> dict:
 
 class OpenAIAdapter(Adapter):
     name = "openai"
-    chat_native = True
-    supports_embeddings = True
     supports_completions = True
     supports_responses = True
 

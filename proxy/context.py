@@ -39,7 +39,6 @@ class RequestContext:
         "cost_usd",
         "cache",
         "fallback_chain",
-        "response_headers",
         "upstream_s",
         "max_body",
         "body_error",
@@ -60,7 +59,6 @@ class RequestContext:
         self.cost_usd: float | None = None
         self.cache: str | None = None
         self.fallback_chain: list[str] | None = None
-        self.response_headers: dict[str, str] = {}
         self.upstream_s = 0.0
         self.max_body = DEFAULT_MAX_BODY_BYTES  # the gateway sets server.max_body_bytes
         self.body_error: GatewayError | None = None  # the body was read and was bad: say so again

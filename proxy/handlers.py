@@ -333,10 +333,7 @@ class Gateway:
         else:
             pump = self._chat_events(ctx, adapter.chat_stream(dep, include_usage), upstream)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + response_headers(ctx)})
-        ok = await run_until_disconnect(self._forward(send, pump), receive)
-        if not ok:
-            ctx.extra["client_disconnected"] = True
-        return ok
+        return await run_until_disconnect(self._forward(send, pump), receive)
 
     @staticmethod
     async def _forward(send: Send, pump: AsyncIterator[bytes]) -> bool:
