@@ -10,9 +10,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy import metrics
 from proxy.context import get_context
-from proxy.logs import get_logger
+from proxy.logs import info_line
 
-log = get_logger("lockgate.access")
 QUIET_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
 
 
@@ -68,22 +67,25 @@ class AccessLog:
         failure = ctx.extra.get("stream_error") or ctx.extra.get("upstream_failure")
         if failure:
             metrics.upstream_failures.labels(failure).inc()
-        log.info(
+        identity = ctx.identity or {}
+        info_line(
             "request",
-            request_id=ctx.request_id,
-            method=scope.get("method"),
-            path=path,
-            status=status,
-            key=(ctx.identity or {}).get("key"),
-            user=(ctx.identity or {}).get("user"),
-            model=ctx.model_requested,
-            served=ctx.model_served,
-            deployment=ctx.deployment,
-            latency_ms=round(elapsed * 1000, 2),
-            upstream_ms=round(ctx.upstream_s * 1000, 2),
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            cost_usd=ctx.cost_usd,
-            cache=ctx.cache,
-            fallback=ctx.fallback_chain,
+            {
+                "request_id": ctx.request_id,
+                "method": scope.get("method"),
+                "path": path,
+                "status": status,
+                "key": identity.get("key"),
+                "user": identity.get("user"),
+                "model": ctx.model_requested,
+                "served": ctx.model_served,
+                "deployment": ctx.deployment,
+                "latency_ms": round(elapsed * 1000, 2),
+                "upstream_ms": round(ctx.upstream_s * 1000, 2),
+                "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens"),
+                "cost_usd": ctx.cost_usd,
+                "cache": ctx.cache,
+                "fallback": ctx.fallback_chain,
+            },
         )

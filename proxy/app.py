@@ -12,7 +12,9 @@ from typing import Any, AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette._utils import get_route_path
 from starlette.routing import Route
+from starlette.routing import Router as StarletteRouter
 from starlette.types import Receive, Scope, Send
 
 from middleware import policy
@@ -38,6 +40,25 @@ MODEL_ROUTES = {
     "/model/info": ("model_info", ["GET"]),
 }
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class Routes(StarletteRouter):
+    """Starlette's router with a table in front: a request whose exact path and method
+    name a route goes straight to its endpoint; anything else (the catch-all, a wrong
+    method, HEAD) takes Starlette's scan of the routes. The model routes are the ones
+    every request hits, and the scan's regexes cost more than the rest of routing."""
+
+    def __init__(self, routes: list[Route], **kwargs: Any) -> None:
+        super().__init__(routes=routes, **kwargs)
+        self.exact = {(route.path, method): route.app for route in routes if "{" not in route.path for method in route.methods or ()}
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.exact.get((get_route_path(scope), scope["method"]))
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await super().app(scope, receive, send)
 
 
 def middleware_class(name: str) -> type:
@@ -145,7 +166,8 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         routes.append(Route(path, endpoint, methods=methods))
     routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
 
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=build_middleware(config, store))
+    app = Starlette(middleware=build_middleware(config, store))
+    app.router = Routes(routes, lifespan=lifespan)
     app.state.gateway = gateway
     app.state.config = config
     app.state.store = store

@@ -113,3 +113,29 @@ def test_representative_orders_end_to_end(tmp_path, order):
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "mock: e2e stream"
     finally:
         gw.stop()
+
+
+def test_the_gateway_mounted_under_a_prefix_of_another_app():
+    """Routing honours root_path: the gateway answers under the host app's prefix, and
+    the same path outside the prefix is the host's, not the gateway's."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    host = Starlette(routes=[Mount("/llm", app=create_app({"store": {"backend": "memory"}, "models": models()}))])
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=host), base_url="http://host") as client:
+            body = {"model": "demo", "messages": [{"role": "user", "content": "mounted"}]}
+            answer = await client.post("/llm/v1/chat/completions", json=body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["message"]["content"] == "mock: mounted"
+            listed = await client.get("/llm/v1/models")
+            assert {m["id"] for m in listed.json()["data"]} >= {"demo", "broken"}
+            unknown = await client.get("/llm/v1/nothing-here")
+            assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+            wrong_method = await client.get("/llm/v1/chat/completions")
+            assert wrong_method.status_code in (404, 405) and "error" in wrong_method.json()
+            outside = await client.post("/v1/chat/completions", json=body)
+            assert outside.status_code == 404 and "x-request-id" not in outside.headers
+
+    asyncio.run(main())

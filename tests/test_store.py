@@ -157,6 +157,8 @@ async def test_everything_with_a_ttl_expires(store: Store) -> None:
     assert (await store.reserve([Claim("daily", 0.5, 0.1, LONG)], "next")).ok
     assert await store.counters("report") == {}
     assert await store.get("cooldown") is None and await store.add("cooldown", b"2")
+    await store.incr([("report", "user:b", 2.0)], ttl_s=LONG)  # a hash past its life starts afresh
+    assert await store.counters("report") == {"user:b": 2.0}
 
 
 # -- counters and values ------------------------------------------------------------------
@@ -166,6 +168,18 @@ async def test_counters_add_up(store: Store) -> None:
     assert await store.counters("spend:daily") == {"user:a": 1.5 + 0.25 + 0.1, "model:m": 2.0}
     assert await store.counters("spend:monthly") == {"user:a": 0.1}
     assert await store.counters("spend:never") == {}
+
+
+async def test_a_large_batch_of_counters_adds_up(store: Store) -> None:
+    """More fields than one statement takes, the same field repeated across the cut."""
+    items = [(f"bulk:{i % 3}", f"user:{i % 401}", 0.5) for i in range(1_300)]
+    await store.incr(items)
+    for key in range(3):
+        expected: dict[str, float] = {}
+        for k, field, amount in items:
+            if k == f"bulk:{key}":
+                expected[field] = expected.get(field, 0.0) + amount
+        assert await store.counters(f"bulk:{key}") == expected
 
 
 async def test_keys_lists_hashes_values_and_budgets_by_prefix(store: Store) -> None:

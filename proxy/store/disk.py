@@ -70,6 +70,7 @@ SWEEP_ROWS = 8  # abandoned records removed per sweep, as diskcache's own cull d
 SWEEP_EVERY = 16  # batches between sweeps: abandoned records are rare, statements are not free
 LOCK_TIMEOUT_S = 5.0  # waiting longer means a stuck writer: fail the request
 LOCK_RETRY_S = (0.0002, 0.005)  # first and longest wait between tries for the write lock
+INCR_ROWS = 500  # rows a statement (SQLite allows 32,766 parameters)
 CHECKPOINT_EVERY = 500  # writes between WAL checkpoints (SQLite's automatic one: ~1,000 pages)
 
 
@@ -414,16 +415,28 @@ class DiskStore(Store):
         await self._run(lambda sql, now: self._incr(sql, items, ttl_s, now))
 
     def _incr(self, sql: Execute, items: Sequence[tuple[str, str, float]], ttl_s: float | None, now: float) -> None:
+        """Adds to hash fields: two statements however many hashes and fields (a settle's
+        report is a dozen; a statement each was a fifth of a request's store time)."""
         expires = None if ttl_s is None else now + ttl_s
-        for key in dict.fromkeys(key for key, _, _ in items):
-            row = sql("SELECT expires FROM Hash WHERE key = ?", (key,)).fetchone()
-            if row is not None and row[0] is not None and row[0] <= now:
-                self._drop_hash(sql, key)
-            sql("INSERT INTO Hash VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET expires = coalesce(excluded.expires, expires)", (key, expires))
-        self._connection.executemany(
-            "INSERT INTO HashField VALUES (?, ?, ?) ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value",
-            [(key, field, float(amount)) for key, field, amount in items],
-        )
+        for start in range(0, len(items), INCR_ROWS):
+            chunk = items[start : start + INCR_ROWS]
+            keys = list(dict.fromkeys(key for key, _, _ in chunk))
+            # creates the missing hashes; one whose life is over keeps its past expiry, so
+            # it comes back at or below `now` and its old fields go before these are added
+            over = sql(
+                "INSERT INTO Hash VALUES " + ",".join(["(?, ?)"] * len(keys)) + " ON CONFLICT (key) DO UPDATE SET expires ="
+                " CASE WHEN expires <= ? THEN expires ELSE coalesce(excluded.expires, expires) END RETURNING key, expires",
+                [value for key in keys for value in (key, expires)] + [now],
+            ).fetchall()
+            for key, was in over:
+                if was is not None and was <= now:
+                    sql("DELETE FROM HashField WHERE key = ?", (key,))
+                    sql("UPDATE Hash SET expires = ? WHERE key = ?", (expires, key))
+            sql(
+                "INSERT INTO HashField VALUES " + ",".join(["(?, ?, ?)"] * len(chunk))
+                + " ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value",
+                [value for key, field, amount in chunk for value in (key, field, float(amount))],
+            )
 
     async def counters(self, key: str) -> dict[str, float]:
         rows = self._sql(
