@@ -369,3 +369,59 @@ def test_entries_and_coalescing_shared_between_replicas_on_redis(fake, upstream,
     finally:
         for gw in gateways:
             gw.stop()
+
+
+async def serve_once(app, body: dict, on_last_byte) -> list[dict]:
+    """One request straight into the ASGI app; `on_last_byte()` runs as the final body
+    message is handed to the server, before the client could have it."""
+    raw = orjson.dumps(body)
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"x-lockgate-user", b"bob")], "client": ("127.0.0.1", 1), "server": ("gw", 80), "scheme": "http",
+             "http_version": "1.1", "root_path": ""}
+    sent: list[dict] = []
+    done = asyncio.Event()
+    bodies = [{"type": "http.request", "body": raw, "more_body": False}]
+
+    async def receive() -> dict:
+        if bodies:
+            return bodies.pop()
+        await done.wait()  # as a server does: nothing more until the answer is over
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            await on_last_byte()
+            done.set()
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("order", [("budget", "cache"), ("cache", "budget")])
+async def test_entry_is_committed_before_the_last_byte_and_shares_the_budgets_commit(tmp_path, order):
+    """The entry is in the store when the server gets the last byte, whichever the order;
+    with the cache inside the budget, it lands in the same disk commit as the budget's
+    settle: a lone request makes two commits (reserve; settle and entry), not three."""
+    price = {"input_per_mtok": 1, "output_per_mtok": 1}
+    policies = {"budget": {"budgets": [{"user": "bob", "limit_usd": 100, "period": "daily"}], "trust_client_user": True}, "cache": {"ttl_s": 60}}
+    app = create_app({
+        "store": {"backend": "disk", "path": str(tmp_path / "state")},
+        "models": [{"name": "demo", "deployments": [{"provider": "mock", "price": price}]}],
+        "middleware": [{name: policies[name]} for name in order],
+    })
+    store = app.state.store
+    async with app.router.lifespan_context(app):
+        for i, stream in enumerate((False, True)):
+            seen: list[list[str]] = []
+
+            async def look() -> None:
+                seen.append(await store.keys("cache:"))
+
+            before = store.batches
+            sent = await serve_once(app, chat_body(f"commit {i}", "demo", stream=stream), look)
+            assert sent[0]["status"] == 200
+            assert len(seen) == 1 and len(seen[0]) == i + 1, "the new entry is stored before the last byte goes out"
+            if order == ("budget", "cache"):
+                assert store.batches - before == 2, "reserve, then settle and the entry in one commit"
+        assert (await store.counters(next(k for k in await store.keys("") if "day" in k and not k.startswith("cache:")))) != {}
