@@ -12,7 +12,6 @@ from typing import Any, AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette._utils import get_route_path
 from starlette.routing import Route
 from starlette.routing import Router as StarletteRouter
 from starlette.types import Receive, Scope, Send
@@ -42,6 +41,15 @@ MODEL_ROUTES = {
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
+def route_path(scope: Scope) -> str:
+    """The path as the app's own routes see it: a mounted app's prefix (root_path) taken
+    off, by the rule Starlette's routes use."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path
+
+
 class Routes(StarletteRouter):
     """Starlette's router with a table in front: a request whose exact path and method
     name a route goes straight to its endpoint; anything else (the catch-all, a wrong
@@ -54,7 +62,7 @@ class Routes(StarletteRouter):
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            endpoint = self.exact.get((get_route_path(scope), scope["method"]))
+            endpoint = self.exact.get((route_path(scope), scope["method"]))
             if endpoint is not None:
                 await endpoint(scope, receive, send)
                 return

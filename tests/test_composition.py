@@ -139,3 +139,14 @@ def test_the_gateway_mounted_under_a_prefix_of_another_app():
             assert outside.status_code == 404 and "x-request-id" not in outside.headers
 
     asyncio.run(main())
+
+
+def test_route_path_takes_off_a_mount_prefix_as_starlette_does():
+    from starlette._utils import get_route_path
+
+    from proxy.app import route_path
+
+    cases = [("/v1/models", ""), ("/llm/v1/models", "/llm"), ("/llm", "/llm"), ("/llmx/v1/models", "/llm"), ("/other/v1/models", "/llm"), ("/llm/", "/llm")]
+    for path, root in cases:
+        scope = {"type": "http", "path": path, "root_path": root}
+        assert route_path(scope) == get_route_path(scope), (path, root)
