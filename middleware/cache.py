@@ -352,8 +352,6 @@ class CachedRequest:
 
     # -- recording ------------------------------------------------------------------------
     def _send(self, send: Send) -> Send:
-        held: list[Message] = []  # a JSON answer's start, kept until its body is known
-
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
@@ -366,12 +364,6 @@ class CachedRequest:
                     and (self.stream or any(k == b"content-type" and b"json" in v for k, v in self.headers))
                 )
                 message = {**message, "headers": [*headers, (HEADER, b"miss")]}
-                if self.recording and not self.stream and self.ctx.before_last_byte is not None:
-                    # a JSON answer's body follows at once: holding the start until then
-                    # lets the entry's write begin before the layers outside see the start
-                    # (the budget settles there), so the two share one commit
-                    held.append(message)
-                    return
             elif message["type"] == "http.response.body" and self.recording:
                 body = message.get("body", b"")
                 self.size += len(body)
@@ -382,22 +374,7 @@ class CachedRequest:
                     self.parts.append(body)
                 if self.recording and not message.get("more_body", False):
                     # stored before the last byte goes out: the client's next request finds it
-                    pending = self.ctx.before_last_byte
-                    if pending is None:
-                        await self._store()
-                    else:
-                        # the access log waits for it before the last byte; started now, it
-                        # shares one commit with the writes layers outside make on the way
-                        # out (the budget's settle) instead of taking one of its own
-                        stored = asyncio.get_running_loop().create_task(self._store())
-                        pending.append(stored)
-                        while held:
-                            await send(held.pop())
-                        await send(message)
-                        await asyncio.shield(stored)
-                        return
-            while held:
-                await send(held.pop())
+                    await self._store()
             await send(message)
 
         return wrapped

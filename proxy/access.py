@@ -4,7 +4,6 @@ line and the metrics when the answer is done, refusals by middlewares included."
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,7 +27,6 @@ class AccessLog:
         ctx = get_context(scope)
         if self.max_body_bytes:
             ctx.max_body = self.max_body_bytes
-        ctx.before_last_byte = []
         status = 0
         request_id = ctx.request_id.encode("latin-1", "replace")
 
@@ -44,12 +42,6 @@ class AccessLog:
                 metrics.overhead.observe(overhead)
                 headers.append((b"x-lockgate-overhead-ms", f"{overhead * 1000:.3f}".encode()))
                 message = {**message, "headers": headers}
-            elif ctx.before_last_byte and not message.get("more_body", False):
-                # inner layers' writes that must land first (a cache entry), started so
-                # that they share a commit with the writes made on the way out
-                unfinished = [task for task in ctx.before_last_byte if not task.done()]
-                if unfinished:
-                    await asyncio.wait(unfinished)
             await send(message)
 
         try:

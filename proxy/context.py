@@ -8,8 +8,6 @@ bytes are serialized again only when something really changed.
 
 from __future__ import annotations
 
-import asyncio
-
 import time
 import itertools
 import os
@@ -44,7 +42,6 @@ class RequestContext:
         "upstream_s",
         "max_body",
         "body_error",
-        "before_last_byte",
         "extra",
     )
 
@@ -65,9 +62,6 @@ class RequestContext:
         self.upstream_s = 0.0
         self.max_body = DEFAULT_MAX_BODY_BYTES  # the gateway sets server.max_body_bytes
         self.body_error: GatewayError | None = None  # the body was read and was bad: say so again
-        # writes a layer started that must land before the answer's last byte; a list only
-        # when an outer layer (the access log) waits for them there, else None
-        self.before_last_byte: list[asyncio.Task] | None = None
         self.extra: dict[str, Any] = {}
 
     def mark_changed(self) -> None:
