@@ -96,7 +96,7 @@ def create_small_pages(path: str) -> None:
         return
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as connection:
         connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA journal_mode = WAL")  # writes the header: the page size is now fixed
 
 
 def key_range(prefix: str) -> tuple[str, tuple[str, ...]]:
@@ -447,8 +447,8 @@ class DiskStore(Store):
             ).fetchall()
             for key, was in over:
                 if was is not None and was <= now:
-                    sql("DELETE FROM HashField WHERE key = ?", (key,))
-                    sql("UPDATE Hash SET expires = ? WHERE key = ?", (expires, key))
+                    self._drop_hash(sql, key)
+                    sql("INSERT INTO Hash VALUES (?, ?)", (key, expires))
             sql(
                 "INSERT INTO HashField VALUES " + ",".join(["(?, ?, ?)"] * len(chunk))
                 + " ON CONFLICT (key, field) DO UPDATE SET value = value + excluded.value",
