@@ -44,12 +44,12 @@ from typing import Any, Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from middleware.policy import Policy
-from providers.tokens import ANSWER_LIMIT_FIELDS
-from proxy.config import Checker, ConfigError
-from proxy.context import get_context, is_model_request, load_json, replay
-from proxy.errors import GatewayError, send_error
-from proxy.logs import get_logger
+from lockgate.middleware.policy import Policy
+from lockgate.providers.tokens import ANSWER_LIMIT_FIELDS
+from lockgate.proxy.config import Checker, ConfigError
+from lockgate.proxy.context import get_context, is_model_request, load_json, replay
+from lockgate.proxy.errors import GatewayError, send_error
+from lockgate.proxy.logs import get_logger
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

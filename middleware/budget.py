@@ -33,16 +33,16 @@ from typing import Any, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from middleware.identity import identity
-from middleware.policy import Policy
-from providers import prices
-from providers.base import Price
-from providers.tokens import answer_limit, prompt_tokens
-from proxy.config import Checker, ConfigError
-from proxy.context import is_model_request, model_request, new_id
-from proxy.errors import GatewayError, send_error
-from proxy.logs import get_logger
-from proxy.store import Claim, Store, open_store
+from lockgate.middleware.identity import identity
+from lockgate.middleware.policy import Policy
+from lockgate.providers import prices
+from lockgate.providers.base import Price
+from lockgate.providers.tokens import answer_limit, prompt_tokens
+from lockgate.proxy.config import Checker, ConfigError
+from lockgate.proxy.context import is_model_request, model_request, new_id
+from lockgate.proxy.errors import GatewayError, send_error
+from lockgate.proxy.logs import get_logger
+from lockgate.proxy.store import Claim, Store, open_store
 
 PERIODS = ("daily", "weekly", "monthly", "total")
 DIMENSIONS = ("key", "user", "team")

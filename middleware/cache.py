@@ -70,15 +70,15 @@ from typing import Any, Mapping
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from middleware.auth import presented_key
-from middleware.identity import identity
-from middleware.policy import Policy
-from providers.base import loads_or_none
-from providers.sse import DONE, SSEDecoder
-from proxy.config import Checker, ConfigError
-from proxy.context import RequestContext, header, is_model_request, model_request
-from proxy.logs import get_logger
-from proxy.store import Store, open_store
+from lockgate.middleware.auth import presented_key
+from lockgate.middleware.identity import identity
+from lockgate.middleware.policy import Policy
+from lockgate.providers.base import loads_or_none
+from lockgate.providers.sse import DONE, SSEDecoder
+from lockgate.proxy.config import Checker, ConfigError
+from lockgate.proxy.context import RequestContext, header, is_model_request, model_request
+from lockgate.proxy.logs import get_logger
+from lockgate.proxy.store import Store, open_store
 
 SCOPES = ("key", "user", "team", "global")
 CHAT = "/chat/completions"

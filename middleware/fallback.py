@@ -35,11 +35,11 @@ from typing import Any, Mapping
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from middleware.policy import Policy
-from providers.sse import SSEDecoder
-from proxy.config import Checker, ConfigError
-from proxy.context import RequestContext, is_model_request, model_request, replay
-from proxy.errors import GatewayError
+from lockgate.middleware.policy import Policy
+from lockgate.providers.sse import SSEDecoder
+from lockgate.proxy.config import Checker, ConfigError
+from lockgate.proxy.context import RequestContext, is_model_request, model_request, replay
+from lockgate.proxy.errors import GatewayError
 
 DEFAULT_ON = (429, 500, 502, 503, 504, "timeout", "connect_error")
 KINDS = ("timeout", "connect_error")

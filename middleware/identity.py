@@ -6,7 +6,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
-from proxy.context import RequestContext, header
+from lockgate.proxy.context import RequestContext, header
 from starlette.types import Scope
 
 ANONYMOUS = "anonymous"

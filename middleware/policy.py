@@ -32,8 +32,8 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 import yaml
 from watchfiles import watch
 
-from proxy.config import ConfigError, LineLoader
-from proxy.logs import get_logger
+from lockgate.proxy.config import ConfigError, LineLoader
+from lockgate.proxy.logs import get_logger
 
 T = TypeVar("T")
 PolicyError = ConfigError  # every problem as `file:line: message`

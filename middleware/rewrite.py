@@ -51,13 +51,13 @@ from typing import Any, Mapping
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from middleware import expression
-from middleware.expression import Expression, ExpressionError
-from middleware.identity import identity, matches
-from middleware.policy import Policy
-from providers.tokens import prompt_tokens
-from proxy.config import Checker, ConfigError
-from proxy.context import RequestContext, header, is_model_request, model_request
+from lockgate.middleware import expression
+from lockgate.middleware.expression import Expression, ExpressionError
+from lockgate.middleware.identity import identity, matches
+from lockgate.middleware.policy import Policy
+from lockgate.providers.tokens import prompt_tokens
+from lockgate.proxy.config import Checker, ConfigError
+from lockgate.proxy.context import RequestContext, header, is_model_request, model_request
 
 IDENTITY_NAMES = {"key": "key", "user": "user", "team": "team", "tier": "tier", "user_tier": "tier"}
 COMPUTED_NAMES = frozenset({"model", "hour", "input_length"})

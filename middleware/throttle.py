@@ -28,13 +28,13 @@ from typing import Any, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from middleware.identity import identity, matches
-from middleware.policy import Policy
-from proxy.config import Checker, ConfigError
-from proxy.context import is_model_request, model_request, new_id
-from proxy.errors import GatewayError, send_error
-from proxy.store import Claim, Store, open_store
-from providers.tokens import answer_limit, prompt_tokens
+from lockgate.middleware.identity import identity, matches
+from lockgate.middleware.policy import Policy
+from lockgate.proxy.config import Checker, ConfigError
+from lockgate.proxy.context import is_model_request, model_request, new_id
+from lockgate.proxy.errors import GatewayError, send_error
+from lockgate.proxy.store import Claim, Store, open_store
+from lockgate.providers.tokens import answer_limit, prompt_tokens
 
 WINDOW_S = 60.0
 LEASE_S = 900.0  # a concurrency slot outlives any request; it only expires if its process died

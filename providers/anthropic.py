@@ -19,7 +19,7 @@ import re
 
 import orjson
 
-from providers.base import (
+from lockgate.providers.base import (
     ERROR_TYPES,
     Adapter,
     ChatStream,
@@ -38,7 +38,7 @@ from providers.base import (
     usage_chunk,
     usage_dict,
 )
-from providers.sse import SSEDecoder
+from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"

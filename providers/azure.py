@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from providers.base import Deployment, UnsupportedRequest, join_url
-from providers.openai import OpenAIAdapter
+from lockgate.providers.base import Deployment, UnsupportedRequest, join_url
+from lockgate.providers.openai import OpenAIAdapter
 
 DEFAULT_API_VERSION = "2024-10-21"
 

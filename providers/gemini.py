@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from providers.base import (
+from lockgate.providers.base import (
     ERROR_TYPES,
     Adapter,
     ChatStream,
@@ -35,8 +35,8 @@ from providers.base import (
     usage_chunk,
     usage_dict,
 )
-from providers.sse import SSEDecoder
-from providers.tokens import text_tokens
+from lockgate.providers.sse import SSEDecoder
+from lockgate.providers.tokens import text_tokens
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_API_VERSION = "v1beta"

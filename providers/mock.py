@@ -17,10 +17,10 @@ from typing import AsyncIterator
 
 import orjson
 
-from providers.base import Deployment, UpstreamRequest, text_of, usage_dict
-from providers.openai import OpenAIAdapter
-from providers.sse import DONE, encode_data
-from providers.tokens import prompt_tokens, text_tokens
+from lockgate.providers.base import Deployment, UpstreamRequest, text_of, usage_dict
+from lockgate.providers.openai import OpenAIAdapter
+from lockgate.providers.sse import DONE, encode_data
+from lockgate.providers.tokens import prompt_tokens, text_tokens
 
 
 def reply_text(body: dict) -> str:

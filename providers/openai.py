@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import orjson
 
-from providers import responses
-from providers.base import Adapter, ChatStream, Deployment, UpstreamRequest, join_url
-from providers.sse import SSEDecoder
+from lockgate.providers import responses
+from lockgate.providers.base import Adapter, ChatStream, Deployment, UpstreamRequest, join_url
+from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from providers.base import Price
+from lockgate.providers.base import Price
 
 PRICES_DATE = "2025-10-01"
 

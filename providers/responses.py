@@ -14,8 +14,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from providers.base import UnsupportedRequest, now, text_of, usage_dict
-from providers.sse import encode_event
+from lockgate.providers.base import UnsupportedRequest, now, text_of, usage_dict
+from lockgate.providers.sse import encode_event
 
 # settings with the same name and meaning in both APIs
 SAME_SETTINGS = ("temperature", "top_p", "parallel_tool_calls", "user", "safety_identifier")

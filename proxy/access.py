@@ -8,9 +8,9 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy import metrics
-from proxy.context import get_context
-from proxy.logs import info_line
+from lockgate.proxy import metrics
+from lockgate.proxy.context import get_context
+from lockgate.proxy.logs import info_line
 
 QUIET_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
 

@@ -11,10 +11,10 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
-from middleware import policy
-from proxy.context import get_context
-from proxy.errors import GatewayError, send_error, send_json
-from proxy.store import Store
+from lockgate.middleware import policy
+from lockgate.proxy.context import get_context
+from lockgate.proxy.errors import GatewayError, send_error, send_json
+from lockgate.proxy.store import Store
 
 SPEND_BY = ("key", "user", "team", "model")
 SPEND_PERIODS = ("day", "month", "total")
@@ -30,7 +30,7 @@ async def refuse(send: Send) -> None:
 
 
 async def spend_rows(store: Store, by: str, period: str, now: dt.datetime | None = None) -> dict:
-    from middleware.budget import report_key, spend_report
+    from lockgate.middleware.budget import report_key, spend_report
 
     now = now or dt.datetime.now(dt.timezone.utc)
     key = report_key(period, now)

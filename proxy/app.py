@@ -16,18 +16,18 @@ from starlette.routing import Route
 from starlette.routing import Router as StarletteRouter
 from starlette.types import Receive, Scope, Send
 
-from middleware import policy
-from proxy import metrics
-from proxy.access import AccessLog
-from proxy.admin import Admin
-from proxy.config import ConfigError, GatewayConfig, load_config
-from proxy.context import get_context
-from proxy.errors import GatewayError, send_error, send_json
-from proxy.handlers import Endpoint, Gateway, response_headers
-from proxy.logs import configure as configure_logs
-from proxy.router import Router, SharedCooldowns
-from proxy.store import Store, open_store
-from proxy.upstream import UpstreamClient
+from lockgate.middleware import policy
+from lockgate.proxy import metrics
+from lockgate.proxy.access import AccessLog
+from lockgate.proxy.admin import Admin
+from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
+from lockgate.proxy.context import get_context
+from lockgate.proxy.errors import GatewayError, send_error, send_json
+from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
+from lockgate.proxy.logs import configure as configure_logs
+from lockgate.proxy.router import Router, SharedCooldowns
+from lockgate.proxy.store import Store, open_store
+from lockgate.proxy.upstream import UpstreamClient
 
 MODEL_ROUTES = {
     "/chat/completions": ("chat", ["POST"]),
@@ -70,7 +70,7 @@ class Routes(StarletteRouter):
 
 
 def middleware_class(name: str) -> type:
-    module = importlib.import_module(f"middleware.{name}")
+    module = importlib.import_module(f"lockgate.middleware.{name}")
     return getattr(module, name.capitalize() + "Middleware")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any, Mapping
 
-from providers.base import Deployment
+from lockgate.providers.base import Deployment
 
 # (glob, max_input_tokens, max_tokens, supports_vision, supports_reasoning)
 FAMILIES: tuple[tuple[str, int, int, bool, bool], ...] = (

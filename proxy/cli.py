@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from proxy.config import ConfigError, GatewayConfig, load_config
+from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
 
 
 def find_config(given: str | None) -> str:
@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = find_config(args.config)
     config = load_or_exit(path)
     os.environ["LOCKGATE_CONFIG"] = str(Path(path).resolve())
-    from proxy.app import create_app
+    from lockgate.proxy.app import create_app
 
     try:
         create_app(config)  # fail here, with file:line errors, not inside a worker
@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     uvicorn.run(
-        "proxy.app:app_from_env",
+        "lockgate.proxy.app:app_from_env",
         factory=True,
         host=host,
         port=port,
@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     path = find_config(args.config)
     config = load_or_exit(path)
-    from proxy.app import create_app
+    from lockgate.proxy.app import create_app
 
     try:
         create_app(config)
@@ -76,7 +76,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_keys_new(args: argparse.Namespace) -> int:
     import yaml
 
-    from middleware.auth import new_key
+    from lockgate.middleware.auth import new_key
 
     key, entry = new_key(args.id, user=args.user, team=args.team, tier=args.tier)
     print(f"New API key for {args.id!r} (it will not be shown again; lockgate keeps only its sha256):")
@@ -94,8 +94,8 @@ def cmd_spend(args: argparse.Namespace) -> int:
     `GET /admin/spend` serves), so it works whether or not the gateway is running."""
     import asyncio
 
-    from proxy.admin import spend_rows
-    from proxy.store import open_store
+    from lockgate.proxy.admin import spend_rows
+    from lockgate.proxy.store import open_store
 
     config = load_or_exit(find_config(args.config))
     store = open_store(config.store)

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from providers.base import Deployment, Price
+from lockgate.providers.base import Deployment, Price
 
 PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mock")
 BALANCES = ("round_robin", "weighted", "least_busy", "lowest_latency", "sticky")

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope
 
-from proxy.errors import GatewayError, bad_request
+from lockgate.proxy.errors import GatewayError, bad_request
 
 CONTEXT_KEY = "lockgate"
 _ID_PREFIX = os.urandom(6).hex()  # unique per process (and per host), so ids never collide in a shared store

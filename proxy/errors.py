@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from providers.base import error_body
+from lockgate.providers.base import error_body
 from starlette.types import Send
 
 

@@ -15,17 +15,17 @@ from typing import AsyncIterator, Awaitable, Callable
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from providers import anthropic, azure, gemini, mock, openai, responses
-from providers.base import Adapter, Deployment, UnsupportedRequest, loads_or_none
-from providers.sse import DONE, SSEDecoder, encode_data
-from providers.tokens import prompt_tokens
-from proxy import catalog
-from proxy.config import GatewayConfig
-from proxy.context import RequestContext, get_context, load_json
-from proxy.errors import GatewayError, bad_request, model_not_found, send_error, send_json
-from proxy.logs import get_logger
-from proxy.router import Balancer, Router, sticky_key
-from proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse, UpstreamTimeout
+from lockgate.providers import anthropic, azure, gemini, mock, openai, responses
+from lockgate.providers.base import Adapter, Deployment, UnsupportedRequest, loads_or_none
+from lockgate.providers.sse import DONE, SSEDecoder, encode_data
+from lockgate.providers.tokens import prompt_tokens
+from lockgate.proxy import catalog
+from lockgate.proxy.config import GatewayConfig
+from lockgate.proxy.context import RequestContext, get_context, load_json
+from lockgate.proxy.errors import GatewayError, bad_request, model_not_found, send_error, send_json
+from lockgate.proxy.logs import get_logger
+from lockgate.proxy.router import Balancer, Router, sticky_key
+from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse, UpstreamTimeout
 
 ADAPTERS: dict[str, Adapter] = {
     "openai": openai.ADAPTER,

@@ -34,7 +34,7 @@ class PolicyCollector:
     """Policy reloads and the unpriced-request count, read when scraped."""
 
     def collect(self):
-        from middleware import budget, policy
+        from lockgate.middleware import budget, policy
 
         totals = policy.metrics()
         reloads = CounterMetricFamily("lockgate_policy_reloads", "Policy files reloaded", labels=("kind",))

@@ -14,8 +14,8 @@ import random
 import time
 from typing import Protocol, Sequence
 
-from providers.base import Deployment
-from proxy.config import ModelConfig
+from lockgate.providers.base import Deployment
+from lockgate.proxy.config import ModelConfig
 
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the moving average
 

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from providers.base import UpstreamRequest
+from lockgate.providers.base import UpstreamRequest
 
 CONNECT_TIMEOUT_S = 10.0
 

@@ -65,14 +65,14 @@ def test_admin_needs_the_master_key(gw):
 def test_spend_cli_reads_the_store(gw):
     httpx.post(gw.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]}, headers={"Authorization": f"Bearer {ALICE}"})
     result = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "spend", "--config", str(gw.config_path), "--by", "team", "--period", "month", "--json"],
+        [sys.executable, "-m", "lockgate.proxy.cli", "spend", "--config", str(gw.config_path), "--by", "team", "--period", "month", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["data"] == [{"team": "search", "spend_usd": pytest.approx(0.004)}]
     table = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "spend", "--config", str(gw.config_path), "--by", "team"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "lockgate.proxy.cli", "spend", "--config", str(gw.config_path), "--by", "team"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert "search" in table.stdout and "0.004000" in table.stdout
 

@@ -7,9 +7,9 @@ from collections import Counter
 import httpx
 import pytest
 
-from providers.base import Deployment
-from proxy.config import ModelConfig
-from proxy.router import Balancer, LocalCooldowns, sticky_key
+from lockgate.providers.base import Deployment
+from lockgate.proxy.config import ModelConfig
+from lockgate.proxy.router import Balancer, LocalCooldowns, sticky_key
 from tests.conftest import free_port, start_gateway
 
 

@@ -15,8 +15,8 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from middleware.budget import BudgetMiddleware, period_window
-from proxy.store import Claim, open_store
+from lockgate.middleware.budget import BudgetMiddleware, period_window
+from lockgate.proxy.store import Claim, open_store
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -187,8 +187,8 @@ async def test_mounted_into_an_existing_app(kind):
 
 
 async def test_a_reservation_cancelled_in_flight_is_dropped(tmp_path):
-    from middleware.budget import ABANDONED, BudgetedRequest, parse_policy
-    from proxy.context import RequestContext
+    from lockgate.middleware.budget import ABANDONED, BudgetedRequest, parse_policy
+    from lockgate.proxy.context import RequestContext
 
     store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
     policy = parse_policy({"trust_client_user": True, "budgets": [{"user": "gus", "limit_usd": 1, "period": "total"}], "prices": {"m": PRICE}}, "<test>")

@@ -19,10 +19,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from middleware.cache import CacheMiddleware
-from providers.sse import SSEDecoder
-from proxy.app import create_app
-from proxy.config import ConfigError
+from lockgate.middleware.cache import CacheMiddleware
+from lockgate.providers.sse import SSEDecoder
+from lockgate.proxy.app import create_app
+from lockgate.proxy.config import ConfigError
 from tests.conftest import start_gateway
 
 

@@ -6,7 +6,7 @@ import shutil
 
 import yaml
 
-from proxy.app import create_app
+from lockgate.proxy.app import create_app
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"

@@ -8,7 +8,7 @@ import json
 import os
 import socket
 
-from proxy import logs
+from lockgate.proxy import logs
 
 
 def records(sock: socket.socket) -> list[bytes]:

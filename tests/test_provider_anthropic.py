@@ -11,9 +11,9 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from providers.anthropic import ADAPTER
-from providers.base import Deployment, UnsupportedRequest
-from providers.sse import encode_event
+from lockgate.providers.anthropic import ADAPTER
+from lockgate.providers.base import Deployment, UnsupportedRequest
+from lockgate.providers.sse import encode_event
 
 DEP = Deployment(id="claude", provider="anthropic", model="claude-3-5-sonnet-20241022", api_key="sk-ant-secret-123")
 

@@ -8,8 +8,8 @@ import struct
 import orjson
 import pytest
 
-from providers.base import Deployment, UnsupportedRequest
-from providers.gemini import ADAPTER, SKIP_SIGNATURE, gemini_schema
+from lockgate.providers.base import Deployment, UnsupportedRequest
+from lockgate.providers.gemini import ADAPTER, SKIP_SIGNATURE, gemini_schema
 
 DEP = Deployment(id="g1", provider="gemini", model="gemini-2.5-flash", api_key="AIza-secret", headers={"x-extra": "1"})
 TOOLS = [

@@ -11,10 +11,10 @@ import pytest
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 
-from providers import responses
-from providers.base import UnsupportedRequest, chunk, usage_chunk, usage_dict
-from providers.responses import ResponsesStream, from_chat, to_chat
-from providers.sse import SSEDecoder
+from lockgate.providers import responses
+from lockgate.providers.base import UnsupportedRequest, chunk, usage_chunk, usage_dict
+from lockgate.providers.responses import ResponsesStream, from_chat, to_chat
+from lockgate.providers.sse import SSEDecoder
 from tests.fakes.upstream import FakeUpstream, count_tokens
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)

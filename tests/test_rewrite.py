@@ -15,11 +15,11 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-import middleware.rewrite as rewrite_module
-from middleware import expression
-from middleware.rewrite import Names, RewriteMiddleware, parse_policy, rewrite
-from proxy.config import ConfigError
-from proxy.context import RequestContext, get_context
+import lockgate.middleware.rewrite as rewrite_module
+from lockgate.middleware import expression
+from lockgate.middleware.rewrite import Names, RewriteMiddleware, parse_policy, rewrite
+from lockgate.proxy.config import ConfigError
+from lockgate.proxy.context import RequestContext, get_context
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]

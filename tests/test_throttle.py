@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from middleware.throttle import ThrottleMiddleware
+from lockgate.middleware.throttle import ThrottleMiddleware
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -115,7 +115,7 @@ async def test_per_user_and_match():
 
 
 async def test_window_slides_and_recovers(monkeypatch):
-    import middleware.throttle as throttle
+    import lockgate.middleware.throttle as throttle
 
     monkeypatch.setattr(throttle, "WINDOW_S", 0.5)
     app = Starlette(routes=own_routes())
@@ -211,9 +211,9 @@ def test_tpm_estimate_is_corrected_by_real_usage(fake, upstream, tmp_path):
 async def test_a_claim_cancelled_in_flight_is_released(tmp_path):
     """A client that disconnects while its claim is being written must not keep a
     concurrency slot: the claim may have landed, so it is released on the side."""
-    from middleware.throttle import ABANDONED, ThrottledRequest, parse_policy
-    from proxy.context import RequestContext
-    from proxy.store import open_store
+    from lockgate.middleware.throttle import ABANDONED, ThrottledRequest, parse_policy
+    from lockgate.proxy.context import RequestContext
+    from lockgate.proxy.store import open_store
 
     store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
     policy = parse_policy({"limits": [{"per": "global", "concurrent": 1}]}, "<test>")

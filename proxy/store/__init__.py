@@ -140,15 +140,15 @@ def open_store(config: Any = None) -> Store:
         config = {"backend": config.backend, "path": config.path, "url": config.url}
     backend = config.get("backend", "disk")
     if backend == "memory":
-        from proxy.store.memory import MemoryStore
+        from lockgate.proxy.store.memory import MemoryStore
 
         return MemoryStore()
     if backend == "disk":
-        from proxy.store.disk import DiskStore
+        from lockgate.proxy.store.disk import DiskStore
 
         return DiskStore(config.get("path") or ".lockgate/state")
     if backend == "redis":
-        from proxy.store.redis import RedisStore
+        from lockgate.proxy.store.redis import RedisStore
 
         return RedisStore(config.get("url") or "redis://127.0.0.1:6379/0")
     raise ValueError(f"unknown store backend {backend!r}")

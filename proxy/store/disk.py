@@ -45,7 +45,7 @@ from typing import Callable, Sequence, TypeVar
 
 import diskcache
 
-from proxy.store import Claim, ClaimResult, Reservation, Store
+from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store
 
 Execute = Callable[..., sqlite3.Cursor]
 T = TypeVar("T")

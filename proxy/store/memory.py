@@ -7,7 +7,7 @@ import heapq
 import time
 from typing import Sequence
 
-from proxy.store import Claim, ClaimResult, Reservation, Store
+from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store
 
 
 class Ledger:

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import redis.asyncio as aioredis
 
-from proxy.store import Claim, ClaimResult, Reservation, Store
+from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store
 
 LEDGER_LUA = """
 local function now()

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from providers.sse import DONE, encode_data
+from lockgate.providers.sse import DONE, encode_data
 from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
 
 

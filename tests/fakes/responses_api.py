@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from providers.base import looks_like_context_error
-from providers.sse import encode_event
+from lockgate.providers.base import looks_like_context_error
+from lockgate.providers.sse import encode_event
 from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
 
 CONTEXT_MESSAGE = "Your input exceeds the context window of this model. Please adjust your input and try again."
