@@ -4,6 +4,7 @@ the Redis backend is tested everywhere, and CI installs the server."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,9 @@ from typing import Iterator
 import pytest
 import redis
 
-TEST_DB = 15  # far from the 0 a local gateway would use
+# far from the 0 a local gateway would use; several checkouts testing at once on one
+# machine each set a database of their own
+TEST_DB = int(os.environ.get("LOCKGATE_TEST_REDIS_DB", "15"))
 
 
 def answers_ping(port: int) -> bool:
