@@ -44,17 +44,19 @@ from typing import Any, Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
+from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
 from lockgate.providers.tokens import ANSWER_LIMIT_FIELDS
 from lockgate.proxy.config import Checker, ConfigError
-from lockgate.proxy.context import get_context, is_model_request, load_json, replay
+from lockgate.proxy.context import get_context, load_json, replay
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys"}
+TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths"}
 KEY_KEYS = {"id", "sha256", "user", "team", "tier", "models", "expires", "metadata", "ip_allow", "max_tokens", "max_messages"}
 DEFAULT_PUBLIC_PATHS = ("/health", "/health/*", "/metrics")
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
@@ -89,6 +91,11 @@ class Key:
     def needs_body(self) -> bool:
         return self.models is not None or self.max_tokens is not None or self.max_messages is not None
 
+    def allows(self, model: str) -> bool:
+        """May this key be served `model`? Asked of the name the client sent, and again by
+        rewrite, fallback and the proxy of the model they are about to serve."""
+        return self.models is None or any(fnmatchcase(model, glob) for glob in self.models)
+
 
 @dataclass(frozen=True, slots=True)
 class AuthPolicy:
@@ -96,6 +103,7 @@ class AuthPolicy:
     master: Key | None
     trusted_proxies: tuple[Network, ...]
     public_paths: tuple[str, ...]
+    paths: Paths = DEFAULT_PATHS
 
     def find(self, presented: bytes) -> Key | None:
         digest = hashlib.sha256(presented).digest()
@@ -151,9 +159,10 @@ def parse_policy(raw: Any, source: str) -> AuthPolicy:
             check.fail(node, "sha256", "this sha256 is already used by another key or the master key")
         ids.add(key.id)
         keys[key.digest] = key
+    paths = parse_paths(check, raw)
     if check.problems:
         raise ConfigError(check.problems)
-    return AuthPolicy(keys, master, trusted, tuple(public))
+    return AuthPolicy(keys, master, trusted, tuple(public), paths)
 
 
 def parse_key(check: Checker, node: dict, ip_allow: Any, max_tokens: Any, max_messages: Any) -> Key | None:
@@ -311,7 +320,7 @@ def admit(policy: AuthPolicy, scope: Scope) -> Key:
 
 def check_body(key: Key, body: dict) -> None:
     model = body.get("model")
-    if key.models is not None and isinstance(model, str) and not any(fnmatchcase(model, glob) for glob in key.models):
+    if isinstance(model, str) and not key.allows(model):
         raise refusal(403, "model_not_allowed", f"This API key may not use the model `{model}`.", "model")
     if key.max_tokens is not None:
         for name in ANSWER_LIMIT_FIELDS:
@@ -349,7 +358,9 @@ class AuthMiddleware:
         try:
             key = admit(policy, scope)
             ctx.identity = key.identity()
-            if key.needs_body() and is_model_request(scope):
+            if key.models is not None:
+                ctx.model_check = key.allows
+            if key.needs_body() and policy.paths.match(scope):
                 await load_json(scope, receive)
                 check_body(key, ctx.body)
                 receive = replay(ctx, receive)

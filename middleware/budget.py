@@ -9,17 +9,34 @@ budget.yaml:
       - {key: onyx-prod, limit_usd: 500, period: total}
     default: {per: user, limit_usd: 10, period: monthly}    # everyone of `per` with no budget of their own
     unknown_price: refuse      # refuse | allow: a model with no known price is never silently free
-    reserve_max_tokens: 1024   # answer size assumed for the up-front estimate when max_tokens is absent
+    reserve_max_tokens: auto   # answer tokens reserved when a request sets no max_tokens: auto (the
+                               # model's output limit, a bound) or a number (an assumption)
     trust_client_user: false   # without auth: believe x-lockgate-user / the body's `user`?
     prices:                    # USD per million tokens, by model name (served or upstream), overriding the table
       my-finetune: {input_per_mtok: 3, output_per_mtok: 12}
+    store_failure: closed      # closed (503 store_unavailable) | open (serve unchecked): see proxy/store/guard.py
+    store_timeout_s: 0.5
+    paths: [...]               # which requests are model calls (middleware/paths.py)
 
-A request first reserves its estimated cost in every budget that applies; a budget
-whose spent + reserved has reached its limit refuses it (429 `budget_exceeded`) before
-anything goes upstream. When the answer is known, the reservation is settled to the
-real cost priced from the upstream's usage, durably, before the last byte reaches the
-client. So concurrent requests cannot overrun a budget by more than one request's cost.
-Cache hits cost nothing.
+A request first reserves, in every budget that applies, the most it can cost: its
+prompt at one token a byte (no tokenizer gives a token less than a byte: see
+providers/tokens.py), images at their largest, and its answer at max_tokens (or, without
+one, the model's output limit). A budget grants the reservation when it fits whole
+under the limit, or when nothing else is in flight and the budget is not yet spent (the
+one request let past the edge, alone); otherwise it refuses (429 `budget_exceeded`)
+before anything goes upstream. When the answer is known, the reservation is settled to
+the real cost priced from the upstream's usage, durably, before the last byte reaches
+the client. So, under any concurrency and whatever the text's token ratio, spend can
+pass the limit only by the real cost of that one request admitted alone. (With
+`reserve_max_tokens: N`, an answer without max_tokens is assumed to stop at N tokens;
+the bound then holds only for answers that do.) Cache hits cost nothing.
+
+Usage comes from lockgate's proxy when it is underneath (the request context), else
+from the answer itself as it passes (providers/usage.py): a JSON answer's `usage`
+(its start is held until its body is in, to settle and add `x-lockgate-cost-usd`
+before anything goes out), a stream's usage chunk or events. An answer that reports
+none is charged an estimate, logged and counted (`lockgate_unmetered_answers_total`),
+never $0 silently.
 """
 
 from __future__ import annotations
@@ -34,23 +51,27 @@ from typing import Any, Mapping
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.middleware.identity import identity
+from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
+from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
 from lockgate.providers import prices
 from lockgate.providers.base import Price
-from lockgate.providers.tokens import answer_limit, prompt_tokens
+from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
+from lockgate.providers.usage import UsageMeter
+from lockgate.proxy import catalog, metrics
 from lockgate.proxy.config import Checker, ConfigError
-from lockgate.proxy.context import is_model_request, model_request, new_id
+from lockgate.proxy.context import model_request, new_id
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger
-from lockgate.proxy.store import Claim, Store, open_store
+from lockgate.proxy.store import Claim, Store, guard, open_store
+from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
 
 PERIODS = ("daily", "weekly", "monthly", "total")
 DIMENSIONS = ("key", "user", "team")
 RESERVATION_TTL_S = 900.0  # a reservation outlives any request; it only expires if its process died
 REPORT_PERIODS = ("day", "month", "total")
+MAX_HELD_BYTES = 32 * 1024 * 1024  # a JSON answer held for its usage; past this it goes out and settles at its end
 log = get_logger("lockgate.budget")
-unpriced_requests = 0  # counted for /metrics
-ABANDONED: set[asyncio.Task] = set()  # reservations of cancelled requests being dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +87,11 @@ class BudgetPolicy:
     budgets: Mapping[tuple[str, str], Budget]
     default: Budget | None
     unknown_price: str
-    reserve_max_tokens: int
+    reserve_max_tokens: int | None  # None: the model's output limit
     trust_client_user: bool
     prices: Mapping[str, Price]
+    store_failure: StoreFailure = StoreFailure()
+    paths: Paths = DEFAULT_PATHS
 
 
 def parse_budget(check: Checker, node: Any, default: bool) -> Budget | None:
@@ -101,7 +124,11 @@ def parse_policy(raw: Any, source: str) -> BudgetPolicy:
     check = Checker(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: the budget policy must be a mapping"])
-    check.unknown(raw, {"budgets", "default", "unknown_price", "reserve_max_tokens", "trust_client_user", "prices"}, "the budget policy")
+    check.unknown(
+        raw,
+        {"budgets", "default", "unknown_price", "reserve_max_tokens", "trust_client_user", "prices", "store_failure", "store_timeout_s", "paths"},
+        "the budget policy",
+    )
     budgets: dict[tuple[str, str], Budget] = {}
     nodes = raw.get("budgets") or []
     if not isinstance(nodes, list):
@@ -133,9 +160,13 @@ def parse_policy(raw: Any, source: str) -> BudgetPolicy:
     trust = raw.get("trust_client_user", False)
     if not isinstance(trust, bool):
         check.fail(raw, "trust_client_user", "trust_client_user must be true or false")
+    answer = raw.get("reserve_max_tokens", "auto")
+    answer_tokens = None if answer == "auto" else check.number(raw, "reserve_max_tokens", 1024, minimum=1, integer=True)
+    failure = guard.parse_store_failure(check, raw, "closed")
+    paths = parse_paths(check, raw)
     if check.problems:
         raise ConfigError(check.problems)
-    return BudgetPolicy(budgets, default, unknown, int(check.number(raw, "reserve_max_tokens", 1024, integer=True)), bool(trust), table)
+    return BudgetPolicy(budgets, default, unknown, answer_tokens, bool(trust), table, failure, paths)
 
 
 # -- periods ------------------------------------------------------------------------------
@@ -168,6 +199,12 @@ def report_key(period: str, now: dt.datetime) -> str:
     return report_key_for_day(period, now.date())
 
 
+def gateway_of(scope: Scope) -> Any:
+    """lockgate's own gateway under this middleware, when there is one (a shortcut to its
+    config: prices and output limits per deployment)."""
+    return getattr(getattr(scope.get("app"), "state", None), "gateway", None)
+
+
 def price_for(policy: BudgetPolicy, scope: Scope, *models: str | None) -> Price | None:
     """The first price known for any of `models`: budget.yaml's `prices:`, then the
     gateway's deployment price for that model name, then the built-in table."""
@@ -196,15 +233,19 @@ class BudgetMiddleware:
         self.store = open_store(store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_model_request(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         self.policy.ensure_watching()
+        policy = self.policy.current
+        if not policy.paths.match(scope):
+            await self.app(scope, receive, send)
+            return
         ctx, inner_receive = await model_request(scope, receive)
         if ctx is None:
             await self.app(scope, inner_receive, send)
             return
-        await BudgetedRequest(self.store, self.policy.current, ctx, scope)(self.app, inner_receive, send)
+        await BudgetedRequest(self.store, policy, ctx, scope)(self.app, inner_receive, send)
 
 
 class BudgetedRequest:
@@ -218,8 +259,13 @@ class BudgetedRequest:
         self.who = identity(scope, ctx, policy.trust_client_user)
         self.applicable = self._applicable()
         self.keys = [self._key(b) for b in self.applicable]
+        self.reserved = False
         self.settled = False
-        self.streaming = False
+        self.cost: float | None = None
+        self.meter: UsageMeter | None = None
+        self.held: Message | None = None  # a JSON answer's start, held until its usage is in
+        self.held_body: list[bytes] = []
+        self.held_size = 0
 
     def _applicable(self) -> list[Budget]:
         found = []
@@ -241,110 +287,210 @@ class BudgetedRequest:
     async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
         ctx = self.ctx
         price = price_for(self.policy, self.scope, ctx.model_requested)
-        if price is None and self.policy.unknown_price == "refuse" and not self._resolved_later(ctx.model_requested):
-            global unpriced_requests
-            unpriced_requests += 1
+        if price is None:
+            price = self._price_after_rewrite()
+        if price is None and self.policy.unknown_price == "refuse":
+            metrics.unpriced.inc()
             log.warning("unpriced_model_refused", model=ctx.model_requested, request_id=ctx.request_id)
             message = f"No price is known for model `{ctx.model_requested}`, and the budget policy refuses unpriced models."
             await send_error(send, GatewayError(403, message, "invalid_request_error", "unknown_price", "model", {"x-request-id": ctx.request_id}))
             return
         if self.applicable:
-            estimate = self._estimate(price)
-            claims = [Claim(key, b.limit_usd, estimate, RESERVATION_TTL_S) for key, b in zip(self.keys, self.applicable)]
-            try:
-                reservation = await self.store.reserve(claims, self.entry)
-            except asyncio.CancelledError:
-                # the client left while the reservation was on its way: it may have landed,
-                # and would hold the budget's headroom until it expired; drop it on the side
-                task = asyncio.get_running_loop().create_task(self.store.settle(self.keys, self.entry, 0.0))
-                ABANDONED.add(task)
-                task.add_done_callback(ABANDONED.discard)
-                raise
-            if not reservation.ok:
-                budget = self.applicable[reservation.failed]
-                spent = reservation.spent[reservation.failed]
-                message = (
-                    f"Budget exceeded for {budget.dimension} `{self.who.get(budget.dimension)}`: "
-                    f"${spent:.4f} spent of ${budget.limit_usd:.2f} ({budget.period})."
-                )
-                retry = period_window(budget.period, self.now)[1]
-                headers = {"x-request-id": ctx.request_id}
-                if retry is not None:
-                    headers["retry-after"] = str(int(retry) + 1)
-                await send_error(send, GatewayError(429, message, "insufficient_quota", "budget_exceeded", headers=headers))
+            refusal = await self._reserve(price)
+            if refusal is not None:
+                refusal.headers["x-request-id"] = ctx.request_id
+                await send_error(send, refusal)
                 return
         try:
             await app(self.scope, receive, self._send(send))
         finally:
+            if self.held is not None:
+                self.held = None  # the answer never finished: nothing of it went out
             if not self.settled:
                 await asyncio.shield(self._settle())
 
-    def _resolved_later(self, model: str | None) -> bool:
-        """A name the gateway does not serve as such (an alias a rewrite resolves further
-        in) cannot be priced yet: its served model is priced when it settles."""
-        gateway = getattr(getattr(self.scope.get("app"), "state", None), "gateway", None)
-        return gateway is not None and model not in gateway.config.models
+    async def _reserve(self, price: Price | None) -> GatewayError | None:
+        """Reserves the request's most possible cost; the error to answer instead, if any."""
+        amount = self._bound(price)
+        claims = [Claim(key, b.limit_usd, amount, RESERVATION_TTL_S) for key, b in zip(self.keys, self.applicable)]
+        failure = self.policy.store_failure
+        try:
+            reservation = await guard.call(self.store, self.store.reserve(claims, self.entry), failure.timeout_s)
+        except asyncio.CancelledError:
+            # the client left while the reservation was on its way: it may have landed, and
+            # would hold the budget's headroom until it expired
+            self._undo()
+            raise
+        except StoreUnavailable as exc:
+            self._undo()
+            guard.failed("budget", failure, exc, self.ctx.request_id)
+            return guard.unavailable() if failure.closed else None
+        if reservation.ok:
+            self.reserved = True
+            return None
+        i = reservation.failed
+        budget, spent, reserved = self.applicable[i], reservation.spent[i], reservation.reserved[i]
+        who = f"{budget.dimension} `{self.who.get(budget.dimension)}`"
+        if spent >= budget.limit_usd:
+            message = f"Budget exceeded for {who}: ${spent:.4f} spent of ${budget.limit_usd:.2f} ({budget.period})."
+            retry = period_window(budget.period, self.now)[1]
+            headers = {} if retry is None else {"retry-after": str(int(retry) + 1)}
+        else:
+            message = (
+                f"Budget nearly spent for {who}: ${spent:.4f} spent and ${reserved:.4f} held by requests in flight, of "
+                f"${budget.limit_usd:.2f} ({budget.period}); this request may cost up to ${amount:.4f}. "
+                "Try again when those finish, or set max_tokens lower."
+            )
+            headers = {"retry-after": "1"}
+        return GatewayError(429, message, "insufficient_quota", "budget_exceeded", headers=headers)
 
-    def _estimate(self, price: Price | None) -> float:
+    def _undo(self) -> None:
+        guard.backlog(self.store).add("budget_release", lambda: self.store.settle(self.keys, self.entry, 0.0))
+
+    def _price_after_rewrite(self) -> Price | None:
+        """A name lockgate's gateway does not serve as such (an alias a rewrite resolves
+        further in) is priced at the dearest model the gateway serves until it settles,
+        so its reservation still bounds its cost."""
+        gateway = gateway_of(self.scope)
+        if gateway is None or self.ctx.model_requested in gateway.config.models:
+            return None
+        found = [price_for(self.policy, self.scope, name) for name in gateway.config.models]
+        priced = [p for p in found if p is not None]
+        return max(priced, key=lambda p: (p.input_per_mtok + p.output_per_mtok)) if priced else None
+
+    def _bound(self, price: Price | None) -> float:
         if price is None:
             return 0.0
         body = self.ctx.body
-        usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": answer_limit(body) or self.policy.reserve_max_tokens}
-        return prices.cost(usage, price)
+        prompt = prompt_tokens_bound(body, len(self.ctx.body_bytes()))
+        answer = answer_limit(body) or self.policy.reserve_max_tokens or self._output_limit()
+        return prices.cost({"prompt_tokens": prompt, "completion_tokens": answer}, price)
 
+    def _output_limit(self) -> int:
+        model = self.ctx.model_requested or ""
+        gateway = gateway_of(self.scope)
+        configured = gateway.config.models.get(model) if gateway is not None else None
+        if configured is not None:
+            return max(catalog.output_limit(dep, configured.info) for dep in configured.deployments)
+        return catalog.family(model)[1] or catalog.DEFAULT[1]
+
+    # -- the answer ---------------------------------------------------------------------
     def _send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                self.streaming = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ()))
-                if not self.streaming:
-                    # the whole answer (and its usage) is known: record it before anything goes out
+            kind = message["type"]
+            if kind == "http.response.start":
+                self.status = message["status"]
+                if not self.ctx.proxied and self.ctx.cache != "hit":
+                    self.meter = UsageMeter()
+                    self.meter.start(message)
+                self.streaming = _is_stream(message)
+                if self.meter is None and not self.streaming:
+                    message = await self._with_cost(message)
+                elif self.meter is not None and self.meter.json:
+                    self.held = message  # its usage is in the body: settle once that is in
+                    return
+            elif kind == "http.response.body":
+                body = message.get("body", b"")
+                if self.meter is not None:
+                    self.meter.feed(body)
+                more = message.get("more_body", False)
+                if self.held is not None:
+                    self.held_body.append(body)
+                    self.held_size += len(body)
+                    if more and self.held_size <= MAX_HELD_BYTES:
+                        return
+                    start, self.held = self.held, None
+                    if not more:
+                        start = await self._with_cost(start)
+                    await send(start)
+                    message = {**message, "body": b"".join(self.held_body)}
+                    self.held_body = []
+                if not more and not self.settled:
                     cost = await self._settle()
-                    if cost is not None:
-                        message = {**message, "headers": list(message.get("headers", ())) + [(b"x-lockgate-cost-usd", f"{cost:.8f}".encode())]}
-            elif message["type"] == "http.response.body" and self.streaming and not message.get("more_body", False):
-                cost = await self._settle()
-                if cost is not None:
-                    await send({"type": "http.response.body", "body": f": x-lockgate-cost-usd={cost:.8f}\n\n".encode(), "more_body": True})
+                    if cost is not None and self.streaming:
+                        await send({"type": "http.response.body", "body": f": x-lockgate-cost-usd={cost:.8f}\n\n".encode(), "more_body": True})
             await send(message)
 
+        self.streaming = False
+        self.status = 0
         return wrapped
+
+    async def _with_cost(self, start: Message) -> Message:
+        """The response start with `x-lockgate-cost-usd`, settled first: the whole answer
+        (and its usage) is known, and is recorded before anything goes out."""
+        cost = await self._settle()
+        if cost is None:
+            return start
+        return {**start, "headers": [*start.get("headers", ()), (b"x-lockgate-cost-usd", f"{cost:.8f}".encode())]}
+
+    def _usage(self) -> dict | None:
+        ctx = self.ctx
+        if ctx.proxied or ctx.cache == "hit" or self.meter is None:
+            return ctx.usage
+        usage = self.meter.usage or ctx.usage  # an inner app may have recorded it in the context
+        if usage is None and 200 <= self.status < 300:
+            usage = self.meter.estimate(ctx.body)
+            metrics.unmetered.inc()
+            log.warning("answer_without_usage", request_id=ctx.request_id, model=self._served(), estimated=usage)
+        ctx.usage = usage
+        return usage
+
+    def _served(self) -> str | None:
+        ctx = self.ctx
+        body_model = ctx.body.get("model") if isinstance(ctx.body, dict) else None
+        return ctx.model_served or (body_model if isinstance(body_model, str) else None) or ctx.model_requested
 
     async def _settle(self) -> float | None:
         """Turns the reservation into the real cost; returns it (None when unpriced)."""
         if self.settled:
-            return self.ctx.cost_usd
+            return self.cost
         self.settled = True
         ctx = self.ctx
+        usage = self._usage()
         if ctx.cache == "hit":
             cost: float | None = 0.0
         else:
-            price = ctx.extra.get("price") or price_for(self.policy, self.scope, ctx.model_served, ctx.extra.get("upstream_model"), ctx.model_requested)
+            served = self._served()
+            price = ctx.extra.get("price") or price_for(self.policy, self.scope, served, ctx.extra.get("upstream_model"), ctx.model_requested)
             if price is None:
-                global unpriced_requests
-                if ctx.usage:
-                    unpriced_requests += 1
-                    log.warning("unpriced_request", model=ctx.model_served, request_id=ctx.request_id)
+                if usage:
+                    metrics.unpriced.inc()
+                    log.warning("unpriced_request", model=served, request_id=ctx.request_id)
                 cost = None
             else:
-                cost = prices.cost(ctx.usage, price)
-        ctx.cost_usd = cost
+                cost = prices.cost(usage, price)
+        ctx.cost_usd = self.cost = cost
         amount = cost or 0.0
         report = self._report(amount) if amount else []
+        if not self.keys:
+            if report:
+                await guard.write_or_defer(self.store, "spend_report", lambda: self.store.incr(report), self.policy.store_failure.timeout_s)
+            return cost
         by_ttl: dict[float | None, list[str]] = {}
         for key, budget in zip(self.keys, self.applicable):
             by_ttl.setdefault(period_window(budget.period, self.now)[1], []).append(key)
         for ttl, keys in by_ttl.items():
             # the report lines go with the first settle: recorded together, durably
-            await self.store.settle(keys, self.entry, amount, ttl, counters=report)
-            report = []
-        if report:
-            await self.store.incr(report)
+            lines, report = report, []
+            await guard.write_or_defer(
+                self.store,
+                "budget_settle",
+                functools.partial(self.store.settle, keys, self.entry, amount, ttl, counters=lines),
+                self.policy.store_failure.timeout_s,
+                keys=keys,
+                cost_usd=amount,
+                request_id=ctx.request_id,
+            )
         return cost
 
     def _report(self, amount: float) -> list[tuple[str, str, float]]:
         fields = [f"{d}:{self.who.get(d)}" for d in DIMENSIONS if self.who.get(d)]
-        fields.append(f"model:{self.ctx.model_served or self.ctx.model_requested}")
+        fields.append(f"model:{self._served()}")
         return [(report_key(period, self.now), field, amount) for period in REPORT_PERIODS for field in fields]
+
+
+def _is_stream(message: Message) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ()))
 
 
 def spend_report(counters: dict[str, float], by: str) -> list[dict[str, Any]]:

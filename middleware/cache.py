@@ -14,6 +14,9 @@ cache.yaml:
     coalesce: false            # identical concurrent misses go upstream once; the others wait
     coalesce_wait_s: 30        # the longest a coalesced request waits before going upstream itself
     trust_client_user: false   # without auth: believe x-lockgate-user / the body's `user`?
+    store_failure: open        # open (a store that fails is a miss) | closed (503 store_unavailable)
+    store_timeout_s: 0.5       # the longest a lookup waits for the store
+    paths: [...]               # which requests are model calls (middleware/paths.py)
 
 The key is the sha256 of the endpoint (`/v1` or not), the request body as canonical
 JSON (sorted keys, no whitespace, integral floats as integers: `1.0` is `1`), the
@@ -72,13 +75,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.middleware.auth import presented_key
 from lockgate.middleware.identity import identity
+from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
+from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
 from lockgate.providers.base import loads_or_none
 from lockgate.providers.sse import DONE, SSEDecoder
+from lockgate.providers.usage import from_answer
 from lockgate.proxy.config import Checker, ConfigError
-from lockgate.proxy.context import RequestContext, header, is_model_request, model_request
+from lockgate.proxy.context import RequestContext, header, model_request, route_path
+from lockgate.proxy.errors import send_error
 from lockgate.proxy.logs import get_logger
-from lockgate.proxy.store import Store, open_store
+from lockgate.proxy.store import Store, guard, open_store
+from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
 
 SCOPES = ("key", "user", "team", "global")
 CHAT = "/chat/completions"
@@ -110,6 +118,8 @@ class CachePolicy:
     coalesce: bool = False
     coalesce_wait_s: float = 30.0
     trust_client_user: bool = False
+    store_failure: StoreFailure = StoreFailure("open")
+    paths: Paths = DEFAULT_PATHS
 
     def caches(self, model: str) -> bool:
         return any(fnmatchcase(model, glob) for glob in self.models)
@@ -132,7 +142,7 @@ def parse_policy(raw: Any, source: str) -> CachePolicy:
     check = Checker(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: the cache policy must be a mapping"])
-    check.unknown(raw, set(CachePolicy.__dataclass_fields__), "the cache policy")
+    check.unknown(raw, set(CachePolicy.__dataclass_fields__) | {"store_timeout_s"}, "the cache policy")
     scope = check.string(raw, "scope", DEFAULT.scope)
     if scope not in SCOPES:
         check.fail(raw, "scope", f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
@@ -156,6 +166,8 @@ def parse_policy(raw: Any, source: str) -> CachePolicy:
         models=tuple(models),
         max_entry_bytes=check.number(raw, "max_entry_bytes", DEFAULT.max_entry_bytes, integer=True),
         coalesce_wait_s=positive(check, raw, "coalesce_wait_s", DEFAULT.coalesce_wait_s),
+        store_failure=guard.parse_store_failure(check, raw, "open"),
+        paths=parse_paths(check, raw),
         **flags,
     )
     if check.problems:
@@ -184,7 +196,7 @@ def subject(policy: CachePolicy, scope: Scope, ctx: RequestContext) -> str:
 
 def request_key(kind: str, body: dict, scope: Scope, who: str, per_user: bool) -> str:
     fields = {
-        name: int(value) if type(value) is float and value.is_integer() else value
+        name: int(value) if type(value) is float and value.is_integer() and abs(value) < 2**63 else value
         for name, value in body.items()
         if name not in IGNORED_FIELDS and (per_user or name not in USER_FIELDS)
     }
@@ -229,11 +241,14 @@ class CacheMiddleware:
         self.store = open_store(store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_model_request(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         self.policy.ensure_watching()
         policy = self.policy.current
+        if not policy.paths.match(scope):
+            await self.app(scope, receive, send)
+            return
         ctx, receive = await model_request(scope, receive)
         if ctx is None:
             await self.app(scope, receive, tagged(send, b"bypass"))
@@ -261,7 +276,7 @@ class CachedRequest:
         self.ctx = ctx
         self.scope = scope
         self.read = read
-        path = scope["path"]
+        path = route_path(scope)
         self.kind = path[3:] if path.startswith("/v1/") else path
         self.key = request_key(self.kind, ctx.body, scope, subject(policy, scope, ctx), policy.scope == "user")
         self.ttl = policy.ttl_for(model)
@@ -274,7 +289,17 @@ class CachedRequest:
 
     async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
         if self.read:
-            entry = await self._get(self.key)
+            try:
+                entry = await self._get(self.key)
+            except StoreUnavailable as exc:
+                failure = self.policy.store_failure
+                guard.failed("cache", failure, exc, self.ctx.request_id)
+                if failure.closed:
+                    await send_error(send, guard.unavailable(), [(b"x-request-id", self.ctx.request_id.encode("latin-1"))])
+                    return
+                self.ctx.cache = "bypass"
+                await app(self.scope, receive, tagged(send, b"bypass"))
+                return
             if entry is None and self.policy.coalesce:
                 entry = await self._coalesce()
             if entry is not None:
@@ -289,11 +314,7 @@ class CachedRequest:
 
     # -- reading --------------------------------------------------------------------------
     async def _get(self, key: str) -> tuple[dict, bytes] | None:
-        try:
-            raw = await self.store.get(key)
-        except Exception as exc:  # noqa: BLE001 - a cache that is down is a cache that misses
-            log.warning("cache_read_failed", error=repr(exc), request_id=self.ctx.request_id)
-            return None
+        raw = await guard.call(self.store, self.store.get(key), self.policy.store_failure.timeout_s)
         if raw is None:
             return None
         meta, _, payload = raw.partition(b"\n")
@@ -304,8 +325,9 @@ class CachedRequest:
         should go upstream (holding the lock when it took it)."""
         lock = self.key + ":lock"
         wait = self.policy.coalesce_wait_s
+        timeout = self.policy.store_failure.timeout_s
         try:
-            if await self.store.add(lock, b"1", wait):
+            if await guard.call(self.store, self.store.add(lock, b"1", wait), timeout):
                 self.lock = lock
                 return await self._get(self.key)  # stored between our lookup and the lock
             deadline = time.monotonic() + wait
@@ -313,20 +335,20 @@ class CachedRequest:
             while time.monotonic() < deadline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 1.5, POLL_MAX_S)
-                if await self.store.get(lock) is None:
+                if await guard.call(self.store, self.store.get(lock), timeout) is None:
                     return await self._get(self.key)  # the first is done: its entry, or nothing to share
                 entry = await self._get(self.key)
                 if entry is not None:
                     return entry
-        except Exception as exc:  # noqa: BLE001 - without the store, every request goes upstream
-            log.warning("cache_coalesce_failed", error=repr(exc), request_id=self.ctx.request_id)
+        except StoreUnavailable as exc:  # without the store, every request goes upstream
+            log.warning("cache_coalesce_failed", error=str(exc), request_id=self.ctx.request_id)
         return None
 
     async def _release(self, lock: str) -> None:
         try:
-            await self.store.delete(lock)
-        except Exception as exc:  # noqa: BLE001 - the lock expires by itself
-            log.warning("cache_unlock_failed", error=repr(exc), request_id=self.ctx.request_id)
+            await guard.call(self.store, self.store.delete(lock), self.policy.store_failure.timeout_s)
+        except StoreUnavailable as exc:  # the lock expires by itself
+            log.warning("cache_unlock_failed", error=str(exc), request_id=self.ctx.request_id)
 
     async def _replay(self, entry: tuple[dict, bytes], send: Send) -> None:
         meta, payload = entry
@@ -388,18 +410,19 @@ class CachedRequest:
             if recorded is None:
                 return
             payload, usage_chunk = recorded
+        usage = ctx.usage if ctx.proxied or self.stream else from_answer(loads_or_none(payload))
         meta = {
             "stream": self.stream,
             "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers],
-            "usage": ctx.usage,
+            "usage": usage,
             "model": ctx.model_served,
             "deployment": ctx.deployment,
             "usage_chunk": usage_chunk,
         }
         try:
-            await self.store.set(self.key, orjson.dumps(meta) + b"\n" + payload, self.ttl)
-        except Exception as exc:  # noqa: BLE001 - the answer still goes out; it is just not kept
-            log.warning("cache_write_failed", error=repr(exc), request_id=ctx.request_id)
+            await guard.call(self.store, self.store.set(self.key, orjson.dumps(meta) + b"\n" + payload, self.ttl), self.policy.store_failure.timeout_s)
+        except StoreUnavailable as exc:  # the answer still goes out; it is just not kept
+            log.warning("cache_write_failed", error=str(exc), request_id=ctx.request_id)
 
 
 # -- streams --------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ failure ends the stream with an SSE error event (the proxy's), never a silent cl
 `x-lockgate-fallback` lists the models tried when more than one was. When every option
 failed, the client gets the last error. A 400 never falls back, except a context-length
 error with a `context_window` entry; refusals of the caller (budget, key, model
-allow-list) never do.
+allow-list) never do. A model the caller's key may not use is never tried: a chain skips
+it, as it skips a model already tried.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from typing import Any, Mapping
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
+from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
 from lockgate.providers.sse import SSEDecoder
 from lockgate.proxy.config import Checker, ConfigError
-from lockgate.proxy.context import RequestContext, is_model_request, model_request, replay
+from lockgate.proxy.context import RequestContext, model_request, replay
 from lockgate.proxy.errors import GatewayError
 
 DEFAULT_ON = (429, 500, 502, 503, 504, "timeout", "connect_error")
@@ -59,6 +62,7 @@ class FallbackPolicy:
     retries: tuple[tuple[str, int], ...]
     backoff_s: float
     context_window: Mapping[str, str]
+    paths: Paths = DEFAULT_PATHS
 
     def chain(self, model: str) -> tuple[str, ...]:
         return self.chains.get(model) or self.chains.get("*") or ()
@@ -75,7 +79,7 @@ def parse_policy(raw: Any, source: str) -> FallbackPolicy:
     check = Checker(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: the fallback policy must be a mapping"])
-    check.unknown(raw, {"chains", "on", "retries", "backoff_s", "context_window"}, "the fallback policy")
+    check.unknown(raw, {"chains", "on", "retries", "backoff_s", "context_window", "paths"}, "the fallback policy")
     chains: dict[str, tuple[str, ...]] = {}
     for model, targets in check.mapping(raw, "chains", "chains").items():
         if isinstance(targets, str):
@@ -102,9 +106,12 @@ def parse_policy(raw: Any, source: str) -> FallbackPolicy:
     else:
         retries = (("*", check.number(raw, "retries", 0, integer=True)),)
     windows = check.mapping(raw, "context_window", "context_window")
+    paths = parse_paths(check, raw)
     if check.problems:
         raise ConfigError(check.problems)
-    return FallbackPolicy(chains, frozenset(statuses), frozenset(kinds), retries, check.number(raw, "backoff_s", 0.5), {str(k): str(v) for k, v in windows.items()})
+    return FallbackPolicy(
+        chains, frozenset(statuses), frozenset(kinds), retries, check.number(raw, "backoff_s", 0.5), {str(k): str(v) for k, v in windows.items()}, paths
+    )
 
 
 class FallbackMiddleware:
@@ -113,13 +120,16 @@ class FallbackMiddleware:
         self.policy = Policy("fallback", policy, parse_policy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_model_request(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         self.policy.ensure_watching()
+        policy = self.policy.current
+        if not policy.paths.match(scope):
+            await self.app(scope, receive, send)
+            return
         ctx, inner_receive = await model_request(scope, receive)
         model = ctx.body.get("model") if ctx is not None else None
-        policy = self.policy.current
         if not isinstance(model, str) or not (policy.chain(model) or policy.retries_for(model) or model in policy.context_window):
             await self.app(scope, inner_receive, send)
             return
@@ -213,8 +223,10 @@ class FallbackRequest:
         self.ctx = ctx
 
     def plan(self, first: str) -> list[str]:
+        """The models to try in order: the one asked for, then its chain without repeats
+        and without the models the caller may not use."""
         models = [first, *self.policy.chain(first)]
-        return [m for i, m in enumerate(models) if m not in models[:i]]
+        return [m for i, m in enumerate(models) if m not in models[:i] and (i == 0 or self.ctx.allows(m))]
 
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ctx
@@ -237,7 +249,11 @@ class FallbackRequest:
                     await self._deliver(attempt, send, tried)
                     return
                 if verdict == "bigger":
-                    queue.insert(0, self.policy.context_window[model])
+                    bigger = self.policy.context_window[model]
+                    if not self.ctx.allows(bigger):
+                        await self._deliver(attempt, send, tried)
+                        return
+                    queue.insert(0, bigger)
                     break
         assert last is not None
         await self._deliver(last, send, tried)

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
-import yaml
 from watchfiles import watch
 
-from lockgate.proxy.config import ConfigError, LineLoader
+from lockgate.proxy.config import ConfigError, parse_yaml
 from lockgate.proxy.logs import get_logger
 
 T = TypeVar("T")
@@ -69,7 +68,7 @@ class Policy(Generic[T]):
         self._reload_lock = threading.Lock()  # the watcher, SIGHUP and /admin/reload may race; requests never take it
         self._watching = False
         if self.path is None:
-            self.current: T = parse(dict(source), f"<{kind} policy>")
+            self.current: T = self._checked(dict(source), f"<{kind} policy>")
             self.version = digest(repr(sorted(source.items())).encode())
             self.loaded_at = time.time()
         else:
@@ -97,12 +96,19 @@ class Policy(Generic[T]):
             raise PolicyError([f"{self.path}: cannot read: {exc.strerror}"]) from None
 
     def _parse(self, text: bytes) -> T:
+        return self._checked(parse_yaml(text, str(self.path)), str(self.path))
+
+    def _checked(self, raw: Any, source: str) -> T:
+        """The policy, or PolicyError: whatever the document holds, a parse function that
+        trips over it is reported like any other problem (never a traceback), the same at
+        start-up, in `lockgate check` and on reload."""
         try:
-            raw = yaml.load(text, Loader=LineLoader)  # noqa: S506 - LineLoader is a SafeLoader
-        except yaml.MarkedYAMLError as exc:
-            line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-            raise PolicyError([f"{self.path}:{line}: {exc.problem or exc}"]) from None
-        return self.parse({} if raw is None else raw, str(self.path))
+            return self.parse(raw, source)
+        except PolicyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a parse function's bug must not take down start-up or the policy in force
+            log.debug("policy_parse_crashed", kind=self.kind, file=source, exc_info=True)
+            raise PolicyError([f"{source}: cannot load: {type(exc).__name__}: {exc}"]) from None
 
     def reload(self) -> bool:
         """Re-reads the file; True when a new version is now in force."""
@@ -120,16 +126,9 @@ class Policy(Generic[T]):
             if version == self._refused:
                 return False
             try:
-                if not text.strip():
-                    # what a reader sees midway through a non-atomic save; a policy that
-                    # silently became empty would open every door
-                    raise PolicyError([f"{self.path}:1: the file is empty (write `{{}}` for an empty policy)"])
                 policy = self._parse(text)
             except PolicyError as exc:
                 return self._refuse("; ".join(exc.problems), version)
-            except Exception as exc:  # noqa: BLE001 - a parse function's bug must not take down the policy in force
-                log.exception("policy_parse_crashed", kind=self.kind, file=str(self.path))
-                return self._refuse(f"{self.path}: cannot load: {exc!r}", version)
             self.current = policy
             self.version = version
             self.loaded_at = time.time()

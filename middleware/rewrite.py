@@ -20,6 +20,12 @@ rewrite.yaml:
 
 A rule may have `when`, `condition`, both (both must hold) or neither (always matches).
 
+An allow-list holds for the model actually served: when auth admitted the caller with a
+key limited to some models, a rule whose model (or, for a split, whose every side) the
+key may not use does not match for that caller, and the next rule is tried; a split
+picks only among the sides the key may use. An alias whose target the key may not use
+is refused (403 `model_not_allowed`), as the proxy would refuse it.
+
 Names that `when` keys and conditions read:
 - `key`, `user`, `team`, `tier` (also `user_tier`), `metadata.<name>`: the caller's identity,
   as auth established it (without auth: `anonymous`, or with trust_client_fields the user
@@ -46,7 +52,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -54,10 +60,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lockgate.middleware import expression
 from lockgate.middleware.expression import Expression, ExpressionError
 from lockgate.middleware.identity import identity, matches
+from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
+from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.proxy.config import Checker, ConfigError
-from lockgate.proxy.context import RequestContext, header, is_model_request, model_request
+from lockgate.proxy.context import RequestContext, get_context, header, model_request, route_path
+from lockgate.proxy.errors import GatewayError, send_error
 
 IDENTITY_NAMES = {"key": "key", "user": "user", "team": "team", "tier": "tier", "user_tier": "tier"}
 COMPUTED_NAMES = frozenset({"model", "hour", "input_length"})
@@ -91,13 +100,21 @@ class Rule:
     def applies(self, facts: "Facts") -> bool:
         return matches(self.when, facts) and (self.condition is None or self.condition.test(facts))
 
-    def target(self, facts: "Facts") -> str:
+    def target(self, facts: "Facts", allows: Callable[[str], bool]) -> str | None:
+        """The model this rule serves the caller, None when the caller may use none of them."""
         if self.model is not None:
-            return self.model
+            return self.model if allows(self.model) else None
+        split = self.split
+        if not all(allows(model) for model, _ in split):
+            weights = [(model, edge - (split[i - 1][1] if i else 0.0)) for i, (model, edge) in enumerate(split)]
+            kept = [(model, weight) for model, weight in weights if allows(model) and weight > 0]
+            if not kept:
+                return None
+            split = tuple((model, sum(w for _, w in kept[: i + 1])) for i, (model, _) in enumerate(kept))
         # blake2b, not hash(): the same user lands on the same side in every process
         digest = hashlib.blake2b(f"{self.label}\0{facts.get('user')}".encode(), digest_size=8).digest()
-        point = int.from_bytes(digest, "big") / 2**64 * self.split[-1][1]
-        return next((model for model, edge in self.split if point < edge), self.split[-1][0])
+        point = int.from_bytes(digest, "big") / 2**64 * split[-1][1]
+        return next((model for model, edge in split if point < edge), split[-1][0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +123,7 @@ class RewritePolicy:
     rules: tuple[Rule, ...]
     trust_client_fields: bool = False
     client_fields: frozenset[str] = frozenset()  # stripped from the body
+    paths: Paths = DEFAULT_PATHS
 
 
 class Names:
@@ -139,7 +157,7 @@ def parse_policy(raw: Any, source: str) -> RewritePolicy:
     check = Checker(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: the rewrite policy must be a mapping with `aliases:` and/or `rules:`"])
-    check.unknown(raw, {"trust_client_fields", "aliases", "rules"}, "the rewrite policy")
+    check.unknown(raw, {"trust_client_fields", "aliases", "rules", "paths"}, "the rewrite policy")
     trust = raw.get("trust_client_fields", False)
     if not isinstance(trust, bool):
         check.fail(raw, "trust_client_fields", "trust_client_fields must be true or false")
@@ -160,9 +178,10 @@ def parse_policy(raw: Any, source: str) -> RewritePolicy:
             if any(r.label == rule.label for r in rules):
                 check.fail(node, "id", f"two rules have the id {rule.label!r}")
             rules.append(rule)
+    paths = parse_paths(check, raw)
     if check.problems:
         raise ConfigError(check.problems)
-    return RewritePolicy(aliases, tuple(rules), trust, frozenset(names.client_fields))
+    return RewritePolicy(aliases, tuple(rules), trust, frozenset(names.client_fields), paths)
 
 
 def parse_aliases(check: Checker, node: dict) -> dict[str, str]:
@@ -305,16 +324,21 @@ class Facts:
 
 def rewrite(policy: RewritePolicy, scope: Scope, ctx: RequestContext) -> None:
     """Applies the alias and the first matching rule to ctx.body, and strips the
-    client's routing hints."""
+    client's routing hints. Raises the 403 for an alias the caller may not be served."""
     body = ctx.body
     asked = body.get("model")
     if not isinstance(asked, str):
         return
     model = policy.aliases.get(asked, asked)
+    if model != asked and not ctx.allows(model):
+        raise GatewayError(403, f"This API key may not use the model `{model}` (what `{asked}` stands for).", "invalid_request_error", "model_not_allowed", "model")
     facts = Facts(scope, ctx, model, policy.trust_client_fields)
     for rule in policy.rules:
         if rule.applies(facts):
-            model = rule.target(facts)
+            target = rule.target(facts, ctx.allows)
+            if target is None:
+                continue  # a model this caller may not use: the rule is not for them
+            model = target
             ctx.extra["rewrite_rule"] = rule.label
             break
     changed = False
@@ -341,21 +365,21 @@ class RewriteMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope.get("method") == "GET" and scope.get("path") in LISTING_PATHS:
-            self.policy.ensure_watching()
-            await self.app(scope, receive, AliasListing(self.policy.current, scope).wrap(send))
-            return
-        if not is_model_request(scope):
-            await self.app(scope, receive, send)
-            return
         self.policy.ensure_watching()
         policy = self.policy.current
-        if not policy.aliases and not policy.rules:
+        if scope.get("method") == "GET" and route_path(scope) in LISTING_PATHS:
+            await self.app(scope, receive, AliasListing(policy, scope).wrap(send))
+            return
+        if (not policy.aliases and not policy.rules) or not policy.paths.match(scope):
             await self.app(scope, receive, send)
             return
         ctx, inner_receive = await model_request(scope, receive)
         if ctx is not None:
-            rewrite(policy, scope, ctx)
+            try:
+                rewrite(policy, scope, ctx)
+            except GatewayError as exc:
+                await send_error(send, exc, [(b"x-request-id", ctx.request_id.encode("latin-1"))])
+                return
         await self.app(scope, inner_receive, send)
 
 
@@ -404,10 +428,11 @@ class AliasListing:
             entries = listing["data"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return body
-        info = self.scope["path"].endswith("/model/info")
+        info = route_path(self.scope).endswith("/model/info")
         by_name = {(e.get("model_name") if info else e.get("id")): e for e in entries if isinstance(e, dict)}
+        ctx = get_context(self.scope)
         for alias, target in self.policy.aliases.items():
-            if alias in by_name or target not in by_name:
+            if alias in by_name or target not in by_name or not ctx.allows(alias):
                 continue
             entry = dict(by_name[target])
             if info:

@@ -13,14 +13,21 @@ throttle.yaml:
         on_limit: reject       # reject (429 + Retry-After) | queue (wait up to max_wait_s)
         max_wait_s: 10
         completion_estimate: 256   # tokens assumed for the answer when max_tokens is absent
+    store_failure: closed      # closed (503 store_unavailable) | open (serve unchecked): see proxy/store/guard.py
+    store_timeout_s: 0.5
+    paths: [...]               # which requests are model calls (middleware/paths.py)
 
 Every matching limit applies; one request claims all its counters in one atomic step,
-so a refusal never leaves a partial claim behind.
+so a refusal never leaves a partial claim behind. Concurrency slots are released the
+moment a request ends, the client leaving included. A tpm estimate is corrected to the
+usage lockgate's proxy counted, or, around another app, to the usage read off the
+answer itself (providers/usage.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -29,17 +36,20 @@ from typing import Any, Mapping
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.middleware.identity import identity, matches
+from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
+from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
 from lockgate.proxy.config import Checker, ConfigError
-from lockgate.proxy.context import is_model_request, model_request, new_id
+from lockgate.proxy.context import model_request, new_id
 from lockgate.proxy.errors import GatewayError, send_error
-from lockgate.proxy.store import Claim, Store, open_store
+from lockgate.proxy.store import Claim, Store, guard, open_store
+from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
 from lockgate.providers.tokens import answer_limit, prompt_tokens
+from lockgate.providers.usage import UsageMeter
 
 WINDOW_S = 60.0
 LEASE_S = 900.0  # a concurrency slot outlives any request; it only expires if its process died
 PER = ("key", "user", "team", "model", "global")
-ABANDONED: set[asyncio.Task] = set()  # releases of claims whose request was cancelled, kept alive until done
 LIMIT_KEYS = {"id", "per", "match", "rpm", "tpm", "concurrent", "on_limit", "max_wait_s", "completion_estimate"}
 
 
@@ -60,13 +70,15 @@ class Limit:
 class ThrottlePolicy:
     limits: tuple[Limit, ...]
     trust_client_user: bool = False
+    store_failure: StoreFailure = StoreFailure()
+    paths: Paths = DEFAULT_PATHS
 
 
 def parse_policy(raw: Any, source: str) -> ThrottlePolicy:
     check = Checker(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: the throttle policy must be a mapping with `limits:`"])
-    check.unknown(raw, {"limits", "trust_client_user"}, "the throttle policy")
+    check.unknown(raw, {"limits", "trust_client_user", "store_failure", "store_timeout_s", "paths"}, "the throttle policy")
     nodes = raw.get("limits") or []
     if not isinstance(nodes, list):
         check.fail(raw, "limits", "`limits:` must be a list")
@@ -105,9 +117,11 @@ def parse_policy(raw: Any, source: str) -> ThrottlePolicy:
     if not isinstance(trust, bool):
         check.fail(raw, "trust_client_user", "trust_client_user must be true or false")
         trust = False
+    failure = guard.parse_store_failure(check, raw, "closed")
+    paths = parse_paths(check, raw)
     if check.problems:
         raise ConfigError(check.problems)
-    return ThrottlePolicy(tuple(limits), trust)
+    return ThrottlePolicy(tuple(limits), trust, failure, paths)
 
 
 class ThrottleMiddleware:
@@ -117,12 +131,12 @@ class ThrottleMiddleware:
         self.store = open_store(store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_model_request(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         self.policy.ensure_watching()
         policy = self.policy.current
-        if not policy.limits:
+        if not policy.limits or not policy.paths.match(scope):
             await self.app(scope, receive, send)
             return
         ctx, inner_receive = await model_request(scope, receive)
@@ -144,6 +158,8 @@ class ThrottledRequest:
         self.tpm_keys: list[str] = []
         self.concurrent_keys: list[str] = []
         self.headers: list[tuple[bytes, bytes]] = []
+        self.meter: UsageMeter | None = None
+        self.status = 0
 
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ctx
@@ -156,14 +172,23 @@ class ThrottledRequest:
         estimate = prompt_tokens(ctx.body)
         wait_until = asyncio.get_running_loop().time() + max((l.max_wait_s for l in active if l.queue), default=0.0)
         self._plan(active, facts, estimate)
+        failure = self.policy.store_failure
         while True:
             try:
-                result = await self.store.claim(self.claims, self.entry)
+                result = await guard.call(self.store, self.store.claim(self.claims, self.entry), failure.timeout_s)
             except asyncio.CancelledError:
                 # the client left while the claim was on its way: it may have landed, and
                 # nobody would release it (a concurrency slot would stay taken for LEASE_S)
                 self._abandon()
                 raise
+            except StoreUnavailable as exc:
+                self._abandon()
+                guard.failed("throttle", failure, exc, self.ctx.request_id)
+                if failure.closed:
+                    await send_error(send, guard.unavailable())
+                else:
+                    await app(scope, receive, send)
+                return
             if result.ok:
                 break
             limit = self.limit_of[result.failed]
@@ -238,27 +263,39 @@ class ThrottledRequest:
 
     def _send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start" and self.headers:
-                message = {**message, "headers": list(message.get("headers", ())) + self.headers}
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                if self.tpm_keys and not self.ctx.proxied and self.ctx.cache != "hit":
+                    self.meter = UsageMeter()
+                    self.meter.start(message)
+                if self.headers:
+                    message = {**message, "headers": list(message.get("headers", ())) + self.headers}
+            elif self.meter is not None and message["type"] == "http.response.body":
+                self.meter.feed(message.get("body", b""))
             await send(message)
 
         return wrapped
 
     def _abandon(self) -> None:
         items = [(claim.key, self.entry, None) for claim in self.claims]
-        task = asyncio.get_running_loop().create_task(self.store.adjust_many(items))
-        ABANDONED.add(task)
-        task.add_done_callback(ABANDONED.discard)
+        guard.backlog(self.store).add("throttle_release", lambda: self.store.adjust_many(items))
+
+    def _used_tokens(self) -> float:
+        """What the answer really used (nothing, when the upstream never answered)."""
+        usage = self.ctx.usage
+        if self.meter is not None:
+            usage = self.meter.usage or usage or (self.meter.estimate(self.ctx.body) if 200 <= self.status < 300 else None)
+        if not isinstance(usage, dict):
+            return 0.0
+        total = usage.get("total_tokens")
+        if not isinstance(total, (int, float)):
+            total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+        return float(total) if isinstance(total, (int, float)) else 0.0
 
     async def _settle(self) -> None:
-        """Release concurrency slots; replace the token estimate with what was used
-        (nothing, when the upstream never answered)."""
-        usage = self.ctx.usage or {}
-        used_tokens = usage.get("total_tokens") or (usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
-        await asyncio.shield(self._release(float(used_tokens)))
-
-    async def _release(self, used_tokens: float) -> None:
+        """Release concurrency slots; replace the token estimate with what was used."""
         items = [(key, self.entry, None) for key in self.concurrent_keys]
-        items += [(key, self.entry, used_tokens) for key in self.tpm_keys]
+        items += [(key, self.entry, self._used_tokens()) for key in self.tpm_keys]
         if items:
-            await self.store.adjust_many(items)
+            write = functools.partial(self.store.adjust_many, items)
+            await asyncio.shield(guard.write_or_defer(self.store, "throttle_release", write, self.policy.store_failure.timeout_s))

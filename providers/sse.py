@@ -5,6 +5,13 @@ from __future__ import annotations
 import orjson
 
 
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # one event (or one unfinished line) past this is not an LLM stream
+
+
+class SSEError(ValueError):
+    """The bytes are not a usable event stream (an event larger than MAX_EVENT_BYTES)."""
+
+
 class SSEDecoder:
     """Splits a byte stream into (event, data) pairs, whatever the chunk boundaries.
 
@@ -13,12 +20,13 @@ class SSEDecoder:
     and CRLF, CR or LF all end a line.
     """
 
-    __slots__ = ("_buffer", "_event", "_data")
+    __slots__ = ("_buffer", "_event", "_data", "_size")
 
     def __init__(self) -> None:
         self._buffer = b""
         self._event = ""
         self._data: list[bytes] = []
+        self._size = 0  # bytes of the event being read
 
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
         buffer = self._buffer + data if self._buffer else data
@@ -37,6 +45,8 @@ class SSEDecoder:
             self._line(buffer[start:end], events)
             start = end + 1
         self._buffer = buffer[start:] + held
+        if len(self._buffer) + self._size > MAX_EVENT_BYTES:
+            raise SSEError(f"a stream event is larger than {MAX_EVENT_BYTES} bytes")
         return events
 
     def finish(self) -> list[tuple[str, bytes]]:
@@ -53,6 +63,7 @@ class SSEDecoder:
                 events.append((self._event or "message", b"\n".join(self._data)))
             self._event = ""
             self._data = []
+            self._size = 0
             return
         if line[:1] == b":":
             return
@@ -61,6 +72,7 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":
             self._data.append(value)
+            self._size += len(value)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
 

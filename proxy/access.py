@@ -10,7 +10,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.proxy import metrics
 from lockgate.proxy.context import get_context
-from lockgate.proxy.logs import info_line
+from lockgate.proxy.errors import GatewayError, send_error
+from lockgate.proxy.logs import get_logger, info_line
+
+log = get_logger("lockgate.access")
 
 QUIET_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
 
@@ -46,6 +49,14 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, stamped)
+        except Exception:
+            # a bug in any layer: the client still gets OpenAI's error shape, never a bare 500
+            log.exception("internal_error", request_id=ctx.request_id, path=scope.get("path"))
+            if not status:
+                error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
+                await send_error(stamped, error)
+            else:
+                raise
         finally:
             path = scope.get("path", "")
             if path not in QUIET_PATHS:

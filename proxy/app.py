@@ -21,7 +21,7 @@ from lockgate.proxy import metrics
 from lockgate.proxy.access import AccessLog
 from lockgate.proxy.admin import Admin
 from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
-from lockgate.proxy.context import get_context
+from lockgate.proxy.context import get_context, route_path
 from lockgate.proxy.errors import GatewayError, send_error, send_json
 from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
 from lockgate.proxy.logs import configure as configure_logs
@@ -39,15 +39,6 @@ MODEL_ROUTES = {
     "/model/info": ("model_info", ["GET"]),
 }
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-
-
-def route_path(scope: Scope) -> str:
-    """The path as the app's own routes see it: a mounted app's prefix (root_path) taken
-    off, by the rule Starlette's routes use."""
-    path, root = scope["path"], scope.get("root_path", "")
-    if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
-        return path[len(root) :]
-    return path
 
 
 class Routes(StarletteRouter):

@@ -32,13 +32,27 @@ FAMILIES: tuple[tuple[str, int, int, bool, bool], ...] = (
 DEFAULT = (128_000, 4_096, False, False)
 
 
-def model_info(deployment: Deployment, overrides: Mapping[str, Any]) -> dict:
-    name = deployment.model.lower()
-    max_input, max_output, vision, reasoning = DEFAULT
+def family(model: str) -> tuple[int, int, bool, bool]:
+    """(max_input_tokens, max_tokens, supports_vision, supports_reasoning) of a model name."""
+    name = model.rsplit("/", 1)[-1].lower()
     for pattern, *values in FAMILIES:
         if fnmatchcase(name, pattern):
-            max_input, max_output, vision, reasoning = values
-            break
+            return tuple(values)  # type: ignore[return-value]
+    return DEFAULT
+
+
+def output_limit(deployment: Deployment, overrides: Mapping[str, Any]) -> int:
+    """The most answer tokens the deployment's model gives (its `info:` max_tokens, else
+    the family's), for a reservation that must cover a whole answer."""
+    configured = overrides.get("max_tokens")
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    return family(deployment.model)[1] or DEFAULT[1]
+
+
+def model_info(deployment: Deployment, overrides: Mapping[str, Any]) -> dict:
+    name = deployment.model.lower()
+    max_input, max_output, vision, reasoning = family(name)
     mode = "embedding" if "embed" in name else "chat"
     info = {
         "max_input_tokens": max_input,

@@ -41,6 +41,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 4000
     max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024  # the request line and headers together: past this, 431
+    header_timeout_s: float = 10.0  # from the first byte of a request to the end of its headers: past this, 408
+    body_timeout_s: float = 60.0  # the longest silence while a request body is read: past this, 408
+    max_upstream_body_bytes: int = 128 * 1024 * 1024  # a non-streamed upstream answer past this is a 502
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +85,47 @@ class LineList(list):
     item_lines: list
 
 
+MAX_NODES = 100_000  # nodes of a document with its aliases expanded: a policy is a few hundred
+MAX_DEPTH = 64  # nesting of mappings and lists
+
+
 class LineLoader(yaml.SafeLoader):
-    """A SafeLoader whose mappings and sequences remember the line they start on."""
+    """A SafeLoader whose mappings and sequences remember the line they start on, and
+    which refuses what would cost far more to walk than to read: a document whose
+    aliases expand past MAX_NODES (an alias bomb is a few hundred bytes and 10^9 nodes
+    for whatever walks it) or that nests deeper than MAX_DEPTH."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            expanded_size(node)
+        return node
+
+
+def expanded_size(root: yaml.Node) -> int:
+    """Nodes in the document with every alias expanded, counted once per distinct node
+    (so counting costs what the file holds, not what it expands to)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if depth > MAX_DEPTH:
+            raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=node.start_mark)
+        sizes[id(node)] = 0  # a recursive alias counts nothing more the second time round
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child, depth + 1) for child in node.value)
+        else:
+            total = 1
+        if total > MAX_NODES:
+            raise yaml.MarkedYAMLError(problem=f"the document expands to more than {MAX_NODES:,} nodes (aliases included)", problem_mark=node.start_mark)
+        sizes[id(node)] = total
+        return total
+
+    return size(root, 0)
 
 
 def _construct_mapping(loader: LineLoader, node: yaml.MappingNode) -> LineDict:
@@ -92,6 +135,8 @@ def _construct_mapping(loader: LineLoader, node: yaml.MappingNode) -> LineDict:
     result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (dict, list)):
+            raise yaml.constructor.ConstructorError(problem="a mapping key must be a plain value, not a mapping or a list", problem_mark=key_node.start_mark)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
     return result
@@ -104,6 +149,15 @@ def _construct_sequence(loader: LineLoader, node: yaml.SequenceNode) -> LineList
     return result
 
 
+def _construct_timestamp(loader: LineLoader, node: yaml.ScalarNode) -> Any:
+    """A date or time as YAML reads it; one that is no real date (2027-13-45) stays the
+    text it was, for the field's own check to name, instead of a ValueError."""
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except (ValueError, OverflowError):
+        return loader.construct_scalar(node)
+
+
 # YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
 # which would turn fallback.yaml's `on:` key into True.
 LineLoader.yaml_implicit_resolvers = {
@@ -113,20 +167,47 @@ LineLoader.yaml_implicit_resolvers = {
 LineLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+
+
+def parse_yaml(text: bytes | str, source: str) -> Any:
+    """One YAML document, or `ConfigError` with `source:line: message`: the one parser
+    behind `lockgate check`, start-up and every hot reload, so the three always agree.
+    An empty document is refused: it is what a reader sees midway through a
+    non-atomic save, and a policy that silently became empty would open every door."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{source}:1: the file is not UTF-8 text (byte {exc.start})"]) from None
+    if not text.strip():
+        raise ConfigError([f"{source}:1: the file is empty (write `{{}}` for an empty policy)"])
+    try:
+        document = yaml.load(text, Loader=LineLoader)  # noqa: S506 - LineLoader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([f"{source}:{line}: {exc.problem or exc.context or 'invalid YAML'}"]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError([f"{source}:{line}: the character U+{code:04X} is not allowed in YAML"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}:1: invalid YAML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}:1: nested too deeply"]) from None
+    if document is None:
+        raise ConfigError([f"{source}:1: the file holds no document (write `{{}}` for an empty policy)"])
+    return document
 
 
 def load_yaml(path: Path) -> Any:
-    """Parse a YAML file, turning syntax errors into `file:line: message`."""
+    """Parse a YAML file, turning every problem into `file:line: message`."""
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    try:
-        return yaml.load(text, Loader=LineLoader)  # noqa: S506 - LineLoader is a SafeLoader
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark else 0
-        raise ConfigError([f"{path}:{line}: {exc.problem or exc}"]) from None
+    return parse_yaml(text, str(path))
 
 
 def line_of(node: Any, key: Any = None) -> int:
@@ -217,11 +298,16 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
     check.unknown(raw, {"server", "store", "models", "middleware", "routing"}, "the config")
 
     server_node = check.mapping(raw, "server", "server")
-    check.unknown(server_node, {"host", "port", "max_body_bytes"}, "server")
+    check.unknown(server_node, set(ServerConfig.__dataclass_fields__), "server")
+    defaults = ServerConfig()
     server = ServerConfig(
-        host=check.string(server_node, "host", "127.0.0.1"),
-        port=check.number(server_node, "port", 4000, minimum=0, integer=True),
-        max_body_bytes=check.number(server_node, "max_body_bytes", 10 * 1024 * 1024, minimum=1, integer=True),
+        host=check.string(server_node, "host", defaults.host),
+        port=check.number(server_node, "port", defaults.port, minimum=0, integer=True),
+        max_body_bytes=check.number(server_node, "max_body_bytes", defaults.max_body_bytes, minimum=1, integer=True),
+        max_header_bytes=check.number(server_node, "max_header_bytes", defaults.max_header_bytes, minimum=1024, integer=True),
+        header_timeout_s=check.number(server_node, "header_timeout_s", defaults.header_timeout_s, minimum=0.1),
+        body_timeout_s=check.number(server_node, "body_timeout_s", defaults.body_timeout_s, minimum=0.1),
+        max_upstream_body_bytes=check.number(server_node, "max_upstream_body_bytes", defaults.max_upstream_body_bytes, minimum=1024, integer=True),
     )
 
     store_node = check.mapping(raw, "store", "store")

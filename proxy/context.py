@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 import itertools
 import os
-from typing import Any
+import re
+from typing import Any, Callable
 
 import orjson
 from starlette.types import Message, Receive, Scope
@@ -36,9 +37,11 @@ class RequestContext:
         "model_served",
         "deployment",
         "usage",
+        "proxied",
         "cost_usd",
         "cache",
         "fallback_chain",
+        "model_check",
         "upstream_s",
         "max_body",
         "body_error",
@@ -56,13 +59,21 @@ class RequestContext:
         self.model_served: str | None = None
         self.deployment: str | None = None
         self.usage: dict | None = None
+        self.proxied = False  # lockgate's proxy answered: `usage` is its count, not to be read off the wire
         self.cost_usd: float | None = None
         self.cache: str | None = None
         self.fallback_chain: list[str] | None = None
+        # set by whoever admitted the request (auth): may this caller be served `model`?
+        # Rewrite, fallback and the proxy ask it of the model they are about to use, so an
+        # allow-list holds for the model actually served, however it was chosen.
+        self.model_check: Callable[[str], bool] | None = None
         self.upstream_s = 0.0
         self.max_body = DEFAULT_MAX_BODY_BYTES  # the gateway sets server.max_body_bytes
         self.body_error: GatewayError | None = None  # the body was read and was bad: say so again
         self.extra: dict[str, Any] = {}
+
+    def allows(self, model: str) -> bool:
+        return self.model_check is None or self.model_check(model)
 
     def mark_changed(self) -> None:
         self.raw_body = None
@@ -96,10 +107,16 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
 def get_context(scope: Scope) -> RequestContext:
     ctx = scope.get(CONTEXT_KEY)
     if ctx is None:
-        ctx = RequestContext(header(scope, b"x-request-id") or new_id())
+        # the client's x-request-id is echoed and logged only when it is a plain token of
+        # at most 128 characters; anything else is replaced by a fresh id
+        given = header(scope, b"x-request-id")
+        ctx = RequestContext(given if given and REQUEST_ID.fullmatch(given) else new_id())
         scope[CONTEXT_KEY] = ctx
     return ctx
 
@@ -160,6 +177,9 @@ async def load_json(scope: Scope, receive: Receive, max_bytes: int | None = None
     return ctx
 
 
+MAX_DEPTH = 128  # nesting of a request body: no API needs more, and orjson writes no more than 254
+
+
 def parse_object(raw: bytes) -> dict:
     try:
         body = orjson.loads(raw) if raw else None
@@ -167,7 +187,28 @@ def parse_object(raw: bytes) -> dict:
         raise bad_request(f"We could not parse the JSON body of your request: {exc.msg}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    # only a body with that many brackets can nest that deep: the exact count is paid for by those
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and depth(body) > MAX_DEPTH:
+        raise bad_request(f"The JSON body of your request nests deeper than {MAX_DEPTH} levels.", code="invalid_json")
     return body
+
+
+def depth(value: Any) -> int:
+    """How deeply `value` nests (an iterative walk: no recursion limit to hit)."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if level > deepest:
+            deepest = level
+            if deepest > MAX_DEPTH:
+                return deepest
+        pending.extend((child, level + 1) for child in item if isinstance(child, (dict, list)))
+    return deepest
 
 
 async def model_request(scope: Scope, receive: Receive) -> tuple[RequestContext | None, Receive]:
@@ -199,13 +240,10 @@ def replay(ctx: RequestContext, receive: Receive) -> Receive:
     return replayed
 
 
-MODEL_PATHS = frozenset(
-    prefix + path
-    for prefix in ("", "/v1")
-    for path in ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
-)
-
-
-def is_model_request(scope: Scope) -> bool:
-    """A call that reaches a model (and so counts against limits and budgets)."""
-    return scope.get("method") == "POST" and scope.get("path") in MODEL_PATHS
+def route_path(scope: Scope) -> str:
+    """The path as the app's own routes see it: a mounted app's prefix (root_path) taken
+    off, by the rule Starlette's routes use."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path

@@ -17,15 +17,25 @@ from starlette.types import Receive, Scope, Send
 
 from lockgate.providers import anthropic, azure, gemini, mock, openai, responses
 from lockgate.providers.base import Adapter, Deployment, UnsupportedRequest, loads_or_none
-from lockgate.providers.sse import DONE, SSEDecoder, encode_data
+from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data
 from lockgate.providers.tokens import prompt_tokens
+from lockgate.providers.usage import delta_chars
 from lockgate.proxy import catalog
 from lockgate.proxy.config import GatewayConfig
 from lockgate.proxy.context import RequestContext, get_context, load_json
 from lockgate.proxy.errors import GatewayError, bad_request, model_not_found, send_error, send_json
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.router import Balancer, Router, sticky_key
-from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse, UpstreamTimeout
+from lockgate.proxy.secrets import Secrets
+from lockgate.proxy.upstream import (
+    UpstreamBroken,
+    UpstreamClient,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+)
 
 ADAPTERS: dict[str, Adapter] = {
     "openai": openai.ADAPTER,
@@ -57,8 +67,52 @@ class Endpoint:
 
 def upstream_failure(exc: UpstreamError) -> GatewayError:
     if isinstance(exc, UpstreamTimeout):
-        return GatewayError(504, f"The upstream did not answer in time: {exc}", "api_error", "upstream_timeout")
-    return GatewayError(502, f"The upstream could not be reached: {exc}", "api_error", "upstream_connect_error")
+        return GatewayError(504, f"The upstream did not answer in time: {exc}.", "api_error", "upstream_timeout")
+    if isinstance(exc, UpstreamBroken):
+        return GatewayError(502, "The upstream broke off its answer before it was complete.", "api_error", "upstream_error")
+    if isinstance(exc, UpstreamTooLarge):
+        return GatewayError(502, f"The upstream's answer was refused: {exc}.", "api_error", "upstream_response_too_large")
+    return GatewayError(502, f"The upstream could not be reached: {exc}.", "api_error", "upstream_connect_error")
+
+
+def bad_stream() -> GatewayError:
+    return GatewayError(502, "The upstream sent a stream lockgate could not read.", "api_error", "upstream_bad_response")
+
+
+def not_allowed(model: str) -> GatewayError:
+    return GatewayError(403, f"This API key may not use the model `{model}`.", "invalid_request_error", "model_not_allowed", "model")
+
+
+# Fields lockgate reads, with the JSON types OpenAI's API gives them (null is always
+# allowed: it means absent). Anything else in a known field is the client's mistake: a
+# 400 that names it, where a wrong type would otherwise fail deep inside a translation.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "stream": (bool,),
+    "stream_options": (dict,),
+    "messages": (list,),
+    "tools": (list,),
+    "metadata": (dict,),
+    "user": (str,),
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "presence_penalty": (int, float),
+    "frequency_penalty": (int, float),
+}
+INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed")
+JSON_TYPE_NAMES = {bool: "a boolean", dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+def check_field_types(body: dict) -> None:
+    for name, types in FIELD_TYPES.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
+            raise bad_request(f"`{name}` must be {JSON_TYPE_NAMES[types[0]]}.", name, "invalid_type")
+    for name in INTEGER_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) >= 2**53 or int(value) != value:
+            raise bad_request(f"`{name}` must be an integer.", name, "invalid_type")
 
 
 def response_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
@@ -77,6 +131,7 @@ class Gateway:
         self.config = config
         self.router = router
         self.client = client
+        self.secrets = Secrets(d for m in config.models.values() for d in m.deployments)
 
     # -- endpoints ------------------------------------------------------------------
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,6 +188,7 @@ class Gateway:
 
     def _validate_chat(self, body: dict) -> None:
         self._require_model(body)
+        check_field_types(body)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise bad_request("`messages` must be a non-empty array.", "messages", "missing_required_parameter")
@@ -142,22 +198,26 @@ class Gateway:
 
     def _validate_completions(self, body: dict) -> None:
         self._require_model(body)
+        check_field_types(body)
         if "prompt" not in body:
             raise bad_request("You must provide a prompt parameter.", "prompt", "missing_required_parameter")
 
     def _validate_embeddings(self, body: dict) -> None:
         self._require_model(body)
+        check_field_types(body)
         value = body.get("input")
         if value is None or value == "" or value == []:
             raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
 
     def _validate_responses(self, body: dict) -> None:
         self._require_model(body)
+        check_field_types(body)
         if "input" not in body and "instructions" not in body:
             raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
 
     def _validate_messages(self, body: dict) -> None:
         self._require_model(body)
+        check_field_types(body)
         if not isinstance(body.get("messages"), list):
             raise bad_request("`messages` must be an array.", "messages", "missing_required_parameter")
 
@@ -167,11 +227,15 @@ class Gateway:
         sent_start = False
 
         async def tracking_send(message: dict) -> None:
-            nonlocal sent_start
+            nonlocal sent_start, finished
             if message["type"] == "http.response.start":
                 sent_start = True
+            elif not message.get("more_body", False):
+                finished = True
             await send(message)
 
+        ctx.proxied = True
+        finished = False
         try:
             await load_json(scope, receive)
             body = ctx.body
@@ -180,8 +244,10 @@ class Gateway:
             balancer = self.router.get(model)
             if balancer is None:
                 raise model_not_found(model)
+            if not ctx.allows(model):
+                raise not_allowed(model)  # the last word on the model actually served
             ctx.model_served = model
-            await self._dispatch(scope, receive, tracking_send, ctx, kind, balancer)
+            await run_until_disconnect(self._dispatch(scope, receive, tracking_send, ctx, kind, balancer), receive, lambda: finished)
         except GatewayError as exc:
             if not sent_start:
                 await send_error(send, exc, response_headers(ctx))
@@ -215,7 +281,7 @@ class Gateway:
                 ctx.extra["upstream_failure"] = exc.kind
                 raise upstream_failure(exc) from None
             except BaseException:
-                balancer.finished(dep, ok=False)
+                balancer.finished(dep, ok=False, counted=False)  # the client left: no verdict on the deployment
                 raise
             # time to the answer's headers: what lowest_latency balances on, and what
             # the overhead figure leaves out
@@ -271,7 +337,7 @@ class Gateway:
 
     async def _upstream_error(self, ctx: RequestContext, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> None:
         try:
-            raw = await upstream.read()
+            raw = self.secrets.scrub(await upstream.read(MAX_ERROR_BYTES))
         except UpstreamError:
             raw = b""
         status, error = adapter.error(upstream.status, raw)
@@ -288,7 +354,7 @@ class Gateway:
         streaming = bool(ctx.body.get("stream"))
         if not streaming:
             reading = time.perf_counter()
-            raw = await self._read(upstream)
+            raw = await self._read(upstream, self.config.server.max_upstream_body_bytes)
             ctx.upstream_s += time.perf_counter() - reading
             data = loads_or_none(raw)
             if not isinstance(data, dict):
@@ -317,9 +383,9 @@ class Gateway:
         return await self._stream(receive, send, ctx, kind, mode, adapter, dep, upstream)
 
     @staticmethod
-    async def _read(upstream: UpstreamResponse) -> bytes:
+    async def _read(upstream: UpstreamResponse, max_bytes: int) -> bytes:
         try:
-            return await upstream.read()
+            return await upstream.read(max_bytes)
         except UpstreamError as exc:
             raise upstream_failure(exc) from None
 
@@ -333,7 +399,7 @@ class Gateway:
         else:
             pump = self._chat_events(ctx, adapter.chat_stream(dep, include_usage), upstream)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + response_headers(ctx)})
-        return await run_until_disconnect(self._forward(send, pump), receive)
+        return await self._forward(send, pump)
 
     @staticmethod
     async def _forward(send: Send, pump: AsyncIterator[bytes]) -> bool:
@@ -343,25 +409,37 @@ class Gateway:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
-    @staticmethod
-    async def _chat_events(ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+    async def _chat_events(self, ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         sent = 0
         try:
             async for data in upstream.iter_bytes():
                 chunks = stream.feed(data)
                 if chunks:
                     sent += sum(map(delta_chars, chunks))
-                    yield b"".join(encode_data(c) for c in chunks)
+                    yield self._encode_chunks(chunks)
             tail = stream.finish()
-            yield b"".join(encode_data(c) for c in tail) + DONE
+            yield self._encode_chunks(tail) + DONE
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
             yield encode_data(upstream_failure(exc).body)
+        except STREAM_GARBAGE as exc:
+            yield encode_data(self._garbled(ctx, exc).body)
         finally:
-            ctx.usage = stream.usage or estimated_usage(ctx, sent)
+            ctx.usage = usage_or_estimate(ctx, stream.usage, sent)
+
+    def _encode_chunks(self, chunks: list[dict]) -> bytes:
+        """Chunks as SSE; an upstream's in-stream error message is scrubbed of secrets."""
+        return b"".join(self.secrets.scrub(encode_data(c)) if "error" in c else encode_data(c) for c in chunks)
 
     @staticmethod
-    async def _responses_events(ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+    def _garbled(ctx: RequestContext, exc: Exception) -> GatewayError:
+        """An upstream stream that broke a translation: ended with an error event, logged
+        without its content."""
+        ctx.extra["stream_error"] = "bad_response"
+        log.warning("upstream_stream_unreadable", request_id=ctx.request_id, error=type(exc).__name__)
+        return bad_stream()
+
+    async def _responses_events(self, ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         translator = responses.ResponsesStream(ctx.body)
         sent = 0
         try:
@@ -376,11 +454,12 @@ class Gateway:
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
             yield b"".join(translator.feed(upstream_failure(exc).body))
+        except STREAM_GARBAGE as exc:
+            yield b"".join(translator.feed(self._garbled(ctx, exc).body))
         finally:
-            ctx.usage = stream.usage or estimated_usage(ctx, sent)
+            ctx.usage = usage_or_estimate(ctx, stream.usage, sent)
 
-    @staticmethod
-    async def _native_events(ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+    async def _native_events(self, ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         """The upstream's own stream, byte for byte, read on the side for usage."""
         decoder = SSEDecoder()
         sequence = 0
@@ -388,42 +467,45 @@ class Gateway:
         usage = None
         try:
             async for data in upstream.iter_bytes():
+                errors = False
                 for event, payload in decoder.feed(data):
                     parsed = loads_or_none(payload)
                     if isinstance(parsed, dict):
-                        sequence = parsed.get("sequence_number", sequence)
+                        seq = parsed.get("sequence_number")
+                        sequence = seq if isinstance(seq, int) and not isinstance(seq, bool) else sequence
                         sent += delta_chars(parsed)
                         usage = adapter.passthrough_stream_usage(kind, event, parsed, usage)
-                yield data
+                        errors = errors or event == "error" or parsed.get("type") == "error"
+                yield self.secrets.scrub(data) if errors else data
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
             yield native_stream_error(kind, upstream_failure(exc).body["error"], sequence + 1)
+        except STREAM_GARBAGE as exc:
+            yield native_stream_error(kind, self._garbled(ctx, exc).body["error"], sequence + 1)
         finally:
-            complete = usage and usage.get("completion_tokens")
-            ctx.usage = usage if complete else estimated_usage(ctx, sent, usage)
+            complete = isinstance(usage, dict) and usage.get("completion_tokens")
+            ctx.usage = usage if complete else estimated_usage(ctx, sent, usage if isinstance(usage, dict) else None)
 
 
-def delta_chars(event: dict) -> int:
-    """Characters of generated text in one stream event (OpenAI chunk, Anthropic or
-    Responses event), for pricing a stream that ended before its usage arrived."""
-    total = 0
-    for choice in event.get("choices") or ():
-        delta = choice.get("delta") or {}
-        total += len(delta.get("content") or "")
-        for call in delta.get("tool_calls") or ():
-            total += len((call.get("function") or {}).get("arguments") or "")
-    delta = event.get("delta")
-    if isinstance(delta, str):
-        total += len(delta)
-    elif isinstance(delta, dict):
-        total += len(delta.get("text") or delta.get("partial_json") or "")
-    return total
+# what an upstream's malformed stream can raise inside a translation (a number where text
+# belongs, a string where a list does): the stream ends with an error event, not silently
+STREAM_GARBAGE = (SSEError, TypeError, ValueError, KeyError, AttributeError, IndexError)
+MAX_ERROR_BYTES = 1024 * 1024  # an upstream's error answer read past this is cut off
+
+
+def usage_or_estimate(ctx: RequestContext, usage: object, sent: int) -> dict:
+    """The stream's reported usage when it is well formed, else the estimate."""
+    if isinstance(usage, dict) and all(isinstance(usage.get(k, 0), (int, float)) for k in ("prompt_tokens", "completion_tokens")):
+        return usage
+    return estimated_usage(ctx, sent)
 
 
 def estimated_usage(ctx: RequestContext, completion_chars: int, partial: dict | None = None) -> dict:
     """Usage for a stream cut short: what the upstream reported, else an estimate, so
     a broken or abandoned stream is still counted and charged."""
-    prompt = (partial or {}).get("prompt_tokens") or prompt_tokens(ctx.body)
+    prompt = (partial or {}).get("prompt_tokens")
+    if not isinstance(prompt, int) or isinstance(prompt, bool):
+        prompt = prompt_tokens(ctx.body)
     completion = (completion_chars + 3) // 4
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "estimated": True}
 
@@ -437,30 +519,31 @@ def native_stream_error(kind: str, error: dict, sequence: int) -> bytes:
     return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
-async def run_until_disconnect(work: Awaitable[bool], receive: Receive) -> bool:
-    """Runs `work` (a stream going out) until it ends or the client goes away, in which
-    case it is cancelled, which closes the upstream request too. False on a disconnect."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+async def run_until_disconnect(work: Awaitable[object], receive: Receive, finished: Callable[[], bool]) -> bool:
+    """Runs `work` in this task while a watcher listens for the client going away; if it
+    does before the answer is `finished`, the work is cancelled, which closes the upstream
+    request and lets every layer outside release what it holds at once. False then."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not finished():
+                    gone = True
+                    current.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await work
+        return True
     except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
+        if gone and current.uncancel() == 0:
+            return False  # our own cancel, nobody else's: the request simply ends
         raise
-    if task in done:
+    finally:
         watcher.cancel()
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    return False
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return

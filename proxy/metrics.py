@@ -6,7 +6,7 @@ it); spend and limits, which must agree across workers, live in the store instea
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -27,6 +27,12 @@ overhead = Histogram(
 )
 tokens = Counter("lockgate_tokens", "Tokens reported by upstreams", ("model", "kind"), registry=REGISTRY)
 spend = Counter("lockgate_spend_usd", "USD spent, priced from upstream usage", ("model",), registry=REGISTRY)
+store_failures = Counter(
+    "lockgate_store_failures", "Requests that met a failed or slow state store, by policy and what was done", ("policy", "outcome"), registry=REGISTRY
+)
+store_backlog = Gauge("lockgate_store_backlog", "Store writes (spend, releases) waiting for the store to answer again", registry=REGISTRY)
+unpriced = Counter("lockgate_unpriced_requests", "Requests to models with no known price", registry=REGISTRY)
+unmetered = Counter("lockgate_unmetered_answers", "Answers that reported no usage, charged and counted from an estimate", registry=REGISTRY)
 upstream_failures = Counter("lockgate_upstream_failures", "Upstream timeouts, connection errors and broken streams", ("kind",), registry=REGISTRY)
 
 
@@ -34,7 +40,7 @@ class PolicyCollector:
     """Policy reloads and the unpriced-request count, read when scraped."""
 
     def collect(self):
-        from lockgate.middleware import budget, policy
+        from lockgate.middleware import policy
 
         totals = policy.metrics()
         reloads = CounterMetricFamily("lockgate_policy_reloads", "Policy files reloaded", labels=("kind",))
@@ -49,9 +55,6 @@ class PolicyCollector:
         yield reloads
         yield failures
         yield invalid
-        unpriced = CounterMetricFamily("lockgate_unpriced_requests", "Requests to models with no known price")
-        unpriced.add_metric((), budget.unpriced_requests)
-        yield unpriced
 
 
 REGISTRY.register(PolicyCollector())

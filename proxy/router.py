@@ -122,8 +122,10 @@ class Balancer:
     def started(self, dep: Deployment) -> None:
         self.in_flight[dep.id] += 1
 
-    def finished(self, dep: Deployment, ok: bool, latency_s: float | None = None) -> None:
+    def finished(self, dep: Deployment, ok: bool, latency_s: float | None = None, counted: bool = True) -> None:
         self.in_flight[dep.id] -= 1
+        if not counted:
+            return
         if ok:
             self.cooldowns.succeeded(dep.id)
             if latency_s is not None:

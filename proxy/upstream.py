@@ -28,36 +28,65 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamConnectError(UpstreamError):
+    """Nothing reached the upstream: it can be tried elsewhere."""
+
     kind = "connect_error"
 
 
-class UpstreamResponse:
-    __slots__ = ("status", "_chunks", "_release", "_timeout")
+class UpstreamBroken(UpstreamError):
+    """The upstream answered, then broke off before its answer was complete."""
 
-    def __init__(self, status: int, chunks: AsyncIterator[bytes], release=None) -> None:
+    kind = "broken"
+
+
+class UpstreamTooLarge(UpstreamError):
+    kind = "too_large"
+
+
+class UpstreamResponse:
+    __slots__ = ("status", "_chunks", "_response", "_done")
+
+    def __init__(self, status: int, chunks: AsyncIterator[bytes], response: aiohttp.ClientResponse | None = None) -> None:
         self.status = status
         self._chunks = chunks
-        self._release = release
+        self._response = response
+        self._done = False
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive; timeouts and breaks raise `UpstreamError`s."""
+        """Body bytes as they arrive (decompressed a bounded piece at a time); timeouts
+        and breaks raise `UpstreamError`s that name no library internals."""
         try:
             async for chunk in self._chunks:
                 if chunk:
                     yield chunk
         except asyncio.TimeoutError:
-            raise UpstreamTimeout("upstream stopped sending") from None
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise UpstreamConnectError(f"upstream connection broke: {type(exc).__name__}") from None
+            raise UpstreamTimeout("the upstream stopped sending") from None
+        except (aiohttp.ClientError, ConnectionError):
+            raise UpstreamBroken("the upstream broke off its answer before it was complete") from None
+        self._done = True
 
-    async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.iter_bytes()]
+    async def read(self, max_bytes: int | None = None) -> bytes:
+        """The whole body, refused past `max_bytes` (so a compressed bomb or an endless
+        answer costs at most that much memory)."""
+        parts = []
+        size = 0
+        async for chunk in self.iter_bytes():
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise UpstreamTooLarge(f"the upstream's answer is larger than {max_bytes} bytes")
+            parts.append(chunk)
         return b"".join(parts)
 
     def close(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
+        """Hands the connection back for reuse once the answer was read whole; closes it
+        when it was not (a cancelled or refused read), so no half-read answer is reused."""
+        response, self._response = self._response, None
+        if response is None:
+            return
+        if self._done:
+            response.release()
+        else:
+            response.close()
 
 
 class UpstreamClient:
@@ -110,7 +139,8 @@ class UpstreamClient:
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"no answer within {timeout_s:g}s") from None
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamConnectError(f"cannot connect to upstream: {exc.os_error.strerror or type(exc.os_error).__name__}") from None
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise UpstreamConnectError(f"upstream connection failed: {type(exc).__name__}") from None
-        return UpstreamResponse(response.status, response.content.iter_any(), response.release)
+            reason = exc.os_error.strerror or "connection failed"
+            raise UpstreamConnectError(f"cannot connect to the upstream: {reason}") from None
+        except (aiohttp.ClientError, ConnectionError):
+            raise UpstreamConnectError("the upstream closed the connection without answering") from None
+        return UpstreamResponse(response.status, response.content.iter_any(), response)

@@ -187,7 +187,8 @@ async def test_mounted_into_an_existing_app(kind):
 
 
 async def test_a_reservation_cancelled_in_flight_is_dropped(tmp_path):
-    from lockgate.middleware.budget import ABANDONED, BudgetedRequest, parse_policy
+    from lockgate.middleware.budget import BudgetedRequest, parse_policy
+    from lockgate.proxy.store import guard
     from lockgate.proxy.context import RequestContext
 
     store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
@@ -206,7 +207,7 @@ async def test_a_reservation_cancelled_in_flight_is_dropped(tmp_path):
     store.reserve = reserve_then_cancelled
     with pytest.raises(asyncio.CancelledError):
         await request(None, None, None)
-    await asyncio.gather(*ABANDONED)
+    await guard.backlog(store).task
     store.reserve = real_reserve
     after = await store.reserve([Claim(request.keys[0], 1, 0, 60)], "probe")
     assert after.reserved == (0.0,) and after.spent == (0.0,), "the reservation was dropped and nothing was charged"

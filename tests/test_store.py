@@ -99,7 +99,7 @@ async def test_adjust_changes_and_removes_entries(store: Store) -> None:
 
 
 # -- budgets ------------------------------------------------------------------------------
-async def test_reservations_are_granted_while_under_the_limit(store: Store) -> None:
+async def test_a_reservation_is_granted_when_it_fits_whole_or_comes_alone(store: Store) -> None:
     first = await store.reserve([Claim("daily", 1.0, 0.5, LONG)], "r1")
     assert first.ok and first.spent == (0,) and first.reserved == (0.5,)
     second = await store.reserve([Claim("daily", 1.0, 0.5, LONG)], "r2")
@@ -109,9 +109,22 @@ async def test_reservations_are_granted_while_under_the_limit(store: Store) -> N
 
     assert await store.settle(["daily"], "r1", 0.25) == (0.25,)
     assert await store.spent("daily") == 0.25
-    granted = await store.reserve([Claim("daily", 1.0, 0.5, LONG)], "r3")
-    assert granted.ok and granted.spent == (0.25,) and granted.reserved == (1.0,)
-    assert not (await store.reserve([Claim("daily", 1.0, 0.01, LONG)], "r4")).ok
+    # 0.25 spent + 0.5 held + 0.5 would pass the limit, and r2 is still in flight: refused
+    too_big = await store.reserve([Claim("daily", 1.0, 0.5, LONG)], "r3")
+    assert not too_big.ok and too_big.reserved == (0.5,)
+    fits = await store.reserve([Claim("daily", 1.0, 0.25, LONG)], "r3")
+    assert fits.ok and fits.spent == (0.25,) and fits.reserved == (0.75,)
+
+    await store.settle(["daily"], "r2", 0.25)
+    await store.settle(["daily"], "r3", 0.25)
+    # 0.75 spent, nothing in flight: a request larger than what is left still goes, alone...
+    alone = await store.reserve([Claim("daily", 1.0, 0.9, LONG)], "r4")
+    assert alone.ok and alone.spent == (0.75,) and alone.reserved == (0.9,)
+    # ...and nothing else does while it is in flight, however small
+    assert not (await store.reserve([Claim("daily", 1.0, 0.0001, LONG)], "r5")).ok
+    await store.settle(["daily"], "r4", 0.5)
+    spent_out = await store.reserve([Claim("daily", 1.0, 0.0001, LONG)], "r6")
+    assert not spent_out.ok and spent_out.spent == (1.25,), "a budget spent out refuses even when nothing is in flight"
 
 
 async def test_reserve_is_all_or_nothing_across_budgets(store: Store) -> None:

@@ -211,9 +211,9 @@ def test_tpm_estimate_is_corrected_by_real_usage(fake, upstream, tmp_path):
 async def test_a_claim_cancelled_in_flight_is_released(tmp_path):
     """A client that disconnects while its claim is being written must not keep a
     concurrency slot: the claim may have landed, so it is released on the side."""
-    from lockgate.middleware.throttle import ABANDONED, ThrottledRequest, parse_policy
+    from lockgate.middleware.throttle import ThrottledRequest, parse_policy
     from lockgate.proxy.context import RequestContext
-    from lockgate.proxy.store import open_store
+    from lockgate.proxy.store import guard, open_store
 
     store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
     policy = parse_policy({"limits": [{"per": "global", "concurrent": 1}]}, "<test>")
@@ -233,6 +233,6 @@ async def test_a_claim_cancelled_in_flight_is_released(tmp_path):
     store.claim = claim_then_cancelled
     with pytest.raises(asyncio.CancelledError):
         await request(never_called, {"type": "http", "headers": []}, None, None)
-    await asyncio.gather(*ABANDONED)
+    await guard.backlog(store).task
     key = request.claims[0].key
     assert await store.used(key) == 0, "the slot was given back"

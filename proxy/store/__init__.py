@@ -15,8 +15,11 @@ The two primitives that must be atomic:
   (entries removed when the request ends, expiring only if a process dies) are both
   ledgers.
 - A *budget* (`reserve`/`settle`): spent money plus open reservations. A reservation is
-  granted while spent + reserved is still under the limit; settling drops the
-  reservation and adds the real cost to spent, in one step.
+  granted when it fits whole (spent + reserved + amount <= limit), or when nothing else
+  is reserved and the budget is not yet spent (the one request let past the edge, alone);
+  settling drops the reservation and adds the real cost to spent, in one step. When
+  every reservation is at least its request's real cost, spent can exceed the limit
+  only by the real cost of that one request admitted alone.
 """
 
 from __future__ import annotations
@@ -49,11 +52,17 @@ class Reservation:
     failed: int | None = None
 
 
+def fits(spent: float, reserved: float, claim: Claim) -> bool:
+    """Whether a budget grants a reservation (every backend decides by this rule)."""
+    return spent + reserved + claim.amount <= claim.limit or (reserved <= 0 and spent < claim.limit)
+
+
 class Store:
     """The interface every backend implements. Keys are plain strings; backends add
     their own prefix. Times are the backend's clock (Redis's server time on redis)."""
 
     backend = ""
+    errors: tuple[type[BaseException], ...] = (OSError,)  # what a backend raises when it is down or broken
 
     # -- ledgers: rate windows and concurrency -------------------------------------------
     async def claim(self, claims: Sequence[Claim], entry_id: str) -> ClaimResult:
@@ -77,9 +86,8 @@ class Store:
 
     # -- budgets ----------------------------------------------------------------------
     async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
-        """All or nothing: granted when spent + reserved < limit in every budget; then a
-        reservation of `amount` (expiring after ttl_s, in case its process dies) is added
-        to each."""
+        """All or nothing: granted when every budget `fits` the claim; then a reservation
+        of `amount` (expiring after ttl_s, in case its process dies) is added to each."""
         raise NotImplementedError
 
     async def settle(

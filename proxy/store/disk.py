@@ -45,7 +45,7 @@ from typing import Callable, Sequence, TypeVar
 
 import diskcache
 
-from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store
+from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store, fits
 
 Execute = Callable[..., sqlite3.Cursor]
 T = TypeVar("T")
@@ -108,6 +108,7 @@ def key_range(prefix: str) -> tuple[str, tuple[str, ...]]:
 
 class DiskStore(Store):
     backend = "disk"
+    errors = (OSError, sqlite3.Error, diskcache.Timeout)
 
     def __init__(self, path: str) -> None:
         create_small_pages(path)
@@ -386,7 +387,7 @@ class DiskStore(Store):
             state = {key: self._budget(sql, key, now) for key in keys}
             for i, c in enumerate(claims):
                 spent, reserved = state[c.key]
-                if spent + reserved >= c.limit:
+                if not fits(spent, reserved, c):
                     return Reservation(False, tuple(state[k][0] for k in keys), tuple(state[k][1] for k in keys), i)
             for c in claims:
                 spent, reserved = state[c.key]

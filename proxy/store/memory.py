@@ -7,7 +7,7 @@ import heapq
 import time
 from typing import Sequence
 
-from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store
+from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store, fits
 
 
 class Ledger:
@@ -120,7 +120,7 @@ class MemoryStore(Store):
         now = self.now()
         budgets = [self._budget(c.key, now) for c in claims]
         for i, (c, budget) in enumerate(zip(claims, budgets)):
-            if budget.spent + budget.reservations.total >= c.limit:
+            if not fits(budget.spent, budget.reservations.total, c):
                 return Reservation(False, tuple(b.spent for b in budgets), tuple(b.reservations.total for b in budgets), i)
         for c, budget in zip(claims, budgets):
             budget.reservations.put(entry_id, now + c.ttl_s, c.amount)

@@ -23,6 +23,7 @@ import math
 from typing import Sequence
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store
 
@@ -184,7 +185,10 @@ local function result(ok, failed)
   return out
 end
 for i = 1, n do
-  if spent[i] + reserved[i] >= tonumber(ARGV[3 * i - 1]) then return result(0, i - 1) end
+  -- store.fits: within the limit with its whole reservation, or alone while not yet spent
+  local limit, amount = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
+  local fits = spent[i] + reserved[i] + amount <= limit or (reserved[i] <= 0 and spent[i] < limit)
+  if not fits then return result(0, i - 1) end
 end
 for i = 1, n do
   local h, z, ttl = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[3 * i + 1])
@@ -250,6 +254,7 @@ def seconds_to_ms(ttl_s: float) -> int:
 
 class RedisStore(Store):
     backend = "redis"
+    errors = (OSError, RedisError)
 
     def __init__(self, url: str, prefix: str = "lockgate:") -> None:
         self.redis = aioredis.Redis.from_url(url)

@@ -1,0 +1,53 @@
+"""Which requests are model calls, for the middlewares that govern them (a policy's
+`paths:` option).
+
+    paths: ["/v1/chat/completions", "/v1/embeddings", "/my-app/llm/*"]   # exact paths or globs
+
+The default is the OpenAI and Anthropic model paths, with and without `/v1`. A path is
+matched after the app's `root_path`, by the rule Starlette's routes use, so a gateway or a
+middleware mounted under a prefix (`app.mount("/llm", create_app(...))`) matches the same
+paths it would at the root. Only POSTs are model calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+from starlette.types import Scope
+
+from lockgate.proxy.context import route_path
+
+MODEL_PATHS = tuple(
+    prefix + path
+    for prefix in ("/v1", "")
+    for path in ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    exact: frozenset[str]
+    globs: tuple[str, ...] = ()
+
+    def match(self, scope: Scope) -> bool:
+        if scope.get("method") != "POST":
+            return False
+        path = route_path(scope)
+        return path in self.exact or any(fnmatchcase(path, glob) for glob in self.globs)
+
+
+DEFAULT = Paths(frozenset(MODEL_PATHS))
+
+
+def parse_paths(check: Any, raw: dict) -> Paths:
+    """A policy's `paths:`, problems reported to `check` (proxy.config.Checker)."""
+    if "paths" not in raw:
+        return DEFAULT
+    values = raw["paths"]
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.startswith("/") for v in values):
+        check.fail(raw, "paths", "paths must be a non-empty list of paths (or globs) starting with /")
+        return DEFAULT
+    globs = tuple(v for v in values if any(c in v for c in "*?["))
+    return Paths(frozenset(v for v in values if v not in globs), globs)
