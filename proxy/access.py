@@ -1,15 +1,21 @@
 """The outermost layer of the gateway: it opens the request context, stamps
 `x-request-id` on every answer (whichever layer wrote it), and writes one access-log
-line and the metrics when the answer is done, refusals by middlewares included."""
+line and the metrics when the answer is done, refusals by middlewares included.
+
+Metric labels never take a value the client chose freely: a path is one of the
+gateway's routes or `other`, a model one the gateway serves or `other`, so a client
+sending random paths and model names cannot grow `/metrics` (the log line keeps what
+was asked)."""
 
 from __future__ import annotations
 
 import time
+from typing import Any, Callable, Container
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.proxy import metrics
-from lockgate.proxy.context import get_context
+from lockgate.proxy.context import get_context, route_path
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger, info_line
 
@@ -18,10 +24,21 @@ log = get_logger("lockgate.access")
 QUIET_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
 
 
+OTHER = "other"
+
+
 class AccessLog:
-    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int | None = None,
+        paths: Container[str] = (),
+        models: Callable[[], Container[str]] = tuple,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.paths = paths  # the routes a path label may name
+        self.models = models  # the models a model label may name (read per request: the config may be reloaded)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,19 +79,22 @@ class AccessLog:
             if path not in QUIET_PATHS:
                 self.record(scope, ctx, status or 499)
 
-    @staticmethod
-    def record(scope: Scope, ctx, status: int) -> None:
+    def record(self, scope: Scope, ctx, status: int) -> None:
         elapsed = time.perf_counter() - ctx.started
-        usage = ctx.usage or {}
+        usage = ctx.usage if isinstance(ctx.usage, dict) else {}
         model = ctx.model_served or ctx.model_requested or ""
         path = scope.get("path", "")
-        metrics.requests.labels(path, model, str(status)).inc()
-        metrics.latency.labels(path).observe(elapsed)
+        path_label = route_path(scope)
+        if path_label not in self.paths:
+            path_label = OTHER
+        model_label = model if model in self.models() else OTHER
+        metrics.requests.labels(path_label, model_label, str(status)).inc()
+        metrics.latency.labels(path_label).observe(elapsed)
         if usage:
-            metrics.tokens.labels(model, "prompt").inc(usage.get("prompt_tokens") or 0)
-            metrics.tokens.labels(model, "completion").inc(usage.get("completion_tokens") or 0)
+            metrics.tokens.labels(model_label, "prompt").inc(count(usage.get("prompt_tokens")))
+            metrics.tokens.labels(model_label, "completion").inc(count(usage.get("completion_tokens")))
         if ctx.cost_usd:
-            metrics.spend.labels(model).inc(ctx.cost_usd)
+            metrics.spend.labels(model_label).inc(ctx.cost_usd)
         failure = ctx.extra.get("stream_error") or ctx.extra.get("upstream_failure")
         if failure:
             metrics.upstream_failures.labels(failure).inc()
@@ -100,3 +120,8 @@ class AccessLog:
                 "fallback": ctx.fallback_chain,
             },
         )
+
+
+def count(value: Any) -> float:
+    """A token count for a counter: a non-negative number, whatever the usage said."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0

@@ -6,6 +6,7 @@ without auth mounted there is no master key, so the admin endpoints refuse every
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from urllib.parse import parse_qs
 
@@ -62,4 +63,5 @@ class Admin:
     async def reload(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not is_admin(scope):
             return await refuse(send)
-        await send_json(send, 200, {"policies": policy.reload_all()})
+        # parsing is CPU work: off the event loop, so requests in flight are not held up
+        await send_json(send, 200, {"policies": await asyncio.to_thread(policy.reload_all)})

@@ -8,7 +8,7 @@ import contextlib
 import importlib
 import os
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Callable, Container, Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,6 +26,7 @@ from lockgate.proxy.errors import GatewayError, send_error, send_json
 from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
 from lockgate.proxy.logs import configure as configure_logs
 from lockgate.proxy.router import Router, SharedCooldowns
+from lockgate.proxy.server import STATE_KEY
 from lockgate.proxy.store import Store, open_store
 from lockgate.proxy.upstream import UpstreamClient
 
@@ -75,10 +76,10 @@ def resolve_policy(policy: Any, base_dir: Path) -> Any:
     return str(base_dir / path)
 
 
-def build_middleware(config: GatewayConfig, store: Store) -> list[Middleware]:
+def build_middleware(config: GatewayConfig, store: Store, routes: Container[str] = (), models: Callable[[], Container[str]] = tuple) -> list[Middleware]:
     """The stack gateway.yaml lists, outermost first, behind the access log. Each
     policy is parsed here, so a broken one stops start-up with its file:line."""
-    stack = [Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes)]
+    stack = [Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=routes, models=models)]
     problems = []
     for name, source in config.middleware:
         try:
@@ -139,12 +140,12 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         await send({"type": "http.response.body", "body": body})
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict]:
         await upstream.open()
         policy.start_watching()  # edits and SIGHUP count from start-up, not the first request
         syncing = asyncio.get_running_loop().create_task(cooldowns.run())
         try:
-            yield
+            yield {STATE_KEY: config.server}  # the connection limits proxy/server.py enforces
         finally:
             syncing.cancel()
             await upstream.close()
@@ -165,7 +166,8 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         routes.append(Route(path, endpoint, methods=methods))
     routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
 
-    app = Starlette(middleware=build_middleware(config, store))
+    known = frozenset(route.path for route in routes if "{" not in route.path)
+    app = Starlette(middleware=build_middleware(config, store, known, lambda: gateway.config.models))
     app.router = Routes(routes, lifespan=lifespan)
     app.state.gateway = gateway
     app.state.config = config

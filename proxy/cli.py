@@ -44,9 +44,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    from lockgate.proxy.server import LockgateProtocol
+
     uvicorn.run(
         "lockgate.proxy.app:app_from_env",
         factory=True,
+        http=LockgateProtocol,
         host=host,
         port=port,
         workers=args.workers,
