@@ -63,7 +63,7 @@ from lockgate.proxy.config import Checker, ConfigError
 from lockgate.proxy.context import model_request, new_id
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger
-from lockgate.proxy.store import Claim, Store, guard, open_store
+from lockgate.proxy.store import Claim, Store, guard, open_store, owners
 from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
 
 PERIODS = ("daily", "weekly", "monthly", "total")
@@ -314,6 +314,7 @@ class BudgetedRequest:
         amount = self._bound(price)
         claims = [Claim(key, b.limit_usd, amount, RESERVATION_TTL_S) for key, b in zip(self.keys, self.applicable)]
         failure = self.policy.store_failure
+        await owners.keeper(self.store).ensure(failure.timeout_s)  # a reservation of a process that dies is released
         try:
             reservation = await guard.call(self.store, self.store.reserve(claims, self.entry), failure.timeout_s)
         except asyncio.CancelledError:

@@ -42,7 +42,7 @@ from lockgate.middleware.policy import Policy
 from lockgate.proxy.config import Checker, ConfigError
 from lockgate.proxy.context import model_request, new_id
 from lockgate.proxy.errors import GatewayError, send_error
-from lockgate.proxy.store import Claim, Store, guard, open_store
+from lockgate.proxy.store import Claim, Store, guard, open_store, owners
 from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
 from lockgate.providers.tokens import answer_limit, prompt_tokens
 from lockgate.providers.usage import UsageMeter
@@ -173,6 +173,8 @@ class ThrottledRequest:
         wait_until = asyncio.get_running_loop().time() + max((l.max_wait_s for l in active if l.queue), default=0.0)
         self._plan(active, facts, estimate)
         failure = self.policy.store_failure
+        if self.concurrent_keys:
+            await owners.keeper(self.store).ensure(failure.timeout_s)  # a slot held by a process that dies is released
         while True:
             try:
                 result = await guard.call(self.store, self.store.claim(self.claims, self.entry), failure.timeout_s)
@@ -219,7 +221,7 @@ class ThrottledRequest:
             for kind, cap, amount, ttl in wanted:
                 if not cap:
                     continue
-                key = f"{base}:{kind}"
+                key = f"lease:{base}" if kind == "concurrent" else f"{base}:{kind}"
                 self.claims.append(Claim(key, cap, min(amount, cap) if kind == "tpm" else amount, ttl))
                 self.limit_of.append(limit)
                 self.kind_of.append(kind)

@@ -65,12 +65,14 @@ class ChatStream:
 
     `feed` takes raw bytes as they arrive (event boundaries anywhere) and returns the
     chunks they complete; `finish` returns whatever the end of the stream completes.
-    A provider's in-stream error becomes an `{"error": {...}}` dict in the output.
+    A provider's in-stream error becomes an `{"error": {...}}` dict in the output; bytes
+    that make no sense set `error` after the chunks that came before them.
     `usage` holds OpenAI-shaped usage once the upstream has reported it. A usage-only
     final chunk is emitted only when `include_usage` is set, as OpenAI does.
     """
 
     usage: dict | None = None
+    error: Exception | None = None  # set when the upstream's bytes stopped making sense: the stream ends there
 
     def feed(self, data: bytes) -> list[dict]:
         raise NotImplementedError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import orjson
 
 from lockgate.providers import responses
-from lockgate.providers.base import Adapter, ChatStream, Deployment, UpstreamRequest, join_url
+from lockgate.providers.base import Adapter, ChatStream, Deployment, UpstreamRequest, join_url, loads_or_none
 from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -20,12 +20,13 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 class OpenAIStream(ChatStream):
     """Passes OpenAI-format chunks (chat or legacy completions) through, noting usage."""
 
-    __slots__ = ("_decoder", "_include_usage", "usage")
+    __slots__ = ("_decoder", "_include_usage", "usage", "error")
 
     def __init__(self, include_usage: bool) -> None:
         self._decoder = SSEDecoder()
         self._include_usage = include_usage
         self.usage: dict | None = None
+        self.error: Exception | None = None
 
     def feed(self, data: bytes) -> list[dict]:
         return self._translate(self._decoder.feed(data))
@@ -36,14 +37,15 @@ class OpenAIStream(ChatStream):
     def _translate(self, events: list[tuple[str, bytes]]) -> list[dict]:
         out = []
         for _, data in events:
+            if self.error is not None:
+                break
             if data == b"[DONE]":
                 continue
-            try:
-                payload = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(payload, dict):
-                continue
+            payload = loads_or_none(data)
+            if not isinstance(payload, dict) or malformed(payload):
+                # what came before goes out; the proxy then ends the stream with an error
+                self.error = ValueError("the upstream sent a stream chunk that is not OpenAI's shape")
+                break
             usage = payload.get("usage")
             if usage:
                 self.usage = usage
@@ -53,6 +55,27 @@ class OpenAIStream(ChatStream):
                 del payload["usage"]
             out.append(payload)
         return out
+
+
+def malformed(chunk: dict) -> bool:
+    """Whether a chat or completions chunk breaks the fields clients read (a number for
+    text, a string for a list): such a stream is not passed on as if it were fine."""
+    choices = chunk.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        return True
+    for choice in choices or ():
+        if not isinstance(choice, dict):
+            return True
+        delta = choice.get("delta")
+        if delta is not None:
+            if not isinstance(delta, dict):
+                return True
+            if not isinstance(delta.get("content") or "", str) or not isinstance(delta.get("tool_calls") or [], list):
+                return True
+        if not isinstance(choice.get("text") or "", str):
+            return True
+    usage = chunk.get("usage")
+    return usage is not None and not isinstance(usage, dict)
 
 
 def with_stream_usage(body: dict) -> dict:

@@ -25,9 +25,10 @@ from lockgate.proxy.context import get_context, route_path
 from lockgate.proxy.errors import GatewayError, send_error, send_json
 from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
 from lockgate.proxy.logs import configure as configure_logs
+from lockgate.proxy.logs import get_logger
 from lockgate.proxy.router import Router, SharedCooldowns
 from lockgate.proxy.server import STATE_KEY
-from lockgate.proxy.store import Store, open_store
+from lockgate.proxy.store import Store, open_store, owners
 from lockgate.proxy.upstream import UpstreamClient
 
 MODEL_ROUTES = {
@@ -40,6 +41,7 @@ MODEL_ROUTES = {
     "/model/info": ("model_info", ["GET"]),
 }
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+log = get_logger("lockgate.app")
 
 
 class Routes(StarletteRouter):
@@ -99,6 +101,16 @@ def build_middleware(config: GatewayConfig, store: Store, routes: Container[str]
     return stack
 
 
+async def release_dead_owners(store: Store) -> None:
+    """At start-up, before the first request: leases and reservations of processes that
+    died (a `kill -9`, a restart) stop holding slots and budget headroom at once."""
+    try:
+        async with asyncio.timeout(5):
+            await owners.sweep(store)
+    except (TimeoutError, *store.errors) as exc:
+        log.warning("dead_owner_sweep_failed", error=type(exc).__name__)
+
+
 async def health(scope: Scope, receive: Receive, send: Send) -> None:
     await send_json(send, 200, {"status": "healthy"})
 
@@ -143,6 +155,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     async def lifespan(app: Starlette) -> AsyncIterator[dict]:
         await upstream.open()
         policy.start_watching()  # edits and SIGHUP count from start-up, not the first request
+        await release_dead_owners(store)
         syncing = asyncio.get_running_loop().create_task(cooldowns.run())
         try:
             yield {STATE_KEY: config.server}  # the connection limits proxy/server.py enforces

@@ -417,7 +417,11 @@ class Gateway:
                 if chunks:
                     sent += sum(map(delta_chars, chunks))
                     yield self._encode_chunks(chunks)
+                if stream.error is not None:
+                    raise stream.error
             tail = stream.finish()
+            if stream.error is not None:
+                raise stream.error
             yield self._encode_chunks(tail) + DONE
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
@@ -449,7 +453,11 @@ class Gateway:
                 out = [event for c in chunks for event in translator.feed(c)]
                 if out:
                     yield b"".join(out)
+                if stream.error is not None:
+                    raise stream.error
             out = [event for c in stream.finish() for event in translator.feed(c)]
+            if stream.error is not None:
+                raise stream.error
             yield b"".join(out + translator.finish(stream.usage))
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind

@@ -130,6 +130,20 @@ class Store:
     async def delete(self, key: str) -> None:
         raise NotImplementedError
 
+    # -- owners: which process holds a lease (proxy/store/owners.py) ---------------------
+    # Lease ledgers are budget reservations and ledgers whose key starts with `lease:`
+    # (concurrency slots); an entry id's first OWNER_CHARS characters name its process.
+    async def heartbeat(self, owner: str, info: str, ttl_s: float) -> None:
+        """Records that `owner` is alive (with `info`: host, pid, start) for `ttl_s`."""
+
+    async def lease_owners(self) -> dict[str, str | None]:
+        """Every owner holding a lease entry, with its last heartbeat's info (None: none alive)."""
+        return {}
+
+    async def release_owner(self, owner: str) -> int:
+        """Removes every lease entry `owner` holds; returns how many."""
+        return 0
+
     # -- life cycle -----------------------------------------------------------------------
     async def ping(self) -> bool:
         return True

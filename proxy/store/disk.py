@@ -45,6 +45,7 @@ from typing import Callable, Sequence, TypeVar
 
 import diskcache
 
+from lockgate.proxy.context import OWNER_CHARS
 from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store, fits
 
 Execute = Callable[..., sqlite3.Cursor]
@@ -65,7 +66,9 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS Hash_expires ON Hash (expires)",
     "CREATE TABLE IF NOT EXISTS HashField ("
     " key TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (key, field)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS Owner (owner TEXT PRIMARY KEY, info TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
 )
+LEASE_LEDGERS = ("b:", "l:lease:")  # budget reservations, concurrency slots: held by a live process
 
 SWEEP_ROWS = 8  # abandoned records removed per sweep, as diskcache's own cull does
 SWEEP_EVERY = 16  # batches between sweeps: abandoned records are rare, statements are not free
@@ -490,6 +493,42 @@ class DiskStore(Store):
             self._drop_hash(sql, key)
 
         await self._run(op)
+
+    # -- owners -------------------------------------------------------------------------
+    async def heartbeat(self, owner: str, info: str, ttl_s: float) -> None:
+        await self._run(lambda sql, now: sql("INSERT OR REPLACE INTO Owner VALUES (?, ?, ?)", (owner, info, now + ttl_s)))
+
+    async def lease_owners(self) -> dict[str, str | None]:
+        now = time.time()
+        found: dict[str, str | None] = {}
+        for prefix in LEASE_LEDGERS:
+            where, bounds = key_range(prefix)
+            rows = self._sql(
+                f"SELECT DISTINCT substr(entry, 1, {OWNER_CHARS}) FROM Entry WHERE {where.replace('key', 'ledger')}", bounds
+            ).fetchall()
+            for (owner,) in rows:
+                found[owner] = None
+        for owner in list(found):
+            row = self._sql("SELECT info FROM Owner WHERE owner = ? AND expires > ?", (owner, now)).fetchone()
+            found[owner] = row[0] if row else None
+        return found
+
+    async def release_owner(self, owner: str) -> int:
+        def op(sql: Execute, now: float) -> int:
+            released = 0
+            for prefix in LEASE_LEDGERS:
+                where, bounds = key_range(prefix)
+                rows = sql(
+                    f"SELECT ledger, entry FROM Entry WHERE {where.replace('key', 'ledger')} AND entry >= ? AND entry < ?",
+                    bounds + (owner, owner + "~"),
+                ).fetchall()
+                for ledger, entry in rows:
+                    self._remove(sql, ledger, entry)
+                    released += 1
+            sql("DELETE FROM Owner WHERE owner = ?", (owner,))
+            return released
+
+        return await self._run(op)
 
     # -- life cycle -----------------------------------------------------------------------
     async def ping(self) -> bool:

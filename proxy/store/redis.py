@@ -25,6 +25,7 @@ from typing import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from lockgate.proxy.context import OWNER_CHARS
 from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store
 
 LEDGER_LUA = """
@@ -368,6 +369,42 @@ class RedisStore(Store):
 
     async def delete(self, key: str) -> None:
         await self.redis.delete(f"{self.prefix}v:{key}", f"{self.prefix}h:{key}")
+
+    # -- owners -------------------------------------------------------------------------
+    async def heartbeat(self, owner: str, info: str, ttl_s: float) -> None:
+        await self.redis.set(f"{self.prefix}o:{owner}", info, px=seconds_to_ms(ttl_s))
+
+    async def _lease_sets(self) -> list[tuple[str, str]]:
+        """(zset, hash) of every lease ledger: budget reservations and `lease:` ledgers."""
+        found = []
+        async for name in self.redis.scan_iter(match=(self.prefix + "bz:").translate(GLOB_SPECIAL) + "*", count=1000):
+            key = name.decode()[len(self.prefix) + 3 :]
+            found.append(tuple(self._budget(key)[::-1]))
+        async for name in self.redis.scan_iter(match=(self.prefix + "l:lease:").translate(GLOB_SPECIAL) + "*", count=1000):
+            key = name.decode()[len(self.prefix) + 2 :]
+            found.append(tuple(self._ledger(key)))
+        return found
+
+    async def lease_owners(self) -> dict[str, str | None]:
+        owners: set[str] = set()
+        for zset, _ in await self._lease_sets():
+            owners.update(member.decode()[:OWNER_CHARS] for member in await self.redis.zrange(zset, 0, -1))
+        if not owners:
+            return {}
+        ordered = sorted(owners)
+        infos = await self.redis.mget([f"{self.prefix}o:{owner}" for owner in ordered])
+        return {owner: None if info is None else info.decode() for owner, info in zip(ordered, infos)}
+
+    async def release_owner(self, owner: str) -> int:
+        released = 0
+        for zset, hash_key in await self._lease_sets():
+            for member in await self.redis.zrange(zset, 0, -1):
+                entry = member.decode()
+                if entry.startswith(owner):
+                    await self._adjust([zset, hash_key], [entry, ""])
+                    released += 1
+        await self.redis.delete(f"{self.prefix}o:{owner}")
+        return released
 
     # -- life cycle -----------------------------------------------------------------------
     async def ping(self) -> bool:

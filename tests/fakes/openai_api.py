@@ -17,14 +17,27 @@ from lockgate.providers.sse import DONE, encode_data
 from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
 
 
-def openai_error(b: Behaviour) -> Response:
+def openai_error(b: Behaviour, request: Request | None = None) -> Response:
     types = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error", 429: "requests"}
     codes = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
     code = codes.get(b.status)
     if b.status == 400 and "context" in b.error_message:
         code = "context_length_exceeded"
-    payload = {"error": {"message": b.error_message, "type": types.get(b.status, "server_error"), "param": None, "code": code}}
+    message = b.error_message
+    if b.echo_auth and request is not None:
+        # what a careless upstream does: repeat the credentials it was sent
+        message += f" (you sent Authorization: {request.headers.get('authorization')}, api-key: {request.headers.get('api-key')})"
+    payload = {"error": {"message": message, "type": types.get(b.status, "server_error"), "param": None, "code": code}}
     return json_response(payload, b.status)
+
+
+def raw(b: Behaviour, fake: FakeUpstream, stream: bool) -> Response | None:
+    """The behaviour's verbatim answer, when it sets one for this kind of request."""
+    if stream and b.raw_stream is not None:
+        return fake.stream_response(b.raw_stream, b)
+    if not stream and b.raw_answer is not None:
+        return Response(b.raw_answer, status_code=b.status, headers=b.raw_headers, media_type=b.raw_headers.get("content-type", "application/json"))
+    return None
 
 
 def reply_for(messages: list[dict], tools: list | None, b: Behaviour) -> tuple[str | None, dict | None]:
@@ -57,11 +70,18 @@ def routes(fake: FakeUpstream) -> list[Route]:
         body = await fake.record(request)
         model = model_of(request, body)
         b = fake.behaviour(model)
-        await fake.before_answer(b)
+        if await fake.before_answer(b, request):
+            return Response(status_code=499)
+        verbatim = raw(b, fake, bool(body.get("stream")))
+        if verbatim is not None:
+            return verbatim
         if b.status != 200:
-            return openai_error(b)
+            return openai_error(b, request)
         content, call = reply_for(body.get("messages", []), body.get("tools"), b)
         prompt = count_tokens(body.get("messages", []))
+        if b.prompt_tokens_per_char is not None:
+            chars = sum(len(text(m.get("content"))) for m in body.get("messages", []))
+            prompt = int(chars * b.prompt_tokens_per_char)
         completion = len(words(content)) if content is not None else 3
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         cid, created = "chatcmpl-" + uuid.uuid4().hex[:12], int(time.time())
@@ -112,9 +132,10 @@ def routes(fake: FakeUpstream) -> list[Route]:
         body = await fake.record(request)
         model = model_of(request, body)
         b = fake.behaviour(model)
-        await fake.before_answer(b)
+        if await fake.before_answer(b, request):
+            return Response(status_code=499)
         if b.status != 200:
-            return openai_error(b)
+            return openai_error(b, request)
         prompt_text = body.get("prompt", "")
         reply = b.reply if b.reply is not None else "echo: " + (prompt_text if isinstance(prompt_text, str) else " ".join(prompt_text))
         usage = {"prompt_tokens": count_tokens(prompt_text), "completion_tokens": len(words(reply))}
@@ -139,9 +160,10 @@ def routes(fake: FakeUpstream) -> list[Route]:
         body = await fake.record(request)
         model = model_of(request, body)
         b = fake.behaviour(model)
-        await fake.before_answer(b)
+        if await fake.before_answer(b, request):
+            return Response(status_code=499)
         if b.status != 200:
-            return openai_error(b)
+            return openai_error(b, request)
         inputs = body.get("input")
         inputs = [inputs] if isinstance(inputs, str) else inputs
         data = []

@@ -33,6 +33,12 @@ class Behaviour:
     reply: str | None = None  # default: "echo: <last user text>"
     error_message: str = "fake upstream error"
     tool_args: dict = field(default_factory=lambda: {"location": "Paris"})
+    # faults a hostile or broken upstream shows (OpenAI endpoints)
+    raw_stream: list[bytes] | None = None  # a stream of exactly these pieces instead of a real one
+    raw_answer: bytes | None = None  # a non-streamed answer of exactly these bytes (with raw_headers)
+    raw_headers: dict[str, str] = field(default_factory=dict)
+    echo_auth: bool = False  # an error message that repeats the Authorization header it received
+    prompt_tokens_per_char: float | None = None  # report prompt usage as characters x this (a tokenizer's ratio)
 
 
 @dataclass
@@ -67,6 +73,7 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.streams_completed = 0
         self.streams_aborted = 0  # the client (the gateway) went away mid-stream
+        self.answers_abandoned = 0  # the gateway went away while a non-streamed answer was being prepared
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -91,6 +98,7 @@ class FakeUpstream:
         self.requests.clear()
         self.streams_completed = 0
         self.streams_aborted = 0
+        self.answers_abandoned = 0
 
     def seen(self, path_part: str = "") -> list[Recorded]:
         return [r for r in self.requests if path_part in r.path]
@@ -112,11 +120,22 @@ class FakeUpstream:
         )
         return body
 
-    async def before_answer(self, behaviour: Behaviour) -> None:
-        if behaviour.hang:
-            await asyncio.sleep(3600)
-        if behaviour.latency_s:
-            await asyncio.sleep(behaviour.latency_s)
+    async def before_answer(self, behaviour: Behaviour, request: Request | None = None) -> bool:
+        """Waits as the behaviour says; with `request`, notices the caller leaving meanwhile
+        (counted in `answers_abandoned`, True returned), as a real provider stops generating."""
+        wait = 3600.0 if behaviour.hang else behaviour.latency_s
+        if not wait:
+            return False
+        if request is None:
+            await asyncio.sleep(wait)
+            return False
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            if await request.is_disconnected():
+                self.answers_abandoned += 1
+                return True
+        return False
 
     async def paced(self, chunks: list[bytes], behaviour: Behaviour) -> AsyncIterator[bytes]:
         """Yields pre-encoded stream chunks with the behaviour's pacing and break."""
