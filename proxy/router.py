@@ -76,7 +76,14 @@ class SharedCooldowns(LocalCooldowns):
             wall_until = time.time() + cooldown_s
             task = asyncio.get_running_loop().create_task(self.store.set(f"cooldown:{dep_id}", repr(wall_until).encode(), cooldown_s))
             self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        if not task.cancelled():
+            # retrieved, not raised: with the store down this process still skips the
+            # deployment, and the others hear of it once the store is back
+            task.exception()
 
     async def sync(self) -> None:
         for dep_id in self.dep_ids:
