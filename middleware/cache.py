@@ -78,7 +78,7 @@ from lockgate.middleware.identity import identity
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
-from lockgate.providers.base import loads_or_none
+from lockgate.providers.base import loads_or_none, usage_requested
 from lockgate.providers.sse import DONE, SSEDecoder
 from lockgate.providers.usage import from_answer
 from lockgate.proxy.config import Checker, ConfigError
@@ -360,7 +360,7 @@ class CachedRequest:
         stored = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["headers"]]
         others = [(k, v) for k, v in stored if k != b"content-type"]
         wants_stream = bool(ctx.body.get("stream"))
-        include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+        include_usage = usage_requested(ctx.body)
         if meta["stream"] and (wants_stream or self.kind != CHAT):
             if include_usage and meta["usage_chunk"] and payload.endswith(DONE):
                 payload = payload[: -len(DONE)] + b"data: " + meta["usage_chunk"].encode() + b"\n\n" + DONE

@@ -207,6 +207,12 @@ def usage_chunk(cid: str, model: str, created: int, usage: dict) -> dict:
     return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
 
 
+def usage_requested(body: dict) -> bool:
+    """Whether a streaming request asked for the final usage chunk (`stream_options.include_usage`)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 def join_url(base: str, path: str) -> str:
     return base.rstrip("/") + "/" + path.lstrip("/")
 

@@ -122,7 +122,12 @@ class MockAdapter(OpenAIAdapter):
             if fail_rate and random.random() < fail_rate:
                 error = {"error": {"message": "mock failure (fail_rate)", "type": "server_error", "param": None, "code": None}}
                 return 500, once(orjson.dumps(error))
-            return handler(orjson.loads(request.body), model)
+            try:
+                return handler(orjson.loads(request.body), model)
+            except (TypeError, AttributeError, KeyError, ValueError, IndexError):
+                # what OpenAI answers a request whose fields have shapes it cannot read
+                error = {"error": {"message": "Invalid request: a field has the wrong type.", "type": "invalid_request_error", "param": None, "code": None}}
+                return 400, once(orjson.dumps(error))
 
         return UpstreamRequest(f"mock://{model}/{path}", {}, orjson.dumps(body), local=answer)
 

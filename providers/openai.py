@@ -81,7 +81,7 @@ def malformed(chunk: dict) -> bool:
 def with_stream_usage(body: dict) -> dict:
     if not body.get("stream"):
         return body
-    options = dict(body.get("stream_options") or {})
+    options = dict(body["stream_options"]) if isinstance(body.get("stream_options"), dict) else {}
     options["include_usage"] = True
     return {**body, "stream_options": options}
 

@@ -25,6 +25,11 @@ IMAGE_TOKENS_BOUND = 2_500
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 
 
+def is_image(part: dict) -> bool:
+    kind = part.get("type")
+    return isinstance(kind, str) and kind in IMAGE_PARTS
+
+
 def text_tokens(text: str) -> int:
     """The estimate for one text."""
     if text.isascii():
@@ -40,7 +45,7 @@ def content_tokens(content: Any) -> int:
         for part in content:
             if not isinstance(part, dict):
                 continue
-            if part.get("type") in IMAGE_PARTS:
+            if is_image(part):
                 total += IMAGE_TOKENS
             else:
                 text = part.get("text")
@@ -93,7 +98,7 @@ def prompt_tokens_bound(body: dict, raw_size: int) -> int:
             if not isinstance(content, list):
                 continue
             for part in content:
-                if isinstance(part, dict) and part.get("type") in IMAGE_PARTS:
+                if isinstance(part, dict) and is_image(part):
                     images += 1
                     image_bytes += _embedded_size(part)
     return max(0, raw_size - image_bytes) + images * IMAGE_TOKENS_BOUND

@@ -16,7 +16,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from lockgate.providers import anthropic, azure, gemini, mock, openai, responses
-from lockgate.providers.base import Adapter, Deployment, UnsupportedRequest, loads_or_none
+from lockgate.providers.base import Adapter, Deployment, UnsupportedRequest, loads_or_none, usage_requested
 from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.providers.usage import delta_chars
@@ -107,6 +107,15 @@ def check_field_types(body: dict) -> None:
         value = body.get(name)
         if value is not None and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
             raise bad_request(f"`{name}` must be {JSON_TYPE_NAMES[types[0]]}.", name, "invalid_type")
+    for name in ("messages", "tools"):
+        for i, item in enumerate(body.get(name) or ()):
+            if not isinstance(item, dict):
+                raise bad_request(f"`{name}[{i}]` must be an object.", f"{name}[{i}]", "invalid_type")
+            content = item.get("content")
+            if content is not None and not isinstance(content, (str, list)):
+                raise bad_request(f"`{name}[{i}].content` must be a string or an array of parts.", f"{name}[{i}].content", "invalid_type")
+            if isinstance(content, list) and not all(isinstance(part, (dict, str)) for part in content):
+                raise bad_request(f"`{name}[{i}].content` parts must be objects.", f"{name}[{i}].content", "invalid_type")
     for name in INTEGER_FIELDS:
         value = body.get(name)
         if value is None:
@@ -208,6 +217,11 @@ class Gateway:
         value = body.get("input")
         if value is None or value == "" or value == []:
             raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
+        if not isinstance(value, (str, list)) or not all(
+            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool)) or (isinstance(item, list) and all(type(i) is int for i in item))
+            for item in (value if isinstance(value, list) else ())
+        ):
+            raise bad_request("`input` must be a string, an array of strings, or token arrays.", "input", "invalid_type")
 
     def _validate_responses(self, body: dict) -> None:
         self._require_model(body)
@@ -325,6 +339,12 @@ class Gateway:
                 return "native", self._with_client_headers(adapter.passthrough_request(dep, "messages", body), scope, kind)
         except UnsupportedRequest as exc:
             raise bad_request(exc.message, exc.param, "unsupported_request") from None
+        except TRANSLATION_ERRORS as exc:
+            # a shape the translation cannot read (a number where a list of parts belongs):
+            # the client's request is at fault, and is told so without Python's words
+            log.info("request_not_translatable", request_id=ctx.request_id, provider=dep.provider, error=type(exc).__name__)
+            message = f"The request could not be translated for the {dep.provider} provider: one of its fields has a value of the wrong type or shape."
+            raise bad_request(message, None, "invalid_value") from None
         raise bad_request(f"unknown endpoint kind {kind}")
 
     @staticmethod
@@ -390,7 +410,7 @@ class Gateway:
             raise upstream_failure(exc) from None
 
     async def _stream(self, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
-        include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+        include_usage = usage_requested(ctx.body)
         pump: AsyncIterator[bytes]
         if mode == "native":
             pump = self._native_events(ctx, kind, adapter, upstream)
@@ -495,6 +515,7 @@ class Gateway:
             ctx.usage = usage if complete else estimated_usage(ctx, sent, usage if isinstance(usage, dict) else None)
 
 
+TRANSLATION_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 # what an upstream's malformed stream can raise inside a translation (a number where text
 # belongs, a string where a list does): the stream ends with an error event, not silently
 STREAM_GARBAGE = (SSEError, TypeError, ValueError, KeyError, AttributeError, IndexError)

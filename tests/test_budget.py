@@ -105,6 +105,53 @@ def test_fifty_concurrent_requests_overrun_by_at_most_one_request(fake, upstream
         gw.stop()
 
 
+CJK = "预算必须在任何并发下都成立" * 4  # 52 characters, 156 bytes of UTF-8
+
+
+@pytest.mark.parametrize(
+    "tokens_per_char, max_tokens",
+    [(1.0, 20), (3.0, 20), (1.0, None), (0.25, 20)],
+    ids=["cjk-1-per-char", "worst-1-per-byte", "cjk-no-max-tokens", "english-like"],
+)
+def test_a_budget_holds_whatever_the_token_ratio(fake, upstream, tmp_path, tokens_per_char, max_tokens):
+    """$2 at $1,000 a million tokens, 100 concurrent requests whose real prompt is up to one
+    token a byte (four times the chars/4 estimate and more): spend passes the limit by
+    less than one request's real cost, never by the concurrency."""
+    upstream.set("bud-model", latency_s=0.1, prompt_tokens_per_char=tokens_per_char)
+    limit = 2.0
+    budget = {"budgets": [{"user": "eve", "limit_usd": limit, "period": "total"}]}
+    gw = start_gateway(config(fake.url, budget, tmp_path), tmp_path)
+    body = {"model": "priced", "messages": [{"role": "user", "content": CJK}]}
+    if max_tokens:
+        body["max_tokens"] = max_tokens
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*[client.post(gw.url + "/v1/chat/completions", json=body, headers={"x-lockgate-user": "eve"}) for _ in range(100)])
+
+    try:
+        # bursts of 100 until one is refused whole: the budget fills, then holds
+        served: list[httpx.Response] = []
+        for _ in range(80):
+            responses = asyncio.run(burst())
+            assert {r.status_code for r in responses} <= {200, 429}
+            admitted = [r for r in responses if r.status_code == 200]
+            if not admitted:
+                break
+            served += admitted
+        else:
+            pytest.fail("the budget never ran out")
+        costs = [float(r.headers["x-lockgate-cost-usd"]) for r in served]
+        store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
+        spent = asyncio.run(store.spent("budget:user:eve:total:total"))
+        assert spent == pytest.approx(sum(costs))
+        assert spent >= limit, "the whole budget could be used"
+        assert spent < limit + max(costs), f"overrun by {spent - limit:.3f}, more than one request ({max(costs):.3f})"
+        assert chat(gw, "eve").status_code == 429, "and once spent it stays refused"
+    finally:
+        gw.stop()
+
+
 def test_streamed_responses_are_priced(fake, upstream, tmp_path):
     budget = {"budgets": [{"user": "dave", "limit_usd": 1, "period": "monthly"}]}
     gw = start_gateway(config(fake.url, budget, tmp_path), tmp_path)

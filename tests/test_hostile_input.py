@@ -1,0 +1,125 @@
+"""Hostile request bodies: whatever valid JSON a client sends to any endpoint, through all
+six middlewares and every kind of provider, it gets an answer or an OpenAI-shaped 4xx,
+never a 500 (a bug) or a bare error. Hypothesis writes the bodies (a bounded number in
+`make test`); the cases that once gave a bare 500 are pinned below."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import httpx
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lockgate import create_app
+
+KEY = "sk-test-fuzz-CLIENT-0001"
+MODELS = ["demo", "fz-openai", "fz-claude", "fz-gemini", "fz-alias", "nope"]
+ENDPOINTS = ["/v1/chat/completions", "/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"]
+FIELDS = [
+    "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "max_output_tokens", "temperature",
+    "top_p", "n", "stop", "tools", "tool_choice", "user", "metadata", "input", "prompt", "instructions", "system",
+    "response_format", "seed", "logprobs", "think", "encoding_format", "dimensions", "documents", "query",
+]
+HUGE = [1e308, -1e308, 1e30, 2.0**64, -(2.0**63) - 1e10, 1.5, -1, 0, 2**53 + 1]
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.sampled_from(HUGE), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40), st.sampled_from(["", "x", "user", "assistant", "system", "tool", "text", "image_url", "function"]),
+)
+json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(["role", "content", "type", "text", "name", "image_url", "url", "function", "arguments", "id", "tool_calls", "x"]) | st.text(max_size=8), inner, max_size=4)), max_leaves=25)
+message = st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "assistant", "system", "tool", "developer"]), json_values)}, optional={"content": json_values, "tool_calls": json_values, "name": json_values})
+bodies = st.fixed_dictionaries(
+    {"model": st.one_of(st.sampled_from(MODELS), json_values)},
+    optional={"messages": st.one_of(st.lists(message, max_size=3), json_values), **{f: json_values for f in FIELDS if f != "messages"}},
+)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def client(fake, loop):
+    v1 = fake.url + "/v1"
+    policies = {
+        "auth": {"keys": [{"id": "fuzz", "sha256": hashlib.sha256(KEY.encode()).hexdigest(), "models": ["demo", "fz-*"], "max_tokens": 100000}]},
+        "throttle": {"limits": [{"per": "key", "rpm": 100000, "tpm": 10**12, "concurrent": 100}]},
+        "budget": {"default": {"per": "user", "limit_usd": 10**6, "period": "total"}, "unknown_price": "allow"},
+        "cache": {"ttl_s": 60},
+        "rewrite": {"aliases": {"fz-alias": "demo"}},
+        "fallback": {"chains": {"fz-openai": ["demo"]}, "backoff_s": 0.001},
+    }
+    config = {
+        "store": {"backend": "memory"},
+        "models": [
+            {"name": "demo", "deployments": [{"provider": "mock"}]},
+            {"name": "fz-openai", "deployments": [{"provider": "openai", "model": "fz-openai", "base_url": v1}]},
+            {"name": "fz-claude", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet", "base_url": fake.url}]},
+            {"name": "fz-gemini", "deployments": [{"provider": "gemini", "model": "gemini-1.5-flash", "base_url": fake.url, "api_key": "k" * 10}]},
+        ],
+        "middleware": [{name: policy} for name, policy in policies.items()],
+    }
+    app = create_app(config)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fuzz", timeout=30)
+    yield lambda path, raw: loop.run_until_complete(http.post(path, content=raw, headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"}))
+    loop.run_until_complete(http.aclose())
+
+
+def assert_clean(response: httpx.Response) -> None:
+    assert response.status_code != 500, response.text
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "code", "param"}, error
+    elif response.headers.get("content-type", "").startswith("application/json"):
+        assert isinstance(response.json(), dict)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=bodies, endpoint=st.sampled_from(ENDPOINTS))
+def test_any_json_body_gets_a_clean_answer(client, body, endpoint):
+    try:
+        raw = orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return  # not JSON to begin with
+    assert_clean(client(endpoint, raw))
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"max_tokens": 1e308}, {"max_tokens": -1e308}, {"max_tokens": 1e30}, {"temperature": 1e308}, {"n": 2.0**64},
+        {"stream_options": "x"}, {"stream_options": {"include_usage": "x"}}, {"stream": "x"}, {"stream": True, "stream_options": 7},
+        {"messages": 5}, {"messages": [5]}, {"messages": [{"role": "user", "content": 12345}]}, {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        {"tools": "x"}, {"tools": [5]}, {"metadata": [1]}, {"user": {"a": 1}}, {"input": {"a": 1}}, {"prompt": [[1, 2], "x"]},
+    ],
+)
+@pytest.mark.parametrize("model", ["demo", "fz-claude", "fz-gemini", "fz-openai"])
+def test_bodies_that_once_gave_a_bare_500(client, upstream, endpoint, extra, model):
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "input": "hi", "prompt": "hi", "max_tokens": 5, **extra}
+    assert_clean(client(endpoint, orjson.dumps(body)))
+
+
+@pytest.mark.parametrize("depth", [100, 255, 300, 1000])
+def test_deeply_nested_bodies(client, depth):
+    nested: object = "x"
+    for _ in range(depth):
+        nested = {"x": nested}
+    raw = orjson.dumps({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "metadata": nested}) if depth < 250 else (
+        b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + b'{"x": ' * depth + b'"x"' + b"}" * depth + b"}"
+    )
+    response = client("/v1/chat/completions", raw)
+    assert_clean(response)
+    assert response.status_code in (200, 400)
+
+
+def test_bodies_that_are_not_objects_or_not_json(client):
+    for raw in (b"[]", b"5", b'"x"', b"null", b"{", b"\xff\xfe", b'{"model": "demo", "model": 5}', b"{}" * 1000, b""):
+        assert_clean(client("/v1/chat/completions", raw))
