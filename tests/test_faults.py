@@ -306,3 +306,20 @@ def test_a_thousand_connections_at_once(gw):
 
     statuses = asyncio.run(all_of_them())
     assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_metrics_series_do_not_grow_with_what_clients_send(gw):
+    def series() -> int:
+        return sum(1 for line in httpx.get(gw.url + "/metrics", timeout=10).text.splitlines() if line and not line.startswith("#"))
+
+    chat(gw, "healthy")
+    httpx.get(gw.url + "/no/such/path", timeout=10)
+    chat(gw, "no-such-model")
+    before = series()
+    with httpx.Client(timeout=10) as client:
+        for i in range(300):
+            client.get(f"{gw.url}/random/{i}/path")
+            client.post(gw.url + "/v1/chat/completions", json={"model": f"random-model-{i}", "messages": MESSAGES})
+    assert series() == before, "unknown paths and models count under `other`"
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    assert 'path="other"' in text and 'model="other"' in text and "random-model-7" not in text

@@ -70,6 +70,10 @@ def client(fake, loop):
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fuzz", timeout=30)
     yield lambda path, raw: loop.run_until_complete(http.post(path, content=raw, headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"}))
     loop.run_until_complete(http.aclose())
+    loop.run_until_complete(app.state.gateway.client.close())
+    for task in asyncio.all_tasks(loop):  # the store's heartbeat: no lifespan here to stop it
+        task.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
 
 
 def assert_clean(response: httpx.Response) -> None:
