@@ -15,8 +15,8 @@ from typing import AsyncIterator, Awaitable, Callable
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from lockgate.providers import anthropic, azure, gemini, mock, openai, responses
-from lockgate.providers.base import Adapter, Deployment, UnsupportedRequest, loads_or_none
+from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, mock, openai, presets, responses, vertex
+from lockgate.providers.base import Adapter, CredentialsError, Deployment, UnsupportedRequest, loads_or_none
 from lockgate.providers.sse import DONE, SSEDecoder, encode_data
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.proxy import catalog
@@ -33,6 +33,10 @@ ADAPTERS: dict[str, Adapter] = {
     "anthropic": anthropic.ADAPTER,
     "gemini": gemini.ADAPTER,
     "mock": mock.ADAPTER,
+    "bedrock": bedrock.ADAPTER,
+    "vertex": vertex.ADAPTER,
+    "cohere": cohere.ADAPTER,
+    **presets.ADAPTERS,
 }
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -55,9 +59,12 @@ class Endpoint:
         await self.handler(scope, receive, send)
 
 
-def upstream_failure(exc: UpstreamError) -> GatewayError:
+def upstream_failure(exc: UpstreamError, answering: bool = False) -> GatewayError:
+    """`answering`: the upstream had started its answer (it was reached, then broke)."""
     if isinstance(exc, UpstreamTimeout):
         return GatewayError(504, f"The upstream did not answer in time: {exc}", "api_error", "upstream_timeout")
+    if answering:
+        return GatewayError(502, f"The upstream broke off its answer: {exc}", "api_error", "upstream_error")
     return GatewayError(502, f"The upstream could not be reached: {exc}", "api_error", "upstream_connect_error")
 
 
@@ -201,6 +208,12 @@ class Gateway:
             balancer.started(dep)
             started = time.perf_counter()
             try:
+                await adapter.prepare(dep, request)
+            except CredentialsError as exc:
+                balancer.finished(dep, ok=False)
+                ctx.extra["upstream_failure"] = "auth"
+                raise GatewayError(502, f"Deployment {dep.id}: {exc}", "api_error", "upstream_auth_failed") from None
+            try:
                 upstream = await self.client.send(request, dep.timeout_s)
             except UpstreamConnectError as exc:
                 ctx.upstream_s += time.perf_counter() - started
@@ -321,7 +334,7 @@ class Gateway:
         try:
             return await upstream.read()
         except UpstreamError as exc:
-            raise upstream_failure(exc) from None
+            raise upstream_failure(exc, answering=True) from None
 
     async def _stream(self, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
         include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
@@ -356,7 +369,7 @@ class Gateway:
             yield b"".join(encode_data(c) for c in tail) + DONE
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
-            yield encode_data(upstream_failure(exc).body)
+            yield encode_data(upstream_failure(exc, answering=True).body)
         finally:
             ctx.usage = stream.usage or estimated_usage(ctx, sent)
 
@@ -375,7 +388,7 @@ class Gateway:
             yield b"".join(out + translator.finish(stream.usage))
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
-            yield b"".join(translator.feed(upstream_failure(exc).body))
+            yield b"".join(translator.feed(upstream_failure(exc, answering=True).body))
         finally:
             ctx.usage = stream.usage or estimated_usage(ctx, sent)
 
@@ -397,7 +410,7 @@ class Gateway:
                 yield data
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
-            yield native_stream_error(kind, upstream_failure(exc).body["error"], sequence + 1)
+            yield native_stream_error(kind, upstream_failure(exc, answering=True).body["error"], sequence + 1)
         finally:
             complete = usage and usage.get("completion_tokens")
             ctx.usage = usage if complete else estimated_usage(ctx, sent, usage)
