@@ -28,6 +28,7 @@ from tests.fakes.upstream import FakeUpstream, count_tokens, json_response
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # the audience a service account's assertion names, whatever its file's token_uri
 AUDIENCE = "https://oauth2.googleapis.com/token"
+GKE_ACCOUNT = "gke-workload@proj-test.iam.gserviceaccount.com"
 
 
 @dataclass
@@ -122,7 +123,34 @@ def routes(fake: FakeUpstream) -> list[Route]:
             return json_response({"predictions": predictions, "metadata": {"billableCharacterCount": sum(len(i["content"]) for i in body["instances"])}})
         return google_error(404, f"Method {method} not found", "NOT_FOUND")
 
+    def metadata_response(payload, refused: bool) -> Response:
+        response = json_response({"error": "Missing Metadata-Flavor:Google header."}, 403) if refused else (
+            Response(payload, media_type="text/plain") if isinstance(payload, str) else json_response(payload)
+        )
+        response.headers["metadata-flavor"] = "Google"
+        return response
+
+    async def metadata(request: Request) -> Response:
+        """The GCE / GKE metadata server, which GKE workload identity answers on."""
+        await fake.record(request)
+        refused = request.headers.get("metadata-flavor") != "Google"
+        path = request.path_params.get("rest", "")
+        if path == "":
+            return metadata_response("computeMetadata/", refused)
+        if path == "project/project-id":
+            return metadata_response("proj-test", refused)
+        if path.startswith("instance/service-accounts/") and path.endswith("/token"):
+            access = "ya29.fake-gke-" + secrets.token_urlsafe(24)
+            accounts.tokens[access] = time.time() + accounts.lifetime_s
+            accounts.issued.append("gke:" + GKE_ACCOUNT)
+            return metadata_response({"access_token": access, "expires_in": accounts.lifetime_s, "token_type": "Bearer"}, refused)
+        if path.startswith("instance/service-accounts/"):
+            return metadata_response({"email": GKE_ACCOUNT, "scopes": [SCOPE], "aliases": ["default"]}, refused)
+        return metadata_response({}, True)
+
     return [
+        Route("/", metadata, methods=["GET"]),
+        Route("/computeMetadata/v1/{rest:path}", metadata, methods=["GET"]),
         Route("/token", token, methods=["POST"]),
         Route("/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{rest:path}", publisher, methods=["POST"]),
     ]
