@@ -457,7 +457,7 @@ class ResponsesStream:
         else:
             events = [self._event("response.function_call_arguments.done", **at, name=item["name"], arguments=item["arguments"])]
         item["status"] = status
-        events.append(self._event("response.output_item.done", **at, item=item))
+        events.append(self._event("response.output_item.done", output_index=at["output_index"], item=item))
         return events
 
     def _fail(self, error: dict) -> list[bytes]:

@@ -20,13 +20,13 @@ from tests.cloud import (
     BEDROCK_CLAUDE,
     COHERE_KEY,
     GROQ_KEY,
-    SA_EMAIL,
     VERTEX_CLAUDE,
     cloud_models,
     service_account,
 )
 from tests.conftest import start_gateway
 
+MODULE_ACCOUNT = "cloud-e2e@proj-test.iam.gserviceaccount.com"  # this module's gateway is its only user
 CHAT = ["bedrock-claude", "vertex-gemini", "vertex-claude", "cohere", "groq"]
 UPSTREAM_MODEL = {
     "bedrock-claude": BEDROCK_CLAUDE,
@@ -50,7 +50,7 @@ TOOLS = [
 @pytest.fixture(scope="module")
 def cloud(fake, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cloud")
-    sa = service_account(fake, workdir)
+    sa = service_account(fake, workdir, email=MODULE_ACCOUNT)
     models = cloud_models(fake, sa.path)
     wrong = {"region": "us-east-1", "base_url": fake.url, "aws_access_key_id": AWS_ACCESS_KEY, "aws_secret_access_key": "not-the-secret"}
     models.append({"name": "bedrock-wrong-key", "deployments": [{"provider": "bedrock", "model": BEDROCK_CLAUDE, **wrong}]})
@@ -231,9 +231,9 @@ def test_vertex_gemini_streams_on_the_publisher_path(client, upstream):
 
 def test_one_vertex_token_serves_many_requests(client, upstream):
     for i in range(6):
-        client.chat.completions.create(model=("vertex-gemini", "vertex-claude", "vertex-embed")[i % 3] if i % 3 != 2 else "vertex-gemini", messages=[{"role": "user", "content": f"n{i}"}])
-    client.embeddings.create(model="vertex-embed", input="x")
-    assert upstream.google.issued.count(SA_EMAIL) == 1, upstream.google.issued
+        client.chat.completions.create(model=("vertex-gemini", "vertex-claude")[i % 2], messages=[{"role": "user", "content": f"n{i}"}])
+        client.embeddings.create(model="vertex-embed", input=f"x{i}")
+    assert upstream.google.issued.count(MODULE_ACCOUNT) == 1, upstream.google.issued
     tokens = {r.headers["authorization"] for r in upstream.requests if "/publishers/" in r.path}
     assert len(tokens) == 1
 
@@ -277,3 +277,27 @@ def test_no_secret_in_answers_or_logs(cloud, client, upstream):
     for text in answers + [info, log]:
         for secret in (AWS_SECRET_KEY, COHERE_KEY, GROQ_KEY, key_body, "PRIVATE KEY", *issued):
             assert secret not in text
+
+
+def test_model_info_describes_the_cloud_models(cloud, upstream):
+    info = {m["model_name"]: m for m in httpx.get(cloud.url + "/v1/model/info", timeout=5).json()["data"]}
+    bedrock = info["bedrock-claude"]
+    assert bedrock["litellm_params"] == {"model": f"bedrock/{BEDROCK_CLAUDE}", "custom_llm_provider": "bedrock"}
+    assert bedrock["model_info"]["max_input_tokens"] == 200_000 and bedrock["model_info"]["supports_vision"]
+    assert info["vertex-claude"]["model_info"]["max_input_tokens"] == 200_000
+    assert info["cohere"]["model_info"]["max_input_tokens"] == 128_000
+    assert info["bedrock-titan"]["model_info"]["mode"] == "embedding"
+    assert info["groq"]["model_info"]["litellm_provider"] == "groq"
+
+
+def test_cloud_models_are_priced():
+    from lockgate.providers.prices import lookup
+
+    assert lookup(BEDROCK_CLAUDE) == lookup("claude-3-5-sonnet-20240620")
+    assert lookup("us.anthropic.claude-3-5-haiku-20241022-v1:0").input_per_mtok == 0.80
+    assert lookup(VERTEX_CLAUDE).output_per_mtok == 15.00
+    assert lookup("amazon.nova-pro-v1:0").input_per_mtok == 0.80
+    assert lookup("cohere.embed-english-v3").input_per_mtok == 0.10
+    for model in ("command-r-plus", "llama-3.1-70b-versatile", "mistral-large-latest", "deepseek-chat", "grok-3", "sonar-pro",
+                  "meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo", "accounts/fireworks/models/llama-v3p1-70b-instruct"):
+        assert lookup(model) is not None, model
