@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import os
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, RefreshableCredentials
-from botocore.exceptions import BotoCoreError, ClientError
-from botocore.session import Session
 from yarl import URL
 
 from lockgate.providers.base import CredentialsError, UpstreamRequest
+
+# botocore's signer and credential chain cost ~20 MB and 0.2 s to import: they are
+# imported on first use, so a gateway without bedrock deployments never loads them.
 
 NO_CREDENTIALS = (
     "no AWS credentials found: set aws_access_key_id / aws_secret_access_key on the deployment, "
@@ -31,6 +29,8 @@ NO_CREDENTIALS = (
 
 def default_region() -> str | None:
     """The region the AWS chain names (AWS_REGION, AWS_DEFAULT_REGION, the profile's)."""
+    from botocore.session import Session
+
     return os.environ.get("AWS_REGION") or Session().get_config_variable("region")
 
 
@@ -43,18 +43,24 @@ class AwsCredentials:
     """
 
     def __init__(self, access_key: str | None = None, secret_key: str | None = None, token: str | None = None, profile: str | None = None) -> None:
-        self._fixed = Credentials(access_key, secret_key, token) if access_key and secret_key else None
+        self._fixed_keys = (access_key, secret_key, token) if access_key and secret_key else None
+        self._fixed = None
         self._profile = profile
-        self._chain: Credentials | None = None
+        self._chain = None  # botocore Credentials, once resolved
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
-        return "AwsCredentials(fixed)" if self._fixed else f"AwsCredentials(chain, profile={self._profile!r})"
+        return "AwsCredentials(fixed)" if self._fixed_keys else f"AwsCredentials(chain, profile={self._profile!r})"
 
     async def current(self):
         """Frozen (access key, secret, token) good for signing now."""
-        if self._fixed is not None:
-            return self._fixed.get_frozen_credentials()
+        from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._fixed_keys is not None:
+            if self._fixed is None:
+                self._fixed = ReadOnlyCredentials(*self._fixed_keys)
+            return self._fixed
         chain = self._chain
         if chain is not None and not (isinstance(chain, RefreshableCredentials) and chain.refresh_needed()):
             return chain.get_frozen_credentials()
@@ -68,7 +74,9 @@ class AwsCredentials:
                 self._chain = None
                 raise CredentialsError(f"AWS credentials could not be loaded: {type(exc).__name__}") from None
 
-    def _resolve(self) -> Credentials:
+    def _resolve(self):
+        from botocore.session import Session
+
         credentials = Session(profile=self._profile).get_credentials()
         if credentials is None:
             raise CredentialsError(NO_CREDENTIALS)
@@ -79,6 +87,9 @@ async def sign(request: UpstreamRequest, credentials: AwsCredentials, service: s
     """Adds SigV4 headers for the request exactly as it will go on the wire: the URL is
     first put in the form the HTTP client sends (yarl's), so the signed path and the
     sent path cannot differ (Bedrock model ids hold `:`, ARNs hold `/`)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
     frozen = await credentials.current()
     request.url = str(URL(request.url))
     aws = AWSRequest(method=request.method, url=request.url, data=request.body, headers=dict(request.headers))
