@@ -13,6 +13,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.cloud import (
     AWS_ACCESS_KEY,
@@ -301,3 +302,54 @@ def test_cloud_models_are_priced():
     for model in ("command-r-plus", "llama-3.1-70b-versatile", "mistral-large-latest", "deepseek-chat", "grok-3", "sonar-pro",
                   "meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo", "accounts/fireworks/models/llama-v3p1-70b-instruct"):
         assert lookup(model) is not None, model
+
+
+@pytest.fixture(scope="module")
+def cross_cloud(fake, tmp_path_factory):
+    """Claude on three clouds behind a fallback chain, with budget, cache and throttle."""
+    workdir = tmp_path_factory.mktemp("cross-cloud")
+    sa = service_account(fake, workdir, email="cross-cloud@proj-test.iam.gserviceaccount.com")
+    models = {m["name"]: m for m in cloud_models(fake, sa.path)}
+    models["claude"] = {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": fake.url, "api_key": "sk-ant-x"}]}
+    policies = {
+        "throttle": {"limits": [{"per": "global", "rpm": 1000}]},
+        "budget": {"budgets": [{"user": "anonymous", "limit_usd": 100, "period": "daily"}], "default": {"per": "user", "limit_usd": 100, "period": "daily"}},
+        "cache": {"ttl_s": 60, "scope": "global"},
+        "fallback": {"chains": {"bedrock-claude": ["vertex-claude", "claude"]}, "retries": 0, "backoff_s": 0.01},
+    }
+    middleware = []
+    for name, policy in policies.items():
+        (workdir / f"{name}.yaml").write_text(yaml.safe_dump(policy))
+        middleware.append({name: str(workdir / f"{name}.yaml")})
+    gw = start_gateway({"models": list(models.values()), "middleware": middleware}, workdir,
+                       env={"GROQ_API_KEY": GROQ_KEY, "HOME": str(workdir), "AWS_EC2_METADATA_DISABLED": "true"})
+    yield gw
+    gw.stop()
+
+
+def test_fallback_crosses_clouds_with_every_middleware(cross_cloud, upstream):
+    upstream.set(BEDROCK_CLAUDE, status=503)
+    upstream.set(VERTEX_CLAUDE, status=429)
+    body = {"model": "bedrock-claude", "messages": [{"role": "user", "content": "across clouds"}]}
+    r = httpx.post(cross_cloud.url + "/v1/chat/completions", json=body, timeout=20)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "echo: across clouds"
+    assert r.headers["x-lockgate-fallback"] == "bedrock-claude, vertex-claude, claude"
+    assert r.headers["x-lockgate-model"] == "claude"
+    assert [p for p in (q.path for q in upstream.requests) if "token" not in p] == [
+        f"/model/{BEDROCK_CLAUDE}/converse",
+        f"/v1/projects/proj-test/locations/us-east5/publishers/anthropic/models/{VERTEX_CLAUDE}:rawPredict",
+        "/v1/messages",
+    ]
+
+
+def test_bedrock_answers_are_priced_cached_and_limited(cross_cloud, upstream):
+    body = {"model": "bedrock-claude", "messages": [{"role": "user", "content": "price me"}]}
+    first = httpx.post(cross_cloud.url + "/v1/chat/completions", json=body, timeout=20)
+    second = httpx.post(cross_cloud.url + "/v1/chat/completions", json=body, timeout=20)
+    assert first.status_code == second.status_code == 200
+    assert float(first.headers["x-lockgate-cost-usd"]) > 0, "priced from the Bedrock id's Claude list price"
+    assert (first.headers["x-lockgate-cache"], second.headers["x-lockgate-cache"]) == ("miss", "hit")
+    assert float(second.headers["x-lockgate-cost-usd"]) == 0
+    assert first.headers["x-ratelimit-limit-requests"] == "1000"
+    assert len(upstream.seen("/converse")) == 1
