@@ -69,6 +69,7 @@ class GatewayConfig:
     middleware: tuple[tuple[str, Any], ...]
     source: str = "<dict>"
     base_dir: Path = Path(".")
+    warnings: tuple[str, ...] = ()  # `file:line: warning: ...`: legal, but probably not meant
 
 
 # -- YAML with line numbers -----------------------------------------------------------
@@ -239,9 +240,13 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
     cooldown_s = check.number(routing, "cooldown_s", 30.0)
 
     models: dict[str, ModelConfig] = {}
+    warnings: list[str] = []
     model_nodes = raw.get("models")
-    if not isinstance(model_nodes, list) or not model_nodes:
-        check.fail(raw, "models" if "models" in raw else None, "`models:` must be a non-empty list")
+    if model_nodes == []:
+        # what an import of policies alone writes: valid, though nothing can be served yet
+        warnings.append(f"{source}:{line_of(raw, 'models')}: warning: `models:` is empty: every model request answers 404 model_not_found until one is added")
+    elif not isinstance(model_nodes, list):
+        check.fail(raw, "models" if "models" in raw else None, "`models:` must be a list of models")
         model_nodes = []
     for index, node in enumerate(model_nodes):
         if not isinstance(node, dict):
@@ -257,7 +262,7 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
     middleware = parse_middleware(check, raw)
     if check.problems:
         raise ConfigError(check.problems)
-    return GatewayConfig(server, store, models, middleware, source, base_dir or Path("."))
+    return GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(warnings))
 
 
 def parse_model(check: Checker, node: dict, failures: int, cooldown_s: float) -> ModelConfig | None:
