@@ -410,3 +410,17 @@ general_settings:
         assert upstream.requests[-1].path == "/v1/messages"
     finally:
         gw.stop()
+
+
+def test_the_readme_migration_commands_work_as_printed(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Coming from LiteLLM", 1)[1]
+    commands = re.search(r"```sh\n(.*?)```", section, re.DOTALL).group(1)
+    (tmp_path / "config.yaml").write_text((LITELLM / "01-quickstart.yaml").read_text())
+    for line in commands.splitlines():
+        command = line.split("#", 1)[0].split()
+        if command[:2] in (["lockgate", "import"], ["lockgate", "check"]):
+            result = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", *command[1:]], cwd=tmp_path, capture_output=True, text=True,
+                                    timeout=60, env={**os.environ, **ENV, "PYTHONPATH": str(ROOT)})
+            assert result.returncode == 0, (line, result.stderr)
+    assert (tmp_path / "lockgate" / "gateway.yaml").exists() and (tmp_path / "lockgate" / "auth.yaml").exists()
