@@ -79,7 +79,8 @@ class GoogleToken:
 
 
 def first_line(exc: Exception) -> str:
-    """The error's gist. google-auth puts the token endpoint's answer in its message,
-    never the key or the assertion, but keep it to one short line anyway."""
-    text = str(exc.args[0] if exc.args else exc).splitlines()[0] if (exc.args or str(exc)) else ""
-    return text[:200]
+    """The error's gist: google-auth's message holds the token endpoint's answer (never
+    the key or the signed assertion); its first line is enough."""
+    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    lines = message.strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

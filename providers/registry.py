@@ -18,6 +18,8 @@ PROVIDERS = ("bedrock", "vertex", "cohere", *PRESETS)
 SETTINGS: dict[str, tuple[str, ...]] = {"bedrock": bedrock.SETTINGS, "vertex": vertex.SETTINGS}
 KEYS = frozenset(key for keys in SETTINGS.values() for key in keys)
 KEY_ENV = {"cohere": "COHERE_API_KEY", **{name: preset.key_env for name, preset in PRESETS.items()}}
+# providers whose credentials are not an API key: an `api_key` on them would do nothing
+KEYLESS = {"bedrock": "aws_access_key_id / aws_secret_access_key (or the AWS chain)", "vertex": "credentials (or Application Default Credentials)"}
 
 
 def options(provider: str, values: dict, shared: dict) -> dict:

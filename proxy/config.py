@@ -361,6 +361,8 @@ def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment 
 def provider_options(check: Checker, node: dict, provider: str) -> dict:
     """Settings only some providers take (bedrock's region and AWS keys, vertex's project...)."""
     allowed = registry.SETTINGS.get(provider, ())
+    if provider in registry.KEYLESS and "api_key" in node:
+        check.fail(node, "api_key", f"a {provider} deployment takes no api_key: it authenticates with {registry.KEYLESS[provider]}")
     values = {}
     for key in registry.KEYS & node.keys():
         if key not in allowed:

@@ -132,8 +132,10 @@ def test_bedrock_settings_are_checked(home, fake):
             {"provider": "bedrock", "model": "x"},
             {"provider": "bedrock", "model": "x", "region": "us-east-1", "aws_access_key_id": "AKIA"},
             {"provider": "openai", "model": "x", "region": "us-east-1"},
+            {"provider": "bedrock", "model": "x", "region": "us-east-1", "api_key": "k"},
         ]}]})
     problems = "\n".join(err.value.problems)
+    assert "a bedrock deployment takes no api_key" in problems
     assert "needs `region`" in problems
     assert "go together" in problems
     assert "region applies only to bedrock deployments" in problems
