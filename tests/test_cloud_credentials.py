@@ -268,3 +268,27 @@ def test_boto3_invoke_model_titan_embeddings(fake, upstream, home):
     answer = boto_client(fake).invoke_model(modelId="amazon.titan-embed-text-v2:0", body=orjson.dumps({"inputText": "embed me"}))
     payload = orjson.loads(answer["body"].read())
     assert len(payload["embedding"]) == 8 and payload["inputTextTokenCount"] == 2
+
+
+def test_the_readme_provider_example_is_a_valid_config(fake, home, monkeypatch):
+    """Every provider's example in the README parses as printed (its service-account
+    path swapped for a real file, its variables set)."""
+    import re
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text().split("### Providers", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", readme, re.DOTALL).group(1)
+    sa = service_account(fake, home)
+    for name in set(re.findall(r"\$\{([A-Z_0-9]+)\}", block)) | {"COHERE_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY", "DEEPSEEK_API_KEY",
+                                                                 "TOGETHER_API_KEY", "FIREWORKS_API_KEY", "OPENROUTER_API_KEY", "XAI_API_KEY", "PERPLEXITY_API_KEY"}:
+        monkeypatch.setenv(name, "x")
+    (home / ".aws").mkdir()
+    (home / ".aws" / "config").write_text("[profile prod]\nregion = us-east-1\n")
+    config = parse_config(yaml.safe_load(block.replace("/etc/lockgate/sa.json", str(sa.path))))
+    providers = {d.provider for m in config.models.values() for d in m.deployments}
+    from lockgate.providers.registry import PROVIDERS
+
+    assert providers == {"openai", "azure", "anthropic", "gemini", "mock", *PROVIDERS}, "the example shows every provider"
