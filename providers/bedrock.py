@@ -28,7 +28,6 @@ Choices where the two formats do not line up:
 
 from __future__ import annotations
 
-import base64
 from urllib.parse import quote
 
 import orjson

@@ -29,13 +29,6 @@ from tests.conftest import start_gateway
 
 MODULE_ACCOUNT = "cloud-e2e@proj-test.iam.gserviceaccount.com"  # this module's gateway is its only user
 CHAT = ["bedrock-claude", "vertex-gemini", "vertex-claude", "cohere", "groq"]
-UPSTREAM_MODEL = {
-    "bedrock-claude": BEDROCK_CLAUDE,
-    "vertex-gemini": "gemini-1.5-pro",
-    "vertex-claude": VERTEX_CLAUDE,
-    "cohere": "command-r-plus",
-    "groq": "llama-3.1-70b-versatile",
-}
 TOOLS = [
     {
         "type": "function",
