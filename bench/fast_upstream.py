@@ -1,5 +1,6 @@
-"""A minimal, fast fake OpenAI upstream for benchmarks: a raw ASGI app that answers
-every chat completion with the same small body (or a short SSE stream)."""
+"""A minimal, fast fake upstream for benchmarks: a raw ASGI app that answers every
+chat completion with the same small body (or a short SSE stream), in OpenAI's format,
+Anthropic's (`/messages`) or Bedrock Converse's (`/converse`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ ANTHROPIC_BODY = orjson.dumps(
     }
 )
 ANTHROPIC_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANTHROPIC_BODY)).encode())]
+CONVERSE_BODY = orjson.dumps(
+    {
+        "output": {"message": {"role": "assistant", "content": [{"text": "hello from the bench upstream"}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": 12, "outputTokens": 6, "totalTokens": 18},
+        "metrics": {"latencyMs": 1},
+    }
+)
+CONVERSE_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(CONVERSE_BODY)).encode())]
 CHUNK_DELAY_S = float(os.environ.get("BENCH_CHUNK_DELAY_S", "0.01"))
 
 
@@ -64,6 +74,10 @@ async def app(scope, receive, send):
                 await asyncio.sleep(CHUNK_DELAY_S)
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        return
+    if scope["path"].endswith("/converse"):  # Bedrock: the signature is lockgate's cost, not checked here
+        await send({"type": "http.response.start", "status": 200, "headers": CONVERSE_HEADERS})
+        await send({"type": "http.response.body", "body": CONVERSE_BODY})
         return
     if scope["path"].endswith("/messages"):
         await send({"type": "http.response.start", "status": 200, "headers": ANTHROPIC_HEADERS})

@@ -207,6 +207,8 @@ def lockgate_config(workdir: Path, upstream: str, *, middleware: bool, store: di
             {"name": "bench", "deployments": [{"provider": "openai", "model": "bench", "base_url": upstream + "/v1", "api_key": "sk-upstream", "price": price}]},
             {"name": "bench-backup", "deployments": [{"provider": "openai", "model": "bench", "base_url": upstream + "/v1", "api_key": "sk-upstream", "price": price}]},
             {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-bench", "base_url": upstream, "api_key": "sk-upstream", "price": price}]},
+            {"name": "bedrock", "deployments": [{"provider": "bedrock", "model": "anthropic.claude-bench-v1:0", "base_url": upstream, "region": "us-east-1",
+                                                 "aws_access_key_id": "AKIABENCH", "aws_secret_access_key": "bench-secret", "price": price}]},
         ],
     }
     if middleware:
@@ -329,6 +331,7 @@ def run(args) -> list[Result]:
         if wanted(5):
             results += streaming(workdir, up_url, args)
         lockgate("6. lockgate, Anthropic-translated model, no middleware", 6, middleware=False, unique=True, model="claude")
+        lockgate("11. lockgate, Bedrock-translated model (Converse, SigV4-signed), no middleware", 11, middleware=False, unique=True, model="bedrock")
         lockgate("7. lockgate, all six (cache miss), disk, --workers 2", 7, middleware=True, unique=True, workers=2)
         if wanted(8):
             redis_url = ensure_redis()

@@ -300,13 +300,20 @@ def message_to_chat(data: dict) -> dict:
     if reasoning:
         message["reasoning_content"] = "".join(reasoning)
     return {
-        "id": data.get("id") or completion_id(),
+        "id": chat_id(data.get("id")),
         "object": "chat.completion",
         "created": now(),
         "model": data.get("model") or "",
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(data.get("stop_reason")), "logprobs": None}],
         "usage": usage_to_openai(data.get("usage") or {}),
     }
+
+
+def chat_id(message_id: str | None) -> str:
+    """OpenAI's `chatcmpl-` id, keeping the Anthropic message id's tail so the two can be matched."""
+    if not message_id:
+        return completion_id()
+    return "chatcmpl-" + message_id.removeprefix("msg_")
 
 
 def finish_reason(stop_reason: str | None) -> str:
@@ -388,7 +395,7 @@ class AnthropicStream(ChatStream):
     def _event(self, kind: str, payload: dict) -> list[dict]:
         if kind == "message_start":
             message = payload.get("message") or {}
-            self._id = message.get("id") or self._id
+            self._id = chat_id(message.get("id"))
             self._model = message.get("model") or self._model
             self._update_usage(message.get("usage"))
             return [self._chunk({"role": "assistant", "content": ""})]

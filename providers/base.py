@@ -60,6 +60,20 @@ class UnsupportedRequest(Exception):
         self.param = param
 
 
+class SettingError(Exception):
+    """A provider setting in gateway.yaml that cannot work; `key` names where it is."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+class CredentialsError(Exception):
+    """The gateway's own provider credentials could not be found or refreshed (a 502
+    `upstream_auth_failed` for the client). The message never holds a secret."""
+
+
 class ChatStream:
     """Turns one provider's streamed bytes into OpenAI `chat.completion.chunk` dicts.
 
@@ -89,6 +103,11 @@ class Adapter:
 
     def chat_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
         raise NotImplementedError
+
+    async def prepare(self, dep: Deployment, request: UpstreamRequest) -> None:
+        """Last step before sending: providers that sign requests or hold short-lived
+        tokens (bedrock, vertex) add them here, the only place an adapter may wait.
+        Raises `CredentialsError`."""
 
     def chat_response(self, dep: Deployment, data: dict) -> dict:
         raise NotImplementedError

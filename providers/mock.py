@@ -18,6 +18,7 @@ from typing import AsyncIterator
 import orjson
 
 from lockgate.providers.base import Deployment, UpstreamRequest, text_of, usage_dict
+from lockgate.providers.gemini import float32_base64
 from lockgate.providers.openai import OpenAIAdapter
 from lockgate.providers.sse import DONE, encode_data
 from lockgate.providers.tokens import prompt_tokens, text_tokens
@@ -53,7 +54,7 @@ def chat(body: dict, model: str) -> tuple[int, AsyncIterator[bytes]]:
     usage = usage_dict(prompt_tokens(body), text_tokens(text))
     cid, created = "chatcmpl-mock" + uuid.uuid4().hex[:16], int(time.time())
     if not body.get("stream"):
-        message = {"role": "assistant", "content": text}
+        message = {"role": "assistant", "content": text, "refusal": None}
         choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
         answer = {"id": cid, "object": "chat.completion", "created": created, "model": model, "choices": [choice], "usage": usage}
         return 200, once(orjson.dumps(answer))
@@ -95,7 +96,11 @@ def embeddings(body: dict, model: str) -> tuple[int, AsyncIterator[bytes]]:
     inputs = body.get("input")
     inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
     dimensions = int(body.get("dimensions") or 16)
-    data = [{"object": "embedding", "index": i, "embedding": vector(str(item), dimensions)} for i, item in enumerate(inputs)]
+    encode = body.get("encoding_format") == "base64"
+    data = []
+    for i, item in enumerate(inputs):
+        values = vector(str(item), dimensions)
+        data.append({"object": "embedding", "index": i, "embedding": float32_base64(values) if encode else values})
     tokens = sum(text_tokens(str(item)) for item in inputs)
     answer = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
     return 200, once(orjson.dumps(answer))

@@ -6,6 +6,7 @@ overrides these. Reasoning tokens are billed as output (they are counted in
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 
 from lockgate.providers.base import Price
@@ -55,14 +56,89 @@ TABLE: tuple[tuple[str, float, float, float | None, float | None], ...] = (
     ("gemini-2.5-pro*", 1.25, 10.00, 0.31, None),
     ("text-embedding-004*", 0.0, 0.0, None, None),
     ("gemini-embedding-001*", 0.15, 0.0, None, None),
+    # Vertex AI's text embeddings are priced per character: $0.000025 / 1k, about 4 a token
+    ("text-embedding-005*", 0.10, 0.0, None, None),
+    ("text-multilingual-embedding-002*", 0.10, 0.0, None, None),
+    # Amazon on Bedrock (on-demand, us-east-1)
+    ("nova-micro*", 0.035, 0.14, 0.00875, None),
+    ("nova-lite*", 0.06, 0.24, 0.015, None),
+    ("nova-pro*", 0.80, 3.20, 0.20, None),
+    ("nova-premier*", 2.50, 12.50, 0.625, None),
+    ("titan-embed-text-v2*", 0.02, 0.0, None, None),
+    ("titan-embed-text-v1*", 0.10, 0.0, None, None),
+    ("titan-text-express*", 0.20, 0.60, None, None),
+    ("titan-text-lite*", 0.15, 0.20, None, None),
+    # Meta Llama on Bedrock (ids like meta.llama3-1-70b-instruct-v1:0)
+    ("llama3-1-8b-instruct*", 0.22, 0.22, None, None),
+    ("llama3-1-70b-instruct*", 0.72, 0.72, None, None),
+    ("llama3-1-405b-instruct*", 2.40, 2.40, None, None),
+    ("llama3-3-70b-instruct*", 0.72, 0.72, None, None),
+    # Cohere (also on Bedrock as cohere.*)
+    ("command-r-plus*", 2.50, 10.00, None, None),
+    ("command-r7b*", 0.0375, 0.15, None, None),
+    ("command-r*", 0.15, 0.60, None, None),
+    ("command-a*", 2.50, 10.00, None, None),
+    ("command-light*", 0.30, 0.60, None, None),
+    ("command*", 1.00, 2.00, None, None),
+    ("embed-english-v3*", 0.10, 0.0, None, None),
+    ("embed-multilingual-v3*", 0.10, 0.0, None, None),
+    ("embed-english-light-v3*", 0.10, 0.0, None, None),
+    ("embed-v4*", 0.12, 0.0, None, None),
+    # Mistral
+    ("mistral-large*", 2.00, 6.00, None, None),
+    ("pixtral-large*", 2.00, 6.00, None, None),
+    ("mistral-medium*", 0.40, 2.00, None, None),
+    ("mistral-small*", 0.10, 0.30, None, None),
+    ("codestral*", 0.30, 0.90, None, None),
+    ("open-mistral-nemo*", 0.15, 0.15, None, None),
+    ("ministral-8b*", 0.10, 0.10, None, None),
+    ("ministral-3b*", 0.04, 0.04, None, None),
+    ("mistral-embed*", 0.10, 0.0, None, None),
+    # DeepSeek (cache hits priced as cached input)
+    ("deepseek-chat*", 0.27, 1.10, 0.07, None),
+    ("deepseek-reasoner*", 0.55, 2.19, 0.14, None),
+    # xAI
+    ("grok-4*", 3.00, 15.00, 0.75, None),
+    ("grok-3-mini*", 0.30, 0.50, 0.075, None),
+    ("grok-3*", 3.00, 15.00, 0.75, None),
+    ("grok-2*", 2.00, 10.00, None, None),
+    # Perplexity (tokens only; its per-request search fees are not counted)
+    ("sonar-reasoning-pro*", 2.00, 8.00, None, None),
+    ("sonar-reasoning*", 1.00, 5.00, None, None),
+    ("sonar-pro*", 3.00, 15.00, None, None),
+    ("sonar*", 1.00, 1.00, None, None),
+    # Groq
+    ("llama-3.1-8b-instant*", 0.05, 0.08, None, None),
+    ("llama-3.3-70b-versatile*", 0.59, 0.79, None, None),
+    ("llama-3.1-70b-versatile*", 0.59, 0.79, None, None),
+    ("gemma2-9b-it*", 0.20, 0.20, None, None),
+    ("mixtral-8x7b-32768*", 0.24, 0.24, None, None),
+    # Together (meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo) and Fireworks (llama-v3p1-70b-instruct)
+    ("*llama-3.1-8b-instruct-turbo*", 0.18, 0.18, None, None),
+    ("*llama-3.1-70b-instruct-turbo*", 0.88, 0.88, None, None),
+    ("*llama-3.3-70b-instruct-turbo*", 0.88, 0.88, None, None),
+    ("*llama-3.1-405b-instruct-turbo*", 3.50, 3.50, None, None),
+    ("llama-v3p1-8b-instruct*", 0.20, 0.20, None, None),
+    ("llama-v3p1-70b-instruct*", 0.90, 0.90, None, None),
+    ("llama-v3p3-70b-instruct*", 0.90, 0.90, None, None),
+    ("llama-v3p1-405b-instruct*", 3.00, 3.00, None, None),
 )
+
+# Bedrock ids name the vendor first, and cross-region inference profiles a geography
+# before that (us.anthropic.claude-...); the table is keyed by the model's own name.
+BEDROCK_PREFIX = re.compile(r"^(?:(?:us|eu|apac|us-gov|global)\.)?(?:anthropic|amazon|meta|cohere|mistral|ai21|deepseek|writer|qwen|openai)\.")
+
+
+def base_name(model: str) -> str:
+    """The model's own name: no `provider/` path, no Bedrock vendor or geography prefix."""
+    return BEDROCK_PREFIX.sub("", model.rsplit("/", 1)[-1].lower())
 
 
 def lookup(model: str | None) -> Price | None:
     """The list price of an upstream model name (a `provider/` prefix is ignored)."""
     if not model:
         return None
-    name = model.rsplit("/", 1)[-1].lower()
+    name = base_name(model)
     for pattern, inp, out, cached, write in TABLE:
         if fnmatchcase(name, pattern):
             return Price(inp, out, cached, write)

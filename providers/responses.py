@@ -7,6 +7,9 @@ serve /v1/responses natively; for them only the usage helpers at the bottom appl
 
 The gateway keeps no state, so anything that needs a stored response, conversation,
 prompt or file at OpenAI is refused with `UnsupportedRequest` rather than ignored.
+Function tools are echoed with every field the spec requires; `strict` says whether
+the translated call was strict (only when the client asked: OpenAI's own default of
+true cannot be promised by every provider behind the chat translation).
 """
 
 from __future__ import annotations
@@ -237,13 +240,25 @@ def response_shell(request: dict, response_id: str, created_at: int, model: str 
         "temperature": given("temperature", 1.0),
         "text": {**text, "format": text.get("format") or {"type": "text"}},
         "tool_choice": given("tool_choice", "auto"),
-        "tools": given("tools", []),
+        "tools": [echoed_tool(tool) for tool in request.get("tools") or []],
         "top_logprobs": given("top_logprobs", 0),
         "top_p": given("top_p", 1.0),
         "truncation": given("truncation", "disabled"),
         "usage": None,
         "user": request.get("user"),
         "metadata": given("metadata", {}),
+    }
+
+
+def echoed_tool(tool: dict) -> dict:
+    """A function tool as the Response echoes it: every field the spec requires, `strict`
+    as it was applied (the chat call is strict only when the client asked)."""
+    return {
+        "type": "function",
+        "name": tool.get("name"),
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": bool(tool.get("strict")),
     }
 
 
@@ -440,9 +455,9 @@ class ResponsesStream:
                 self._event("response.content_part.done", **at, content_index=0, part=part),
             ]
         else:
-            events = [self._event("response.function_call_arguments.done", **at, arguments=item["arguments"])]
+            events = [self._event("response.function_call_arguments.done", **at, name=item["name"], arguments=item["arguments"])]
         item["status"] = status
-        events.append(self._event("response.output_item.done", **at, item=item))
+        events.append(self._event("response.output_item.done", output_index=at["output_index"], item=item))
         return events
 
     def _fail(self, error: dict) -> list[bytes]:

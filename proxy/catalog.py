@@ -8,6 +8,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Mapping
 
 from lockgate.providers.base import Deployment
+from lockgate.providers.prices import base_name
 
 # (glob, max_input_tokens, max_tokens, supports_vision, supports_reasoning)
 FAMILIES: tuple[tuple[str, int, int, bool, bool], ...] = (
@@ -28,13 +29,40 @@ FAMILIES: tuple[tuple[str, int, int, bool, bool], ...] = (
     ("gemini-2.0*", 1_048_576, 8_192, True, False),
     ("gemini-*", 1_048_576, 65_536, True, True),
     ("text-embedding-*", 8_191, 0, False, False),
+    ("nova-micro*", 128_000, 10_000, False, False),
+    ("nova-premier*", 1_000_000, 32_000, True, False),
+    ("nova-*", 300_000, 10_000, True, False),
+    ("titan-embed*", 8_192, 0, False, False),
+    ("llama3-*", 128_000, 8_192, False, False),
+    ("llama-3.2-*vision*", 128_000, 8_192, True, False),
+    ("llama-3*", 131_072, 32_768, False, False),
+    ("*llama-3*", 131_072, 8_192, False, False),
+    ("llama-v3*", 131_072, 16_384, False, False),
+    ("command-a*", 256_000, 8_000, False, False),
+    ("command-r*", 128_000, 4_000, False, False),
+    ("embed-*", 512, 0, False, False),
+    ("mistral-large*", 128_000, 8_192, False, False),
+    ("pixtral*", 128_000, 8_192, True, False),
+    ("mistral-medium*", 128_000, 8_192, True, False),
+    ("mistral-small*", 128_000, 8_192, True, False),
+    ("codestral*", 256_000, 8_192, False, False),
+    ("mistral-embed*", 8_192, 0, False, False),
+    ("deepseek-reasoner*", 64_000, 32_768, False, True),
+    ("deepseek-*", 64_000, 8_192, False, False),
+    ("grok-4*", 256_000, 64_000, True, True),
+    ("grok-3-mini*", 131_072, 32_768, False, True),
+    ("grok-*", 131_072, 32_768, False, False),
+    ("sonar-reasoning*", 128_000, 8_192, False, True),
+    ("sonar*", 128_000, 8_192, False, False),
+    ("gemma*", 8_192, 8_192, False, False),
+    ("mixtral*", 32_768, 32_768, False, False),
 )
 DEFAULT = (128_000, 4_096, False, False)
 
 
 def family(model: str) -> tuple[int, int, bool, bool]:
     """(max_input_tokens, max_tokens, supports_vision, supports_reasoning) of a model name."""
-    name = model.rsplit("/", 1)[-1].lower()
+    name = base_name(model)
     for pattern, *values in FAMILIES:
         if fnmatchcase(name, pattern):
             return tuple(values)  # type: ignore[return-value]
@@ -51,7 +79,7 @@ def output_limit(deployment: Deployment, overrides: Mapping[str, Any]) -> int:
 
 
 def model_info(deployment: Deployment, overrides: Mapping[str, Any]) -> dict:
-    name = deployment.model.lower()
+    name = base_name(deployment.model)
     max_input, max_output, vision, reasoning = family(name)
     mode = "embedding" if "embed" in name else "chat"
     info = {

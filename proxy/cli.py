@@ -1,4 +1,4 @@
-"""`lockgate serve | check | keys new | spend`."""
+"""`lockgate serve | check | keys new | spend | import`."""
 
 from __future__ import annotations
 
@@ -72,6 +72,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
     print(f"{path}: ok ({len(config.models)} models, middleware: {', '.join(n for n, _ in config.middleware) or 'none'})")
     return 0
 
@@ -124,6 +126,31 @@ def cmd_spend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """`lockgate import litellm|guide FILE [-o DIR]`: writes gateway.yaml and the policy
+    files, and prints what could not be carried over. Refused inputs write nothing."""
+    from lockgate.proxy.importer import ImportRefused, run, write
+
+    try:
+        result = run(args.kind, Path(args.file))
+    except ImportRefused as exc:
+        for problem in exc.problems:
+            print(f"lockgate import {args.kind}: {problem}", file=sys.stderr)
+        print("Nothing was written.", file=sys.stderr)
+        return 1
+    out = Path(args.output)
+    for path in write(result, out):
+        print(f"wrote {path}")
+    if result.notes:
+        print("\nNot carried over, or guessed (also at the top of gateway.yaml):")
+        for note in result.notes:
+            print(f"  - {note}")
+    if result.env:
+        print(f"\nThe output reads these environment variables: {', '.join(result.env)}")
+    print(f"\nNext: lockgate check --config {out / 'gateway.yaml'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lockgate", description="An OpenAI-compatible LLM API gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     keys_new.add_argument("--team")
     keys_new.add_argument("--tier")
     keys_new.set_defaults(run=cmd_keys_new)
+
+    importing = commands.add_parser("import", help="write gateway.yaml and policies from a LiteLLM config or a guide's YAML")
+    importing.add_argument("kind", choices=["litellm", "guide"], help="litellm: a LiteLLM Proxy config.yaml; guide: the seed's / Onyx guides' YAML")
+    importing.add_argument("file")
+    importing.add_argument("-o", "--output", default=".", help="directory for gateway.yaml and the policy files (default: .)")
+    importing.set_defaults(run=cmd_import)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -13,16 +13,17 @@ from typing import Any, Mapping
 
 import yaml
 
-from lockgate.providers.base import Deployment, Price
+from lockgate.providers import registry
+from lockgate.providers.base import Deployment, Price, SettingError
 
-PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mock")
+PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mock", *registry.PROVIDERS)
 BALANCES = ("round_robin", "weighted", "least_busy", "lowest_latency", "sticky")
 MIDDLEWARES = ("auth", "throttle", "budget", "cache", "rewrite", "fallback")
 STORES = ("memory", "disk", "redis")
 DEPLOYMENT_KEYS = {
     "provider", "model", "base_url", "api_key", "api_version", "timeout_s", "weight", "price", "headers", "id",
     "latency_ms", "fail_rate",
-}
+} | registry.KEYS
 MOCK_OPTIONS = ("latency_ms", "fail_rate")
 INFO_KEYS = {"max_input_tokens", "max_tokens", "supports_vision", "supports_reasoning", "mode"}
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -72,6 +73,7 @@ class GatewayConfig:
     middleware: tuple[tuple[str, Any], ...]
     source: str = "<dict>"
     base_dir: Path = Path(".")
+    warnings: tuple[str, ...] = ()  # `file:line: warning: ...`: legal, but probably not meant
 
 
 # -- YAML with line numbers -----------------------------------------------------------
@@ -227,6 +229,7 @@ class Checker:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[str] = []
+        self.shared: dict = {}  # what deployments of one config share (provider credentials)
 
     def fail(self, node: Any, key: Any, message: str) -> None:
         line = line_of(node, key)
@@ -323,9 +326,13 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
     cooldown_s = check.number(routing, "cooldown_s", 30.0)
 
     models: dict[str, ModelConfig] = {}
+    warnings: list[str] = []
     model_nodes = raw.get("models")
-    if not isinstance(model_nodes, list) or not model_nodes:
-        check.fail(raw, "models" if "models" in raw else None, "`models:` must be a non-empty list")
+    if model_nodes == []:
+        # what an import of policies alone writes: valid, though nothing can be served yet
+        warnings.append(f"{source}:{line_of(raw, 'models')}: warning: `models:` is empty: every model request answers 404 model_not_found until one is added")
+    elif not isinstance(model_nodes, list):
+        check.fail(raw, "models" if "models" in raw else None, "`models:` must be a list of models")
         model_nodes = []
     for index, node in enumerate(model_nodes):
         if not isinstance(node, dict):
@@ -341,7 +348,7 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
     middleware = parse_middleware(check, raw)
     if check.problems:
         raise ConfigError(check.problems)
-    return GatewayConfig(server, store, models, middleware, source, base_dir or Path("."))
+    return GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(warnings))
 
 
 def parse_model(check: Checker, node: dict, failures: int, cooldown_s: float) -> ModelConfig | None:
@@ -390,7 +397,7 @@ def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment 
         check.fail(node, "provider", f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
         return None
     model = check.string(node, "model", model_name if provider == "mock" else None, required=provider != "mock", what=f"a {provider} deployment")
-    base_url = check.string(node, "base_url", "")
+    base_url = check.string(node, "base_url", "") or registry.default_base_url(provider)
     if provider == "azure" and not base_url:
         check.fail(node, None, "an azure deployment needs base_url (https://RESOURCE.openai.azure.com)")
     if base_url and not base_url.startswith(("http://", "https://")):
@@ -415,7 +422,13 @@ def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment 
             options[key] = check.number(node, key, 0)
     if options.get("fail_rate", 0) > 1:
         check.fail(node, "fail_rate", "fail_rate must be between 0 and 1")
+    options.update(provider_options(check, node, provider))
     api_key = check.string(node, "api_key")
+    if api_key is None:
+        try:
+            api_key = registry.default_api_key(provider)
+        except SettingError as exc:
+            check.fail(node, exc.key, exc.message)
     return Deployment(
         id=check.string(node, "id") or f"{provider}/{model}",
         provider=provider,
@@ -429,6 +442,24 @@ def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment 
         headers=headers,
         options=options,
     )
+
+
+def provider_options(check: Checker, node: dict, provider: str) -> dict:
+    """Settings only some providers take (bedrock's region and AWS keys, vertex's project...)."""
+    allowed = registry.SETTINGS.get(provider, ())
+    if provider in registry.KEYLESS and "api_key" in node:
+        check.fail(node, "api_key", f"a {provider} deployment takes no api_key: it authenticates with {registry.KEYLESS[provider]}")
+    values = {}
+    for key in registry.KEYS & node.keys():
+        if key not in allowed:
+            check.fail(node, key, f"{key} applies only to {registry.providers_with(key)} deployments")
+        else:
+            values[key] = check.string(node, key)
+    try:
+        return registry.options(provider, values, check.shared)
+    except SettingError as exc:
+        check.fail(node, exc.key, exc.message)
+        return {}
 
 
 def parse_middleware(check: Checker, raw: dict) -> tuple[tuple[str, Any], ...]:

@@ -15,8 +15,8 @@ from typing import AsyncIterator, Awaitable, Callable
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from lockgate.providers import anthropic, azure, gemini, mock, openai, responses
-from lockgate.providers.base import Adapter, Deployment, UnsupportedRequest, loads_or_none, usage_requested
+from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, mock, openai, presets, responses, vertex
+from lockgate.providers.base import Adapter, CredentialsError, Deployment, UnsupportedRequest, loads_or_none, usage_requested
 from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.providers.usage import delta_chars
@@ -43,6 +43,10 @@ ADAPTERS: dict[str, Adapter] = {
     "anthropic": anthropic.ADAPTER,
     "gemini": gemini.ADAPTER,
     "mock": mock.ADAPTER,
+    "bedrock": bedrock.ADAPTER,
+    "vertex": vertex.ADAPTER,
+    "cohere": cohere.ADAPTER,
+    **presets.ADAPTERS,
 }
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -280,6 +284,12 @@ class Gateway:
             mode, request = self._build(kind, adapter, dep, body, scope, ctx)
             balancer.started(dep)
             started = time.perf_counter()
+            try:
+                await adapter.prepare(dep, request)
+            except CredentialsError as exc:
+                balancer.finished(dep, ok=False)
+                ctx.extra["upstream_failure"] = "auth"
+                raise GatewayError(502, f"Deployment {dep.id}: {exc}", "api_error", "upstream_auth_failed") from None
             try:
                 upstream = await self.client.send(request, dep.timeout_s)
             except UpstreamConnectError as exc:

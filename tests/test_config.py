@@ -150,7 +150,7 @@ def test_check_cli_reports_file_line_and_fails(tmp_path):
 
 
 def test_serve_refuses_a_broken_config(tmp_path):
-    path = write(tmp_path, "models: []\n")
+    path = write(tmp_path, "models: {a: b}\n")
     result = run_cli("serve", "--config", str(path), "--port", "0")
     assert result.returncode == 1
     assert "models" in result.stderr
@@ -178,3 +178,16 @@ def test_yaml_reads_on_and_yes_as_strings_not_booleans(tmp_path):
     path.write_text("chains: {a: [b]}\non: [429, timeout]\n")
     policy = parse_policy(load_yaml(path), str(path))
     assert policy.statuses == {429} and policy.kinds == {"timeout"}
+
+
+def test_an_empty_models_list_is_accepted_with_a_warning(tmp_path):
+    path = write(tmp_path, "store: {backend: memory}\nmodels: []\n")
+    config = load_config(path)
+    assert config.models == {} and config.warnings == (f"{path}:2: warning: `models:` is empty: every model request answers 404 model_not_found until one is added",)
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "warning: `models:` is empty" in result.stderr and "ok (0 models" in result.stdout
+    missing = write(tmp_path, "store: {backend: memory}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(missing)
+    assert "`models:` must be a list" in err.value.problems[0], "a missing models: is still a mistake"

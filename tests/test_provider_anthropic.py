@@ -266,6 +266,7 @@ def test_text_answer():
     out = ADAPTER.chat_response(DEP, message([{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]))
     ChatCompletion.model_validate(out)
     assert out["object"] == "chat.completion"
+    assert out["id"] == "chatcmpl-01", "OpenAI's id prefix, the Anthropic id's tail kept"
     assert out["model"] == "claude-3-5-sonnet-20241022"
     assert out["choices"][0]["message"]["content"] == "Hello there"
     assert out["choices"][0]["finish_reason"] == "stop"
@@ -386,7 +387,7 @@ def test_stream_translation():
     chunks, usage = run(STREAM, [STREAM])
     for c in chunks:
         ChatCompletionChunk.model_validate(c)
-    assert {c["id"] for c in chunks} == {"msg_s1"}
+    assert {c["id"] for c in chunks} == {"chatcmpl-s1"}
     assert {c["model"] for c in chunks} == {"claude-3-5-sonnet-20241022"}
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
     assert deltas[0] == {"role": "assistant", "content": ""}

@@ -71,52 +71,57 @@ def reply_for(body: dict, b: Behaviour) -> tuple[str | None, dict | None]:
     return "echo: " + (text(users[-1].get("content")) if users else ""), None
 
 
+async def answer(fake: FakeUpstream, body: dict, model: str) -> Response:
+    """A Message (or its SSE stream) for `body`, as `model`: also what Vertex's
+    rawPredict / streamRawPredict answer for Claude."""
+    b = fake.behaviour(model)
+    await fake.before_answer(b)
+    if b.status != 200:
+        return anthropic_error(b)
+    reply, call = reply_for(body, b)
+    arguments = orjson.dumps(call["input"]).decode() if call else ""
+    usage = {
+        "input_tokens": count_tokens(body.get("messages") or []) + count_tokens(body.get("system") or ""),
+        "output_tokens": len(words(reply)) if reply is not None else len(words(arguments)),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+    message = {
+        "id": "msg_" + uuid.uuid4().hex[:24],
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [call] if call else [{"type": "text", "text": reply}],
+        "stop_reason": "tool_use" if call else "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    if not body.get("stream"):
+        return json_response(message)
+
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    chunks = [encode_event("message_start", {"type": "message_start", "message": start})]
+    if call:
+        block = {**call, "input": {}}
+        # the real API sends an empty fragment first, then the JSON in pieces
+        pieces = [""] + [arguments[i : i + 8] for i in range(0, len(arguments), 8)]
+        deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
+    else:
+        block = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": piece} for piece in words(reply)]
+    chunks.append(encode_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}))
+    chunks.append(encode_event("ping", {"type": "ping"}))
+    chunks += [encode_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
+    chunks.append(encode_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+    chunks.append(encode_event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["output_tokens"]}}))
+    chunks.append(encode_event("message_stop", {"type": "message_stop"}))
+    return fake.stream_response(chunks, b)
+
+
 def routes(fake: FakeUpstream) -> list[Route]:
     async def messages(request: Request) -> Response:
         body = await fake.record(request)
-        model = body.get("model", "")
-        b = fake.behaviour(model)
-        await fake.before_answer(b)
-        if b.status != 200:
-            return anthropic_error(b)
-        reply, call = reply_for(body, b)
-        arguments = orjson.dumps(call["input"]).decode() if call else ""
-        usage = {
-            "input_tokens": count_tokens(body.get("messages") or []) + count_tokens(body.get("system") or ""),
-            "output_tokens": len(words(reply)) if reply is not None else len(words(arguments)),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        }
-        message = {
-            "id": "msg_" + uuid.uuid4().hex[:24],
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [call] if call else [{"type": "text", "text": reply}],
-            "stop_reason": "tool_use" if call else "end_turn",
-            "stop_sequence": None,
-            "usage": usage,
-        }
-        if not body.get("stream"):
-            return json_response(message)
-
-        start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
-        chunks = [encode_event("message_start", {"type": "message_start", "message": start})]
-        if call:
-            block = {**call, "input": {}}
-            # the real API sends an empty fragment first, then the JSON in pieces
-            pieces = [""] + [arguments[i : i + 8] for i in range(0, len(arguments), 8)]
-            deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in pieces]
-        else:
-            block = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": piece} for piece in words(reply)]
-        chunks.append(encode_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}))
-        chunks.append(encode_event("ping", {"type": "ping"}))
-        chunks += [encode_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d}) for d in deltas]
-        chunks.append(encode_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
-        chunks.append(encode_event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["output_tokens"]}}))
-        chunks.append(encode_event("message_stop", {"type": "message_stop"}))
-        return fake.stream_response(chunks, b)
+        return await answer(fake, body, body.get("model", ""))
 
     return [Route("/v1/messages", messages, methods=["POST"])]

@@ -87,35 +87,37 @@ def sse(payload: dict) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\r\n\r\n"
 
 
+async def generate(fake: FakeUpstream, body: dict, model: str, method: str, request: Request, b: Behaviour) -> Response:
+    """generateContent / streamGenerateContent: also what Vertex answers for Gemini."""
+    prompt = count_tokens(body.get("contents")) + count_tokens(body.get("systemInstruction"))
+    if b.status != 200:
+        return behaviour_error(b, prompt)
+    part = answer_part(body, b)
+    reply = part.get("text")
+    completion = len(words(reply)) if reply is not None else count_tokens(part["functionCall"])
+    response_id = uuid.uuid4().hex[:20]
+
+    def response(parts: list[dict], finished: bool) -> dict:
+        candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if finished:
+            candidate["finishReason"] = "STOP"
+        return {
+            "candidates": [candidate],
+            "usageMetadata": usage(prompt, completion if finished else None),
+            "modelVersion": model,
+            "responseId": response_id,
+        }
+
+    if method == "generateContent":
+        return json_response(response([part], True))
+    pieces = [[{"text": piece}] for piece in words(reply)] if reply is not None else [[part]]
+    events = [response(p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
+    if request.query_params.get("alt") != "sse":
+        return json_response(events)  # without alt=sse Google streams one JSON array
+    return fake.stream_response([sse(e) for e in events], b)
+
+
 def routes(fake: FakeUpstream) -> list[Route]:
-    async def generate(body: dict, model: str, method: str, request: Request, b: Behaviour) -> Response:
-        prompt = count_tokens(body.get("contents")) + count_tokens(body.get("systemInstruction"))
-        if b.status != 200:
-            return behaviour_error(b, prompt)
-        part = answer_part(body, b)
-        reply = part.get("text")
-        completion = len(words(reply)) if reply is not None else count_tokens(part["functionCall"])
-        response_id = uuid.uuid4().hex[:20]
-
-        def response(parts: list[dict], finished: bool) -> dict:
-            candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
-            if finished:
-                candidate["finishReason"] = "STOP"
-            return {
-                "candidates": [candidate],
-                "usageMetadata": usage(prompt, completion if finished else None),
-                "modelVersion": model,
-                "responseId": response_id,
-            }
-
-        if method == "generateContent":
-            return json_response(response([part], True))
-        pieces = [[{"text": piece}] for piece in words(reply)] if reply is not None else [[part]]
-        events = [response(p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
-        if request.query_params.get("alt") != "sse":
-            return json_response(events)  # without alt=sse Google streams one JSON array
-        return fake.stream_response([sse(e) for e in events], b)
-
     def embed_one(request: dict, model: str) -> dict | None:
         if request.get("model") != "models/" + model:
             return None
@@ -130,7 +132,7 @@ def routes(fake: FakeUpstream) -> list[Route]:
         if not isinstance(body, dict):
             return google_error(400, "Invalid JSON payload received.")
         if method in ("generateContent", "streamGenerateContent"):
-            return await generate(body, model, method, request, b)
+            return await generate(fake, body, model, method, request, b)
         if b.status != 200:
             return behaviour_error(b, count_tokens(body))
         if method == "embedContent":

@@ -85,7 +85,8 @@ def envelope(body: dict, response_id: str, created: int, status: str) -> dict:
         "temperature": body.get("temperature", 1.0),
         "text": body.get("text") or {"format": {"type": "text"}, "verbosity": "medium"},
         "tool_choice": body.get("tool_choice", "auto"),
-        "tools": body.get("tools") or [],
+        # OpenAI echoes each function tool whole, strict defaulting to true
+        "tools": [{"description": None, "parameters": None, **t, "strict": t.get("strict", True)} if t.get("type") == "function" else t for t in body.get("tools") or []],
         "top_logprobs": 0,
         "top_p": body.get("top_p", 1.0),
         "truncation": "disabled",
@@ -163,7 +164,7 @@ def stream_events(started: dict, item: dict, pieces: list[str], final: dict) -> 
     if item["type"] == "function_call":
         events.append({"type": "response.output_item.added", "output_index": 0, "item": {**item, "status": "in_progress", "arguments": ""}})
         events += [{"type": "response.function_call_arguments.delta", **at, "delta": p, "obfuscation": "x"} for p in pieces]
-        events.append({"type": "response.function_call_arguments.done", **at, "arguments": item["arguments"]})
+        events.append({"type": "response.function_call_arguments.done", **at, "name": item["name"], "arguments": item["arguments"]})
     else:
         part = item["content"][0]
         events.append({"type": "response.output_item.added", "output_index": 0, "item": {**item, "status": "in_progress", "content": []}})

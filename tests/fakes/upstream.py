@@ -1,7 +1,9 @@
 """A fake LLM provider over real HTTP on loopback, for tests.
 
 One Starlette app speaks OpenAI (also as Azure, under /openai/deployments/...),
-Anthropic (tests/fakes/anthropic_api.py) and Gemini (tests/fakes/gemini_api.py).
+Anthropic (tests/fakes/anthropic_api.py), Gemini (tests/fakes/gemini_api.py), Bedrock
+with SigV4 (tests/fakes/bedrock_api.py), Vertex with its OAuth token endpoint
+(tests/fakes/vertex_api.py) and Cohere (tests/fakes/cohere_api.py).
 Tests steer it per model name with `Behaviour` switches and read back every request
 it saw in `requests`.
 """
@@ -77,10 +79,10 @@ class FakeUpstream:
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        from tests.fakes import anthropic_api, gemini_api, openai_api, responses_api
+        from tests.fakes import anthropic_api, bedrock_api, cohere_api, gemini_api, openai_api, responses_api, vertex_api
 
         routes: list[Route] = []
-        for module in (openai_api, responses_api, anthropic_api, gemini_api):
+        for module in (openai_api, responses_api, anthropic_api, gemini_api, bedrock_api, vertex_api, cohere_api):
             routes.extend(module.routes(self))
         self.app = Starlette(routes=routes)
 

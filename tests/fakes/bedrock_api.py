@@ -1,0 +1,213 @@
+"""The fake upstream's Bedrock Runtime: Converse, ConverseStream (binary event-stream
+frames with their CRCs, each frame sent in two pieces so a reader must reassemble
+them), InvokeModel for Titan and Cohere embeddings, AWS's error shape
+(`x-amzn-ErrorType` and `{"message"}`), every call SigV4-verified. Also the two
+endpoints of the AWS credential chain the tests use: container credentials and STS
+AssumeRoleWithWebIdentity."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import datetime as dt
+import secrets
+import uuid
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from lockgate.providers.base import looks_like_context_error
+from tests.fakes.aws import AwsAccounts, event, exception, verify_sigv4
+from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
+
+EXCEPTIONS = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+CONVERSE_KEYS = {
+    "messages", "system", "inferenceConfig", "toolConfig", "additionalModelRequestFields", "guardrailConfig",
+    "promptVariables", "additionalModelResponseFieldPaths", "requestMetadata", "performanceConfig",
+}
+WEB_IDENTITY_TOKEN = "eyJhbGciOiJSUzI1NiJ9.fake-service-account-token.sig"
+
+
+def aws_error(status: int, kind: str, message: str) -> Response:
+    response = json_response({"message": message}, status)
+    response.headers["x-amzn-errortype"] = f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+    response.headers["x-amzn-requestid"] = str(uuid.uuid4())
+    return response
+
+
+def behaviour_error(b: Behaviour) -> Response:
+    message = b.error_message
+    if b.status == 400 and looks_like_context_error(message):
+        message = "Input is too long for requested model."
+    return aws_error(b.status, EXCEPTIONS.get(b.status, "InternalServerException"), message)
+
+
+def text_of(blocks: list) -> str:
+    return "".join(b.get("text", "") for b in blocks if isinstance(b, dict))
+
+
+def validate(body: dict) -> str | None:
+    """What Bedrock's Converse checks before it answers (a subset that matters here)."""
+    extra = set(body) - CONVERSE_KEYS
+    if extra:
+        return f"extraneous key [{sorted(extra)[0]}] is not permitted"
+    messages = body.get("messages") or []
+    if not messages or messages[0].get("role") != "user":
+        return "A conversation must start with a user message. Try again with a conversation that starts with a user message."
+    for previous, current in zip(messages, messages[1:]):
+        if previous.get("role") == current.get("role"):
+            return "A conversation must alternate between user and assistant roles."
+    for message in messages:
+        for block in message.get("content") or []:
+            if len(block) != 1:
+                return "The content block must have exactly one member."
+            if ("toolUse" in block or "toolResult" in block) and not body.get("toolConfig"):
+                return "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+    return None
+
+
+def reply_for(body: dict, b: Behaviour) -> tuple[str | None, dict | None]:
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    results = [blk["toolResult"] for blk in last.get("content") or [] if "toolResult" in blk]
+    if results:
+        content = results[0].get("content") or []
+        said = "".join(c.get("text") or orjson.dumps(c.get("json")).decode() for c in content)
+        return "tool said: " + said, None
+    tools = (body.get("toolConfig") or {}).get("tools") or []
+    if tools:
+        return None, {"toolUseId": "tooluse_" + secrets.token_urlsafe(16), "name": tools[0]["toolSpec"]["name"], "input": b.tool_args}
+    if b.reply is not None:
+        return b.reply, None
+    users = [m for m in messages if m.get("role") == "user"]
+    return "echo: " + (text_of(users[-1].get("content") or []) if users else ""), None
+
+
+def padded(payload: dict) -> bytes:
+    # Bedrock pads every event payload with a `p` field of varying length
+    return orjson.dumps({**payload, "p": "abcdefghijklmnopqrstuvwxyz"[: secrets.randbelow(20) + 1]})
+
+
+def routes(fake: FakeUpstream) -> list[Route]:
+    accounts = fake.aws = AwsAccounts()
+
+    async def signed_body(request: Request) -> tuple[dict | None, Response | None]:
+        raw = await request.body()
+        await fake.record(request)
+        problem = verify_sigv4(request, raw, accounts, "bedrock")
+        if problem:
+            kind, _, message = problem.partition(": ")
+            return None, aws_error(403, kind, message)
+        body = orjson.loads(raw) if raw else {}
+        return body, None
+
+    async def converse(request: Request) -> Response:
+        body, refused = await signed_body(request)
+        if refused is not None:
+            return refused
+        model, action = request.path_params["model"], request.path_params["action"]
+        if action not in ("converse", "converse-stream"):
+            return aws_error(404, "UnknownOperationException", f"unknown operation {action}")
+        b = fake.behaviour(model)
+        await fake.before_answer(b)
+        if b.status != 200:
+            return behaviour_error(b)
+        problem = validate(body)
+        if problem:
+            return aws_error(400, "ValidationException", problem)
+        reply, call = reply_for(body, b)
+        usage = {
+            "inputTokens": count_tokens(body.get("messages")) + count_tokens(body.get("system")),
+            "outputTokens": len(words(reply)) if reply is not None else count_tokens(call),
+        }
+        usage["totalTokens"] = usage["inputTokens"] + usage["outputTokens"]
+        stop = "tool_use" if call else "end_turn"
+        if action == "converse":
+            content = [{"toolUse": call}] if call else [{"text": reply}]
+            return json_response(
+                {"output": {"message": {"role": "assistant", "content": content}}, "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 12}}
+            )
+        frames = [event("messageStart", padded({"role": "assistant"}))]
+        if call:
+            start = {"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": call["toolUseId"], "name": call["name"]}}}
+            frames.append(event("contentBlockStart", padded(start)))
+            arguments = orjson.dumps(call["input"]).decode()
+            for i in range(0, len(arguments), 8):
+                frames.append(event("contentBlockDelta", padded({"contentBlockIndex": 0, "delta": {"toolUse": {"input": arguments[i : i + 8]}}})))
+        else:
+            for piece in words(reply):
+                frames.append(event("contentBlockDelta", padded({"contentBlockIndex": 0, "delta": {"text": piece}})))
+        frames.append(event("contentBlockStop", padded({"contentBlockIndex": 0})))
+        frames.append(event("messageStop", padded({"stopReason": stop})))
+        if b.error_message.startswith("in-stream "):
+            frames.append(exception("throttlingException", orjson.dumps({"message": b.error_message})))
+        frames.append(event("metadata", padded({"usage": usage, "metrics": {"latencyMs": 15}})))
+        pieces = [half for f in frames for half in (f[: len(f) // 2], f[len(f) // 2 :])]
+        return StreamingResponse(fake.paced(pieces, b), media_type="application/vnd.amazon.eventstream")
+
+    async def invoke(request: Request) -> Response:
+        body, refused = await signed_body(request)
+        if refused is not None:
+            return refused
+        model = request.path_params["model"]
+        b = fake.behaviour(model)
+        await fake.before_answer(b)
+        if b.status != 200:
+            return behaviour_error(b)
+        from tests.fakes.openai_api import vector_for
+
+        if "cohere.embed" in model:
+            if not isinstance(body.get("texts"), list) or not body.get("input_type"):
+                return aws_error(400, "ValidationException", "Malformed input request: texts and input_type are required")
+            return json_response(
+                {"embeddings": [vector_for(t) for t in body["texts"]], "id": str(uuid.uuid4()), "response_type": "embeddings_floats", "texts": body["texts"]}
+            )
+        if not isinstance(body.get("inputText"), str) or set(body) - {"inputText", "dimensions", "normalize", "embeddingTypes"}:
+            return aws_error(400, "ValidationException", "Malformed input request: #: extraneous key is not permitted")
+        return json_response({"embedding": vector_for(body["inputText"], body.get("dimensions") or 8), "inputTextTokenCount": count_tokens(body["inputText"])})
+
+    async def container_credentials(request: Request) -> Response:
+        """What ECS / EKS Pod Identity answer at AWS_CONTAINER_CREDENTIALS_FULL_URI."""
+        await fake.record(request)
+        if request.headers.get("authorization") != "container-auth-token":
+            return json_response({"message": "unauthorized"}, 401)
+        access, secret, token = accounts.issue()
+        expiration = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return json_response({"AccessKeyId": access, "SecretAccessKey": secret, "Token": token, "Expiration": expiration})
+
+    async def sts(request: Request) -> Response:
+        """STS AssumeRoleWithWebIdentity, the call IRSA makes with the pod's token."""
+        form = dict(parse_qsl((await request.body()).decode()))
+        await fake.record(request)
+        if form.get("Action") != "AssumeRoleWithWebIdentity" or form.get("WebIdentityToken") != WEB_IDENTITY_TOKEN:
+            return Response("<ErrorResponse><Error><Code>InvalidIdentityToken</Code></Error></ErrorResponse>", 400, media_type="text/xml")
+        access, secret, token = accounts.issue()
+        expiration = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        xml = (
+            '<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleWithWebIdentityResult>'
+            f"<Credentials><AccessKeyId>{access}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>"
+            f"<SessionToken>{token}</SessionToken><Expiration>{expiration}</Expiration></Credentials>"
+            f"<SubjectFromWebIdentityToken>system:serviceaccount:onyx:lockgate</SubjectFromWebIdentityToken>"
+            f"<AssumedRoleUser><Arn>{form.get('RoleArn')}/lockgate</Arn><AssumedRoleId>AROA:lockgate</AssumedRoleId></AssumedRoleUser>"
+            f"</AssumeRoleWithWebIdentityResult><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId></ResponseMetadata>"
+            "</AssumeRoleWithWebIdentityResponse>"
+        )
+        return Response(xml, 200, media_type="text/xml")
+
+    return [
+        Route("/model/{model}/invoke", invoke, methods=["POST"]),
+        Route("/model/{model}/{action:str}", converse, methods=["POST"]),
+        Route("/aws/container-credentials", container_credentials, methods=["GET"]),
+        Route("/", sts, methods=["POST"]),
+    ]

@@ -1,0 +1,301 @@
+"""Every answer lockgate writes, checked against the published API types: for each
+provider x endpoint x streamed or not, every JSON body and every SSE event.
+
+The schemas are generated from the installed `openai` and `anthropic` SDKs' models
+(pydantic's JSON Schema, with each model's required fields), then tightened with
+the fields OpenAI's OpenAPI spec requires where the SDK, which must also parse older
+servers, declares them optional (`SPEC_REQUIRED`). Two checks per payload:
+- JSON Schema validation: required fields, types, enums and constants;
+- undeclared fields: the payload is parsed into the SDK model and every field the
+  model does not declare is reported, unless `EXTENSIONS` lists it as deliberate.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any, Iterator
+
+import httpx
+import orjson
+import pydantic
+import pytest
+from anthropic.types import Message as AnthropicMessage
+from anthropic.types import RawMessageStreamEvent
+from jsonschema import Draft202012Validator
+from openai.types import Completion, CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.shared import ErrorObject
+
+from lockgate.providers.sse import SSEDecoder
+from tests.cloud import BEDROCK_CLAUDE, GROQ_KEY, cloud_models, service_account
+from tests.conftest import provider_models, start_gateway
+
+# Fields OpenAI's OpenAPI spec lists as required that the SDK models leave optional
+# (or, for older SDK releases, do not declare: they get the given schema), by
+# (top-level type, definition name).
+SPEC_REQUIRED: dict[tuple[str, str], dict[str, dict | None]] = {
+    ("ChatCompletion", "ChatCompletionMessage"): {"content": None, "refusal": None},  # ChatCompletionResponseMessage
+    ("ChatCompletion", "Choice"): {"finish_reason": None, "logprobs": None},
+    ("ChatCompletionChunk", "Choice"): {"finish_reason": None},
+    ("Response", "FunctionTool"): {"parameters": None, "strict": None},
+    ("ResponseStreamEvent", "FunctionTool"): {"parameters": None, "strict": None},
+    ("ResponseStreamEvent", "ResponseFunctionCallArgumentsDoneEvent"): {"name": {"type": "string"}},
+    ("Error", "ErrorObject"): {"code": None, "param": None},
+}
+
+# Fields lockgate adds on purpose, by (top-level type, path), and why.
+EXTENSIONS: dict[tuple[str, str], str] = {
+    ("ChatCompletion", "choices[].message.reasoning_content"): "thinking of Claude, Cohere, Bedrock models, where DeepSeek's API and LiteLLM put it",
+    ("ChatCompletionChunk", "choices[].delta.reasoning_content"): "the same, streamed",
+    ("ChatCompletion", "choices[].message.tool_calls[].extra_content"): "Gemini's thought signature, where Google's own OpenAI endpoint puts it",
+    ("ChatCompletionChunk", "choices[].delta.tool_calls[].extra_content"): "the same, streamed",
+    ("ChatCompletion", "usage.prompt_tokens_details.cache_write_tokens"): "prompt-cache writes, billed apart by Anthropic and Bedrock",
+    ("ChatCompletionChunk", "usage.prompt_tokens_details.cache_write_tokens"): "the same, streamed",
+    ("Response", "usage.input_tokens_details.cache_write_tokens"): "the same, in the Responses shape",
+    ("ResponseStreamEvent", "response.usage.input_tokens_details.cache_write_tokens"): "the same, streamed",
+    ("ResponseStreamEvent", "error"): "an in-stream error also nested under `error`, as OpenAI sends it and the openai SDK reads it",
+    ("Response", "store"): "false: nothing is kept (OpenAI's own answers carry `store` too)",
+    ("ResponseStreamEvent", "response.store"): "the same, streamed",
+    # not lockgate's: OpenAI's own fields in native streams, passed through untouched
+    ("ResponseStreamEvent", "obfuscation"): "OpenAI's stream padding, passed through from a native upstream",
+}
+
+# Where the published types are stricter than the API itself, the schema is relaxed,
+# by (type name, definition) -> {field: schema}.
+RELAXED: dict[tuple[str, str], dict[str, dict]] = {
+    # OpenAI streams legacy completions with a null finish_reason until the last chunk
+    ("CompletionChunk", "CompletionChoice"): {"finish_reason": {"anyOf": [{"enum": ["stop", "length", "content_filter"]}, {"type": "null"}]}},
+    # encoding_format=base64: OpenAI sends each vector as a base64 string of float32s
+    ("CreateEmbeddingResponseBase64", "Embedding"): {"embedding": {"type": "string", "contentEncoding": "base64"}},
+}
+# Events a native stream carries that the SDK's union leaves out (and skips).
+KEEPALIVES = {"ping"}
+
+TYPES: dict[str, Any] = {
+    "ChatCompletion": ChatCompletion,
+    "ChatCompletionChunk": ChatCompletionChunk,
+    "CreateEmbeddingResponse": CreateEmbeddingResponse,
+    "Completion": Completion,
+    "Response": Response,
+    "ResponseStreamEvent": pydantic.TypeAdapter(ResponseStreamEvent),
+    "AnthropicMessage": AnthropicMessage,
+    "RawMessageStreamEvent": pydantic.TypeAdapter(RawMessageStreamEvent),
+}
+
+
+class Error(pydantic.BaseModel):
+    """OpenAI's error body: `{"error": Error}`."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+    error: ErrorObject
+
+
+TYPES["Error"] = Error
+TYPES["CompletionChunk"] = Completion
+TYPES["CreateEmbeddingResponseBase64"] = CreateEmbeddingResponse
+
+
+@lru_cache(maxsize=None)
+def schema_of(name: str) -> dict:
+    kind = TYPES[name]
+    schema = copy.deepcopy(kind.json_schema() if isinstance(kind, pydantic.TypeAdapter) else kind.model_json_schema())
+    for (top, definition), fields in SPEC_REQUIRED.items():
+        if top == name:
+            target = schema["$defs"][definition]
+            target["required"] = sorted(set(target.get("required", [])) | set(fields))
+            for field, field_schema in fields.items():
+                if field_schema is not None:
+                    target["properties"].setdefault(field, field_schema)
+    for (top, definition), fields in RELAXED.items():
+        if top == name:
+            schema["$defs"][definition]["properties"].update(fields)
+    return schema
+
+
+def validator(name: str, payload: Any) -> Draft202012Validator:
+    """For a union of event types, the schema of the payload's own `type` (so an error
+    names the field at fault, not "valid under none of 60 schemas")."""
+    schema = schema_of(name)
+    if "anyOf" in schema and isinstance(payload, dict):
+        for variant in schema["anyOf"]:
+            definition = variant.get("$ref", "").rsplit("/", 1)[-1]
+            kind = schema["$defs"].get(definition, {}).get("properties", {}).get("type", {})
+            if kind.get("const") == payload.get("type") or payload.get("type") in kind.get("enum", ()):
+                return Draft202012Validator({"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"})
+    return Draft202012Validator(schema)
+
+
+def undeclared(name: str, value: Any, path: str = "") -> Iterator[str]:
+    if isinstance(value, pydantic.BaseModel):
+        known = SPEC_REQUIRED.get((name, type(value).__name__), {})
+        for key in value.model_extra or {}:
+            if key not in known:
+                yield f"{path}.{key}".lstrip(".")
+        for field in type(value).model_fields:
+            yield from undeclared(name, getattr(value, field), f"{path}.{field}")
+    elif isinstance(value, list):
+        for item in value:
+            yield from undeclared(name, item, path + "[]")
+
+
+def problems(name: str, payload: Any) -> list[str]:
+    found = [f"{name} {'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator(name, payload).iter_errors(payload)]
+    if found:
+        return found
+    if any(top == name for top, _ in RELAXED):
+        return []  # the SDK model would refuse what the relaxed schema allows
+    kind = TYPES[name]
+    parsed = kind.validate_python(payload) if isinstance(kind, pydantic.TypeAdapter) else kind.model_validate(payload)
+    what = f"{name} {payload.get('type')}" if isinstance(payload, dict) and "type" in payload else name
+    return [f"{what}: undeclared field {path}" for path in undeclared(name, parsed) if (name, path) not in EXTENSIONS]
+
+
+# -- the gateway under test ------------------------------------------------------------
+
+CHAT_MODELS = ["gpt-4o-mini", "azure-4o", "claude", "gemini-flash", "demo", "bedrock-claude", "vertex-gemini", "vertex-claude", "cohere", "groq"]
+EMBEDDING_MODELS = ["embed", "gemini-embed", "demo", "bedrock-titan", "bedrock-cohere-embed", "vertex-embed", "cohere-embed", "groq"]
+COMPLETION_MODELS = ["gpt-4o-mini", "azure-4o", "demo", "groq"]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]
+RESPONSE_TOOLS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}]
+
+
+@pytest.fixture(scope="module")
+def gw(fake, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("conformance")
+    sa = service_account(fake, workdir)
+    models = provider_models(fake.url) + cloud_models(fake, sa.path)
+    gateway = start_gateway({"models": models}, workdir, env={"GROQ_API_KEY": GROQ_KEY, "HOME": str(workdir), "AWS_EC2_METADATA_DISABLED": "true"})
+    yield gateway
+    gateway.stop()
+
+
+def collect(gw, path: str, body: dict) -> tuple[int, list[tuple[str, Any]]]:
+    """The status and every payload of one answer: the JSON body, or each SSE event."""
+    with httpx.stream("POST", gw.url + path, json=body, timeout=20) as r:
+        raw = r.read()
+        streamed = r.headers.get("content-type", "").startswith("text/event-stream")
+    if not streamed:
+        return r.status_code, [("json", orjson.loads(raw))]
+    decoder = SSEDecoder()
+    events = decoder.feed(raw) + decoder.finish()
+    return r.status_code, [(event, orjson.loads(data)) for event, data in events if data != b"[DONE]"]
+
+
+def check_all(name: str, stream_name: str, status: int, payloads: list) -> None:
+    """An error status is an OpenAI error; so is a data-only event holding `error` in
+    an OpenAI chat or completions stream (typed streams have their own error events)."""
+    found = []
+    for event, payload in payloads:
+        if payload.get("type") in KEEPALIVES:
+            continue
+        if status >= 400 or (event == "message" and "error" in payload):
+            found += problems("Error", payload)
+        else:
+            found += problems(stream_name if event != "json" else name, payload)
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tools"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_chat(gw, upstream, model, stream, tools):
+    body = {"model": model, "messages": [{"role": "user", "content": "conform"}], "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    if tools:
+        body["tools"] = TOOLS
+    status, payloads = collect(gw, "/v1/chat/completions", body)
+    assert status == 200 and payloads
+    check_all("ChatCompletion", "ChatCompletionChunk", status, payloads)
+
+
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tools"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_responses(gw, upstream, model, stream, tools):
+    body = {"model": model, "input": "conform", "stream": stream, "instructions": "be brief"}
+    if tools:
+        body["tools"] = RESPONSE_TOOLS
+    status, payloads = collect(gw, "/v1/responses", body)
+    assert status == 200 and payloads
+    check_all("Response", "ResponseStreamEvent", status, payloads)
+
+
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+@pytest.mark.parametrize("model", EMBEDDING_MODELS)
+def test_embeddings(gw, upstream, model, encoding):
+    status, payloads = collect(gw, "/v1/embeddings", {"model": model, "input": "conform", "encoding_format": encoding})
+    assert status == 200
+    check_all("CreateEmbeddingResponse" if encoding == "float" else "CreateEmbeddingResponseBase64", "", status, payloads)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("model", COMPLETION_MODELS)
+def test_completions(gw, upstream, model, stream):
+    status, payloads = collect(gw, "/v1/completions", {"model": model, "prompt": "conform", "stream": stream})
+    assert status == 200
+    check_all("Completion", "CompletionChunk", status, payloads)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("model", ["claude", "vertex-claude"])
+def test_messages(gw, upstream, model, stream):
+    status, payloads = collect(gw, "/v1/messages", {"model": model, "max_tokens": 20, "stream": stream, "messages": [{"role": "user", "content": "conform"}]})
+    assert status == 200
+    check_all("AnthropicMessage", "RawMessageStreamEvent", status, payloads)
+
+
+UPSTREAM = {"gpt-4o-mini": "gpt-4o-mini", "claude": "claude-3-5-sonnet-20241022", "gemini-flash": "gemini-1.5-flash", "bedrock-claude": BEDROCK_CLAUDE,
+            "vertex-gemini": "gemini-1.5-pro", "cohere": "command-r-plus", "groq": "llama-3.1-70b-versatile"}
+
+
+@pytest.mark.parametrize("status", [400, 429, 500])
+@pytest.mark.parametrize("model", list(UPSTREAM))
+def test_upstream_errors(gw, upstream, model, status):
+    upstream.set(UPSTREAM[model], status=status, error_message="conformance failure")
+    got, payloads = collect(gw, "/v1/chat/completions", {"model": model, "messages": [{"role": "user", "content": "x"}]})
+    assert got >= 400
+    check_all("Error", "Error", got, payloads)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude", "bedrock-claude", "cohere"])
+def test_streams_cut_by_the_upstream(gw, upstream, model):
+    upstream.set(UPSTREAM[model], reply="one two three four five six", break_after=4)
+    for path, name, stream_name, body in (
+        ("/v1/chat/completions", "ChatCompletion", "ChatCompletionChunk", {"messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/responses", "Response", "ResponseStreamEvent", {"input": "x"}),
+    ):
+        status, payloads = collect(gw, path, {"model": model, "stream": True, **body})
+        assert status == 200
+        last = payloads[-1][1]
+        assert "error" in last or last.get("type") == "response.failed"
+        check_all(name, stream_name, status, payloads)
+
+
+def test_gateway_errors(gw, upstream):
+    for path, body in (
+        ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/chat/completions", {"model": "demo"}),
+        ("/v1/embeddings", {"model": "bedrock-titan", "input": ["a", "b"]}),
+        ("/v1/completions", {"model": "claude", "prompt": "x"}),
+    ):
+        status, payloads = collect(gw, path, body)
+        assert status >= 400
+        check_all("Error", "Error", status, payloads)
+
+
+def test_the_checks_catch_what_they_should():
+    """The deviations this test exists for are caught, and extensions are not waved through
+    unless listed."""
+    message = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop", "logprobs": None}]}
+    assert any("refusal" in p for p in problems("ChatCompletion", message))
+    message["choices"][0]["message"]["refusal"] = None
+    assert problems("ChatCompletion", message) == []
+    message["choices"][0]["message"]["surprise"] = 1
+    assert problems("ChatCompletion", message) == ["ChatCompletion: undeclared field choices[].message.surprise"]
+    done = {"type": "response.function_call_arguments.done", "item_id": "fc", "output_index": 0, "arguments": "{}", "sequence_number": 3}
+    assert any("name" in p for p in problems("ResponseStreamEvent", done))
+    assert problems("Error", {"error": {"message": "m", "type": "t"}})
