@@ -286,13 +286,13 @@ class BudgetedRequest:
 
     async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
         ctx = self.ctx
-        price = price_for(self.policy, self.scope, ctx.model_requested)
+        price = price_for(self.policy, self.scope, ctx.model)
         if price is None:
             price = self._price_after_rewrite()
         if price is None and self.policy.unknown_price == "refuse":
             metrics.unpriced.inc()
-            log.warning("unpriced_model_refused", model=ctx.model_requested, request_id=ctx.request_id)
-            message = f"No price is known for model `{ctx.model_requested}`, and the budget policy refuses unpriced models."
+            log.warning("unpriced_model_refused", model=ctx.model, request_id=ctx.request_id)
+            message = f"No price is known for model `{ctx.model}`, and the budget policy refuses unpriced models."
             await send_error(send, GatewayError(403, message, "invalid_request_error", "unknown_price", "model", {"x-request-id": ctx.request_id}))
             return
         if self.applicable:
@@ -353,7 +353,7 @@ class BudgetedRequest:
         further in) is priced at the dearest model the gateway serves until it settles,
         so its reservation still bounds its cost."""
         gateway = gateway_of(self.scope)
-        if gateway is None or self.ctx.model_requested in gateway.config.models:
+        if gateway is None or self.ctx.model in gateway.config.models:
             return None
         found = [price_for(self.policy, self.scope, name) for name in gateway.config.models]
         priced = [p for p in found if p is not None]
@@ -368,7 +368,7 @@ class BudgetedRequest:
         return prices.cost({"prompt_tokens": prompt, "completion_tokens": answer}, price)
 
     def _output_limit(self) -> int:
-        model = self.ctx.model_requested or ""
+        model = self.ctx.model or ""
         gateway = gateway_of(self.scope)
         configured = gateway.config.models.get(model) if gateway is not None else None
         if configured is not None:
@@ -438,8 +438,7 @@ class BudgetedRequest:
 
     def _served(self) -> str | None:
         ctx = self.ctx
-        body_model = ctx.body.get("model") if isinstance(ctx.body, dict) else None
-        return ctx.model_served or (body_model if isinstance(body_model, str) else None) or ctx.model_requested
+        return ctx.model_served or ctx.model
 
     async def _settle(self) -> float | None:
         """Turns the reservation into the real cost; returns it (None when unpriced)."""
@@ -452,7 +451,7 @@ class BudgetedRequest:
             cost: float | None = 0.0
         else:
             served = self._served()
-            price = ctx.extra.get("price") or price_for(self.policy, self.scope, served, ctx.extra.get("upstream_model"), ctx.model_requested)
+            price = ctx.extra.get("price") or price_for(self.policy, self.scope, served, ctx.extra.get("upstream_model"), ctx.model, ctx.model_requested)
             if price is None:
                 if usage:
                     metrics.unpriced.inc()

@@ -164,7 +164,7 @@ class ThrottledRequest:
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ctx
         who = identity(scope, ctx, self.policy.trust_client_user)
-        facts = {**who, "model": ctx.model_requested}
+        facts = {**who, "model": ctx.model}
         active = [limit for limit in self.policy.limits if matches(limit.match, facts)]
         if not active:
             await app(scope, receive, send)

@@ -72,6 +72,13 @@ class RequestContext:
         self.body_error: GatewayError | None = None  # the body was read and was bad: say so again
         self.extra: dict[str, Any] = {}
 
+    @property
+    def model(self) -> str | None:
+        """The model the request names now (after any rewrite outside the caller), as the
+        layers inside will see it; `model_requested` keeps what the client asked for."""
+        model = self.body.get("model") if isinstance(self.body, dict) else None
+        return model if isinstance(model, str) else self.model_requested
+
     def allows(self, model: str) -> bool:
         return self.model_check is None or self.model_check(model)
 
