@@ -5,6 +5,7 @@ line and the metrics when the answer is done, refusals by middlewares included."
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,9 +17,10 @@ QUIET_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness", "/m
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int | None = None, lifecycle: Any = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.lifecycle = lifecycle  # draining: each answer closes its connection (see proxy/live.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,6 +39,8 @@ class AccessLog:
                 headers = list(message.get("headers") or ())
                 if not any(k == b"x-request-id" for k, _ in headers):
                     headers.append((b"x-request-id", request_id))
+                if self.lifecycle is not None and self.lifecycle.draining:
+                    headers.append((b"connection", b"close"))
                 # lockgate's own time until the answer starts, the upstream's wait left out
                 overhead = time.perf_counter() - ctx.started - ctx.upstream_s
                 metrics.overhead.observe(overhead)

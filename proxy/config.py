@@ -29,11 +29,13 @@ ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
-    """Every problem found, each as `file:line: message`."""
+    """Every problem found, each as `file:line: message`. `partial` is what could be
+    parsed despite them, so `lockgate check` can go on to the files it names."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], partial: Any = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.partial = partial
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 4000
     max_body_bytes: int = 10 * 1024 * 1024
+    shutdown_grace_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,19 +220,14 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
     check.unknown(raw, {"server", "store", "models", "middleware", "routing"}, "the config")
 
     server_node = check.mapping(raw, "server", "server")
-    check.unknown(server_node, {"host", "port", "max_body_bytes"}, "server")
+    check.unknown(server_node, {"host", "port", "max_body_bytes", "shutdown_grace_s"}, "server")
     server = ServerConfig(
         host=check.string(server_node, "host", "127.0.0.1"),
         port=check.number(server_node, "port", 4000, minimum=0, integer=True),
         max_body_bytes=check.number(server_node, "max_body_bytes", 10 * 1024 * 1024, minimum=1, integer=True),
+        shutdown_grace_s=check.number(server_node, "shutdown_grace_s", 30.0),
     )
-
-    store_node = check.mapping(raw, "store", "store")
-    check.unknown(store_node, {"backend", "path", "url"}, "store")
-    backend = check.string(store_node, "backend", "disk")
-    if backend not in STORES:
-        check.fail(store_node, "backend", f"store backend must be one of {', '.join(STORES)}, not {backend!r}")
-    store = StoreConfig(backend=backend, path=check.string(store_node, "path", ".lockgate/state"), url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"))
+    store = parse_store(check, raw, base_dir)
 
     routing = check.mapping(raw, "routing", "routing")
     check.unknown(routing, {"cooldown_failures", "cooldown_s"}, "routing")
@@ -252,10 +250,30 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
             check.fail(node, "name", f"model {model.name!r} is defined twice")
         models[model.name] = model
 
-    middleware = parse_middleware(check, raw)
+    middleware = parse_middleware(check, raw, base_dir)
+    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."))
     if check.problems:
-        raise ConfigError(check.problems)
-    return GatewayConfig(server, store, models, middleware, source, base_dir or Path("."))
+        raise ConfigError(check.problems, config)
+    return config
+
+
+def parse_store(check: Checker, raw: dict, base_dir: Path | None) -> StoreConfig:
+    """`store:` alone: all that `lockgate spend` reads, so it needs no provider key."""
+    store_node = check.mapping(raw, "store", "store")
+    check.unknown(store_node, {"backend", "path", "url"}, "store")
+    backend = check.string(store_node, "backend", "disk")
+    if backend not in STORES:
+        check.fail(store_node, "backend", f"store backend must be one of {', '.join(STORES)}, not {backend!r}")
+    path = resolve_path(check.string(store_node, "path", ".lockgate/state"), base_dir)
+    return StoreConfig(backend=backend, path=path, url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"))
+
+
+def resolve_path(path: str, base_dir: Path | None) -> str:
+    """A relative path in gateway.yaml names a place next to gateway.yaml, wherever the
+    gateway was started from. A config given as a dict has no file: its paths stay as given."""
+    if base_dir is None or not path or Path(path).is_absolute():
+        return path
+    return str(base_dir / path)
 
 
 def parse_model(check: Checker, node: dict, failures: int, cooldown_s: float) -> ModelConfig | None:
@@ -345,7 +363,7 @@ def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment 
     )
 
 
-def parse_middleware(check: Checker, raw: dict) -> tuple[tuple[str, Any], ...]:
+def parse_middleware(check: Checker, raw: dict, base_dir: Path | None = None) -> tuple[tuple[str, Any], ...]:
     nodes = raw.get("middleware")
     if nodes is None:
         return ()
@@ -364,7 +382,8 @@ def parse_middleware(check: Checker, raw: dict) -> tuple[tuple[str, Any], ...]:
         if any(existing == name for existing, _ in stack):
             check.fail(node, name, f"middleware {name!r} is listed twice")
             continue
-        stack.append((name, check.expand(policy, node, name)))
+        policy = check.expand(policy, node, name)
+        stack.append((name, resolve_path(policy, base_dir) if isinstance(policy, str) else policy))
     return tuple(stack)
 
 
@@ -375,4 +394,6 @@ def load_config(config: str | Path | Mapping[str, Any] | GatewayConfig) -> Gatew
     if isinstance(config, Mapping):
         return parse_config(dict(config))
     path = Path(config)
-    return parse_config(load_yaml(path), str(path), path.resolve().parent)
+    # absolute, not resolved: in a ConfigMap volume gateway.yaml is a symlink into a
+    # `..2024_...` directory that the next update deletes; its neighbours are found by name
+    return parse_config(load_yaml(path), str(path), path.absolute().parent)

@@ -1,0 +1,124 @@
+"""Running the gateway under uvicorn: the start-up line and a shutdown that drains.
+
+On SIGTERM (what Kubernetes, Docker and systemd send), with one worker:
+
+1. the app is marked draining (proxy/live.py): `/health/readiness` answers 503 and every
+   answer carries `connection: close`;
+2. the listening socket closes at once: new connections are refused;
+3. requests and streams in flight finish, for up to `server.shutdown_grace_s`. Connections
+   already open stay open meanwhile, so a client's next request on one is still answered
+   (and that connection then closes) rather than cut;
+4. once nothing is in flight, idle connections close; what is still running at the end
+   of the grace is cancelled; the lifespan closes the upstream client and the store; the
+   process exits 0.
+
+uvicorn's own shutdown closes idle connections at step 2 (a request racing that close
+is lost) and re-raises SIGTERM at the end (exit status 143); `GracefulServer` changes
+only those two things. With `--workers N` the workers are uvicorn's own: they drain for
+`shutdown_grace_s` too, readiness turns 503 the same way, idle connections close at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from types import FrameType
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from lockgate.proxy.config import GatewayConfig
+from lockgate.proxy.logs import get_logger
+
+POLL_S = 0.05
+log = get_logger("lockgate.server")
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, announce: Callable[[list[socket.socket]], None]) -> None:
+        super().__init__(config)
+        self.announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.announce([s for server in self.servers for s in server.sockets])
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            self._captured_signals.remove(sig)  # drained and stopped as asked: a clean exit, not death by signal
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_graceful_shutdown
+        while self.server_state.tasks and loop.time() < deadline and not self.force_exit:
+            await asyncio.sleep(POLL_S)
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        while (self.server_state.connections or self.server_state.tasks) and loop.time() < deadline and not self.force_exit:
+            await asyncio.sleep(POLL_S)
+        if self.server_state.tasks:
+            log.error("shutdown_grace_exceeded", cancelled=len(self.server_state.tasks), grace_s=self.config.timeout_graceful_shutdown)
+            for task in self.server_state.tasks:
+                task.cancel(msg="shutdown_grace_s exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+
+def run(app: Any, *, config: GatewayConfig, config_path: str, workers: int = 1, **options: Any) -> int:
+    """Serves `app` as uvicorn would: an app for one worker, the import string of an app
+    factory for several. With the start-up line and, for one worker, the draining
+    shutdown above. Returns the exit status."""
+    factory = isinstance(app, str)
+    server_config = uvicorn.Config(app, factory=factory, workers=workers, timeout_graceful_shutdown=config.server.shutdown_grace_s, **options)
+
+    def announce(sockets: list[socket.socket]) -> None:
+        listening = sockets[0].getsockname() if sockets else (server_config.host, server_config.port)
+        log.warning(
+            "lockgate_listening",
+            url=url_of(listening),
+            config=config_path,
+            store=store_of(config),
+            middleware=[name for name, _ in config.middleware],
+            models=len(config.models),
+            workers=workers,
+            shutdown_grace_s=config.server.shutdown_grace_s,
+        )
+
+    if workers > 1:
+        sock = server_config.bind_socket()
+        announce([sock])
+        Multiprocess(server_config, sockets=[sock]).run()
+        return 0
+    server = GracefulServer(server_config, announce)
+    server.run()
+    return 0 if server.started else 3  # uvicorn's status for a server that never started
+
+
+def url_of(address: tuple) -> str:
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def store_of(config: GatewayConfig) -> str:
+    """The store as the start-up line names it: never a password in a Redis URL."""
+    store = config.store
+    if store.backend == "disk":
+        return f"disk:{store.path}"
+    if store.backend == "redis":
+        parts = urlsplit(store.url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        if parts.username or parts.password:
+            netloc = "***@" + netloc
+        return "redis:" + urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return store.backend
