@@ -103,8 +103,8 @@ def unpriced(config: GatewayConfig, layer: Layer, gateway_raw: Any) -> list[str]
     scope = {"app": SimpleNamespace(state=SimpleNamespace(gateway=SimpleNamespace(config=config)))}
     check = Checker(config.source)
     lines = model_nodes(gateway_raw)
-    for name in config.models:
-        if price_for(layer.policy, scope, name) is None:
+    for name, model in config.models.items():
+        if model.deployments and price_for(layer.policy, scope, name) is None:
             node = lines.get(name, {})
             check.fail(
                 node,

@@ -24,7 +24,11 @@ def checked_or_exit(path: str) -> GatewayConfig:
     same verdict for `check` and `serve`; every problem printed, never a traceback."""
     from lockgate.proxy.checks import inspect
 
-    report = inspect(path)
+    try:
+        report = inspect(path)
+    except Exception as exc:  # noqa: BLE001 - a checker's own bug still ends in a sentence, never a traceback
+        print(f"{path}: cannot check this config (a bug in lockgate, please report it): {exc!r}", file=sys.stderr)
+        raise SystemExit(1) from None
     if report.config is None:
         for problem in report.problems:
             print(problem, file=sys.stderr)
