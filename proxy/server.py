@@ -93,13 +93,16 @@ def run(app: Any, *, config: GatewayConfig, config_path: str, workers: int = 1, 
             shutdown_grace_s=config.server.shutdown_grace_s,
         )
 
-    if workers > 1:
-        sock = server_config.bind_socket()
-        announce([sock])
-        Multiprocess(server_config, sockets=[sock]).run()
+    try:
+        if workers > 1:
+            sock = server_config.bind_socket()
+            announce([sock])
+            Multiprocess(server_config, sockets=[sock]).run()
+            return 0
+        server = GracefulServer(server_config, announce)
+        server.run()
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has already shut down as for SIGTERM, minus the exit status
         return 0
-    server = GracefulServer(server_config, announce)
-    server.run()
     return 0 if server.started else 3  # uvicorn's status for a server that never started
 
 

@@ -336,3 +336,22 @@ def test_sigterm_cancels_what_outlives_the_grace(fake, upstream, tmp_path):
         assert "shutdown_grace_exceeded" in gw.log()
     finally:
         gw.stop()
+
+
+def test_sigterm_with_several_workers_lets_the_stream_finish(fake, upstream, tmp_path):
+    fake.set("slow-workers", chunk_delay_s=0.25, reply="one two three four five six")
+    config = {"server": {"shutdown_grace_s": 20},
+              "models": [{"name": "slow", "deployments": [{"provider": "openai", "model": "slow-workers", "base_url": fake.url + "/v1", "api_key": "k"}]}]}
+    gw = start_gateway(config, tmp_path, "--workers", "2")
+    try:
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", json={"model": "slow", "messages": MESSAGES, "stream": True}, timeout=30) as stream:
+            lines = stream.iter_lines()
+            events = [next(line for line in lines if line.startswith("data: "))]
+            gw.process.send_signal(signal.SIGTERM)
+            events += [line for line in lines if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        text = "".join((json.loads(e[6:])["choices"] or [{}])[0].get("delta", {}).get("content") or "" for e in events[:-1])
+        assert text == "one two three four five six"
+        assert gw.process.wait(15) == 0
+    finally:
+        gw.stop()
