@@ -41,14 +41,17 @@ def layer_of(kind: str, policy: Any) -> Layer:
     return Layer(kind, policy.current, str(policy.path) if policy.path is not None else f"<{policy.kind} policy>")
 
 
-def cross_check(config: GatewayConfig, layers: list[Layer], gateway_raw: Any = None) -> list[str]:
-    """Every problem between `config` and the policies of `layers` (outermost first)."""
+def cross_check(config: GatewayConfig, layers: list[Layer], gateway_raw: Any = None, *, partial: bool = False) -> list[str]:
+    """Every problem between `config` and the policies of `layers` (outermost first).
+    `partial`: `config` is what parsed of a gateway.yaml with problems of its own."""
     if gateway_raw is None:
         gateway_raw = raw_of(config.source)
     problems: list[str] = []
-    # a model whose own entry has a mistake is still one gateway.yaml means to serve:
-    # that mistake is reported once, where it is, not again by everything naming the model
-    served = set(config.models) | set(model_nodes(gateway_raw))
+    served = set(config.models)
+    if partial:
+        # a model whose own entry has a mistake is still one gateway.yaml means to serve:
+        # that mistake is reported once, where it is, not again by everything naming the model
+        served |= set(model_nodes(gateway_raw))
     for index, layer in enumerate(layers):
         raw = layer.raw if layer.raw is not None else raw_of(layer.source)
         check = Checker(layer.source)
@@ -162,8 +165,9 @@ def inspect(path: str | Path) -> Report:
         config = exc.partial
     if config is None:
         return Report(None, problems)
+    partial = bool(problems)
     # the store is not opened to check: a memory store stands in for it
     built = build_middleware(config, MemoryStore())
     problems.extend(built.problems)
-    problems.extend(cross_check(config, built.layers, raw))
+    problems.extend(cross_check(config, built.layers, raw, partial=partial))
     return Report(config if not problems else None, problems)

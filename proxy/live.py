@@ -120,7 +120,8 @@ class LiveConfig:
             policy = parse(raw, source)
             layers = self.layers()
             layers[index] = Layer(layers[index].kind, policy, source, raw)
-            problems = cross_check(self.gateway.config, layers)
+            # the gateway.yaml version in force for the checks, even before the loop applied it
+            problems = cross_check(self.file.current if self.file is not None else self.gateway.config, layers)
             if problems:
                 raise ConfigError(problems)
             return policy

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -355,3 +356,62 @@ def test_sigterm_with_several_workers_lets_the_stream_finish(fake, upstream, tmp
         assert gw.process.wait(15) == 0
     finally:
         gw.stop()
+
+
+def test_a_configmap_update_of_gateway_yaml_is_applied(tmp_path):
+    """The kubelet's layout: gateway.yaml and its policies are symlinks into `..data`, itself
+    a symlink to a timestamped directory that an update replaces (then deletes the old one)."""
+    volume = tmp_path / "etc"
+    first = volume / "..2026_11_28_10_00_00.1"
+    first.mkdir(parents=True)
+    (volume / "..data").symlink_to(first.name)
+    for name in ("gateway.yaml", "rewrite.yaml"):
+        (volume / name).symlink_to(f"..data/{name}")
+    (first / "rewrite.yaml").write_text(yaml.safe_dump({"aliases": {"fast": "demo"}}))
+    config = {"models": [{"name": "demo", "deployments": [{"provider": "mock"}]}], "middleware": [{"rewrite": "rewrite.yaml"}]}
+    gw = start_gateway(config, volume)  # writes gateway.yaml through the symlinks, into the timestamped directory
+    try:
+        assert chat(gw.url, "fast").status_code == 200
+        second = volume / "..2026_11_28_10_05_00.2"
+        second.mkdir()
+        updated = yaml.safe_load((first / "gateway.yaml").read_text())
+        updated["models"].append({"name": "extra", "deployments": [{"provider": "mock", "model": "extra-one"}]})
+        (second / "gateway.yaml").write_text(yaml.safe_dump(updated))
+        (second / "rewrite.yaml").write_text(yaml.safe_dump({"aliases": {"fast": "extra"}}))
+        (volume / "..data_tmp").symlink_to(second.name)
+        os.replace(volume / "..data_tmp", volume / "..data")
+        shutil.rmtree(first)
+        # requests all along: each appends to gateway.log, in the watched directory
+        answer = wait_for(lambda: (r := chat(gw.url, "fast")).headers.get("x-lockgate-deployment") == "mock/extra-one" and r, what="the swap")
+        assert answer.status_code == 200
+        assert gateway_status(gw.url)["last_error"] is None
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("first", ["policy", "gateway"])
+def test_files_edited_together_apply_in_either_order(live, first):
+    """A fallback chain naming a model gateway.yaml adds: read first, the policy edit is
+    refused (nobody serves that model yet), then applies once gateway.yaml has it."""
+    policy = live.config_path.parent / "fallback.yaml"
+
+    def edit_policy():
+        policy.write_text(yaml.safe_dump({"chains": {"steady": ["up", "later"]}}))
+
+    def edit_gateway():
+        edit(live.config_path, lambda c: c["models"].append({"name": "later", "deployments": [{"provider": "mock", "model": "later-one"}]}))
+
+    for step in ((edit_policy, edit_gateway) if first == "policy" else (edit_gateway, edit_policy)):
+        step()
+        time.sleep(0.3)
+
+    def settled():
+        # a request each look: each appends to gateway.log, next to the watched files, which
+        # must not keep the refused edit from being looked at again
+        assert master_chat(live.url, "steady").status_code == 200
+        ready = httpx.get(live.url + "/health/readiness").json()
+        return ready["status"] == "ready" and next(p for p in ready["policies"] if p["kind"] == "fallback")["reloads"] == 1 and ready
+
+    ready = wait_for(settled, what="both edits in force")
+    assert all(p["last_error"] is None for p in ready["policies"])
+    assert master_chat(live.url, "later").status_code == 200
