@@ -1,6 +1,7 @@
 """`gateway.yaml`: loading, `${VAR}` expansion and validation with `file:line` errors.
 
-The result is a tree of frozen dataclasses, built once at start-up.
+The result is a tree of frozen dataclasses, built at start-up and again, whole, by each
+hot reload of gateway.yaml (proxy/live.py). Relative paths name places next to gateway.yaml.
 """
 
 from __future__ import annotations
