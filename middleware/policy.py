@@ -123,8 +123,10 @@ class Policy(Generic[T]):
             if version == self.version:
                 self._clear_error()  # a bad edit was reverted: the file again holds what is in force
                 return False
-            if version == self._refused:
-                return False
+            # a refused edit is parsed again at each look (every RECHECK_S at most): whether
+            # it holds can depend on another file (a fallback chain naming a model gateway.yaml
+            # adds in the same ConfigMap update, in whichever order the two are read);
+            # `_refuse` still counts and logs each refused content once
             try:
                 policy = self._parse(text)
             except PolicyError as exc:
@@ -295,6 +297,7 @@ class Watcher:
         self.hangups = 0
         self.seen_hangups = 0
         self.armed = False
+        self.checked = 0.0  # monotonic time of the last reload_files()
 
     def start(self) -> None:
         """Under `_lock`."""
@@ -358,8 +361,11 @@ class Watcher:
 
     def is_set(self) -> bool:
         """watchfiles' stop event, asked every step once the directories are watched. The
-        first ask is the moment to catch up on changes made before: none falls between."""
-        if not self.armed:
+        first ask is the moment to catch up on changes made before: none falls between.
+        Later asks re-read the files every RECHECK_S: while a file nobody watches keeps
+        changing in a watched directory (a log written next to the config), watchfiles
+        yields nothing, not even its timeout."""
+        if not self.armed or time.monotonic() - self.checked >= RECHECK_S:
             self.armed = True
             reload_files()
         return self.wake.is_set()
@@ -375,6 +381,7 @@ _sighup_loop: asyncio.AbstractEventLoop | None = None  # where our handler lives
 
 
 def reload_files() -> None:
+    _watcher.checked = time.monotonic()
     for policy in registered():
         if policy.path is not None:
             policy.reload()

@@ -34,11 +34,13 @@ class AccessLog:
         max_body_bytes: int | None = None,
         paths: Container[str] = (),
         models: Callable[[], Container[str]] = tuple,
+        lifecycle: Any = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.paths = paths  # the routes a path label may name
         self.models = models  # the models a model label may name (read per request: the config may be reloaded)
+        self.lifecycle = lifecycle  # draining: each answer closes its connection (see proxy/live.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,6 +59,8 @@ class AccessLog:
                 headers = list(message.get("headers") or ())
                 if not any(k == b"x-request-id" for k, _ in headers):
                     headers.append((b"x-request-id", request_id))
+                if self.lifecycle is not None and self.lifecycle.draining:
+                    headers.append((b"connection", b"close"))
                 # lockgate's own time until the answer starts, the upstream's wait left out
                 overhead = time.perf_counter() - ctx.started - ctx.upstream_s
                 metrics.overhead.observe(overhead)

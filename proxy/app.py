@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Container, Mapping
 
@@ -14,20 +15,22 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.routing import Router as StarletteRouter
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lockgate.middleware import policy
 from lockgate.proxy import metrics
 from lockgate.proxy.access import AccessLog
 from lockgate.proxy.admin import Admin
+from lockgate.proxy.checks import Layer, cross_check, layer_of
 from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
 from lockgate.proxy.context import get_context, route_path
 from lockgate.proxy.errors import GatewayError, send_error, send_json
 from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
+from lockgate.proxy.live import Lifecycle, LiveConfig, drain_on_sigterm
 from lockgate.proxy.logs import configure as configure_logs
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.router import Router, SharedCooldowns
-from lockgate.proxy.server import STATE_KEY
+from lockgate.proxy.protocol import STATE_KEY
 from lockgate.proxy.store import Store, open_store, owners
 from lockgate.proxy.upstream import UpstreamClient
 
@@ -68,37 +71,49 @@ def middleware_class(name: str) -> type:
     return getattr(module, name.capitalize() + "Middleware")
 
 
-def resolve_policy(policy: Any, base_dir: Path) -> Any:
-    """A relative policy path is looked up next to gateway.yaml, then in the working directory."""
-    if not isinstance(policy, str):
-        return policy
-    path = Path(policy)
-    if path.is_absolute() or not (base_dir / path).exists():
-        return str(path)
-    return str(base_dir / path)
+@dataclass
+class Built:
+    """The middleware stack gateway.yaml lists, each middleware made once (so each policy
+    file is parsed and watched once), with what the checks between files read."""
+
+    stack: list[Middleware] = field(default_factory=list)
+    mounted: list[tuple[str, Any]] = field(default_factory=list)  # (name, middleware instance)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [layer_of(name, instance.policy) for name, instance in self.mounted]
 
 
-def build_middleware(config: GatewayConfig, store: Store, routes: Container[str] = (), models: Callable[[], Container[str]] = tuple) -> list[Middleware]:
-    """The stack gateway.yaml lists, outermost first, behind the access log. Each
-    policy is parsed here, so a broken one stops start-up with its file:line."""
-    stack = [Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=routes, models=models)]
-    problems = []
+def attach(app: ASGIApp, instance: Any) -> Any:
+    """Starlette's middleware factory for an instance made in advance: only the inner app
+    is left to give it."""
+    instance.app = app
+    return instance
+
+
+def build_middleware(config: GatewayConfig, store: Store) -> Built:
+    """The stack gateway.yaml lists, outermost first (the access log goes outside it). Every
+    policy is parsed here, each file's problems collected, so a broken one stops start-up
+    (and `lockgate check` reports it) with its file:line, beside every other file's."""
+    built = Built()
     for name, source in config.middleware:
         try:
             cls = middleware_class(name)
         except (ImportError, AttributeError):
-            problems.append(f"{config.source}: middleware {name!r} is not available in this version")
+            built.problems.append(f"{config.source}: middleware {name!r} is not available in this version")
             continue
         try:
-            # built once here to surface policy errors; Starlette builds the stack again lazily
-            cls(None, policy=resolve_policy(source, config.base_dir), store=store)
+            instance = cls(None, policy=source, store=store)
         except ConfigError as exc:
-            problems.extend(exc.problems)
+            built.problems.extend(exc.problems)
             continue
-        stack.append(Middleware(cls, policy=resolve_policy(source, config.base_dir), store=store))
-    if problems:
-        raise ConfigError(problems)
-    return stack
+        except Exception as exc:  # noqa: BLE001 - a parser's bug is reported, never a traceback
+            built.problems.append(f"{source}: cannot load the {name} policy: {exc!r}")
+            continue
+        built.mounted.append((name, instance))
+        built.stack.append(Middleware(attach, instance=instance))
+    return built
 
 
 async def release_dead_owners(store: Store) -> None:
@@ -131,10 +146,21 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     configure_logs(os.environ.get("LOCKGATE_LOG_LEVEL", "info"))
     upstream = client or UpstreamClient()
     store = open_store(config.store)
-    cooldowns = SharedCooldowns(store, [d.id for m in config.models.values() for d in m.deployments])
+    lifecycle = Lifecycle()
+    built = build_middleware(config, store)
+    problems = built.problems or cross_check(config, built.layers)
+    if problems:
+        raise ConfigError(problems)
+    cooldowns = SharedCooldowns(store, deployment_ids(config))
     router = Router(dict(config.models), cooldowns)
     gateway = Gateway(config, router, upstream)
     admin = Admin(store)
+
+    def swap_models(edited: GatewayConfig) -> None:
+        # on the loop, between two steps of any request: router and config change together
+        cooldowns.dep_ids = deployment_ids(edited)
+        gateway.router = gateway.router.rebuilt(dict(edited.models))
+        gateway.config = edited
 
     async def readiness(scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -143,8 +169,9 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
             store_ok = False
         policies = policy.statuses()
         ready = store_ok and not any(p["last_error"] for p in policies)
-        body = {"status": "ready" if ready else "degraded", "store": {"backend": store.backend, "ok": store_ok}, "policies": policies}
-        await send_json(send, 200 if store_ok else 503, body)
+        status = "draining" if lifecycle.draining else "ready" if ready else "degraded"
+        body = {"status": status, "store": {"backend": store.backend, "ok": store_ok}, "policies": policies}
+        await send_json(send, 200 if store_ok and not lifecycle.draining else 503, body)
 
     async def prometheus(scope: Scope, receive: Receive, send: Send) -> None:
         body = metrics.render()
@@ -154,13 +181,17 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict]:
         await upstream.open()
+        live.start()
+        undo_sigterm = drain_on_sigterm(lifecycle)
         policy.start_watching()  # edits and SIGHUP count from start-up, not the first request
         await release_dead_owners(store)
         syncing = asyncio.get_running_loop().create_task(cooldowns.run())
         try:
-            yield {STATE_KEY: config.server}  # the connection limits proxy/server.py enforces
+            yield {STATE_KEY: config.server}  # the connection limits proxy/protocol.py enforces
         finally:
             syncing.cancel()
+            undo_sigterm()
+            live.stop()
             await upstream.close()
             await store.close()
 
@@ -180,12 +211,21 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
 
     known = frozenset(route.path for route in routes if "{" not in route.path)
-    app = Starlette(middleware=build_middleware(config, store, known, lambda: gateway.config.models))
+    access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.config.models, lifecycle=lifecycle)
+    app = Starlette(middleware=[access, *built.stack])
     app.router = Routes(routes, lifespan=lifespan)
+    live = LiveConfig(config, gateway, app.state, built.mounted, swap_models)
     app.state.gateway = gateway
     app.state.config = config
     app.state.store = store
+    app.state.lifecycle = lifecycle
+    app.state.live = live
+    app.state.mounted = [name for name, _ in built.mounted]
     return app
+
+
+def deployment_ids(config: GatewayConfig) -> list[str]:
+    return [d.id for m in config.models.values() for d in m.deployments]
 
 
 def app_from_env() -> Starlette:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
+from lockgate.proxy.config import ConfigError, GatewayConfig, StoreConfig
 
 
 def find_config(given: str | None) -> str:
@@ -19,59 +19,63 @@ def find_config(given: str | None) -> str:
     return "gateway.yaml"
 
 
-def load_or_exit(path: str) -> GatewayConfig:
+def checked_or_exit(path: str) -> GatewayConfig:
+    """gateway.yaml and every policy it mounts, checked together (proxy/checks.py): the
+    same verdict for `check` and `serve`; every problem printed, never a traceback."""
+    from lockgate.proxy.checks import inspect
+
     try:
-        return load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+        report = inspect(path)
+    except Exception as exc:  # noqa: BLE001 - a checker's own bug still ends in a sentence, never a traceback
+        print(f"{path}: cannot check this config (a bug in lockgate, please report it): {exc!r}", file=sys.stderr)
         raise SystemExit(1) from None
+    if report.config is None:
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''} found", file=sys.stderr)
+        raise SystemExit(1)
+    return report.config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from lockgate.proxy import server
 
     path = find_config(args.config)
-    config = load_or_exit(path)
-    os.environ["LOCKGATE_CONFIG"] = str(Path(path).resolve())
+    config = checked_or_exit(path)
+    # absolute, not resolved: a ConfigMap's gateway.yaml is a symlink whose target the next update deletes
+    os.environ["LOCKGATE_CONFIG"] = str(Path(path).absolute())
     from lockgate.proxy.app import create_app
 
     try:
-        create_app(config)  # fail here, with file:line errors, not inside a worker
+        # one worker serves this very app; several each make their own from LOCKGATE_CONFIG,
+        # and this one only proves the store opens, here rather than inside each worker
+        app = create_app(config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    host = args.host or config.server.host
-    port = args.port if args.port is not None else config.server.port
-    from lockgate.proxy.server import LockgateProtocol
+    except OSError as exc:
+        print(f"{path}: cannot open the {config.store.backend} store: {exc}", file=sys.stderr)
+        return 1
+    from lockgate.proxy.protocol import LockgateProtocol
 
-    uvicorn.run(
-        "lockgate.proxy.app:app_from_env",
-        factory=True,
+    return server.run(
+        app if args.workers <= 1 else "lockgate.proxy.app:app_from_env",
+        config=config,
+        config_path=os.environ["LOCKGATE_CONFIG"],
         http=LockgateProtocol,
-        host=host,
-        port=port,
+        host=args.host or config.server.host,
+        port=args.port if args.port is not None else config.server.port,
         workers=args.workers,
         log_level=args.log_level,
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=30,
     )
-    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     path = find_config(args.config)
-    config = load_or_exit(path)
-    from lockgate.proxy.app import create_app
-
-    try:
-        create_app(config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
+    config = checked_or_exit(path)
     for warning in config.warnings:
         print(warning, file=sys.stderr)
     print(f"{path}: ok ({len(config.models)} models, middleware: {', '.join(n for n, _ in config.middleware) or 'none'})")
@@ -83,6 +87,22 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 
     from lockgate.middleware.auth import new_key
 
+    if args.master:
+        if args.id or args.user or args.team or args.tier:
+            print("--master takes no --id, --user, --team or --tier: the master key is nobody's", file=sys.stderr)
+            return 2
+        key, entry = new_key("master")
+        print("New master key (it will not be shown again; lockgate keeps only its sha256):")
+        print()
+        print(f"    {key}")
+        print()
+        print("Put this line in auth.yaml (or its value in LOCKGATE_MASTER_KEY_SHA256 where auth.yaml reads it from the environment):")
+        print()
+        print(f'master_key_sha256: "{entry["sha256"]}"')
+        return 0
+    if not args.id:
+        print("lockgate keys new: --id is required (or --master)", file=sys.stderr)
+        return 2
     key, entry = new_key(args.id, user=args.user, team=args.team, tier=args.tier)
     print(f"New API key for {args.id!r} (it will not be shown again; lockgate keeps only its sha256):")
     print()
@@ -94,6 +114,26 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def store_or_exit(path: str) -> StoreConfig:
+    """Only gateway.yaml's `store:`: a command that reads the store needs no provider key
+    in its environment, nor policies that parse."""
+    from lockgate.proxy.config import Checker, load_yaml, parse_store
+
+    try:
+        raw = load_yaml(Path(path))
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        check = Checker(path)
+        store = parse_store(check, raw if isinstance(raw, dict) else {}, Path(path).absolute().parent)
+        problems = check.problems
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(1)
+    return store
+
+
 def cmd_spend(args: argparse.Namespace) -> int:
     """Reads the spend report straight from the store gateway.yaml names (the same data
     `GET /admin/spend` serves), so it works whether or not the gateway is running."""
@@ -102,8 +142,8 @@ def cmd_spend(args: argparse.Namespace) -> int:
     from lockgate.proxy.admin import spend_rows
     from lockgate.proxy.store import open_store
 
-    config = load_or_exit(find_config(args.config))
-    store = open_store(config.store)
+    store_config = store_or_exit(find_config(args.config))
+    store = open_store(store_config)
 
     async def report() -> dict:
         try:
@@ -117,7 +157,7 @@ def cmd_spend(args: argparse.Namespace) -> int:
 
         print(json.dumps(result, indent=2))
         return 0
-    print(f"spend by {args.by}, period {args.period} ({result['key']}), store {config.store.backend}")
+    print(f"spend by {args.by}, period {args.period} ({result['key']}), store {store_config.backend}")
     width = max([len(args.by)] + [len(str(row[args.by])) for row in result["data"]])
     print(f"{args.by:<{width}}  {'usd':>14}")
     for row in result["data"]:
@@ -176,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     keys_new = keys.add_parser("new", help="print a fresh API key once, and its auth.yaml entry")
-    keys_new.add_argument("--id", required=True, help="the name logs, spend and limits show for this key")
+    keys_new.add_argument("--id", help="the name logs, spend and limits show for this key")
+    keys_new.add_argument("--master", action="store_true", help="a master key (for /admin/*) and its master_key_sha256 line")
     keys_new.add_argument("--user")
     keys_new.add_argument("--team")
     keys_new.add_argument("--tier")

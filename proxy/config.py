@@ -1,6 +1,7 @@
 """`gateway.yaml`: loading, `${VAR}` expansion and validation with `file:line` errors.
 
-The result is a tree of frozen dataclasses, built once at start-up.
+The result is a tree of frozen dataclasses, built at start-up and again, whole, by each
+hot reload of gateway.yaml (proxy/live.py). Relative paths name places next to gateway.yaml.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
-    """Every problem found, each as `file:line: message`."""
+    """Every problem found, each as `file:line: message`. `partial` is what could be
+    parsed despite them, so `lockgate check` can go on to the files it names."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], partial: Any = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.partial = partial
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ class ServerConfig:
     header_timeout_s: float = 10.0  # from the first byte of a request to the end of its headers: past this, 408
     body_timeout_s: float = 60.0  # the longest silence while a request body is read: past this, 408
     max_upstream_body_bytes: int = 128 * 1024 * 1024  # a non-streamed upstream answer past this is a 502
+    shutdown_grace_s: float = 30.0  # on SIGTERM, how long requests and streams in flight may take to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,14 +315,9 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
         header_timeout_s=check.number(server_node, "header_timeout_s", defaults.header_timeout_s, minimum=0.1),
         body_timeout_s=check.number(server_node, "body_timeout_s", defaults.body_timeout_s, minimum=0.1),
         max_upstream_body_bytes=check.number(server_node, "max_upstream_body_bytes", defaults.max_upstream_body_bytes, minimum=1024, integer=True),
+        shutdown_grace_s=check.number(server_node, "shutdown_grace_s", defaults.shutdown_grace_s),
     )
-
-    store_node = check.mapping(raw, "store", "store")
-    check.unknown(store_node, {"backend", "path", "url"}, "store")
-    backend = check.string(store_node, "backend", "disk")
-    if backend not in STORES:
-        check.fail(store_node, "backend", f"store backend must be one of {', '.join(STORES)}, not {backend!r}")
-    store = StoreConfig(backend=backend, path=check.string(store_node, "path", ".lockgate/state"), url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"))
+    store = parse_store(check, raw, base_dir)
 
     routing = check.mapping(raw, "routing", "routing")
     check.unknown(routing, {"cooldown_failures", "cooldown_s"}, "routing")
@@ -345,10 +344,30 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
             check.fail(node, "name", f"model {model.name!r} is defined twice")
         models[model.name] = model
 
-    middleware = parse_middleware(check, raw)
+    middleware = parse_middleware(check, raw, base_dir)
+    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(warnings))
     if check.problems:
-        raise ConfigError(check.problems)
-    return GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(warnings))
+        raise ConfigError(check.problems, config)
+    return config
+
+
+def parse_store(check: Checker, raw: dict, base_dir: Path | None) -> StoreConfig:
+    """`store:` alone: all that `lockgate spend` reads, so it needs no provider key."""
+    store_node = check.mapping(raw, "store", "store")
+    check.unknown(store_node, {"backend", "path", "url"}, "store")
+    backend = check.string(store_node, "backend", "disk")
+    if backend not in STORES:
+        check.fail(store_node, "backend", f"store backend must be one of {', '.join(STORES)}, not {backend!r}")
+    path = resolve_path(check.string(store_node, "path", ".lockgate/state"), base_dir)
+    return StoreConfig(backend=backend, path=path, url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"))
+
+
+def resolve_path(path: str, base_dir: Path | None) -> str:
+    """A relative path in gateway.yaml names a place next to gateway.yaml, wherever the
+    gateway was started from. A config given as a dict has no file: its paths stay as given."""
+    if base_dir is None or not path or Path(path).is_absolute():
+        return path
+    return str(base_dir / path)
 
 
 def parse_model(check: Checker, node: dict, failures: int, cooldown_s: float) -> ModelConfig | None:
@@ -462,7 +481,7 @@ def provider_options(check: Checker, node: dict, provider: str) -> dict:
         return {}
 
 
-def parse_middleware(check: Checker, raw: dict) -> tuple[tuple[str, Any], ...]:
+def parse_middleware(check: Checker, raw: dict, base_dir: Path | None = None) -> tuple[tuple[str, Any], ...]:
     nodes = raw.get("middleware")
     if nodes is None:
         return ()
@@ -481,7 +500,8 @@ def parse_middleware(check: Checker, raw: dict) -> tuple[tuple[str, Any], ...]:
         if any(existing == name for existing, _ in stack):
             check.fail(node, name, f"middleware {name!r} is listed twice")
             continue
-        stack.append((name, check.expand(policy, node, name)))
+        policy = check.expand(policy, node, name)
+        stack.append((name, resolve_path(policy, base_dir) if isinstance(policy, str) else policy))
     return tuple(stack)
 
 
@@ -492,4 +512,6 @@ def load_config(config: str | Path | Mapping[str, Any] | GatewayConfig) -> Gatew
     if isinstance(config, Mapping):
         return parse_config(dict(config))
     path = Path(config)
-    return parse_config(load_yaml(path), str(path), path.resolve().parent)
+    # absolute, not resolved: in a ConfigMap volume gateway.yaml is a symlink into a
+    # `..2024_...` directory that the next update deletes; its neighbours are found by name
+    return parse_config(load_yaml(path), str(path), path.absolute().parent)

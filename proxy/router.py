@@ -209,3 +209,13 @@ class Router:
 
     def get(self, model: str) -> Balancer | None:
         return self.balancers.get(model)
+
+    def rebuilt(self, models: dict[str, ModelConfig]) -> "Router":
+        """A router for an edited gateway.yaml: a model whose config is unchanged keeps its
+        balancer (round-robin position, latency averages, requests in flight); cooldowns
+        are kept by deployment id."""
+        router = Router({}, self.cooldowns)
+        for name, model in models.items():
+            old = self.balancers.get(name)
+            router.balancers[name] = old if old is not None and old.model == model else Balancer(model, self.cooldowns)
+        return router

@@ -1,159 +1,127 @@
-"""uvicorn's httptools protocol with the limits a gateway facing hostile clients needs,
-which uvicorn does not set for httptools:
+"""Running the gateway under uvicorn: the start-up line and a shutdown that drains.
 
-- `server.max_header_bytes`: the request line and headers together; past it the
-  connection gets 431 at once, before the rest is read (a client cannot make the gateway
-  parse megabytes of headers before its key is even checked);
-- `server.header_timeout_s`: from a connection's first moment (or a request's first byte)
-  to the end of its headers; a slow sender (slowloris) gets 408 and is closed;
-- `server.body_timeout_s`: the longest silence while a request body is being read;
-  408 when the answer has not started yet, else the connection is closed.
+On SIGTERM (what Kubernetes, Docker and systemd send), with one worker:
 
-The limits come from `gateway.yaml` through the app's lifespan state (`STATE_KEY`), which
-uvicorn hands to every connection; without it the defaults apply. The answers are
-OpenAI-shaped JSON and close the connection.
+1. the app is marked draining (proxy/live.py): `/health/readiness` answers 503 and every
+   answer carries `connection: close`;
+2. the listening socket closes at once: new connections are refused;
+3. requests and streams in flight finish, for up to `server.shutdown_grace_s`. Connections
+   already open stay open meanwhile, so a client's next request on one is still answered
+   (and that connection then closes) rather than cut;
+4. once nothing is in flight, idle connections close; what is still running at the end
+   of the grace is cancelled; the lifespan closes the upstream client and the store; the
+   process exits 0.
+
+uvicorn's own shutdown closes idle connections at step 2 (a request racing that close
+is lost) and re-raises SIGTERM at the end (exit status 143); `GracefulServer` changes
+only those two things. With `--workers N` the workers are uvicorn's own: they drain for
+`shutdown_grace_s` too, readiness turns 503 the same way, idle connections close at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import signal
+import socket
+from types import FrameType
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
 
-import httptools
-import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+import uvicorn
+from uvicorn.supervisors import Multiprocess
 
-from lockgate.proxy.config import ServerConfig
-from lockgate.providers.base import error_body
+from lockgate.proxy.config import GatewayConfig
+from lockgate.proxy.logs import get_logger
 
-STATE_KEY = "lockgate.server"
-
-
-def refusal(status: int, message: str, code: str) -> bytes:
-    body = orjson.dumps(error_body(message, "invalid_request_error", code))
-    head = [
-        STATUS_LINE[status],
-        b"content-type: application/json\r\n",
-        b"content-length: " + str(len(body)).encode() + b"\r\n",
-        b"connection: close\r\n\r\n",
-    ]
-    return b"".join(head) + body
+POLL_S = 0.05
+log = get_logger("lockgate.server")
 
 
-class Refused(Exception):
-    """Raised from a parser callback to stop parsing once the connection was answered."""
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, announce: Callable[[list[socket.socket]], None]) -> None:
+        super().__init__(config)
+        self.announce = announce
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.announce([s for server in self.servers for s in server.sockets])
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            self._captured_signals.remove(sig)  # drained and stopped as asked: a clean exit, not death by signal
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.timeout_graceful_shutdown
+        while self.server_state.tasks and loop.time() < deadline and not self.force_exit:
+            await asyncio.sleep(POLL_S)
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        while (self.server_state.connections or self.server_state.tasks) and loop.time() < deadline and not self.force_exit:
+            await asyncio.sleep(POLL_S)
+        if self.server_state.tasks:
+            log.error("shutdown_grace_exceeded", cancelled=len(self.server_state.tasks), grace_s=self.config.timeout_graceful_shutdown)
+            for task in self.server_state.tasks:
+                task.cancel(msg="shutdown_grace_s exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
 
-class LockgateProtocol(HttpToolsProtocol):
-    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        limits = app_state.get(STATE_KEY) or ServerConfig()
-        self.max_header_bytes = limits.max_header_bytes
-        self.header_timeout_s = limits.header_timeout_s
-        self.body_timeout_s = limits.body_timeout_s
-        self.header_bytes = 0
-        self.refused = False
-        self.timer: asyncio.TimerHandle | None = None
+def run(app: Any, *, config: GatewayConfig, config_path: str, workers: int = 1, **options: Any) -> int:
+    """Serves `app` as uvicorn would: an app for one worker, the import string of an app
+    factory for several. With the start-up line and, for one worker, the draining
+    shutdown above. Returns the exit status."""
+    factory = isinstance(app, str)
+    server_config = uvicorn.Config(app, factory=factory, workers=workers, timeout_graceful_shutdown=config.server.shutdown_grace_s, **options)
 
-    # -- timers --------------------------------------------------------------------------
-    def _arm(self, seconds: float, callback: Any) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, callback)
+    def announce(sockets: list[socket.socket]) -> None:
+        listening = sockets[0].getsockname() if sockets else (server_config.host, server_config.port)
+        log.warning(
+            "lockgate_listening",
+            url=url_of(listening),
+            config=config_path,
+            store=store_of(config),
+            middleware=[name for name, _ in config.middleware],
+            models=len(config.models),
+            workers=workers,
+            shutdown_grace_s=config.server.shutdown_grace_s,
+        )
 
-    def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    try:
+        if workers > 1:
+            sock = server_config.bind_socket()
+            announce([sock])
+            Multiprocess(server_config, sockets=[sock]).run()
+            return 0
+        server = GracefulServer(server_config, announce)
+        server.run()
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has already shut down as for SIGTERM, minus the exit status
+        return 0
+    return 0 if server.started else 3  # uvicorn's status for a server that never started
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm(self.header_timeout_s, self._headers_too_slow)  # a connection that never sends a byte
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+def url_of(address: tuple) -> str:
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def _refuse(self, status: int, message: str, code: str) -> None:
-        self._disarm()
-        self.refused = True
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.disconnected = True  # the app's own answer, if it comes, goes nowhere
-            self.cycle.message_event.set()
-        if not self.transport.is_closing():
-            self.transport.write(refusal(status, message, code))
-            self.transport.close()
 
-    def _headers_too_slow(self) -> None:
-        self.timer = None
-        if self.cycle is None or self.cycle.response_complete:
-            self._refuse(408, f"The request's headers did not arrive within {self.header_timeout_s:g}s.", "request_timeout")
-
-    def _body_too_slow(self) -> None:
-        self.timer = None
-        cycle = self.cycle
-        if cycle is None or not cycle.more_body or cycle.response_complete:
-            return
-        if cycle.response_started:
-            self.transport.close()
-        else:
-            self._refuse(408, f"The request body stalled for more than {self.body_timeout_s:g}s.", "request_timeout")
-
-    # -- parsing -------------------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
-        """uvicorn's, with its plain-text 400 answered in OpenAI's shape, and silence once a
-        limit has answered the connection."""
-        if self.refused:
-            return
-        self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
-        except (httptools.HttpParserError, Refused):
-            if not self.refused:
-                self._refuse(400, "The request is not valid HTTP.", "invalid_http")
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.header_bytes = 0
-        self._arm(self.header_timeout_s, self._headers_too_slow)
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _count(self, size: int) -> None:
-        self.header_bytes += size
-        if self.header_bytes > self.max_header_bytes:
-            self._refuse(431, f"The request's headers are larger than {self.max_header_bytes} bytes.", "request_headers_too_large")
-            raise Refused
-
-    def on_headers_complete(self) -> None:
-        self._disarm()
-        super().on_headers_complete()
-        if self.cycle is not None and self.cycle.more_body and self._expects_body():
-            self._arm(self.body_timeout_s, self._body_too_slow)
-
-    def _expects_body(self) -> bool:
-        for name, value in self.headers:
-            if name == b"content-length":
-                return value.strip() not in (b"", b"0")
-            if name == b"transfer-encoding":
-                return True
-        return False
-
-    def on_body(self, body: bytes) -> None:
-        super().on_body(body)
-        if self.timer is not None:
-            self._arm(self.body_timeout_s, self._body_too_slow)
-
-    def on_message_complete(self) -> None:
-        self._disarm()
-        super().on_message_complete()
+def store_of(config: GatewayConfig) -> str:
+    """The store as the start-up line names it: never a password in a Redis URL."""
+    store = config.store
+    if store.backend == "disk":
+        return f"disk:{store.path}"
+    if store.backend == "redis":
+        parts = urlsplit(store.url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        if parts.username or parts.password:
+            netloc = "***@" + netloc
+        return "redis:" + urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return store.backend

@@ -85,8 +85,9 @@ class Gateway:
                 self.process.wait()
 
 
-def start_gateway(config: dict, workdir: Path, *extra: str, env: dict | None = None) -> Gateway:
-    """`lockgate serve` as a real process on a free loopback port."""
+def start_gateway(config: dict, workdir: Path, *extra: str, env: dict | None = None, cwd: Path | None = None) -> Gateway:
+    """`lockgate serve` as a real process on a free loopback port (from the repository,
+    or from `cwd`)."""
     config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": free_port()}}
     config.setdefault("store", {"backend": "disk", "path": str(workdir / "state")})
     path = workdir / "gateway.yaml"
@@ -95,7 +96,7 @@ def start_gateway(config: dict, workdir: Path, *extra: str, env: dict | None = N
     port = config["server"]["port"]
     process = subprocess.Popen(
         [sys.executable, "-m", "lockgate.proxy.cli", "serve", "--config", str(path), *extra],
-        cwd=ROOT,
+        cwd=cwd or ROOT,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},

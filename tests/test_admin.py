@@ -79,7 +79,7 @@ def test_spend_cli_reads_the_store(gw):
 
 def test_policies_reload_and_readiness(gw, tmp_path):
     listed = httpx.get(gw.url + "/admin/policies", headers={"Authorization": f"Bearer {MASTER}"}).json()["policies"]
-    assert {p["kind"] for p in listed} == {"auth", "budget"}
+    assert {p["kind"] for p in listed} == {"auth", "budget", "gateway"}, "gateway.yaml is watched like a policy"
     assert all(p["version"] and p["last_error"] is None for p in listed)
 
     (tmp_path / "budget.yaml").write_text("budgets: [{team: search, limit_usd: 5, period: fortnightly}]\n")

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from lockgate.middleware.budget import BudgetMiddleware, period_window
 from lockgate.proxy.store import Claim, open_store
@@ -34,14 +35,10 @@ def budget_key(user: str, period: str = "daily") -> str:
 def config(fake_url: str, budget: dict, workdir, store: dict | None = None) -> dict:
     path = workdir / "budget.yaml"
     path.write_text(yaml.safe_dump({"trust_client_user": True, **budget}))
-    return {
-        "store": store or {"backend": "disk", "path": str(workdir / "state")},
-        "models": [
-            {"name": "priced", "deployments": [{"provider": "openai", "model": "bud-model", "base_url": fake_url + "/v1", "price": PRICE}]},
-            {"name": "mystery", "deployments": [{"provider": "openai", "model": "mystery-model", "base_url": fake_url + "/v1"}]},
-        ],
-        "middleware": [{"budget": str(path)}],
-    }
+    models = [{"name": "priced", "deployments": [{"provider": "openai", "model": "bud-model", "base_url": fake_url + "/v1", "price": PRICE}]}]
+    if budget.get("unknown_price") == "allow":  # under `refuse` an unpriced model is a config error (tested below)
+        models.append({"name": "mystery", "deployments": [{"provider": "openai", "model": "mystery-model", "base_url": fake_url + "/v1"}]})
+    return {"store": store or {"backend": "disk", "path": str(workdir / "state")}, "models": models, "middleware": [{"budget": str(path)}]}
 
 
 def chat(gw, user: str, model: str = "priced", **extra) -> httpx.Response:
@@ -169,13 +166,21 @@ def test_streamed_responses_are_priced(fake, upstream, tmp_path):
 
 
 def test_unknown_price_refused_or_allowed_and_counted(fake, upstream, tmp_path):
-    gw = start_gateway(config(fake.url, {"unknown_price": "refuse"}, tmp_path), tmp_path)
-    try:
-        refused = chat(gw, "erin", model="mystery")
-        assert refused.status_code == 403 and refused.json()["error"]["code"] == "unknown_price"
-        assert upstream.requests == []
-    finally:
-        gw.stop()
+    # served by the gateway, an unpriced model under `refuse` stops start-up with the fix...
+    refusing = config(fake.url, {"unknown_price": "refuse"}, tmp_path)
+    refusing["models"].append({"name": "mystery", "deployments": [{"provider": "openai", "model": "mystery-model", "base_url": fake.url + "/v1"}]})
+    with pytest.raises(RuntimeError) as stopped:
+        start_gateway(refusing, tmp_path)
+    assert "model 'mystery' has no known price" in str(stopped.value) and "unknown_price: allow" in str(stopped.value)
+    # ...and mounted around another app, where nothing could check it first, the request is refused
+    app = app_with_usage("starlette")
+    reached = []
+    app.add_middleware(lambda inner: lambda scope, receive, send: reached.append(scope["type"]) or inner(scope, receive, send))
+    app.add_middleware(BudgetMiddleware, policy={"trust_client_user": True, "unknown_price": "refuse"})
+    with TestClient(app) as client:
+        refused = client.post("/v1/chat/completions", json={"model": "house-mystery", "messages": MESSAGES}, headers={"x-lockgate-user": "erin"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "unknown_price"
+    assert "http" not in reached, "nothing went past the budget"
     (tmp_path / "allow").mkdir()
     gw = start_gateway(config(fake.url, {"unknown_price": "allow"}, tmp_path / "allow"), tmp_path / "allow")
     try:

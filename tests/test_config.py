@@ -156,16 +156,14 @@ def test_serve_refuses_a_broken_config(tmp_path):
     assert "models" in result.stderr
 
 
-def test_example_policies_parse_and_the_readme_demo_key_works():
+def test_example_policies_parse_and_the_example_auth_accepts_no_key_until_one_is_added():
     from lockgate.middleware import auth, budget, throttle
     from lockgate.proxy.config import load_yaml
 
     policies = ROOT / "policies"
     keys = auth.parse_policy(load_yaml(policies / "auth.yaml"), "auth.yaml")
-    found = keys.find(b"sk-lockgate-demo-alice")
-    assert found is not None and found.user == "alice"
-    assert keys.find(b"sk-lockgate-demo-alicX") is None
-    assert keys.find(b"sk-lockgate-demo-master").identity()["admin"] is True
+    assert keys.master is None and not keys.keys, "no key is accepted whose secret could be read in this repository"
+    assert keys.find(b"sk-lockgate-demo-alice") is None and keys.find(b"sk-lockgate-demo-master") is None
     assert throttle.parse_policy(load_yaml(policies / "throttle.yaml"), "throttle.yaml").limits
     assert budget.parse_policy(load_yaml(policies / "budget.yaml"), "budget.yaml").default is not None
 
