@@ -9,8 +9,8 @@ On SIGTERM (what Kubernetes, Docker and systemd send), with one worker:
    already open stay open meanwhile, so a client's next request on one is still answered
    (and that connection then closes) rather than cut;
 4. once nothing is in flight, idle connections close; what is still running at the end
-   of the grace is cancelled; the lifespan closes the upstream client and the store; the
-   process exits 0.
+   of the grace has its connection cut, and ends as for a client that left; the lifespan
+   closes the upstream client and the store; the process exits 0.
 
 uvicorn's own shutdown closes idle connections at step 2 (a request racing that close
 is lost) and re-raises SIGTERM at the end (exit status 143); `GracefulServer` changes
@@ -34,6 +34,7 @@ from lockgate.proxy.config import GatewayConfig
 from lockgate.proxy.logs import get_logger
 
 POLL_S = 0.05
+CUT_WAIT_S = 1.0  # after the grace, how long cut requests get to wind down before they are cancelled
 log = get_logger("lockgate.server")
 
 
@@ -67,6 +68,13 @@ class GracefulServer(uvicorn.Server):
             await asyncio.sleep(POLL_S)
         if self.server_state.tasks:
             log.error("shutdown_grace_exceeded", cancelled=len(self.server_state.tasks), grace_s=self.config.timeout_graceful_shutdown)
+            # cut the connections: each request then ends as for a client that left (the
+            # upstream call cancelled, slots and reservations released), without a traceback
+            for connection in list(self.server_state.connections):
+                connection.transport.close()
+            cut_at = loop.time()
+            while self.server_state.tasks and loop.time() < cut_at + CUT_WAIT_S:
+                await asyncio.sleep(POLL_S)
             for task in self.server_state.tasks:
                 task.cancel(msg="shutdown_grace_s exceeded")
         if not self.force_exit:

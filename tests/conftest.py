@@ -83,6 +83,11 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        # whatever a test did to it, a gateway never logs a traceback (or a provider key)
+        log = self.log()
+        assert "Traceback" not in log, f"the gateway logged a traceback:\n{log[log.index('Traceback') - 300:][:3000]}"
+        for secret in SECRETS.values():
+            assert secret not in log, "a provider key reached the gateway's log"
 
 
 def start_gateway(config: dict, workdir: Path, *extra: str, env: dict | None = None, cwd: Path | None = None) -> Gateway:
