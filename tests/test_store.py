@@ -145,6 +145,23 @@ async def test_settle_adds_cost_without_a_reservation_and_per_budget(store: Stor
 
 
 # -- expiry -------------------------------------------------------------------------------
+async def test_charge_takes_a_cost_off_a_lease_and_keeps_it(store: Store) -> None:
+    """A lease of headroom serves many requests: each charge adds its cost to spent and
+    takes it off the lease, so spent + reserved stays what the budget really holds."""
+    assert (await store.reserve([Claim("team", 10.0, 4.0, LONG)], "lease-1")).ok
+    assert (await store.reserve([Claim("team", 10.0, 1.0, LONG)], "direct-1")).ok
+    assert await store.charge([("team", "lease-1", True)], 1.5, counters=[("report", "team:t", 1.5)]) == (1.5,)
+    probe = await store.reserve([Claim("team", 10.0, 0.0, LONG)], "probe")
+    assert probe.spent == (1.5,) and probe.reserved == pytest.approx((2.5 + 1.0,))
+    await store.charge([("team", "lease-1", True)], 3.0)  # more than the lease has left: it holds 0, never below
+    await store.charge([("team", "direct-1", False)], 0.25)
+    probe = await store.reserve([Claim("team", 10.0, 0.0, LONG)], "probe")
+    assert probe.spent == (4.75,) and probe.reserved == (0.0,)
+    assert await store.counters("report") == {"team:t": 1.5}
+    await store.settle(["team"], "lease-1", 0.0)  # the lease given back
+    assert (await store.reserve([Claim("team", 10.0, 5.25, LONG)], "fits-exactly")).ok
+
+
 async def test_everything_with_a_ttl_expires(store: Store) -> None:
     """One sleep for every kind of expiry, to keep the suite fast."""
     await store.claim([Claim("rpm", 3, 3, TTL)], "window")

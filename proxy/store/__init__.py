@@ -98,6 +98,16 @@ class Store:
         `counters` are `incr` items recorded in the same step (the spend report), so a
         settled cost and its report line are durable together. Returns each budget's
         new spent."""
+        return await self.charge([(key, entry_id, False) for key in keys], cost, ttl_s, counters)
+
+    async def charge(
+        self, items: Sequence[tuple[str, str, bool]], cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
+    ) -> tuple[float, ...]:
+        """`settle` for reservations that need not be one request's: for each (budget,
+        entry, keep), atomically add `cost` to spent and either drop the entry (keep
+        False: a request's own reservation) or take `cost` off its amount (keep True: a
+        lease of headroom that goes on serving other requests). `counters` are recorded
+        in the same step. Returns each budget's new spent."""
         raise NotImplementedError
 
     async def spent(self, key: str) -> float:

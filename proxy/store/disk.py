@@ -416,17 +416,20 @@ class DiskStore(Store):
 
         return await self._run(op)
 
-    async def settle(
-        self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
+    async def charge(
+        self, items: Sequence[tuple[str, str, bool]], cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
     ) -> tuple[float, ...]:
         def op(sql: Execute, now: float) -> tuple[float, ...]:
             if counters:
                 self._incr(sql, counters, None, now)
             expires = None if ttl_s is None else now + ttl_s
             result = []
-            for key in keys:
+            for key, entry_id, keep in items:
                 spent, _ = self._budget(sql, key, now)
-                self._remove(sql, reservations_name(key), entry_id)
+                if keep:
+                    self._take(sql, reservations_name(key), entry_id, cost)
+                else:
+                    self._remove(sql, reservations_name(key), entry_id)
                 spent += cost
                 sql(
                     "INSERT INTO Budget VALUES (?, ?, ?)"
@@ -437,6 +440,16 @@ class DiskStore(Store):
             return tuple(result)
 
         return await self._run(op)
+
+    @staticmethod
+    def _take(sql: Execute, name: str, entry_id: str, amount: float) -> None:
+        """Takes `amount` off an entry (not below 0), keeping it and its expiry."""
+        old = sql("SELECT amount FROM Entry WHERE ledger = ? AND entry = ?", (name, entry_id)).fetchone()
+        if old is None:
+            return
+        left = max(0.0, old[0] - amount)
+        sql("UPDATE Entry SET amount = ? WHERE ledger = ? AND entry = ?", (left, name, entry_id))
+        sql("UPDATE Ledger SET total = total - ? WHERE name = ?", (old[0] - left, name))
 
     async def spent(self, key: str) -> float:
         row = self._sql("SELECT spent FROM Budget WHERE key = ? AND (expires IS NULL OR expires > ?)", (key, time.time())).fetchone()

@@ -126,18 +126,24 @@ class MemoryStore(Store):
             budget.reservations.put(entry_id, now + c.ttl_s, c.amount)
         return Reservation(True, tuple(b.spent for b in budgets), tuple(b.reservations.total for b in budgets))
 
-    async def settle(
-        self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
+    async def charge(
+        self, items: Sequence[tuple[str, str, bool]], cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
     ) -> tuple[float, ...]:
         if counters:
             await self.incr(counters)
         now = self.now()
         result = []
-        for key in keys:
+        for key, entry_id, keep in items:
             budget = self._budget(key, now)
-            entry = budget.reservations.entries.pop(entry_id, None)
+            entries = budget.reservations.entries
+            entry = entries.get(entry_id)
             if entry is not None:
-                budget.reservations.total -= entry[1]
+                left = max(0.0, entry[1] - cost) if keep else 0.0
+                budget.reservations.total -= entry[1] - left
+                if keep:
+                    entries[entry_id] = (entry[0], left)
+                else:
+                    del entries[entry_id]
             budget.spent += cost
             if ttl_s is not None:
                 budget.expires_at = now + ttl_s

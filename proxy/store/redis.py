@@ -210,16 +210,28 @@ for i = 1, n do reserved[i] = total_of(KEYS[2 * i - 1]) end
 return result(1, -1)
 """
 
-# KEYS: (budget hash, reservations zset) per budget. ARGV: entry, cost, ttl_s ('' keeps
-# the budget's expiry). Returns each budget's new spent.
-SETTLE = LEDGER_LUA + """
+# KEYS: (budget hash, reservations zset) per budget, then one hash per counter. ARGV: cost,
+# ttl_s ('' keeps the budget's expiry), the number of budgets, then (entry, keep) per budget,
+# then (field, amount) per counter: a settle and its spend report in one script, one round
+# trip. Returns each budget's new spent.
+CHARGE = LEDGER_LUA + """
 local t = now()
-local entry, cost, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost, ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
-for i = 1, #KEYS / 2 do
+for i = 1, n do
   local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local entry, keep = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
   prune(z, h, t)
-  remove(z, h, entry)
+  if keep == '1' then
+    -- a lease goes on: take the cost off what it holds
+    local old = tonumber(redis.call('HGET', h, 'e:' .. entry))
+    if old then
+      local left = math.max(0, old - cost)
+      redis.call('HSET', h, 'e:' .. entry, left, 'total', total_of(h) - old + left)
+    end
+  else
+    remove(z, h, entry)
+  end
   local first = redis.call('HEXISTS', h, 'spent') == 0
   local spent = (tonumber(redis.call('HGET', h, 'spent')) or 0) + cost
   redis.call('HSET', h, 'spent', spent)
@@ -231,6 +243,12 @@ for i = 1, #KEYS / 2 do
     redis.call('PERSIST', h)
   end
   out[i] = fmt(spent)
+end
+local base = 3 + 2 * n
+for j = 2 * n + 1, #KEYS do
+  local k = j - 2 * n
+  local field, amount = ARGV[base + 2 * k - 1], tonumber(ARGV[base + 2 * k])
+  redis.call('HSET', KEYS[j], field, (tonumber(redis.call('HGET', KEYS[j], field)) or 0) + amount)
 end
 return out
 """
@@ -265,7 +283,7 @@ class RedisStore(Store):
         self._adjust = self.redis.register_script(ADJUST)
         self._used = self.redis.register_script(USED)
         self._reserve = self.redis.register_script(RESERVE)
-        self._settle = self.redis.register_script(SETTLE)
+        self._charge = self.redis.register_script(CHARGE)
         self._incr = self.redis.register_script(INCR)
 
     def _ledger(self, key: str) -> list[str]:
@@ -313,19 +331,17 @@ class RedisStore(Store):
         reserved = tuple(float(v) for v in values[n:])
         return Reservation(bool(ok), spent, reserved, None if ok else int(failed))
 
-    async def settle(
-        self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
+    async def charge(
+        self, items: Sequence[tuple[str, str, bool]], cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
     ) -> tuple[float, ...]:
-        redis_keys = [k for key in keys for k in self._budget(key)]
-        args = [entry_id, cost, "" if ttl_s is None else ttl_s]
-        if not counters:
-            spent = await self._settle(redis_keys, args)
-            return tuple(float(s) for s in spent)
-        # one round trip, applied as one: MULTI around the two scripts
-        async with self.redis.pipeline(transaction=True) as pipe:
-            await self._settle(redis_keys, args, client=pipe)
-            await self._incr(*self._incr_args(counters, None), client=pipe)
-            spent, _ = await pipe.execute()
+        keys = [k for key, _, _ in items for k in self._budget(key)]
+        keys += [f"{self.prefix}h:{key}" for key, _, _ in counters]
+        args: list[str | float] = [cost, "" if ttl_s is None else ttl_s, len(items)]
+        for _, entry_id, keep in items:
+            args += [entry_id, "1" if keep else "0"]
+        for _, field, amount in counters:
+            args += [field, amount]
+        spent = await self._charge(keys, args)
         return tuple(float(s) for s in spent)
 
     async def spent(self, key: str) -> float:
