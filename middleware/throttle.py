@@ -222,7 +222,8 @@ class ThrottledRequest:
                 if not cap:
                     continue
                 key = f"lease:{base}" if kind == "concurrent" else f"{base}:{kind}"
-                self.claims.append(Claim(key, cap, min(amount, cap) if kind == "tpm" else amount, ttl))
+                # an rpm entry is never corrected nor released: it counts its window out
+                self.claims.append(Claim(key, cap, min(amount, cap) if kind == "tpm" else amount, ttl, adjustable=kind != "rpm"))
                 self.limit_of.append(limit)
                 self.kind_of.append(kind)
                 if kind == "tpm":

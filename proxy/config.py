@@ -57,6 +57,7 @@ class StoreConfig:
     backend: str = "disk"
     path: str = ".lockgate/state"
     url: str = "redis://127.0.0.1:6379/0"
+    leases: bool = True  # serve limits and budgets from quota leases (proxy/store/leases.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,12 +355,16 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
 def parse_store(check: Checker, raw: dict, base_dir: Path | None) -> StoreConfig:
     """`store:` alone: all that `lockgate spend` reads, so it needs no provider key."""
     store_node = check.mapping(raw, "store", "store")
-    check.unknown(store_node, {"backend", "path", "url"}, "store")
+    check.unknown(store_node, {"backend", "path", "url", "leases"}, "store")
     backend = check.string(store_node, "backend", "disk")
     if backend not in STORES:
         check.fail(store_node, "backend", f"store backend must be one of {', '.join(STORES)}, not {backend!r}")
     path = resolve_path(check.string(store_node, "path", ".lockgate/state"), base_dir)
-    return StoreConfig(backend=backend, path=path, url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"))
+    leases = store_node.get("leases", True)
+    if not isinstance(leases, bool):
+        check.fail(store_node, "leases", "leases must be true or false")
+        leases = True
+    return StoreConfig(backend=backend, path=path, url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"), leases=leases)
 
 
 def resolve_path(path: str, base_dir: Path | None) -> str:

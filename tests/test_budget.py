@@ -243,7 +243,7 @@ async def test_a_reservation_cancelled_in_flight_is_dropped(tmp_path):
     from lockgate.proxy.store import guard
     from lockgate.proxy.context import RequestContext
 
-    store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
+    store = open_store({"backend": "disk", "path": str(tmp_path / "state"), "leases": False})  # the middleware alone, not leases
     policy = parse_policy({"trust_client_user": True, "budgets": [{"user": "gus", "limit_usd": 1, "period": "total"}], "prices": {"m": PRICE}}, "<test>")
     ctx = RequestContext("r1")
     ctx.body = {"model": "m", "messages": MESSAGES, "max_tokens": 10}

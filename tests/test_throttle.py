@@ -215,7 +215,7 @@ async def test_a_claim_cancelled_in_flight_is_released(tmp_path):
     from lockgate.proxy.context import RequestContext
     from lockgate.proxy.store import guard, open_store
 
-    store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
+    store = open_store({"backend": "disk", "path": str(tmp_path / "state"), "leases": False})  # the middleware alone, not leases
     policy = parse_policy({"limits": [{"per": "global", "concurrent": 1}]}, "<test>")
     ctx = RequestContext("r1")
     ctx.body = {"model": "m", "messages": MESSAGES}

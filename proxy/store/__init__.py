@@ -34,6 +34,8 @@ class Claim:
     limit: float
     amount: float
     ttl_s: float  # how long the entry counts (the window, or a lease's longest life)
+    alone: bool = True  # a reservation: may it be granted alone past the edge (one request's), or must it fit whole (a lease)?
+    adjustable: bool = True  # a claim: will its caller adjust or release it later (tpm, slots), or never (rpm)?
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,7 @@ class Reservation:
 
 def fits(spent: float, reserved: float, claim: Claim) -> bool:
     """Whether a budget grants a reservation (every backend decides by this rule)."""
-    return spent + reserved + claim.amount <= claim.limit or (reserved <= 0 and spent < claim.limit)
+    return spent + reserved + claim.amount <= claim.limit or (claim.alone and reserved <= 0 and spent < claim.limit)
 
 
 class Store:
@@ -163,24 +165,32 @@ class Store:
 
 
 def open_store(config: Any = None) -> Store:
-    """A store from gateway.yaml's `store:` (a StoreConfig, a mapping, or a ready Store)."""
+    """A store from gateway.yaml's `store:` (a StoreConfig, a mapping, or a ready Store).
+    A shared store (disk, redis) is served through quota leases unless `leases: false`."""
     if isinstance(config, Store):
         return config
     if config is None:
         config = {"backend": "memory"}
     if not isinstance(config, Mapping):
-        config = {"backend": config.backend, "path": config.path, "url": config.url}
+        config = {"backend": config.backend, "path": config.path, "url": config.url, "leases": config.leases}
     backend = config.get("backend", "disk")
     if backend == "memory":
         from lockgate.proxy.store.memory import MemoryStore
 
         return MemoryStore()
+    store: Store
     if backend == "disk":
         from lockgate.proxy.store.disk import DiskStore
 
-        return DiskStore(config.get("path") or ".lockgate/state")
-    if backend == "redis":
+        store = DiskStore(config.get("path") or ".lockgate/state")
+    elif backend == "redis":
         from lockgate.proxy.store.redis import RedisStore
 
-        return RedisStore(config.get("url") or "redis://127.0.0.1:6379/0")
-    raise ValueError(f"unknown store backend {backend!r}")
+        store = RedisStore(config.get("url") or "redis://127.0.0.1:6379/0")
+    else:
+        raise ValueError(f"unknown store backend {backend!r}")
+    if not config.get("leases", True):
+        return store
+    from lockgate.proxy.store.leases import LeasedStore
+
+    return LeasedStore(store)

@@ -165,8 +165,8 @@ USED = LEDGER_LUA + """
 return fmt(prune(KEYS[1], KEYS[2], now()))
 """
 
-# KEYS: (budget hash, reservations zset) per budget. ARGV: entry, then (limit, amount, ttl_s)
-# per budget. Returns {ok, failed index or -1, spent..., reserved...}.
+# KEYS: (budget hash, reservations zset) per budget. ARGV: entry, then (limit, amount, ttl_s,
+# alone) per budget. Returns {ok, failed index or -1, spent..., reserved...}.
 RESERVE = LEDGER_LUA + """
 local t = now()
 local entry = ARGV[1]
@@ -187,13 +187,13 @@ local function result(ok, failed)
 end
 for i = 1, n do
   -- store.fits: within the limit with its whole reservation, or alone while not yet spent
-  local limit, amount = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
-  local fits = spent[i] + reserved[i] + amount <= limit or (reserved[i] <= 0 and spent[i] < limit)
+  local limit, amount, alone = tonumber(ARGV[4 * i - 2]), tonumber(ARGV[4 * i - 1]), ARGV[4 * i + 1] == '1'
+  local fits = spent[i] + reserved[i] + amount <= limit or (alone and reserved[i] <= 0 and spent[i] < limit)
   if not fits then return result(0, i - 1) end
 end
 for i = 1, n do
-  local h, z, ttl = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[3 * i + 1])
-  put(z, h, entry, tonumber(ARGV[3 * i]), t + ttl)
+  local h, z, ttl = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[4 * i])
+  put(z, h, entry, tonumber(ARGV[4 * i - 1]), t + ttl)
   local period = redis.call('PTTL', h)
   if redis.call('HEXISTS', h, 'spent') == 0 then
     -- nothing spent yet: the keys only need to outlive the reservation
@@ -324,7 +324,7 @@ class RedisStore(Store):
         keys = [k for c in claims for k in self._budget(c.key)]
         args: list[str | float] = [entry_id]
         for c in claims:
-            args += [c.limit, c.amount, c.ttl_s]
+            args += [c.limit, c.amount, c.ttl_s, "1" if c.alone else "0"]
         ok, failed, *values = await self._reserve(keys, args)
         n = len(claims)
         spent = tuple(float(v) for v in values[:n])
