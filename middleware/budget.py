@@ -147,16 +147,11 @@ def parse_policy(raw: Any, source: str) -> BudgetPolicy:
     price_nodes = check.mapping(raw, "prices", "prices")
     table: dict[str, Price] = {}
     for model, node in price_nodes.items():
-        if not isinstance(node, dict):
-            check.fail(price_nodes, model, "a price is {input_per_mtok, output_per_mtok}")
+        price = prices.parse_price(check, node, "a price")
+        if price is None:
+            check.fail(price_nodes, model, "a price is {input_per_mtok, output_per_mtok, ...}")
             continue
-        check.unknown(node, {"input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok"}, "a price")
-        table[str(model)] = Price(
-            check.number(node, "input_per_mtok", 0.0),
-            check.number(node, "output_per_mtok", 0.0),
-            check.number(node, "cached_input_per_mtok", 0.0) if "cached_input_per_mtok" in node else None,
-            check.number(node, "cache_write_per_mtok", 0.0) if "cache_write_per_mtok" in node else None,
-        )
+        table[str(model)] = price
     trust = raw.get("trust_client_user", False)
     if not isinstance(trust, bool):
         check.fail(raw, "trust_client_user", "trust_client_user must be true or false")

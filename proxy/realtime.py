@@ -1,0 +1,208 @@
+"""The Realtime API (`GET /v1/realtime?model=…`): one WebSocket relayed frame by frame
+to an openai or azure deployment.
+
+- The handshake is the request. The middlewares outside see a model call whose body is
+  `{"model": …}` from the query string (proxy/context.py), so auth, the allow-list,
+  throttle and budget decide before anything is dialled, and their refusals are the
+  handshake's answer (proxy/websocket.py).
+- The upstream's handshake is done before the client's is accepted: an unknown model,
+  a provider without a realtime API, an upstream that cannot be reached or refuses the
+  gateway's key are HTTP errors (404, 400, 502), never a socket that opens onto nothing.
+  A connection error is tried once more on another deployment of the model.
+- Frames go through as they come, text as text and binary as binary, in both
+  directions. Each server `response.done` event's usage is added to the session's
+  (`ctx.usage`, for the access log and the throttle's token count); the budget prices
+  and charges each one as it passes (middleware/budget.py).
+- A close on either side closes the other, with the same code where a close frame may
+  carry it (1005 and 1006 are only ever observed: they become 1000 and 1011).
+- Upstreams: openai `{base_url}/realtime?model=` (ws/wss for http/https) with the
+  deployment's key as a Bearer token, and the client's `OpenAI-Beta` header (the beta
+  interface wants `realtime=v1`); azure `{base_url}/openai/realtime?api-version=&deployment=`
+  with `api-key`, on the deployment's `api_version` when it is a preview one (the
+  realtime API has no GA version), else REALTIME_AZURE_VERSION.
+- A browser's subprotocol `realtime` is accepted as offered (middleware/auth.py reads a
+  browser's key from its `openai-insecure-api-key.` subprotocol; it never goes upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from lockgate.providers.azure import DEFAULT_API_VERSION
+from lockgate.providers.base import Deployment, join_url
+from lockgate.providers.openai import DEFAULT_BASE_URL
+from lockgate.providers.usage import add_usage, realtime_usage
+from lockgate.proxy.context import RequestContext, get_context, header, load_json
+from lockgate.proxy.errors import GatewayError, bad_request, model_not_found, send_error
+from lockgate.proxy.logs import get_logger
+from lockgate.proxy.upstream import UpstreamConnectError, UpstreamError, UpstreamRefused
+from lockgate.proxy.websocket import refusals
+
+REALTIME_AZURE_VERSION = "2025-04-01-preview"
+PROVIDERS = ("openai", "azure")
+UNSENDABLE_CODES = {1005: 1000, 1006: 1011}  # reported by a peer, never sent in a close frame
+log = get_logger("lockgate.realtime")
+
+
+def upstream_target(dep: Deployment, scope: Scope) -> tuple[str, dict[str, str]]:
+    """The upstream's realtime URL and handshake headers for a deployment."""
+    if dep.provider == "azure":
+        if not dep.base_url:
+            raise bad_request("azure deployments need a base_url (https://RESOURCE.openai.azure.com)", None, "unsupported_request")
+        version = dep.api_version if dep.api_version and "preview" in dep.api_version and dep.api_version != DEFAULT_API_VERSION else REALTIME_AZURE_VERSION
+        url = join_url(dep.base_url, f"openai/realtime?api-version={version}&deployment={quote(dep.model, safe='')}")
+        headers = {"api-key": dep.api_key} if dep.api_key else {}
+    else:
+        url = join_url(dep.base_url or DEFAULT_BASE_URL, f"realtime?model={quote(dep.model, safe='')}")
+        headers = {"authorization": "Bearer " + dep.api_key} if dep.api_key else {}
+        beta = header(scope, b"openai-beta")
+        if beta:
+            headers["openai-beta"] = beta
+    headers.update(dep.headers)
+    return "ws" + url[len("http") :] if url.startswith("http") else url, headers
+
+
+def sendable(code: Any) -> int:
+    code = code if isinstance(code, int) else 1000
+    return UNSENDABLE_CODES.get(code, code)
+
+
+def note_usage(ctx: RequestContext, text: str) -> None:
+    """Adds a `response.done` event's usage to the session's."""
+    if '"response.done"' not in text:
+        return
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(event, dict) and event.get("type") == "response.done" and isinstance(event.get("response"), dict):
+        ctx.usage = add_usage(ctx.usage, realtime_usage(event["response"].get("usage")))
+
+
+class Realtime:
+    """The realtime endpoint of one gateway (its router, client and handlers' helpers)."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from lockgate.proxy.handlers import not_allowed, response_headers, upstream_failure
+
+        ctx = get_context(scope)
+        ctx.proxied = True
+        send = refusals(scope, send)
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            await load_json(scope, receive)
+            model = ctx.body.get("model")
+            if not isinstance(model, str) or not model:
+                raise bad_request("You must name a model in the query string: /v1/realtime?model=...", "model", "missing_required_parameter")
+            balancer = self.gateway.router.get(model)
+            if balancer is None:
+                raise model_not_found(model)
+            if not ctx.allows(model):
+                raise not_allowed(model)
+            ctx.model_served = model
+            upstream, dep = await self._connect(scope, ctx, balancer, upstream_failure)
+        except GatewayError as exc:
+            await send_error(send, exc, response_headers(ctx))
+            return
+        ok = False
+        try:
+            accept: dict = {"type": "websocket.accept", "headers": response_headers(ctx)}
+            if "realtime" in scope.get("subprotocols", ()):
+                accept["subprotocol"] = "realtime"
+            await send(accept)
+            ok = await self._relay(ctx, upstream, receive, send)
+        finally:
+            await upstream.close()
+            balancer.finished(dep, ok=ok)
+
+    async def _connect(self, scope: Scope, ctx: RequestContext, balancer: Any, failure: Any) -> tuple[aiohttp.ClientWebSocketResponse, Deployment]:
+        candidates = balancer.order("")
+        for attempt, dep in enumerate(candidates[:2]):
+            if dep.provider not in PROVIDERS:
+                raise bad_request(f"The realtime API is served by openai and azure deployments; `{ctx.model_served}` is {dep.provider}.", "model", "unsupported_request")
+            url, headers = upstream_target(dep, scope)
+            balancer.started(dep)
+            try:
+                upstream = await self.gateway.client.websocket(url, headers, dep.timeout_s)
+            except UpstreamConnectError as exc:
+                balancer.finished(dep, ok=False)
+                if attempt == 0 and len(candidates) > 1:
+                    continue
+                ctx.extra["upstream_failure"] = exc.kind
+                raise failure(exc) from None
+            except UpstreamRefused as exc:
+                balancer.finished(dep, ok=exc.status < 500 and exc.status != 429)
+                ctx.extra["upstream_status"] = exc.status
+                if exc.status in (401, 403):
+                    raise GatewayError(502, f"The upstream refused the gateway's credentials for deployment {dep.id}.", "api_error", "upstream_auth_failed") from None
+                status = 502 if exc.status >= 500 else exc.status
+                raise GatewayError(status, f"The upstream refused the realtime session ({exc.status}).", "api_error" if status >= 500 else "invalid_request_error", "upstream_error") from None
+            except UpstreamError as exc:
+                balancer.finished(dep, ok=False)
+                ctx.extra["upstream_failure"] = exc.kind
+                raise failure(exc) from None
+            except BaseException:
+                balancer.finished(dep, ok=False, counted=False)
+                raise
+            ctx.deployment = dep.id
+            ctx.extra["upstream_model"] = dep.model
+            if dep.price is not None:
+                ctx.extra["price"] = dep.price
+            return upstream, dep
+        raise AssertionError("a model has at least one deployment")
+
+    @staticmethod
+    async def _relay(ctx: RequestContext, upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send) -> bool:
+        """Relays until either side closes; closes the other. True when it ended cleanly."""
+
+        async def to_client() -> None:
+            async for message in upstream:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    note_usage(ctx, message.data)
+                    await send({"type": "websocket.send", "text": message.data})
+                elif message.type == aiohttp.WSMsgType.BINARY:
+                    await send({"type": "websocket.send", "bytes": message.data})
+                elif message.type == aiohttp.WSMsgType.ERROR:
+                    ctx.extra["stream_error"] = "broken"
+                    return
+
+        async def to_upstream() -> int:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    return sendable(message.get("code", 1000))
+                if message.get("text") is not None:
+                    await upstream.send_str(message["text"])
+                elif message.get("bytes") is not None:
+                    await upstream.send_bytes(message["bytes"])
+
+        downstream = asyncio.ensure_future(to_client())
+        upstream_bound = asyncio.ensure_future(to_upstream())
+        try:
+            done, _ = await asyncio.wait({downstream, upstream_bound}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (downstream, upstream_bound):
+                task.cancel()
+            await asyncio.gather(downstream, upstream_bound, return_exceptions=True)
+        if upstream_bound in done and upstream_bound.exception() is None:
+            await upstream.close(code=upstream_bound.result())  # the client left
+            return True
+        failed = any(not task.cancelled() and task.exception() is not None for task in done)
+        if failed:
+            ctx.extra["stream_error"] = ctx.extra.get("stream_error") or "broken"
+        code = 1011 if failed else sendable(upstream.close_code)
+        try:
+            await send({"type": "websocket.close", "code": code})
+        except Exception:  # noqa: BLE001 - the client is gone already: nothing left to tell it
+            pass
+        return not failed
