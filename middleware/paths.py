@@ -41,13 +41,13 @@ class Paths:
 DEFAULT = Paths(frozenset(MODEL_PATHS))
 
 
-def parse_paths(check: Any, raw: dict) -> Paths:
+def parse_paths(check: Any, raw: dict, default: Paths = DEFAULT) -> Paths:
     """A policy's `paths:`, problems reported to `check` (proxy.config.Checker)."""
     if "paths" not in raw:
-        return DEFAULT
+        return default
     values = raw["paths"]
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.startswith("/") for v in values):
         check.fail(raw, "paths", "paths must be a non-empty list of paths (or globs) starting with /")
-        return DEFAULT
+        return default
     globs = tuple(v for v in values if any(c in v for c in "*?["))
     return Paths(frozenset(v for v in values if v not in globs), globs)

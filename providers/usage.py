@@ -201,17 +201,17 @@ UNIT_KINDS = frozenset({"rerank", "image_generation", "image_edit", "image_varia
 def answer_usage(kind: str | None, data: Any, request: dict | None = None) -> dict | None:
     """The usage of a whole answer of an endpoint billed by units, in the shape
     providers/prices.py prices; None when the answer does not say."""
+    request = request if isinstance(request, dict) else {}
+    if kind == "speech":
+        return speech_usage(request)
     if not isinstance(data, dict):
         return None
-    request = request if isinstance(request, dict) else {}
     if kind == "rerank":
         return rerank_usage(data)
     if kind in ("image_generation", "image_edit", "image_variation"):
         return images_usage(data, request)
     if kind in ("transcription", "translation"):
         return transcription_usage(data)
-    if kind == "speech":
-        return speech_usage(request)
     return from_answer(data)
 
 

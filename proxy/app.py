@@ -21,6 +21,7 @@ from lockgate.proxy import metrics
 from lockgate.proxy.access import AccessLog
 from lockgate.proxy.admin import Admin
 from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
+from lockgate.proxy.dialect import AnthropicErrors
 from lockgate.proxy.context import get_context, route_path
 from lockgate.proxy.errors import GatewayError, send_error, send_json
 from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
@@ -93,7 +94,7 @@ def resolve_policy(policy: Any, base_dir: Path) -> Any:
 def build_middleware(config: GatewayConfig, store: Store, routes: Container[str] = (), models: Callable[[], Container[str]] = tuple) -> list[Middleware]:
     """The stack gateway.yaml lists, outermost first, behind the access log. Each
     policy is parsed here, so a broken one stops start-up with its file:line."""
-    stack = [Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=routes, models=models)]
+    stack = [Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=routes, models=models), Middleware(AnthropicErrors)]
     problems = []
     for name, source in config.middleware:
         try:

@@ -132,6 +132,15 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# incognito: LiteLLM's header (Onyx sends it for chats that must leave no trace) and lockgate's own
+REDACTION_HEADERS = frozenset({b"x-litellm-enable-message-redaction", b"x-lockgate-redact"})
+
+
+def redacted(scope: Scope) -> bool:
+    """Whether the request asked that its content reach no log, trace or cache."""
+    return any(name in REDACTION_HEADERS and value.strip().lower() in (b"true", b"1", b"yes") for name, value in scope.get("headers", ()))
+
+
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 

@@ -23,8 +23,9 @@ from lockgate.providers.usage import UsageMeter, answer_usage, delta_chars, rera
 from lockgate.proxy import catalog
 from lockgate.proxy.config import GatewayConfig
 from lockgate.proxy.context import RequestContext, get_context, load_json
-from lockgate.proxy.endpoints import IMAGES, MULTIPART
+from lockgate.proxy.endpoints import AUDIO_IN, IMAGES, MULTIPART
 from lockgate.proxy.errors import GatewayError, bad_request, model_not_found, send_error, send_json
+from lockgate.proxy.access import log_internal_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.realtime import Realtime
 from lockgate.proxy.router import Balancer, Router, sticky_key
@@ -366,8 +367,8 @@ class Gateway:
         except GatewayError as exc:
             if not sent_start:
                 await send_error(send, exc, response_headers(ctx))
-        except Exception:
-            log.exception("internal_error", request_id=ctx.request_id, path=scope.get("path"))
+        except Exception as exc:
+            log_internal_error(scope, ctx, exc)
             if not sent_start:
                 error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
                 await send_error(send, error, response_headers(ctx))
@@ -659,16 +660,23 @@ class Gateway:
 
     async def _media(self, send: Send, ctx: RequestContext, kind: str, upstream: UpstreamResponse) -> bool:
         """Images, audio and moderations as the upstream answered them, its content type
-        kept: a JSON answer read whole (for its usage), anything else (speech, a text
-        transcript, an SSE transcription stream) sent on piece by piece as it arrives."""
+        kept: a JSON or text answer read whole (its usage is in it: a transcript's length
+        says how long its audio was when nothing else does), anything else (speech, an
+        SSE transcription stream) sent on piece by piece as it arrives. Speech is priced
+        by its input, known before its audio starts."""
         content_type = upstream.content_type or "application/json"
         headers = [(b"content-type", content_type.encode("latin-1"))] + response_headers(ctx)
-        if content_type.startswith("application/json"):
+        if content_type.startswith(("application/json", "text/plain")):
             raw = await self._read(upstream, self.config.server.max_upstream_body_bytes)
-            ctx.usage = answer_usage(kind, loads_or_none(raw), ctx.body)
+            meter = UsageMeter(kind, ctx.body)
+            meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
+            meter.feed(raw)
+            ctx.usage = meter.usage or (meter.estimate(ctx.body) if kind in AUDIO_IN else None)
             await send({"type": "http.response.start", "status": 200, "headers": headers + [(b"content-length", str(len(raw)).encode())]})
             await send({"type": "http.response.body", "body": raw})
             return True
+        if kind == "speech":
+            ctx.usage = answer_usage(kind, None, ctx.body)
         meter = UsageMeter(kind, ctx.body)
         meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
         if content_type.startswith("text/event-stream"):

@@ -78,7 +78,10 @@ def client(fake, loop):
 
 def assert_clean(response: httpx.Response) -> None:
     assert response.status_code != 500, response.text
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.request.url.path.startswith("/v1/messages"):
+        body = response.json()  # Anthropic's paths answer in Anthropic's shape
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    elif response.status_code >= 400:
         error = response.json()["error"]
         assert set(error) == {"message", "type", "code", "param"}, error
     elif response.headers.get("content-type", "").startswith("application/json"):
