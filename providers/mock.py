@@ -149,7 +149,9 @@ def transcript(body: dict, model: str, files: list[tuple[str, str | None, int]],
         cue = f"1\n00:00:00,000 --> {until.replace('.', ',')}\n{text}\n" if fmt == "srt" else f"WEBVTT\n\n00:00:00.000 --> {until}\n{text}\n"
         return 200, once(cue.encode()), {"content-type": "text/plain; charset=utf-8"}
     if fmt == "verbose_json":
-        answer: dict = {"task": task, "language": "english", "duration": seconds, "text": text, "segments": []}
+        answer: dict = {"language": "english", "duration": seconds, "text": text, "segments": []}
+    elif task == "translate":
+        answer = {"text": text}  # translations report no usage (OpenAI's do not)
     else:
         answer = {"text": text, "usage": {"type": "duration", "seconds": seconds}}
     return 200, once(orjson.dumps(answer)), {"content-type": "application/json"}

@@ -179,12 +179,21 @@ class UsageMeter:
             return from_answer(data)
         return None
 
+    def _transcript(self) -> str:
+        """The text of a whole transcript answer (JSON's `text`, or plain text)."""
+        raw = b"".join(self.parts)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw.decode("utf-8", "replace").strip()
+        return data["text"] if isinstance(data, dict) and isinstance(data.get("text"), str) else ""
+
     def estimate(self, request: dict) -> dict:
         """Usage for an answer that reported none: the prompt as estimated, the text that
         went by at four characters a token (for a transcript: its length in seconds of
         speech)."""
         if self.kind in ("transcription", "translation"):
-            seconds = (self.chars + self.size + SPEECH_CHARS_PER_SECOND - 1) // SPEECH_CHARS_PER_SECOND
+            seconds = -(-(self.chars + len(self._transcript())) // SPEECH_CHARS_PER_SECOND)
             return {"audio_seconds": seconds, "estimated": True}
         units = unit_estimate(self.kind, request)
         if units is not None:

@@ -108,7 +108,9 @@ def routes(fake: FakeUpstream) -> list:
         if fmt == "text":
             return Response(text + "\n", media_type="text/plain")
         if fmt == "verbose_json":
-            return json_response({"task": "translate" if "translations" in request.url.path else "transcribe", "language": "english", "duration": seconds, "text": text, "segments": []})
+            return json_response({"language": "english", "duration": seconds, "text": text, "segments": []})
+        if "translations" in request.url.path:
+            return json_response({"text": text})  # OpenAI's translations carry no usage
         if fields.get("stream") == "true":
             words = text.split(" ")
             events = [b"data: " + orjson.dumps({"type": "transcript.text.delta", "delta": (" " if i else "") + w}) + b"\n\n" for i, w in enumerate(words)]
