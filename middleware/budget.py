@@ -69,12 +69,12 @@ from lockgate.middleware.policy import Policy
 from lockgate.providers import prices
 from lockgate.providers.base import Price
 from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
-from lockgate.providers.usage import UsageMeter, realtime_usage, usage_bound
+from lockgate.providers.usage import UsageMeter, billed_usage, usage_bound
 from lockgate.proxy import catalog, metrics
 from lockgate.proxy.config import Checker, ConfigError
 from lockgate.proxy.context import model_request, new_id, route_path
 from lockgate.proxy.endpoints import FREE, kind_of
-from lockgate.proxy.websocket import refusals
+from lockgate.proxy.websocket import query_value, refusals
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.store import Claim, Store, guard, open_store, owners
@@ -561,19 +561,14 @@ class BudgetedSession(BudgetedRequest):
                 raise ConnectionError("the session was closed: its budget is spent")
             await send(message)
             text = message.get("text") if message["type"] == "websocket.send" else None
-            if isinstance(text, str) and '"response.done"' in text:
-                await self._charge(text, send)
+            if isinstance(text, str):
+                usage = billed_usage(text, transcription=query_value(self.scope, "intent") == "transcription")
+                if usage is not None:
+                    await self._charge(usage, send)
 
         return wrapped
 
-    async def _charge(self, text: str, send: Send) -> None:
-        try:
-            event = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(event, dict) or event.get("type") != "response.done" or not isinstance(event.get("response"), dict):
-            return
-        usage = realtime_usage(event["response"].get("usage"))
+    async def _charge(self, usage: dict, send: Send) -> None:
         self.last_input = max(self.last_input, (usage or {}).get("prompt_tokens", 0))
         ctx = self.ctx
         price = ctx.extra.get("price") or price_for(self.policy, self.scope, self._served(), ctx.extra.get("upstream_model"), ctx.model_requested)

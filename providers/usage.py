@@ -310,6 +310,27 @@ def realtime_usage(usage: Any) -> dict | None:
     return out
 
 
+TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
+
+
+def billed_usage(text: str, transcription: bool) -> dict | None:
+    """The usage a realtime upstream event bills: a `response.done`'s, or in a transcription
+    session a completed transcript's; None for every other event."""
+    if '"response.done"' not in text and (not transcription or TRANSCRIPT_DONE not in text):
+        return None
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    if event.get("type") == "response.done" and isinstance(event.get("response"), dict):
+        return realtime_usage(event["response"].get("usage"))
+    if transcription and event.get("type") == TRANSCRIPT_DONE:
+        return transcription_usage(event)
+    return None
+
+
 def add_usage(total: dict | None, more: dict | None) -> dict | None:
     """Two usages summed (a realtime session's responses), nested details included."""
     if not more:

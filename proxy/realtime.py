@@ -22,6 +22,15 @@ to an openai or azure deployment.
   realtime API has no GA version), else REALTIME_AZURE_VERSION.
 - A browser's subprotocol `realtime` is accepted as offered (middleware/auth.py reads a
   browser's key from its `openai-insecure-api-key.` subprotocol; it never goes upstream).
+- A transcription session (`?intent=transcription`, what Onyx's voice input opens) names
+  no model in its URL: its model is the transcription model of its first event
+  (`transcription_session.update`, or GA's `session.update` with `audio.input.transcription`).
+  The client's handshake is then accepted first; that event is read, its model allowed
+  (or the session refused with an `error` event and a 1008 close, still before anything
+  is dialled), served by the model's deployment at `{base_url}/realtime?intent=transcription`,
+  and sent on with the deployment's model name. Each transcript's usage
+  (`conversation.item.input_audio_transcription.completed`) is priced like a
+  transcription's.
 """
 
 from __future__ import annotations
@@ -37,29 +46,32 @@ from starlette.types import Receive, Scope, Send
 from lockgate.providers.azure import DEFAULT_API_VERSION
 from lockgate.providers.base import Deployment, join_url
 from lockgate.providers.openai import DEFAULT_BASE_URL
-from lockgate.providers.usage import add_usage, realtime_usage
+from lockgate.providers.usage import add_usage, billed_usage
 from lockgate.proxy.context import RequestContext, get_context, header, load_json
 from lockgate.proxy.errors import GatewayError, bad_request, model_not_found, send_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.upstream import UpstreamConnectError, UpstreamError, UpstreamRefused
-from lockgate.proxy.websocket import refusals
+from lockgate.proxy.websocket import query_value, refusals
 
 REALTIME_AZURE_VERSION = "2025-04-01-preview"
+FIRST_EVENT_TIMEOUT_S = 30.0  # a transcription session must name its model this soon
 PROVIDERS = ("openai", "azure")
 UNSENDABLE_CODES = {1005: 1000, 1006: 1011}  # reported by a peer, never sent in a close frame
 log = get_logger("lockgate.realtime")
 
 
-def upstream_target(dep: Deployment, scope: Scope) -> tuple[str, dict[str, str]]:
+def upstream_target(dep: Deployment, scope: Scope, transcription: bool = False) -> tuple[str, dict[str, str]]:
     """The upstream's realtime URL and handshake headers for a deployment."""
     if dep.provider == "azure":
         if not dep.base_url:
             raise bad_request("azure deployments need a base_url (https://RESOURCE.openai.azure.com)", None, "unsupported_request")
         version = dep.api_version if dep.api_version and "preview" in dep.api_version and dep.api_version != DEFAULT_API_VERSION else REALTIME_AZURE_VERSION
-        url = join_url(dep.base_url, f"openai/realtime?api-version={version}&deployment={quote(dep.model, safe='')}")
+        intent = "&intent=transcription" if transcription else ""
+        url = join_url(dep.base_url, f"openai/realtime?api-version={version}{intent}&deployment={quote(dep.model, safe='')}")
         headers = {"api-key": dep.api_key} if dep.api_key else {}
     else:
-        url = join_url(dep.base_url or DEFAULT_BASE_URL, f"realtime?model={quote(dep.model, safe='')}")
+        query = "intent=transcription" if transcription else f"model={quote(dep.model, safe='')}"
+        url = join_url(dep.base_url or DEFAULT_BASE_URL, f"realtime?{query}")
         headers = {"authorization": "Bearer " + dep.api_key} if dep.api_key else {}
         beta = header(scope, b"openai-beta")
         if beta:
@@ -73,16 +85,25 @@ def sendable(code: Any) -> int:
     return UNSENDABLE_CODES.get(code, code)
 
 
-def note_usage(ctx: RequestContext, text: str) -> None:
-    """Adds a `response.done` event's usage to the session's."""
-    if '"response.done"' not in text:
-        return
-    try:
-        event = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return
-    if isinstance(event, dict) and event.get("type") == "response.done" and isinstance(event.get("response"), dict):
-        ctx.usage = add_usage(ctx.usage, realtime_usage(event["response"].get("usage")))
+def transcription_model(event: Any) -> tuple[list[str], str] | None:
+    """Where a transcription session's first event names its model, and the name."""
+    for path in (["session", "input_audio_transcription", "model"], ["session", "audio", "input", "transcription", "model"]):
+        node: Any = event
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, str) and node:
+            return path, node
+    return None
+
+
+def with_model(event: dict, path: list[str], model: str) -> str:
+    node = event
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = model
+    return orjson.dumps(event).decode()
+
+
 
 
 class Realtime:
@@ -99,38 +120,98 @@ class Realtime:
         send = refusals(scope, send)
         if (await receive())["type"] != "websocket.connect":
             return
+        transcription = query_value(scope, "intent") == "transcription"
+        accept: dict = {"type": "websocket.accept"}
+        if "realtime" in scope.get("subprotocols", ()):
+            accept["subprotocol"] = "realtime"
+        first: str | None = None
         try:
             await load_json(scope, receive)
             model = ctx.body.get("model")
-            if not isinstance(model, str) or not model:
+            if not transcription and (not isinstance(model, str) or not model):
                 raise bad_request("You must name a model in the query string: /v1/realtime?model=...", "model", "missing_required_parameter")
-            balancer = self.gateway.router.get(model)
-            if balancer is None:
-                raise model_not_found(model)
-            if not ctx.allows(model):
-                raise not_allowed(model)
-            ctx.model_served = model
-            upstream, dep = await self._connect(scope, ctx, balancer, upstream_failure)
+            if model:
+                balancer = self._admit(ctx, model, not_allowed)
+                upstream, dep = await self._connect(scope, ctx, balancer, upstream_failure, transcription)
+                await send({**accept, "headers": response_headers(ctx)})
+            else:
+                await send({**accept, "headers": response_headers(ctx)})
+                found = await self._first_event(receive)
+                if found is None:
+                    return  # the client left before naming a model
+                event, (path, model) = found
+                balancer = self._admit(ctx, model, not_allowed)
+                upstream, dep = await self._connect(scope, ctx, balancer, upstream_failure, transcription)
+                first = with_model(event, path, dep.model)
         except GatewayError as exc:
-            await send_error(send, exc, response_headers(ctx))
+            if ctx.body.get("model"):
+                await send_error(send, exc, response_headers(ctx))
+            else:
+                await self._refuse_open(send, exc)  # the handshake was accepted already
             return
         ok = False
         try:
-            accept: dict = {"type": "websocket.accept", "headers": response_headers(ctx)}
-            if "realtime" in scope.get("subprotocols", ()):
-                accept["subprotocol"] = "realtime"
-            await send(accept)
-            ok = await self._relay(ctx, upstream, receive, send)
+            if first is not None:
+                await upstream.send_str(first)
+            ok = await self._relay(ctx, upstream, receive, send, transcription)
         finally:
             await upstream.close()
             balancer.finished(dep, ok=ok)
 
-    async def _connect(self, scope: Scope, ctx: RequestContext, balancer: Any, failure: Any) -> tuple[aiohttp.ClientWebSocketResponse, Deployment]:
+    def _admit(self, ctx: RequestContext, model: str, not_allowed: Any) -> Any:
+        balancer = self.gateway.router.get(model)
+        if balancer is None:
+            raise model_not_found(model)
+        if not ctx.allows(model):
+            raise not_allowed(model)
+        ctx.model_served = model
+        ctx.model_requested = ctx.model_requested or model
+        return balancer
+
+    async def _first_event(self, receive: Receive) -> tuple[dict, tuple[list[str], str]] | None:
+        """A transcription session's first event and where it names its model; None when the
+        client left first. Raises the GatewayError to refuse the session with."""
+        try:
+            async with asyncio.timeout(FIRST_EVENT_TIMEOUT_S):
+                while True:
+                    message = await receive()
+                    if message["type"] == "websocket.disconnect":
+                        return None
+                    if message.get("text") is not None:
+                        break
+        except TimeoutError:
+            raise bad_request(f"A transcription session names its model in its first event, within {FIRST_EVENT_TIMEOUT_S:g}s.", "session", "missing_required_parameter") from None
+        try:
+            event = orjson.loads(message["text"])
+        except orjson.JSONDecodeError:
+            event = None
+        found = transcription_model(event)
+        if found is None:
+            raise bad_request(
+                "The first event of a transcription session must name its transcription model "
+                "(transcription_session.update with session.input_audio_transcription.model).",
+                "session",
+                "missing_required_parameter",
+            )
+        return event, found
+
+    @staticmethod
+    async def _refuse_open(send: Send, error: GatewayError) -> None:
+        """A refusal on an accepted socket: OpenAI's realtime `error` event, then a close (1008)."""
+        body = error.body["error"]
+        event = {"type": "error", "event_id": None, "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": body["param"], "event_id": None}}
+        try:
+            await send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
+            await send({"type": "websocket.close", "code": 1008, "reason": "refused"})
+        except Exception:  # noqa: BLE001 - the client left already
+            pass
+
+    async def _connect(self, scope: Scope, ctx: RequestContext, balancer: Any, failure: Any, transcription: bool) -> tuple[aiohttp.ClientWebSocketResponse, Deployment]:
         candidates = balancer.order("")
         for attempt, dep in enumerate(candidates[:2]):
             if dep.provider not in PROVIDERS:
                 raise bad_request(f"The realtime API is served by openai and azure deployments; `{ctx.model_served}` is {dep.provider}.", "model", "unsupported_request")
-            url, headers = upstream_target(dep, scope)
+            url, headers = upstream_target(dep, scope, transcription)
             balancer.started(dep)
             try:
                 upstream = await self.gateway.client.websocket(url, headers, dep.timeout_s)
@@ -162,13 +243,13 @@ class Realtime:
         raise AssertionError("a model has at least one deployment")
 
     @staticmethod
-    async def _relay(ctx: RequestContext, upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send) -> bool:
+    async def _relay(ctx: RequestContext, upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send, transcription: bool) -> bool:
         """Relays until either side closes; closes the other. True when it ended cleanly."""
 
         async def to_client() -> None:
             async for message in upstream:
                 if message.type == aiohttp.WSMsgType.TEXT:
-                    note_usage(ctx, message.data)
+                    ctx.usage = add_usage(ctx.usage, billed_usage(message.data, transcription))
                     await send({"type": "websocket.send", "text": message.data})
                 elif message.type == aiohttp.WSMsgType.BINARY:
                     await send({"type": "websocket.send", "bytes": message.data})

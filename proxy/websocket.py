@@ -18,11 +18,14 @@ DENIAL = "websocket.http.response"
 MAX_REASON_BYTES = 123  # a close frame's reason, by RFC 6455
 
 
+def query_value(scope: Scope, name: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[0] if values else None
+
+
 def query_model(scope: Scope) -> str | None:
     """The model a WebSocket handshake asks for: `?model=` (OpenAI), or `?deployment=` (Azure's clients)."""
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    values = query.get("model") or query.get("deployment")
-    return values[0] if values else None
+    return query_value(scope, "model") or query_value(scope, "deployment")
 
 
 def refusals(scope: Scope, send: Send) -> Send:

@@ -176,3 +176,53 @@ def test_a_session_holds_a_concurrency_slot(fake, upstream, tmp_path):
                 time.sleep(0.05)
     finally:
         gateway.stop()
+
+
+# -- Onyx's voice input: a transcription session with its model in its first event -----------
+async def onyx_streaming_transcription(gw, key: str, model: str, pcm: bytes) -> tuple[list[dict], int | None]:
+    """What Onyx's OpenAIStreamingTranscriber does, with the API base the admin typed."""
+    import base64
+
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        url = gw.url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+        async with session.ws_connect(url, headers={"Authorization": f"Bearer {key}", "OpenAI-Beta": "realtime=v1"}) as ws:
+            await ws.send_str(json.dumps({"type": "transcription_session.update", "session": {
+                "input_audio_format": "pcm16", "input_audio_transcription": {"model": model},
+                "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}}}))
+            for i in range(0, len(pcm), 4800):
+                await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i : i + 4800]).decode()}))
+            await ws.send_str(json.dumps({"type": "input_audio_buffer.commit"}))
+            seen = []
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                seen.append(json.loads(message.data))
+                if seen[-1]["type"] in ("conversation.item.input_audio_transcription.completed", "error"):
+                    break
+            await ws.close()
+            return seen, ws.close_code
+
+
+async def test_onyx_voice_transcription_session(gw, upstream):
+    before = spent(gw, "alice")
+    pcm = b"\0" * 48000 * 3  # three seconds of 24 kHz pcm16
+    seen, _ = await onyx_streaming_transcription(gw, FULL, "whisper-1", pcm)
+    assert seen[-1]["type"] == "conversation.item.input_audio_transcription.completed" and seen[-1]["transcript"] == "hello voice"
+    handshake = upstream.realtime_handshakes[-1]
+    assert handshake["query"] == {"intent": "transcription"} and handshake["headers"]["openai-beta"] == "realtime=v1"
+    first = upstream.realtime_events[0]
+    assert first["type"] == "transcription_session.update" and first["session"]["input_audio_transcription"]["model"] == "whisper-1"
+    deadline = time.monotonic() + 5
+    while spent(gw, "alice") - before < 0.0003 * 0.99 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert spent(gw, "alice") - before == pytest.approx(3 / 60 * 0.006), "three seconds of Whisper"
+
+
+async def test_a_transcription_session_for_a_forbidden_model_is_refused_before_dialling(gw, upstream):
+    seen, code = await onyx_streaming_transcription(gw, LIMITED, "whisper-1", b"\0" * 4800)
+    assert seen[-1]["type"] == "error" and seen[-1]["error"]["code"] == "model_not_allowed"
+    assert code == 1008 and upstream.realtime_handshakes == []
+    seen, code = await onyx_streaming_transcription(gw, FULL, "no-such-stt", b"\0" * 4800)
+    assert seen[-1]["error"]["code"] == "model_not_found" and upstream.realtime_handshakes == []

@@ -229,8 +229,11 @@ def routes(fake: FakeUpstream) -> list:
             return
         await websocket.accept()
         fake.realtime_sessions += 1
-        session = {"id": "sess_" + uuid.uuid4().hex[:12], "object": "realtime.session", "model": model}
-        await websocket.send_text(orjson.dumps({"type": "session.created", "event_id": "event_1", "session": session}).decode())
+        transcription = websocket.query_params.get("intent") == "transcription"
+        session = {"id": "sess_" + uuid.uuid4().hex[:12], "object": "realtime.transcription_session" if transcription else "realtime.session", "model": model}
+        created = "transcription_session.created" if transcription else "session.created"
+        await websocket.send_text(orjson.dumps({"type": created, "event_id": "event_1", "session": session}).decode())
+        audio = 0
         try:
             while True:
                 message = await websocket.receive()
@@ -241,9 +244,23 @@ def routes(fake: FakeUpstream) -> list:
                     await websocket.send_bytes(message["bytes"][::-1])
                     continue
                 event = orjson.loads(message["text"])
-                if event.get("type") == "response.create":
+                fake.realtime_events.append(event)
+                kind = event.get("type")
+                if kind == "response.create":
                     await respond(websocket, event)
-                elif event.get("type") == "test.close":
+                elif kind == "transcription_session.update":
+                    await websocket.send_text(orjson.dumps({"type": "transcription_session.updated", "event_id": "e", "session": event.get("session")}).decode())
+                elif kind == "input_audio_buffer.append":
+                    audio += len(__import__("base64").b64decode(event.get("audio") or ""))
+                elif kind == "input_audio_buffer.commit":
+                    item = "item_" + uuid.uuid4().hex[:8]
+                    await websocket.send_text(orjson.dumps({"type": "input_audio_buffer.committed", "event_id": "e", "item_id": item}).decode())
+                    await websocket.send_text(orjson.dumps({"type": "conversation.item.input_audio_transcription.delta", "event_id": "e", "item_id": item, "content_index": 0, "delta": "hello"}).decode())
+                    usage = {"type": "duration", "seconds": round(audio / 48000, 3)}  # pcm16 at 24 kHz
+                    done = {"type": "conversation.item.input_audio_transcription.completed", "event_id": "e", "item_id": item, "content_index": 0, "transcript": "hello voice", "usage": usage}
+                    await websocket.send_text(orjson.dumps(done).decode())
+                    audio = 0
+                elif kind == "test.close":
                     await websocket.close(code=int(event.get("code", 4000)))
                     return
         except WebSocketDisconnect as exc:

@@ -80,6 +80,7 @@ class FakeUpstream:
         self.uploads: list[dict] = []  # each multipart upload's fields (tests/fakes/media_api.py)
         self.realtime_handshakes: list[dict] = []
         self.realtime_sessions = 0
+        self.realtime_events: list[dict] = []  # every event a realtime client sent
         self.realtime_closed_by_client: list[int | None] = []
         self.url = ""
         self._server: uvicorn.Server | None = None
@@ -109,6 +110,7 @@ class FakeUpstream:
         self.uploads.clear()
         self.realtime_handshakes.clear()
         self.realtime_sessions = 0
+        self.realtime_events.clear()
         self.realtime_closed_by_client.clear()
 
     def seen(self, path_part: str = "") -> list[Recorded]:
