@@ -273,3 +273,16 @@ def test_models_retrieve(gw, client):
         with pytest.raises(openai.NotFoundError):
             limited.models.retrieve(name)
     assert httpx.get(gw.url + "/models/whisper-1", headers=headers()).json()["id"] == "whisper-1"
+
+
+async def test_onyx_voice_speech_call(gw, upstream):
+    """Onyx's streaming synthesizer: aiohttp, `{api_base}/v1/audio/speech`, mp3 read in 8 KB chunks."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        payload = {"model": "tts-1", "voice": "alloy", "input": "Onyx speaks", "speed": 1.0, "response_format": "mp3"}
+        async with session.post(gw.url + "/v1/audio/speech", headers={"Authorization": f"Bearer {FULL}", "Content-Type": "application/json"}, json=payload) as response:
+            assert response.status == 200 and response.headers["content-type"] == "audio/mpeg"
+            audio = b"".join([chunk async for chunk in response.content.iter_chunked(8192)])
+    assert len(audio) == 100 * len("Onyx speaks")
+    assert upstream.requests[-1].body["speed"] == 1.0
