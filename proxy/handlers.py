@@ -679,17 +679,20 @@ class Gateway:
             ctx.usage = answer_usage(kind, None, ctx.body)
         meter = UsageMeter(kind, ctx.body)
         meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
-        if content_type.startswith("text/event-stream"):
+        sse = content_type.startswith("text/event-stream")
+        if sse:
             headers += SSE_HEADERS[1:]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
             async for piece in upstream.iter_bytes():
                 meter.feed(piece)
+                if sse and b'"error"' in piece:
+                    piece = self.secrets.scrub(piece)
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
             log.warning("upstream_media_broken", request_id=ctx.request_id, error=exc.kind)
-            if not content_type.startswith("text/event-stream"):
+            if not sse:
                 # audio cut short must not look whole: the response is left unfinished, and the
                 # server closes the connection without the body's end
                 return False

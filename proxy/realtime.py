@@ -10,7 +10,8 @@ to an openai or azure deployment.
   gateway's key are HTTP errors (404, 400, 502), never a socket that opens onto nothing.
   A connection error is tried once more on another deployment of the model.
 - Frames go through as they come, text as text and binary as binary, in both
-  directions. Each server `response.done` event's usage is added to the session's
+  directions (an upstream's error event scrubbed of the gateway's secrets). Each server
+  `response.done` event's usage is added to the session's
   (`ctx.usage`, for the access log and the throttle's token count); the budget prices
   and charges each one as it passes (middleware/budget.py).
 - A close on either side closes the other, with the same code where a close frame may
@@ -153,7 +154,7 @@ class Realtime:
         try:
             if first is not None:
                 await upstream.send_str(first)
-            ok = await self._relay(ctx, upstream, receive, send, transcription)
+            ok = await self._relay(ctx, upstream, receive, send, transcription, self.gateway.secrets)
         finally:
             await upstream.close()
             balancer.finished(dep, ok=ok)
@@ -243,14 +244,18 @@ class Realtime:
         raise AssertionError("a model has at least one deployment")
 
     @staticmethod
-    async def _relay(ctx: RequestContext, upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send, transcription: bool) -> bool:
-        """Relays until either side closes; closes the other. True when it ended cleanly."""
+    async def _relay(ctx: RequestContext, upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send, transcription: bool, secrets: Any) -> bool:
+        """Relays until either side closes; closes the other. True when it ended cleanly.
+        An upstream's error event is scrubbed of the gateway's secrets on its way."""
 
         async def to_client() -> None:
             async for message in upstream:
                 if message.type == aiohttp.WSMsgType.TEXT:
-                    ctx.usage = add_usage(ctx.usage, billed_usage(message.data, transcription))
-                    await send({"type": "websocket.send", "text": message.data})
+                    text = message.data
+                    ctx.usage = add_usage(ctx.usage, billed_usage(text, transcription))
+                    if '"error"' in text:
+                        text = secrets.scrub_text(text)
+                    await send({"type": "websocket.send", "text": text})
                 elif message.type == aiohttp.WSMsgType.BINARY:
                     await send({"type": "websocket.send", "bytes": message.data})
                 elif message.type == aiohttp.WSMsgType.ERROR:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import httpx
 import openai
@@ -286,3 +287,14 @@ async def test_onyx_voice_speech_call(gw, upstream):
             audio = b"".join([chunk async for chunk in response.content.iter_chunked(8192)])
     assert len(audio) == 100 * len("Onyx speaks")
     assert upstream.requests[-1].body["speed"] == 1.0
+
+
+def test_a_client_leaving_a_speech_stream_cancels_the_upstream(gw, upstream):
+    upstream.set("tts-1", chunk_delay_s=0.2)
+    body = {"model": "tts-1", "voice": "alloy", "input": "a long answer that takes its time to be spoken aloud"}
+    with httpx.stream("POST", gw.url + "/v1/audio/speech", json=body, headers=headers()) as response:
+        next(response.iter_raw())
+    deadline = time.monotonic() + 5
+    while upstream.streams_aborted == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.streams_aborted == 1 and upstream.streams_completed == 0

@@ -60,6 +60,25 @@ def test_the_allow_list_holds_on_every_new_endpoint(gw, upstream, path, request_
     assert allowed.status_code == 200
 
 
+def test_bodies_of_the_wrong_kind_get_clean_400s(gw, upstream):
+    cases = [
+        ("/v1/audio/transcriptions", {"json": {"model": "whisper-1"}}, "invalid_content_type"),
+        ("/v1/chat/completions", {"data": {"model": "gpt-4o-mini"}, "files": {"file": ("a.wav", b"x", "audio/wav")}}, "invalid_content_type"),
+        ("/v1/audio/transcriptions", {"data": {"model": "whisper-1"}, "files": {"audio": ("a.wav", b"x", "audio/wav")}}, "missing_required_parameter"),
+        ("/v1/audio/transcriptions", {"content": b"--zz\r\nContent-Disposition: form-data; name=model\r\n\r\nwhisper-1", "headers": {"content-type": "multipart/form-data; boundary=zz"}}, "invalid_multipart"),
+        ("/v1/audio/transcriptions", {"content": b"whatever", "headers": {"content-type": "multipart/form-data"}}, "invalid_multipart"),
+        ("/v1/images/edits", {"data": {"model": "gpt-image-1"}, "files": {"image": ("a.png", PNG, "image/png")}}, "missing_required_parameter"),
+        ("/v1/images/generations", {"json": {"model": "dall-e-3", "prompt": "p", "n": 11}}, "invalid_value"),
+        ("/v1/audio/speech", {"json": {"model": "tts-1", "input": "hi"}}, "missing_required_parameter"),
+    ]
+    for path, request_, code in cases:
+        extra = request_.pop("headers", {})
+        response = httpx.post(gw.url + path, headers=headers(**extra), **request_)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["code"] == code, (path, response.json())
+    assert upstream.requests == [] and upstream.uploads == []
+
+
 def test_a_rewrite_cannot_lift_a_form_to_a_forbidden_model(gw, upstream):
     """The alias `fast` is allowed; a form naming an allowed model keeps it (the proxy has the last word)."""
     response = httpx.post(gw.url + "/v1/audio/transcriptions", headers=headers(LIMITED), data={"model": "demo"}, files={"file": ("a.wav", wav(0.5), "audio/wav")})

@@ -226,3 +226,11 @@ async def test_a_transcription_session_for_a_forbidden_model_is_refused_before_d
     assert code == 1008 and upstream.realtime_handshakes == []
     seen, code = await onyx_streaming_transcription(gw, FULL, "no-such-stt", b"\0" * 4800)
     assert seen[-1]["error"]["code"] == "model_not_found" and upstream.realtime_handshakes == []
+
+
+def test_upstream_error_events_are_scrubbed_of_the_gateways_key(gw, upstream):
+    with open_session(gw) as ws:
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"type": "test.echo_auth"}))
+        error = ws.recv(timeout=10)
+    assert SECRETS["openai"] not in error and "[redacted]" in error

@@ -260,6 +260,8 @@ def routes(fake: FakeUpstream) -> list:
                     done = {"type": "conversation.item.input_audio_transcription.completed", "event_id": "e", "item_id": item, "content_index": 0, "transcript": "hello voice", "usage": usage}
                     await websocket.send_text(orjson.dumps(done).decode())
                     audio = 0
+                elif kind == "test.echo_auth":  # what a careless upstream does: repeat the credentials it got
+                    await websocket.send_text(orjson.dumps({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "message": f"bad session for key {auth}"}}).decode())
                 elif kind == "test.close":
                     await websocket.close(code=int(event.get("code", 4000)))
                     return
