@@ -1,6 +1,7 @@
 """A minimal, fast fake upstream for benchmarks: a raw ASGI app that answers every
 chat completion with the same small body (or a short SSE stream), in OpenAI's format,
-Anthropic's (`/messages`) or Bedrock Converse's (`/converse`)."""
+Anthropic's (`/messages`) or Bedrock Converse's (`/converse`), and every rerank with
+the same Cohere-shaped ranking (`/rerank`)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ CONVERSE_BODY = orjson.dumps(
     }
 )
 CONVERSE_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(CONVERSE_BODY)).encode())]
+RERANK_BODY = orjson.dumps(
+    {
+        "id": "rerank-bench",
+        "results": [{"index": 0, "relevance_score": 0.91}, {"index": 2, "relevance_score": 0.52}, {"index": 1, "relevance_score": 0.1}, {"index": 3, "relevance_score": 0.01}],
+        "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
+    }
+)
+RERANK_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(RERANK_BODY)).encode())]
 CHUNK_DELAY_S = float(os.environ.get("BENCH_CHUNK_DELAY_S", "0.01"))
 
 
@@ -78,6 +87,10 @@ async def app(scope, receive, send):
     if scope["path"].endswith("/converse"):  # Bedrock: the signature is lockgate's cost, not checked here
         await send({"type": "http.response.start", "status": 200, "headers": CONVERSE_HEADERS})
         await send({"type": "http.response.body", "body": CONVERSE_BODY})
+        return
+    if scope["path"].endswith("/rerank"):
+        await send({"type": "http.response.start", "status": 200, "headers": RERANK_HEADERS})
+        await send({"type": "http.response.body", "body": RERANK_BODY})
         return
     if scope["path"].endswith("/messages"):
         await send({"type": "http.response.start", "status": 200, "headers": ANTHROPIC_HEADERS})

@@ -134,7 +134,7 @@ request = function()
   counter = counter + 1
   local content = "hello there, how are you today?"
   if unique then content = content .. " " .. nonce .. "-" .. tid .. "-" .. counter end
-  local body = '{"model":"%(model)s","messages":[{"role":"user","content":"' .. content .. '"}]}'
+  local body = '%(prefix)s' .. content .. '%(suffix)s'
   return wrk.format("POST", "%(path)s", {["Content-Type"]="application/json", ["Authorization"]="Bearer %(key)s"}, body)
 end
 """
@@ -146,9 +146,14 @@ def to_ms(value: str) -> float:
     return number * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def wrk(url: str, path: str, connections: int, duration: int, *, unique: bool, key: str = KEY, model: str = "bench") -> dict:
+# each request's body around its (unique) text: a chat's message, a rerank's query
+CHAT_BODY = ('{"model":"%s","messages":[{"role":"user","content":"', '"}]}')
+RERANK_BODY = ('{"model":"%s","query":"', '","documents":["a red apple pie","green pears","apples and pears","a blue car"]}')
+
+
+def wrk(url: str, path: str, connections: int, duration: int, *, unique: bool, key: str = KEY, model: str = "bench", body: tuple[str, str] = CHAT_BODY) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(LUA % {"model": model, "path": path, "key": key})
+        script.write(LUA % {"prefix": body[0] % model, "suffix": body[1], "path": path, "key": key})
     nonce = hashlib.blake2b(os.urandom(8), digest_size=4).hexdigest()
     threads = min(2, connections)
     out = subprocess.run(
@@ -165,12 +170,12 @@ def wrk(url: str, path: str, connections: int, duration: int, *, unique: bool, k
     return result
 
 
-def measure(name: str, target: str, base_url: str, path: str, args, server: Server | None, *, unique: bool, key: str = KEY, model: str = "bench") -> Result:
-    wrk(base_url, path, 8, 2, unique=unique, key=key, model=model)  # warm up
+def measure(name: str, target: str, base_url: str, path: str, args, server: Server | None, *, unique: bool, key: str = KEY, model: str = "bench", body: tuple[str, str] = CHAT_BODY) -> Result:
+    wrk(base_url, path, 8, 2, unique=unique, key=key, model=model, body=body)  # warm up
     cpu_before = server.cpu_seconds() if server else 0.0
-    loaded = wrk(base_url, path, 32, args.duration, unique=unique, key=key, model=model)
+    loaded = wrk(base_url, path, 32, args.duration, unique=unique, key=key, model=model, body=body)
     cpu = (server.cpu_seconds() - cpu_before) if server else 0.0
-    single = wrk(base_url, path, 1, max(3, args.duration // 2), unique=unique, key=key, model=model)
+    single = wrk(base_url, path, 1, max(3, args.duration // 2), unique=unique, key=key, model=model, body=body)
     result = Result(name, target, loaded["rps"], loaded["p50_ms"], loaded["p99_ms"], errors=loaded["errors"] + single["errors"])
     result.notes["single_p50_ms"] = single["p50_ms"]
     result.notes["single_p99_ms"] = single["p99_ms"]
@@ -209,6 +214,8 @@ def lockgate_config(workdir: Path, upstream: str, *, middleware: bool, store: di
             {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-bench", "base_url": upstream, "api_key": "sk-upstream", "price": price}]},
             {"name": "bedrock", "deployments": [{"provider": "bedrock", "model": "anthropic.claude-bench-v1:0", "base_url": upstream, "region": "us-east-1",
                                                  "aws_access_key_id": "AKIABENCH", "aws_secret_access_key": "bench-secret", "price": price}]},
+            {"name": "rerank", "deployments": [{"provider": "openai", "model": "bench-rerank", "base_url": upstream + "/v1", "api_key": "sk-upstream",
+                                                "price": {**price, "per_search_unit": 0.002}}]},
         ],
     }
     if middleware:
@@ -226,26 +233,30 @@ def start_lockgate(config: Path, workers: int = 1) -> tuple[Server, str]:
 
 
 # -- streaming ------------------------------------------------------------------------------
-async def stream_timings(url: str, n: int, key: str = KEY) -> tuple[list[float], list[float]]:
-    """Time to first content event and the gaps between events, per stream."""
+async def stream_timings(url: str, n: int, key: str = KEY, messages: bool = False) -> tuple[list[float], list[float]]:
+    """Time to first content event and the gaps between events, per stream (a chat
+    stream, or with `messages` Anthropic's /v1/messages, translated by lockgate)."""
     import aiohttp
 
     first, gaps = [], []
     nonce = os.urandom(4).hex()
+    path, marker = ("/v1/messages", b'"text":" w') if messages else ("/v1/chat/completions", b'"content":" w')
     async with aiohttp.ClientSession() as session:
         for i in range(n):
             # a new prompt each time: a cache hit would replay the stream at once
             body = {**BODY, "stream": True, "messages": [{"role": "user", "content": f"stream {nonce} {i}"}]}
+            if messages:
+                body["max_tokens"] = 64
             start = time.perf_counter()
             stamps = []
-            async with session.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+            async with session.post(url + path, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
                 buffer = b""
                 async for chunk in response.content.iter_any():
                     now = time.perf_counter()
                     buffer += chunk
                     while b"\n\n" in buffer:
                         event, buffer = buffer.split(b"\n\n", 1)
-                        if b'"content":" w' in event:
+                        if marker in event:
                             stamps.append(now)
             first.append((stamps[0] - start) * 1000)
             gaps += [(b - a) * 1000 for a, b in zip(stamps, stamps[1:])]
@@ -314,14 +325,14 @@ def run(args) -> list[Result]:
         finally:
             bare.stop()
 
-        def lockgate(name: str, scenario: int, *, middleware: bool, unique: bool, store=None, workers=1, model="bench"):
+        def lockgate(name: str, scenario: int, *, middleware: bool, unique: bool, store=None, workers=1, model="bench", path="/v1/chat/completions", body=CHAT_BODY):
             if not wanted(scenario):
                 return
             sub = workdir / f"s{scenario}"
             sub.mkdir()
             server, url = start_lockgate(lockgate_config(sub, up_url, middleware=middleware, store=store), workers)
             try:
-                results.append(measure(name, "lockgate", url, "/v1/chat/completions", args, server, unique=unique, model=model))
+                results.append(measure(name, "lockgate", url, path, args, server, unique=unique, model=model, body=body))
             finally:
                 server.stop()
 
@@ -332,6 +343,10 @@ def run(args) -> list[Result]:
             results += streaming(workdir, up_url, args)
         lockgate("6. lockgate, Anthropic-translated model, no middleware", 6, middleware=False, unique=True, model="claude")
         lockgate("11. lockgate, Bedrock-translated model (Converse, SigV4-signed), no middleware", 11, middleware=False, unique=True, model="bedrock")
+        lockgate("12. lockgate, rerank (Cohere shape, a Cohere-shaped upstream), no middleware", 12, middleware=False, unique=True, model="rerank",
+                 path="/v1/rerank", body=RERANK_BODY)
+        if wanted(13):
+            results += streaming(workdir, up_url, args, messages=True)
         lockgate("7. lockgate, all six (cache miss), disk, --workers 2", 7, middleware=True, unique=True, workers=2)
         if wanted(8):
             redis_url = ensure_redis()
@@ -360,22 +375,25 @@ def run(args) -> list[Result]:
     return results
 
 
-def streaming(workdir: Path, up_url: str, args) -> list[Result]:
-    sub = workdir / "s5"
+def streaming(workdir: Path, up_url: str, args, messages: bool = False) -> list[Result]:
+    """Scenario 5 (chat streams), or with `messages` 13: Anthropic's /v1/messages streamed,
+    translated to the same OpenAI-format upstream, against the same direct chat stream."""
+    sub = workdir / ("s13" if messages else "s5")
     sub.mkdir()
     n = max(50, args.duration * 10)
     direct_first, direct_gaps = asyncio.run(stream_timings(up_url, n))
     out = []
-    for middleware in (False, True):
+    for middleware in (False,) if messages else (False, True):
         target = sub / ("all-six" if middleware else "bare")
         target.mkdir()
         server, url = start_lockgate(lockgate_config(target, up_url, middleware=middleware))
         try:
-            asyncio.run(stream_timings(url, 10))
-            first, gaps = asyncio.run(stream_timings(url, n))
+            asyncio.run(stream_timings(url, 10, messages=messages))
+            first, gaps = asyncio.run(stream_timings(url, n, messages=messages))
         finally:
             server.stop()
-        result = Result(f"5. streaming, {'all six middlewares' if middleware else 'no middleware'}", "lockgate")
+        label = "/v1/messages translated to an OpenAI model, no middleware" if messages else ("all six middlewares" if middleware else "no middleware")
+        result = Result(f"5. streaming, {label}", "lockgate")
         result.added_p50_ms = round(statistics.median(first) - statistics.median(direct_first), 3)
         result.added_p99_ms = round(percentile(first, 99) - percentile(direct_first, 99), 3)
         result.notes = {

@@ -24,7 +24,9 @@ auth.yaml (every key optional except each key's `id` and `sha256`):
         max_messages: 50
 
 The key comes from `Authorization: Bearer`, `x-api-key` (Anthropic's SDK) or `api-key`
-(Azure's). It is hashed first and only its digest is looked up and compared, so the time
+(Azure's); on a WebSocket handshake (the realtime API) also from a browser's
+`openai-insecure-api-key.<key>` subprotocol, since browsers cannot set headers there.
+It is hashed first and only its digest is looked up and compared, so the time
 an answer takes says nothing about how close a guess was. The inner app never sees those
 headers. The identity goes into the request context for throttle, budget, rewrite and logs.
 Caps refuse a request that asks for more; a request that does not say is left alone.
@@ -52,6 +54,7 @@ from lockgate.proxy.config import Checker, ConfigError
 from lockgate.proxy.context import get_context, load_json, replay
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger
+from lockgate.proxy.websocket import refusals
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -60,6 +63,7 @@ TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", 
 KEY_KEYS = {"id", "sha256", "user", "team", "tier", "models", "expires", "metadata", "ip_allow", "max_tokens", "max_messages"}
 DEFAULT_PUBLIC_PATHS = ("/health", "/health/*", "/metrics")
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
+KEY_SUBPROTOCOL = "openai-insecure-api-key."  # how OpenAI's browser clients send a key on a WebSocket
 MASTER_ID = "master"
 HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 log = get_logger("lockgate.auth")
@@ -260,7 +264,13 @@ def presented_key(scope: Scope) -> bytes | None:
     bearer = found.get(b"authorization", b"").split(None, 1)
     if len(bearer) == 2 and bearer[0].lower() == b"bearer" and bearer[1].strip():
         return bearer[1].strip()
-    return (found.get(b"x-api-key") or found.get(b"api-key") or b"").strip() or None
+    header = (found.get(b"x-api-key") or found.get(b"api-key") or b"").strip()
+    if header:
+        return header
+    for protocol in scope.get("subprotocols", ()) if scope["type"] == "websocket" else ():
+        if protocol.startswith(KEY_SUBPROTOCOL) and len(protocol) > len(KEY_SUBPROTOCOL):
+            return protocol[len(KEY_SUBPROTOCOL) :].encode("latin-1", "replace")
+    return None
 
 
 def parse_ip(value: str | bytes) -> Address | None:
@@ -336,7 +346,10 @@ def check_body(key: Key, body: dict) -> None:
 
 def without_credentials(scope: Scope) -> Scope:
     # a copy: the server's header list belongs to the request, and may be read again outside us
-    return {**scope, "headers": [(k, v) for k, v in scope.get("headers", ()) if k not in CREDENTIAL_HEADERS]}
+    inner = {**scope, "headers": [(k, v) for k, v in scope.get("headers", ()) if k not in CREDENTIAL_HEADERS]}
+    if "subprotocols" in scope:
+        inner["subprotocols"] = [p for p in scope["subprotocols"] if not p.startswith(KEY_SUBPROTOCOL)]
+    return inner
 
 
 class AuthMiddleware:
@@ -345,9 +358,10 @@ class AuthMiddleware:
         self.policy = Policy("auth", policy, parse_policy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        send = refusals(scope, send)
         self.policy.ensure_watching()
         policy = self.policy.current
         if policy.is_public(scope.get("path", "")):

@@ -31,6 +31,17 @@ pass the limit only by the real cost of that one request admitted alone. (With
 `reserve_max_tokens: N`, an answer without max_tokens is assumed to stop at N tokens;
 the bound then holds only for answers that do.) Cache hits cost nothing.
 
+Every model endpoint is priced by what it bills (providers/prices.py): tokens, rerank
+search units, images by quality and size, audio minutes, characters of speech. The bound
+reserved for one (providers/usage.py `usage_bound`) takes a rerank's documents in
+search units and bytes, an image request's count at the dearest quality for its size,
+an upload's audio at the fewest bytes a second any speech codec sends, speech's exact
+characters. `count_tokens` and moderations are free (reserved and charged $0, so a
+spent budget still refuses them). A realtime session (a WebSocket) reserves what one
+response can cost at its handshake; each `response.done` the upstream sends is priced
+and settled as it passes and the next response's reservation taken; when that is
+refused, the client gets an `error` event and the session is closed (1008).
+
 Usage comes from lockgate's proxy when it is underneath (the request context), else
 from the answer itself as it passes (providers/usage.py): a JSON answer's `usage`
 (its start is held until its body is in, to settle and add `x-lockgate-cost-usd`
@@ -48,6 +59,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.middleware.identity import identity
@@ -57,10 +69,12 @@ from lockgate.middleware.policy import Policy
 from lockgate.providers import prices
 from lockgate.providers.base import Price
 from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
-from lockgate.providers.usage import UsageMeter
+from lockgate.providers.usage import UsageMeter, billed_usage, usage_bound
 from lockgate.proxy import catalog, metrics
 from lockgate.proxy.config import Checker, ConfigError
-from lockgate.proxy.context import model_request, new_id
+from lockgate.proxy.context import model_request, new_id, route_path
+from lockgate.proxy.endpoints import FREE, kind_of
+from lockgate.proxy.websocket import query_value, refusals
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.store import Claim, Store, guard, open_store, owners
@@ -147,16 +161,11 @@ def parse_policy(raw: Any, source: str) -> BudgetPolicy:
     price_nodes = check.mapping(raw, "prices", "prices")
     table: dict[str, Price] = {}
     for model, node in price_nodes.items():
-        if not isinstance(node, dict):
-            check.fail(price_nodes, model, "a price is {input_per_mtok, output_per_mtok}")
+        price = prices.parse_price(check, node, "a price")
+        if price is None:
+            check.fail(price_nodes, model, "a price is {input_per_mtok, output_per_mtok, ...}")
             continue
-        check.unknown(node, {"input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok"}, "a price")
-        table[str(model)] = Price(
-            check.number(node, "input_per_mtok", 0.0),
-            check.number(node, "output_per_mtok", 0.0),
-            check.number(node, "cached_input_per_mtok", 0.0) if "cached_input_per_mtok" in node else None,
-            check.number(node, "cache_write_per_mtok", 0.0) if "cache_write_per_mtok" in node else None,
-        )
+        table[str(model)] = price
     trust = raw.get("trust_client_user", False)
     if not isinstance(trust, bool):
         check.fail(raw, "trust_client_user", "trust_client_user must be true or false")
@@ -233,7 +242,7 @@ class BudgetMiddleware:
         self.store = open_store(store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         self.policy.ensure_watching()
@@ -245,7 +254,8 @@ class BudgetMiddleware:
         if ctx is None:
             await self.app(scope, inner_receive, send)
             return
-        await BudgetedRequest(self.store, policy, ctx, scope)(self.app, inner_receive, send)
+        budgeted = BudgetedSession if scope["type"] == "websocket" else BudgetedRequest
+        await budgeted(self.store, policy, ctx, scope)(self.app, inner_receive, send)
 
 
 class BudgetedRequest:
@@ -257,6 +267,7 @@ class BudgetedRequest:
         self.entry = new_id()
         self.now = dt.datetime.now(dt.timezone.utc)
         self.who = identity(scope, ctx, policy.trust_client_user)
+        self.kind = kind_of(route_path(scope)) if "path" in scope else None
         self.applicable = self._applicable()
         self.keys = [self._key(b) for b in self.applicable]
         self.reserved = False
@@ -284,9 +295,11 @@ class BudgetedRequest:
         label, _ = period_window(budget.period, self.now)
         return f"budget:{budget.dimension}:{self.who.get(budget.dimension)}:{budget.period}:{label}"
 
-    async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
+    async def _admit(self, send: Send) -> Price | None | bool:
+        """The price the request is reserved at, once admitted; False when it was refused
+        (the refusal sent)."""
         ctx = self.ctx
-        price = price_for(self.policy, self.scope, ctx.model)
+        price = FREE_PRICE if self.kind in FREE else price_for(self.policy, self.scope, ctx.model)
         if price is None:
             price = self._price_after_rewrite()
         if price is None and self.policy.unknown_price == "refuse":
@@ -294,13 +307,18 @@ class BudgetedRequest:
             log.warning("unpriced_model_refused", model=ctx.model, request_id=ctx.request_id)
             message = f"No price is known for model `{ctx.model}`, and the budget policy refuses unpriced models."
             await send_error(send, GatewayError(403, message, "invalid_request_error", "unknown_price", "model", {"x-request-id": ctx.request_id}))
-            return
+            return False
         if self.applicable:
             refusal = await self._reserve(price)
             if refusal is not None:
                 refusal.headers["x-request-id"] = ctx.request_id
                 await send_error(send, refusal)
-                return
+                return False
+        return price
+
+    async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
+        if await self._admit(send) is False:
+            return
         try:
             await app(self.scope, receive, self._send(send))
         finally:
@@ -363,7 +381,12 @@ class BudgetedRequest:
         if price is None:
             return 0.0
         body = self.ctx.body
-        prompt = prompt_tokens_bound(body, len(self.ctx.body_bytes()))
+        form = self.ctx.form
+        files = [(part.name, part.size) for part in form.files()] if form is not None else []
+        units = usage_bound(self.kind, body, self.ctx.body_size(), files)
+        if units is not None:
+            return prices.cost(units, price)
+        prompt = prompt_tokens_bound(body, self.ctx.body_size())
         answer = answer_limit(body) or self.policy.reserve_max_tokens or self._output_limit()
         return prices.cost({"prompt_tokens": prompt, "completion_tokens": answer}, price)
 
@@ -382,7 +405,7 @@ class BudgetedRequest:
             if kind == "http.response.start":
                 self.status = message["status"]
                 if not self.ctx.proxied and self.ctx.cache != "hit":
-                    self.meter = UsageMeter()
+                    self.meter = UsageMeter(self.kind, self.ctx.body)
                     self.meter.start(message)
                 self.streaming = _is_stream(message)
                 if self.meter is None and not self.streaming:
@@ -447,7 +470,7 @@ class BudgetedRequest:
         self.settled = True
         ctx = self.ctx
         usage = self._usage()
-        if ctx.cache == "hit":
+        if ctx.cache == "hit" or self.kind in FREE:
             cost: float | None = 0.0
         else:
             served = self._served()
@@ -460,12 +483,17 @@ class BudgetedRequest:
             else:
                 cost = prices.cost(usage, price)
         ctx.cost_usd = self.cost = cost
-        amount = cost or 0.0
+        await self._record(cost or 0.0)
+        return cost
+
+    async def _record(self, amount: float) -> None:
+        """Settles this request's reservation (`self.entry`) at `amount`, with its report lines."""
+        ctx = self.ctx
         report = self._report(amount) if amount else []
         if not self.keys:
             if report:
                 await guard.write_or_defer(self.store, "spend_report", lambda: self.store.incr(report), self.policy.store_failure.timeout_s)
-            return cost
+            return
         by_ttl: dict[float | None, list[str]] = {}
         for key, budget in zip(self.keys, self.applicable):
             by_ttl.setdefault(period_window(budget.period, self.now)[1], []).append(key)
@@ -481,12 +509,86 @@ class BudgetedRequest:
                 cost_usd=amount,
                 request_id=ctx.request_id,
             )
-        return cost
 
     def _report(self, amount: float) -> list[tuple[str, str, float]]:
         fields = [f"{d}:{self.who.get(d)}" for d in DIMENSIONS if self.who.get(d)]
         fields.append(f"model:{self._served()}")
         return [(report_key(period, self.now), field, amount) for period in REPORT_PERIODS for field in fields]
+
+
+FREE_PRICE = Price(0.0, 0.0)
+REALTIME_TURN_TOKENS = 4096  # new input one realtime turn adds, at most, in a bound (a minute of audio is ~600)
+
+
+class BudgetedSession(BudgetedRequest):
+    """A realtime session: reserved at its handshake like a request, then settled one
+    `response.done` at a time as the upstream's events pass, each followed by the next
+    response's reservation; the session ends when one is refused.
+
+    A response's bound is the context the session has reached (the last response's
+    input) plus REALTIME_TURN_TOKENS of new input, all at the audio input rate, and the
+    model's output limit at the audio output rate (cached input is billed less, never more)."""
+
+    last_input = 0
+
+    def _bound(self, price: Price | None) -> float:
+        if price is None:
+            return 0.0
+        answer = answer_limit(self.ctx.body) or self.policy.reserve_max_tokens or self._output_limit()
+        given = self.last_input + REALTIME_TURN_TOKENS
+        usage = {"prompt_tokens": given, "prompt_tokens_details": {"audio_tokens": given}, "completion_tokens": answer, "completion_tokens_details": {"audio_tokens": answer}}
+        return prices.cost(usage, price)
+
+    async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
+        send = refusals(self.scope, send)
+        price = await self._admit(send)
+        if price is False:
+            return
+        self.price = price
+        self.total = 0.0
+        self.closed = False
+        try:
+            await app(self.scope, receive, self._session_send(send))
+        finally:
+            self.ctx.cost_usd = self.total
+            if self.applicable and not self.settled:
+                await asyncio.shield(self._record(0.0))  # the reservation of a response that never came
+
+    def _session_send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if self.closed:
+                raise ConnectionError("the session was closed: its budget is spent")
+            await send(message)
+            text = message.get("text") if message["type"] == "websocket.send" else None
+            if isinstance(text, str):
+                usage = billed_usage(text, transcription=query_value(self.scope, "intent") == "transcription")
+                if usage is not None:
+                    await self._charge(usage, send)
+
+        return wrapped
+
+    async def _charge(self, usage: dict, send: Send) -> None:
+        self.last_input = max(self.last_input, (usage or {}).get("prompt_tokens", 0))
+        ctx = self.ctx
+        price = ctx.extra.get("price") or price_for(self.policy, self.scope, self._served(), ctx.extra.get("upstream_model"), ctx.model, ctx.model_requested)
+        cost = prices.cost(usage, price) if price is not None and usage else 0.0
+        if price is None and usage:
+            metrics.unpriced.inc()
+            log.warning("unpriced_request", model=self._served(), request_id=ctx.request_id)
+        self.total += cost
+        await self._record(cost)
+        self.settled = True
+        if not self.applicable:
+            return
+        self.entry, self.settled = new_id(), False
+        refusal = await self._reserve(self.price)
+        if refusal is None:
+            return
+        self.settled = True
+        self.closed = True
+        error = {"type": "error", "event_id": "event_" + new_id(), "error": {"type": "insufficient_quota", "code": "budget_exceeded", "message": refusal.body["error"]["message"], "param": None, "event_id": None}}
+        await send({"type": "websocket.send", "text": orjson.dumps(error).decode()})
+        await send({"type": "websocket.close", "code": 1008, "reason": "budget exceeded"})
 
 
 def _is_stream(message: Message) -> bool:

@@ -16,7 +16,8 @@ cache.yaml:
     trust_client_user: false   # without auth: believe x-lockgate-user / the body's `user`?
     store_failure: open        # open (a store that fails is a miss) | closed (503 store_unavailable)
     store_timeout_s: 0.5       # the longest a lookup waits for the store
-    paths: [...]               # which requests are model calls (middleware/paths.py)
+    paths: [...]               # which requests are cached (default: chat, completions, embeddings,
+                               # responses, messages and rerank, with and without /v1)
 
 The key is the sha256 of the endpoint (`/v1` or not), the request body as canonical
 JSON (sorted keys, no whitespace, integral floats as integers: `1.0` is `1`), the
@@ -38,7 +39,8 @@ cache outside auth never hands a key's answers to another key. `global` scope an
 outside auth, a hit is served before any key is checked.
 
 `Cache-Control: no-cache` skips the lookup and stores the fresh answer; `no-store`
-bypasses the cache. Only complete 200 answers are stored, never an error, nor a stream
+bypasses the cache, and so does an incognito request (`x-litellm-enable-message-redaction:
+true` or `x-lockgate-redact: true`): its content is never written to the store. Only complete 200 answers are stored, never an error, nor a stream
 that ended with an error event or without its proper end (`[DONE]`,
 `response.completed`/`incomplete`, `message_stop`). A stream goes to the client chunk
 by chunk as it comes; a copy is kept on the side and stored before its last message
@@ -75,14 +77,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.middleware.auth import presented_key
 from lockgate.middleware.identity import identity
-from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
 from lockgate.providers.base import loads_or_none, usage_requested
 from lockgate.providers.sse import DONE, SSEDecoder
 from lockgate.providers.usage import from_answer
 from lockgate.proxy.config import Checker, ConfigError
-from lockgate.proxy.context import RequestContext, header, model_request, route_path
+from lockgate.proxy.context import RequestContext, header, model_request, redacted, route_path
 from lockgate.proxy.errors import send_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.store import Store, guard, open_store
@@ -104,6 +105,11 @@ FAILURE_EVENTS = frozenset({"error", "response.failed"})
 HEADER = b"x-lockgate-cache"
 POLL_FIRST_S, POLL_MAX_S = 0.01, 0.1
 KEY_VERSION = 1  # bump when the key or entry layout changes: old entries are then never read
+# answers worth keeping: the same request gets the same answer (not images, audio or a session)
+DEFAULT_PATHS = Paths(
+    frozenset(p + k for p in ("/v1", "") for k in ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages", "/rerank"))
+    | {"/v2/rerank"}
+)
 log = get_logger("lockgate.cache")
 
 
@@ -167,7 +173,7 @@ def parse_policy(raw: Any, source: str) -> CachePolicy:
         max_entry_bytes=check.number(raw, "max_entry_bytes", DEFAULT.max_entry_bytes, integer=True),
         coalesce_wait_s=positive(check, raw, "coalesce_wait_s", DEFAULT.coalesce_wait_s),
         store_failure=guard.parse_store_failure(check, raw, "open"),
-        paths=parse_paths(check, raw),
+        paths=parse_paths(check, raw, DEFAULT_PATHS),
         **flags,
     )
     if check.problems:
@@ -257,6 +263,7 @@ class CacheMiddleware:
         directives = cache_control(scope)
         if (
             "no-store" in directives
+            or redacted(scope)
             or not isinstance(model, str)
             or not policy.caches(model)
             or (ctx.body.get("stream") and not policy.streaming)

@@ -67,6 +67,7 @@ from lockgate.providers.tokens import prompt_tokens
 from lockgate.proxy.config import Checker, ConfigError
 from lockgate.proxy.context import RequestContext, get_context, header, model_request, route_path
 from lockgate.proxy.errors import GatewayError, send_error
+from lockgate.proxy.websocket import refusals
 
 IDENTITY_NAMES = {"key": "key", "user": "user", "team": "team", "tier": "tier", "user_tier": "tier"}
 COMPUTED_NAMES = frozenset({"model", "hour", "input_length"})
@@ -362,13 +363,18 @@ class RewriteMiddleware:
         self.policy = Policy("rewrite", policy, parse_policy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        send = refusals(scope, send)  # a realtime session's model is rewritten at its handshake
         self.policy.ensure_watching()
         policy = self.policy.current
         if scope.get("method") == "GET" and route_path(scope) in LISTING_PATHS:
             await self.app(scope, receive, AliasListing(policy, scope).wrap(send))
+            return
+        alias = retrieved_alias(scope, policy)
+        if alias is not None:
+            await alias_retrieval(self.app, scope, receive, send, alias, policy.aliases[alias])
             return
         if (not policy.aliases and not policy.rules) or not policy.paths.match(scope):
             await self.app(scope, receive, send)
@@ -384,6 +390,50 @@ class RewriteMiddleware:
 
 
 LISTING_PATHS = frozenset({"/v1/models", "/models", "/v1/model/info", "/model/info"})
+RETRIEVAL_PREFIXES = ("/v1/models/", "/models/")
+
+
+def retrieved_alias(scope: Scope, policy: RewritePolicy) -> str | None:
+    """The alias a `GET /v1/models/{name}` asks for, if it names one."""
+    if scope.get("method") != "GET" or not policy.aliases:
+        return None
+    path = route_path(scope)
+    prefix = next((p for p in RETRIEVAL_PREFIXES if path.startswith(p)), None)
+    name = path[len(prefix) :] if prefix else None
+    return name if name in policy.aliases else None
+
+
+async def alias_retrieval(app: ASGIApp, scope: Scope, receive: Receive, send: Send, alias: str, target: str) -> None:
+    """An alias is retrieved as the model it stands for, under its own name; a caller whose
+    key may not use the alias gets the 404 an unknown model gets."""
+    ctx = get_context(scope)
+    if not ctx.allows(alias):
+        error = GatewayError(404, f"The model `{alias}` does not exist or you do not have access to it.", "invalid_request_error", "model_not_found", "model")
+        await send_error(send, error, [(b"x-request-id", ctx.request_id.encode("latin-1"))])
+        return
+    path = scope["path"]
+    inner_path = path[: len(path) - len(alias)] + target
+    inner = {**scope, "path": inner_path, "raw_path": inner_path.encode(), "path_params": {}}
+    start: Message | None = None
+    parts: list[bytes] = []
+
+    async def renamed(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        parts.append(message.get("body", b""))
+        if message.get("more_body", False) or start is None:
+            return
+        body = b"".join(parts)
+        if start["status"] == 200:
+            answer = orjson.loads(body)
+            body = orjson.dumps({**answer, "id": alias})
+        headers = [(k, v) for k, v in start.get("headers", ()) if k != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    await app(inner, receive, renamed)
 
 
 class AliasListing:

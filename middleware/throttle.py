@@ -44,6 +44,7 @@ from lockgate.proxy.context import model_request, new_id
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.store import Claim, Store, guard, open_store, owners
 from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
+from lockgate.proxy.websocket import refusals
 from lockgate.providers.tokens import answer_limit, prompt_tokens
 from lockgate.providers.usage import UsageMeter
 
@@ -131,9 +132,10 @@ class ThrottleMiddleware:
         self.store = open_store(store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        send = refusals(scope, send)  # a realtime session is limited at its handshake
         self.policy.ensure_watching()
         policy = self.policy.current
         if not policy.limits or not policy.paths.match(scope):

@@ -486,14 +486,14 @@ class AnthropicAdapter(Adapter):
     name = "anthropic"
     supports_messages = True
 
-    def build(self, dep: Deployment, body: dict) -> UpstreamRequest:
+    def build(self, dep: Deployment, body: dict, path: str = "/v1/messages") -> UpstreamRequest:
         headers = {}
         if dep.api_key:
             headers["x-api-key"] = dep.api_key
         headers["anthropic-version"] = dep.api_version or API_VERSION
         headers["content-type"] = "application/json"
         headers.update(dep.headers)
-        return UpstreamRequest(join_url(dep.base_url or DEFAULT_BASE_URL, "/v1/messages"), headers, orjson.dumps(body))
+        return UpstreamRequest(join_url(dep.base_url or DEFAULT_BASE_URL, path), headers, orjson.dumps(body))
 
     def chat_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
         default_max_tokens = int(dep.options.get("max_tokens") or DEFAULT_MAX_TOKENS)
@@ -509,6 +509,8 @@ class AnthropicAdapter(Adapter):
         return error_to_openai(status, body)
 
     def passthrough_request(self, dep: Deployment, path: str, body: dict) -> UpstreamRequest:
+        if path == "count_tokens":
+            return self.build(dep, {**body, "model": dep.model}, "/v1/messages/count_tokens")
         if path != "messages":
             return super().passthrough_request(dep, path, body)
         return self.build(dep, {**body, "model": dep.model})

@@ -17,10 +17,22 @@ import orjson
 
 @dataclass(frozen=True, slots=True)
 class Price:
+    """USD rates (providers/prices.py prices a usage with them). Tokens by the million;
+    audio and image tokens at their own rates where a model bills them apart (unset: the
+    text rate); units that are not tokens for the endpoints billed by them."""
+
     input_per_mtok: float
     output_per_mtok: float
     cached_input_per_mtok: float | None = None
     cache_write_per_mtok: float | None = None
+    audio_input_per_mtok: float | None = None
+    audio_output_per_mtok: float | None = None
+    image_input_per_mtok: float | None = None
+    image_output_per_mtok: float | None = None
+    per_search_unit: float | None = None  # rerank: a query with up to 100 documents (Cohere's unit)
+    per_audio_minute: float | None = None  # transcription and translation
+    per_mchar: float | None = None  # speech: per million characters of input
+    per_image: tuple[tuple[str, float], ...] = ()  # "quality/size" glob -> USD an image, first match
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +56,12 @@ class Deployment:
 class UpstreamRequest:
     url: str
     headers: dict[str, str] = field(repr=False)
-    body: bytes = field(repr=False)
+    # the body, or its pieces (a multipart upload, sent as it was received, never joined)
+    body: bytes | list = field(repr=False)
     method: str = "POST"
-    # answers in-process instead of over the network (the mock provider):
-    # an async callable taking this request and returning (status, async byte iterator)
+    # answers in-process instead of over the network (the mock provider): an async
+    # callable taking this request and returning (status, async byte iterator), or
+    # (status, async byte iterator, response headers)
     local: Any = field(default=None, repr=False)
 
 
@@ -101,6 +115,10 @@ class Adapter:
     supports_responses = False  # the upstream speaks the Responses API natively
     supports_messages = False  # the upstream speaks Anthropic Messages natively
 
+    def native_messages(self, dep: Deployment) -> bool:
+        """Whether `/v1/messages` goes to this deployment as it is (else through chat)."""
+        return self.supports_messages
+
     def chat_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
         raise NotImplementedError
 
@@ -129,6 +147,18 @@ class Adapter:
     def passthrough_usage(self, path: str, data: dict) -> dict | None:
         """OpenAI-shaped usage from a non-streamed native answer."""
         return None
+
+    def rerank_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
+        """A rerank in Cohere's shape (providers/rerank.py) for this provider."""
+        raise UnsupportedRequest(f"{self.name} deployments do not serve rerank")
+
+    def rerank_response(self, dep: Deployment, data: dict, body: dict) -> dict:
+        raise NotImplementedError
+
+    def media_request(self, dep: Deployment, kind: str, body: dict, form: Any = None) -> UpstreamRequest:
+        """Images, audio and moderations (proxy/endpoints.py kinds) in OpenAI's own
+        format; `form` is a multipart body (proxy/multipart.py) whose text fields are `body`."""
+        raise UnsupportedRequest(f"{self.name} deployments do not serve {kind.replace('_', ' ')}s")
 
     def passthrough_stream_usage(self, path: str, event: str, data: dict, usage: dict | None) -> dict | None:
         """Usage so far, updated by one event of a native stream."""

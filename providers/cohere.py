@@ -1,5 +1,6 @@
-"""Cohere's v2 API: chat (`/v2/chat`, streamed or not, with tools) and embeddings
-(`/v2/embed`), translated to and from OpenAI's shapes.
+"""Cohere's v2 API: chat (`/v2/chat`, streamed or not, with tools), embeddings
+(`/v2/embed`) and rerank (`/v2/rerank`), translated to and from OpenAI's shapes (rerank:
+Cohere's own, providers/rerank.py).
 
 Choices where the two formats do not line up:
 - OpenAI's `top_p` / `top_k` are Cohere's `p` / `k`; `stop` is `stop_sequences`.
@@ -15,6 +16,9 @@ Choices where the two formats do not line up:
   from the float vectors, as OpenAI encodes them.
 - `n` > 1 and `logprobs` cannot be expressed and are refused; other OpenAI-only
   fields (`logit_bias`, `user`, ...) are dropped.
+- Rerank goes to v2, which takes only strings and no `return_documents`,
+  `rank_fields` or `max_chunks_per_doc`: documents become text (providers/rerank.py)
+  and the documents asked for are added to the answer from the request.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from lockgate.providers.base import (
     usage_chunk,
     usage_dict,
 )
+from lockgate.providers import rerank
 from lockgate.providers.gemini import float32_base64
 from lockgate.providers.sse import SSEDecoder
 
@@ -292,6 +297,18 @@ def embeddings_list(dep: Deployment, data: dict, body: dict | None) -> dict:
     return {"object": "list", "data": items, "model": dep.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
+# -- rerank ------------------------------------------------------------------------
+
+
+def rerank_body(body: dict, model: str) -> dict:
+    out: dict = {"model": model, "query": str(body.get("query") or ""), "documents": rerank.texts(body)}
+    if rerank.top_n(body) is not None:
+        out["top_n"] = rerank.top_n(body)
+    if isinstance(body.get("max_tokens_per_doc"), int):
+        out["max_tokens_per_doc"] = body["max_tokens_per_doc"]
+    return out
+
+
 # -- errors ------------------------------------------------------------------------
 
 
@@ -331,6 +348,12 @@ class CohereAdapter(Adapter):
 
     def embeddings_response(self, dep: Deployment, data: dict, body: dict | None = None) -> dict:
         return embeddings_list(dep, data, body)
+
+    def rerank_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
+        return self.build(dep, "/v2/rerank", rerank_body(body, dep.model))
+
+    def rerank_response(self, dep: Deployment, data: dict, body: dict) -> dict:
+        return rerank.from_compatible(data, body)
 
     def error(self, status: int, body: bytes) -> tuple[int, dict]:
         return error_to_openai(status, body)

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 import orjson
 
-from lockgate.providers import responses
+from typing import Any
+
+from lockgate.providers import rerank, responses
 from lockgate.providers.base import Adapter, ChatStream, Deployment, UpstreamRequest, join_url, loads_or_none
 from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# OpenAI's paths of the endpoint kinds (proxy/endpoints.py) it serves as they come
+MEDIA_PATHS = {
+    "image_generation": "images/generations",
+    "image_edit": "images/edits",
+    "image_variation": "images/variations",
+    "transcription": "audio/transcriptions",
+    "translation": "audio/translations",
+    "speech": "audio/speech",
+    "moderation": "moderations",
+}
 
 
 class OpenAIStream(ChatStream):
@@ -125,6 +137,21 @@ class OpenAIAdapter(Adapter):
         if path == "responses":
             return self.build(dep, "responses", body)
         return super().passthrough_request(dep, path, body)
+
+    def rerank_request(self, dep: Deployment, body: dict) -> UpstreamRequest:
+        """A server speaking Cohere's shape at `{base_url}/rerank` (vLLM, TEI, Infinity)."""
+        return self.build(dep, "rerank", rerank.compatible_request(body, dep.model))
+
+    def rerank_response(self, dep: Deployment, data: dict, body: dict) -> dict:
+        return rerank.from_compatible(data, body)
+
+    def media_request(self, dep: Deployment, kind: str, body: dict, form: Any = None) -> UpstreamRequest:
+        path = MEDIA_PATHS[kind]
+        if form is None:
+            return self.build(dep, path, body)
+        pieces = form.pieces({**body, "model": dep.model})
+        headers = {**self.headers(dep), "content-type": form.content_type, "content-length": str(sum(map(len, pieces)))}
+        return UpstreamRequest(self.url(dep, path), headers, pieces)
 
     def passthrough_usage(self, path: str, data: dict) -> dict | None:
         if path == "responses":

@@ -39,6 +39,9 @@ PRESETS: dict[str, Preset] = {
     "ollama": Preset("http://127.0.0.1:11434/v1", "OLLAMA_API_KEY", key_required=False),
     "vllm": Preset("http://127.0.0.1:8000/v1", "VLLM_API_KEY", key_required=False),
     "lmstudio": Preset("http://127.0.0.1:1234/v1", "LM_STUDIO_API_KEY", key_required=False),
+    # embeddings and rerank only (providers/jina.py, providers/voyage.py)
+    "jina": Preset("https://api.jina.ai/v1", "JINA_API_KEY"),
+    "voyage": Preset("https://api.voyageai.com/v1", "VOYAGE_API_KEY"),
 }
 
 

@@ -1,7 +1,16 @@
-"""List prices in USD per million tokens, as the providers published them on
-PRICES_DATE. A deployment's `price:` in gateway.yaml, or `prices:` in budget.yaml,
-overrides these. Reasoning tokens are billed as output (they are counted in
-`completion_tokens`). Matched by glob on the upstream model name, most specific first.
+"""List prices in USD, as the providers published them on PRICES_DATE: per million
+tokens for chat and embeddings, and for the endpoints billed otherwise per search unit
+(Cohere rerank), per million tokens of query and documents (Jina, Voyage), per image by
+quality and size (DALL-E; gpt-image models as an estimate where the answer reports no
+tokens), per audio minute (Whisper), per million characters (text to speech), and
+audio and image tokens at their own rates (realtime, gpt-image, gpt-4o-transcribe).
+A deployment's `price:` in gateway.yaml, or `prices:` in budget.yaml, overrides these.
+Reasoning tokens are billed as output (they are counted in `completion_tokens`).
+Matched by glob on the upstream model name, most specific first.
+
+A usage (providers/usage.py) is OpenAI's token shape with the other units beside it:
+`search_units`, `audio_seconds`, `characters`, `images` (with `image_quality`,
+`image_size`); `cost` prices whatever it holds.
 """
 
 from __future__ import annotations
@@ -9,9 +18,62 @@ from __future__ import annotations
 import re
 from fnmatch import fnmatchcase
 
+from typing import Any
+
 from lockgate.providers.base import Price
 
 PRICES_DATE = "2025-10-01"
+
+# gpt-image models: per image by quality and 1024x1024 or larger, as OpenAI lists them
+GPT_IMAGE_1 = (("low/1024x1024", 0.011), ("low/*", 0.016), ("medium/1024x1024", 0.042), ("medium/*", 0.063), ("*/1024x1024", 0.167), ("*", 0.25))
+GPT_IMAGE_1_MINI = (("low/1024x1024", 0.005), ("low/*", 0.006), ("medium/1024x1024", 0.011), ("medium/*", 0.015), ("*/1024x1024", 0.036), ("*", 0.052))
+GPT_IMAGE_1_5 = (("low/1024x1024", 0.009), ("low/*", 0.013), ("medium/1024x1024", 0.034), ("medium/*", 0.05), ("*/1024x1024", 0.133), ("*", 0.2))
+# quality `hd` or `standard`, size; the last entry of each catches any other
+DALL_E_3 = (("hd/1024x1024", 0.08), ("hd/*", 0.12), ("*/1024x1024", 0.04), ("*", 0.08))
+DALL_E_2 = (("*/256x256", 0.016), ("*/512x512", 0.018), ("*", 0.02))
+
+# Models billed by something other than plain tokens, or by modality: checked before TABLE.
+SPECIAL: tuple[tuple[str, Price], ...] = (
+    # Cohere rerank: $2 per 1,000 searches (also on Bedrock as cohere.rerank-v3-5:0)
+    ("rerank-v3.5*", Price(0, 0, per_search_unit=0.002)),
+    ("rerank-v3-5*", Price(0, 0, per_search_unit=0.002)),
+    ("rerank-english-v3*", Price(0, 0, per_search_unit=0.002)),
+    ("rerank-multilingual-v3*", Price(0, 0, per_search_unit=0.002)),
+    ("rerank-v4.0-fast*", Price(0, 0, per_search_unit=0.002)),
+    ("rerank-v4.0-pro*", Price(0, 0, per_search_unit=0.0025)),
+    ("rerank-v1*", Price(0, 0, per_search_unit=0.001)),  # amazon.rerank-v1:0
+    # Jina and Voyage rerank: per million tokens of query and documents
+    ("jina-reranker-*", Price(0.05, 0)),
+    ("rerank-2.5-lite*", Price(0.02, 0)),
+    ("rerank-2-lite*", Price(0.02, 0)),
+    ("rerank-lite-*", Price(0.02, 0)),
+    ("rerank-2*", Price(0.05, 0)),
+    ("rerank-1*", Price(0.05, 0)),
+    # images
+    ("dall-e-3*", Price(0, 0, per_image=DALL_E_3)),
+    ("dall-e-2*", Price(0, 0, per_image=DALL_E_2)),
+    ("gpt-image-1-mini*", Price(2.0, 8.0, 0.2, image_input_per_mtok=2.5, image_output_per_mtok=8.0, per_image=GPT_IMAGE_1_MINI)),
+    ("gpt-image-1.5*", Price(5.0, 10.0, 1.25, image_input_per_mtok=8.0, image_output_per_mtok=32.0, per_image=GPT_IMAGE_1_5)),
+    ("gpt-image-1*", Price(5.0, 40.0, 1.25, image_input_per_mtok=10.0, image_output_per_mtok=40.0, per_image=GPT_IMAGE_1)),
+    # speech to text: Whisper per minute; the gpt-4o models by token (the minute rate when
+    # an answer reports only its duration)
+    ("whisper*", Price(0, 0, per_audio_minute=0.006)),
+    ("gpt-4o-mini-transcribe*", Price(1.25, 5.0, audio_input_per_mtok=3.0, per_audio_minute=0.003)),
+    ("gpt-4o-transcribe*", Price(2.5, 10.0, audio_input_per_mtok=6.0, per_audio_minute=0.006)),
+    # text to speech per million characters; gpt-4o-mini-tts is billed by audio tokens
+    # (~$0.015 a minute), which its answer does not report: priced as tts-1
+    ("tts-1-hd*", Price(0, 0, per_mchar=30.0)),
+    ("tts-1*", Price(0, 0, per_mchar=15.0)),
+    ("gpt-4o-mini-tts*", Price(0, 0, per_mchar=15.0)),
+    # realtime: text and audio tokens apart
+    ("gpt-4o-mini-realtime*", Price(0.60, 2.40, 0.30, audio_input_per_mtok=10.0, audio_output_per_mtok=20.0)),
+    ("gpt-4o-realtime*", Price(5.0, 20.0, 2.50, audio_input_per_mtok=40.0, audio_output_per_mtok=80.0)),
+    ("gpt-realtime-mini*", Price(0.60, 2.40, 0.06, audio_input_per_mtok=10.0, audio_output_per_mtok=20.0, image_input_per_mtok=0.80)),
+    ("gpt-realtime*", Price(4.0, 16.0, 0.40, audio_input_per_mtok=32.0, audio_output_per_mtok=64.0, image_input_per_mtok=5.0)),
+    # moderation is free
+    ("omni-moderation*", Price(0, 0)),
+    ("text-moderation*", Price(0, 0)),
+)
 
 # (glob, input, output, cached input, cache write)
 TABLE: tuple[tuple[str, float, float, float | None, float | None], ...] = (
@@ -139,6 +201,9 @@ def lookup(model: str | None) -> Price | None:
     if not model:
         return None
     name = base_name(model)
+    for pattern, price in SPECIAL:
+        if fnmatchcase(name, pattern):
+            return price
     for pattern, inp, out, cached, write in TABLE:
         if fnmatchcase(name, pattern):
             return Price(inp, out, cached, write)
@@ -146,16 +211,71 @@ def lookup(model: str | None) -> Price | None:
 
 
 def cost(usage: dict | None, price: Price) -> float:
-    """USD for OpenAI-shaped `usage`: uncached input, cached input, cache writes, output."""
+    """USD for a usage: uncached input (text, audio, image), cached input, cache writes,
+    output (text, audio, image), then the units that are not tokens."""
     if not usage:
         return 0.0
-    prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
-    completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
+    prompt = _count(usage.get("prompt_tokens") or usage.get("input_tokens"))
+    completion = _count(usage.get("completion_tokens") or usage.get("output_tokens"))
     details = usage.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens") or 0
-    written = details.get("cache_write_tokens") or 0
-    uncached = max(0, prompt - cached - written)
-    total = uncached * price.input_per_mtok + completion * price.output_per_mtok
-    total += cached * (price.cached_input_per_mtok if price.cached_input_per_mtok is not None else price.input_per_mtok)
-    total += written * (price.cache_write_per_mtok if price.cache_write_per_mtok is not None else price.input_per_mtok)
-    return total / 1_000_000
+    out_details = usage.get("completion_tokens_details") or {}
+    cached = _count(details.get("cached_tokens"))
+    written = _count(details.get("cache_write_tokens"))
+    # audio and image input counts include their cached share (realtime says how much)
+    audio = max(0, _count(details.get("audio_tokens")) - _count(details.get("cached_audio_tokens")))
+    image = max(0, _count(details.get("image_tokens")) - _count(details.get("cached_image_tokens")))
+    text = max(0, prompt - cached - written - audio - image)
+    audio_out = _count(out_details.get("audio_tokens"))
+    image_out = _count(out_details.get("image_tokens"))
+    text_out = max(0, completion - audio_out - image_out)
+    total = text * price.input_per_mtok + text_out * price.output_per_mtok
+    total += audio * _or(price.audio_input_per_mtok, price.input_per_mtok) + image * _or(price.image_input_per_mtok, price.input_per_mtok)
+    total += audio_out * _or(price.audio_output_per_mtok, price.output_per_mtok) + image_out * _or(price.image_output_per_mtok, price.output_per_mtok)
+    total += cached * _or(price.cached_input_per_mtok, price.input_per_mtok)
+    total += written * _or(price.cache_write_per_mtok, price.input_per_mtok)
+    return total / 1_000_000 + unit_cost(usage, price)
+
+
+def unit_cost(usage: dict, price: Price) -> float:
+    total = _count(usage.get("search_units")) * (price.per_search_unit or 0.0)
+    total += _count(usage.get("audio_seconds")) / 60 * (price.per_audio_minute or 0.0)
+    total += _count(usage.get("characters")) / 1_000_000 * (price.per_mchar or 0.0)
+    images = _count(usage.get("images"))
+    if images and price.per_image:
+        total += images * image_price(price, usage.get("image_quality"), usage.get("image_size"))
+    return total
+
+
+def image_price(price: Price, quality: Any, size: Any) -> float:
+    """One image's price; an unknown quality (`auto`, or none said) at the dearest one for its size."""
+    size = size if isinstance(size, str) and size != "auto" else "1024x1024"
+    if isinstance(quality, str) and quality not in ("auto", ""):
+        return next((usd for glob, usd in price.per_image if fnmatchcase(f"{quality}/{size}", glob)), 0.0)
+    qualities = {glob.split("/", 1)[0] for glob, _ in price.per_image if "/" in glob} | {"*"}
+    return max(next((usd for glob, usd in price.per_image if fnmatchcase(f"{q}/{size}", glob)), 0.0) for q in qualities)
+
+
+def _count(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
+
+
+def _or(rate: float | None, default: float) -> float:
+    return rate if rate is not None else default
+
+
+PRICE_KEYS = (
+    "input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok", "audio_input_per_mtok",
+    "audio_output_per_mtok", "image_input_per_mtok", "image_output_per_mtok", "per_search_unit", "per_audio_minute", "per_mchar",
+)
+
+
+def parse_price(check: Any, node: Any, where: str = "price") -> Price | None:
+    """A `price:` (gateway.yaml) or `prices:` entry (budget.yaml); problems go to `check`
+    (proxy.config.Checker). `per_image` maps "quality/size" globs to USD an image."""
+    if not isinstance(node, dict):
+        return None
+    check.unknown(node, {*PRICE_KEYS, "per_image"}, where)
+    optional = {key: float(check.number(node, key, 0.0)) for key in PRICE_KEYS[2:] if key in node}
+    per_image = check.mapping(node, "per_image", "per_image") if "per_image" in node else {}
+    images = tuple((str(glob), float(check.number(per_image, glob, 0.0))) for glob in per_image)
+    return Price(float(check.number(node, "input_per_mtok", 0.0)), float(check.number(node, "output_per_mtok", 0.0)), per_image=images, **optional)

@@ -10,7 +10,13 @@ What is read, in OpenAI's usage shape (`prompt_tokens`, `completion_tokens`, det
   `stream_options.include_usage`);
 - Anthropic's `message_start` and `message_delta` events (input, cache reads and
   writes, then the cumulative output);
-- the Responses API's `response.completed` / `response.incomplete` event.
+- the Responses API's `response.completed` / `response.incomplete` event;
+- for the endpoints billed by other units (`answer_usage`, by endpoint kind): a rerank
+  answer's Cohere `meta.billed_units` (search units, tokens) or Jina's / Voyage's /
+  vLLM's `usage.total_tokens`; an images answer's token usage (gpt-image models), else
+  its images by quality and size; a transcription's token usage, its duration
+  (`usage.seconds`, verbose_json's `duration`), or its text streamed
+  (`transcript.text.done`); speech by the characters of its input (its answer is audio).
 The text streamed is counted as it passes too, so an answer that carries no usage can
 still be estimated (`estimate`) instead of charged nothing.
 """
@@ -26,6 +32,7 @@ from lockgate.providers.responses import TERMINAL_EVENTS, usage_to_chat
 from lockgate.providers.sse import SSEDecoder
 from lockgate.providers.tokens import prompt_tokens
 
+SPEECH_CHARS_PER_SECOND = 15  # ~150 words a minute: a transcript's length says about how long the audio was
 MAX_JSON_BYTES = 32 * 1024 * 1024  # past this an answer is not read for usage (it is estimated)
 
 
@@ -96,6 +103,8 @@ def stream_usage(event: str, data: Any, usage: dict | None) -> dict | None:
         response = data.get("response")
         found = response.get("usage") if isinstance(response, dict) else None
         return (usage_to_chat(found) if isinstance(found, dict) else None) or usage
+    if kind == "transcript.text.done":
+        return transcription_usage(data) or usage
     found = data.get("usage")
     if isinstance(found, dict) and ("prompt_tokens" in found or "completion_tokens" in found) and _counts_are_numbers(found):
         return found
@@ -104,11 +113,15 @@ def stream_usage(event: str, data: Any, usage: dict | None) -> dict | None:
 
 class UsageMeter:
     """Watches one answer go by: `start` with its response-start message, `feed` each
-    body piece, then `usage` (what the answer said, or None) and `estimate`."""
+    body piece, then `usage` (what the answer said, or None) and `estimate`. `kind` is
+    the endpoint's (proxy/endpoints.py) and `request` its body, for the answers whose
+    units the request says (speech, images)."""
 
-    __slots__ = ("streaming", "json", "parts", "size", "decoder", "found", "chars")
+    __slots__ = ("kind", "request", "streaming", "json", "parts", "size", "decoder", "found", "chars")
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str | None = None, request: Any = None) -> None:
+        self.kind = kind
+        self.request = request if isinstance(request, dict) else {}
         self.streaming = False
         self.json = False
         self.parts: list[bytes] = []
@@ -134,7 +147,7 @@ class UsageMeter:
         if self.decoder is not None:
             for event, payload in self.decoder.feed(body):
                 self._event(event, payload)
-        elif self.json and self.size <= MAX_JSON_BYTES:
+        elif (self.json or self.kind in ("transcription", "translation")) and self.size <= MAX_JSON_BYTES:
             self.size += len(body)
             self.parts.append(body)
 
@@ -150,20 +163,239 @@ class UsageMeter:
 
     @property
     def usage(self) -> dict | None:
+        if self.kind == "speech":
+            return speech_usage(self.request)
         if self.decoder is not None:
             return self.found
         if self.parts and self.size <= MAX_JSON_BYTES:
             raw = b"".join(self.parts)
             self.parts = [raw]
             try:
-                return from_answer(orjson.loads(raw))
+                data = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 return None
+            if self.kind in UNIT_KINDS:
+                return answer_usage(self.kind, data, self.request)
+            return from_answer(data)
         return None
+
+    def _transcript(self) -> str:
+        """The text of a whole transcript answer (JSON's `text`, or plain text)."""
+        raw = b"".join(self.parts)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw.decode("utf-8", "replace").strip()
+        return data["text"] if isinstance(data, dict) and isinstance(data.get("text"), str) else ""
 
     def estimate(self, request: dict) -> dict:
         """Usage for an answer that reported none: the prompt as estimated, the text that
-        went by at four characters a token."""
+        went by at four characters a token (for a transcript: its length in seconds of
+        speech)."""
+        if self.kind in ("transcription", "translation"):
+            seconds = -(-(self.chars + len(self._transcript())) // SPEECH_CHARS_PER_SECOND)
+            return {"audio_seconds": seconds, "estimated": True}
+        units = unit_estimate(self.kind, request)
+        if units is not None:
+            return units
         prompt = prompt_tokens(request)
         completion = (self.chars + 3) // 4
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "estimated": True}
+
+
+# -- the endpoints billed by other units --------------------------------------------------
+UNIT_KINDS = frozenset({"rerank", "image_generation", "image_edit", "image_variation", "transcription", "translation", "speech"})
+
+
+def answer_usage(kind: str | None, data: Any, request: dict | None = None) -> dict | None:
+    """The usage of a whole answer of an endpoint billed by units, in the shape
+    providers/prices.py prices; None when the answer does not say."""
+    request = request if isinstance(request, dict) else {}
+    if kind == "speech":
+        return speech_usage(request)
+    if not isinstance(data, dict):
+        return None
+    if kind == "rerank":
+        return rerank_usage(data)
+    if kind in ("image_generation", "image_edit", "image_variation"):
+        return images_usage(data, request)
+    if kind in ("transcription", "translation"):
+        return transcription_usage(data)
+    return from_answer(data)
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
+def rerank_usage(data: dict) -> dict | None:
+    """Cohere's `meta.billed_units` (search units, or input tokens), or the `usage` of
+    Jina, Voyage and vLLM (`total_tokens`, `prompt_tokens`)."""
+    meta = data.get("meta")
+    billed = meta.get("billed_units") if isinstance(meta, dict) else None
+    billed = billed if isinstance(billed, dict) else {}
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    units = _number(billed.get("search_units"))
+    tokens = _number(billed.get("input_tokens")) or _number(usage.get("total_tokens")) or _number(usage.get("prompt_tokens"))
+    if units is None and tokens is None:
+        return None
+    out: dict[str, Any] = {"prompt_tokens": int(tokens or 0), "completion_tokens": 0, "total_tokens": int(tokens or 0)}
+    if units is not None:
+        out["search_units"] = units
+    return out
+
+
+def images_usage(data: dict, request: dict) -> dict | None:
+    """gpt-image models report tokens (text and image input, image output); DALL-E
+    reports nothing, so its images are counted with the quality and size asked for."""
+    usage = data.get("usage")
+    if isinstance(usage, dict) and _number(usage.get("input_tokens")) is not None:
+        prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+        given = usage.get("input_tokens_details") if isinstance(usage.get("input_tokens_details"), dict) else {}
+        made = usage.get("output_tokens_details") if isinstance(usage.get("output_tokens_details"), dict) else None
+        out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        out["prompt_tokens_details"] = {"image_tokens": int(_number(given.get("image_tokens")) or 0)}
+        # without output details every output token is an image token (gpt-image-1)
+        out["completion_tokens_details"] = {"image_tokens": int(_number(made.get("image_tokens")) or 0) if made else completion}
+        return out
+    images = data.get("data")
+    count = len(images) if isinstance(images, list) else None
+    if count is None:
+        return None
+    quality = data.get("quality") or request.get("quality") or "standard"
+    return {"images": count, "image_quality": str(quality), "image_size": str(data.get("size") or request.get("size") or "1024x1024")}
+
+
+def transcription_usage(data: dict) -> dict | None:
+    """`usage` of type tokens (gpt-4o-transcribe) or duration (whisper-1), or a
+    verbose_json answer's `duration`."""
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        if usage.get("type") == "duration" and _number(usage.get("seconds")) is not None:
+            return {"audio_seconds": usage["seconds"]}
+        if _number(usage.get("input_tokens")) is not None:
+            prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+            details = usage.get("input_token_details") if isinstance(usage.get("input_token_details"), dict) else {}
+            out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+            out["prompt_tokens_details"] = {"audio_tokens": int(_number(details.get("audio_tokens")) or 0)}
+            return out
+    duration = _number(data.get("duration"))
+    return {"audio_seconds": duration} if duration is not None else None
+
+
+def speech_usage(request: dict) -> dict:
+    text = request.get("input")
+    return {"characters": len(text) if isinstance(text, str) else 0}
+
+
+def realtime_usage(usage: Any) -> dict | None:
+    """A realtime `response.done`'s usage: text, audio and image tokens apart, and how
+    many of each were read from the session's cache."""
+    if not isinstance(usage, dict) or _number(usage.get("input_tokens")) is None:
+        return None
+    given = usage.get("input_token_details") if isinstance(usage.get("input_token_details"), dict) else {}
+    cached = given.get("cached_tokens_details") if isinstance(given.get("cached_tokens_details"), dict) else {}
+    made = usage.get("output_token_details") if isinstance(usage.get("output_token_details"), dict) else {}
+    prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    details = {
+        "cached_tokens": int(_number(given.get("cached_tokens")) or 0),
+        "audio_tokens": int(_number(given.get("audio_tokens")) or 0),
+        "image_tokens": int(_number(given.get("image_tokens")) or 0),
+        "cached_audio_tokens": int(_number(cached.get("audio_tokens")) or 0),
+        "cached_image_tokens": int(_number(cached.get("image_tokens")) or 0),
+    }
+    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    out["prompt_tokens_details"] = {k: v for k, v in details.items() if v}
+    out["completion_tokens_details"] = {"audio_tokens": int(_number(made.get("audio_tokens")) or 0)}
+    return out
+
+
+TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
+
+
+def billed_usage(text: str, transcription: bool) -> dict | None:
+    """The usage a realtime upstream event bills: a `response.done`'s, or in a transcription
+    session a completed transcript's; None for every other event."""
+    if '"response.done"' not in text and (not transcription or TRANSCRIPT_DONE not in text):
+        return None
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    if event.get("type") == "response.done" and isinstance(event.get("response"), dict):
+        return realtime_usage(event["response"].get("usage"))
+    if transcription and event.get("type") == TRANSCRIPT_DONE:
+        return transcription_usage(event)
+    return None
+
+
+def add_usage(total: dict | None, more: dict | None) -> dict | None:
+    """Two usages summed (a realtime session's responses), nested details included."""
+    if not more:
+        return total
+    if not total:
+        return dict(more)
+    out = dict(total)
+    for key, value in more.items():
+        if isinstance(value, dict):
+            out[key] = add_usage(out.get(key) if isinstance(out.get(key), dict) else None, value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = (out.get(key) or 0) + value
+    return out
+
+
+# What a request of each kind can cost at most, before the upstream counted, in the shape
+# providers/prices.py prices. Audio length is not in an upload's headers: the bound takes
+# the least bytes a second any speech codec in use sends (6 kbit/s, Opus's floor for
+# speech), and for token-billed models generous rates of audio and transcript tokens a second.
+MIN_AUDIO_BYTES_PER_SECOND = 750
+AUDIO_TOKENS_PER_SECOND_BOUND = 20
+TRANSCRIPT_TOKENS_PER_SECOND_BOUND = 10
+IMAGE_INPUT_TOKENS_BOUND = 6_500  # the most image tokens gpt-image models bill an input image (high fidelity)
+
+
+def usage_bound(kind: str | None, request: dict, size: int, files: list[tuple[str, int]] = ()) -> dict | None:
+    """The most a request of `kind` (its body `request`, `size` bytes, `files` as
+    (field name, bytes)) can be billed, in units; None for kinds billed by tokens
+    (providers/tokens.py bounds those)."""
+    if kind == "rerank":
+        documents = request.get("documents") if isinstance(request.get("documents"), list) else []
+        # Cohere splits a query and document past 500 tokens into chunks, each a document; 100 a unit
+        query = len(str(request.get("query") or "").encode())
+        chunks = sum(max(1, -(-(query + len(str(doc).encode())) // 500)) for doc in documents) or 1
+        return {"prompt_tokens": size, "completion_tokens": 0, "search_units": -(-chunks // 100)}
+    if kind in ("image_generation", "image_edit", "image_variation"):
+        n = request.get("n")
+        count = int(n) if isinstance(n, (int, str)) and str(n).isdigit() and int(n) > 0 else 1
+        inputs = sum(1 for name, _ in files if name.startswith("image"))
+        prompt = len(str(request.get("prompt") or "").encode())
+        out = {"prompt_tokens": prompt + inputs * IMAGE_INPUT_TOKENS_BOUND, "prompt_tokens_details": {"image_tokens": inputs * IMAGE_INPUT_TOKENS_BOUND}}
+        return {**out, "completion_tokens": 0, "images": count, "image_quality": request.get("quality"), "image_size": request.get("size")}
+    if kind in ("transcription", "translation"):
+        audio = sum(nbytes for _, nbytes in files)
+        seconds = -(-audio // MIN_AUDIO_BYTES_PER_SECOND)
+        prompt = seconds * AUDIO_TOKENS_PER_SECOND_BOUND + len(str(request.get("prompt") or "").encode())
+        details = {"audio_tokens": seconds * AUDIO_TOKENS_PER_SECOND_BOUND}
+        return {"audio_seconds": seconds, "prompt_tokens": prompt, "prompt_tokens_details": details, "completion_tokens": seconds * TRANSCRIPT_TOKENS_PER_SECOND_BOUND}
+    if kind == "speech":
+        return speech_usage(request)
+    return None
+
+
+def unit_estimate(kind: str | None, request: dict) -> dict | None:
+    """Units a request of `kind` is billed when its answer said nothing (a rerank by its
+    documents, images by count asked for)."""
+    if kind == "rerank":
+        documents = request.get("documents")
+        count = len(documents) if isinstance(documents, list) else 0
+        tokens = prompt_tokens(request)
+        return {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens, "search_units": max(1, -(-count // 100)), "estimated": True}
+    if kind in ("image_generation", "image_edit", "image_variation"):
+        n = request.get("n")
+        count = int(n) if isinstance(n, (int, str)) and str(n).isdigit() and int(n) > 0 else 1
+        return {"images": count, "image_quality": str(request.get("quality") or "standard"), "image_size": str(request.get("size") or "1024x1024"), "estimated": True}
+    if kind == "speech":
+        return speech_usage(request)
+    return None

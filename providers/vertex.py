@@ -108,7 +108,10 @@ def error_to_openai(status: int, body: bytes) -> tuple[int, dict]:
 
 class VertexAdapter(Adapter):
     name = "vertex"
-    supports_messages = True  # for Claude models; others answer 400
+    supports_messages = True  # for Claude models; Gemini models take /v1/messages through chat
+
+    def native_messages(self, dep: Deployment) -> bool:
+        return is_claude(dep.model)
 
     def _request(self, dep: Deployment, method: str, body: dict) -> UpstreamRequest:
         headers = {"content-type": "application/json"}

@@ -15,9 +15,10 @@ from typing import Any, Callable, Container
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.proxy import metrics
-from lockgate.proxy.context import get_context, route_path
+from lockgate.proxy.context import get_context, redacted, route_path
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger, info_line
+from lockgate.proxy.websocket import refusals
 
 log = get_logger("lockgate.access")
 
@@ -43,9 +44,10 @@ class AccessLog:
         self.lifecycle = lifecycle  # draining: each answer closes its connection (see proxy/live.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        send = refusals(scope, send)  # a WebSocket handshake is answered like a request
         ctx = get_context(scope)
         if self.max_body_bytes:
             ctx.max_body = self.max_body_bytes
@@ -66,13 +68,17 @@ class AccessLog:
                 metrics.overhead.observe(overhead)
                 headers.append((b"x-lockgate-overhead-ms", f"{overhead * 1000:.3f}".encode()))
                 message = {**message, "headers": headers}
+            elif message["type"] == "websocket.accept":
+                status = 101
+            elif message["type"] == "websocket.close" and not status:
+                status = 403
             await send(message)
 
         try:
             await self.app(scope, receive, stamped)
-        except Exception:
+        except Exception as exc:
             # a bug in any layer: the client still gets OpenAI's error shape, never a bare 500
-            log.exception("internal_error", request_id=ctx.request_id, path=scope.get("path"))
+            log_internal_error(scope, ctx, exc)
             if not status:
                 error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
                 await send_error(stamped, error)
@@ -129,3 +135,12 @@ class AccessLog:
 def count(value: Any) -> float:
     """A token count for a counter: a non-negative number, whatever the usage said."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
+
+
+def log_internal_error(scope: Scope, ctx: Any, exc: BaseException) -> None:
+    """A bug's traceback, except for an incognito request, whose content an exception's
+    message may quote: its type only."""
+    if redacted(scope):
+        log.error("internal_error", request_id=ctx.request_id, path=scope.get("path"), error=type(exc).__name__)
+    else:
+        log.exception("internal_error", request_id=ctx.request_id, path=scope.get("path"))

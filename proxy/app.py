@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Callable, Container, Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.routing import Router as StarletteRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,6 +23,7 @@ from lockgate.proxy.access import AccessLog
 from lockgate.proxy.admin import Admin
 from lockgate.proxy.checks import Layer, cross_check, layer_of
 from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
+from lockgate.proxy.dialect import AnthropicErrors
 from lockgate.proxy.context import get_context, route_path
 from lockgate.proxy.errors import GatewayError, send_error, send_json
 from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
@@ -42,7 +43,19 @@ MODEL_ROUTES = {
     "/messages": ("messages", ["POST"]),
     "/models": ("models", ["GET"]),
     "/model/info": ("model_info", ["GET"]),
+    "/messages/count_tokens": ("count_tokens", ["POST"]),
+    "/rerank": ("rerank", ["POST"]),
+    "/images/generations": ("image_generation", ["POST"]),
+    "/images/edits": ("image_edit", ["POST"]),
+    "/images/variations": ("image_variation", ["POST"]),
+    "/audio/transcriptions": ("transcription", ["POST"]),
+    "/audio/translations": ("translation", ["POST"]),
+    "/audio/speech": ("speech", ["POST"]),
+    "/moderations": ("moderation", ["POST"]),
 }
+# served only as they are: Cohere's v2 path, a model by name (names hold `/`), the realtime WebSocket
+EXTRA_ROUTES = {"/v2/rerank": ("rerank", ["POST"]), "/v1/models/{model:path}": ("model", ["GET"]), "/models/{model:path}": ("model", ["GET"])}
+WEBSOCKET_ROUTES = ("/v1/realtime", "/realtime")
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 log = get_logger("lockgate.app")
 
@@ -53,9 +66,9 @@ class Routes(StarletteRouter):
     method, HEAD) takes Starlette's scan of the routes. The model routes are the ones
     every request hits, and the scan's regexes cost more than the rest of routing."""
 
-    def __init__(self, routes: list[Route], **kwargs: Any) -> None:
+    def __init__(self, routes: list[Route | WebSocketRoute], **kwargs: Any) -> None:
         super().__init__(routes=routes, **kwargs)
-        self.exact = {(route.path, method): route.app for route in routes if "{" not in route.path for method in route.methods or ()}
+        self.exact = {(route.path, method): route.app for route in routes if "{" not in route.path for method in getattr(route, "methods", None) or ()}
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -208,11 +221,15 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         endpoint = Endpoint(getattr(gateway, handler))
         routes.append(Route("/v1" + path, endpoint, methods=methods))
         routes.append(Route(path, endpoint, methods=methods))
+    for path, (handler, methods) in EXTRA_ROUTES.items():
+        routes.append(Route(path, Endpoint(getattr(gateway, handler)), methods=methods))
+    routes.extend(WebSocketRoute(path, gateway.realtime) for path in WEBSOCKET_ROUTES)
     routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
 
     known = frozenset(route.path for route in routes if "{" not in route.path)
     access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.config.models, lifecycle=lifecycle)
-    app = Starlette(middleware=[access, *built.stack])
+    # Anthropic's error shape on the Messages paths, whichever layer refused (proxy/dialect.py)
+    app = Starlette(middleware=[access, Middleware(AnthropicErrors), *built.stack])
     app.router = Routes(routes, lifespan=lifespan)
     live = LiveConfig(config, gateway, app.state, built.mounted, swap_models)
     app.state.gateway = gateway

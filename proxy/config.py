@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import yaml
 
 from lockgate.providers import registry
-from lockgate.providers.base import Deployment, Price, SettingError
+from lockgate.providers.base import Deployment, SettingError
+from lockgate.providers.prices import parse_price
 
 PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mock", *registry.PROVIDERS)
 BALANCES = ("round_robin", "weighted", "least_busy", "lowest_latency", "sticky")
@@ -428,16 +429,7 @@ def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment 
         check.fail(node, "base_url", f"base_url must start with http:// or https://, not {base_url!r}")
     headers_node = check.mapping(node, "headers", "headers")
     headers = {str(k).lower(): str(check.expand(v, headers_node, k)) for k, v in headers_node.items()}
-    price = None
-    if "price" in node:
-        price_node = check.mapping(node, "price", "price")
-        check.unknown(price_node, {"input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok"}, "price")
-        price = Price(
-            input_per_mtok=check.number(price_node, "input_per_mtok", 0.0),
-            output_per_mtok=check.number(price_node, "output_per_mtok", 0.0),
-            cached_input_per_mtok=check.number(price_node, "cached_input_per_mtok", 0.0) if "cached_input_per_mtok" in price_node else None,
-            cache_write_per_mtok=check.number(price_node, "cache_write_per_mtok", 0.0) if "cache_write_per_mtok" in price_node else None,
-        )
+    price = parse_price(check, check.mapping(node, "price", "price")) if "price" in node else None
     options = {}
     for key in MOCK_OPTIONS:
         if key in node:

@@ -18,6 +18,8 @@ import orjson
 from starlette.types import Message, Receive, Scope
 
 from lockgate.proxy.errors import GatewayError, bad_request
+from lockgate.proxy.multipart import Form, FormError
+from lockgate.proxy.websocket import query_model
 
 CONTEXT_KEY = "lockgate"
 _ID_PREFIX = os.urandom(6).hex()  # unique per process (and per host), so ids never collide in a shared store
@@ -45,6 +47,7 @@ class RequestContext:
         "upstream_s",
         "max_body",
         "body_error",
+        "form",
         "extra",
     )
 
@@ -70,6 +73,7 @@ class RequestContext:
         self.upstream_s = 0.0
         self.max_body = DEFAULT_MAX_BODY_BYTES  # the gateway sets server.max_body_bytes
         self.body_error: GatewayError | None = None  # the body was read and was bad: say so again
+        self.form: Form | None = None  # a multipart body: `body` holds its text fields
         self.extra: dict[str, Any] = {}
 
     @property
@@ -89,6 +93,18 @@ class RequestContext:
         if self.raw_body is None:
             self.raw_body = orjson.dumps(self.body)
         return self.raw_body
+
+    def body_size(self) -> int:
+        """Bytes of the body as it would be sent on (a form's without joining it)."""
+        if self.form is not None:
+            return self.form.size
+        return len(self.body_bytes())
+
+    def body_pieces(self) -> list[bytes | memoryview]:
+        """The body as it would be sent on: a form's pieces with its fields as they are now."""
+        if self.form is not None:
+            return self.form.pieces(self.body)
+        return [self.body_bytes()]
 
 
 OWNER_CHARS = 12  # an id's first characters name the process that made it (its owner)
@@ -121,6 +137,15 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+# incognito: LiteLLM's header (Onyx sends it for chats that must leave no trace) and lockgate's own
+REDACTION_HEADERS = frozenset({b"x-litellm-enable-message-redaction", b"x-lockgate-redact"})
+
+
+def redacted(scope: Scope) -> bool:
+    """Whether the request asked that its content reach no log, trace or cache."""
+    return any(name in REDACTION_HEADERS and value.strip().lower() in (b"true", b"1", b"yes") for name, value in scope.get("headers", ()))
 
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -157,6 +182,29 @@ async def read_body(scope: Scope, receive: Receive, max_bytes: int = DEFAULT_MAX
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
+async def read_form(scope: Scope, receive: Receive, content_type: str, max_bytes: int) -> Form:
+    """A multipart body, parsed as it arrives and kept as the pieces it came in."""
+    declared = header(scope, b"content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(max_bytes)
+    try:
+        form = Form(content_type)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise GatewayError(499, "client disconnected", "invalid_request_error", "client_disconnected")
+            chunk = message.get("body", b"")
+            if chunk:
+                if form.size + len(chunk) > max_bytes:
+                    raise too_large(max_bytes)
+                form.feed(chunk)
+            if not message.get("more_body", False):
+                form.finish()
+                return form
+    except FormError as exc:
+        raise bad_request(f"We could not parse the multipart body of your request: {exc}.", code="invalid_multipart") from None
+
+
 def too_large(max_bytes: int) -> GatewayError:
     return GatewayError(413, f"Request body is larger than {max_bytes} bytes.", "invalid_request_error", "request_too_large")
 
@@ -177,11 +225,24 @@ async def load_json(scope: Scope, receive: Receive, max_bytes: int | None = None
     if ctx.body_error is not None:
         # an outer layer already consumed the body and found it bad; reading again would wait forever
         raise ctx.body_error
+    if scope["type"] == "websocket":
+        # a handshake has no body: the realtime API names its model in the query string
+        model = query_model(scope)
+        ctx.body = {"model": model} if model else {}
+        ctx.body_loaded = True
+        ctx.extra["websocket"] = True
+        ctx.model_requested = model
+        return ctx
     try:
-        if not is_json(scope):
-            raise bad_request("Content-Type must be application/json.", code="invalid_content_type")
-        ctx.raw_body = await read_body(scope, receive, max_bytes or ctx.max_body)
-        body = parse_object(ctx.raw_body)
+        content_type = header(scope, b"content-type")
+        if content_type is not None and content_type.lower().startswith("multipart/form-data"):
+            ctx.form = await read_form(scope, receive, content_type, max_bytes or ctx.max_body)
+            body = ctx.form.fields()
+        elif not is_json(scope):
+            raise bad_request("Content-Type must be application/json or multipart/form-data.", code="invalid_content_type")
+        else:
+            ctx.raw_body = await read_body(scope, receive, max_bytes or ctx.max_body)
+            body = parse_object(ctx.raw_body)
     except GatewayError as exc:
         ctx.body_error = exc
         raise
@@ -242,15 +303,17 @@ def replay(ctx: RequestContext, receive: Receive) -> Receive:
     """A `receive` for the inner app: the (possibly changed) body first, then the real one
     (so the inner app still hears about a disconnect). Before anyone read the body, the
     real one as it is."""
-    if ctx.raw_body is None and not ctx.body_loaded:
+    if (ctx.raw_body is None and not ctx.body_loaded) or ctx.extra.get("websocket"):
         return receive
-    sent = False
+    pending: list[bytes | memoryview] | None = None
 
     async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": ctx.body_bytes(), "more_body": False}
+        nonlocal pending
+        if pending is None:
+            pending = ctx.body_pieces()
+        if pending:
+            piece = pending.pop(0)
+            return {"type": "http.request", "body": bytes(piece), "more_body": bool(pending)}
         return await receive()
 
     return replayed

@@ -15,16 +15,19 @@ from typing import AsyncIterator, Awaitable, Callable
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, mock, openai, presets, responses, vertex
+from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, jina, messages, mock, openai, presets, responses, vertex, voyage
 from lockgate.providers.base import Adapter, CredentialsError, Deployment, UnsupportedRequest, loads_or_none, usage_requested
 from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data
 from lockgate.providers.tokens import prompt_tokens
-from lockgate.providers.usage import delta_chars
+from lockgate.providers.usage import UsageMeter, answer_usage, delta_chars, rerank_usage
 from lockgate.proxy import catalog
 from lockgate.proxy.config import GatewayConfig
 from lockgate.proxy.context import RequestContext, get_context, load_json
+from lockgate.proxy.endpoints import AUDIO_IN, IMAGES, MULTIPART
 from lockgate.proxy.errors import GatewayError, bad_request, model_not_found, send_error, send_json
+from lockgate.proxy.access import log_internal_error
 from lockgate.proxy.logs import get_logger
+from lockgate.proxy.realtime import Realtime
 from lockgate.proxy.router import Balancer, Router, sticky_key
 from lockgate.proxy.secrets import Secrets
 from lockgate.proxy.upstream import (
@@ -47,12 +50,19 @@ ADAPTERS: dict[str, Adapter] = {
     "vertex": vertex.ADAPTER,
     "cohere": cohere.ADAPTER,
     **presets.ADAPTERS,
+    "jina": jina.ADAPTER,
+    "voyage": voyage.ADAPTER,
 }
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 COOLDOWN_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 # client headers a native passthrough may carry upstream: feature flags, never credentials
-PASSTHROUGH_HEADERS = {"messages": (b"anthropic-beta", b"anthropic-version"), "responses": (b"openai-beta",)}
+PASSTHROUGH_HEADERS = {
+    "messages": (b"anthropic-beta", b"anthropic-version"),
+    "count_tokens": (b"anthropic-beta", b"anthropic-version"),
+    "responses": (b"openai-beta",),
+}
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"  # what OpenAI uses when a request names none
 
 log = get_logger("lockgate.proxy")
 
@@ -145,6 +155,7 @@ class Gateway:
         self.router = router
         self.client = client
         self.secrets = Secrets(d for m in config.models.values() for d in m.deployments)
+        self.realtime = Realtime(self)
 
     # -- endpoints ------------------------------------------------------------------
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -161,6 +172,42 @@ class Gateway:
 
     async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._serve(scope, receive, send, "messages", self._validate_messages)
+
+    async def count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "count_tokens", self._validate_messages)
+
+    async def rerank(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "rerank", self._validate_rerank)
+
+    async def image_generation(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "image_generation", self._validate_prompt)
+
+    async def image_edit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "image_edit", self._validate_prompt)
+
+    async def image_variation(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "image_variation", self._require_model)
+
+    async def transcription(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "transcription", self._require_model)
+
+    async def translation(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "translation", self._require_model)
+
+    async def speech(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "speech", self._validate_speech)
+
+    async def moderation(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, "moderation", self._validate_moderation)
+
+    async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`GET /v1/models/{model}`: OpenAI's model object, for models this caller may see."""
+        ctx = get_context(scope)
+        name = scope.get("path_params", {}).get("model", "")
+        if name not in self._visible_models(ctx) or not ctx.allows(name):
+            await send_error(send, model_not_found(name), response_headers(ctx))
+            return
+        await send_json(send, 200, {"id": name, "object": "model", "created": 0, "owned_by": "lockgate"}, response_headers(ctx))
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = get_context(scope)
@@ -238,6 +285,55 @@ class Gateway:
         check_field_types(body)
         if not isinstance(body.get("messages"), list):
             raise bad_request("`messages` must be an array.", "messages", "missing_required_parameter")
+        if body.get("system") is not None and not isinstance(body["system"], (str, list)):
+            raise bad_request("`system` must be a string or an array of text blocks.", "system", "invalid_type")
+
+    def _validate_rerank(self, body: dict) -> None:
+        self._require_model(body)
+        if not isinstance(body.get("query"), str) or not body["query"]:
+            raise bad_request("You must provide a query parameter (a string).", "query", "missing_required_parameter")
+        documents = body.get("documents")
+        if not isinstance(documents, list) or not documents:
+            raise bad_request("`documents` must be a non-empty array.", "documents", "missing_required_parameter")
+        if not all(isinstance(d, (str, dict)) for d in documents):
+            raise bad_request("Each document must be a string or an object.", "documents", "invalid_type")
+        top_n = body.get("top_n")
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+            raise bad_request("`top_n` must be a positive integer.", "top_n", "invalid_type")
+
+    def _validate_prompt(self, body: dict) -> None:
+        self._require_model(body)
+        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+            raise bad_request("You must provide a prompt parameter.", "prompt", "missing_required_parameter")
+        n = body.get("n")
+        if n is not None and not (str(n).isdigit() and 1 <= int(n) <= 10):
+            raise bad_request("`n` must be an integer from 1 to 10.", "n", "invalid_value")
+
+    def _validate_speech(self, body: dict) -> None:
+        self._require_model(body)
+        if not isinstance(body.get("input"), str) or not body["input"]:
+            raise bad_request("You must provide an input parameter (the text to speak).", "input", "missing_required_parameter")
+        if not isinstance(body.get("voice"), (str, dict)):
+            raise bad_request("You must provide a voice parameter.", "voice", "missing_required_parameter")
+
+    def _validate_moderation(self, body: dict) -> None:
+        if body.get("model") is None:
+            body["model"] = DEFAULT_MODERATION_MODEL
+        self._require_model(body)
+        if body.get("input") in (None, "", []):
+            raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
+
+    @staticmethod
+    def _check_body_form(kind: str, ctx: RequestContext) -> None:
+        """Uploads come as multipart/form-data, everything else as JSON."""
+        if kind in MULTIPART:
+            if ctx.form is None:
+                raise bad_request("This endpoint takes a multipart/form-data body (the file and its fields).", None, "invalid_content_type")
+            wanted = ("image", "image[]") if kind in IMAGES else ("file",)
+            if not any(part.name in wanted for part in ctx.form.files()):
+                raise bad_request(f"You must upload a file as the `{wanted[0]}` field.", wanted[0], "missing_required_parameter")
+        elif ctx.form is not None:
+            raise bad_request("Content-Type must be application/json for this endpoint.", None, "invalid_content_type")
 
     # -- the request cycle --------------------------------------------------------------
     async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: str, validate: Callable[[dict], None]) -> None:
@@ -257,8 +353,10 @@ class Gateway:
         try:
             await load_json(scope, receive)
             body = ctx.body
+            self._check_body_form(kind, ctx)
             validate(body)
             model = body["model"]
+            ctx.model_requested = ctx.model_requested or model
             balancer = self.router.get(model)
             if balancer is None:
                 raise model_not_found(model)
@@ -269,8 +367,8 @@ class Gateway:
         except GatewayError as exc:
             if not sent_start:
                 await send_error(send, exc, response_headers(ctx))
-        except Exception:
-            log.exception("internal_error", request_id=ctx.request_id, path=scope.get("path"))
+        except Exception as exc:
+            log_internal_error(scope, ctx, exc)
             if not sent_start:
                 error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
                 await send_error(send, error, response_headers(ctx))
@@ -282,6 +380,11 @@ class Gateway:
         for attempt, dep in enumerate(candidates[:2]):
             adapter = ADAPTERS[dep.provider]
             mode, request = self._build(kind, adapter, dep, body, scope, ctx)
+            if mode == "local":
+                # answered by lockgate itself (a token count): no upstream, no verdict on the deployment
+                ctx.deployment = dep.id
+                await send_json(send, 200, request, response_headers(ctx))
+                return
             balancer.started(dep)
             started = time.perf_counter()
             try:
@@ -344,9 +447,17 @@ class Gateway:
                 chat_body = responses.to_chat(body)
                 return "responses", adapter.chat_request(dep, chat_body)
             if kind == "messages":
-                if not adapter.supports_messages:
-                    raise UnsupportedRequest(f"`/v1/messages` is served only by anthropic deployments; `{ctx.model_served}` is {dep.provider}.")
-                return "native", self._with_client_headers(adapter.passthrough_request(dep, "messages", body), scope, kind)
+                if adapter.native_messages(dep):
+                    return "native", self._with_client_headers(adapter.passthrough_request(dep, "messages", body), scope, kind)
+                return "messages", adapter.chat_request(dep, messages.to_chat(body))
+            if kind == "count_tokens":
+                if dep.provider == "anthropic":
+                    return "native", self._with_client_headers(adapter.passthrough_request(dep, "count_tokens", body), scope, kind)
+                return "local", {"input_tokens": messages.count_tokens(body)}
+            if kind == "rerank":
+                return "rerank", adapter.rerank_request(dep, body)
+            if kind in MEDIA_KINDS:
+                return "media", adapter.media_request(dep, kind, body, ctx.form)
         except UnsupportedRequest as exc:
             raise bad_request(exc.message, exc.param, "unsupported_request") from None
         except TRANSLATION_ERRORS as exc:
@@ -381,7 +492,9 @@ class Gateway:
         raise GatewayError.from_body(status, error)
 
     async def _answer(self, scope, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
-        streaming = bool(ctx.body.get("stream"))
+        if mode == "media":
+            return await self._media(send, ctx, kind, upstream)
+        streaming = bool(ctx.body.get("stream")) and mode != "rerank"
         if not streaming:
             reading = time.perf_counter()
             raw = await self._read(upstream, self.config.server.max_upstream_body_bytes)
@@ -402,6 +515,13 @@ class Gateway:
             elif mode == "completions":
                 answer = data
                 ctx.usage = data.get("usage")
+            elif mode == "messages":
+                chat = adapter.chat_response(dep, data)
+                ctx.usage = chat.get("usage")
+                answer = messages.from_chat(chat, ctx.body)
+            elif mode == "rerank":
+                answer = self._translated(ctx, dep, lambda: adapter.rerank_response(dep, data, ctx.body))
+                ctx.usage = rerank_usage(answer)
             else:
                 answer = data
                 ctx.usage = adapter.passthrough_usage(kind, data)
@@ -424,6 +544,8 @@ class Gateway:
         pump: AsyncIterator[bytes]
         if mode == "native":
             pump = self._native_events(ctx, kind, adapter, upstream)
+        elif mode == "messages":
+            pump = self._messages_events(ctx, adapter.chat_stream(dep, True), upstream)
         elif mode == "responses":
             pump = self._responses_events(ctx, adapter.chat_stream(dep, True), upstream)
         else:
@@ -497,6 +619,90 @@ class Gateway:
         finally:
             ctx.usage = usage_or_estimate(ctx, stream.usage, sent)
 
+    async def _messages_events(self, ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+        """A chat adapter's chunks as Anthropic's event stream (providers/messages.py)."""
+        translator = messages.MessagesStream(ctx.body)
+        sent = 0
+        try:
+            async for data in upstream.iter_bytes():
+                chunks = stream.feed(data)
+                sent += sum(map(delta_chars, chunks))
+                out = [event for c in chunks for event in translator.feed(self._scrubbed(c))]
+                if out:
+                    yield b"".join(out)
+                if stream.error is not None:
+                    raise stream.error
+            out = [event for c in stream.finish() for event in translator.feed(self._scrubbed(c))]
+            if stream.error is not None:
+                raise stream.error
+            yield b"".join(out + translator.finish(stream.usage))
+        except UpstreamError as exc:
+            ctx.extra["stream_error"] = exc.kind
+            yield b"".join(translator.feed(upstream_failure(exc).body))
+        except STREAM_GARBAGE as exc:
+            yield b"".join(translator.feed(self._garbled(ctx, exc).body))
+        finally:
+            ctx.usage = usage_or_estimate(ctx, stream.usage, sent)
+
+    def _scrubbed(self, chunk: dict) -> dict:
+        """An upstream's in-stream error, scrubbed of the gateway's secrets."""
+        if "error" not in chunk:
+            return chunk
+        return orjson.loads(self.secrets.scrub(orjson.dumps(chunk)))
+
+    def _translated(self, ctx: RequestContext, dep: Deployment, translate: Callable[[], dict]) -> dict:
+        """An upstream answer translated; one the translation cannot read is the upstream's fault (502)."""
+        try:
+            return translate()
+        except (*TRANSLATION_ERRORS, UnsupportedRequest) as exc:
+            log.warning("upstream_answer_unreadable", request_id=ctx.request_id, provider=dep.provider, error=type(exc).__name__)
+            raise GatewayError(502, "The upstream answered in a shape lockgate could not read.", "api_error", "upstream_bad_response") from None
+
+    async def _media(self, send: Send, ctx: RequestContext, kind: str, upstream: UpstreamResponse) -> bool:
+        """Images, audio and moderations as the upstream answered them, its content type
+        kept: a JSON or text answer read whole (its usage is in it: a transcript's length
+        says how long its audio was when nothing else does), anything else (speech, an
+        SSE transcription stream) sent on piece by piece as it arrives. Speech is priced
+        by its input, known before its audio starts."""
+        content_type = upstream.content_type or "application/json"
+        headers = [(b"content-type", content_type.encode("latin-1"))] + response_headers(ctx)
+        if content_type.startswith(("application/json", "text/plain")):
+            raw = await self._read(upstream, self.config.server.max_upstream_body_bytes)
+            meter = UsageMeter(kind, ctx.body)
+            meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
+            meter.feed(raw)
+            ctx.usage = meter.usage or (meter.estimate(ctx.body) if kind in AUDIO_IN else None)
+            await send({"type": "http.response.start", "status": 200, "headers": headers + [(b"content-length", str(len(raw)).encode())]})
+            await send({"type": "http.response.body", "body": raw})
+            return True
+        if kind == "speech":
+            ctx.usage = answer_usage(kind, None, ctx.body)
+        meter = UsageMeter(kind, ctx.body)
+        meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
+        sse = content_type.startswith("text/event-stream")
+        if sse:
+            headers += SSE_HEADERS[1:]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        try:
+            async for piece in upstream.iter_bytes():
+                meter.feed(piece)
+                if sse and b'"error"' in piece:
+                    piece = self.secrets.scrub(piece)
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        except UpstreamError as exc:
+            ctx.extra["stream_error"] = exc.kind
+            log.warning("upstream_media_broken", request_id=ctx.request_id, error=exc.kind)
+            if not sse:
+                # audio cut short must not look whole: the response is left unfinished, and the
+                # server closes the connection without the body's end
+                return False
+            failure = upstream_failure(exc).body
+            await send({"type": "http.response.body", "body": b"event: error\ndata: " + orjson.dumps({"type": "error", **failure}) + b"\n\n", "more_body": True})
+        finally:
+            ctx.usage = meter.usage or meter.estimate(ctx.body)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
     async def _native_events(self, ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         """The upstream's own stream, byte for byte, read on the side for usage."""
         decoder = SSEDecoder()
@@ -525,6 +731,7 @@ class Gateway:
             ctx.usage = usage if complete else estimated_usage(ctx, sent, usage if isinstance(usage, dict) else None)
 
 
+MEDIA_KINDS = frozenset({"image_generation", "image_edit", "image_variation", "transcription", "translation", "speech", "moderation"})
 TRANSLATION_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 # what an upstream's malformed stream can raise inside a translation (a number where text
 # belongs, a string where a list does): the stream ends with an error event, not silently

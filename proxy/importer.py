@@ -64,7 +64,7 @@ PREFIXES = {
     "vertex_ai_beta": "vertex", "bedrock": "bedrock", "ollama": "ollama", "ollama_chat": "ollama", "hosted_vllm": "vllm",
     "vllm": "vllm", "cohere": "cohere", "cohere_chat": "cohere", "groq": "groq", "mistral": "mistral",
     "deepseek": "deepseek", "together_ai": "together", "fireworks_ai": "fireworks", "openrouter": "openrouter",
-    "xai": "xai", "perplexity": "perplexity", "lm_studio": "lmstudio",
+    "xai": "xai", "perplexity": "perplexity", "lm_studio": "lmstudio", "jina_ai": "jina", "voyage": "voyage",
 }
 # the variable LiteLLM reads a provider's key from when the config names none (so the
 # environment LiteLLM ran with serves lockgate unchanged)
@@ -72,7 +72,7 @@ KEY_ENV = {
     "openai": "OPENAI_API_KEY", "azure": "AZURE_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY",
     "cohere": "COHERE_API_KEY", "groq": "GROQ_API_KEY", "mistral": "MISTRAL_API_KEY", "deepseek": "DEEPSEEK_API_KEY",
     "together": "TOGETHERAI_API_KEY", "fireworks": "FIREWORKS_AI_API_KEY", "openrouter": "OPENROUTER_API_KEY",
-    "xai": "XAI_API_KEY", "perplexity": "PERPLEXITYAI_API_KEY",
+    "xai": "XAI_API_KEY", "perplexity": "PERPLEXITYAI_API_KEY", "jina": "JINA_AI_API_KEY", "voyage": "VOYAGE_API_KEY",
 }
 # a provider named where a model is needed: the model that stands for it (a guess, noted)
 FLAGSHIPS = {
@@ -89,7 +89,8 @@ FLAGSHIPS = {
 }
 # model names without a prefix, and the provider their name implies
 NAME_PROVIDERS = (
-    (re.compile(r"^(gpt-|o[1-9]|chatgpt-|text-embedding-|davinci|babbage)"), "openai"),
+    (re.compile(r"^(gpt-|o[1-9]|chatgpt-|text-embedding-|davinci|babbage|dall-e|whisper|tts-|omni-moderation|text-moderation)"), "openai"),
+    (re.compile(r"^rerank-(english|multilingual|v)"), "cohere"),
     (re.compile(r"^claude"), "anthropic"),
     (re.compile(r"^gemini|^text-embedding-00"), "gemini"),
     (re.compile(r"^(command|embed-)"), "cohere"),

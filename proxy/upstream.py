@@ -43,14 +43,25 @@ class UpstreamTooLarge(UpstreamError):
     kind = "too_large"
 
 
-class UpstreamResponse:
-    __slots__ = ("status", "_chunks", "_response", "_done")
+class UpstreamRefused(UpstreamError):
+    """The upstream answered a WebSocket handshake with an HTTP status instead."""
 
-    def __init__(self, status: int, chunks: AsyncIterator[bytes], response: aiohttp.ClientResponse | None = None) -> None:
+    kind = "refused"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the upstream refused the connection with status {status}")
+        self.status = status
+
+
+class UpstreamResponse:
+    __slots__ = ("status", "_chunks", "_response", "_done", "content_type")
+
+    def __init__(self, status: int, chunks: AsyncIterator[bytes], response: aiohttp.ClientResponse | None = None, content_type: str | None = None) -> None:
         self.status = status
         self._chunks = chunks
         self._response = response
         self._done = False
+        self.content_type = content_type if response is None else response.headers.get("content-type")
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive (decompressed a bounded piece at a time); timeouts
@@ -117,6 +128,26 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
+    async def websocket(self, url: str, headers: dict[str, str], timeout_s: float) -> aiohttp.ClientWebSocketResponse:
+        """A WebSocket to the upstream (the realtime API), open once its handshake is done;
+        `timeout_s` bounds the handshake. Frames of any size are taken: the client's
+        server limits what it sends, and the upstream is trusted with its own."""
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._session.ws_connect(url, headers=headers, max_msg_size=0, autoping=True, compress=0)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no answer within {timeout_s:g}s") from None
+        except aiohttp.WSServerHandshakeError as exc:
+            raise UpstreamRefused(exc.status) from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = exc.os_error.strerror or "connection failed"
+            raise UpstreamConnectError(f"cannot connect to the upstream: {reason}") from None
+        except (aiohttp.ClientError, ConnectionError):
+            raise UpstreamConnectError("the upstream closed the connection without answering") from None
+
     async def send(self, request: UpstreamRequest, timeout_s: float) -> UpstreamResponse:
         """Sends the request; returns once the status line and headers are in.
 
@@ -124,18 +155,18 @@ class UpstreamClient:
         """
         if request.local is not None:
             try:
-                status, chunks = await asyncio.wait_for(request.local(request), timeout_s)
+                status, chunks, *headers = await asyncio.wait_for(request.local(request), timeout_s)
             except asyncio.TimeoutError:
                 raise UpstreamTimeout(f"no answer within {timeout_s:g}s") from None
-            return UpstreamResponse(status, chunks)
+            return UpstreamResponse(status, chunks, content_type=headers[0].get("content-type") if headers else "application/json")
         if self._session is None:
             await self.open()
         assert self._session is not None
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(CONNECT_TIMEOUT_S, timeout_s), sock_read=timeout_s)
+        # a body in pieces (an upload) is written as it is, each send its own pass over them
+        data = request.body if isinstance(request.body, bytes) else pieces(request.body)
         try:
-            response = await self._session.request(
-                request.method, request.url, data=request.body, headers=request.headers, timeout=timeout, allow_redirects=False
-            )
+            response = await self._session.request(request.method, request.url, data=data, headers=request.headers, timeout=timeout, allow_redirects=False)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"no answer within {timeout_s:g}s") from None
         except aiohttp.ClientConnectorError as exc:
@@ -144,3 +175,8 @@ class UpstreamClient:
         except (aiohttp.ClientError, ConnectionError):
             raise UpstreamConnectError("the upstream closed the connection without answering") from None
         return UpstreamResponse(response.status, response.content.iter_any(), response)
+
+
+async def pieces(parts: list) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part

@@ -23,7 +23,9 @@ import pytest
 from anthropic.types import Message as AnthropicMessage
 from anthropic.types import RawMessageStreamEvent
 from jsonschema import Draft202012Validator
-from openai.types import Completion, CreateEmbeddingResponse
+from anthropic.types import MessageTokensCount
+from openai.types import Completion, CreateEmbeddingResponse, ImagesResponse, Model, ModerationCreateResponse
+from openai.types.audio import Transcription, TranscriptionVerbose, Translation, TranslationVerbose
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.shared import ErrorObject
@@ -31,6 +33,8 @@ from openai.types.shared import ErrorObject
 from lockgate.providers.sse import SSEDecoder
 from tests.cloud import BEDROCK_CLAUDE, GROQ_KEY, cloud_models, service_account
 from tests.conftest import provider_models, start_gateway
+from tests.endpoints import PNG, wav
+from tests.endpoints import models as endpoint_models
 
 # Fields OpenAI's OpenAPI spec lists as required that the SDK models leave optional
 # (or, for older SDK releases, do not declare: they get the given schema), by
@@ -82,6 +86,14 @@ TYPES: dict[str, Any] = {
     "ResponseStreamEvent": pydantic.TypeAdapter(ResponseStreamEvent),
     "AnthropicMessage": AnthropicMessage,
     "RawMessageStreamEvent": pydantic.TypeAdapter(RawMessageStreamEvent),
+    "MessageTokensCount": MessageTokensCount,
+    "ImagesResponse": ImagesResponse,
+    "Transcription": Transcription,
+    "TranscriptionVerbose": TranscriptionVerbose,
+    "Translation": Translation,
+    "TranslationVerbose": TranslationVerbose,
+    "ModerationCreateResponse": ModerationCreateResponse,
+    "Model": Model,
 }
 
 
@@ -166,6 +178,8 @@ def gw(fake, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("conformance")
     sa = service_account(fake, workdir)
     models = provider_models(fake.url) + cloud_models(fake, sa.path)
+    names = {m["name"] for m in models}
+    models += [m for m in endpoint_models(fake.url) if m["name"] not in names]
     gateway = start_gateway({"models": models}, workdir, env={"GROQ_API_KEY": GROQ_KEY, "HOME": str(workdir), "AWS_EC2_METADATA_DISABLED": "true"})
     yield gateway
     gateway.stop()
@@ -239,12 +253,55 @@ def test_completions(gw, upstream, model, stream):
     check_all("Completion", "CompletionChunk", status, payloads)
 
 
+MESSAGE_TOOLS = [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}]
+
+
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tools"])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-@pytest.mark.parametrize("model", ["claude", "vertex-claude"])
-def test_messages(gw, upstream, model, stream):
-    status, payloads = collect(gw, "/v1/messages", {"model": model, "max_tokens": 20, "stream": stream, "messages": [{"role": "user", "content": "conform"}]})
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_messages(gw, upstream, model, stream, tools):
+    """Anthropic's Messages API on every provider: native for Claude, translated for the rest."""
+    body = {"model": model, "max_tokens": 20, "stream": stream, "system": "be brief", "messages": [{"role": "user", "content": "conform"}]}
+    if tools:
+        body["tools"] = MESSAGE_TOOLS
+    status, payloads = collect(gw, "/v1/messages", body)
     assert status == 200
     check_all("AnthropicMessage", "RawMessageStreamEvent", status, payloads)
+
+
+@pytest.mark.parametrize("model", ["claude", "gpt-4o-mini", "cohere"])
+def test_count_tokens(gw, upstream, model):
+    status, payloads = collect(gw, "/v1/messages/count_tokens", {"model": model, "messages": [{"role": "user", "content": "conform"}]})
+    assert status == 200
+    check_all("MessageTokensCount", "", status, payloads)
+
+
+@pytest.mark.parametrize("model", ["dall-e-3", "gpt-image-1", "azure-dalle", "demo"])
+def test_images(gw, upstream, model):
+    status, payloads = collect(gw, "/v1/images/generations", {"model": model, "prompt": "conform", "n": 2})
+    assert status == 200
+    check_all("ImagesResponse", "", status, payloads)
+    response = httpx.post(gw.url + "/v1/images/edits", data={"model": model, "prompt": "conform"}, files={"image": ("a.png", PNG, "image/png")})
+    check_all("ImagesResponse", "", response.status_code, [("json", response.json())])
+
+
+@pytest.mark.parametrize("fmt", ["json", "verbose_json"])
+@pytest.mark.parametrize("model", ["whisper-1", "gpt-4o-transcribe", "azure-whisper", "demo"])
+def test_transcriptions(gw, upstream, model, fmt):
+    for path, name in (("/v1/audio/transcriptions", "Transcription"), ("/v1/audio/translations", "Translation")):
+        response = httpx.post(gw.url + path, data={"model": model, "response_format": fmt}, files={"file": ("a.wav", wav(0.5), "audio/wav")})
+        assert response.status_code == 200
+        kind = name + "Verbose" if fmt == "verbose_json" else name
+        check_all(kind, "", 200, [("json", response.json())])
+
+
+@pytest.mark.parametrize("model", ["omni-moderation-latest", "azure-moderation", "demo"])
+def test_moderations_and_models(gw, upstream, model):
+    status, payloads = collect(gw, "/v1/moderations", {"model": model, "input": ["conform", "again"]})
+    assert status == 200
+    check_all("ModerationCreateResponse", "", status, payloads)
+    response = httpx.get(gw.url + f"/v1/models/{model}")
+    check_all("Model", "", response.status_code, [("json", response.json())])
 
 
 UPSTREAM = {"gpt-4o-mini": "gpt-4o-mini", "claude": "claude-3-5-sonnet-20241022", "gemini-flash": "gemini-1.5-flash", "bedrock-claude": BEDROCK_CLAUDE,

@@ -36,5 +36,9 @@ def test_quick_start_against_the_example_config(tmp_path):
         )
         assert text == "mock: Stream it"
         assert {m.id for m in client.models.list()} >= {"demo", "gpt-4o-mini", "claude-sonnet"}
+        rerank = httpx.post(gw.url + "/v1/rerank", json={"model": "demo", "query": "red apple", "documents": ["green pear", "red apple pie"]})
+        assert [r["index"] for r in rerank.json()["results"]] == [1, 0] and float(rerank.headers["x-lockgate-cost-usd"]) > 0
+        heard = httpx.post(gw.url + "/v1/audio/transcriptions", data={"model": "demo"}, files={"file": ("question.wav", b"RIFF" + b"\0" * 64000)})
+        assert heard.json()["text"] == "mock transcribe of question.wav (64004 bytes)" and float(heard.headers["x-lockgate-cost-usd"]) > 0
     finally:
         gw.stop()

@@ -18,11 +18,15 @@ from lockgate import create_app
 
 KEY = "sk-test-fuzz-CLIENT-0001"
 MODELS = ["demo", "fz-openai", "fz-claude", "fz-gemini", "fz-alias", "nope"]
-ENDPOINTS = ["/v1/chat/completions", "/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"]
+ENDPOINTS = [
+    "/v1/chat/completions", "/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+    "/v1/messages/count_tokens", "/v1/rerank", "/v1/images/generations", "/v1/audio/speech", "/v1/moderations",
+]
 FIELDS = [
     "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "max_output_tokens", "temperature",
     "top_p", "n", "stop", "tools", "tool_choice", "user", "metadata", "input", "prompt", "instructions", "system",
     "response_format", "seed", "logprobs", "think", "encoding_format", "dimensions", "documents", "query",
+    "top_n", "return_documents", "rank_fields", "voice", "size", "quality",
 ]
 HUGE = [1e308, -1e308, 1e30, 2.0**64, -(2.0**63) - 1e10, 1.5, -1, 0, 2**53 + 1]
 
@@ -78,7 +82,10 @@ def client(fake, loop):
 
 def assert_clean(response: httpx.Response) -> None:
     assert response.status_code != 500, response.text
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.request.url.path.startswith("/v1/messages"):
+        body = response.json()  # Anthropic's paths answer in Anthropic's shape
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    elif response.status_code >= 400:
         error = response.json()["error"]
         assert set(error) == {"message", "type", "code", "param"}, error
     elif response.headers.get("content-type", "").startswith("application/json"):
@@ -107,7 +114,8 @@ def test_any_json_body_gets_a_clean_answer(client, body, endpoint):
 )
 @pytest.mark.parametrize("model", ["demo", "fz-claude", "fz-gemini", "fz-openai"])
 def test_bodies_that_once_gave_a_bare_500(client, upstream, endpoint, extra, model):
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "input": "hi", "prompt": "hi", "max_tokens": 5, **extra}
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "input": "hi", "prompt": "hi", "max_tokens": 5,
+            "query": "hi", "documents": ["hi"], "voice": "alloy", **extra}
     assert_clean(client(endpoint, orjson.dumps(body)))
 
 

@@ -28,7 +28,7 @@ ENV = {name: f"test-{name.lower()}" for name in (
     "OPENAI_API_KEY", "AZURE_API_KEY", "AZURE_API_BASE", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "AZURE_API_KEY_EASTUS", "AZURE_API_KEY_WESTUS",
     "REDIS_HOST", "REDIS_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "COHERE_API_KEY", "GROQ_API_KEY", "GROQ_API_KEY_2",
     "MISTRAL_API_KEY", "DEEPSEEK_API_KEY", "TOGETHERAI_API_KEY", "FIREWORKS_AI_API_KEY", "OPENROUTER_API_KEY", "XAI_API_KEY",
-    "PERPLEXITYAI_API_KEY", "OPENAI_COMPATIBLE_BASE_URL")}
+    "PERPLEXITYAI_API_KEY", "OPENAI_COMPATIBLE_BASE_URL", "JINA_AI_API_KEY", "VOYAGE_API_KEY")}
 ENV.update({"AZURE_API_BASE": "https://res.openai.azure.com", "REDIS_HOST": "127.0.0.1", "AWS_REGION_NAME": "us-east-1",
             "OPENAI_COMPATIBLE_BASE_URL": "http://127.0.0.1:9/v1", "HOME": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"})
 
@@ -208,6 +208,21 @@ def test_hosted_presets(tmp_path):
     for name, (provider, model, variable) in expected.items():
         dep = out.deployments(name)[0]
         assert (dep.provider, dep.model, dep.api_key) == (provider, model, ENV[variable]), name
+
+
+def test_rerank_images_and_audio_models(tmp_path):
+    out = litellm("11-rerank-images-voice.yaml", tmp_path)
+    expected = {
+        "rerank-english": ("cohere", "rerank-english-v3.0", ENV["COHERE_API_KEY"]),
+        "jina-rerank": ("jina", "jina-reranker-v2-base-multilingual", ENV["JINA_AI_API_KEY"]),
+        "voyage-rerank": ("voyage", "rerank-2", ENV["VOYAGE_API_KEY"]),
+        "dall-e-3": ("openai", "dall-e-3", ENV["OPENAI_API_KEY"]),
+        "whisper": ("openai", "whisper-1", ENV["OPENAI_API_KEY"]),
+        "tts": ("openai", "tts-1", ENV["OPENAI_API_KEY"]),
+    }
+    for name, (provider, model, key) in expected.items():
+        dep = out.deployments(name)[0]
+        assert (dep.provider, dep.model, dep.api_key) == (provider, model, key), name
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in LITELLM.glob("*.yaml")))

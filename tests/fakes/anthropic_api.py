@@ -78,6 +78,8 @@ async def answer(fake: FakeUpstream, body: dict, model: str) -> Response:
     await fake.before_answer(b)
     if b.status != 200:
         return anthropic_error(b)
+    if b.raw_answer is not None and not body.get("stream"):
+        return Response(b.raw_answer, media_type="application/json")
     reply, call = reply_for(body, b)
     arguments = orjson.dumps(call["input"]).decode() if call else ""
     usage = {
@@ -124,4 +126,14 @@ def routes(fake: FakeUpstream) -> list[Route]:
         body = await fake.record(request)
         return await answer(fake, body, body.get("model", ""))
 
-    return [Route("/v1/messages", messages, methods=["POST"])]
+    async def count(request: Request) -> Response:
+        """`/v1/messages/count_tokens`: the request's input tokens; fields a count does not take are refused."""
+        body = await fake.record(request)
+        extra = set(body) - {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
+        if extra:
+            payload = {"type": "error", "error": {"type": "invalid_request_error", "message": f"{sorted(extra)[0]}: Extra inputs are not permitted"}}
+            return json_response(payload, 400)
+        tokens = count_tokens(body.get("messages") or []) + count_tokens(body.get("system") or "") + count_tokens(body.get("tools") or [])
+        return json_response({"input_tokens": tokens})
+
+    return [Route("/v1/messages", messages, methods=["POST"]), Route("/v1/messages/count_tokens", count, methods=["POST"])]

@@ -1,7 +1,8 @@
 """A fake LLM provider over real HTTP on loopback, for tests.
 
-One Starlette app speaks OpenAI (also as Azure, under /openai/deployments/...),
-Anthropic (tests/fakes/anthropic_api.py), Gemini (tests/fakes/gemini_api.py), Bedrock
+One Starlette app speaks OpenAI (also as Azure, under /openai/deployments/...), its
+images, audio, moderations and realtime endpoints and rerank as Cohere, Jina, Voyage
+and vLLM answer it (tests/fakes/media_api.py), Anthropic (tests/fakes/anthropic_api.py), Gemini (tests/fakes/gemini_api.py), Bedrock
 with SigV4 (tests/fakes/bedrock_api.py), Vertex with its OAuth token endpoint
 (tests/fakes/vertex_api.py) and Cohere (tests/fakes/cohere_api.py).
 Tests steer it per model name with `Behaviour` switches and read back every request
@@ -76,13 +77,18 @@ class FakeUpstream:
         self.streams_completed = 0
         self.streams_aborted = 0  # the client (the gateway) went away mid-stream
         self.answers_abandoned = 0  # the gateway went away while a non-streamed answer was being prepared
+        self.uploads: list[dict] = []  # each multipart upload's fields (tests/fakes/media_api.py)
+        self.realtime_handshakes: list[dict] = []
+        self.realtime_sessions = 0
+        self.realtime_events: list[dict] = []  # every event a realtime client sent
+        self.realtime_closed_by_client: list[int | None] = []
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        from tests.fakes import anthropic_api, bedrock_api, cohere_api, gemini_api, openai_api, responses_api, vertex_api
+        from tests.fakes import anthropic_api, bedrock_api, cohere_api, gemini_api, media_api, openai_api, responses_api, vertex_api
 
-        routes: list[Route] = []
-        for module in (openai_api, responses_api, anthropic_api, gemini_api, bedrock_api, vertex_api, cohere_api):
+        routes: list = []
+        for module in (openai_api, responses_api, anthropic_api, gemini_api, bedrock_api, vertex_api, cohere_api, media_api):
             routes.extend(module.routes(self))
         self.app = Starlette(routes=routes)
 
@@ -101,6 +107,11 @@ class FakeUpstream:
         self.streams_completed = 0
         self.streams_aborted = 0
         self.answers_abandoned = 0
+        self.uploads.clear()
+        self.realtime_handshakes.clear()
+        self.realtime_sessions = 0
+        self.realtime_events.clear()
+        self.realtime_closed_by_client.clear()
 
     def seen(self, path_part: str = "") -> list[Recorded]:
         return [r for r in self.requests if path_part in r.path]
