@@ -21,6 +21,7 @@ from lockgate.proxy import metrics
 from lockgate.proxy.access import AccessLog
 from lockgate.proxy.admin import Admin
 from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
+from lockgate.proxy.console import admin_routes
 from lockgate.proxy.context import get_context, route_path
 from lockgate.proxy.errors import GatewayError, send_error, send_json
 from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
@@ -172,6 +173,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         Route("/admin/spend", Endpoint(admin.spend), methods=["GET"]),
         Route("/admin/policies", Endpoint(admin.policies), methods=["GET"]),
         Route("/admin/reload", Endpoint(admin.reload), methods=["POST"]),
+        *admin_routes(store, gateway),
     ]
     for path, (handler, methods) in MODEL_ROUTES.items():
         endpoint = Endpoint(getattr(gateway, handler))

@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = find_config(args.config)
     config = load_or_exit(path)
     os.environ["LOCKGATE_CONFIG"] = str(Path(path).resolve())
+    share_metrics(args.workers)
     from lockgate.proxy.app import create_app
 
     try:
@@ -59,6 +60,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def share_metrics(workers: int) -> None:
+    """With several workers, /metrics must add up all of them: prometheus-client's
+    multiprocess mode, in a directory of this server's own, removed when it exits. Set
+    before anything imports prometheus-client (it picks its value class on import), and
+    inherited by the workers uvicorn spawns."""
+    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="lockgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
