@@ -37,9 +37,8 @@ headers. The identity goes into the request context for throttle, budget, rewrit
 Caps refuse a request that asks for more; a request that does not say is left alone.
 
 Runtime keys (made over the admin API or the console, proxy/keys.py) are looked up in the
-store when a presented key is not in this file: only their sha256 is kept there, and an
-answer is cached here for at most half a second, so a revoked key stops working on every
-worker and replica within that. auth.yaml wins: a runtime key whose id the file also
+store when a presented key is not in this file (only their sha256 is kept there), on
+every such request, so a revoked key stops working on every worker and replica at once. auth.yaml wins: a runtime key whose id the file also
 names is refused. The store failing is `store_failure`'s business, for runtime keys only
 (the file's keys never wait for the store): `closed` answers 503 `store_unavailable`;
 `open` lets a runtime key this process has already seen keep working from what it knew,

@@ -10,9 +10,10 @@ sha256, as auth.yaml does, next to the fields a key of the file has:
     runtime-key-id:{id}        the sha256 hex: an id is taken once (the store's `add`), and
                                a revocation finds the entry by it
 
-Every worker and replica reads the same store, so a key works everywhere as soon as its
-creation is answered; auth (middleware/auth.py) keeps an answer for at most `CACHE_S`,
-so a revocation holds everywhere within that. auth.yaml stays the source of truth: an
+Every worker and replica reads the same store, and auth (middleware/auth.py) asks it on
+every request made with a key auth.yaml does not hold (one read, like the claims the
+throttle and budget make), so a key works everywhere as soon as its creation is
+answered, and a revocation holds everywhere from the next request on. auth.yaml stays the source of truth: an
 id the file names cannot be created (409), and a runtime key whose id the file gained
 later is refused. A key's own `budget_usd` / `rpm` / `tpm` need the budget / throttle
 middleware mounted (creating one without is a 400, never a limit that silently does
@@ -25,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-import time
 from typing import Any
 
 import orjson
@@ -40,8 +40,7 @@ from lockgate.proxy.logs import get_logger
 from lockgate.proxy.store import Store, guard
 from lockgate.proxy.store.guard import StoreUnavailable
 
-CACHE_S = 0.5  # how long a worker trusts what the store said about a key: the revocation delay
-CACHE_MAX = 10_000  # keys remembered per process; past it the memory starts afresh
+KNOWN_MAX = 10_000  # runtime keys remembered per process for `store_failure: open`; past it the memory starts afresh
 ADMIN_TIMEOUT_S = 2.0
 ENTRY = "runtime-key:"
 BY_ID = "runtime-key-id:"
@@ -65,40 +64,38 @@ class RuntimeKeys:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.file_policy: Any = None  # auth's Policy (set by the auth middleware): the file's keys
-        self.cache: dict[bytes, tuple[float, dict | None]] = {}
-        self.keys: dict[bytes, tuple[AuthPolicy, dict, Key | None]] = {}  # an entry made a Key once per policy
+        # what each runtime key's entry last said, and the Key it made under which policy:
+        # parsed once, not per request, and the answer `store_failure: open` falls back on
+        self.known: dict[bytes, tuple[bytes, AuthPolicy, Key | None]] = {}
 
     # -- auth's side ----------------------------------------------------------------------
     async def find(self, presented: bytes, policy: AuthPolicy) -> Key | None:
         """The runtime key presented, or None. Raises StoreUnavailable."""
         digest = hashlib.sha256(presented).digest()
-        now = time.monotonic()
-        cached = self.cache.get(digest)
-        if cached is not None and now - cached[0] < CACHE_S:
-            entry = cached[1]
-        else:
-            raw = await guard.call(self.store, self.store.get(ENTRY + digest.hex()), policy.store_failure.timeout_s)
-            entry = orjson.loads(raw) if raw else None
-            if len(self.cache) >= CACHE_MAX:
-                self.cache.clear()
-                self.keys.clear()
-            self.cache[digest] = (now, entry)
-        return self.key_of(digest, entry, policy)
+        raw = await guard.call(self.store, self.store.get(ENTRY + digest.hex()), policy.store_failure.timeout_s)
+        if raw is None:
+            self.known.pop(digest, None)
+            return None
+        return self.key_of(digest, raw, policy)
 
     def last_known(self, presented: bytes, policy: AuthPolicy) -> Key | None:
         """What this process last heard of the key, however old (the store is down)."""
         digest = hashlib.sha256(presented).digest()
-        cached = self.cache.get(digest)
-        return self.key_of(digest, cached[1], policy) if cached is not None else None
+        known = self.known.get(digest)
+        return self.key_of(digest, known[0], policy) if known is not None else None
 
-    def key_of(self, digest: bytes, entry: dict | None, policy: AuthPolicy) -> Key | None:
-        if entry is None:
-            return None
-        made = self.keys.get(digest)
-        if made is not None and made[0] is policy and made[1] is entry:
-            return made[2]
+    def key_of(self, digest: bytes, raw: bytes, policy: AuthPolicy) -> Key | None:
+        known = self.known.get(digest)
+        if known is not None and known[0] == raw and known[1] is policy:
+            return known[2]
+        try:
+            entry = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            entry = None
         key = None
-        if entry.get("id") in policy.ids or entry.get("id") == MASTER_ID:
+        if not isinstance(entry, dict):
+            log.warning("runtime_key_unreadable")
+        elif entry.get("id") in policy.ids or entry.get("id") == MASTER_ID:
             log.warning("runtime_key_shadowed", key=entry.get("id"), reason="auth.yaml names this id")
         else:
             check = BodyChecker("runtime key")
@@ -110,12 +107,13 @@ class RuntimeKeys:
             if check.problems or key is None or key.digest != digest:
                 log.warning("runtime_key_unreadable", key=entry.get("id"), problems=check.problems)
                 key = None
-        self.keys[digest] = (policy, entry, key)
+        if len(self.known) >= KNOWN_MAX:
+            self.known.clear()
+        self.known[digest] = (raw, policy, key)
         return key
 
     def forget(self, digest: bytes) -> None:
-        self.cache.pop(digest, None)
-        self.keys.pop(digest, None)
+        self.known.pop(digest, None)
 
     # -- the admin API's side ---------------------------------------------------------------
     def file_ids(self) -> set[str]:
