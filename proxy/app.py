@@ -17,7 +17,7 @@ from starlette.routing import Router as StarletteRouter
 from starlette.types import Receive, Scope, Send
 
 from lockgate.middleware import policy
-from lockgate.proxy import metrics
+from lockgate.proxy import metrics, tracing
 from lockgate.proxy.access import AccessLog
 from lockgate.proxy.admin import Admin
 from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
@@ -99,7 +99,7 @@ def build_middleware(config: GatewayConfig, store: Store, routes: Container[str]
         stack.append(Middleware(cls, policy=resolve_policy(source, config.base_dir), store=store))
     if problems:
         raise ConfigError(problems)
-    return stack
+    return tracing.instrument(stack, models) if tracing.enabled() else stack
 
 
 async def release_dead_owners(store: Store) -> None:
@@ -132,6 +132,8 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     configure_logs(os.environ.get("LOCKGATE_LOG_LEVEL", "info"))
     upstream = client or UpstreamClient()
     store = open_store(config.store)
+    if tracing.enabled():
+        store = tracing.TracedStore(store)
     cooldowns = SharedCooldowns(store, [d.id for m in config.models.values() for d in m.deployments])
     router = Router(dict(config.models), cooldowns)
     gateway = Gateway(config, router, upstream)
