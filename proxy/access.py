@@ -132,7 +132,7 @@ class AccessLog:
 
 
     def record_genai(self, ctx, operation: str, model_label: str, status: int, elapsed: float) -> None:
-        """The GenAI conventions' metrics, and the served deployment's own figures."""
+        """The GenAI conventions' metrics."""
         dep = genai.deployment_of(self.models(), ctx.model_served, ctx.deployment)
         provider = genai.provider_name(dep.provider) if dep is not None else OTHER
         response_model = dep.model if dep is not None else OTHER
@@ -144,9 +144,6 @@ class AccessLog:
         for kind, value in genai.tokens(ctx.usage).items():
             if kind in ("input", "output"):
                 metrics.genai_tokens.labels(*labels, kind).observe(value)
-        if dep is not None:
-            metrics.deployment_requests.labels(dep.id, str(status)).inc()
-            metrics.deployment_latency.labels(dep.id).observe(ctx.upstream_s)
 
 
 def count(value: Any) -> float:

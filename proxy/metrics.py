@@ -43,11 +43,11 @@ overhead = Histogram(
 tokens = Counter("lockgate_tokens", "Tokens reported by upstreams", ("model", "kind"), registry=REGISTRY)
 spend = Counter("lockgate_spend_usd", "USD spent, priced from upstream usage", ("model",), registry=REGISTRY)
 cache_lookups = Counter("lockgate_cache_lookups", "Model requests the cache middleware looked at, by result", ("result",), registry=REGISTRY)
-deployment_requests = Counter(
-    "lockgate_deployment_requests", "Answers by the deployment that served them and their status", ("deployment", "status"), registry=REGISTRY
+deployment_attempts = Counter(
+    "lockgate_deployment_attempts", "Calls to each deployment, by outcome (failed: what counts toward its cooldown)", ("deployment", "outcome"), registry=REGISTRY
 )
 deployment_latency = Histogram(
-    "lockgate_deployment_upstream_seconds", "Time spent waiting for the deployment's answer", ("deployment",), buckets=LATENCY_BUCKETS, registry=REGISTRY
+    "lockgate_deployment_first_byte_seconds", "Time to a deployment's answer headers, on calls that succeeded", ("deployment",), buckets=LATENCY_BUCKETS, registry=REGISTRY
 )
 store_failures = Counter(
     "lockgate_store_failures", "Requests that met a failed or slow state store, by policy and what was done", ("policy", "outcome"), registry=REGISTRY

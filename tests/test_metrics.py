@@ -79,7 +79,8 @@ def test_counters_move_by_exactly_the_requests_sent_across_two_workers(fake, ups
         assert moved("gen_ai_server_time_to_first_token_seconds_count", **chat_op) == STREAMS
         assert moved("gen_ai_client_token_usage_count", **chat_op, gen_ai_token_type="input") == CHATS + STREAMS
         assert moved("gen_ai_client_token_usage_count", gen_ai_operation_name="embeddings", gen_ai_token_type="input") == EMBEDDINGS
-        assert moved("lockgate_deployment_requests_total", deployment="openai/mt-model", status="200") == CHATS + STREAMS
+        assert moved("lockgate_deployment_attempts_total", deployment="openai/mt-model", outcome="ok") == CHATS + STREAMS
+        assert moved("lockgate_deployment_first_byte_seconds_count", deployment="openai/mt-model") == CHATS + STREAMS
         # a token histogram's sum is the tokens the answers reported
         assert moved("gen_ai_client_token_usage_sum", **chat_op, gen_ai_token_type="output") == moved("lockgate_tokens_total", model="chatty", kind="completion") > 0
     finally:

@@ -14,7 +14,8 @@ answer the master key only:
     GET /admin/spend/daily   ?by=team|user|key|model&days=30: spend per name and UTC day
     GET /admin/budgets       each budget in force (budget.yaml's, keys' own): spent vs limit
     GET /admin/limits        each throttle limit (throttle.yaml's, keys' own) and its use now
-    GET /admin/models        models, deployments, cooldowns, in-flight and latency
+    GET /admin/models        models, deployments, cooldowns, calls and failures, in-flight and
+                             time to the upstream's first byte
 
 beside the existing `/admin/spend`, `/admin/policies`, `/admin/reload` and `/admin/keys`.
 Figures that must agree across workers come from the store and the multiprocess
@@ -231,12 +232,12 @@ class Console:
     @admin_only
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         samples = metrics.snapshot()
-        answers: dict[str, dict[str, float]] = {}
-        for name, labels, value in samples.get("lockgate_deployment_requests", ()):
+        attempts: dict[str, dict[str, float]] = {}
+        for name, labels, value in samples.get("lockgate_deployment_attempts", ()):
             if name.endswith("_total"):
-                answers.setdefault(labels["deployment"], {}).setdefault(labels["status"], 0.0)
-                answers[labels["deployment"]][labels["status"]] += value
-        waits = histograms(samples.get("lockgate_deployment_upstream_seconds", ()), "deployment")
+                outcomes = attempts.setdefault(labels["deployment"], {"ok": 0.0, "failed": 0.0})
+                outcomes[labels["outcome"]] = outcomes.get(labels["outcome"], 0.0) + value
+        waits = histograms(samples.get("lockgate_deployment_first_byte_seconds", ()), "deployment")
         router = self.gateway.router
         now = time.monotonic()
         data = []
@@ -244,9 +245,9 @@ class Console:
             deployments = []
             for dep in balancer.deployments:
                 cooling = router.cooldowns.cooling(dep.id, now)
-                statuses = answers.get(dep.id, {})
-                count = sum(statuses.values())
-                failed = sum(v for s, v in statuses.items() if s.isdigit() and int(s) >= 500)
+                outcomes = attempts.get(dep.id, {})
+                count = sum(outcomes.values())
+                failed = outcomes.get("failed", 0.0)
                 wait = waits.get(dep.id)
                 deployments.append({
                     "id": dep.id, "provider": dep.provider, "model": dep.model, "weight": dep.weight,
@@ -254,8 +255,8 @@ class Console:
                     "cooldown_s": round(cooling, 1), "in_flight": balancer.in_flight.get(dep.id, 0),
                     "latency_ms": round(balancer.latency.get(dep.id, 0.0) * 1000, 1),
                     "requests": int(count), "errors": int(failed),
-                    "mean_upstream_ms": round(wait["sum"] / wait["count"] * 1000, 1) if wait and wait["count"] else None,
-                    "p50_upstream_ms": round(quantile(wait["buckets"], 0.5) * 1000, 1) if wait and wait["count"] else None,
+                    "mean_first_byte_ms": round(wait["sum"] / wait["count"] * 1000, 1) if wait and wait["count"] else None,
+                    "p50_first_byte_ms": round(quantile(wait["buckets"], 0.5) * 1000, 1) if wait and wait["count"] else None,
                 })
             data.append({"name": model_name, "balance": balancer.model.balance, "cooldown_failures": balancer.model.cooldown_failures,
                          "cooldown_s": balancer.model.cooldown_s, "deployments": deployments})

@@ -230,7 +230,7 @@
       errors.push(step.total > 0 ? (100 * step.errors) / step.total : 0);
     }
     drawChart("traffic", $("#traffic-chart"), {
-      scales: { x: { time: true }, "%": { range: [0, 100] } },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.2)] }, "%": { range: [0, 100] } },
       series: [{}, { label: "requests/s", stroke: PALETTE[0], width: 2 }, { label: "errors %", stroke: PALETTE[4], width: 2, scale: "%" }],
       axes: [{}, { label: "requests/s" }, { side: 1, scale: "%", label: "errors %", grid: { show: false } }],
     }, [times, rates, errors]);
@@ -283,7 +283,8 @@
     let running = times.map(() => 0);
     for (const series of top) {
       running = running.map((sum, i) => sum + series.values[i]);
-      stacked.push(running);
+      // a day this series spent nothing draws no bar of its colour over the ones below
+      stacked.push(running.map((sum, i) => (series.values[i] ? sum : null)));
     }
     const bars = uPlot.paths.bars({ size: [0.7, 60] });
     const series = top.map((s, i) => ({
@@ -413,7 +414,7 @@
     $("#models").replaceChildren(...models.data.map((model) => {
       const table = el("table", { "data-model": model.name },
         el("caption", {}, model.name, el("span", { class: "muted" }, " · " + model.balance + " · cooldown after " + model.cooldown_failures + " failures for " + model.cooldown_s + " s")),
-        el("thead", {}, el("tr", {}, ...["Deployment", "Provider", "Upstream model", "Weight", "Health", "Cooldown left", "In flight", "Requests", "Errors", "Upstream p50", "Upstream mean", "Moving avg"]
+        el("thead", {}, el("tr", {}, ...["Deployment", "Provider", "Upstream model", "Weight", "Health", "Cooldown left", "In flight", "Calls", "Failed", "First byte p50", "First byte mean", "Moving avg"]
           .map((h, i) => el("th", { scope: "col", class: i >= 3 && i !== 4 ? "num" : null }, h)))),
         el("tbody"));
       fillTable(table, model.deployments.map((d) => {
@@ -422,8 +423,8 @@
           el("th", { scope: "row" }, d.id), el("td", {}, d.provider), el("td", {}, d.model), el("td", { class: "num" }, number(d.weight, 1)),
           el("td", {}, el("span", { class: "badge " + badge }, d.health)), el("td", { class: "num" }, d.cooldown_s ? d.cooldown_s + " s" : "–"),
           el("td", { class: "num" }, d.in_flight), el("td", { class: "num" }, number(d.requests)), el("td", { class: "num" }, number(d.errors)),
-          el("td", { class: "num" }, d.p50_upstream_ms === null ? "–" : d.p50_upstream_ms + " ms"),
-          el("td", { class: "num" }, d.mean_upstream_ms === null ? "–" : d.mean_upstream_ms + " ms"),
+          el("td", { class: "num" }, d.p50_first_byte_ms === null ? "–" : d.p50_first_byte_ms + " ms"),
+          el("td", { class: "num" }, d.mean_first_byte_ms === null ? "–" : d.mean_first_byte_ms + " ms"),
           el("td", { class: "num" }, d.latency_ms ? d.latency_ms + " ms" : "–"));
       }), "No deployments.");
       return el("div", { class: "card" }, table);
@@ -469,4 +470,7 @@
     if (masterKey) signIn(masterKey);
     else $("#master-key").focus();
   });
+
+  // the charts' data, for a look from the browser's devtools (and the console's tests)
+  window.lockgateConsole = Object.freeze({ charts });
 })();
