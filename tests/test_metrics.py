@@ -85,3 +85,26 @@ def test_counters_move_by_exactly_the_requests_sent_across_two_workers(fake, ups
         assert moved("gen_ai_client_token_usage_sum", **chat_op, gen_ai_token_type="output") == moved("lockgate_tokens_total", model="chatty", kind="completion") > 0
     finally:
         gw.stop()
+
+
+def test_the_grafana_dashboard_reads_only_metrics_lockgate_exports(fake, upstream):
+    import json
+    import re
+
+    from starlette.testclient import TestClient
+
+    from lockgate.proxy import metrics
+    from lockgate.proxy.app import create_app
+    from tests.conftest import ROOT
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "lockgate-dashboard.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {re.sub(r"_(bucket|sum|count)$", "", name) for query in queries for name in re.findall(r"\b(?:lockgate|gen_ai)_[a-z_]+", query)}
+    config = {"models": [{"name": "m", "deployments": [{"provider": "openai", "model": "dash", "base_url": fake.url + "/v1"}]}],
+              "store": {"backend": "memory"}, "middleware": [{"cache": {"ttl_s": 5}}]}
+    with TestClient(create_app(config)) as client:
+        client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True})
+    exported = {sample.name for family in text_string_to_metric_families(metrics.render().decode()) for sample in family.samples}
+    exported |= {re.sub(r"_(bucket|sum|count)$", "", name) for name in exported}
+    assert len(used) >= 15 and used <= exported, used - exported
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"])
