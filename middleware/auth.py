@@ -109,8 +109,11 @@ class Key:
     def identity(self) -> dict[str, Any]:
         # fresh containers each request: a middleware that edits its identity must not edit the policy
         models = list(self.models) if self.models is not None else None
-        return {"key": self.id, "user": self.user, "team": self.team, "tier": self.tier, "models": models,
-                "metadata": dict(self.metadata), "admin": self.admin, "source": "auth", "limits": self.limits}
+        identity = {"key": self.id, "user": self.user, "team": self.team, "tier": self.tier, "models": models,
+                    "metadata": dict(self.metadata), "admin": self.admin, "source": "auth"}
+        if self.limits:
+            identity["limits"] = self.limits  # the key's own budget and rate limits, for budget and throttle
+        return identity
 
     def needs_body(self) -> bool:
         return self.models is not None or self.max_tokens is not None or self.max_messages is not None
