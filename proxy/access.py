@@ -92,15 +92,15 @@ class AccessLog:
         if path_label not in self.paths:
             path_label = OTHER
         model_label = model if model in self.models() else OTHER
-        metrics.requests.labels(path_label, model_label, str(status)).inc()
-        metrics.latency.labels(path_label).observe(elapsed)
+        metrics.child(metrics.requests, path_label, model_label, str(status)).inc()
+        metrics.child(metrics.latency, path_label).observe(elapsed)
         if usage:
-            metrics.tokens.labels(model_label, "prompt").inc(count(usage.get("prompt_tokens")))
-            metrics.tokens.labels(model_label, "completion").inc(count(usage.get("completion_tokens")))
+            metrics.child(metrics.tokens, model_label, "prompt").inc(count(usage.get("prompt_tokens")))
+            metrics.child(metrics.tokens, model_label, "completion").inc(count(usage.get("completion_tokens")))
         if ctx.cost_usd:
-            metrics.spend.labels(model_label).inc(ctx.cost_usd)
+            metrics.child(metrics.spend, model_label).inc(ctx.cost_usd)
         if ctx.cache:
-            metrics.cache_lookups.labels(ctx.cache).inc()
+            metrics.child(metrics.cache_lookups, ctx.cache).inc()
         operation = genai.OPERATIONS.get(path_label)
         if operation is not None:
             self.record_genai(ctx, operation, model_label, status, elapsed)
@@ -138,12 +138,12 @@ class AccessLog:
         response_model = dep.model if dep is not None else OTHER
         labels = (operation, provider, model_label, response_model)
         error = ctx.extra.get("stream_error") or ("" if status < 400 else ctx.extra.get("upstream_failure") or str(status))
-        metrics.genai_duration.labels(*labels, error).observe(elapsed)
+        metrics.child(metrics.genai_duration, *labels, error).observe(elapsed)
         if "first_chunk_s" in ctx.extra:
-            metrics.genai_ttft.labels(*labels).observe(ctx.extra["first_chunk_s"])
+            metrics.child(metrics.genai_ttft, *labels).observe(ctx.extra["first_chunk_s"])
         for kind, value in genai.tokens(ctx.usage).items():
             if kind in ("input", "output"):
-                metrics.genai_tokens.labels(*labels, kind).observe(value)
+                metrics.child(metrics.genai_tokens, *labels, kind).observe(value)
 
 
 def count(value: Any) -> float:

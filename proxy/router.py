@@ -134,9 +134,9 @@ class Balancer:
         self.in_flight[dep.id] -= 1
         if not counted:
             return
-        metrics.deployment_attempts.labels(dep.id, "ok" if ok else "failed").inc()
+        metrics.child(metrics.deployment_attempts, dep.id, "ok" if ok else "failed").inc()
         if ok and latency_s is not None:
-            metrics.deployment_latency.labels(dep.id).observe(latency_s)
+            metrics.child(metrics.deployment_latency, dep.id).observe(latency_s)
         if ok:
             self.cooldowns.succeeded(dep.id)
             if latency_s is not None:
