@@ -19,11 +19,13 @@ run: $(STAMP)
 check: $(STAMP)
 	$(BIN)/lockgate check --config policies/gateway.yaml
 
-# kubectl renders deploy/kubernetes in the tests (Debian's kubernetes-client where missing;
-# without root or apt, those tests say they were skipped and why)
+# kubectl renders deploy/kubernetes and Debian's chromium drives the console's browser test
+# (nothing can be downloaded here); where either cannot be installed, those tests say so and skip
 test: $(STAMP)
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null) \
 		|| echo "kubectl could not be installed: the kustomize tests will be skipped"
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium could not be installed: the console's browser test will be skipped"
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-installed

@@ -10,6 +10,9 @@ auth.yaml (every key optional except each key's `id` and `sha256`):
     ip_allow: ["127.0.0.0/8"]         # client CIDRs allowed (default: any)
     max_tokens: 4096                  # cap on max_tokens / max_completion_tokens / max_output_tokens
     max_messages: 200                 # cap on the length of `messages` (or the Responses API's `input`)
+    runtime_keys: true                # also accept keys made with POST /admin/keys (proxy/keys.py), kept in the store
+    store_failure: closed             # closed (503 store_unavailable) | open: see below and proxy/store/guard.py
+    store_timeout_s: 0.5
     keys:
       - id: onyx-prod                 # what logs, spend and limits show; never the key itself
         sha256: "<hex>"               # sha256 of the key: `lockgate keys new` prints both
@@ -22,6 +25,10 @@ auth.yaml (every key optional except each key's `id` and `sha256`):
         ip_allow: ["10.1.0.0/16"]     # ip_allow, max_tokens, max_messages per key replace the global ones
         max_tokens: 2048
         max_messages: 50
+        budget_usd: 100               # the key's own budget (the budget middleware charges it, per key)
+        budget_period: monthly        # daily | weekly | monthly | total (default monthly)
+        rpm: 60                       # the key's own rate limits (the throttle middleware counts them)
+        tpm: 100000
 
 The key comes from `Authorization: Bearer`, `x-api-key` (Anthropic's SDK) or `api-key`
 (Azure's); on a WebSocket handshake (the realtime API) also from a browser's
@@ -30,6 +37,15 @@ It is hashed first and only its digest is looked up and compared, so the time
 an answer takes says nothing about how close a guess was. The inner app never sees those
 headers. The identity goes into the request context for throttle, budget, rewrite and logs.
 Caps refuse a request that asks for more; a request that does not say is left alone.
+
+Runtime keys (made over the admin API or the console, proxy/keys.py) are looked up in the
+store when a presented key is not in this file (only their sha256 is kept there), on
+every such request, so a revoked key stops working on every worker and replica at once. auth.yaml wins: a runtime key whose id the file also
+names is refused. The store failing is `store_failure`'s business, for runtime keys only
+(the file's keys never wait for the store): `closed` answers 503 `store_unavailable`;
+`open` lets a runtime key this process has already seen keep working from what it knew,
+while a key it never saw still gets 503 (passing an unverified key would make any string
+a key).
 """
 
 from __future__ import annotations
@@ -46,6 +62,7 @@ from typing import Any, Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lockgate.middleware.budget import PERIODS as BUDGET_PERIODS
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
@@ -55,13 +72,19 @@ from lockgate.proxy.context import get_context, load_json, replay
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.websocket import refusals
+from lockgate.proxy.store import guard
+from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths"}
-KEY_KEYS = {"id", "sha256", "user", "team", "tier", "models", "expires", "metadata", "ip_allow", "max_tokens", "max_messages"}
+TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths",
+            "runtime_keys", "store_failure", "store_timeout_s"}
+LIMIT_KEYS = ("budget_usd", "budget_period", "rpm", "tpm")
+KEY_KEYS = {"id", "sha256", "user", "team", "tier", "models", "expires", "metadata", "ip_allow", "max_tokens", "max_messages", *LIMIT_KEYS}
 DEFAULT_PUBLIC_PATHS = ("/health", "/health/*", "/metrics")
+# the console's page and scripts hold no data: the master key is asked for by the page itself
+CONSOLE_PATHS = ("/admin/ui", "/admin/ui/*")
 CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
 KEY_SUBPROTOCOL = "openai-insecure-api-key."  # how OpenAI's browser clients send a key on a WebSocket
 MASTER_ID = "master"
@@ -85,12 +108,16 @@ class Key:
     max_tokens: int | None
     max_messages: int | None
     admin: bool = False
+    limits: Mapping[str, Any] | None = None  # the key's own budget_usd / budget_period / rpm / tpm
 
     def identity(self) -> dict[str, Any]:
         # fresh containers each request: a middleware that edits its identity must not edit the policy
         models = list(self.models) if self.models is not None else None
-        return {"key": self.id, "user": self.user, "team": self.team, "tier": self.tier, "models": models,
-                "metadata": dict(self.metadata), "admin": self.admin, "source": "auth"}
+        identity = {"key": self.id, "user": self.user, "team": self.team, "tier": self.tier, "models": models,
+                    "metadata": dict(self.metadata), "admin": self.admin, "source": "auth"}
+        if self.limits:
+            identity["limits"] = self.limits  # the key's own budget and rate limits, for budget and throttle
+        return identity
 
     def needs_body(self) -> bool:
         return self.models is not None or self.max_tokens is not None or self.max_messages is not None
@@ -108,6 +135,10 @@ class AuthPolicy:
     trusted_proxies: tuple[Network, ...]
     public_paths: tuple[str, ...]
     paths: Paths = DEFAULT_PATHS
+    runtime_keys: bool = True
+    store_failure: StoreFailure = StoreFailure()
+    defaults: tuple[Any, Any, Any] = (None, None, None)  # ip_allow, max_tokens, max_messages for keys that set none
+    ids: frozenset[str] = frozenset()
 
     def find(self, presented: bytes) -> Key | None:
         digest = hashlib.sha256(presented).digest()
@@ -116,9 +147,11 @@ class AuthPolicy:
         key = self.keys.get(digest)
         return key if key is not None and hmac.compare_digest(digest, key.digest) else None
 
-    def is_public(self, path: str) -> bool:
+    def is_public(self, path: str, method: str = "GET") -> bool:
         # segment by segment, so `/health/*` cannot stretch over `/health/../admin/...`
         parts = path.split("/")
+        if method in ("GET", "HEAD") and any(segments_match(parts, pattern.split("/")) for pattern in CONSOLE_PATHS):
+            return True
         return any(segments_match(parts, pattern.split("/")) for pattern in self.public_paths)
 
 
@@ -164,9 +197,13 @@ def parse_policy(raw: Any, source: str) -> AuthPolicy:
         ids.add(key.id)
         keys[key.digest] = key
     paths = parse_paths(check, raw)
+    runtime = raw.get("runtime_keys", True)
+    if not isinstance(runtime, bool):
+        check.fail(raw, "runtime_keys", "runtime_keys must be true or false")
+    failure = guard.parse_store_failure(check, raw, "closed")
     if check.problems:
         raise ConfigError(check.problems)
-    return AuthPolicy(keys, master, trusted, tuple(public), paths)
+    return AuthPolicy(keys, master, trusted, tuple(public), paths, runtime is not False, failure, (ip_allow, max_tokens, max_messages), frozenset(ids))
 
 
 def parse_key(check: Checker, node: dict, ip_allow: Any, max_tokens: Any, max_messages: Any) -> Key | None:
@@ -195,7 +232,25 @@ def parse_key(check: Checker, node: dict, ip_allow: Any, max_tokens: Any, max_me
         ip_allow=networks(check, node, "ip_allow") if "ip_allow" in node else ip_allow,
         max_tokens=cap(check, node, "max_tokens") if "max_tokens" in node else max_tokens,
         max_messages=cap(check, node, "max_messages") if "max_messages" in node else max_messages,
+        limits=own_limits(check, node),
     )
+
+
+def own_limits(check: Checker, node: dict) -> dict[str, Any] | None:
+    """A key's own budget and rate limits, enforced by the budget and throttle middlewares."""
+    limits: dict[str, Any] = {}
+    if node.get("budget_usd") is not None:
+        limits["budget_usd"] = float(check.number(node, "budget_usd", 0.0))
+        period = check.string(node, "budget_period", "monthly")
+        if period not in BUDGET_PERIODS:
+            check.fail(node, "budget_period", f"budget_period must be one of {', '.join(BUDGET_PERIODS)}, not {period!r}")
+        limits["budget_period"] = period
+    elif node.get("budget_period") is not None:
+        check.fail(node, "budget_period", "budget_period needs budget_usd")
+    for name in ("rpm", "tpm"):
+        if node.get(name) is not None:
+            limits[name] = check.number(node, name, 1, minimum=1, integer=True)
+    return limits or None
 
 
 def digest_field(check: Checker, node: dict, name: str, required: bool = False) -> bytes | None:
@@ -308,13 +363,11 @@ def refusal(status: int, code: str, message: str, param: str | None = None) -> G
     return GatewayError(status, message, "invalid_request_error", code, param, headers)
 
 
-def admit(policy: AuthPolicy, scope: Scope) -> Key:
-    """The key this request may act as, or the refusal to answer with."""
-    presented = presented_key(scope)
-    if presented is None:
-        raise refusal(401, "invalid_api_key", "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.")
-    key = policy.find(presented)
+def admit(policy: AuthPolicy, scope: Scope, key: Key | None) -> Key:
+    """The key this request may act as (`key`, found for the key presented), or the refusal to answer with."""
     if key is None:
+        if presented_key(scope) is None:
+            raise refusal(401, "invalid_api_key", "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.")
         raise refusal(401, "invalid_api_key", "Incorrect API key provided.")
     if key.expires is not None and dt.datetime.now(dt.timezone.utc) >= key.expires:
         raise refusal(401, "invalid_api_key", f"This API key expired at {key.expires.isoformat()}.")
@@ -356,6 +409,12 @@ class AuthMiddleware:
     def __init__(self, app: ASGIApp, policy: Any, store: Any = None) -> None:
         self.app = app
         self.policy = Policy("auth", policy, parse_policy)
+        self.runtime = None
+        if store is not None:
+            from lockgate.proxy.keys import runtime_keys
+
+            self.runtime = runtime_keys(store)
+            self.runtime.file_policy = self.policy  # the console lists the file's keys and refuses their ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -364,13 +423,13 @@ class AuthMiddleware:
         send = refusals(scope, send)
         self.policy.ensure_watching()
         policy = self.policy.current
-        if policy.is_public(scope.get("path", "")):
+        if policy.is_public(scope.get("path", ""), scope.get("method", "GET")):
             await self.app(scope, receive, send)
             return
         ctx = get_context(scope)
         key = None
         try:
-            key = admit(policy, scope)
+            key = admit(policy, scope, await self.find(policy, scope, ctx.request_id))
             ctx.identity = key.identity()
             if key.models is not None:
                 ctx.model_check = key.allows
@@ -384,6 +443,24 @@ class AuthMiddleware:
             await send_error(send, exc, [(b"x-request-id", ctx.request_id.encode("latin-1", "replace"))])
             return
         await self.app(without_credentials(scope), receive, send)
+
+    async def find(self, policy: AuthPolicy, scope: Scope, request_id: str) -> Key | None:
+        """The key presented: the file's, else a runtime key from the store."""
+        presented = presented_key(scope)
+        if presented is None:
+            return None
+        key = policy.find(presented)
+        if key is not None or self.runtime is None or not policy.runtime_keys:
+            return key
+        failure = policy.store_failure
+        try:
+            return await self.runtime.find(presented, policy)
+        except StoreUnavailable as exc:
+            known = None if failure.closed else self.runtime.last_known(presented, policy)
+            guard.failed("auth", failure if known else StoreFailure("closed", failure.timeout_s), exc, request_id)
+            if known is None:
+                raise guard.unavailable() from None
+            return known
 
 
 def new_key(id: str, user: str | None = None, team: str | None = None, tier: str | None = None) -> tuple[str, dict[str, str]]:

@@ -3,7 +3,7 @@ concurrency and across processes and replicas.
 
 budget.yaml:
 
-    budgets:
+    budgets:                 # a key's own budget_usd in auth.yaml or a runtime key's takes the place of its key budget
       - {team: engineering, limit_usd: 50, period: daily}     # daily | weekly | monthly | total
       - {user: alice, limit_usd: 100, period: monthly}
       - {key: onyx-prod, limit_usd: 500, period: total}
@@ -198,6 +198,11 @@ def period_window(period: str, now: dt.datetime) -> tuple[str, float | None]:
     return label, (ends - now).total_seconds()
 
 
+def budget_key(dimension: str, name: Any, period: str, now: dt.datetime) -> str:
+    """Where a budget's spend for the period `now` falls in is kept in the store."""
+    return f"budget:{dimension}:{name}:{period}:{period_window(period, now)[0]}"
+
+
 @functools.lru_cache(maxsize=64)
 def report_key_for_day(period: str, day: dt.date) -> str:
     label = {"day": day.isoformat(), "month": day.strftime("%Y-%m"), "total": "total"}[period]
@@ -280,11 +285,12 @@ class BudgetedRequest:
 
     def _applicable(self) -> list[Budget]:
         found = []
+        own = own_budget(self.who)
         for dimension in DIMENSIONS:
             name = self.who.get(dimension)
             if not name:
                 continue
-            budget = self.policy.budgets.get((dimension, str(name)))
+            budget = own if dimension == "key" and own is not None else self.policy.budgets.get((dimension, str(name)))
             if budget is None and self.policy.default is not None and self.policy.default.dimension == dimension:
                 budget = self.policy.default
             if budget is not None:
@@ -292,8 +298,7 @@ class BudgetedRequest:
         return found
 
     def _key(self, budget: Budget) -> str:
-        label, _ = period_window(budget.period, self.now)
-        return f"budget:{budget.dimension}:{self.who.get(budget.dimension)}:{budget.period}:{label}"
+        return budget_key(budget.dimension, self.who.get(budget.dimension), budget.period, self.now)
 
     async def _admit(self, send: Send) -> Price | None | bool:
         """The price the request is reserved at, once admitted; False when it was refused
@@ -514,6 +519,15 @@ class BudgetedRequest:
         fields = [f"{d}:{self.who.get(d)}" for d in DIMENSIONS if self.who.get(d)]
         fields.append(f"model:{self._served()}")
         return [(report_key(period, self.now), field, amount) for period in REPORT_PERIODS for field in fields]
+
+
+def own_budget(who: Mapping[str, Any]) -> Budget | None:
+    """A key's own budget (`budget_usd` of its auth.yaml entry or of a runtime key), which
+    takes the place of budget.yaml's budget for that key."""
+    limits = who.get("limits")
+    if not limits or limits.get("budget_usd") is None:
+        return None
+    return Budget("key", who.get("key"), limits["budget_usd"], limits.get("budget_period", "monthly"))
 
 
 FREE_PRICE = Price(0.0, 0.0)

@@ -78,6 +78,7 @@ class Policy(Generic[T]):
             self.loaded_at = time.time()
         with _lock:
             REGISTRY.add(self)
+        publish()
         if self.path is not None:
             _watcher.wake.set()  # a running watcher picks up this file's directory
 
@@ -138,6 +139,7 @@ class Policy(Generic[T]):
             self.reloads += 1
             with _lock:
                 _reloads[self.kind] += 1
+        publish()
         log.info("policy_reloaded", kind=self.kind, file=str(self.path), version=version)
         return True
 
@@ -151,13 +153,17 @@ class Policy(Generic[T]):
             _failures[self.kind] += 1
         self.last_error = error
         self.error_at = time.time()
+        publish()
         log.error("policy_reload_failed", kind=self.kind, file=str(self.path), error=error)
         return False
 
     def _clear_error(self) -> None:
+        had_error = self.last_error is not None
         self._refused = None
         self.last_error = None
         self.error_at = None
+        if had_error:
+            publish()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -170,6 +176,14 @@ class Policy(Generic[T]):
             "reloads": self.reloads,
             "failures": self.failures,
         }
+
+
+def publish() -> None:
+    """Hands this process's counts to `/metrics` (proxy/metrics.py), where the workers'
+    numbers meet."""
+    from lockgate.proxy import metrics as prometheus
+
+    prometheus.record_policies(metrics())
 
 
 def digest(data: bytes) -> str:

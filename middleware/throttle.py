@@ -17,7 +17,8 @@ throttle.yaml:
     store_timeout_s: 0.5
     paths: [...]               # which requests are model calls (middleware/paths.py)
 
-Every matching limit applies; one request claims all its counters in one atomic step,
+A key's own `rpm` / `tpm` (auth.yaml's `keys:` or a runtime key, proxy/keys.py) apply
+on top, per key. Every matching limit applies; one request claims all its counters in one atomic step,
 so a refusal never leaves a partial claim behind. Concurrency slots are released the
 moment a request ends, the client leaving included. A tpm estimate is corrected to the
 usage lockgate's proxy counted, or, around another app, to the usage read off the
@@ -40,7 +41,7 @@ from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
 from lockgate.proxy.config import Checker, ConfigError
-from lockgate.proxy.context import model_request, new_id
+from lockgate.proxy.context import CONTEXT_KEY, model_request, new_id
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.store import Claim, Store, guard, open_store, owners
 from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
@@ -51,6 +52,7 @@ from lockgate.providers.usage import UsageMeter
 WINDOW_S = 60.0
 LEASE_S = 900.0  # a concurrency slot outlives any request; it only expires if its process died
 PER = ("key", "user", "team", "model", "global")
+OWN_LIMIT_ID = "key"  # the ledgers of keys' own limits (a file's limit ids are hex digests)
 LIMIT_KEYS = {"id", "per", "match", "rpm", "tpm", "concurrent", "on_limit", "max_wait_s", "completion_estimate"}
 
 
@@ -125,6 +127,21 @@ def parse_policy(raw: Any, source: str) -> ThrottlePolicy:
     return ThrottlePolicy(tuple(limits), trust, failure, paths)
 
 
+def has_own_limits(scope: Scope) -> bool:
+    ctx = scope.get(CONTEXT_KEY)
+    limits = (ctx.identity or {}).get("limits") if ctx is not None else None
+    return bool(limits and (limits.get("rpm") or limits.get("tpm")))
+
+
+def own_limit(who: Mapping[str, Any]) -> Limit | None:
+    """A key's own rpm / tpm (its auth.yaml entry's or a runtime key's), counted per key
+    like a `per: key` limit, in ledgers of their own."""
+    limits = who.get("limits")
+    if not limits or not (limits.get("rpm") or limits.get("tpm")):
+        return None
+    return Limit(OWN_LIMIT_ID, "key", {}, limits.get("rpm"), limits.get("tpm"), None, False, 0.0, 256)
+
+
 class ThrottleMiddleware:
     def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None) -> None:
         self.app = app
@@ -138,7 +155,7 @@ class ThrottleMiddleware:
         send = refusals(scope, send)  # a realtime session is limited at its handshake
         self.policy.ensure_watching()
         policy = self.policy.current
-        if not policy.limits or not policy.paths.match(scope):
+        if not (policy.limits or has_own_limits(scope)) or not policy.paths.match(scope):
             await self.app(scope, receive, send)
             return
         ctx, inner_receive = await model_request(scope, receive)
@@ -168,6 +185,9 @@ class ThrottledRequest:
         who = identity(scope, ctx, self.policy.trust_client_user)
         facts = {**who, "model": ctx.model}
         active = [limit for limit in self.policy.limits if matches(limit.match, facts)]
+        own = own_limit(who)
+        if own is not None:
+            active.append(own)
         if not active:
             await app(scope, receive, send)
             return

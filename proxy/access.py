@@ -14,7 +14,7 @@ from typing import Any, Callable, Container
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lockgate.proxy import metrics
+from lockgate.proxy import genai, metrics
 from lockgate.proxy.context import get_context, redacted, route_path
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger, info_line
@@ -56,7 +56,11 @@ class AccessLog:
 
         async def stamped(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.body":
+                if "first_chunk_s" not in ctx.extra and message.get("body") and message.get("more_body"):
+                    # a streamed answer's first bytes out: the time to first token as the client sees it
+                    ctx.extra["first_chunk_s"] = time.perf_counter() - ctx.started
+            elif message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers") or ())
                 if not any(k == b"x-request-id" for k, _ in headers):
@@ -98,13 +102,18 @@ class AccessLog:
         if path_label not in self.paths:
             path_label = OTHER
         model_label = model if model in self.models() else OTHER
-        metrics.requests.labels(path_label, model_label, str(status)).inc()
-        metrics.latency.labels(path_label).observe(elapsed)
+        metrics.child(metrics.requests, path_label, model_label, str(status)).inc()
+        metrics.child(metrics.latency, path_label).observe(elapsed)
         if usage:
-            metrics.tokens.labels(model_label, "prompt").inc(count(usage.get("prompt_tokens")))
-            metrics.tokens.labels(model_label, "completion").inc(count(usage.get("completion_tokens")))
+            metrics.child(metrics.tokens, model_label, "prompt").inc(count(usage.get("prompt_tokens")))
+            metrics.child(metrics.tokens, model_label, "completion").inc(count(usage.get("completion_tokens")))
         if ctx.cost_usd:
-            metrics.spend.labels(model_label).inc(ctx.cost_usd)
+            metrics.child(metrics.spend, model_label).inc(ctx.cost_usd)
+        if ctx.cache:
+            metrics.child(metrics.cache_lookups, ctx.cache).inc()
+        operation = genai.OPERATIONS.get(path_label)
+        if operation is not None:
+            self.record_genai(ctx, operation, model_label, status, elapsed)
         failure = ctx.extra.get("stream_error") or ctx.extra.get("upstream_failure")
         if failure:
             metrics.upstream_failures.labels(failure).inc()
@@ -130,6 +139,21 @@ class AccessLog:
                 "fallback": ctx.fallback_chain,
             },
         )
+
+
+    def record_genai(self, ctx, operation: str, model_label: str, status: int, elapsed: float) -> None:
+        """The GenAI conventions' metrics."""
+        dep = genai.deployment_of(self.models(), ctx.model_served, ctx.deployment)
+        provider = genai.provider_name(dep.provider) if dep is not None else OTHER
+        response_model = dep.model if dep is not None else OTHER
+        labels = (operation, provider, model_label, response_model)
+        error = ctx.extra.get("stream_error") or ("" if status < 400 else ctx.extra.get("upstream_failure") or str(status))
+        metrics.child(metrics.genai_duration, *labels, error).observe(elapsed)
+        if "first_chunk_s" in ctx.extra:
+            metrics.child(metrics.genai_ttft, *labels).observe(ctx.extra["first_chunk_s"])
+        for kind, value in genai.tokens(ctx.usage).items():
+            if kind in ("input", "output"):
+                metrics.child(metrics.genai_tokens, *labels, kind).observe(value)
 
 
 def count(value: Any) -> float:

@@ -10,12 +10,15 @@ import asyncio
 import datetime as dt
 from urllib.parse import parse_qs
 
+from typing import Any
+
 from starlette.types import Receive, Scope, Send
 
 from lockgate.middleware import policy
 from lockgate.proxy.context import get_context
 from lockgate.proxy.errors import GatewayError, send_error, send_json
-from lockgate.proxy.store import Store
+from lockgate.proxy.store import Store, guard
+from lockgate.proxy.store.guard import StoreUnavailable
 
 SPEND_BY = ("key", "user", "team", "model")
 SPEND_PERIODS = ("day", "month", "total")
@@ -28,6 +31,24 @@ def is_admin(scope: Scope) -> bool:
 async def refuse(send: Send) -> None:
     message = "The admin endpoints need the master key (the auth middleware with master_key_sha256)."
     await send_error(send, GatewayError(401, message, "invalid_request_error", "invalid_api_key"))
+
+
+def admin_only(handler: Any) -> Any:
+    """The master key, and a GatewayError answered in OpenAI's shape."""
+
+    async def guarded(self: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        if not is_admin(scope):
+            return await refuse(send)
+        store = getattr(self, "store", None)
+        failures = store.errors if store is not None else ()
+        try:
+            await handler(self, scope, receive, send)
+        except GatewayError as exc:
+            await send_error(send, exc)
+        except (StoreUnavailable, *failures):
+            await send_error(send, guard.unavailable())
+
+    return guarded
 
 
 async def spend_rows(store: Store, by: str, period: str, now: dt.datetime | None = None) -> dict:

@@ -18,12 +18,13 @@ from starlette.routing import Router as StarletteRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lockgate.middleware import policy
-from lockgate.proxy import metrics
+from lockgate.proxy import metrics, tracing
 from lockgate.proxy.access import AccessLog
 from lockgate.proxy.admin import Admin
 from lockgate.proxy.checks import Layer, cross_check, layer_of
 from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
 from lockgate.proxy.dialect import AnthropicErrors
+from lockgate.proxy.console import admin_routes
 from lockgate.proxy.context import get_context, route_path
 from lockgate.proxy.errors import GatewayError, send_error, send_json
 from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
@@ -159,6 +160,8 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     configure_logs(os.environ.get("LOCKGATE_LOG_LEVEL", "info"))
     upstream = client or UpstreamClient()
     store = open_store(config.store)
+    if tracing.enabled():
+        store = tracing.TracedStore(store)
     lifecycle = Lifecycle()
     built = build_middleware(config, store)
     problems = built.problems or cross_check(config, built.layers)
@@ -216,6 +219,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         Route("/admin/spend", Endpoint(admin.spend), methods=["GET"]),
         Route("/admin/policies", Endpoint(admin.policies), methods=["GET"]),
         Route("/admin/reload", Endpoint(admin.reload), methods=["POST"]),
+        *admin_routes(store, gateway),
     ]
     for path, (handler, methods) in MODEL_ROUTES.items():
         endpoint = Endpoint(getattr(gateway, handler))
@@ -229,7 +233,10 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     known = frozenset(route.path for route in routes if "{" not in route.path)
     access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.config.models, lifecycle=lifecycle)
     # Anthropic's error shape on the Messages paths, whichever layer refused (proxy/dialect.py)
-    app = Starlette(middleware=[access, Middleware(AnthropicErrors), *built.stack])
+    stack = [access, Middleware(AnthropicErrors), *built.stack]
+    if tracing.enabled():
+        stack = tracing.instrument(stack, lambda: gateway.config.models)
+    app = Starlette(middleware=stack)
     app.router = Routes(routes, lifespan=lifespan)
     live = LiveConfig(config, gateway, app.state, built.mounted, swap_models)
     app.state.gateway = gateway

@@ -1,4 +1,4 @@
-"""`lockgate serve | check | keys new | spend | import`."""
+"""`lockgate serve | check | keys new|create|list|revoke | spend | import`."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = checked_or_exit(path)
     # absolute, not resolved: a ConfigMap's gateway.yaml is a symlink whose target the next update deletes
     os.environ["LOCKGATE_CONFIG"] = str(Path(path).absolute())
+    share_metrics(args.workers)
     from lockgate.proxy.app import create_app
 
     try:
@@ -71,6 +72,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         server_header=False,
     )
+
+
+def share_metrics(workers: int) -> None:
+    """With several workers, /metrics must add up all of them: prometheus-client's
+    multiprocess mode, in a directory of this server's own, removed when it exits. Set
+    before anything imports prometheus-client (it picks its value class on import), and
+    inherited by the workers uvicorn spawns."""
+    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="lockgate-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -132,6 +149,80 @@ def store_or_exit(path: str) -> StoreConfig:
             print(problem, file=sys.stderr)
         raise SystemExit(1)
     return store
+
+
+def admin_call(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> dict:
+    """One call to a running gateway's admin API; its error printed and exit 1 on failure."""
+    import httpx
+
+    key = args.master_key or os.environ.get("LOCKGATE_MASTER_KEY")
+    if not key:
+        raise SystemExit("lockgate keys: the master key is needed: --master-key or LOCKGATE_MASTER_KEY")
+    try:
+        response = httpx.request(method, args.url.rstrip("/") + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"lockgate keys: cannot reach {args.url}: {exc}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status_code >= 400:
+        message = (answer.get("error") or {}).get("message") if isinstance(answer, dict) else None
+        raise SystemExit(f"lockgate keys: {response.status_code}: {message or response.text[:200]}")
+    return answer
+
+
+def name_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    return name, value
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    import json
+
+    body: dict = {"id": args.id}
+    for name in ("user", "team", "tier", "expires", "budget_usd", "budget_period", "rpm", "tpm"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    if args.models:
+        body["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.metadata:
+        body["metadata"] = dict(args.metadata)
+    created = admin_call(args, "POST", "/admin/keys", body)
+    if args.json:
+        print(json.dumps(created, indent=2))
+        return 0
+    print(f"New API key for {created['id']!r} (it will not be shown again; the gateway keeps only its sha256):")
+    print()
+    print(f"    {created['key']}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    import json
+
+    keys = admin_call(args, "GET", "/admin/keys")["data"]
+    if args.json:
+        print(json.dumps(keys, indent=2))
+        return 0
+    header = ("id", "source", "user", "team", "models", "limits", "expires", "status")
+    rows = [header]
+    for key in keys:
+        limits = ", ".join(f"{v} {k}" for k, v in (("usd/" + (key.get("budget_period") or ""), key.get("budget_usd")), ("rpm", key.get("rpm")), ("tpm", key.get("tpm"))) if v is not None)
+        rows.append((key["id"], key["source"], key.get("user") or "-", key.get("team") or "-", ",".join(key.get("models") or ["*"]), limits or "-",
+                     (key.get("expires") or "never")[:10], key["status"]))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    admin_call(args, "DELETE", f"/admin/keys/{args.id}")
+    print(f"Revoked {args.id!r}: requests with it are refused within a second, on every worker and replica.")
+    return 0
 
 
 def cmd_spend(args: argparse.Namespace) -> int:
@@ -222,6 +313,33 @@ def main(argv: list[str] | None = None) -> int:
     keys_new.add_argument("--team")
     keys_new.add_argument("--tier")
     keys_new.set_defaults(run=cmd_keys_new)
+
+    def remote(name: str, help: str) -> argparse.ArgumentParser:
+        command = keys.add_parser(name, help=help)
+        command.add_argument("--url", default=os.environ.get("LOCKGATE_URL", "http://127.0.0.1:4000"), help="the running gateway (default: $LOCKGATE_URL or http://127.0.0.1:4000)")
+        command.add_argument("--master-key", help="the master key (default: $LOCKGATE_MASTER_KEY)")
+        return command
+
+    keys_create = remote("create", "create a runtime key on a running gateway (shown once; the store keeps only its sha256)")
+    keys_create.add_argument("--id", required=True)
+    keys_create.add_argument("--user")
+    keys_create.add_argument("--team")
+    keys_create.add_argument("--tier")
+    keys_create.add_argument("--models", help="allow-list, comma separated globs")
+    keys_create.add_argument("--expires", help="a date (2027-01-01) or an ISO datetime")
+    keys_create.add_argument("--metadata", action="append", metavar="NAME=VALUE", type=name_value)
+    keys_create.add_argument("--budget-usd", type=float)
+    keys_create.add_argument("--budget-period", choices=["daily", "weekly", "monthly", "total"])
+    keys_create.add_argument("--rpm", type=int)
+    keys_create.add_argument("--tpm", type=int)
+    keys_create.add_argument("--json", action="store_true", help="print the answer as JSON")
+    keys_create.set_defaults(run=cmd_keys_create)
+    keys_list = remote("list", "list a running gateway's keys (auth.yaml's and runtime ones; never a secret)")
+    keys_list.add_argument("--json", action="store_true")
+    keys_list.set_defaults(run=cmd_keys_list)
+    keys_revoke = remote("revoke", "revoke a runtime key on a running gateway")
+    keys_revoke.add_argument("id")
+    keys_revoke.set_defaults(run=cmd_keys_revoke)
 
     importing = commands.add_parser("import", help="write gateway.yaml and policies from a LiteLLM config or a guide's YAML")
     importing.add_argument("kind", choices=["litellm", "guide"], help="litellm: a LiteLLM Proxy config.yaml; guide: the seed's / Onyx guides' YAML")

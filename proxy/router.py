@@ -15,6 +15,7 @@ import time
 from typing import Protocol, Sequence
 
 from lockgate.providers.base import Deployment
+from lockgate.proxy import metrics
 from lockgate.proxy.config import ModelConfig
 
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the moving average
@@ -133,6 +134,9 @@ class Balancer:
         self.in_flight[dep.id] -= 1
         if not counted:
             return
+        metrics.child(metrics.deployment_attempts, dep.id, "ok" if ok else "failed").inc()
+        if ok and latency_s is not None:
+            metrics.child(metrics.deployment_latency, dep.id).observe(latency_s)
         if ok:
             self.cooldowns.succeeded(dep.id)
             if latency_s is not None:

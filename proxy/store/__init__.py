@@ -86,6 +86,11 @@ class Store:
         """A ledger's live total."""
         raise NotImplementedError
 
+    async def ledger_totals(self, prefix: str) -> dict[str, float]:
+        """The live total of every ledger whose key starts with `prefix` and holds live
+        entries (the console's view of the limits; not a hot path)."""
+        raise NotImplementedError
+
     # -- budgets ----------------------------------------------------------------------
     async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
         """All or nothing: granted when every budget `fits` the claim; then a reservation

@@ -383,6 +383,14 @@ class DiskStore(Store):
         ).fetchone()
         return 0.0 if row is None else row[0]
 
+    async def ledger_totals(self, prefix: str) -> dict[str, float]:
+        where, bounds = key_range(ledger_name(prefix))
+        now = time.time()
+        rows = self._sql(
+            f"SELECT ledger, sum(amount) FROM Entry WHERE {where.replace('key', 'ledger')} AND expires > ? GROUP BY ledger", bounds + (now,)
+        ).fetchall()
+        return {name[len("l:") :]: total for name, total in rows}
+
     # -- budgets ----------------------------------------------------------------------
     def _drop_budget(self, sql: Execute, key: str) -> None:
         sql("DELETE FROM Budget WHERE key = ?", (key,))

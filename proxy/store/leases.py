@@ -317,6 +317,10 @@ class LeasedStore(Store):
     async def used(self, key: str) -> float:
         return await self.inner.used(key)
 
+    async def ledger_totals(self, prefix: str) -> dict[str, float]:
+        # what the store holds: the leases this and every process hold, at their size
+        return await self.inner.ledger_totals(prefix)
+
     # -- budgets -------------------------------------------------------------------------
     async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
         self._start_janitor()

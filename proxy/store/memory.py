@@ -106,6 +106,11 @@ class MemoryStore(Store):
     async def used(self, key: str) -> float:
         return self._ledger(key, self.now()).total
 
+    async def ledger_totals(self, prefix: str) -> dict[str, float]:
+        now = self.now()
+        live = {key: self._ledger(key, now) for key in list(self.ledgers) if key.startswith(prefix)}
+        return {key: ledger.total for key, ledger in live.items() if ledger.entries}
+
     # -- budgets ----------------------------------------------------------------------
     def _budget(self, key: str, now: float) -> Budget:
         budget = self.budgets.get(key)

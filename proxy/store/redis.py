@@ -319,6 +319,12 @@ class RedisStore(Store):
     async def used(self, key: str) -> float:
         return float(await self._used(self._ledger(key)))
 
+    async def ledger_totals(self, prefix: str) -> dict[str, float]:
+        head = self.prefix + "l:"
+        keys = [name.decode()[len(head) :] async for name in self.redis.scan_iter(match=(head + prefix).translate(GLOB_SPECIAL) + "*", count=1000)]
+        totals = {key: await self.used(key) for key in keys}
+        return {key: total for key, total in totals.items() if total > 0}
+
     # -- budgets ----------------------------------------------------------------------
     async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
         keys = [k for c in claims for k in self._budget(c.key)]

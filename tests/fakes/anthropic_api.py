@@ -85,8 +85,8 @@ async def answer(fake: FakeUpstream, body: dict, model: str) -> Response:
     usage = {
         "input_tokens": count_tokens(body.get("messages") or []) + count_tokens(body.get("system") or ""),
         "output_tokens": len(words(reply)) if reply is not None else len(words(arguments)),
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": b.cache_write_tokens,
+        "cache_read_input_tokens": b.cache_read_tokens,
     }
     message = {
         "id": "msg_" + uuid.uuid4().hex[:24],

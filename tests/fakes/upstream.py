@@ -42,6 +42,8 @@ class Behaviour:
     raw_headers: dict[str, str] = field(default_factory=dict)
     echo_auth: bool = False  # an error message that repeats the Authorization header it received
     prompt_tokens_per_char: float | None = None  # report prompt usage as characters x this (a tokenizer's ratio)
+    cache_read_tokens: int = 0  # prompt-cache reads and writes an Anthropic answer reports
+    cache_write_tokens: int = 0
 
 
 @dataclass

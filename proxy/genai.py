@@ -1,0 +1,81 @@
+"""OpenTelemetry's GenAI semantic conventions as lockgate names them: which operation a
+route is, which provider a deployment is, and the token counts of a request, for the
+traces (proxy/tracing.py) and the `gen_ai_*` metrics (proxy/access.py) alike.
+
+Choices where lockgate's world and the conventions do not line up:
+- `/v1/responses` and `/v1/messages` are `chat` (the conventions have no operation of
+  their own for them); `/v1/completions` is `text_completion`. A route with no operation
+  here (`/v1/models`, admin) gets no `gen_ai.*` attributes or metrics.
+- Providers the conventions list keep their names (`azure.ai.openai`, `gcp.gemini`,
+  `gcp.vertex_ai`, `aws.bedrock`, `x_ai`, `mistral_ai`); the others (`mock`, `ollama`,
+  `together`...) are lockgate's provider key, as the conventions allow for the unlisted.
+- `gen_ai.response.model` is the deployment's upstream model from gateway.yaml, not the
+  name an upstream wrote in its answer: a metric label may only take values the operator
+  chose.
+- Input tokens count every prompt token, cached ones included (OpenAI's rule, and the
+  conventions'); cache reads and writes are reported beside them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+OPERATIONS = {
+    "/chat/completions": "chat",
+    "/v1/chat/completions": "chat",
+    "/completions": "text_completion",
+    "/v1/completions": "text_completion",
+    "/embeddings": "embeddings",
+    "/v1/embeddings": "embeddings",
+    "/responses": "chat",
+    "/v1/responses": "chat",
+    "/messages": "chat",
+    "/v1/messages": "chat",
+}
+
+PROVIDERS = {
+    "azure": "azure.ai.openai",
+    "gemini": "gcp.gemini",
+    "vertex": "gcp.vertex_ai",
+    "bedrock": "aws.bedrock",
+    "xai": "x_ai",
+    "mistral": "mistral_ai",
+}
+
+
+def provider_name(provider: str) -> str:
+    return PROVIDERS.get(provider, provider)
+
+
+def deployment_of(models: Any, served: str | None, deployment_id: str | None) -> Any:
+    """The deployment `deployment_id` of the served model in a gateway's `models` mapping."""
+    model = models.get(served) if served and deployment_id and isinstance(models, Mapping) else None
+    if model is None:
+        return None
+    for dep in model.deployments:
+        if dep.id == deployment_id:
+            return dep
+    return None
+
+
+def tokens(usage: Any) -> dict[str, int]:
+    """`input`, `output`, `cache_read`, `cache_creation` of an OpenAI-shaped usage, the
+    ones it reports (anything malformed counts as not reported)."""
+    if not isinstance(usage, dict):
+        return {}
+    found = {}
+    for kind, value in (("input", usage.get("prompt_tokens")), ("output", usage.get("completion_tokens"))):
+        if count(value) is not None:
+            found[kind] = count(value)
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        for kind, name in (("cache_read", "cached_tokens"), ("cache_creation", "cache_write_tokens")):
+            if count(details.get(name)):
+                found[kind] = count(details.get(name))
+    return found
+
+
+def count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        return None
+    return int(value)
