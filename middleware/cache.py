@@ -426,8 +426,16 @@ class CachedRequest:
             "deployment": ctx.deployment,
             "usage_chunk": usage_chunk,
         }
+        write = self.store.set(self.key, orjson.dumps(meta) + b"\n" + payload, self.ttl)
+        if self.lock is None:
+            # written behind: queued before the answer's last byte goes out, so the client's
+            # next request finds it, without the answer waiting for the write
+            guard.spawn(self.store, guard.call(self.store, write, self.policy.store_failure.timeout_s), "cache_write_failed", request_id=ctx.request_id)
+            await asyncio.sleep(0)  # one turn: the write is queued (an in-process store's, done)
+            return
         try:
-            await guard.call(self.store, self.store.set(self.key, orjson.dumps(meta) + b"\n" + payload, self.ttl), self.policy.store_failure.timeout_s)
+            # coalesced requests wait on the lock: the entry must be in before it is released
+            await guard.call(self.store, write, self.policy.store_failure.timeout_s)
         except StoreUnavailable as exc:  # the answer still goes out; it is just not kept
             log.warning("cache_write_failed", error=str(exc), request_id=ctx.request_id)
 

@@ -765,13 +765,22 @@ def native_stream_error(kind: str, error: dict, sequence: int) -> bytes:
     return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
+WATCH_AFTER_S = 0.02  # how long an answer may take before anyone listens for the client leaving
+
+
 async def run_until_disconnect(work: Awaitable[object], receive: Receive, finished: Callable[[], bool]) -> bool:
     """Runs `work` in this task while a watcher listens for the client going away; if it
     does before the answer is `finished`, the work is cancelled, which closes the upstream
-    request and lets every layer outside release what it holds at once. False then."""
+    request and lets every layer outside release what it holds at once. False then.
+
+    The watcher is a task of its own, so it starts only once the answer has taken
+    WATCH_AFTER_S: most answers are done before, and a timer costs a tenth of a task.
+    A client gone before then is seen that much later."""
     current = asyncio.current_task()
     assert current is not None
+    loop = asyncio.get_running_loop()
     gone = False
+    watcher: asyncio.Task | None = None
 
     async def watch() -> None:
         nonlocal gone
@@ -783,7 +792,11 @@ async def run_until_disconnect(work: Awaitable[object], receive: Receive, finish
                     current.cancel()
                 return
 
-    watcher = asyncio.get_running_loop().create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
         await work
         return True
@@ -792,4 +805,6 @@ async def run_until_disconnect(work: Awaitable[object], receive: Receive, finish
             return False  # our own cancel, nobody else's: the request simply ends
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

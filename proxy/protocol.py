@@ -27,6 +27,31 @@ from lockgate.proxy.config import ServerConfig
 from lockgate.providers.base import error_body
 
 STATE_KEY = "lockgate.server"
+TICKER_KEY = "lockgate.deadlines"
+TICK_S = 0.25  # how often deadlines are checked: a timeout fires up to this much late
+
+
+class Ticker:
+    """The deadlines of every connection of one server, checked every TICK_S by one timer."""
+
+    def __init__(self) -> None:
+        self.connections: set[Any] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, connection: Any) -> None:
+        self.connections.add(connection)
+        if self.timer is None:
+            self.timer = connection.loop.call_later(TICK_S, self.tick, connection.loop)
+
+    def discard(self, connection: Any) -> None:
+        self.connections.discard(connection)
+
+    def tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for connection in [c for c in self.connections if c.deadline and c.deadline <= now]:
+            connection.deadline = 0.0
+            connection.on_deadline()
+        self.timer = loop.call_later(TICK_S, self.tick, loop) if self.connections else None
 
 
 def refusal(status: int, message: str, code: str) -> bytes:
@@ -53,24 +78,28 @@ class LockgateProtocol(HttpToolsProtocol):
         self.body_timeout_s = limits.body_timeout_s
         self.header_bytes = 0
         self.refused = False
-        self.timer: asyncio.TimerHandle | None = None
+        # the deadline the ticker enforces (0: none) and what to do when it passes; a request
+        # only stores two values, where a timer of its own would cost a heap push and a cancel
+        self.deadline = 0.0
+        self.on_deadline: Any = None
+        self.ticker: Ticker = app_state.setdefault(TICKER_KEY, Ticker())
 
-    # -- timers --------------------------------------------------------------------------
+    # -- deadlines -----------------------------------------------------------------------
     def _arm(self, seconds: float, callback: Any) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, callback)
+        self.deadline = self.loop.time() + seconds
+        self.on_deadline = callback
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.ticker.add(self)
         self._arm(self.header_timeout_s, self._headers_too_slow)  # a connection that never sends a byte
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.ticker.discard(self)
         super().connection_lost(exc)
 
     def _refuse(self, status: int, message: str, code: str) -> None:
@@ -84,12 +113,10 @@ class LockgateProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _headers_too_slow(self) -> None:
-        self.timer = None
         if self.cycle is None or self.cycle.response_complete:
             self._refuse(408, f"The request's headers did not arrive within {self.header_timeout_s:g}s.", "request_timeout")
 
     def _body_too_slow(self) -> None:
-        self.timer = None
         cycle = self.cycle
         if cycle is None or not cycle.more_body or cycle.response_complete:
             return
@@ -151,8 +178,8 @@ class LockgateProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
-        if self.timer is not None:
-            self._arm(self.body_timeout_s, self._body_too_slow)
+        if self.deadline:
+            self.deadline = self.loop.time() + self.body_timeout_s
 
     def on_message_complete(self) -> None:
         self._disarm()

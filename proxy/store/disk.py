@@ -398,14 +398,16 @@ class DiskStore(Store):
 
     def _budget(self, sql: Execute, key: str, now: float) -> tuple[float, float]:
         """(spent, reserved), starting afresh once the budget's period is over."""
-        spent = 0.0
+        return self._spent(sql, key, now), self._prune(sql, reservations_name(key), now)
+
+    def _spent(self, sql: Execute, key: str, now: float) -> float:
         row = sql("SELECT spent, expires FROM Budget WHERE key = ?", (key,)).fetchone()
-        if row is not None:
-            if row[1] is not None and row[1] <= now:
-                self._drop_budget(sql, key)
-            else:
-                spent = row[0]
-        return spent, self._prune(sql, reservations_name(key), now)
+        if row is None:
+            return 0.0
+        if row[1] is not None and row[1] <= now:
+            self._drop_budget(sql, key)
+            return 0.0
+        return row[0]
 
     async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
         keys = [c.key for c in claims]
@@ -433,7 +435,7 @@ class DiskStore(Store):
             expires = None if ttl_s is None else now + ttl_s
             result = []
             for key, entry_id, keep in items:
-                spent, _ = self._budget(sql, key, now)
+                spent = self._spent(sql, key, now)  # no pruning here: reserve and the sweep do it
                 if keep:
                     self._take(sql, reservations_name(key), entry_id, cost)
                 else:

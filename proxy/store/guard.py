@@ -150,3 +150,20 @@ async def write_or_defer(store: Store, what: str, write: Callable[[], Awaitable[
             log.warning("store_write_deferred", what=what, error=str(exc), **facts)
     queue.add(what, write, **facts)
     return False
+
+
+def spawn(store: Store, work: Awaitable[Any], failure: str, **facts: Any) -> None:
+    """Runs a write nobody waits for (a cache entry): kept alive on the store until done,
+    a failure logged as `failure`, never raised."""
+    tasks = getattr(store, "_lockgate_spawned", None)
+    if tasks is None:
+        tasks = store._lockgate_spawned = set()  # type: ignore[attr-defined]
+    task = asyncio.get_running_loop().create_task(work)
+    tasks.add(task)
+
+    def done(finished: asyncio.Task) -> None:
+        tasks.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:
+            log.warning(failure, error=str(finished.exception()), **facts)
+
+    task.add_done_callback(done)
