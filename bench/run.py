@@ -170,7 +170,42 @@ def wrk(url: str, path: str, connections: int, duration: int, *, unique: bool, k
     return result
 
 
-def measure(name: str, target: str, base_url: str, path: str, args, server: Server | None, *, unique: bool, key: str = KEY, model: str = "bench", body: tuple[str, str] = CHAT_BODY) -> Result:
+def paired(url: str, reference: str, path: str, pairs: int, *, unique: bool, key: str = KEY, model: str = "bench", body: tuple[str, str] = CHAT_BODY,
+           reference_key: str = KEY) -> list[float]:
+    """Added latency, one request at a time, measured in pairs: the same request to `url`
+    and to `reference` back to back (which goes first alternates), each pair's difference
+    in ms. A pair shares the machine's state of the moment, so noise that moves both
+    cancels, and the percentiles are of what was added, not differences of percentiles."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    def connect(base: str) -> http.client.HTTPConnection:
+        parts = urlsplit(base)
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+
+    this, other = connect(url), connect(reference)
+    nonce = os.urandom(4).hex()
+    diffs = []
+    try:
+        for i in range(pairs + 20):  # the first 20 warm both up
+            content = f"paired {nonce} {i}" if unique else "hello there, how are you today?"
+            payload = (body[0] % model + content + body[1]).encode()
+            took = {}
+            for conn, credential in ((this, key), (other, reference_key)) if i % 2 else ((other, reference_key), (this, key)):
+                start = time.perf_counter()
+                conn.request("POST", path, payload, {"Content-Type": "application/json", "Authorization": f"Bearer {credential}"})
+                conn.getresponse().read()
+                took[conn] = time.perf_counter() - start
+            if i >= 20:
+                diffs.append((took[this] - took[other]) * 1000)
+    finally:
+        this.close()
+        other.close()
+    return diffs
+
+
+def measure(name: str, target: str, base_url: str, path: str, args, server: Server | None, *, unique: bool, key: str = KEY, model: str = "bench", body: tuple[str, str] = CHAT_BODY,
+            reference: str | None = None) -> Result:
     wrk(base_url, path, 8, 2, unique=unique, key=key, model=model, body=body)  # warm up
     cpu_before = server.cpu_seconds() if server else 0.0
     loaded = wrk(base_url, path, 32, args.duration, unique=unique, key=key, model=model, body=body)
@@ -179,6 +214,11 @@ def measure(name: str, target: str, base_url: str, path: str, args, server: Serv
     result = Result(name, target, loaded["rps"], loaded["p50_ms"], loaded["p99_ms"], errors=loaded["errors"] + single["errors"])
     result.notes["single_p50_ms"] = single["p50_ms"]
     result.notes["single_p99_ms"] = single["p99_ms"]
+    if reference:
+        diffs = paired(base_url, reference, path, max(300, args.duration * 60), unique=unique, key=key, model=model, body=body)
+        result.added_p50_ms = round(percentile(diffs, 50), 3)
+        result.added_p99_ms = round(percentile(diffs, 99), 3)
+        result.notes["added_vs"] = "bare passthrough" if "passthrough" not in name else "direct"
     if server:
         result.cpu_ms_per_request = round(cpu / max(1, loaded["requests"]) * 1000, 4)
         result.rss_mb = round(server.rss_mb(), 1)
@@ -233,34 +273,46 @@ def start_lockgate(config: Path, workers: int = 1) -> tuple[Server, str]:
 
 
 # -- streaming ------------------------------------------------------------------------------
-async def stream_timings(url: str, n: int, key: str = KEY, messages: bool = False) -> tuple[list[float], list[float]]:
-    """Time to first content event and the gaps between events, per stream (a chat
-    stream, or with `messages` Anthropic's /v1/messages, translated by lockgate)."""
+async def paired_streams(url: str, direct: str, n: int, messages: bool = False) -> tuple[list[float], list[float], list[float]]:
+    """Streams in pairs, one to lockgate and one straight to the upstream, back to back
+    (which goes first alternates), on one kept-alive connection each: each pair's added
+    time to first content (ms), and the gaps between chunks through lockgate and direct."""
     import aiohttp
 
-    first, gaps = [], []
     nonce = os.urandom(4).hex()
     path, marker = ("/v1/messages", b'"text":" w') if messages else ("/v1/chat/completions", b'"content":" w')
-    async with aiohttp.ClientSession() as session:
-        for i in range(n):
-            # a new prompt each time: a cache hit would replay the stream at once
+    marker_direct = b'"content":" w'
+
+    async def one(session, base: str, route: str, seen: bytes, body: dict) -> list[float]:
+        start = time.perf_counter()
+        stamps = []
+        async with session.post(base + route, json=body, headers={"Authorization": f"Bearer {KEY}"}) as response:
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                now = time.perf_counter()
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    if seen in event:
+                        stamps.append(now)
+        return [(stamps[0] - start) * 1000, *((b - a) * 1000 for a, b in zip(stamps, stamps[1:]))]
+
+    added, gaps, direct_gaps = [], [], []
+    async with aiohttp.ClientSession() as through, aiohttp.ClientSession() as straight:
+        for i in range(n + 10):  # the first 10 warm both up
             body = {**BODY, "stream": True, "messages": [{"role": "user", "content": f"stream {nonce} {i}"}]}
-            if messages:
-                body["max_tokens"] = 64
-            start = time.perf_counter()
-            stamps = []
-            async with session.post(url + path, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
-                buffer = b""
-                async for chunk in response.content.iter_any():
-                    now = time.perf_counter()
-                    buffer += chunk
-                    while b"\n\n" in buffer:
-                        event, buffer = buffer.split(b"\n\n", 1)
-                        if marker in event:
-                            stamps.append(now)
-            first.append((stamps[0] - start) * 1000)
-            gaps += [(b - a) * 1000 for a, b in zip(stamps, stamps[1:])]
-    return first, gaps
+            mine = {**body, "max_tokens": 64} if messages else body
+            if i % 2:
+                a = await one(through, url, path, marker, mine)
+                b = await one(straight, direct, "/v1/chat/completions", marker_direct, body)
+            else:
+                b = await one(straight, direct, "/v1/chat/completions", marker_direct, body)
+                a = await one(through, url, path, marker, mine)
+            if i >= 10:
+                added.append(a[0] - b[0])
+                gaps += a[1:]
+                direct_gaps += b[1:]
+    return added, gaps, direct_gaps
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -320,10 +372,8 @@ def run(args) -> list[Result]:
         bare_port = free_port()
         bare = Server([sys.executable, str(BENCH / "bare_passthrough.py"), str(bare_port), up_url])
         wait_http(f"http://127.0.0.1:{bare_port}/v1/chat/completions")
-        try:
-            results.append(measure("0. bare Starlette + aiohttp passthrough (reference)", "reference", f"http://127.0.0.1:{bare_port}", "/v1/chat/completions", args, bare, unique=True))
-        finally:
-            bare.stop()
+        bare_url = f"http://127.0.0.1:{bare_port}"
+        results.append(measure("0. bare Starlette + aiohttp passthrough (reference)", "reference", bare_url, "/v1/chat/completions", args, bare, unique=True, reference=up_url))
 
         def lockgate(name: str, scenario: int, *, middleware: bool, unique: bool, store=None, workers=1, model="bench", path="/v1/chat/completions", body=CHAT_BODY):
             if not wanted(scenario):
@@ -332,7 +382,9 @@ def run(args) -> list[Result]:
             sub.mkdir()
             server, url = start_lockgate(lockgate_config(sub, up_url, middleware=middleware, store=store), workers)
             try:
-                results.append(measure(name, "lockgate", url, path, args, server, unique=unique, model=model, body=body))
+                # added latency paired against the bare passthrough (it speaks chat only)
+                reference = bare_url if path == "/v1/chat/completions" and model == "bench" else None
+                results.append(measure(name, "lockgate", url, path, args, server, unique=unique, model=model, body=body, reference=reference))
             finally:
                 server.stop()
 
@@ -363,42 +415,43 @@ def run(args) -> list[Result]:
             results.append(soak(workdir, up_url, args.soak))
         ready = startup_time(workdir, up_url)
     finally:
+        if "bare" in locals():
+            bare.stop()
         upstream.stop()
     reference = next(r for r in results if r.target == "reference")
     for r in results:
         r.ratio_vs_direct = round(r.rps / direct.rps, 3) if direct.rps else None
         r.notes["ratio_vs_bare_passthrough"] = round(r.rps / reference.rps, 3) if reference.rps and r.rps else None
-        if r is not direct and "single_p50_ms" in r.notes:
+        if r is not direct and r.added_p50_ms is None and "single_p50_ms" in r.notes:
+            # rows with no pairing (another endpoint or model): wrk's one-connection run against direct
             r.added_p50_ms = round(r.notes["single_p50_ms"] - direct.notes["single_p50_ms"], 3)
             r.added_p99_ms = round(r.notes["single_p99_ms"] - direct.notes["single_p99_ms"], 3)
+            r.notes["added_vs"] = "direct, unpaired"
     results.append(Result("lockgate serve ready (s)", "lockgate", notes={"seconds": ready}))
     return results
 
 
 def streaming(workdir: Path, up_url: str, args, messages: bool = False) -> list[Result]:
     """Scenario 5 (chat streams), or with `messages` 13: Anthropic's /v1/messages streamed,
-    translated to the same OpenAI-format upstream, against the same direct chat stream."""
+    translated to the same OpenAI-format upstream; each stream paired with one straight to
+    the upstream (paired_streams)."""
     sub = workdir / ("s13" if messages else "s5")
     sub.mkdir()
-    n = max(50, args.duration * 10)
-    direct_first, direct_gaps = asyncio.run(stream_timings(up_url, n))
+    n = max(100, args.duration * 20)
     out = []
     for middleware in (False,) if messages else (False, True):
         target = sub / ("all-six" if middleware else "bare")
         target.mkdir()
         server, url = start_lockgate(lockgate_config(target, up_url, middleware=middleware))
         try:
-            asyncio.run(stream_timings(url, 10, messages=messages))
-            first, gaps = asyncio.run(stream_timings(url, n, messages=messages))
+            added, gaps, direct_gaps = asyncio.run(paired_streams(url, up_url, n, messages=messages))
         finally:
             server.stop()
         label = "/v1/messages translated to an OpenAI model, no middleware" if messages else ("all six middlewares" if middleware else "no middleware")
         result = Result(f"5. streaming, {label}", "lockgate")
-        result.added_p50_ms = round(statistics.median(first) - statistics.median(direct_first), 3)
-        result.added_p99_ms = round(percentile(first, 99) - percentile(direct_first, 99), 3)
+        result.added_p50_ms = round(percentile(added, 50), 3)
+        result.added_p99_ms = round(percentile(added, 99), 3)
         result.notes = {
-            "ttft_p50_ms": round(statistics.median(first), 3),
-            "direct_ttft_p50_ms": round(statistics.median(direct_first), 3),
             "inter_chunk_p50_ms": round(statistics.median(gaps), 3),
             "direct_inter_chunk_p50_ms": round(statistics.median(direct_gaps), 3),
             "added_inter_chunk_p50_ms": round(statistics.median(gaps) - statistics.median(direct_gaps), 3),
@@ -470,7 +523,7 @@ def markdown(results: list[Result], when: str) -> str:
     lines = [
         f"Measured {when} on {machine()}; wrk at 32 connections (1 for added latency), {ARGS.duration} s a run.",
         "",
-        "| scenario | req/s | × direct | × bare passthrough | p50 ms | p99 ms | added p50 ms (1 conn) | added p99 ms (1 conn) | CPU ms/req | RSS MB |",
+        "| scenario | req/s | × direct | × bare passthrough | p50 ms | p99 ms | added p50 ms (1 conn, paired) | added p99 ms (1 conn, paired) | CPU ms/req | RSS MB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -479,9 +532,20 @@ def markdown(results: list[Result], when: str) -> str:
         lines.append(
             f"| {r.scenario} | {fmt(r.rps, 0)} | {fmt(r.ratio_vs_direct, 3)} | {fmt(r.notes.get('ratio_vs_bare_passthrough'), 3)} | {fmt(r.p50_ms)} | {fmt(r.p99_ms)} | {fmt(r.added_p50_ms, 3)} | {fmt(r.added_p99_ms, 3)} | {fmt(r.cpu_ms_per_request, 3)} | {fmt(r.rss_mb, 1)} |"
         )
+    lines += [
+        "",
+        "Added latency is measured one request at a time, in pairs: each request to a lockgate row is sent back to back with the same"
+        " request to the bare passthrough (to the upstream for the passthrough's own row; rows marked * against the upstream, unpaired,"
+        " from wrk at one connection); the percentiles are of the pairs' differences.",
+    ]
+    for r in results:
+        if r.notes.get("added_vs") == "direct, unpaired":
+            lines[lines.index(next(l for l in lines if l.startswith(f"| {r.scenario} |")))] = lines[
+                lines.index(next(l for l in lines if l.startswith(f"| {r.scenario} |")))
+            ].replace(f"| {r.scenario} |", f"| {r.scenario} * |", 1)
     streams = [r for r in results if r.scenario.startswith("5.")]
     if streams:
-        lines += ["", "| streaming | added time to first token p50 / p99 ms | added inter-chunk delay p50 / p99 ms |", "|---|---:|---:|"]
+        lines += ["", "| streaming | added time to first token p50 / p99 ms (paired with the upstream) | added inter-chunk delay p50 / p99 ms |", "|---|---:|---:|"]
         for r in streams:
             lines.append(f"| {r.scenario[3:]} | {fmt(r.added_p50_ms, 3)} / {fmt(r.added_p99_ms, 3)} | {fmt(r.notes['added_inter_chunk_p50_ms'], 3)} / {fmt(r.notes['added_inter_chunk_p99_ms'], 3)} |")
     soaked = next((r for r in results if r.scenario.startswith("10.")), None)

@@ -12,7 +12,8 @@ the store granted it. What changes is how often a request must ask:
   closes, what it did not use goes back (the entry shrinks to what was used, token
   estimates corrected).
 - a *slot lease* (concurrency, keys starting `lease:`) is a claim of K slots, handed to
-  requests in flight and shrunk back to what is in use once idle.
+  requests in flight, shrunk back to what is in use once idle, and given back whole the
+  moment nothing is in flight on it.
 - a *budget lease* is a reservation of $X of headroom. Requests reserve their bound out of
   it locally; each settles with one `charge` in the store, durably, before its answer's
   last byte (the cost added to spent and taken off the lease in one step), so spend is
@@ -309,6 +310,14 @@ class LeasedStore(Store):
                 lease = holding.slots.pop(key)
                 lease.in_use -= 1
                 lease.last_used = time.monotonic()
+                if lease.in_use == 0:
+                    # nothing left in flight on it: back to the store with this release, so
+                    # another process near the limit finds the slots free at once
+                    passed.append((key, lease.entry, None))
+                    lease.granted = 0
+                    leases = self.slots.get(key, [])
+                    if lease in leases:
+                        leases.remove(lease)
             if holding is not None and not (holding.windows or holding.slots or holding.budgets or holding.direct):
                 del self.holdings[entry_id]
         if passed:
@@ -334,6 +343,8 @@ class LeasedStore(Store):
                 taken[claim.key] = (lease, claim.amount)
                 continue
             result = await self.inner.reserve([claim], entry_id)
+            if not result.ok and await self._return_idle_budget(claim.key):
+                result = await self.inner.reserve([claim], entry_id)  # what this process held is back: once more
             if not result.ok:
                 await self._undo(taken, direct, entry_id)
                 return self._refusal(claims, index, result)
@@ -373,6 +384,20 @@ class LeasedStore(Store):
             fresh = BudgetLease(entry, size, claim.limit, time.monotonic(), result.spent[0], result.reserved[0])
             self.budgets[claim.key] = fresh
             return fresh if fresh.room(claim.amount, time.monotonic()) else None
+
+    async def _return_idle_budget(self, key: str) -> bool:
+        """Near a budget's edge, before a refusal: this process's lease on it goes back now
+        if nothing is in flight on it. True when it did."""
+        idle = [(k, lease) for k, lease in self.retired if k == key and lease.held == 0]
+        lease = self.budgets.get(key)
+        if lease is not None and lease.held == 0:
+            del self.budgets[key]
+            idle.append((key, lease))
+        if not idle:
+            return False
+        self.retired = [(k, lease) for k, lease in self.retired if (k, lease) not in idle]
+        await self.inner.charge([(k, lease.entry, False) for k, lease in idle], 0.0)
+        return True
 
     async def _undo(self, taken: dict[str, tuple[BudgetLease, float]], direct: list[str], entry_id: str) -> None:
         for lease, amount in taken.values():
