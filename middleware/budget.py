@@ -183,7 +183,14 @@ def period_window(period: str, now: dt.datetime) -> tuple[str, float | None]:
     """The period's id and the seconds until it ends (None: never)."""
     if period == "total":
         return "total", None
-    day = now.date()
+    label, ends = period_of_day(period, now.date())
+    return label, (ends - now).total_seconds()
+
+
+@functools.lru_cache(maxsize=64)
+def period_of_day(period: str, day: dt.date) -> tuple[str, dt.datetime]:
+    """The id of the period a day falls in, and when that period ends (asked on every
+    request, answered once a day)."""
     if period == "daily":
         end = day + dt.timedelta(days=1)
         label = day.isoformat()
@@ -194,8 +201,7 @@ def period_window(period: str, now: dt.datetime) -> tuple[str, float | None]:
     else:
         end = day.replace(day=1) + dt.timedelta(days=calendar.monthrange(day.year, day.month)[1])
         label = day.strftime("%Y-%m")
-    ends = dt.datetime.combine(end, dt.time(), tzinfo=dt.timezone.utc)
-    return label, (ends - now).total_seconds()
+    return label, dt.datetime.combine(end, dt.time(), tzinfo=dt.timezone.utc)
 
 
 def budget_key(dimension: str, name: Any, period: str, now: dt.datetime) -> str:

@@ -24,9 +24,9 @@ from lockgate.providers.base import (
     Adapter,
     ChatStream,
     Deployment,
+    EventStream,
     UnsupportedRequest,
     UpstreamRequest,
-    chunk,
     completion_id,
     error_body,
     join_url,
@@ -357,7 +357,7 @@ def merge_usage(usage: dict, update: dict | None) -> dict:
 # -- streams: Anthropic SSE -> OpenAI chat.completion.chunk -------------------------------
 
 
-class AnthropicStream(ChatStream):
+class AnthropicStream(EventStream):
     __slots__ = ("_decoder", "_include_usage", "_id", "_model", "_created", "_raw_usage", "_tool_index", "_tool_args_sent", "usage")
 
     def __init__(self, include_usage: bool) -> None:
@@ -370,23 +370,6 @@ class AnthropicStream(ChatStream):
         self._tool_index: dict[int, int] = {}  # Anthropic content block index -> OpenAI tool_calls index
         self._tool_args_sent: set[int] = set()
         self.usage: dict | None = None
-
-    def feed(self, data: bytes) -> list[dict]:
-        return self._translate(self._decoder.feed(data))
-
-    def finish(self) -> list[dict]:
-        return self._translate(self._decoder.finish())
-
-    def _translate(self, events: list[tuple[str, bytes]]) -> list[dict]:
-        out: list[dict] = []
-        for event, data in events:
-            payload = loads_or_none(data)
-            if isinstance(payload, dict):
-                out.extend(self._event(payload.get("type") or event, payload))
-        return out
-
-    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
-        return chunk(self._id, self._model, self._created, delta, finish)
 
     def _update_usage(self, update: dict | None) -> None:
         self._raw_usage = merge_usage(self._raw_usage, update)

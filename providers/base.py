@@ -109,6 +109,32 @@ class ChatStream:
         return []
 
 
+class EventStream(ChatStream):
+    """A provider's server-sent events translated one event at a time: a subclass sets
+    `_decoder` (an SSEDecoder), `_id`, `_model` and `_created`, and gives `_event(kind,
+    payload)` the chunks one JSON event makes (its `type`, else its SSE event name)."""
+
+    def feed(self, data: bytes) -> list[dict]:
+        return self._translate(self._decoder.feed(data))  # type: ignore[attr-defined]
+
+    def finish(self) -> list[dict]:
+        return self._translate(self._decoder.finish())  # type: ignore[attr-defined]
+
+    def _translate(self, events: list[tuple[str, bytes]]) -> list[dict]:
+        out: list[dict] = []
+        for event, data in events:
+            payload = loads_or_none(data)
+            if isinstance(payload, dict):
+                out.extend(self._event(payload.get("type") or event, payload))
+        return out
+
+    def _event(self, kind: str, payload: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
+        return chunk(self._id, self._model, self._created, delta, finish)  # type: ignore[attr-defined]
+
+
 class Adapter:
     name = ""
     supports_completions = False

@@ -30,9 +30,9 @@ from lockgate.providers.base import (
     Adapter,
     ChatStream,
     Deployment,
+    EventStream,
     UnsupportedRequest,
     UpstreamRequest,
-    chunk,
     completion_id,
     error_body,
     join_url,
@@ -203,7 +203,7 @@ def message_to_chat(data: dict, model: str) -> dict:
     }
 
 
-class CohereStream(ChatStream):
+class CohereStream(EventStream):
     """Cohere's typed SSE events (message-start, content-delta, tool-call-start/-delta,
     message-end) as OpenAI chunks."""
 
@@ -217,23 +217,6 @@ class CohereStream(ChatStream):
         self._created = now()
         self._calls = 0
         self.usage: dict | None = None
-
-    def feed(self, data: bytes) -> list[dict]:
-        return self._translate(self._decoder.feed(data))
-
-    def finish(self) -> list[dict]:
-        return self._translate(self._decoder.finish())
-
-    def _translate(self, events: list[tuple[str, bytes]]) -> list[dict]:
-        out: list[dict] = []
-        for event, data in events:
-            payload = loads_or_none(data)
-            if isinstance(payload, dict):
-                out.extend(self._event(payload.get("type") or event, payload))
-        return out
-
-    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
-        return chunk(self._id, self._model, self._created, delta, finish)
 
     def _event(self, kind: str, payload: dict) -> list[dict]:
         message = (payload.get("delta") or {}).get("message") or {}

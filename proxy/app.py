@@ -9,7 +9,7 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Container, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware

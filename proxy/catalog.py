@@ -4,6 +4,7 @@ Matched by glob on the upstream model name, first match wins."""
 
 from __future__ import annotations
 
+import functools
 from fnmatch import fnmatchcase
 from typing import Any, Mapping
 
@@ -60,6 +61,7 @@ FAMILIES: tuple[tuple[str, int, int, bool, bool], ...] = (
 DEFAULT = (128_000, 4_096, False, False)
 
 
+@functools.lru_cache(maxsize=1024)
 def family(model: str) -> tuple[int, int, bool, bool]:
     """(max_input_tokens, max_tokens, supports_vision, supports_reasoning) of a model name."""
     name = base_name(model)

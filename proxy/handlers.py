@@ -545,9 +545,9 @@ class Gateway:
         if mode == "native":
             pump = self._native_events(ctx, kind, adapter, upstream)
         elif mode == "messages":
-            pump = self._messages_events(ctx, adapter.chat_stream(dep, True), upstream)
+            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), messages.MessagesStream(ctx.body), upstream)
         elif mode == "responses":
-            pump = self._responses_events(ctx, adapter.chat_stream(dep, True), upstream)
+            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), responses.ResponsesStream(ctx.body), upstream)
         else:
             pump = self._chat_events(ctx, adapter.chat_stream(dep, include_usage), upstream)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + response_headers(ctx)})
@@ -595,33 +595,9 @@ class Gateway:
         log.warning("upstream_stream_unreadable", request_id=ctx.request_id, error=type(exc).__name__)
         return bad_stream()
 
-    async def _responses_events(self, ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        translator = responses.ResponsesStream(ctx.body)
-        sent = 0
-        try:
-            async for data in upstream.iter_bytes():
-                chunks = stream.feed(data)
-                sent += sum(map(delta_chars, chunks))
-                out = [event for c in chunks for event in translator.feed(c)]
-                if out:
-                    yield b"".join(out)
-                if stream.error is not None:
-                    raise stream.error
-            out = [event for c in stream.finish() for event in translator.feed(c)]
-            if stream.error is not None:
-                raise stream.error
-            yield b"".join(out + translator.finish(stream.usage))
-        except UpstreamError as exc:
-            ctx.extra["stream_error"] = exc.kind
-            yield b"".join(translator.feed(upstream_failure(exc).body))
-        except STREAM_GARBAGE as exc:
-            yield b"".join(translator.feed(self._garbled(ctx, exc).body))
-        finally:
-            ctx.usage = usage_or_estimate(ctx, stream.usage, sent)
-
-    async def _messages_events(self, ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        """A chat adapter's chunks as Anthropic's event stream (providers/messages.py)."""
-        translator = messages.MessagesStream(ctx.body)
+    async def _translated_events(self, ctx: RequestContext, stream, translator, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+        """A chat adapter's chunks in another API's event stream: the Responses API's
+        (providers/responses.py) or Anthropic's (providers/messages.py)."""
         sent = 0
         try:
             async for data in upstream.iter_bytes():

@@ -6,7 +6,6 @@ and audio from what the answers say."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from lockgate import BudgetMiddleware
-from tests.endpoints import FULL, LIMITED, PNG, cost, headers, start, wav
+from tests.endpoints import LIMITED, PNG, cost, headers, start, wav
 
 PHRASE = "the-purple-elephant-dances-at-midnight"
 

@@ -5,7 +5,6 @@ has its own `middleware/` and `proxy/` packages."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re

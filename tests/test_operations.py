@@ -233,8 +233,12 @@ def test_a_broken_edit_is_kept_out_and_shown_everywhere(live):
 def test_a_policy_edit_naming_a_model_nobody_serves_is_refused(live):
     policy = live.config_path.parent / "fallback.yaml"
     policy.write_text(yaml.safe_dump({"chains": {"steady": ["ghost"]}}))
-    ready = wait_for(lambda: (r := httpx.get(live.url + "/health/readiness").json())["status"] == "degraded" and r, what="the refusal")
-    fallback = next(p for p in ready["policies"] if p["kind"] == "fallback")
+    def refused() -> dict | None:
+        ready = httpx.get(live.url + "/health/readiness").json()
+        fallback = next(p for p in ready["policies"] if p["kind"] == "fallback")
+        return fallback if ready["status"] == "degraded" and fallback["last_error"] else None
+
+    fallback = wait_for(refused, what="the refusal")
     assert f"{policy}:" in fallback["last_error"] and "names model 'ghost'" in fallback["last_error"]
 
 
