@@ -1,6 +1,6 @@
 """Where a request's CPU goes: lockgate under wrk, sampled by py-spy.
 
-    .venv/bin/python bench/profile.py [--scenario all-six|none|redis] [--seconds 15]
+    .venv/bin/python bench/profile.py [--scenario all-six|none|redis|memory] [--seconds 15]
 
 Starts the bench's fast upstream and lockgate as `make bench` does (bench/run.py), drives
 it with wrk at 32 connections, and samples the serving process with py-spy for the same
@@ -75,7 +75,7 @@ def part_of(stack: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scenario", default="all-six", choices=["all-six", "none", "redis"])
+    parser.add_argument("--scenario", default="all-six", choices=["all-six", "none", "redis", "memory"])
     parser.add_argument("--seconds", type=int, default=15)
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -91,6 +91,8 @@ def main() -> None:
     store = None
     if args.scenario == "redis":
         store = {"backend": "redis", "url": bench.ensure_redis()}
+    elif args.scenario == "memory":
+        store = {"backend": "memory"}  # all six with no shared store: what the store costs, by difference
     server, url = bench.start_lockgate(bench.lockgate_config(workdir, up_url, middleware=args.scenario != "none", store=store))
     raw = bench.RESULTS / f"profile-{args.scenario}.stacks"
     try:
