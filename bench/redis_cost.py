@@ -4,10 +4,12 @@ Redis carries.
 Starts a private `redis-server` on a free loopback port (INFO counts the whole server, so
 never a shared one) and `lockgate serve` with throttle, budget, cache and fallback on it
 (auth and rewrite never touch the store), sends N sequential requests that all miss the
-cache, each from its own user so no limit is hit, and reads Redis's CPU time and
-command counts before and after.
+cache, and reads Redis's CPU time and command counts before and after. By default each
+request comes from its own user (no limit is hit, and no request finds a quota lease
+its user already holds: the most a request can cost Redis); `--users N` spreads them
+over N users with limits far away, so leases serve most of them, as with real traffic.
 
-    python bench/redis_cost.py [--requests 1000]
+    python bench/redis_cost.py [--requests 1000] [--users N]
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def redis_cpu(client: redis.Redis) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--users", type=int, default=0, help="spread the requests over this many users (0: one each)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lockgate-redis-cost-"))
     redis_port, gateway_port = free_port(), free_port()
@@ -53,6 +56,9 @@ def main() -> int:
     try:
         for name in ("throttle", "budget", "cache"):
             shutil.copy(ROOT / "policies" / f"{name}.yaml", work / f"{name}.yaml")
+        if args.users:
+            (work / "throttle.yaml").write_text("trust_client_user: true\nlimits: [{per: user, rpm: 1000000, tpm: 1000000000, concurrent: 100}]\n")
+            (work / "budget.yaml").write_text("trust_client_user: true\ndefault: {per: user, limit_usd: 1000000, period: monthly}\n")
         (work / "fallback.yaml").write_text("chains: {}\n")
         config = {
             "server": {"host": "127.0.0.1", "port": gateway_port},
@@ -78,7 +84,8 @@ def main() -> int:
         with httpx.Client(base_url=url) as http:
             def ask(i: int, tag: str) -> None:
                 body = {"model": "demo", "messages": [{"role": "user", "content": f"{tag} {i}"}]}
-                answer = http.post("/v1/chat/completions", json=body, headers={"x-lockgate-user": f"{tag}-{i}"})
+                user = f"{tag}-{i % args.users if args.users else i}"
+                answer = http.post("/v1/chat/completions", json=body, headers={"x-lockgate-user": user})
                 assert answer.status_code == 200, answer.text
 
             for i in range(20):
@@ -90,7 +97,8 @@ def main() -> int:
             cpu = redis_cpu(client) - before
         stats = {name.removeprefix("cmdstat_"): value["calls"] for name, value in client.info("commandstats").items()}
         calls = {name: stats.get(name, 0) / args.requests for name in SENT if stats.get(name)}
-        print(f"{args.requests} requests (throttle, budget, cache miss, fallback; redis-server {client.info('server')['redis_version']})")
+        users = f"{args.users} users" if args.users else "a user each"
+        print(f"{args.requests} requests from {users} (throttle, budget, cache miss, fallback; redis-server {client.info('server')['redis_version']})")
         print(f"Redis CPU per request: {cpu / args.requests * 1e6:.0f} µs -> one Redis core carries ~{args.requests / cpu:,.0f} such requests/s")
         print("sent per request: " + ", ".join(f"{name.upper()} {count:.3g}" for name, count in calls.items()))
         return 0
