@@ -130,6 +130,44 @@ async def test_a_budget_holds_its_bound_with_leases_under_concurrency(two_worker
     assert limit - amount <= spent < limit + amount, "the whole budget was used, and passed by less than one request"
 
 
+async def test_the_fast_path_takes_only_from_leases_held_and_keeps_limits_exact(two_workers):
+    """`claim_now`/`reserve_now` (what the middlewares try first) grant only from a lease
+    this process holds, take nothing when they answer None, and mixed with the store
+    calls keep a limit exact and a budget within its bound. With every reservation still
+    in flight, the whole budget is still reachable: a lease too small for the next request
+    gives back what nothing holds (it used to strand it, refusing at 27 of 32)."""
+    a, b = two_workers
+    rpm = [Claim("throttle:t:*:rpm", 40, 1, 60, adjustable=False)]
+    assert a.claim_now(rpm, "first") is None
+    assert await a.inner.used("throttle:t:*:rpm") == 0, "a None takes nothing"
+
+    async def claim(store: LeasedStore, entry: str) -> bool:
+        result = store.claim_now(rpm, entry)
+        return (result if result is not None else await store.claim(rpm, entry)).ok
+
+    results = await asyncio.gather(*(claim(store, f"r{i}") for i, store in enumerate([a, b] * 40)))
+    assert sum(results) == 40, "exactly the limit, whichever path granted"
+    assert a.claim_now(rpm, "late") is None and b.claim_now(rpm, "late") is None, "and held"
+
+    key = "budget:team:t:total:total"
+    budget = [Claim(key, 16.0, 0.5, 900)]
+    assert a.reserve_now(budget, "e0") is None, "no lease yet: the store decides"
+    assert (await a.reserve(budget, "e0")).ok
+    fast = a.reserve_now(budget, "e1")
+    assert fast is not None and fast.ok, "a lease now holds room for the next one"
+    assert a.reserve_now(budget + budget, "twice") is None, "one budget twice goes the slow way"
+    served = 2
+    for i in range(2, 60):
+        result = a.reserve_now(budget, f"e{i}")
+        if result is None:
+            result = await a.reserve(budget, f"e{i}")
+        served += result.ok
+    assert served == 32, "32 reservations of $0.50 in flight fill a $16 budget and no more"
+    for i in range(served):
+        await a.settle([key], f"e{i}", 0.5)
+    assert await b.spent(key) == pytest.approx(16.0)
+
+
 # -- a real process killed ------------------------------------------------------------------------
 def test_kill_9_with_budget_leases_loses_no_spend_and_frees_the_lease(fake, upstream, tmp_path):
     """A $100 budget: requests are served from a lease ($100/16), each charged durably as

@@ -162,6 +162,23 @@ async def test_charge_takes_a_cost_off_a_lease_and_keeps_it(store: Store) -> Non
     assert (await store.reserve([Claim("team", 10.0, 5.25, LONG)], "fits-exactly")).ok
 
 
+async def test_shrink_gives_headroom_back_without_spending_it(store: Store) -> None:
+    """A lease too small for the next request gives back what nothing in flight holds:
+    the budget's reserved drops, its spent does not, and a charge landing afterwards
+    still takes its cost off what is left."""
+    assert (await store.reserve([Claim("team", 10.0, 4.0, LONG)], "lease-1")).ok
+    assert not (await store.reserve([Claim("team", 10.0, 7.0, LONG)], "big")).ok
+    await store.shrink("team", "lease-1", 2.5)
+    await store.shrink("team", "unknown", 1.0)  # ignored
+    probe = await store.reserve([Claim("team", 10.0, 0.0, LONG)], "probe")
+    assert probe.spent == (0.0,) and probe.reserved == pytest.approx((1.5,))
+    assert (await store.reserve([Claim("team", 10.0, 7.0, LONG)], "big")).ok, "the headroom given back is usable"
+    assert await store.charge([("team", "lease-1", True)], 1.0) == (1.0,)
+    await store.shrink("team", "lease-1", 5.0)  # more than it holds: 0, never below
+    probe = await store.reserve([Claim("team", 10.0, 0.0, LONG)], "probe2")
+    assert probe.spent == (1.0,) and probe.reserved == pytest.approx((7.0,))
+
+
 async def test_everything_with_a_ttl_expires(store: Store) -> None:
     """One sleep for every kind of expiry, to keep the suite fast."""
     await store.claim([Claim("rpm", 3, 3, TTL)], "window")

@@ -72,6 +72,12 @@ class Store:
         add `entry_id` with its amount (expiring ttl_s from now) to each."""
         raise NotImplementedError
 
+    def claim_now(self, claims: Sequence[Claim], entry_id: str) -> ClaimResult | None:
+        """`claim`, granted without waiting on anything (from leases this process already
+        holds), or None: then the caller makes the claim with `claim`. Nothing is taken
+        when None is returned."""
+        return None
+
     async def adjust(self, key: str, entry_id: str, amount: float | None) -> None:
         """Set an entry's amount (a token estimate corrected by real usage), keeping its
         expiry; `None` removes it (a lease released). An unknown entry is ignored."""
@@ -97,6 +103,11 @@ class Store:
         of `amount` (expiring after ttl_s, in case its process dies) is added to each."""
         raise NotImplementedError
 
+    def reserve_now(self, claims: Sequence[Claim], entry_id: str) -> Reservation | None:
+        """`reserve`, granted without waiting on anything, or None (nothing reserved):
+        then the caller reserves with `reserve`."""
+        return None
+
     async def settle(
         self, keys: Sequence[str], entry_id: str, cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
     ) -> tuple[float, ...]:
@@ -115,6 +126,12 @@ class Store:
         False: a request's own reservation) or take `cost` off its amount (keep True: a
         lease of headroom that goes on serving other requests). `counters` are recorded
         in the same step. Returns each budget's new spent."""
+        raise NotImplementedError
+
+    async def shrink(self, key: str, entry_id: str, amount: float) -> None:
+        """Takes `amount` off a budget reservation (not below 0) without spending it,
+        keeping the entry: headroom a lease gives back while requests are still in flight
+        on it. An unknown entry is ignored."""
         raise NotImplementedError
 
     async def spent(self, key: str) -> float:

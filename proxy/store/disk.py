@@ -451,6 +451,9 @@ class DiskStore(Store):
 
         return await self._run(op)
 
+    async def shrink(self, key: str, entry_id: str, amount: float) -> None:
+        await self._run(lambda sql, now: self._take(sql, reservations_name(key), entry_id, amount))
+
     @staticmethod
     def _take(sql: Execute, name: str, entry_id: str, amount: float) -> None:
         """Takes `amount` off an entry (not below 0), keeping it and its expiry."""

@@ -196,6 +196,13 @@ class LeasedStore(Store):
             self.holdings.setdefault(entry_id, Holding()).direct.update(c.key for c in claims if c.adjustable)
         return result
 
+    def claim_now(self, claims: Sequence[Claim], entry_id: str) -> ClaimResult | None:
+        self._start_janitor()
+        now = time.monotonic()
+        if all(self._room(c, now) for c in claims):
+            return self._take(claims, entry_id, now)
+        return None
+
     def _room(self, claim: Claim, now: float) -> bool:
         if claim.key.startswith(SLOT_PREFIX):
             return any(lease.room(now) for lease in self.slots.get(claim.key, ()))
@@ -356,6 +363,24 @@ class LeasedStore(Store):
         reserved = tuple(taken[c.key][0].reserved if c.key in taken else c.amount for c in claims)
         return Reservation(True, spent, reserved)
 
+    def reserve_now(self, claims: Sequence[Claim], entry_id: str) -> Reservation | None:
+        self._start_janitor()
+        now = time.monotonic()
+        leases = []
+        for claim in claims:
+            lease = self.budgets.get(claim.key)
+            if lease is None or not lease.room(claim.amount, now):
+                return None
+            leases.append(lease)
+        if len({claim.key for claim in claims}) != len(claims):
+            return None  # one budget twice: the slow path takes them one after the other
+        holding = self.holdings.setdefault(entry_id, Holding())
+        for claim, lease in zip(claims, leases):
+            lease.held += claim.amount
+            lease.last_used = now
+            holding.budgets[claim.key] = (lease, claim.amount)
+        return Reservation(True, tuple(l.spent for l in leases), tuple(l.reserved for l in leases))
+
     async def _budget_lease(self, claim: Claim) -> BudgetLease | None:
         """A lease with room for the claim (a new one if need be), or None: then the claim
         is made in the store as the request's own (the edge of the budget)."""
@@ -367,6 +392,8 @@ class LeasedStore(Store):
             lease = self.budgets.get(claim.key)
             if lease is not None and lease.room(claim.amount, time.monotonic()):
                 return lease
+            if lease is not None:
+                await self._shrink(claim.key, lease)
             left = claim.limit - lease.spent - lease.reserved if lease is not None else claim.limit
             size = left * FRACTION
             if size <= claim.amount:
@@ -384,6 +411,17 @@ class LeasedStore(Store):
             fresh = BudgetLease(entry, size, claim.limit, time.monotonic(), result.spent[0], result.reserved[0])
             self.budgets[claim.key] = fresh
             return fresh if fresh.room(claim.amount, time.monotonic()) else None
+
+    async def _shrink(self, key: str, lease: BudgetLease) -> None:
+        """A lease too small for the next request serves no more: what no request in
+        flight on it holds goes back to the budget now, not when the last of them ends
+        (else, near the edge, headroom nobody uses would refuse requests)."""
+        free = lease.granted - lease.charged - lease.held
+        if free <= 0:
+            return
+        lease.granted -= free  # at once: nothing more is taken from it meanwhile
+        await self.inner.shrink(key, lease.entry, free)
+        lease.reserved -= free
 
     async def _return_idle_budget(self, key: str) -> bool:
         """Near a budget's edge, before a refusal: this process's lease on it goes back now
@@ -431,6 +469,9 @@ class LeasedStore(Store):
             if holding is not None and not (holding.windows or holding.slots or holding.budgets or holding.direct):
                 del self.holdings[entry_id]
         return await self.inner.charge(translated, cost, ttl_s, counters)
+
+    async def shrink(self, key: str, entry_id: str, amount: float) -> None:
+        await self.inner.shrink(key, entry_id, amount)
 
     async def spent(self, key: str) -> float:
         return await self.inner.spent(key)

@@ -131,6 +131,14 @@ class MemoryStore(Store):
             budget.reservations.put(entry_id, now + c.ttl_s, c.amount)
         return Reservation(True, tuple(b.spent for b in budgets), tuple(b.reservations.total for b in budgets))
 
+    async def shrink(self, key: str, entry_id: str, amount: float) -> None:
+        budget = self._budget(key, self.now())
+        entry = budget.reservations.entries.get(entry_id)
+        if entry is not None:
+            left = max(0.0, entry[1] - amount)
+            budget.reservations.total -= entry[1] - left
+            budget.reservations.entries[entry_id] = (entry[0], left)
+
     async def charge(
         self, items: Sequence[tuple[str, str, bool]], cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
     ) -> tuple[float, ...]:

@@ -160,6 +160,15 @@ local amount = tonumber(ARGV[2])
 redis.call('HSET', h, 'e:' .. entry, amount, 'total', total_of(h) - old + amount)
 """
 
+# KEYS: zset, hash. ARGV: entry, amount to take off it (not below 0).
+SHRINK = LEDGER_LUA + """
+local z, h, entry = KEYS[1], KEYS[2], ARGV[1]
+local old = tonumber(redis.call('HGET', h, 'e:' .. entry))
+if not old then return end
+local left = math.max(0, old - tonumber(ARGV[2]))
+redis.call('HSET', h, 'e:' .. entry, left, 'total', total_of(h) - old + left)
+"""
+
 # KEYS: zset, hash.
 USED = LEDGER_LUA + """
 return fmt(prune(KEYS[1], KEYS[2], now()))
@@ -281,6 +290,7 @@ class RedisStore(Store):
         # register_script sends EVALSHA, loading the script only when Redis lacks it
         self._claim = self.redis.register_script(CLAIM)
         self._adjust = self.redis.register_script(ADJUST)
+        self._shrink = self.redis.register_script(SHRINK)
         self._used = self.redis.register_script(USED)
         self._reserve = self.redis.register_script(RESERVE)
         self._charge = self.redis.register_script(CHARGE)
@@ -349,6 +359,10 @@ class RedisStore(Store):
             args += [field, amount]
         spent = await self._charge(keys, args)
         return tuple(float(s) for s in spent)
+
+    async def shrink(self, key: str, entry_id: str, amount: float) -> None:
+        h, z = self._budget(key)
+        await self._shrink([z, h], [entry_id, amount])
 
     async def spent(self, key: str) -> float:
         # a budget whose period is over has expired in Redis: nothing to compute
