@@ -345,9 +345,7 @@ class BudgetedRequest:
         failure = self.policy.store_failure
         await owners.keeper(self.store).ensure(failure.timeout_s)  # a reservation of a process that dies is released
         try:
-            reservation = self.store.reserve_now(claims, self.entry)  # from this process's leases
-            if reservation is None:
-                reservation = await guard.call(self.store, self.store.reserve(claims, self.entry), failure.timeout_s)
+            reservation = await guard.reserve(self.store, claims, self.entry, failure.timeout_s)
         except asyncio.CancelledError:
             # the client left while the reservation was on its way: it may have landed, and
             # would hold the budget's headroom until it expired

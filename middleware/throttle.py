@@ -199,9 +199,7 @@ class ThrottledRequest:
             await owners.keeper(self.store).ensure(failure.timeout_s)  # a slot held by a process that dies is released
         while True:
             try:
-                result = self.store.claim_now(self.claims, self.entry)  # from this process's leases
-                if result is None:
-                    result = await guard.call(self.store, self.store.claim(self.claims, self.entry), failure.timeout_s)
+                result = await guard.claim(self.store, self.claims, self.entry, failure.timeout_s)
             except asyncio.CancelledError:
                 # the client left while the claim was on its way: it may have landed, and
                 # nobody would release it (a concurrency slot would stay taken for LEASE_S)

@@ -37,7 +37,7 @@ from lockgate.proxy.config import Checker, ConfigError
 from lockgate.proxy.context import load_json
 from lockgate.proxy.errors import GatewayError, bad_request, send_error, send_json
 from lockgate.proxy.logs import get_logger
-from lockgate.proxy.store import Store, guard
+from lockgate.proxy.store import Store, attached, guard
 from lockgate.proxy.store.guard import StoreUnavailable
 
 KNOWN_MAX = 10_000  # runtime keys remembered per process for `store_failure: open`; past it the memory starts afresh
@@ -176,11 +176,7 @@ class RuntimeKeys:
 
 def runtime_keys(store: Store) -> RuntimeKeys:
     """The one RuntimeKeys of a store object, shared by auth and the admin API of a process."""
-    found = getattr(store, "_lockgate_runtime_keys", None)
-    if found is None:
-        found = RuntimeKeys(store)
-        store._lockgate_runtime_keys = found  # type: ignore[attr-defined]
-    return found
+    return attached(store, "_lockgate_runtime_keys", RuntimeKeys)
 
 
 def conflict(message: str) -> GatewayError:

@@ -25,7 +25,9 @@ The two primitives that must be atomic:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,17 @@ class Store:
 
     async def close(self) -> None:
         return None
+
+
+def attached(store: Store, name: str, make: Callable[[Store], T]) -> T:
+    """The one object `name` of a store object (its backlog, its owner keeper, its runtime
+    keys), made by `make` on first use, so every policy and handler sharing the store
+    shares it."""
+    found = getattr(store, name, None)
+    if found is None:
+        found = make(store)
+        setattr(store, name, found)
+    return found
 
 
 def open_store(config: Any = None) -> Store:

@@ -24,12 +24,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from lockgate.proxy import metrics
 from lockgate.proxy.errors import GatewayError
 from lockgate.proxy.logs import get_logger
-from lockgate.proxy.store import Store
+from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store, attached
 
 T = TypeVar("T")
 MODES = ("closed", "open")
@@ -84,6 +84,19 @@ async def call(store: Store, work: Awaitable[T], timeout_s: float) -> T:
         raise StoreUnavailable(type(exc).__name__) from None
 
 
+async def claim(store: Store, claims: Sequence[Claim], entry_id: str, timeout_s: float) -> ClaimResult:
+    """`store.claim` within the deadline; granted at once, with no deadline to keep, from
+    a lease this process holds."""
+    result = store.claim_now(claims, entry_id)
+    return result if result is not None else await call(store, store.claim(claims, entry_id), timeout_s)
+
+
+async def reserve(store: Store, claims: Sequence[Claim], entry_id: str, timeout_s: float) -> Reservation:
+    """`store.reserve` within the deadline; at once from a lease this process holds."""
+    result = store.reserve_now(claims, entry_id)
+    return result if result is not None else await call(store, store.reserve(claims, entry_id), timeout_s)
+
+
 def failed(policy: str, failure: StoreFailure, error: StoreUnavailable, request_id: str) -> None:
     """Counts and logs one request's store failure (what happens next is the caller's)."""
     outcome = "refused" if failure.closed else "passed"
@@ -131,11 +144,7 @@ class Backlog:
 
 def backlog(store: Store) -> Backlog:
     """The one backlog of a store object, shared by every middleware using it."""
-    found = getattr(store, "_lockgate_backlog", None)
-    if found is None:
-        found = Backlog(store)
-        store._lockgate_backlog = found  # type: ignore[attr-defined]
-    return found
+    return attached(store, "_lockgate_backlog", Backlog)
 
 
 async def write_or_defer(store: Store, what: str, write: Callable[[], Awaitable[Any]], timeout_s: float, **facts: Any) -> bool:
@@ -155,9 +164,7 @@ async def write_or_defer(store: Store, what: str, write: Callable[[], Awaitable[
 def spawn(store: Store, work: Awaitable[Any], failure: str, **facts: Any) -> None:
     """Runs a write nobody waits for (a cache entry): kept alive on the store until done,
     a failure logged as `failure`, never raised."""
-    tasks = getattr(store, "_lockgate_spawned", None)
-    if tasks is None:
-        tasks = store._lockgate_spawned = set()  # type: ignore[attr-defined]
+    tasks: set[asyncio.Task] = attached(store, "_lockgate_spawned", lambda _: set())
     task = asyncio.get_running_loop().create_task(work)
     tasks.add(task)
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Any
 
 from lockgate.proxy.context import owner_id
 from lockgate.proxy.logs import get_logger
-from lockgate.proxy.store import Store
+from lockgate.proxy.store import Store, attached
 
 HEARTBEAT_S = 5.0
 TTL_S = 20.0  # a heartbeat lapses after this: four missed renewals
@@ -123,9 +122,6 @@ class Keeper:
             await asyncio.sleep(HEARTBEAT_S)
 
 
-def keeper(store: Store) -> Any:
-    found = getattr(store, "_lockgate_keeper", None)
-    if found is None:
-        found = Keeper(store)
-        store._lockgate_keeper = found  # type: ignore[attr-defined]
-    return found
+def keeper(store: Store) -> Keeper:
+    """The one heartbeat keeper of a store object."""
+    return attached(store, "_lockgate_keeper", Keeper)
