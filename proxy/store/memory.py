@@ -28,6 +28,24 @@ class Ledger:
         self.total += amount
         heapq.heappush(self.heap, (expires, entry_id))
 
+    def set(self, entry_id: str, amount: float | None) -> None:
+        """Sets an entry's amount, keeping its expiry; None removes it. An unknown entry is ignored."""
+        entry = self.entries.get(entry_id)
+        if entry is None:
+            return
+        self.total -= entry[1]
+        if amount is None:
+            del self.entries[entry_id]
+        else:
+            self.entries[entry_id] = (entry[0], amount)
+            self.total += amount
+
+    def take(self, entry_id: str, amount: float) -> None:
+        """Takes `amount` off an entry, not below 0."""
+        entry = self.entries.get(entry_id)
+        if entry is not None:
+            self.set(entry_id, max(0.0, entry[1] - amount))
+
     def prune(self, now: float) -> None:
         heap = self.heap
         while heap and heap[0][0] <= now:
@@ -93,15 +111,8 @@ class MemoryStore(Store):
 
     async def adjust(self, key: str, entry_id: str, amount: float | None) -> None:
         ledger = self.ledgers.get(key)
-        if ledger is None or entry_id not in ledger.entries:
-            return
-        expires, old = ledger.entries[entry_id]
-        ledger.total -= old
-        if amount is None:
-            del ledger.entries[entry_id]
-        else:
-            ledger.entries[entry_id] = (expires, amount)
-            ledger.total += amount
+        if ledger is not None:
+            ledger.set(entry_id, amount)
 
     async def used(self, key: str) -> float:
         return self._ledger(key, self.now()).total
@@ -132,12 +143,7 @@ class MemoryStore(Store):
         return Reservation(True, tuple(b.spent for b in budgets), tuple(b.reservations.total for b in budgets))
 
     async def shrink(self, key: str, entry_id: str, amount: float) -> None:
-        budget = self._budget(key, self.now())
-        entry = budget.reservations.entries.get(entry_id)
-        if entry is not None:
-            left = max(0.0, entry[1] - amount)
-            budget.reservations.total -= entry[1] - left
-            budget.reservations.entries[entry_id] = (entry[0], left)
+        self._budget(key, self.now()).reservations.take(entry_id, amount)
 
     async def charge(
         self, items: Sequence[tuple[str, str, bool]], cost: float, ttl_s: float | None = None, counters: Sequence[tuple[str, str, float]] = ()
@@ -148,15 +154,10 @@ class MemoryStore(Store):
         result = []
         for key, entry_id, keep in items:
             budget = self._budget(key, now)
-            entries = budget.reservations.entries
-            entry = entries.get(entry_id)
-            if entry is not None:
-                left = max(0.0, entry[1] - cost) if keep else 0.0
-                budget.reservations.total -= entry[1] - left
-                if keep:
-                    entries[entry_id] = (entry[0], left)
-                else:
-                    del entries[entry_id]
+            if keep:
+                budget.reservations.take(entry_id, cost)
+            else:
+                budget.reservations.set(entry_id, None)
             budget.spent += cost
             if ttl_s is not None:
                 budget.expires_at = now + ttl_s

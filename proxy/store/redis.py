@@ -53,6 +53,15 @@ local function total_of(h)
   return tonumber(redis.call('HGET', h, 'total')) or 0
 end
 
+-- take `amount` off an entry of ledger hash h (not below 0), keeping it and its expiry
+local function take(h, entry, amount)
+  local old = tonumber(redis.call('HGET', h, 'e:' .. entry))
+  if old then
+    local left = math.max(0, old - amount)
+    redis.call('HSET', h, 'e:' .. entry, left, 'total', total_of(h) - old + left)
+  end
+end
+
 -- drop the expired entries of ledger (z, h); returns its live total
 local function prune(z, h, t)
   local total = total_of(h)
@@ -160,13 +169,9 @@ local amount = tonumber(ARGV[2])
 redis.call('HSET', h, 'e:' .. entry, amount, 'total', total_of(h) - old + amount)
 """
 
-# KEYS: zset, hash. ARGV: entry, amount to take off it (not below 0).
+# KEYS: a budget's hash. ARGV: entry, amount to take off it (not below 0).
 SHRINK = LEDGER_LUA + """
-local z, h, entry = KEYS[1], KEYS[2], ARGV[1]
-local old = tonumber(redis.call('HGET', h, 'e:' .. entry))
-if not old then return end
-local left = math.max(0, old - tonumber(ARGV[2]))
-redis.call('HSET', h, 'e:' .. entry, left, 'total', total_of(h) - old + left)
+take(KEYS[1], ARGV[1], tonumber(ARGV[2]))
 """
 
 # KEYS: zset, hash.
@@ -233,11 +238,7 @@ for i = 1, n do
   prune(z, h, t)
   if keep == '1' then
     -- a lease goes on: take the cost off what it holds
-    local old = tonumber(redis.call('HGET', h, 'e:' .. entry))
-    if old then
-      local left = math.max(0, old - cost)
-      redis.call('HSET', h, 'e:' .. entry, left, 'total', total_of(h) - old + left)
-    end
+    take(h, entry, cost)
   else
     remove(z, h, entry)
   end
@@ -361,8 +362,7 @@ class RedisStore(Store):
         return tuple(float(s) for s in spent)
 
     async def shrink(self, key: str, entry_id: str, amount: float) -> None:
-        h, z = self._budget(key)
-        await self._shrink([z, h], [entry_id, amount])
+        await self._shrink([self._budget(key)[0]], [entry_id, amount])
 
     async def spent(self, key: str) -> float:
         # a budget whose period is over has expired in Redis: nothing to compute
