@@ -179,6 +179,26 @@ async def test_shrink_gives_headroom_back_without_spending_it(store: Store) -> N
     assert probe.spent == (1.0,) and probe.reserved == pytest.approx((7.0,))
 
 
+async def test_a_free_charge_without_a_period_keeps_no_record_for_good(store: Store) -> None:
+    """A lease given back or a request undone (a charge of 0 with no period) must not make
+    the budget's record permanent: keys of a period's budget would pile up per user per
+    period on the shared store."""
+    assert (await store.reserve([Claim("user:u:daily:2026-11-28", 10.0, 1.0, LONG)], "lease")).ok
+    assert await store.charge([("user:u:daily:2026-11-28", "lease", False)], 0.0) == (0.0,)
+    if isinstance(store, RedisStore):
+        ttl = await store.redis.pttl(f"{store.prefix}b:user:u:daily:2026-11-28")
+        assert ttl != -1, "the budget hash was made permanent"
+    elif isinstance(store, DiskStore):
+        assert store._sql("SELECT count(*) FROM Budget WHERE expires IS NULL").fetchone() == (0,)
+    # and a real spend without a period is still kept for good
+    assert await store.charge([("total", "none", False)], 0.5) == (0.5,)
+    if isinstance(store, RedisStore):
+        assert await store.redis.pttl(f"{store.prefix}b:total") == -1
+    elif isinstance(store, DiskStore):
+        assert store._sql("SELECT key FROM Budget WHERE expires IS NULL").fetchall() == [("total",)]
+    assert await store.spent("total") == 0.5
+
+
 async def test_everything_with_a_ttl_expires(store: Store) -> None:
     """One sleep for every kind of expiry, to keep the suite fast."""
     await store.claim([Claim("rpm", 3, 3, TTL)], "window")

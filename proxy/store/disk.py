@@ -421,7 +421,12 @@ class DiskStore(Store):
             for c in claims:
                 spent, reserved = state[c.key]
                 state[c.key] = (spent, self._put(sql, reservations_name(c.key), entry_id, c.amount, now + c.ttl_s, reserved))
-                sql("INSERT OR IGNORE INTO Budget VALUES (?, 0.0, NULL)", (c.key,))
+                # nothing spent yet: the record only needs to outlive the reservation
+                sql(
+                    "INSERT INTO Budget VALUES (?, 0.0, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET expires = max(expires, excluded.expires) WHERE spent = 0 AND expires IS NOT NULL",
+                    (c.key, now + c.ttl_s + 1.0),
+                )
             return Reservation(True, tuple(state[k][0] for k in keys), tuple(state[k][1] for k in keys))
 
         return await self._run(op)
@@ -441,11 +446,14 @@ class DiskStore(Store):
                 else:
                     self._remove(sql, reservations_name(key), entry_id)
                 spent += cost
-                sql(
-                    "INSERT INTO Budget VALUES (?, ?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET spent = excluded.spent, expires = coalesce(excluded.expires, expires)",
-                    (key, spent, expires),
-                )
+                # nothing spent and no period (a lease given back, a request undone): no record
+                # made for good; a spend without a period is kept for good (reserve gave the
+                # record a short life)
+                if cost or expires is not None:
+                    sql(
+                        "INSERT INTO Budget VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET spent = excluded.spent, expires = excluded.expires",
+                        (key, spent, expires),
+                    )
                 result.append(spent)
             return tuple(result)
 

@@ -244,13 +244,17 @@ for i = 1, n do
   end
   local first = redis.call('HEXISTS', h, 'spent') == 0
   local spent = (tonumber(redis.call('HGET', h, 'spent')) or 0) + cost
-  redis.call('HSET', h, 'spent', spent)
-  if ttl then
-    redis.call('PEXPIRE', h, ms(ttl))
-    redis.call('PEXPIRE', z, ms(ttl))
-  elseif first then
-    -- the first spend without a period: kept for good (reserve gave the key a short life)
-    redis.call('PERSIST', h)
+  -- nothing spent and no period (a lease given back, a request undone): the record is
+  -- left as it is, not kept for good
+  if cost ~= 0 or ttl then
+    redis.call('HSET', h, 'spent', spent)
+    if ttl then
+      redis.call('PEXPIRE', h, ms(ttl))
+      redis.call('PEXPIRE', z, ms(ttl))
+    elseif first then
+      -- the first spend without a period: kept for good (reserve gave the key a short life)
+      redis.call('PERSIST', h)
+    end
   end
   out[i] = fmt(spent)
 end
