@@ -102,7 +102,8 @@ class Store:
     # -- budgets ----------------------------------------------------------------------
     async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
         """All or nothing: granted when every budget `fits` the claim; then a reservation
-        of `amount` (expiring after ttl_s, in case its process dies) is added to each."""
+        of `amount` (expiring after ttl_s, in case its process dies) is added to each.
+        The claims' keys are distinct (one per budget the request falls under)."""
         raise NotImplementedError
 
     def reserve_now(self, claims: Sequence[Claim], entry_id: str) -> Reservation | None:
