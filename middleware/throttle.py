@@ -295,8 +295,11 @@ class ThrottledRequest:
                     self.meter.start(message)
                 if self.headers:
                     message = {**message, "headers": list(message.get("headers", ())) + self.headers}
-            elif self.meter is not None and message["type"] == "http.response.body":
-                self.meter.feed(message.get("body", b""))
+            elif message["type"] == "http.response.body":
+                if self.meter is not None:
+                    self.meter.feed(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await self._correct_tokens()  # counted before the client can ask again
             await send(message)
 
         return wrapped
@@ -317,10 +320,17 @@ class ThrottledRequest:
             total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
         return float(total) if isinstance(total, (int, float)) else 0.0
 
+    async def _correct_tokens(self) -> None:
+        """Replaces the token estimate with what the answer used (once)."""
+        keys, self.tpm_keys = self.tpm_keys, []
+        await self._write([(key, self.entry, self._used_tokens()) for key in keys])
+
     async def _settle(self) -> None:
-        """Release concurrency slots; replace the token estimate with what was used."""
-        items = [(key, self.entry, None) for key in self.concurrent_keys]
-        items += [(key, self.entry, self._used_tokens()) for key in self.tpm_keys]
+        """Release concurrency slots; correct the token estimate if the answer never ended."""
+        await self._correct_tokens()
+        await self._write([(key, self.entry, None) for key in self.concurrent_keys])
+
+    async def _write(self, items: list[tuple[str, str, float | None]]) -> None:
         if items:
             write = functools.partial(self.store.adjust_many, items)
             await asyncio.shield(guard.write_or_defer(self.store, "throttle_release", write, self.policy.store_failure.timeout_s))

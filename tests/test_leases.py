@@ -76,13 +76,59 @@ async def test_a_wide_limit_is_served_from_leases_then_held(two_workers):
 async def test_unused_headroom_goes_back_when_a_lease_closes(two_workers, monkeypatch):
     a, b = two_workers
     monkeypatch.setattr(lease_module, "WINDOW_LEASE_S", 0.05)
-    claims = [Claim("throttle:t:*:tpm", 16_000, 100, 60)]
+    key = "throttle:t:*:tpm"
+    claims = [Claim(key, 16_000, 100, 60)]
     assert (await a.claim(claims, "one")).ok
-    assert await a.inner.used("throttle:t:*:tpm") == 1000, "a lease of a sixteenth was taken"
-    await a.adjust("throttle:t:*:tpm", "one", 40.0)  # the answer used 40, not the 100 estimated
+    assert await a.inner.used(key) == 100, "no answer seen on the key yet: a lease of one request's estimate, as without leases"
+    await a.adjust(key, "one", 40.0)  # the answer used 40, not the 100 estimated
+    assert (await a.claim(claims, "two")).ok
+    assert await a.inner.used(key) == 100 + 993, "answers seen within their estimates: a lease of a sixteenth of what is left"
+    await a.adjust(key, "two", 40.0)
     await asyncio.sleep(0.06)
     await a.tidy()
-    assert await b.used("throttle:t:*:tpm") == 40
+    assert await b.used(key) == 80
+
+
+async def test_usage_above_the_estimate_counts_in_the_store_at_once(two_workers):
+    """An answer that used more than its request took from a lease is written to the store
+    as it is corrected, and closes the lease, so the next request, in any process, is
+    decided on the real usage (issue 17: with tpm 3000 and answers of 2,000 tokens, all
+    four of four requests were served)."""
+    a, b = two_workers
+    key = "throttle:t:*:tpm"
+    claims = [Claim(key, 3000, 15, 60)]
+    for i, store in enumerate((a, b)):
+        assert (await store.claim(claims, f"r{i}")).ok
+        await store.adjust(key, f"r{i}", 2000.0)
+    assert await a.inner.used(key) == 4000, "both answers' usage is in the store, with no tidy"
+    for i, store in enumerate((a, b, a, b)):
+        assert not (await store.claim(claims, f"late{i}")).ok
+
+
+async def test_a_token_lease_counts_the_usage_its_requests_are_expected_to_have(two_workers):
+    """Answers that use twice their estimate: once seen, leases are sized and taken in
+    expected usage, so far from the limit one store call still serves many requests, and
+    the store's count is what they used."""
+    a, _ = two_workers
+    key = "throttle:t:*:tpm"
+    claims = [Claim(key, 1_000_000, 15, 60)]
+    calls = 0
+    real = a.inner.claim
+
+    async def counted(*args):
+        nonlocal calls
+        calls += 1
+        return await real(*args)
+
+    a.inner.claim = counted
+    for i in range(200):
+        assert (await a.claim(claims, f"r{i}")).ok
+        await a.adjust(key, f"r{i}", 30.0)
+    assert calls < 10, f"200 requests took {calls} trips to the store"
+    lease = a.windows[key]
+    assert lease.scale == 2.0, "a request takes its estimate times the usage seen"
+    await a.tidy(everything=True)
+    assert await a.inner.used(key) == 200 * 30
 
 
 async def test_a_concurrency_lease_shrinks_when_idle_and_slots_are_exact(two_workers, monkeypatch):

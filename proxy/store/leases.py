@@ -58,6 +58,7 @@ WINDOW_LEASE_S = 1.0  # a rate-window lease serves requests for this long at mos
 IDLE_RETURN_S = 1.0  # budget leases idle this long go back; slot leases shrink to their peak use of the last such period
 MAX_LEASE_AGE_S = 60.0  # a budget or slot lease is replaced at least this often
 JANITOR_S = 0.25  # how often closed and idle leases are given back
+RATIO_KEEP_S = 60.0  # a token key's usage ratio is forgotten after this long without an answer
 SLOT_PREFIX = "lease:"
 log = get_logger("lockgate.store")
 
@@ -70,11 +71,15 @@ class WindowLease:
     ttl_s: float
     deadline: float  # monotonic: no requests served from it after this
     total: float  # the ledger's total in the store when granted (this lease included)
+    scale: float = 1.0  # what a request takes from it: its claim times this (tpm: the usage expected of an estimate)
     used: float = 0.0
-    written: float | None = None  # the amount the store holds for it, once closed and written back
+    stored: float = 0.0  # the amount the store holds for it: `granted`, then what was written back
+
+    def __post_init__(self) -> None:
+        self.stored = self.granted
 
     def room(self, amount: float, now: float) -> bool:
-        return now < self.deadline and self.used + amount <= self.granted
+        return now < self.deadline and self.used + amount * self.scale <= self.granted
 
 
 @dataclass(slots=True)
@@ -141,7 +146,8 @@ class LeasedStore(Store):
         self.unsynced: dict[tuple[str, str], tuple[str, Lease]] = {}
         # (budget, request) -> the lease a charge that failed was for: its retry goes there too
         self.charged_to: dict[tuple[str, str], str] = {}
-        self.seen: dict[str, tuple[float, float]] = {}  # key -> (the store's total at its last refusal, when)
+        self.seen: dict[str, tuple[float, float]] = {}  # key -> (the store's total as last learnt: a refusal, a lease overdrawn; when)
+        self.ratios: dict[str, tuple[float, float]] = {}  # token key -> (usage / estimate of its answers, when last seen)
         self.locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, tasks using it)
         self.tasks: set[asyncio.Task] = set()
         self.janitor: asyncio.Task | None = None
@@ -212,8 +218,8 @@ class LeasedStore(Store):
             await self.inner.charge(ends, 0.0)
         for key, entry, amount in adjusts:
             written = self.unsynced.pop((key, entry), None)
-            if written is not None and isinstance(written[1], WindowLease):
-                written[1].written = amount
+            if written is not None and isinstance(written[1], WindowLease) and amount is not None:
+                written[1].stored = amount
         for key, entry, _ in ends:
             self.unsynced.pop((key, entry), None)
 
@@ -227,7 +233,7 @@ class LeasedStore(Store):
                 self.closed.append((k, lease))
         mine = {id(lease): (k, lease) for k, lease in self.closed if key is None or k == key}  # (a lease corrected twice, once)
         self.closed = [(k, lease) for k, lease in self.closed if key is not None and k != key]
-        return [(k, lease) for k, lease in mine.values() if lease.written != lease.used]
+        return [(k, lease) for k, lease in mine.values() if lease.stored != lease.used]
 
     @staticmethod
     def _cut_slots(key: str, leases: list[SlotLease], size: Callable[[SlotLease], int]) -> list[tuple[str, Lease]]:
@@ -271,6 +277,7 @@ class LeasedStore(Store):
                 del self.budgets[key]
                 returns.append((key, lease))
         self.seen = {key: seen for key, seen in self.seen.items() if now - seen[1] < IDLE_RETURN_S}
+        self.ratios = {key: seen for key, seen in self.ratios.items() if now - seen[1] < RATIO_KEEP_S}
         await self._sync(writes + returns)
 
     def _seen_total(self, key: str) -> float | None:
@@ -321,9 +328,10 @@ class LeasedStore(Store):
                 used.append(lease.total - lease.granted + sum(s.in_use for s in self.slots[claim.key]))
             else:
                 window = self.windows[claim.key]
-                window.used += claim.amount
+                taken = claim.amount * window.scale
+                window.used += taken
                 if claim.adjustable:
-                    holding.windows[claim.key] = (window, claim.amount)
+                    holding.windows[claim.key] = (window, taken)
                 used.append(window.total - window.granted + window.used)
         if holding.empty():
             del self.holdings[entry_id]  # nothing the caller will come back for
@@ -337,14 +345,18 @@ class LeasedStore(Store):
             return None
         known = self._known_total(claim.key, slot)
         left = claim.limit - known if known is not None else claim.limit
-        size = max(claim.amount, left * FRACTION)
-        if slot or claim.amount == int(claim.amount):
-            size = max(claim.amount, math.floor(size))
+        scale = 1.0
+        if claim.adjustable and not slot:
+            size, scale = self._token_lease(claim, left)
+        else:
+            size = max(claim.amount, left * FRACTION)
+            if slot or claim.amount == int(claim.amount):
+                size = max(claim.amount, math.floor(size))
         ttl = claim.ttl_s if slot else claim.ttl_s + WINDOW_LEASE_S
         entry = new_id()
         result = await self.inner.claim([Claim(claim.key, claim.limit, size, ttl)], entry)
         if not result.ok and size > claim.amount:
-            size = claim.amount
+            size, scale = claim.amount, 1.0
             result = await self.inner.claim([Claim(claim.key, claim.limit, size, ttl)], entry)
         if not result.ok and await self._give_back(claim.key, slot):
             # what this process held and did not need is back in the store: ask once more
@@ -362,8 +374,33 @@ class LeasedStore(Store):
             old = self.windows.get(claim.key)
             if old is not None:
                 self.closed.append((claim.key, old))
-            self.windows[claim.key] = WindowLease(entry, size, claim.limit, ttl, now + WINDOW_LEASE_S, result.used[0])
+            self.windows[claim.key] = WindowLease(entry, size, claim.limit, ttl, now + WINDOW_LEASE_S, result.used[0], scale)
         return None
+
+    def _token_lease(self, claim: Claim, left: float) -> tuple[float, float]:
+        """A token window's lease: its size and scale. Its requests take what they are
+        expected to really use (their estimate times the ratio of usage to estimate seen
+        here on the key), so the lease is counted in the store as the tokens it will
+        cost. Until a ratio is known, or when the share left is not worth two requests,
+        a lease is one request's estimate, decided in the store as without leases."""
+        ratio = self._ratio(claim.key)
+        share = math.floor(left * FRACTION)
+        if ratio is None or share < 2 * claim.amount * ratio:
+            return claim.amount, 1.0
+        return float(share), ratio
+
+    def _ratio(self, key: str) -> float | None:
+        seen = self.ratios.get(key)
+        return seen[0] if seen is not None else None
+
+    def _learn(self, key: str, real: float, estimate: float) -> None:
+        """Records an answer's usage against its estimate: the ratio rises at once and
+        falls slowly, so a lease errs on the side of counting more."""
+        if real <= 0 or estimate <= 0:
+            return
+        ratio = max(1.0, real / estimate)
+        old = self._ratio(key)
+        self.ratios[key] = (ratio if old is None else max(ratio, old * 0.75 + ratio * 0.25), time.monotonic())
 
     async def _give_back(self, key: str, slot: bool) -> bool:
         """Near the limit, before a refusal: this process's unused headroom on `key` (the
@@ -394,6 +431,7 @@ class LeasedStore(Store):
     async def adjust_many(self, items: Sequence[tuple[str, str, float | None]]) -> None:
         passed = []
         emptied: list[tuple[str, Lease]] = []
+        overdrawn: list[tuple[str, Lease]] = []
         for key, entry_id, amount in items:
             holding = self.holdings.get(entry_id)
             if holding is None or key in holding.direct:
@@ -402,8 +440,17 @@ class LeasedStore(Store):
                     holding.direct.discard(key)
             elif key in holding.windows:
                 lease, taken = holding.windows.pop(key)
-                lease.used += (amount if amount is not None else 0.0) - taken
-                if self.windows.get(key) is not lease:
+                real = amount if amount is not None else 0.0
+                self._learn(key, real, taken / lease.scale)
+                lease.used += real - taken
+                if lease.used > lease.stored:
+                    # more used than the store counts for it: counted there now, and the
+                    # lease closed, before this process decides its next request
+                    if self.windows.get(key) is lease:
+                        del self.windows[key]
+                        self.seen[key] = (lease.total - lease.granted + lease.used, time.monotonic())
+                    overdrawn.append((key, lease))
+                elif self.windows.get(key) is not lease:
                     self.closed.append((key, lease))  # closed already: the correction is written at the next tidy
             elif key in holding.slots and amount is None:
                 lease = holding.slots.pop(key)
@@ -418,8 +465,8 @@ class LeasedStore(Store):
                     emptied.append((key, lease))
             if holding is not None and holding.empty():
                 del self.holdings[entry_id]
-        if emptied:
-            await self._sync(emptied)
+        if emptied or overdrawn:
+            await self._sync(emptied + overdrawn)
         if passed:
             await self.inner.adjust_many(passed)
 
