@@ -59,6 +59,7 @@ class StoreConfig:
     path: str = ".lockgate/state"
     url: str = "redis://127.0.0.1:6379/0"
     leases: bool = True  # serve limits and budgets from quota leases (proxy/store/leases.py)
+    max_connections: int = 64  # redis: connections per process; calls past them wait for one
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +357,7 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
 def parse_store(check: Checker, raw: dict, base_dir: Path | None) -> StoreConfig:
     """`store:` alone: all that `lockgate spend` reads, so it needs no provider key."""
     store_node = check.mapping(raw, "store", "store")
-    check.unknown(store_node, {"backend", "path", "url", "leases"}, "store")
+    check.unknown(store_node, {"backend", "path", "url", "leases", "max_connections"}, "store")
     backend = check.string(store_node, "backend", "disk")
     if backend not in STORES:
         check.fail(store_node, "backend", f"store backend must be one of {', '.join(STORES)}, not {backend!r}")
@@ -365,7 +366,13 @@ def parse_store(check: Checker, raw: dict, base_dir: Path | None) -> StoreConfig
     if not isinstance(leases, bool):
         check.fail(store_node, "leases", "leases must be true or false")
         leases = True
-    return StoreConfig(backend=backend, path=path, url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"), leases=leases)
+    return StoreConfig(
+        backend=backend,
+        path=path,
+        url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"),
+        leases=leases,
+        max_connections=check.number(store_node, "max_connections", 64, minimum=1, integer=True),
+    )
 
 
 def resolve_path(path: str, base_dir: Path | None) -> str:

@@ -208,7 +208,7 @@ def open_store(config: Any = None) -> Store:
     if config is None:
         config = {"backend": "memory"}
     if not isinstance(config, Mapping):
-        config = {"backend": config.backend, "path": config.path, "url": config.url, "leases": config.leases}
+        config = {"backend": config.backend, "path": config.path, "url": config.url, "leases": config.leases, "max_connections": config.max_connections}
     backend = config.get("backend", "disk")
     if backend == "memory":
         from lockgate.proxy.store.memory import MemoryStore
@@ -222,7 +222,7 @@ def open_store(config: Any = None) -> Store:
     elif backend == "redis":
         from lockgate.proxy.store.redis import RedisStore
 
-        store = RedisStore(config.get("url") or "redis://127.0.0.1:6379/0")
+        store = RedisStore(config.get("url") or "redis://127.0.0.1:6379/0", max_connections=config.get("max_connections") or 64)
     else:
         raise ValueError(f"unknown store backend {backend!r}")
     if not config.get("leases", True):

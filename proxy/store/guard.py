@@ -5,8 +5,11 @@ Every policy that keeps state (throttle, budget, cache, runtime keys) takes
     store_failure: closed        # closed: answer 503 `store_unavailable`; open: let the request through
     store_timeout_s: 0.5         # the longest a request waits for the store before that happens
 
-A store that is down, unreachable or slower than `store_timeout_s` is the same failure:
-no request ever hangs on it, and none gets a bare 500. A closed policy refuses the
+A store that is down, unreachable or has answered nothing for `store_timeout_s` is the
+same failure: no request ever hangs on it, and none gets a bare 500. A store that is
+busy is not failing: while it goes on answering other calls (a burst queued behind a
+write batch, a connection pool, another worker's transaction), a call waits its turn, up
+to BUSY_LIMIT_S, so load is never mistaken for an outage. A closed policy refuses the
 request (OpenAI's error shape, `Retry-After`), because a limit that cannot be checked
 must not be assumed to hold; an open one serves it unchecked and counts it
 (`lockgate_store_failures_total`).
@@ -22,6 +25,7 @@ through the backlog too, so it cannot hold a slot or headroom until it expires.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
@@ -34,6 +38,7 @@ from lockgate.proxy.store import Claim, ClaimResult, Reservation, Store, attache
 T = TypeVar("T")
 MODES = ("closed", "open")
 DEFAULT_TIMEOUT_S = 0.5
+BUSY_LIMIT_S = 10.0  # the longest a call waits for a store that is answering others meanwhile
 RETRY_FIRST_S, RETRY_MAX_S = 0.25, 5.0
 BACKLOG_MAX = 100_000  # writes kept for a store that stays down; past this the oldest are logged and dropped
 log = get_logger("lockgate.store")
@@ -73,15 +78,57 @@ def unavailable() -> GatewayError:
     )
 
 
+class Progress:
+    """When the store last answered a call made through `call` (loop time)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, store: Store) -> None:
+        self.last = -math.inf
+
+
+class Watch:
+    """Expires a call's deadline once the store has answered nothing for `timeout_s` (or
+    the call has waited BUSY_LIMIT_S): checked when the last answer turns that old, so a
+    call queued behind others that are being answered goes on waiting."""
+
+    __slots__ = ("loop", "deadline", "progress", "timeout_s", "started", "handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: asyncio.Timeout, progress: Progress, timeout_s: float) -> None:
+        self.loop, self.deadline, self.progress, self.timeout_s = loop, deadline, progress, timeout_s
+        self.started = loop.time()
+        self.handle = loop.call_at(self.started + timeout_s, self.check)
+
+    def check(self) -> None:
+        now = self.loop.time()
+        stale = self.progress.last + self.timeout_s
+        if stale > now and now - self.started < BUSY_LIMIT_S:
+            self.handle = self.loop.call_at(min(stale, self.started + BUSY_LIMIT_S), self.check)
+        else:
+            self.deadline.reschedule(now)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 async def call(store: Store, work: Awaitable[T], timeout_s: float) -> T:
-    """`work` (a store call), or StoreUnavailable if it fails or takes longer than `timeout_s`."""
+    """`work` (a store call), or StoreUnavailable if it fails, or if it is not answered
+    while the store answers nothing else for `timeout_s` (see the module docstring)."""
+    loop = asyncio.get_running_loop()
+    progress: Progress = attached(store, "_lockgate_progress", Progress)
     try:
-        async with asyncio.timeout(timeout_s):
-            return await work
+        async with asyncio.timeout(None) as deadline:
+            watch = Watch(loop, deadline, progress, timeout_s)
+            try:
+                result = await work
+            finally:
+                watch.cancel()
     except TimeoutError:
         raise StoreUnavailable(f"no answer within {timeout_s:g}s") from None
     except store.errors as exc:
         raise StoreUnavailable(type(exc).__name__) from None
+    progress.last = loop.time()
+    return result
 
 
 async def claim(store: Store, claims: Sequence[Claim], entry_id: str, timeout_s: float) -> ClaimResult:

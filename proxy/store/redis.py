@@ -289,8 +289,12 @@ class RedisStore(Store):
     backend = "redis"
     errors = (OSError, RedisError)
 
-    def __init__(self, url: str, prefix: str = "lockgate:") -> None:
-        self.redis = aioredis.Redis.from_url(url)
+    def __init__(self, url: str, prefix: str = "lockgate:", max_connections: int = 64) -> None:
+        # a blocking pool: a call past `max_connections` in flight waits for a connection
+        # (a queue under load, which the guard's deadline tells from an outage) instead of
+        # failing at once as redis-py's default pool does
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None)
+        self.redis = aioredis.Redis.from_pool(pool)  # (closed with the client)
         self.prefix = prefix
         # register_script sends EVALSHA, loading the script only when Redis lacks it
         self._claim = self.redis.register_script(CLAIM)

@@ -1,0 +1,124 @@
+"""Load is not a store failure (issue 19): a store that goes on answering other calls is
+busy, and a call queued behind them waits its turn; only a store that answers nothing
+for `store_timeout_s` (or a call kept waiting BUSY_LIMIT_S) is unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lockgate.proxy.store import Claim, guard
+from lockgate.proxy.store.guard import StoreUnavailable
+from lockgate.proxy.store.memory import MemoryStore
+from lockgate.proxy.store.redis import RedisStore
+
+CLAIM = [Claim("throttle:t:*:rpm", 10_000, 1, 60, adjustable=False)]
+
+
+class Queued(MemoryStore):
+    """Answers one call at a time, each after `each_s`: a store that is slow under a burst
+    but never stops answering. `stuck` names entries whose call never ends."""
+
+    def __init__(self, each_s: float) -> None:
+        super().__init__()
+        self.each_s = each_s
+        self.turn = asyncio.Lock()
+        self.stuck: set[str] = set()
+
+    async def claim(self, claims, entry_id):
+        if entry_id in self.stuck:
+            await asyncio.Event().wait()
+        async with self.turn:
+            await asyncio.sleep(self.each_s)
+            return await super().claim(claims, entry_id)
+
+
+async def test_a_burst_queued_behind_a_busy_store_is_served_not_refused():
+    store = Queued(0.02)
+    # 40 calls answered one after another take 0.8 s, eight times the 0.1 s deadline
+    results = await asyncio.gather(*(guard.claim(store, CLAIM, f"r{i}", 0.1) for i in range(40)), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, f"{len(failures)} of 40 refused while the store answered every 20 ms"
+    assert all(r.ok for r in results)
+
+
+async def test_a_store_that_answers_nothing_fails_within_its_deadline():
+    store = Queued(0.0)
+    store.stuck.add("hung")
+    async with asyncio.timeout(5):  # the test's own bound: no hang
+        with pytest.raises(StoreUnavailable):
+            await guard.claim(store, CLAIM, "hung", 0.1)
+
+
+async def test_a_call_stuck_while_others_are_answered_fails_at_the_busy_limit(monkeypatch):
+    monkeypatch.setattr(guard, "BUSY_LIMIT_S", 0.3)
+    store = Queued(0.01)
+    store.stuck.add("hung")
+
+    async def others() -> None:
+        for i in range(60):  # keep the store answering for longer than the busy limit
+            await guard.claim(store, CLAIM, f"o{i}", 0.1)
+
+    background = asyncio.create_task(others())
+    async with asyncio.timeout(5):
+        with pytest.raises(StoreUnavailable):
+            await guard.claim(store, CLAIM, "hung", 0.1)
+    await background
+
+
+async def test_redis_calls_past_the_pool_wait_for_a_connection(redis_url, redis_prefix):
+    """250 requests at once near a budget's edge each make a store call: past the pool's
+    connections they wait (redis-py's default pool raised MaxConnectionsError: 89 of 250
+    got 503 while Redis answered PING)."""
+    store = RedisStore(redis_url, prefix=redis_prefix, max_connections=16)
+    key = "budget:team:t:total:total"
+    try:
+        results = await asyncio.gather(
+            *(guard.reserve(store, [Claim(key, 1000.0, 1.0, 60)], f"r{i}", 0.5) for i in range(250)), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert not failures, f"{len(failures)} of 250 failed: {failures[:1]}"
+        assert sum(r.ok for r in results) == 250
+        assert len(store.redis.connection_pool._in_use_connections) + len(store.redis.connection_pool._available_connections) <= 16
+    finally:
+        await store.close()
+
+
+def test_a_thousand_connections_on_the_disk_store_are_all_served(fake, upstream, tmp_path):
+    """What the hostile probe saw: 1,000 connections at once through throttle and budget on
+    the disk store got 667 x 503 `store_unavailable` from a healthy store."""
+    import orjson
+    import yaml
+
+    from tests.conftest import start_gateway
+
+    (tmp_path / "throttle.yaml").write_text(yaml.safe_dump({"limits": [{"per": "global", "rpm": 100_000, "tpm": 100_000_000, "concurrent": 5_000}]}))
+    (tmp_path / "budget.yaml").write_text(yaml.safe_dump({"default": {"per": "user", "limit_usd": 1_000_000, "period": "total"}}))
+    price = {"input_per_mtok": 1, "output_per_mtok": 1}
+    config = {
+        "store": {"backend": "disk", "path": str(tmp_path / "state")},
+        "models": [{"name": "m", "deployments": [{"provider": "openai", "model": "load-model", "base_url": fake.url + "/v1", "price": price}]}],
+        "middleware": [{"throttle": "throttle.yaml"}, {"budget": "budget.yaml"}],
+    }
+    gw = start_gateway(config, tmp_path)
+    port = int(gw.url.rsplit(":", 1)[1])
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def one() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        writer.close()
+        return status
+
+    async def all_of_them() -> list[int]:
+        return await asyncio.gather(*(one() for _ in range(1000)))
+
+    try:
+        statuses = asyncio.run(all_of_them())
+    finally:
+        gw.stop()
+    assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
