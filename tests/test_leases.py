@@ -443,3 +443,24 @@ def _swallow(call) -> None:
         call()
     except httpx.HTTPError:
         pass
+
+
+async def test_a_dead_process_strands_at_most_its_open_window_lease_until_the_window_ends(two_workers, monkeypatch):
+    """What README promises for a process killed with -9 holding rpm leases: another
+    process is refused no more than the dead one's open lease held (a sixteenth of what
+    was left), and only until that window ends; never admitted past the limit."""
+    a, b = two_workers
+    key = "throttle:t:*:rpm"
+    claims = [Claim(key, 320, 1, 1.0, adjustable=False)]  # a one-second window
+    for i in range(3):
+        assert (await a.claim(claims, f"a{i}")).ok
+    stranded = a.windows[key].granted - a.windows[key].used
+    assert a.windows[key].granted == 20 and stranded == 17
+    a.janitor.cancel()  # killed: nothing of `a` runs again
+    served = 0
+    while (await b.claim(claims, f"b{served}")).ok:
+        served += 1
+    assert served == 320 - 20, "refused only what the dead lease held, never admitted past the limit"
+    await b.tidy(everything=True)
+    await asyncio.sleep(1.0 + lease_module.WINDOW_LEASE_S + 0.1)  # the window (and the lease's extra second) ends
+    assert (await b.claim(claims, "after")).ok
