@@ -16,7 +16,9 @@ import openai
 import pydantic
 import pytest
 
-from lockgate.providers import mock
+from lockgate.providers import messages, mock, vertex
+from lockgate.providers.anthropic import enforceable_schema
+from lockgate.providers.base import Deployment
 from tests.conftest import SECRETS, start_gateway
 
 KEY_A = "sk-agents-alice-KEY-0001"
@@ -65,6 +67,72 @@ def client(gw) -> openai.OpenAI:
 @pytest.fixture
 def claude(gw) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=gw.url, api_key=KEY_A, max_retries=0, timeout=20)
+
+
+# -- Anthropic structured outputs on OpenAI and Gemini models -------------------------------
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gemini-flash"])
+def test_anthropic_structured_output_is_served_by_other_providers(claude, upstream, model):
+    message = claude.messages.parse(model=model, max_tokens=200, output_format=Person, messages=[{"role": "user", "content": "Ada, 36"}])
+    assert isinstance(message.parsed_output, Person), message.content
+    sent = upstream.requests[-1].body
+    if model == "gpt-4o-mini":
+        fmt = sent["response_format"]
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+        assert set(fmt["json_schema"]["schema"]["properties"]) == {"name", "age"}
+    else:
+        config = sent["generationConfig"]
+        assert config["responseMimeType"] == "application/json"
+        assert config["responseSchema"]["properties"]["age"]["type"] == "INTEGER"
+
+
+def test_anthropic_structured_output_streams(claude, upstream):
+    with claude.messages.stream(model="gpt-4o-mini", max_tokens=200, output_format=Person, messages=[{"role": "user", "content": "Ada, 36"}]) as stream:
+        final = stream.get_final_message()
+    assert isinstance(final.parsed_output, Person)
+    assert upstream.requests[-1].body["response_format"]["type"] == "json_schema"
+
+
+def test_a_schema_openai_cannot_hold_strictly_is_sent_loose(claude, upstream):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "nickname": {"type": "string"}}, "required": ["name"]}
+    message = claude.messages.create(model="gpt-4o-mini", max_tokens=200, output_config={"format": {"type": "json_schema", "schema": schema}},
+                                     messages=[{"role": "user", "content": "Ada"}])
+    jsonschema.validate(json.loads(message.content[0].text), schema)
+    assert upstream.requests[-1].body["response_format"]["json_schema"] == {"name": "output", "schema": schema, "strict": False}
+
+
+def test_a_bad_output_format_is_an_anthropic_shaped_400(claude, upstream):
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        claude.messages.create(model="gpt-4o-mini", max_tokens=50, output_config={"format": {"type": "json_object"}}, messages=[{"role": "user", "content": "x"}])
+    assert refused.value.body["error"]["type"] == "invalid_request_error" and "output_config.format" in refused.value.body["error"]["message"]
+    assert upstream.requests == []
+
+
+# -- schemas Anthropic cannot enforce ----------------------------------------------------------
+
+
+def test_zod_integers_reach_anthropic_in_a_schema_it_enforces(client, upstream):
+    schema = {"type": "object", "properties": {"count": ZOD_INT, "tags": {"type": "array", "items": {"type": "string", "minLength": 2}, "minItems": 2}},
+              "required": ["count", "tags"], "additionalProperties": False}
+    answer = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "count"}],
+                                            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema, "strict": True}})
+    jsonschema.validate(json.loads(answer.choices[0].message.content), enforceable_schema(schema))
+    sent = upstream.requests[-1].body["output_config"]["format"]["schema"]
+    assert sent["properties"]["count"] == {"type": "integer", "description": "{minimum: -9007199254740991, maximum: 9007199254740991}"}
+    assert sent["properties"]["tags"]["description"] == "{minItems: 2}"
+
+
+def test_responses_text_format_and_strict_tools_reach_anthropic_enforceable(client, upstream):
+    schema = {"type": "object", "properties": {"count": ZOD_INT}, "required": ["count"], "additionalProperties": False}
+    response = client.responses.create(model="claude", input="count", text={"format": {"type": "json_schema", "name": "c", "schema": schema, "strict": True}})
+    assert json.loads(response.output_text)["count"] == 1
+    tool = {**RESPONSES_TOOL, "strict": True, "parameters": {**WEATHER, "properties": {"location": {"type": "string", "pattern": "^[A-Z]"}, "days": ZOD_INT},
+                                                             "required": ["location", "days"]}}
+    called = client.responses.create(model="claude", input="weather?", tools=[tool])
+    assert called.output[0].type == "function_call"
+    sent = upstream.requests[-1].body["tools"][0]
+    assert sent["strict"] is True and sent["input_schema"]["properties"]["location"] == {"type": "string", "description": '{pattern: "^[A-Z]"}'}
 
 
 # -- the mock calls tools --------------------------------------------------------------------
@@ -151,3 +219,57 @@ def test_mock_calls_tools_through_the_responses_and_messages_translations(client
 ])
 def test_mock_examples_are_valid_against_their_schema(schema):
     jsonschema.validate(mock.example(schema), schema, format_checker=jsonschema.FormatChecker())
+
+
+def test_enforceable_schema_moves_what_anthropic_refuses_into_descriptions():
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "description": "A thing",
+        "properties": {
+            "n": {"type": "integer", "description": "How many", "minimum": 1, "exclusiveMaximum": 10},
+            "when": {"type": "string", "format": "date-time"},
+            "code": {"type": "string", "format": "hex", "maxLength": 4},
+            "pick": {"oneOf": [{"$ref": "#/$defs/Choice"}, {"type": "null"}]},
+            "few": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+        },
+        "required": ["n"],
+        "additionalProperties": {"type": "string"},
+        "$defs": {"Choice": {"type": "string", "enum": ["a", "b"], "default": "a"}},
+    }
+    assert enforceable_schema(schema) == {
+        "$defs": {"Choice": {"type": "string", "enum": ["a", "b"], "description": '{default: "a"}'}},
+        "type": "object",
+        "description": "A thing",
+        "properties": {
+            "n": {"type": "integer", "description": "How many\n\n{minimum: 1, exclusiveMaximum: 10}"},
+            "when": {"type": "string", "format": "date-time"},
+            "code": {"type": "string", "description": '{format: "hex", maxLength: 4}'},
+            "pick": {"anyOf": [{"$ref": "#/$defs/Choice"}, {"type": "null"}]},
+            "few": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "{maxItems: 3}"},
+        },
+        "additionalProperties": False,
+        "required": ["n"],
+    }
+    assert enforceable_schema({"type": "string"}) == {"type": "string"} and enforceable_schema({}) == {}
+
+
+def test_output_config_becomes_response_format():
+    strict = Person.model_json_schema() | {"additionalProperties": False}
+    chat = messages.to_chat({"model": "m", "messages": [{"role": "user", "content": "x"}], "output_config": {"effort": "low", "format": {"type": "json_schema", "schema": strict}}})
+    assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": strict, "strict": True}}
+    legacy = messages.to_chat({"model": "m", "messages": [], "output_format": {"type": "json_schema", "schema": {"type": "object", "properties": {}}}})
+    assert legacy["response_format"]["json_schema"]["strict"] is False, "an object that is not closed cannot be strict at OpenAI"
+    nested = {"type": "object", "properties": {"p": {"type": "object", "properties": {"q": {"type": "string"}}, "additionalProperties": False}},
+              "required": ["p"], "additionalProperties": False}
+    assert messages.strict_compatible(nested) is False, "q is optional"
+    assert "response_format" not in messages.to_chat({"model": "m", "messages": [], "output_config": {"effort": "high"}})
+
+
+def test_claude_on_vertex_gets_the_enforceable_schema_too():
+    dep = Deployment("v", "vertex", "claude-sonnet-4-5@20250929", options={"project": "p", "location": "us-east5"})
+    body = {"model": "c", "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": {"type": "object", "properties": {"n": ZOD_INT}}}}}
+    sent = json.loads(vertex.ADAPTER.chat_request(dep, body).body)
+    assert sent["output_config"]["format"]["schema"]["properties"]["n"] == enforceable_schema(ZOD_INT)
+    assert "minimum" not in sent["output_config"]["format"]["schema"]["properties"]["n"]
