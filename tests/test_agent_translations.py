@@ -7,6 +7,7 @@ object naming the model the client asked for; and the mock provider calling tool
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -19,6 +20,11 @@ import pytest
 from lockgate.providers import messages, mock, vertex
 from lockgate.providers.anthropic import enforceable_schema
 from lockgate.providers.base import Deployment
+from lockgate.proxy.context import RequestContext
+from lockgate.proxy.errors import GatewayError
+from lockgate.proxy.items import ResponseItems
+from lockgate.proxy.store import open_store
+from lockgate.proxy.store.memory import MemoryStore
 from tests.conftest import SECRETS, start_gateway
 
 KEY_A = "sk-agents-alice-KEY-0001"
@@ -109,6 +115,80 @@ def test_a_bad_output_format_is_an_anthropic_shaped_400(claude, upstream):
     assert upstream.requests == []
 
 
+# -- item_reference to items lockgate issued ---------------------------------------------------
+
+
+def first_step(client: openai.OpenAI, stream: bool, **extra) -> list:
+    """Step 1 of an agent loop on a translated model: text, then a tool call."""
+    if not stream:
+        return list(client.responses.create(model="claude", input="weather in Paris?", tools=[RESPONSES_TOOL], **extra).output)
+    with client.responses.stream(model="claude", input="weather in Paris?", tools=[RESPONSES_TOOL], **extra) as events:
+        return list(events.get_final_response().output)
+
+
+def second_step_input(output: list, reference_calls: bool = False) -> list:
+    """Step 2 as the Vercel AI SDK sends it: the earlier text by reference, the call inline
+    with its item id (older versions referenced the call too), then its result."""
+    text, call = output
+    call_item = {"type": "item_reference", "id": call.id} if reference_calls else {
+        "type": "function_call", "id": call.id, "call_id": call.call_id, "name": call.name, "arguments": call.arguments}
+    return [
+        {"role": "user", "content": [{"type": "input_text", "text": "weather in Paris?"}]},
+        {"type": "item_reference", "id": text.id},
+        call_item,
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18C and sunny"},
+    ]
+
+
+@pytest.mark.parametrize(("stream", "reference_calls"), [(False, False), (True, False), (False, True)])
+def test_item_references_to_lockgates_own_items_resolve(client, upstream, stream, reference_calls):
+    upstream.set(CLAUDE, preamble="Let me check the weather.")
+    output = first_step(client, stream)
+    assert [item.type for item in output] == ["message", "function_call"]
+    assert output[0].content[0].text == "Let me check the weather."
+    second = client.responses.create(model="claude", tools=[RESPONSES_TOOL], input=second_step_input(output, reference_calls))
+    assert second.output_text == "tool said: 18C and sunny"
+    sent = upstream.requests[-1].body["messages"]
+    call = output[1]
+    assert sent == [
+        {"role": "user", "content": [{"type": "text", "text": "weather in Paris?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Let me check the weather."},
+                                          {"type": "tool_use", "id": call.call_id, "name": "get_weather", "input": {"location": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.call_id, "content": "18C and sunny"}]},
+    ], "the upstream receives the whole earlier turn"
+
+
+def assert_not_found(refused: openai.NotFoundError, item_id: str) -> None:
+    error = refused.body
+    assert error["type"] == "invalid_request_error" and error["param"] == "input"
+    assert error["message"] == f"Item with id '{item_id}' not found."
+
+
+def test_another_key_cannot_use_the_items(gw, client, upstream):
+    upstream.set(CLAUDE, preamble="Let me check.")
+    output = first_step(client, False)
+    other = openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY_B, max_retries=0, timeout=20)
+    with pytest.raises(openai.NotFoundError) as refused:
+        other.responses.create(model="claude", tools=[RESPONSES_TOOL], input=second_step_input(output))
+    assert_not_found(refused.value, output[0].id)
+
+
+@pytest.mark.parametrize("unkept", [{"extra_headers": {"x-litellm-enable-message-redaction": "true"}}, {"store": False}])
+def test_incognito_and_unstored_answers_keep_nothing(client, upstream, unkept):
+    upstream.set(CLAUDE, preamble="Let me check.")
+    output = first_step(client, False, **unkept)
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.responses.create(model="claude", tools=[RESPONSES_TOOL], input=second_step_input(output))
+    assert_not_found(refused.value, output[0].id)
+
+
+def test_an_unknown_item_is_answered_as_openai_does(client, upstream):
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.responses.create(model="claude", input=[{"type": "item_reference", "id": "msg_never_issued"}, {"role": "user", "content": "hi"}])
+    assert_not_found(refused.value, "msg_never_issued")
+    assert upstream.requests == [], "nothing reached the upstream"
+
+
 # -- schemas Anthropic cannot enforce ----------------------------------------------------------
 
 
@@ -133,6 +213,18 @@ def test_responses_text_format_and_strict_tools_reach_anthropic_enforceable(clie
     assert called.output[0].type == "function_call"
     sent = upstream.requests[-1].body["tools"][0]
     assert sent["strict"] is True and sent["input_schema"]["properties"]["location"] == {"type": "string", "description": '{pattern: "^[A-Z]"}'}
+
+
+# -- the model the client asked for ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("asked", ["claude", "sonnet"])
+def test_responses_name_the_model_asked_for(client, upstream, asked):
+    assert client.responses.create(model=asked, input="hi").model == asked
+    with client.responses.stream(model=asked, input="hi") as stream:
+        named = {event.response.model for event in stream if hasattr(event, "response")}
+    assert named == {asked}, "created, in_progress and completed all name it"
+    assert upstream.requests[-1].body["model"] == CLAUDE
 
 
 # -- the mock calls tools --------------------------------------------------------------------
@@ -266,6 +358,21 @@ def test_output_config_becomes_response_format():
     assert "response_format" not in messages.to_chat({"model": "m", "messages": [], "output_config": {"effort": "high"}})
 
 
+async def test_kept_items_are_compact_and_under_the_callers_key(gw, client, upstream):
+    upstream.set(CLAUDE, preamble="A private preamble.")
+    text, call = first_step(client, False)
+    store = open_store({"backend": "disk", "path": str(gw.log_path.parent / "state")})
+    try:
+        kept_text = await store.get(f"items:alice:{text.id}")
+        kept_call = await store.get(f"items:alice:{call.id}")
+        assert await store.get(f"items:bob:{text.id}") is None
+    finally:
+        await store.close()
+    assert json.loads(kept_text) == {"type": "message", "role": "assistant", "content": "A private preamble."}
+    assert json.loads(kept_call) == {"type": "function_call", "call_id": call.call_id, "name": "get_weather", "arguments": call.arguments}
+    assert "A private preamble." not in gw.log()
+
+
 def test_claude_on_vertex_gets_the_enforceable_schema_too():
     dep = Deployment("v", "vertex", "claude-sonnet-4-5@20250929", options={"project": "p", "location": "us-east5"})
     body = {"model": "c", "messages": [{"role": "user", "content": "x"}],
@@ -273,3 +380,37 @@ def test_claude_on_vertex_gets_the_enforceable_schema_too():
     sent = json.loads(vertex.ADAPTER.chat_request(dep, body).body)
     assert sent["output_config"]["format"]["schema"]["properties"]["n"] == enforceable_schema(ZOD_INT)
     assert "minimum" not in sent["output_config"]["format"]["schema"]["properties"]["n"]
+
+
+class FlakyStore(MemoryStore):
+    """A store that fails every call while `down`."""
+
+    down = True
+
+    async def get(self, key: str) -> bytes | None:
+        if self.down:
+            raise ConnectionRefusedError("store down")
+        return await super().get(key)
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        if self.down:
+            raise ConnectionRefusedError("store down")
+        await super().set(key, value, ttl_s)
+
+
+async def test_a_store_that_fails_costs_no_answer_and_never_passes_for_not_found():
+    store = FlakyStore()
+    items = ResponseItems(store)
+    ctx = RequestContext("r1")
+    ctx.identity = {"key": "alice"}
+    issued = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "hi", "annotations": []}]}
+    await items.keep(ctx, [issued])  # does not raise: the answer goes out
+    with pytest.raises(GatewayError) as unavailable:
+        await items.recall(ctx, ["msg_1"])
+    assert unavailable.value.status == 503 and unavailable.value.body["error"]["code"] == "store_unavailable"
+    store.down = False
+    for _ in range(200):  # the backlog writes the item once the store answers again
+        if await items.recall(ctx, ["msg_1"]):
+            break
+        await asyncio.sleep(0.05)
+    assert await items.recall(ctx, ["msg_1"]) == {"msg_1": {"type": "message", "role": "assistant", "content": "hi"}}
