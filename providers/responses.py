@@ -279,7 +279,7 @@ def response_shell(request: dict, response_id: str, created_at: int, model: str 
         "reasoning": given("reasoning", {"effort": None, "summary": None}),
         "safety_identifier": request.get("safety_identifier"),
         "service_tier": "default",
-        "store": False,  # nothing is kept: GET /v1/responses/{id} will not find it
+        "store": False,  # the Response is not kept (GET /v1/responses/{id} will not find it); only its output items are, for item_reference
         "temperature": given("temperature", 1.0),
         "text": {**text, "format": text.get("format") or {"type": "text"}},
         "tool_choice": given("tool_choice", "auto"),
