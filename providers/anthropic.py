@@ -7,6 +7,11 @@ Choices where the two formats do not line up:
   temperature, as current Claude models reject the two together.
 - `response_format` json_schema becomes `output_config.format` (structured outputs);
   json_object has no Anthropic equivalent, so the system prompt asks for bare JSON.
+- Schemas Anthropic enforces (output formats and strict tools) are rewritten as its own
+  SDKs' `transform_schema` does: keywords it cannot enforce (`minimum`, `maxLength`,
+  `pattern`, unknown string formats, `minItems` above 1, ...) move into the schema's
+  `description` for the model to read, objects get `additionalProperties: false`, and
+  `oneOf` becomes `anyOf`. Non-strict tools' schemas are sent as they are.
 - Thinking blocks in answers become a `reasoning_content` field (as DeepSeek's API and
   LiteLLM name it); OpenAI clients that do not know it ignore it.
 - `reasoning_effort`, penalties, `seed`, `logit_bias` and other OpenAI-only fields are
@@ -92,7 +97,7 @@ def request_to_anthropic(body: dict, model: str, default_max_tokens: int = DEFAU
         system.append({"type": "text", "text": JSON_OBJECT_INSTRUCTION})
     elif response_format.get("type") == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
-        out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        out["output_config"] = {"format": {"type": "json_schema", "schema": enforceable_schema(schema)}}
     if system:
         out["system"] = system
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -258,11 +263,69 @@ def anthropic_tool(tool: dict) -> dict:
     if tool.get("type", "function") != "function":
         raise UnsupportedRequest(f"tool type {tool.get('type')!r} is not supported for anthropic deployments", "tools")
     function = tool.get("function") or {}
-    out = {"name": function.get("name") or "", "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+    schema = function.get("parameters") or {"type": "object", "properties": {}}
+    out = {"name": function.get("name") or "", "input_schema": enforceable_schema(schema) if function.get("strict") else schema}
     if function.get("description"):
         out["description"] = function["description"]
     if function.get("strict"):
         out["strict"] = True
+    return out
+
+
+# -- schemas Anthropic enforces --------------------------------------------------------------
+
+STRING_FORMATS = frozenset({"date-time", "time", "date", "duration", "email", "hostname", "uri", "ipv4", "ipv6", "uuid"})
+# about the schema document, not its values: no constraint is lost without them
+SCHEMA_METADATA = frozenset({"$schema", "$id", "$comment"})
+
+
+def enforceable_schema(schema: object) -> object:
+    """A JSON Schema in the subset Anthropic's structured outputs accept (it answers 400
+    for any other keyword), by the rule of its own SDKs' `transform_schema`: what cannot
+    be enforced is written into the description, where the model still reads it."""
+    if not isinstance(schema, dict):
+        return schema
+    rest = {k: v for k, v in schema.items() if k not in SCHEMA_METADATA}
+    out: dict = {}
+    for defs in ("$defs", "definitions"):
+        if isinstance(rest.get(defs), dict):
+            out[defs] = {name: enforceable_schema(sub) for name, sub in rest.pop(defs).items()}
+    if "$ref" in rest:
+        out["$ref"] = rest["$ref"]
+        if "description" in rest:
+            out["description"] = rest["description"]
+        return out
+    kind = rest.pop("type", None)
+    variants = rest.pop("anyOf", None)
+    one_of = rest.pop("oneOf", None)
+    all_of = rest.pop("allOf", None)
+    if isinstance(variants, list) or isinstance(one_of, list):
+        out["anyOf"] = [enforceable_schema(v) for v in (variants if isinstance(variants, list) else one_of)]
+    elif isinstance(all_of, list):
+        out["allOf"] = [enforceable_schema(v) for v in all_of]
+    if kind is not None:
+        out["type"] = kind
+    for name in ("description", "title", "enum", "const"):
+        if name in rest:
+            out[name] = rest.pop(name)
+    kinds = set(kind) if isinstance(kind, list) else {kind}
+    if "object" in kinds:
+        properties = rest.pop("properties", None)
+        out["properties"] = {name: enforceable_schema(sub) for name, sub in properties.items()} if isinstance(properties, dict) else {}
+        rest.pop("additionalProperties", None)
+        out["additionalProperties"] = False
+        if "required" in rest:
+            out["required"] = rest.pop("required")
+    if "string" in kinds and rest.get("format") in STRING_FORMATS:
+        out["format"] = rest.pop("format")
+    if "array" in kinds:
+        if "items" in rest:
+            out["items"] = enforceable_schema(rest.pop("items"))
+        if rest.get("minItems") in (0, 1):
+            out["minItems"] = rest.pop("minItems")
+    if rest:
+        note = "{" + ", ".join(f"{key}: {orjson.dumps(value).decode()}" for key, value in rest.items()) + "}"
+        out["description"] = f"{out['description']}\n\n{note}" if out.get("description") else note
     return out
 
 

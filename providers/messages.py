@@ -22,6 +22,11 @@ Choices where the two formats do not line up:
   tools (web search, code execution...) cannot be run by another provider: refused.
 - `stop_sequences` is `stop`, `metadata.user_id` is `user`; `top_k`, `thinking`,
   `service_tier` and other Anthropic-only fields are dropped.
+- Structured outputs (`output_config.format`, or the older top-level `output_format`)
+  become `response_format` json_schema, named `output`; strict (constrained decoding
+  at OpenAI) only when the schema meets OpenAI's strict rules (every object closed with
+  `additionalProperties: false` and every property required), as Anthropic's SDKs'
+  schemas do, since OpenAI refuses a strict schema that does not.
 - `stop_reason` from `finish_reason`: stop is end_turn, length is max_tokens,
   tool_calls is tool_use, content_filter is refusal. Which stop sequence ended the
   answer is not reported by chat, so `stop_sequence` is always null.
@@ -93,10 +98,49 @@ def to_chat(body: dict) -> dict:
     if user:
         chat["user"] = str(user)
     chat.update(chat_tools(body))
+    response_format = chat_response_format(body)
+    if response_format:
+        chat["response_format"] = response_format
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
     return chat
+
+
+def chat_response_format(body: dict) -> dict | None:
+    config = body.get("output_config")
+    fmt = (config.get("format") if isinstance(config, dict) else None) or body.get("output_format")
+    if not fmt:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise UnsupportedRequest("output_config.format must be {\"type\": \"json_schema\", \"schema\": {...}}", "output_config.format")
+    schema = fmt["schema"]
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": strict_compatible(schema)}}
+
+
+def strict_compatible(schema: Any) -> bool:
+    """Whether OpenAI accepts `schema` as strict: every object in it closed and wholly required."""
+    if not isinstance(schema, dict):
+        return True
+    properties = schema.get("properties")
+    if isinstance(properties, dict) or schema.get("type") == "object":
+        properties = properties if isinstance(properties, dict) else {}
+        if schema.get("additionalProperties") is not False or set(schema.get("required") or ()) != set(properties):
+            return False
+    return all(map(strict_compatible, subschemas(schema)))
+
+
+def subschemas(schema: dict) -> list:
+    found = list((schema.get("properties") or {}).values()) if isinstance(schema.get("properties"), dict) else []
+    for defs in ("$defs", "definitions"):
+        if isinstance(schema.get(defs), dict):
+            found.extend(schema[defs].values())
+    for variants in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if isinstance(schema.get(variants), list):
+            found.extend(schema[variants])
+    items = schema.get("items")
+    found.extend(items if isinstance(items, list) else [items])
+    return found
 
 
 def blocks_text(blocks: Any) -> list[str]:

@@ -1,7 +1,13 @@
 """The built-in mock provider: an OpenAI-compatible upstream that lives in-process.
 
 It answers chat, legacy completions and embeddings with a deterministic echo and real
-usage, so the whole gateway can be tried without a provider key or a network; and the
+usage, so the whole gateway can be tried without a provider key or a network. Offered
+function tools, chat calls one as a model would (streamed or not, and so through the
+Responses and Messages translations too): `tool_choice` none answers text, a named
+function or `required` always calls, `auto` calls unless the conversation ends with
+tool results, which it then answers with ("mock: get_weather returned 18C"). The call
+is the tool the last user message names, else the first offered, with arguments made
+to be valid against its JSON Schema (`example`). The mock also serves the
 other endpoints in their real shapes: rerank (by the query words a document holds),
 images (a 1x1 PNG, DALL-E style: no token usage), transcriptions and translations (a
 transcript naming the upload, its duration as a 16 kHz 16-bit recording), speech (audio
@@ -13,17 +19,16 @@ answered 500, for trying fallbacks and cooldowns).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import math
 import random
+import struct
 import time
 import uuid
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import orjson
-
-import base64
-import struct
-from typing import Any
 
 from lockgate.providers import rerank
 from lockgate.providers.base import Deployment, UnsupportedRequest, UpstreamRequest, text_of, usage_dict
@@ -34,6 +39,9 @@ from lockgate.providers.tokens import prompt_tokens, text_tokens
 
 
 def reply_text(body: dict) -> str:
+    results = tool_results(body.get("messages") or [])
+    if results:
+        return "mock: " + "; ".join(f"{name} returned {text}" for name, text in results)
     for message in reversed(body.get("messages") or []):
         if isinstance(message, dict) and message.get("role") == "user":
             return "mock: " + text_of(message.get("content"))
@@ -41,6 +49,164 @@ def reply_text(body: dict) -> str:
     if isinstance(prompt, list):
         prompt = " ".join(str(p) for p in prompt)
     return "mock: " + str(prompt or "")
+
+
+def tool_results(messages: list) -> list[tuple[str, str]]:
+    """The tool results the conversation ends with, each with the name of its call."""
+    names = {
+        call.get("id"): (call.get("function") or {}).get("name") or "tool"
+        for message in messages
+        if isinstance(message, dict) and message.get("role") == "assistant"
+        for call in message.get("tool_calls") or ()
+        if isinstance(call, dict)
+    }
+    results: list[tuple[str, str]] = []
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "tool":
+            break
+        results.insert(0, (names.get(message.get("tool_call_id"), "tool"), text_of(message.get("content"))))
+    return results
+
+
+def tool_call(body: dict) -> dict | None:
+    """The call a model makes to the tools offered, as `tool_choice` allows; None: it answers text."""
+    tools = [t.get("function") or {} for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
+    choice = body.get("tool_choice") or "auto"
+    forced = choice == "required"
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        wanted = (choice.get("function") or {}).get("name")
+        tools, forced = [t for t in tools if t.get("name") == wanted], True
+    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools") or {}
+        names = {(t.get("function") or {}).get("name") for t in allowed.get("tools") or () if isinstance(t, dict)}
+        tools, forced = [t for t in tools if t.get("name") in names], allowed.get("mode") == "required"
+    if not tools or choice == "none" or (tool_results(body.get("messages") or []) and not forced):
+        return None
+    asked = last_user_text(body.get("messages") or []).lower()
+    tool = next((t for t in tools if t.get("name") and str(t["name"]).lower() in asked), tools[0])
+    arguments = example(tool.get("parameters") or {"type": "object", "properties": {}})
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": tool.get("name") or "", "arguments": orjson.dumps(arguments).decode()}}
+
+
+def last_user_text(messages: list) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return text_of(message.get("content"))
+    return ""
+
+
+STRING_FORMATS = {
+    "date-time": "2025-01-01T12:00:00Z",
+    "date": "2025-01-01",
+    "time": "12:00:00Z",
+    "duration": "PT1H",
+    "email": "mock@example.com",
+    "hostname": "example.com",
+    "uri": "https://example.com/mock",
+    "url": "https://example.com/mock",
+    "ipv4": "127.0.0.1",
+    "ipv6": "::1",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+MAX_DEPTH = 8  # a recursive schema is written out this deep, then cut to what it requires
+
+
+def example(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """A value valid against a JSON Schema, as a model constrained by it would write: the
+    first of an enum, numbers inside their bounds, every property of an object (only the
+    required ones past MAX_DEPTH), one item in an array unless it needs more."""
+    if not isinstance(schema, dict) or depth > 4 * MAX_DEPTH:  # past that, a schema that requires itself
+        return "mock"
+    root = schema if root is None else root
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part) if isinstance(target, dict) else None
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        return example({**(target if isinstance(target, dict) else {}), **rest}, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    if isinstance(schema.get("allOf"), list):
+        merged = {k: v for k, v in schema.items() if k != "allOf"}
+        for part in schema["allOf"]:
+            part = part if isinstance(part, dict) else {}
+            merged = {**merged, **part, "properties": {**merged.get("properties", {}), **part.get("properties", {})},
+                      "required": [*merged.get("required", []), *part.get("required", [])]}
+        return example(merged, root, depth)
+    variants = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(variants, list) and variants:
+        chosen = next((v for v in variants if isinstance(v, dict) and v.get("type") != "null"), variants[0])
+        return example({**{k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}, **chosen}, root, depth)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    if kind == "object":
+        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        required = set(schema.get("required") or ())
+        names = [n for n in properties if depth < MAX_DEPTH or n in required]
+        return {name: example(properties[name], root, depth + 1) for name in names}
+    if kind == "array":
+        items = schema.get("items")
+        count = max(int(schema.get("minItems") or 0), 1 if depth < MAX_DEPTH else 0)
+        count = min(count, int(schema.get("maxItems", count)))
+        if isinstance(items, list):  # a tuple: each place its own schema
+            return [example(item, root, depth + 1) for item in items]
+        return [example(items, root, depth + 1) for _ in range(count)]
+    if kind in ("integer", "number"):
+        return number(schema, kind == "integer")
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return string(schema)
+
+
+def number(schema: dict, integer: bool) -> int | float:
+    """A value inside the schema's bounds (1 when it has none), a multiple of `multipleOf`."""
+    lows = [v for v in (schema.get("minimum"), schema.get("exclusiveMinimum")) if numeric(v)]
+    highs = [v for v in (schema.get("maximum"), schema.get("exclusiveMaximum")) if numeric(v)]
+    if integer:
+        low, high = integer_bounds(schema)
+        value: float = min(max(1, low), high)
+    elif lows and highs:
+        value = (max(lows) + min(highs)) / 2  # inside, whichever of them are exclusive
+    else:
+        value = max(lows) + 1 if lows else min(highs) - 1 if highs else 1
+    multiple = schema.get("multipleOf")
+    if numeric(multiple) and multiple > 0:
+        value = math.ceil(value / multiple) * multiple
+        if highs and value > min(highs):
+            value -= multiple
+    return int(value) if integer else value
+
+
+def integer_bounds(schema: dict) -> tuple[float, float]:
+    low, high = -math.inf, math.inf
+    if numeric(schema.get("minimum")):
+        low = math.ceil(schema["minimum"])
+    if numeric(schema.get("exclusiveMinimum")):
+        low = max(low, math.floor(schema["exclusiveMinimum"]) + 1)
+    if numeric(schema.get("maximum")):
+        high = math.floor(schema["maximum"])
+    if numeric(schema.get("exclusiveMaximum")):
+        high = min(high, math.ceil(schema["exclusiveMaximum"]) - 1)
+    return low, high
+
+
+def numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def string(schema: dict) -> str:
+    text = STRING_FORMATS.get(str(schema.get("format")), "mock")
+    low = int(schema.get("minLength") or 0)
+    text = text + "x" * max(0, low - len(text))
+    return text[: int(schema["maxLength"])] if isinstance(schema.get("maxLength"), int) else text
 
 
 def pieces(text: str) -> list[str]:
@@ -59,12 +225,16 @@ async def paced(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 def chat(body: dict, model: str) -> tuple[int, AsyncIterator[bytes]]:
-    text = reply_text(body)
-    usage = usage_dict(prompt_tokens(body), text_tokens(text))
+    call = tool_call(body)
+    text = None if call else reply_text(body)
+    usage = usage_dict(prompt_tokens(body), text_tokens(call["function"]["arguments"] if call else text or ""))
+    finish = "tool_calls" if call else "stop"
     cid, created = "chatcmpl-mock" + uuid.uuid4().hex[:16], int(time.time())
     if not body.get("stream"):
-        message = {"role": "assistant", "content": text, "refusal": None}
-        choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+        message: dict = {"role": "assistant", "content": text, "refusal": None}
+        if call:
+            message["tool_calls"] = [call]
+        choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
         answer = {"id": cid, "object": "chat.completion", "created": created, "model": model, "choices": [choice], "usage": usage}
         return 200, once(orjson.dumps(answer))
     base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
@@ -72,9 +242,15 @@ def chat(body: dict, model: str) -> tuple[int, AsyncIterator[bytes]]:
     def chunk(delta: dict, finish: str | None = None) -> bytes:
         return encode_data({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
 
-    chunks = [chunk({"role": "assistant", "content": ""})]
-    chunks += [chunk({"content": p}) for p in pieces(text)]
-    chunks.append(chunk({}, "stop"))
+    chunks = [chunk({"role": "assistant", "content": None if call else ""})]
+    if call:
+        # as OpenAI streams a call: its id and name first, then the arguments in pieces
+        arguments = call["function"]["arguments"]
+        chunks.append(chunk({"tool_calls": [{"index": 0, **call, "function": {"name": call["function"]["name"], "arguments": ""}}]}))
+        chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[i : i + 16]}}]}) for i in range(0, len(arguments), 16)]
+    else:
+        chunks += [chunk({"content": p}) for p in pieces(text or "")]
+    chunks.append(chunk({}, finish))
     chunks.append(encode_data({**base, "choices": [], "usage": usage}))
     chunks.append(DONE)
     return 200, paced(chunks)

@@ -5,17 +5,22 @@ adapter, and the adapter's `chat.completion` (or stream of `chat.completion.chun
 becomes a Response object (or the Responses event stream) again. OpenAI and Azure
 serve /v1/responses natively; for them only the usage helpers at the bottom apply.
 
-The gateway keeps no state, so anything that needs a stored response, conversation,
-prompt or file at OpenAI is refused with `UnsupportedRequest` rather than ignored.
+Anything that needs a stored response, conversation, prompt or file at OpenAI is
+refused with `UnsupportedRequest` rather than ignored. The one stored state clients
+rely on by default is kept: the output items lockgate itself issued (`kept_item`), which
+the proxy holds briefly per caller so a later `item_reference` to one of them (the
+Vercel AI SDK sends those for earlier answers' text) resolves to it; a reference to an
+item lockgate does not hold raises `UnknownItem` (OpenAI's 404).
 Function tools are echoed with every field the spec requires; `strict` says whether
 the translated call was strict (only when the client asked: OpenAI's own default of
-true cannot be promised by every provider behind the chat translation).
+true cannot be promised by every provider behind the chat translation). `model` is the
+model the request named, never the deployment's own (often dated) model name.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Mapping
 
 from lockgate.providers.base import UnsupportedRequest, now, text_of, usage_dict
 from lockgate.providers.sse import encode_event
@@ -38,16 +43,25 @@ INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_
 TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
 
+class UnknownItem(Exception):
+    """An `item_reference` to an item lockgate does not hold (unknown, expired, or another caller's)."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(item_id)
+        self.item_id = item_id
+
+
 # -- request ---------------------------------------------------------------------
 
 
-def to_chat(body: dict) -> dict:
-    """A Responses request as a chat-completions request. Unknown fields are dropped."""
+def to_chat(body: dict, items: Mapping[str, dict] | None = None) -> dict:
+    """A Responses request as a chat-completions request, `item_reference`s resolved
+    from `items` (id -> kept item). Unknown fields are dropped."""
     for field, message in STATEFUL.items():
         if body.get(field):
             raise UnsupportedRequest(message, param=field)
     messages = [{"role": "system", "content": body["instructions"]}] if body.get("instructions") else []
-    messages.extend(input_messages(body.get("input")))
+    messages.extend(input_messages(body.get("input"), items or {}))
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     for name in SAME_SETTINGS:
         if body.get(name) is not None:
@@ -71,13 +85,23 @@ def to_chat(body: dict) -> dict:
     return chat
 
 
-def input_messages(input_: Any) -> list[dict]:
+def referenced_ids(body: dict) -> list[str]:
+    """The ids the request's `item_reference` input items name."""
+    input_ = body.get("input")
+    if not isinstance(input_, list):
+        return []
+    return [item["id"] for item in input_ if isinstance(item, dict) and item.get("type") == "item_reference" and isinstance(item.get("id"), str)]
+
+
+def input_messages(input_: Any, items: Mapping[str, dict]) -> list[dict]:
     if input_ is None:
         return []
     if isinstance(input_, str):
         return [{"role": "user", "content": input_}]
     messages: list[dict] = []
     for item in input_:
+        if item.get("type") == "item_reference":
+            item = referenced(item, items)
         kind = item.get("type", "message")
         if kind == "message":
             messages.append(chat_message(item))
@@ -89,6 +113,25 @@ def input_messages(input_: Any) -> list[dict]:
             # reasoning items are OpenAI's own state and mean nothing to another model
             raise UnsupportedRequest(f"input items of type {kind!r} cannot be sent to this model", param="input")
     return messages
+
+
+def referenced(reference: dict, items: Mapping[str, dict]) -> dict:
+    item_id = reference.get("id")
+    if not isinstance(item_id, str) or not item_id:
+        raise UnsupportedRequest("an item_reference must name the item's id", param="input")
+    if item_id not in items:
+        raise UnknownItem(item_id)
+    return items[item_id]
+
+
+def kept_item(item: dict) -> dict | None:
+    """An output item as it is kept for a later `item_reference`: only what replaying it
+    as input needs (what the client would have sent in its place), None for the rest."""
+    if item.get("type") == "message":
+        return {"type": "message", "role": "assistant", "content": assistant_text(item.get("content"))}
+    if item.get("type") == "function_call":
+        return {"type": "function_call", "call_id": item["call_id"], "name": item["name"], "arguments": item.get("arguments") or ""}
+    return None
 
 
 def chat_message(item: dict) -> dict:
@@ -204,7 +247,7 @@ def from_chat(chat: dict, request: dict) -> dict:
         item = function_call_item(call.get("id") or new_call_id(), function.get("name", ""), "completed")
         item["arguments"] = function.get("arguments") or ""
         output.append(item)
-    shell = response_shell(request, new_id("resp"), chat.get("created") or now(), chat.get("model") or request.get("model"))
+    shell = response_shell(request, new_id("resp"), chat.get("created") or now(), request.get("model") or chat.get("model"))
     return finished(shell, output, reason, usage_from_chat(chat.get("usage")))
 
 
@@ -236,7 +279,7 @@ def response_shell(request: dict, response_id: str, created_at: int, model: str 
         "reasoning": given("reasoning", {"effort": None, "summary": None}),
         "safety_identifier": request.get("safety_identifier"),
         "service_tier": "default",
-        "store": False,  # nothing is kept: GET /v1/responses/{id} will not find it
+        "store": False,  # the Response is not kept (GET /v1/responses/{id} will not find it); only its output items are, for item_reference
         "temperature": given("temperature", 1.0),
         "text": {**text, "format": text.get("format") or {"type": "text"}},
         "tool_choice": given("tool_choice", "auto"),
@@ -364,10 +407,20 @@ class ResponsesStream:
         self._finish_reason: str | None = None
         self._usage: dict | None = None
 
+    @property
+    def done(self) -> bool:
+        """Whether the stream's last event (completed, incomplete or failed) was made."""
+        return self._done
+
+    @property
+    def output(self) -> list[dict]:
+        """The output items issued so far."""
+        return self._output
+
     def feed(self, chunk: dict) -> list[bytes]:
         if self._done:
             return []
-        events = self._start(chunk.get("model"))
+        events = self._start()
         if "error" in chunk:
             return events + self._fail(chunk["error"] or {})
         if chunk.get("usage"):
@@ -387,7 +440,7 @@ class ResponsesStream:
             return []
         self._done = True
         reason = INCOMPLETE_REASONS.get(self._finish_reason or "")
-        events = self._start(None) + self._close("incomplete" if reason else "completed")
+        events = self._start() + self._close("incomplete" if reason else "completed")
         response = finished(self._shell, self._output, reason, usage_from_chat(usage or self._usage))
         events.append(self._event("response.incomplete" if reason else "response.completed", response=response))
         return events
@@ -397,12 +450,10 @@ class ResponsesStream:
         self._sequence += 1
         return encode_event(type_, payload)
 
-    def _start(self, model: str | None) -> list[bytes]:
+    def _start(self) -> list[bytes]:
         if self._started:
             return []
         self._started = True
-        if model:
-            self._shell["model"] = model
         return [self._event("response.created", response=self._shell), self._event("response.in_progress", response=self._shell)]
 
     def _add(self, item: dict) -> bytes:

@@ -169,7 +169,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         raise ConfigError(problems)
     cooldowns = SharedCooldowns(store, deployment_ids(config))
     router = Router(dict(config.models), cooldowns)
-    gateway = Gateway(config, router, upstream)
+    gateway = Gateway(config, router, upstream, store)
     admin = Admin(store)
 
     def swap_models(edited: GatewayConfig) -> None:

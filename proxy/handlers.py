@@ -8,6 +8,7 @@ upstream produces them, with nothing in between to buffer them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from fnmatch import fnmatchcase
 from typing import AsyncIterator, Awaitable, Callable
@@ -25,11 +26,13 @@ from lockgate.proxy.config import GatewayConfig
 from lockgate.proxy.context import RequestContext, get_context, load_json
 from lockgate.proxy.endpoints import AUDIO_IN, IMAGES, MULTIPART
 from lockgate.proxy.errors import GatewayError, bad_request, model_not_found, send_error, send_json
+from lockgate.proxy.items import ResponseItems
 from lockgate.proxy.access import log_internal_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.realtime import Realtime
 from lockgate.proxy.router import Balancer, Router, sticky_key
 from lockgate.proxy.secrets import Secrets
+from lockgate.proxy.store import Store
 from lockgate.proxy.upstream import (
     UpstreamBroken,
     UpstreamClient,
@@ -150,10 +153,11 @@ def response_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
 class Gateway:
     """Holds what every request needs: the config, the router and the upstream client."""
 
-    def __init__(self, config: GatewayConfig, router: Router, client: UpstreamClient) -> None:
+    def __init__(self, config: GatewayConfig, router: Router, client: UpstreamClient, store: Store) -> None:
         self.config = config
         self.router = router
         self.client = client
+        self.items = ResponseItems(store)
         self.secrets = Secrets(d for m in config.models.values() for d in m.deployments)
         self.realtime = Realtime(self)
 
@@ -377,9 +381,13 @@ class Gateway:
         body = ctx.body
         key = sticky_key(body) if balancer.model.balance == "sticky" else ""
         candidates = balancer.order(key)
+        references: dict[str, dict] | None = None
         for attempt, dep in enumerate(candidates[:2]):
             adapter = ADAPTERS[dep.provider]
-            mode, request = self._build(kind, adapter, dep, body, scope, ctx)
+            if kind == "responses" and not adapter.supports_responses and references is None:
+                # read once, and only for a deployment that cannot resolve them itself
+                references = await self.items.recall(ctx, responses.referenced_ids(body))
+            mode, request = self._build(kind, adapter, dep, body, scope, ctx, references)
             if mode == "local":
                 # answered by lockgate itself (a token count): no upstream, no verdict on the deployment
                 ctx.deployment = dep.id
@@ -428,10 +436,11 @@ class Gateway:
                 balancer.finished(dep, ok=ok or upstream.status not in COOLDOWN_STATUSES, latency_s=first_byte_s if ok else None)
             return
 
-    def _build(self, kind: str, adapter: Adapter, dep: Deployment, body: dict, scope: Scope, ctx: RequestContext):
+    def _build(self, kind: str, adapter: Adapter, dep: Deployment, body: dict, scope: Scope, ctx: RequestContext, references: dict[str, dict] | None = None):
         """The upstream request and how its answer is read: `native` (OpenAI-format
         passthrough), `chat` (the adapter's chat translation), or `responses`
-        (chat translation wrapped in the Responses format)."""
+        (chat translation wrapped in the Responses format, `references` the kept items
+        its `item_reference`s may name)."""
         try:
             if kind == "chat":
                 return "chat", adapter.chat_request(dep, body)
@@ -444,7 +453,7 @@ class Gateway:
             if kind == "responses":
                 if adapter.supports_responses:
                     return "native", self._with_client_headers(adapter.passthrough_request(dep, "responses", body), scope, kind)
-                chat_body = responses.to_chat(body)
+                chat_body = responses.to_chat(body, references)
                 return "responses", adapter.chat_request(dep, chat_body)
             if kind == "messages":
                 if adapter.native_messages(dep):
@@ -460,6 +469,9 @@ class Gateway:
                 return "media", adapter.media_request(dep, kind, body, ctx.form)
         except UnsupportedRequest as exc:
             raise bad_request(exc.message, exc.param, "unsupported_request") from None
+        except responses.UnknownItem as exc:
+            # OpenAI's own answer to a reference it does not hold
+            raise GatewayError(404, f"Item with id '{exc.item_id}' not found.", "invalid_request_error", None, "input") from None
         except TRANSLATION_ERRORS as exc:
             # a shape the translation cannot read (a number where a list of parts belongs):
             # the client's request is at fault, and is told so without Python's words
@@ -508,7 +520,9 @@ class Gateway:
             elif mode == "responses":
                 chat = adapter.chat_response(dep, data)
                 ctx.usage = chat.get("usage")
-                answer = responses.from_chat(chat, ctx.body)
+                answer = responses.from_chat(chat, as_asked(ctx))
+                if self.items.keeps(scope, ctx.body):
+                    await self.items.keep(ctx, answer["output"])
             elif mode == "embeddings":
                 answer = adapter.embeddings_response(dep, data, ctx.body)
                 ctx.usage = answer.get("usage")
@@ -518,7 +532,7 @@ class Gateway:
             elif mode == "messages":
                 chat = adapter.chat_response(dep, data)
                 ctx.usage = chat.get("usage")
-                answer = messages.from_chat(chat, ctx.body)
+                answer = messages.from_chat(chat, as_asked(ctx))
             elif mode == "rerank":
                 answer = self._translated(ctx, dep, lambda: adapter.rerank_response(dep, data, ctx.body))
                 ctx.usage = rerank_usage(answer)
@@ -530,7 +544,7 @@ class Gateway:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": payload})
             return True
-        return await self._stream(receive, send, ctx, kind, mode, adapter, dep, upstream)
+        return await self._stream(receive, send, ctx, kind, mode, adapter, dep, upstream, mode == "responses" and self.items.keeps(scope, ctx.body))
 
     @staticmethod
     async def _read(upstream: UpstreamResponse, max_bytes: int) -> bytes:
@@ -539,15 +553,18 @@ class Gateway:
         except UpstreamError as exc:
             raise upstream_failure(exc) from None
 
-    async def _stream(self, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
+    async def _stream(self, receive, send, ctx, kind, mode, adapter, dep, upstream, keep_items: bool = False) -> bool:
         include_usage = usage_requested(ctx.body)
         pump: AsyncIterator[bytes]
         if mode == "native":
             pump = self._native_events(ctx, kind, adapter, upstream)
         elif mode == "messages":
-            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), messages.MessagesStream(ctx.body), upstream)
+            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), messages.MessagesStream(as_asked(ctx)), upstream)
         elif mode == "responses":
-            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), responses.ResponsesStream(ctx.body), upstream)
+            translator = responses.ResponsesStream(as_asked(ctx))
+            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), translator, upstream)
+            if keep_items:
+                pump = self._keeping_items(ctx, translator, pump)
         else:
             pump = self._chat_events(ctx, adapter.chat_stream(dep, include_usage), upstream)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + response_headers(ctx)})
@@ -619,6 +636,16 @@ class Gateway:
             yield b"".join(translator.feed(self._garbled(ctx, exc).body))
         finally:
             ctx.usage = usage_or_estimate(ctx, stream.usage, sent)
+
+    async def _keeping_items(self, ctx: RequestContext, translator: responses.ResponsesStream, pump: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The stream, its output items kept before the piece that ends it goes out."""
+        kept = False
+        async with contextlib.aclosing(pump):  # closed with this one, so its own cleanup runs then
+            async for piece in pump:
+                if translator.done and not kept:
+                    kept = True
+                    await self.items.keep(ctx, translator.output)
+                yield piece
 
     def _scrubbed(self, chunk: dict) -> dict:
         """An upstream's in-stream error, scrubbed of the gateway's secrets."""
@@ -713,6 +740,14 @@ TRANSLATION_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexErro
 # belongs, a string where a list does): the stream ends with an error event, not silently
 STREAM_GARBAGE = (SSEError, TypeError, ValueError, KeyError, AttributeError, IndexError)
 MAX_ERROR_BYTES = 1024 * 1024  # an upstream's error answer read past this is cut off
+
+
+def as_asked(ctx: RequestContext) -> dict:
+    """The request as the client sent it to the translations that answer in its format:
+    their answer names the model the client asked for, not an alias's target nor the
+    deployment's own (often dated) model name."""
+    asked = ctx.model_requested
+    return ctx.body if not asked or asked == ctx.body.get("model") else {**ctx.body, "model": asked}
 
 
 def usage_or_estimate(ctx: RequestContext, usage: object, sent: int) -> dict:

@@ -165,8 +165,8 @@ def test_tools_translate():
     out = translated({"messages": [user("x")], "tools": [TOOL, bare]})
     assert out["tools"] == [
         {"name": "weather", "description": "Weather now", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
-        {"name": "now", "input_schema": {"type": "object", "properties": {}}, "strict": True},
-    ]
+        {"name": "now", "input_schema": {"type": "object", "properties": {}, "additionalProperties": False}, "strict": True},
+    ], "a strict tool's schema is closed, as Anthropic requires; a non-strict one is sent as it is"
     assert "tool_choice" not in out
 
 

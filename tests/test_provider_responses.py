@@ -13,7 +13,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 
 from lockgate.providers import responses
 from lockgate.providers.base import UnsupportedRequest, chunk, usage_chunk, usage_dict
-from lockgate.providers.responses import ResponsesStream, from_chat, to_chat
+from lockgate.providers.responses import ResponsesStream, UnknownItem, from_chat, referenced_ids, to_chat
 from lockgate.providers.sse import SSEDecoder
 from tests.fakes.upstream import FakeUpstream, count_tokens
 
@@ -113,9 +113,18 @@ def test_function_calls_merge_into_the_assistant_turn_and_outputs_become_tool_me
     ]
 
 
-def test_items_that_need_stored_state_are_refused() -> None:
+def test_item_references_resolve_to_kept_items_and_unknown_ones_are_named() -> None:
+    kept = {"msg_1": {"type": "message", "role": "assistant", "content": "Checking."}}
+    body = {"model": "m", "input": [{"role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_1"},
+                                     {"type": "function_call", "id": "fc_1", "call_id": "call_a", "name": "f", "arguments": "{}"}]}
+    assert referenced_ids(body) == ["msg_1"]
+    assert to_chat(body, kept)["messages"][1] == {"role": "assistant", "content": "Checking.", "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    with pytest.raises(UnknownItem) as unknown:
+        to_chat(body)
+    assert unknown.value.item_id == "msg_1"
     with pytest.raises(UnsupportedRequest, match="item_reference"):
-        to_chat({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]})
+        to_chat({"model": "m", "input": [{"type": "item_reference"}]})
 
 
 def test_function_tools_become_chat_tools() -> None:

@@ -1,6 +1,7 @@
 """The fake upstream's Gemini API: generateContent, streamGenerateContent (alt=sse, as
 Google sends it: `data: {...}` events ending in CRLF CRLF), embedContent and
-batchEmbedContents, with errors in Google's `{"error": {code, message, status}}` shape."""
+batchEmbedContents, with errors in Google's `{"error": {code, message, status}}` shape.
+A `responseSchema` is answered with JSON valid against it, as controlled generation is."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from lockgate.providers.mock import example
 from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
 
 GOOGLE_STATUS = {
@@ -62,10 +64,22 @@ def answer_part(body: dict, b: Behaviour) -> dict:
     declarations = [d for tool in body.get("tools") or () for d in tool.get("functionDeclarations") or ()]
     if declarations:
         return {"functionCall": {"name": declarations[0]["name"], "args": b.tool_args}}
+    schema = (body.get("generationConfig") or {}).get("responseSchema")
+    if schema is not None:
+        return {"text": orjson.dumps(example(json_schema(schema))).decode()}
     if b.reply is not None:
         return {"text": b.reply}
     users = [c for c in contents if c.get("role") == "user"]
     return {"text": "echo: " + (texts(users[-1]) if users else "")}
+
+
+def json_schema(schema: object) -> object:
+    """Gemini's Schema (OpenAPI types in capitals) read as the JSON Schema it stands for."""
+    if isinstance(schema, list):
+        return [json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: v.lower() if k == "type" and isinstance(v, str) else json_schema(v) for k, v in schema.items()}
 
 
 def usage(prompt: int, completion: int | None) -> dict:

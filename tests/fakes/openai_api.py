@@ -1,5 +1,7 @@
 """The fake upstream's OpenAI chat, completions and embeddings endpoints, also served
-under Azure's deployment paths (where the deployment name stands in for the model)."""
+under Azure's deployment paths (where the deployment name stands in for the model).
+A `response_format` json_schema is answered with JSON valid against the schema, as
+structured outputs are; any other request with prose."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import base64
 import time
 import uuid
 
+import orjson
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from lockgate.providers.mock import example
 from lockgate.providers.sse import DONE, encode_data
 from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
 
@@ -40,15 +45,15 @@ def raw(b: Behaviour, fake: FakeUpstream, stream: bool) -> Response | None:
     return None
 
 
-def reply_for(messages: list[dict], tools: list | None, b: Behaviour) -> tuple[str | None, dict | None]:
+def reply_for(messages: list[dict], tools: list | None, b: Behaviour, response_format: dict | None = None) -> tuple[str | None, dict | None]:
     """The text to answer with, or the tool to call (name, arguments JSON)."""
     last = messages[-1] if messages else {}
     if last.get("role") == "tool":
         return "tool said: " + text(last.get("content")), None
     if tools:
-        import orjson
-
         return None, {"name": tools[0]["function"]["name"], "arguments": orjson.dumps(b.tool_args).decode()}
+    if (response_format or {}).get("type") == "json_schema":
+        return orjson.dumps(example(response_format["json_schema"].get("schema"))).decode(), None
     if b.reply is not None:
         return b.reply, None
     users = [m for m in messages if m.get("role") == "user"]
@@ -77,7 +82,7 @@ def routes(fake: FakeUpstream) -> list[Route]:
             return verbatim
         if b.status != 200:
             return openai_error(b, request)
-        content, call = reply_for(body.get("messages", []), body.get("tools"), b)
+        content, call = reply_for(body.get("messages", []), body.get("tools"), b, body.get("response_format"))
         prompt = count_tokens(body.get("messages", []))
         if b.prompt_tokens_per_char is not None:
             chars = sum(len(text(m.get("content"))) for m in body.get("messages", []))

@@ -35,6 +35,7 @@ class Behaviour:
     reply: str | None = None  # default: "echo: <last user text>"
     error_message: str = "fake upstream error"
     tool_args: dict = field(default_factory=lambda: {"location": "Paris"})
+    preamble: str | None = None  # text the answer writes before its tool call (Anthropic, as Claude often does)
     # faults a hostile or broken upstream shows (OpenAI endpoints)
     raw_stream: list[bytes] | None = None  # a stream of exactly these pieces instead of a real one
     raw_answer: bytes | None = None  # a non-streamed answer of exactly these bytes (with raw_headers)
