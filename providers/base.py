@@ -166,6 +166,11 @@ class Adapter:
         """`body` is the client's request (its encoding_format, the inputs to count)."""
         raise NotImplementedError
 
+    def embeds_one_input_per_call(self, dep: Deployment) -> bool:
+        """Whether the upstream embeds one input per call (Titan on Bedrock): the proxy then
+        sends an `embeddings_request` per input and answers with them as one list."""
+        return False
+
     def passthrough_request(self, dep: Deployment, path: str, body: dict) -> UpstreamRequest:
         """A request in the upstream's own format (completions, responses, messages)."""
         raise UnsupportedRequest(f"provider {self.name} does not serve {path}")

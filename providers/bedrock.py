@@ -21,7 +21,8 @@ Choices where the two formats do not line up:
 - Anthropic-style `cache_control` on a content part becomes a `cachePoint` after it.
 - Reasoning blocks become `reasoning_content`; cache reads and writes are priced
   as such (Converse counts them apart from `inputTokens`, like Anthropic).
-- Embeddings: Titan embeds one text per call, so a Titan request takes one input;
+- Embeddings: Titan's InvokeModel takes one `inputText`, so the proxy sends a Titan
+  request of several inputs as one call per input and answers them as one list;
   Cohere-on-Bedrock takes a batch. Neither reports tokens for every model, so a
   missing count is estimated from the text.
 """
@@ -410,7 +411,7 @@ def invoke_body(dep: Deployment, body: dict) -> dict:
     if is_cohere(dep.model):
         return {"texts": texts, "input_type": body.get("input_type") or "search_document"}
     if len(texts) > 1:
-        raise UnsupportedRequest("Titan embeds one text per request: send one input (or use a Cohere embedding model on Bedrock for batches)", "input")
+        raise UnsupportedRequest("Titan embeds one text per call", "input")
     out: dict = {"inputText": texts[0]}
     if body.get("dimensions"):
         out["dimensions"] = body["dimensions"]
@@ -499,6 +500,9 @@ class BedrockAdapter(Adapter):
 
     def embeddings_response(self, dep: Deployment, data: dict, body: dict | None = None) -> dict:
         return embeddings_list(dep, data, body)
+
+    def embeds_one_input_per_call(self, dep: Deployment) -> bool:
+        return not is_cohere(dep.model)
 
     def error(self, status: int, body: bytes) -> tuple[int, dict]:
         return error_to_openai(status, body)

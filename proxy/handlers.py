@@ -16,7 +16,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, jina, messages, mock, openai, presets, responses, vertex, voyage
-from lockgate.providers.base import Adapter, CredentialsError, Deployment, UnsupportedRequest, loads_or_none, usage_requested
+from lockgate.providers.base import Adapter, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none, usage_requested
 from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.providers.usage import UsageMeter, answer_usage, delta_chars, rerank_usage
@@ -388,13 +388,11 @@ class Gateway:
             balancer.started(dep)
             started = time.perf_counter()
             try:
-                await adapter.prepare(dep, request)
+                upstream = await self._send(adapter, dep, request)
             except CredentialsError as exc:
                 balancer.finished(dep, ok=False)
                 ctx.extra["upstream_failure"] = "auth"
                 raise GatewayError(502, f"Deployment {dep.id}: {exc}", "api_error", "upstream_auth_failed") from None
-            try:
-                upstream = await self.client.send(request, dep.timeout_s)
             except UpstreamConnectError as exc:
                 ctx.upstream_s += time.perf_counter() - started
                 balancer.finished(dep, ok=False)
@@ -436,6 +434,9 @@ class Gateway:
             if kind == "chat":
                 return "chat", adapter.chat_request(dep, body)
             if kind == "embeddings":
+                inputs = body.get("input")
+                if isinstance(inputs, list) and len(inputs) > 1 and adapter.embeds_one_input_per_call(dep):
+                    return "per_input", [adapter.embeddings_request(dep, {**body, "input": item}) for item in inputs]
                 return "embeddings", adapter.embeddings_request(dep, body)
             if kind == "completions":
                 if not adapter.supports_completions:
@@ -468,6 +469,40 @@ class Gateway:
             raise bad_request(message, None, "invalid_value") from None
         raise bad_request(f"unknown endpoint kind {kind}")
 
+    async def _send(self, adapter: Adapter, dep: Deployment, request: UpstreamRequest | list[UpstreamRequest]) -> UpstreamResponse:
+        """The request signed (or given its token) and sent; a list, one call per input."""
+        if isinstance(request, list):
+            return await self._send_each(adapter, dep, request)
+        await adapter.prepare(dep, request)
+        return await self.client.send(request, dep.timeout_s)
+
+    async def _send_each(self, adapter: Adapter, dep: Deployment, requests: list[UpstreamRequest]) -> UpstreamResponse:
+        """Calls of one input each, PER_INPUT_CONCURRENCY at a time: their answers as one
+        JSON array in input order, or, as soon as one is refused or fails, that failure
+        alone (the calls still out are cancelled), so the request fails whole."""
+        gate = asyncio.Semaphore(PER_INPUT_CONCURRENCY)
+        limit = self.config.server.max_upstream_body_bytes
+
+        async def call(request: UpstreamRequest) -> bytes:
+            async with gate:
+                upstream = await self._send(adapter, dep, request)
+                try:
+                    if upstream.status < 400:
+                        return await upstream.read(limit)
+                    raise InputRefused(upstream.status, await error_answer(upstream))
+                finally:
+                    upstream.close()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                calls = [group.create_task(call(request)) for request in requests]
+        except BaseExceptionGroup as failed:
+            first = failed.exceptions[0]
+            if isinstance(first, InputRefused):
+                return UpstreamResponse(first.status, single(first.body))
+            raise first from None
+        return UpstreamResponse(200, single(b"[" + b",".join(c.result() for c in calls) + b"]"))
+
     @staticmethod
     def _with_client_headers(request, scope: Scope, kind: str):
         allowed = PASSTHROUGH_HEADERS.get(kind, ())
@@ -477,10 +512,7 @@ class Gateway:
         return request
 
     async def _upstream_error(self, ctx: RequestContext, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> None:
-        try:
-            raw = self.secrets.scrub(await upstream.read(MAX_ERROR_BYTES))
-        except UpstreamError:
-            raw = b""
+        raw = self.secrets.scrub(await error_answer(upstream))
         status, error = adapter.error(upstream.status, raw)
         ctx.extra["upstream_status"] = upstream.status
         if upstream.status in (401, 403):
@@ -494,13 +526,13 @@ class Gateway:
     async def _answer(self, scope, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
         if mode == "media":
             return await self._media(send, ctx, kind, upstream)
-        streaming = bool(ctx.body.get("stream")) and mode != "rerank"
+        streaming = bool(ctx.body.get("stream")) and mode not in ("rerank", "embeddings", "per_input")
         if not streaming:
             reading = time.perf_counter()
             raw = await self._read(upstream, self.config.server.max_upstream_body_bytes)
             ctx.upstream_s += time.perf_counter() - reading
             data = loads_or_none(raw)
-            if not isinstance(data, dict):
+            if not isinstance(data, list if mode == "per_input" else dict):
                 raise GatewayError(502, "The upstream answered with something that is not JSON.", "api_error", "upstream_bad_response")
             if mode == "chat":
                 answer = adapter.chat_response(dep, data)
@@ -511,6 +543,10 @@ class Gateway:
                 answer = responses.from_chat(chat, ctx.body)
             elif mode == "embeddings":
                 answer = adapter.embeddings_response(dep, data, ctx.body)
+                ctx.usage = answer.get("usage")
+            elif mode == "per_input":
+                inputs = ctx.body["input"]
+                answer = self._translated(ctx, dep, lambda: joined_embeddings([adapter.embeddings_response(dep, one, {**ctx.body, "input": item}) for one, item in zip(data, inputs)]))
                 ctx.usage = answer.get("usage")
             elif mode == "completions":
                 answer = data
@@ -707,6 +743,36 @@ class Gateway:
             ctx.usage = usage if complete else estimated_usage(ctx, sent, usage if isinstance(usage, dict) else None)
 
 
+class InputRefused(Exception):
+    """One call of a request sent one input per call was answered with an error status."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+async def error_answer(upstream: UpstreamResponse) -> bytes:
+    """An upstream's error answer; empty when it broke off or ran past MAX_ERROR_BYTES."""
+    try:
+        return await upstream.read(MAX_ERROR_BYTES)
+    except UpstreamError:
+        return b""
+
+
+async def single(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def joined_embeddings(parts: list[dict]) -> dict:
+    """Embeddings answers of one input each as the one list a batch gets: in input
+    order, indexed from 0, usage summed."""
+    items = [{**item, "index": i} for i, item in enumerate(item for part in parts for item in part["data"])]
+    tokens = sum(part["usage"]["prompt_tokens"] for part in parts)
+    return {"object": "list", "data": items, "model": parts[0]["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+PER_INPUT_CONCURRENCY = 8  # calls out at once for a request sent one input per call
 MEDIA_KINDS = frozenset({"image_generation", "image_edit", "image_variation", "transcription", "translation", "speech", "moderation"})
 TRANSLATION_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 # what an upstream's malformed stream can raise inside a translation (a number where text

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
+import asyncio
 import datetime as dt
 import secrets
 import uuid
+from dataclasses import dataclass
 
 import orjson
 from starlette.requests import Request
@@ -37,6 +39,14 @@ CONVERSE_KEYS = {
     "promptVariables", "additionalModelResponseFieldPaths", "requestMetadata", "performanceConfig",
 }
 WEB_IDENTITY_TOKEN = "eyJhbGciOiJSUzI1NiJ9.fake-service-account-token.sig"
+
+
+@dataclass
+class InvokeCalls:
+    """Titan embedding calls being answered now, and the most there were at once."""
+
+    in_flight: int = 0
+    peak: int = 0
 
 
 def aws_error(status: int, kind: str, message: str) -> Response:
@@ -101,6 +111,7 @@ def padded(payload: dict) -> bytes:
 
 def routes(fake: FakeUpstream) -> list[Route]:
     accounts = fake.aws = AwsAccounts()
+    titan = fake.titan = InvokeCalls()
 
     async def signed_body(request: Request) -> tuple[dict | None, Response | None]:
         raw = await request.body()
@@ -175,7 +186,17 @@ def routes(fake: FakeUpstream) -> list[Route]:
             )
         if not isinstance(body.get("inputText"), str) or set(body) - {"inputText", "dimensions", "normalize", "embeddingTypes"}:
             return aws_error(400, "ValidationException", "Malformed input request: #: extraneous key is not permitted")
-        return json_response({"embedding": vector_for(body["inputText"], body.get("dimensions") or 8), "inputTextTokenCount": count_tokens(body["inputText"])})
+        text = body["inputText"]
+        titan.in_flight += 1
+        titan.peak = max(titan.peak, titan.in_flight)
+        try:
+            await asyncio.sleep(b.input_latency_s.get(text, 0))
+        finally:
+            titan.in_flight -= 1
+        if text in b.input_status:
+            status = b.input_status[text]
+            return aws_error(status, EXCEPTIONS.get(status, "InternalServerException"), f"refused input {text!r}")
+        return json_response({"embedding": vector_for(text, body.get("dimensions") or 8), "inputTextTokenCount": count_tokens(text)})
 
     async def container_credentials(request: Request) -> Response:
         """What ECS / EKS Pod Identity answer at AWS_CONTAINER_CREDENTIALS_FULL_URI."""

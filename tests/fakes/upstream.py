@@ -43,6 +43,10 @@ class Behaviour:
     prompt_tokens_per_char: float | None = None  # report prompt usage as characters x this (a tokenizer's ratio)
     cache_read_tokens: int = 0  # prompt-cache reads and writes an Anthropic answer reports
     cache_write_tokens: int = 0
+    # per input text of a one-input embeddings call (Titan on Bedrock): a wait before its
+    # answer, and an error status instead of it
+    input_latency_s: dict[str, float] = field(default_factory=dict)
+    input_status: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
