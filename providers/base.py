@@ -112,7 +112,8 @@ class ChatStream:
 class EventStream(ChatStream):
     """A provider's server-sent events translated one event at a time: a subclass sets
     `_decoder` (an SSEDecoder), `_id`, `_model` and `_created`, and gives `_event(kind,
-    payload)` the chunks one JSON event makes (its `type`, else its SSE event name)."""
+    payload)` the chunks one JSON event makes (its `type`, else its SSE event name).
+    Data that is not a JSON object (an HTML error page, an event cut off) sets `error`."""
 
     def feed(self, data: bytes) -> list[dict]:
         return self._translate(self._decoder.feed(data))  # type: ignore[attr-defined]
@@ -124,8 +125,10 @@ class EventStream(ChatStream):
         out: list[dict] = []
         for event, data in events:
             payload = loads_or_none(data)
-            if isinstance(payload, dict):
-                out.extend(self._event(payload.get("type") or event, payload))
+            if not isinstance(payload, dict):
+                self.error = ValueError("the upstream sent a stream event that is not a JSON object")
+                break
+            out.extend(self._event(payload.get("type") or event, payload))
         return out
 
     def _event(self, kind: str, payload: dict) -> list[dict]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from fnmatch import fnmatchcase
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, jina, messages, mock, openai, presets, responses, vertex, voyage
-from lockgate.providers.base import Adapter, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none, usage_requested
-from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data
+from lockgate.providers.base import Adapter, ChatStream, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none, usage_requested
+from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event, encode_raw
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.providers.usage import UsageMeter, answer_usage, delta_chars, rerank_usage
 from lockgate.proxy import catalog
@@ -597,20 +597,15 @@ class Gateway:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
-    async def _chat_events(self, ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+    async def _chat_events(self, ctx: RequestContext, stream: ChatStream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         sent = 0
         try:
-            async for data in upstream.iter_bytes():
-                chunks = stream.feed(data)
-                if chunks:
-                    sent += sum(map(delta_chars, chunks))
-                    yield self._encode_chunks(chunks)
-                if stream.error is not None:
-                    raise stream.error
-            tail = stream.finish()
-            if stream.error is not None:
-                raise stream.error
-            yield self._encode_chunks(tail) + DONE
+            async for chunks in sound_chunks(stream, upstream):
+                sent += sum(map(delta_chars, chunks))
+                yield self._encode_chunks(chunks)
+            yield DONE
+        except StreamFailed as failed:
+            yield self._encode_chunks([self._failed(ctx, failed)])
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
             yield encode_data(upstream_failure(exc).body)
@@ -631,23 +626,20 @@ class Gateway:
         log.warning("upstream_stream_unreadable", request_id=ctx.request_id, error=type(exc).__name__)
         return bad_stream()
 
-    async def _translated_events(self, ctx: RequestContext, stream, translator, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+    async def _translated_events(self, ctx: RequestContext, stream: ChatStream, translator, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         """A chat adapter's chunks in another API's event stream: the Responses API's
-        (providers/responses.py) or Anthropic's (providers/messages.py)."""
+        (providers/responses.py) or Anthropic's (providers/messages.py). Its failure
+        events are the translator's: it writes no end of answer after them."""
         sent = 0
         try:
-            async for data in upstream.iter_bytes():
-                chunks = stream.feed(data)
+            async for chunks in sound_chunks(stream, upstream):
                 sent += sum(map(delta_chars, chunks))
-                out = [event for c in chunks for event in translator.feed(self._scrubbed(c))]
+                out = [event for c in chunks for event in translator.feed(c)]
                 if out:
                     yield b"".join(out)
-                if stream.error is not None:
-                    raise stream.error
-            out = [event for c in stream.finish() for event in translator.feed(self._scrubbed(c))]
-            if stream.error is not None:
-                raise stream.error
-            yield b"".join(out + translator.finish(stream.usage))
+            yield b"".join(translator.finish(stream.usage))
+        except StreamFailed as failed:
+            yield b"".join(translator.feed(self._scrubbed(self._failed(ctx, failed))))
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
             yield b"".join(translator.feed(upstream_failure(exc).body))
@@ -655,6 +647,14 @@ class Gateway:
             yield b"".join(translator.feed(self._garbled(ctx, exc).body))
         finally:
             ctx.usage = usage_or_estimate(ctx, stream.usage, sent)
+
+    @staticmethod
+    def _failed(ctx: RequestContext, failed: StreamFailed) -> dict:
+        """The upstream's own error event, which ended its stream: logged by its code only."""
+        ctx.extra["stream_error"] = "error_event"
+        error = failed.chunk.get("error")
+        log.warning("upstream_stream_failed", request_id=ctx.request_id, code=str(error.get("code") if isinstance(error, dict) else None))
+        return failed.chunk
 
     def _scrubbed(self, chunk: dict) -> dict:
         """An upstream's in-stream error, scrubbed of the gateway's secrets."""
@@ -716,31 +716,69 @@ class Gateway:
         return True
 
     async def _native_events(self, ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        """The upstream's own stream, byte for byte, read on the side for usage."""
+        """The upstream's own stream, each event passed on the moment it is whole (its
+        name and data as they came), read on the side for usage; it ends at the
+        upstream's own failure (NativeStream says where) or at one lockgate sees."""
         decoder = SSEDecoder()
-        sequence = 0
-        sent = 0
-        usage = None
+        native = NativeStream(kind, adapter, self.secrets)
         try:
             async for data in upstream.iter_bytes():
-                errors = False
-                for event, payload in decoder.feed(data):
-                    parsed = loads_or_none(payload)
-                    if isinstance(parsed, dict):
-                        seq = parsed.get("sequence_number")
-                        sequence = seq if isinstance(seq, int) and not isinstance(seq, bool) else sequence
-                        sent += delta_chars(parsed)
-                        usage = adapter.passthrough_stream_usage(kind, event, parsed, usage)
-                        errors = errors or event == "error" or parsed.get("type") == "error"
-                yield self.secrets.scrub(data) if errors else data
+                out = native.feed(decoder.feed(data))
+                if out:
+                    yield out
+                if native.error is not None or native.ended:
+                    break
+            else:
+                # the body's end: the event it may hold, and a `response.failed` still owed
+                out = native.feed(decoder.finish())
+                out += b"" if native.error is not None else native.close()
+                if out:
+                    yield out
+            if native.failure is not None:
+                ctx.extra["stream_error"] = "error_event"
+            if native.error is not None:
+                raise native.error
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
-            yield native_stream_error(kind, upstream_failure(exc).body["error"], sequence + 1)
+            yield native.fail(upstream_failure(exc).body["error"])
         except STREAM_GARBAGE as exc:
-            yield native_stream_error(kind, self._garbled(ctx, exc).body["error"], sequence + 1)
+            yield native.fail(self._garbled(ctx, exc).body["error"])
         finally:
-            complete = isinstance(usage, dict) and usage.get("completion_tokens")
-            ctx.usage = usage if complete else estimated_usage(ctx, sent, usage if isinstance(usage, dict) else None)
+            complete = isinstance(native.usage, dict) and native.usage.get("completion_tokens")
+            ctx.usage = native.usage if complete else estimated_usage(ctx, native.sent, native.usage if isinstance(native.usage, dict) else None)
+
+
+class StreamFailed(Exception):
+    """The upstream's own error event (the adapter's `{"error": {...}}` chunk): it ends the stream."""
+
+    def __init__(self, chunk: dict) -> None:
+        super().__init__("the upstream reported an error in its stream")
+        self.chunk = chunk
+
+
+async def sound_chunks(stream: ChatStream, upstream: UpstreamResponse) -> AsyncIterator[list[dict]]:
+    """The adapter's chunks as the upstream's bytes arrive, up to what ends a stream
+    early: the upstream's error event (raised as StreamFailed) or bytes that are not
+    its format (the adapter's `error`, raised), once the chunks before it are out.
+    Nothing after that is read."""
+    async for data in upstream.iter_bytes():
+        for chunks in until_failure(stream, stream.feed(data)):
+            yield chunks
+    for chunks in until_failure(stream, stream.finish()):
+        yield chunks
+
+
+def until_failure(stream: ChatStream, chunks: list[dict]) -> Iterator[list[dict]]:
+    """`chunks` up to the stream's failure among them or after them, which is raised."""
+    for i, chunk in enumerate(chunks):
+        if "error" in chunk:
+            if i:
+                yield chunks[:i]
+            raise StreamFailed(chunk)
+    if chunks:
+        yield chunks
+    if stream.error is not None:
+        raise stream.error
 
 
 class InputRefused(Exception):
@@ -798,13 +836,91 @@ def estimated_usage(ctx: RequestContext, completion_chars: int, partial: dict | 
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "estimated": True}
 
 
-def native_stream_error(kind: str, error: dict, sequence: int) -> bytes:
-    """A failure event in the format of the native stream it ends."""
-    if kind == "messages":
-        payload = {"type": "error", "error": {"type": "api_error", "message": error["message"]}}
-    else:
-        payload = {"type": "error", "code": error["code"], "message": error["message"], "param": None, "sequence_number": sequence, "error": error}
-    return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
+class NativeStream:
+    """Follows a native stream (the upstream's own Responses or Messages events) for
+    what the proxy needs: usage, the last sequence number and response object, and
+    where it ends. It ends at the upstream's own failure: Messages' `error` event, or
+    Responses' `error` and the `response.failed` after it (lockgate's, if the upstream
+    sends anything else or nothing); or at a failure lockgate sees, written the same way.
+    `feed` returns the events to pass on, re-framed whole; data that is not a JSON object
+    sets `error` after the events before it."""
+
+    __slots__ = ("kind", "adapter", "secrets", "sequence", "sent", "usage", "response", "failure", "ended", "error")
+
+    def __init__(self, kind: str, adapter: Adapter, secrets: Secrets) -> None:
+        self.kind = kind
+        self.adapter = adapter
+        self.secrets = secrets
+        self.sequence = 0
+        self.sent = 0
+        self.usage: dict | None = None
+        self.response: dict = {}  # the last response object a Responses event carried
+        self.failure: dict | None = None  # the upstream's error event, once one came
+        self.ended = False
+        self.error: Exception | None = None
+
+    def feed(self, events: list[tuple[str, bytes]]) -> bytes:
+        out: list[bytes] = []
+        for event, payload in events:
+            if self.ended or self.error is not None:
+                break
+            if payload == b"[DONE]":  # not the Responses or Messages format, but harmless
+                out.append(encode_raw(event, payload))
+                continue
+            parsed = loads_or_none(payload)
+            if not isinstance(parsed, dict):
+                self.error = SSEError("the upstream sent a stream event that is not a JSON object")
+                break
+            kind = parsed.get("type") or event
+            if self.failure is not None:
+                self.ended = True
+                out.append(self._follow(event, payload, parsed) if kind == "response.failed" else self._failed_response())
+                break
+            out.append(self._follow(event, payload, parsed))
+            if kind == "error":
+                self.failure = parsed
+                self.ended = self.kind == "messages"
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        """At the stream's end: lockgate's `response.failed` for an upstream `error` that came without one."""
+        if self.failure is None or self.ended:
+            return b""
+        self.ended = True
+        return self._failed_response()
+
+    def fail(self, error: dict) -> bytes:
+        """A failure lockgate saw (a break, a timeout, bytes that are not the format)."""
+        if self.ended:
+            return b""
+        if self.failure is not None:
+            return self.close()
+        self.failure = error
+        self.ended = True
+        if self.kind == "messages":
+            return encode_event("error", {"type": "error", "error": {"type": "api_error", "message": error["message"]}})
+        self.sequence += 1
+        payload = {"type": "error", "code": error["code"], "message": error["message"], "param": None, "sequence_number": self.sequence, "error": error}
+        return encode_event("error", payload) + self._failed_response()
+
+    def _follow(self, event: str, payload: bytes, parsed: dict) -> bytes:
+        seq = parsed.get("sequence_number")
+        self.sequence = seq if isinstance(seq, int) and not isinstance(seq, bool) else self.sequence
+        if isinstance(parsed.get("response"), dict):
+            self.response = parsed["response"]
+        self.sent += delta_chars(parsed)
+        self.usage = self.adapter.passthrough_stream_usage(self.kind, event, parsed, self.usage)
+        framed = encode_raw(event, payload)
+        return self.secrets.scrub(framed) if (parsed.get("type") or event) in ("error", "response.failed") else framed
+
+    def _failed_response(self) -> bytes:
+        failure = self.failure or {}
+        message = str(failure.get("message") or "upstream error")
+        # response.error.code is a closed set of OpenAI's own failure codes
+        code = "rate_limit_exceeded" if "rate_limit_exceeded" in (failure.get("code"), failure.get("type")) else "server_error"
+        response = {**self.response, "status": "failed", "error": {"code": code, "message": message}}
+        self.sequence += 1
+        return self.secrets.scrub(encode_event("response.failed", {"type": "response.failed", "sequence_number": self.sequence, "response": response}))
 
 
 WATCH_AFTER_S = 0.02  # how long an answer may take before anyone listens for the client leaving

@@ -1,5 +1,7 @@
 """The fake upstream's OpenAI chat, completions and embeddings endpoints, also served
-under Azure's deployment paths (where the deployment name stands in for the model)."""
+under Azure's deployment paths (where the deployment name stands in for the model); with
+a `stream_fault`, a chat stream that goes wrong (an error object in it, data that is not
+JSON, a body cut off)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from lockgate.providers.sse import DONE, encode_data
-from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
+from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, faulted, json_response, words
 
 
 def openai_error(b: Behaviour, request: Request | None = None) -> Response:
@@ -126,7 +128,11 @@ def routes(fake: FakeUpstream) -> list[Route]:
         if include_usage:
             chunks.append(encode_data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}))
         chunks.append(DONE)
-        return fake.stream_response(chunks, b)
+        faults = {
+            "error": encode_data({"error": {"message": b.error_message, "type": "server_error", "param": None, "code": None}}),
+            "garbage": b"data: <html><body>502 Bad Gateway</body></html>\n\n",
+        }
+        return fake.stream_response(faulted(chunks, 1, b, faults), b)
 
     async def completions(request: Request) -> Response:
         body = await fake.record(request)
