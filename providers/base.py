@@ -124,6 +124,8 @@ class EventStream(ChatStream):
     def _translate(self, events: list[tuple[str, bytes]]) -> list[dict]:
         out: list[dict] = []
         for event, data in events:
+            if data == b"[DONE]":
+                continue  # OpenAI's end marker, which some hosts add: it carries nothing
             payload = loads_or_none(data)
             if not isinstance(payload, dict):
                 self.error = ValueError("the upstream sent a stream event that is not a JSON object")

@@ -68,6 +68,7 @@ def gw(fake, tmp_path_factory):
     }
     models = [{"name": name, "deployments": [{**deployments[name], "model": UPSTREAM_MODEL[name]}]} for name in UPSTREAM_MODEL]
     models.append({"name": "healthy", "deployments": [{"provider": "openai", "model": "sf-healthy", "base_url": fake.url + "/v1", "api_key": "sk-fake"}]})
+    models.append({"name": "mock", "deployments": [{"provider": "mock"}]})
     (workdir / "fallback.yaml").write_text(yaml.safe_dump({"chains": {name: ["healthy"] for name in UPSTREAM_MODEL}, "retries": 0}))
     gateway = start_gateway({"models": models, "middleware": [{"fallback": "fallback.yaml"}]}, workdir, env={"HOME": str(workdir)})
     yield gateway
@@ -171,7 +172,7 @@ def test_a_stream_that_breaks_before_content_falls_back(gw, upstream, provider, 
     assert any(isinstance(r.body, dict) and r.body.get("model") == "sf-healthy" for r in upstream.requests)
 
 
-@pytest.mark.parametrize("provider", list(UPSTREAM_MODEL))
+@pytest.mark.parametrize("provider", [*UPSTREAM_MODEL, "mock"])
 def test_a_sound_stream_still_ends_as_its_dialect_says(gw, upstream, provider):
     finals = {"chat": b"data: [DONE]\n\n", "responses": b"response.completed", "messages": b"event: message_stop"}
     for dialect, final in finals.items():
