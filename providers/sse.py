@@ -100,5 +100,8 @@ def encode_event(event: str, payload: dict) -> bytes:
 
 def encode_raw(event: str, data: bytes) -> bytes:
     """A decoded event (SSEDecoder's name and data) framed again: the same event to any reader."""
-    head = b"" if event == "message" else b"event: " + event.encode() + b"\n"
-    return head + b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
+    if b"\n" in data:
+        data = data.replace(b"\n", b"\ndata: ")
+    if event == "message":
+        return b"data: " + data + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from fnmatch import fnmatchcase
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -600,10 +600,18 @@ class Gateway:
     async def _chat_events(self, ctx: RequestContext, stream: ChatStream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         sent = 0
         try:
-            async for chunks in sound_chunks(stream, upstream):
-                sent += sum(map(delta_chars, chunks))
+            async for data in upstream.iter_bytes():
+                chunks, failure = until_failure(stream, stream.feed(data))
+                if chunks:
+                    sent += sum(map(delta_chars, chunks))
+                    yield self._encode_chunks(chunks)
+                if failure is not None:
+                    raise failure
+            chunks, failure = until_failure(stream, stream.finish())
+            if failure is not None:
                 yield self._encode_chunks(chunks)
-            yield DONE
+                raise failure
+            yield self._encode_chunks(chunks) + DONE
         except StreamFailed as failed:
             yield self._encode_chunks([self._failed(ctx, failed)])
         except UpstreamError as exc:
@@ -632,12 +640,20 @@ class Gateway:
         events are the translator's: it writes no end of answer after them."""
         sent = 0
         try:
-            async for chunks in sound_chunks(stream, upstream):
+            async for data in upstream.iter_bytes():
+                chunks, failure = until_failure(stream, stream.feed(data))
                 sent += sum(map(delta_chars, chunks))
                 out = [event for c in chunks for event in translator.feed(c)]
                 if out:
                     yield b"".join(out)
-            yield b"".join(translator.finish(stream.usage))
+                if failure is not None:
+                    raise failure
+            chunks, failure = until_failure(stream, stream.finish())
+            out = [event for c in chunks for event in translator.feed(c)]
+            if failure is not None:
+                yield b"".join(out)
+                raise failure
+            yield b"".join(out + translator.finish(stream.usage))
         except StreamFailed as failed:
             yield b"".join(translator.feed(self._scrubbed(self._failed(ctx, failed))))
         except UpstreamError as exc:
@@ -756,29 +772,15 @@ class StreamFailed(Exception):
         self.chunk = chunk
 
 
-async def sound_chunks(stream: ChatStream, upstream: UpstreamResponse) -> AsyncIterator[list[dict]]:
-    """The adapter's chunks as the upstream's bytes arrive, up to what ends a stream
-    early: the upstream's error event (raised as StreamFailed) or bytes that are not
-    its format (the adapter's `error`, raised), once the chunks before it are out.
-    Nothing after that is read."""
-    async for data in upstream.iter_bytes():
-        for chunks in until_failure(stream, stream.feed(data)):
-            yield chunks
-    for chunks in until_failure(stream, stream.finish()):
-        yield chunks
-
-
-def until_failure(stream: ChatStream, chunks: list[dict]) -> Iterator[list[dict]]:
-    """`chunks` up to the stream's failure among them or after them, which is raised."""
+def until_failure(stream: ChatStream, chunks: list[dict]) -> tuple[list[dict], Exception | None]:
+    """What an adapter's chunks hold before the stream's end, and what ends it early, if
+    anything does: the upstream's error event among them (StreamFailed) or bytes after
+    them that are not the upstream's format (the adapter's `error`). The pumps send the
+    chunks, then raise it: nothing after it is read."""
     for i, chunk in enumerate(chunks):
         if "error" in chunk:
-            if i:
-                yield chunks[:i]
-            raise StreamFailed(chunk)
-    if chunks:
-        yield chunks
-    if stream.error is not None:
-        raise stream.error
+            return chunks[:i], StreamFailed(chunk)
+    return chunks, stream.error
 
 
 class InputRefused(Exception):
@@ -874,9 +876,9 @@ class NativeStream:
             kind = parsed.get("type") or event
             if self.failure is not None:
                 self.ended = True
-                out.append(self._follow(event, payload, parsed) if kind == "response.failed" else self._failed_response())
+                out.append(self._follow(kind, event, payload, parsed) if kind == "response.failed" else self._failed_response())
                 break
-            out.append(self._follow(event, payload, parsed))
+            out.append(self._follow(kind, event, payload, parsed))
             if kind == "error":
                 self.failure = parsed
                 self.ended = self.kind == "messages"
@@ -903,15 +905,17 @@ class NativeStream:
         payload = {"type": "error", "code": error["code"], "message": error["message"], "param": None, "sequence_number": self.sequence, "error": error}
         return encode_event("error", payload) + self._failed_response()
 
-    def _follow(self, event: str, payload: bytes, parsed: dict) -> bytes:
+    def _follow(self, kind: str, event: str, payload: bytes, parsed: dict) -> bytes:
         seq = parsed.get("sequence_number")
-        self.sequence = seq if isinstance(seq, int) and not isinstance(seq, bool) else self.sequence
-        if isinstance(parsed.get("response"), dict):
-            self.response = parsed["response"]
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            self.sequence = seq
+        response = parsed.get("response")
+        if isinstance(response, dict):
+            self.response = response
         self.sent += delta_chars(parsed)
         self.usage = self.adapter.passthrough_stream_usage(self.kind, event, parsed, self.usage)
         framed = encode_raw(event, payload)
-        return self.secrets.scrub(framed) if (parsed.get("type") or event) in ("error", "response.failed") else framed
+        return self.secrets.scrub(framed) if kind in ("error", "response.failed") else framed
 
     def _failed_response(self) -> bytes:
         failure = self.failure or {}
