@@ -163,6 +163,7 @@ def test_a_stream_that_breaks_after_content_ends_with_one_error_event(gw, upstre
     assert "x-lockgate-fallback" not in response.headers, "content had reached the client: no fallback"
 
 
+# each provider's own error event, a body cut off, and a framing fault, under each client API
 @pytest.mark.parametrize("provider, dialect, fault", [(p, d, f) for p, d, f in CASES if f in ("error", "truncated", "bad_message_crc")])
 def test_a_stream_that_breaks_before_content_falls_back(gw, upstream, provider, dialect, fault):
     upstream.set(UPSTREAM_MODEL[provider], stream_fault=fault, fault_after=0)
