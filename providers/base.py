@@ -112,7 +112,8 @@ class ChatStream:
 class EventStream(ChatStream):
     """A provider's server-sent events translated one event at a time: a subclass sets
     `_decoder` (an SSEDecoder), `_id`, `_model` and `_created`, and gives `_event(kind,
-    payload)` the chunks one JSON event makes (its `type`, else its SSE event name)."""
+    payload)` the chunks one JSON event makes (its `type`, else its SSE event name).
+    Data that is not a JSON object (an HTML error page, an event cut off) sets `error`."""
 
     def feed(self, data: bytes) -> list[dict]:
         return self._translate(self._decoder.feed(data))  # type: ignore[attr-defined]
@@ -123,9 +124,13 @@ class EventStream(ChatStream):
     def _translate(self, events: list[tuple[str, bytes]]) -> list[dict]:
         out: list[dict] = []
         for event, data in events:
+            if data == b"[DONE]":
+                continue  # OpenAI's end marker, which some hosts add: it carries nothing
             payload = loads_or_none(data)
-            if isinstance(payload, dict):
-                out.extend(self._event(payload.get("type") or event, payload))
+            if not isinstance(payload, dict):
+                self.error = ValueError("the upstream sent a stream event that is not a JSON object")
+                break
+            out.extend(self._event(payload.get("type") or event, payload))
         return out
 
     def _event(self, kind: str, payload: dict) -> list[dict]:
@@ -165,6 +170,11 @@ class Adapter:
     def embeddings_response(self, dep: Deployment, data: dict, body: dict | None = None) -> dict:
         """`body` is the client's request (its encoding_format, the inputs to count)."""
         raise NotImplementedError
+
+    def embeds_one_input_per_call(self, dep: Deployment) -> bool:
+        """Whether the upstream embeds one input per call (Titan on Bedrock): the proxy then
+        sends an `embeddings_request` per input and answers with them as one list."""
+        return False
 
     def passthrough_request(self, dep: Deployment, path: str, body: dict) -> UpstreamRequest:
         """A request in the upstream's own format (completions, responses, messages)."""

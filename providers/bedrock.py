@@ -4,7 +4,11 @@
 ConverseStream answers in AWS's binary event-stream framing (each message: a
 length prelude with its CRC, typed headers, a JSON payload, a CRC of the whole),
 decoded here message by message as bytes arrive with botocore's decoder, which
-checks both CRCs.
+checks both CRCs and refuses a prelude claiming more than 24 MB. A bad CRC or length,
+a payload that is not a JSON object, and a body that ends inside a message or before
+`messageStop` are not Bedrock's format: the stream ends there with an error (after the
+chunks before it). An exception or error message (`:message-type` other than `event`)
+is Bedrock's own failure, translated by its `:exception-type` / `:error-code`.
 
 Choices where the two formats do not line up:
 - Images must be bytes in Converse: base64 data URLs are sent, http(s) image URLs
@@ -21,7 +25,8 @@ Choices where the two formats do not line up:
 - Anthropic-style `cache_control` on a content part becomes a `cachePoint` after it.
 - Reasoning blocks become `reasoning_content`; cache reads and writes are priced
   as such (Converse counts them apart from `inputTokens`, like Anthropic).
-- Embeddings: Titan embeds one text per call, so a Titan request takes one input;
+- Embeddings: Titan's InvokeModel takes one `inputText`, so the proxy sends a Titan
+  request of several inputs as one call per input and answers them as one list;
   Cohere-on-Bedrock takes a batch. Neither reports tokens for every model, so a
   missing count is estimated from the text.
 """
@@ -315,41 +320,56 @@ class BedrockStream(ChatStream):
     across any number of reads; each is translated the moment its last byte is in.
     `messageStop` carries the finish reason, the `metadata` after it the usage."""
 
-    __slots__ = ("_buffer", "_include_usage", "_id", "_model", "_created", "_tools", "_args_sent", "_failed", "usage")
+    __slots__ = ("_buffer", "_pending", "_stopped", "_include_usage", "_id", "_model", "_created", "_tools", "_args_sent", "usage", "error")
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._buffer = EventStreamBuffer()
+        self._pending = 0  # bytes fed that no whole message has taken yet
+        self._stopped = False  # messageStop came: the answer is whole
         self._include_usage = include_usage
         self._id = completion_id()
         self._model = model
         self._created = now()
         self._tools: dict[int, int] = {}  # contentBlockIndex -> OpenAI tool_calls index
         self._args_sent: set[int] = set()
-        self._failed = False
         self.usage: dict | None = None
+        self.error: Exception | None = None
 
     def feed(self, data: bytes) -> list[dict]:
-        if self._failed:
+        if self.error is not None:
             return []
         self._buffer.add_data(data)
+        self._pending += len(data)
         out: list[dict] = []
         try:
             for message in self._buffer:
+                self._pending -= message.prelude.total_length
                 out.extend(self._message(message.headers, message.payload))
         except ParserError as exc:
-            self._failed = True
-            out.append(error_body(f"bedrock sent a malformed event-stream message: {type(exc).__name__}", "api_error", "upstream_bad_response"))
+            self.error = ValueError(f"bedrock sent a malformed event-stream message ({type(exc).__name__})")
+        except ValueError as exc:
+            self.error = exc
         return out
+
+    def finish(self) -> list[dict]:
+        if self.error is None and self._pending:
+            self.error = ValueError("bedrock's stream ended inside an event-stream message")
+        elif self.error is None and not self._stopped:
+            self.error = ValueError("bedrock's stream ended before messageStop")
+        return []
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
         return chunk(self._id, self._model, self._created, delta, finish)
 
     def _message(self, headers: dict, payload: bytes) -> list[dict]:
-        data = loads_or_none(payload) or {}
+        data = loads_or_none(payload) if payload else {}
         if headers.get(":message-type") != "event":
+            data = data if isinstance(data, dict) else {}
             kind = str(headers.get(":exception-type") or headers.get(":error-code") or "internalServerException")
             message = str(data.get("message") or data.get("Message") or headers.get(":error-message") or kind)
             return [bedrock_error(kind, message)[1]]
+        if not isinstance(data, dict):
+            raise ValueError("bedrock sent an event whose payload is not a JSON object")
         kind = headers.get(":event-type")
         if kind == "messageStart":
             return [self._chunk({"role": "assistant", "content": ""})]
@@ -368,6 +388,7 @@ class BedrockStream(ChatStream):
                 return [self._chunk({"tool_calls": [{"index": self._tools[block], "function": {"arguments": "{}"}}]})]
             return []
         if kind == "messageStop":
+            self._stopped = True
             return [self._chunk({}, finish_reason(data.get("stopReason")))]
         if kind == "metadata":
             self.usage = usage_from(data.get("usage")) or self.usage
@@ -410,7 +431,7 @@ def invoke_body(dep: Deployment, body: dict) -> dict:
     if is_cohere(dep.model):
         return {"texts": texts, "input_type": body.get("input_type") or "search_document"}
     if len(texts) > 1:
-        raise UnsupportedRequest("Titan embeds one text per request: send one input (or use a Cohere embedding model on Bedrock for batches)", "input")
+        raise UnsupportedRequest("Titan embeds one text per call", "input")
     out: dict = {"inputText": texts[0]}
     if body.get("dimensions"):
         out["dimensions"] = body["dimensions"]
@@ -499,6 +520,9 @@ class BedrockAdapter(Adapter):
 
     def embeddings_response(self, dep: Deployment, data: dict, body: dict | None = None) -> dict:
         return embeddings_list(dep, data, body)
+
+    def embeds_one_input_per_call(self, dep: Deployment) -> bool:
+        return not is_cohere(dep.model)
 
     def error(self, status: int, body: bytes) -> tuple[int, dict]:
         return error_to_openai(status, body)

@@ -441,13 +441,16 @@ class GeminiStream(ChatStream):
     """Gemini's SSE events (each a whole GenerateContentResponse) as OpenAI chunks.
 
     Gemini sends text in pieces but each function call whole, so a tool call goes out
-    as one complete delta. Usage arrives on every event; the last one is final.
+    as one complete delta. Usage arrives on every event; the last one is final. An
+    `{"error": {...}}` object in the stream is its failure. Gemini writes nothing but
+    `data:` lines of JSON objects (Google's SDK parses every line as JSON), so any other
+    line, or data that is not a JSON object, sets `error`: a proxy's text, a cut body.
     """
 
-    __slots__ = ("_decoder", "_include_usage", "_id", "_created", "_model", "_started", "_calls", "usage")
+    __slots__ = ("_decoder", "_include_usage", "_id", "_created", "_model", "_started", "_calls", "usage", "error")
 
     def __init__(self, model: str, include_usage: bool) -> None:
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(strict=True)
         self._include_usage = include_usage
         self._id = completion_id()
         self._created = now()
@@ -455,13 +458,14 @@ class GeminiStream(ChatStream):
         self._started: set[int] = set()
         self._calls: dict[int, int] = {}  # choice index -> tool calls sent so far
         self.usage: dict | None = None
+        self.error: Exception | None = None
 
     def feed(self, data: bytes) -> list[dict]:
         return self._translate(self._decoder.feed(data))
 
     def finish(self) -> list[dict]:
         out = self._translate(self._decoder.finish())
-        if self._include_usage and self.usage is not None:
+        if self._include_usage and self.usage is not None and self.error is None:
             out.append(usage_chunk(self._id, self._model, self._created, self.usage))
         return out
 
@@ -474,8 +478,11 @@ class GeminiStream(ChatStream):
         out: list[dict] = []
         for _, data in events:
             payload = loads_or_none(data)
-            if isinstance(payload, dict):
-                out.extend(self._response(payload))
+            if not isinstance(payload, dict):
+                self.error = ValueError("gemini sent a stream event that is not a JSON object")
+                return out
+            out.extend(self._response(payload))
+        self.error = self._decoder.error
         return out
 
     def _response(self, payload: dict) -> list[dict]:

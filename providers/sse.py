@@ -17,18 +17,24 @@ class SSEDecoder:
 
     Follows the WHATWG event-stream rules that matter for LLM APIs: events end at a
     blank line, `data:` lines join with newlines, comments and `id:`/`retry:` are ignored,
-    and CRLF, CR or LF all end a line.
+    and CRLF, CR or LF all end a line. A `strict` decoder takes no other line (the rules
+    ignore them, but a provider that writes only `data:` lines sends none unless
+    something broke): it stops there and sets `error`, after the events before it.
     """
 
-    __slots__ = ("_buffer", "_event", "_data", "_size")
+    __slots__ = ("_buffer", "_event", "_data", "_size", "_strict", "error")
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = False) -> None:
         self._buffer = b""
         self._event = ""
         self._data: list[bytes] = []
         self._size = 0  # bytes of the event being read
+        self._strict = strict
+        self.error: SSEError | None = None
 
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+        if self.error is not None:
+            return []
         buffer = self._buffer + data if self._buffer else data
         held = b""
         if buffer.endswith(b"\r"):
@@ -38,7 +44,7 @@ class SSEDecoder:
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events: list[tuple[str, bytes]] = []
         start = 0
-        while True:
+        while self.error is None:
             end = buffer.find(b"\n", start)
             if end < 0:
                 break
@@ -51,6 +57,8 @@ class SSEDecoder:
 
     def finish(self) -> list[tuple[str, bytes]]:
         events: list[tuple[str, bytes]] = []
+        if self.error is not None:
+            return events
         if self._buffer:
             self._line(self._buffer.rstrip(b"\r"), events)
             self._buffer = b""
@@ -75,6 +83,8 @@ class SSEDecoder:
             self._size += len(value)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
+        elif self._strict and name not in (b"id", b"retry"):
+            self.error = SSEError("a line in the stream that is not part of an event")
 
 
 DONE = b"data: [DONE]\n\n"
@@ -86,3 +96,12 @@ def encode_data(payload: dict) -> bytes:
 
 def encode_event(event: str, payload: dict) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def encode_raw(event: str, data: bytes) -> bytes:
+    """A decoded event (SSEDecoder's name and data) framed again: the same event to any reader."""
+    if b"\n" in data:
+        data = data.replace(b"\n", b"\ndata: ")
+    if event == "message":
+        return b"data: " + data + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"

@@ -17,8 +17,8 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, jina, messages, mock, openai, presets, responses, vertex, voyage
-from lockgate.providers.base import Adapter, CredentialsError, Deployment, UnsupportedRequest, loads_or_none, usage_requested
-from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data
+from lockgate.providers.base import Adapter, ChatStream, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none, usage_requested
+from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event, encode_raw
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.providers.usage import UsageMeter, answer_usage, delta_chars, rerank_usage
 from lockgate.proxy import catalog
@@ -396,13 +396,11 @@ class Gateway:
             balancer.started(dep)
             started = time.perf_counter()
             try:
-                await adapter.prepare(dep, request)
+                upstream = await self._send(adapter, dep, request)
             except CredentialsError as exc:
                 balancer.finished(dep, ok=False)
                 ctx.extra["upstream_failure"] = "auth"
                 raise GatewayError(502, f"Deployment {dep.id}: {exc}", "api_error", "upstream_auth_failed") from None
-            try:
-                upstream = await self.client.send(request, dep.timeout_s)
             except UpstreamConnectError as exc:
                 ctx.upstream_s += time.perf_counter() - started
                 balancer.finished(dep, ok=False)
@@ -445,6 +443,9 @@ class Gateway:
             if kind == "chat":
                 return "chat", adapter.chat_request(dep, body)
             if kind == "embeddings":
+                inputs = body.get("input")
+                if isinstance(inputs, list) and len(inputs) > 1 and adapter.embeds_one_input_per_call(dep):
+                    return "per_input", [adapter.embeddings_request(dep, {**body, "input": item}) for item in inputs]
                 return "embeddings", adapter.embeddings_request(dep, body)
             if kind == "completions":
                 if not adapter.supports_completions:
@@ -480,6 +481,40 @@ class Gateway:
             raise bad_request(message, None, "invalid_value") from None
         raise bad_request(f"unknown endpoint kind {kind}")
 
+    async def _send(self, adapter: Adapter, dep: Deployment, request: UpstreamRequest | list[UpstreamRequest]) -> UpstreamResponse:
+        """The request signed (or given its token) and sent; a list, one call per input."""
+        if isinstance(request, list):
+            return await self._send_each(adapter, dep, request)
+        await adapter.prepare(dep, request)
+        return await self.client.send(request, dep.timeout_s)
+
+    async def _send_each(self, adapter: Adapter, dep: Deployment, requests: list[UpstreamRequest]) -> UpstreamResponse:
+        """Calls of one input each, PER_INPUT_CONCURRENCY at a time: their answers as one
+        JSON array in input order, or, as soon as one is refused or fails, that failure
+        alone (the calls still out are cancelled), so the request fails whole."""
+        gate = asyncio.Semaphore(PER_INPUT_CONCURRENCY)
+        limit = self.config.server.max_upstream_body_bytes
+
+        async def call(request: UpstreamRequest) -> bytes:
+            async with gate:
+                upstream = await self._send(adapter, dep, request)
+                try:
+                    if upstream.status < 400:
+                        return await upstream.read(limit)
+                    raise InputRefused(upstream.status, await error_answer(upstream))
+                finally:
+                    upstream.close()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                calls = [group.create_task(call(request)) for request in requests]
+        except BaseExceptionGroup as failed:
+            first = failed.exceptions[0]
+            if isinstance(first, InputRefused):
+                return UpstreamResponse(first.status, single(first.body))
+            raise first from None
+        return UpstreamResponse(200, single(b"[" + b",".join(c.result() for c in calls) + b"]"))
+
     @staticmethod
     def _with_client_headers(request, scope: Scope, kind: str):
         allowed = PASSTHROUGH_HEADERS.get(kind, ())
@@ -489,10 +524,7 @@ class Gateway:
         return request
 
     async def _upstream_error(self, ctx: RequestContext, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> None:
-        try:
-            raw = self.secrets.scrub(await upstream.read(MAX_ERROR_BYTES))
-        except UpstreamError:
-            raw = b""
+        raw = self.secrets.scrub(await error_answer(upstream))
         status, error = adapter.error(upstream.status, raw)
         ctx.extra["upstream_status"] = upstream.status
         if upstream.status in (401, 403):
@@ -506,13 +538,13 @@ class Gateway:
     async def _answer(self, scope, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
         if mode == "media":
             return await self._media(send, ctx, kind, upstream)
-        streaming = bool(ctx.body.get("stream")) and mode != "rerank"
+        streaming = bool(ctx.body.get("stream")) and mode not in ("rerank", "embeddings", "per_input")
         if not streaming:
             reading = time.perf_counter()
             raw = await self._read(upstream, self.config.server.max_upstream_body_bytes)
             ctx.upstream_s += time.perf_counter() - reading
             data = loads_or_none(raw)
-            if not isinstance(data, dict):
+            if not isinstance(data, list if mode == "per_input" else dict):
                 raise GatewayError(502, "The upstream answered with something that is not JSON.", "api_error", "upstream_bad_response")
             if mode == "chat":
                 answer = adapter.chat_response(dep, data)
@@ -525,6 +557,10 @@ class Gateway:
                     await self.items.keep(ctx, answer["output"])
             elif mode == "embeddings":
                 answer = adapter.embeddings_response(dep, data, ctx.body)
+                ctx.usage = answer.get("usage")
+            elif mode == "per_input":
+                inputs = ctx.body["input"]
+                answer = self._translated(ctx, dep, lambda: joined_embeddings([adapter.embeddings_response(dep, one, {**ctx.body, "input": item}) for one, item in zip(data, inputs)]))
                 ctx.usage = answer.get("usage")
             elif mode == "completions":
                 answer = data
@@ -578,20 +614,23 @@ class Gateway:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
-    async def _chat_events(self, ctx: RequestContext, stream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+    async def _chat_events(self, ctx: RequestContext, stream: ChatStream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         sent = 0
         try:
             async for data in upstream.iter_bytes():
-                chunks = stream.feed(data)
+                chunks, failure = until_failure(stream, stream.feed(data))
                 if chunks:
                     sent += sum(map(delta_chars, chunks))
                     yield self._encode_chunks(chunks)
-                if stream.error is not None:
-                    raise stream.error
-            tail = stream.finish()
-            if stream.error is not None:
-                raise stream.error
-            yield self._encode_chunks(tail) + DONE
+                if failure is not None:
+                    raise failure
+            chunks, failure = until_failure(stream, stream.finish())
+            if failure is not None:
+                yield self._encode_chunks(chunks)
+                raise failure
+            yield self._encode_chunks(chunks) + DONE
+        except StreamFailed as failed:
+            yield self._encode_chunks([self._failed(ctx, failed)])
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
             yield encode_data(upstream_failure(exc).body)
@@ -612,23 +651,28 @@ class Gateway:
         log.warning("upstream_stream_unreadable", request_id=ctx.request_id, error=type(exc).__name__)
         return bad_stream()
 
-    async def _translated_events(self, ctx: RequestContext, stream, translator, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+    async def _translated_events(self, ctx: RequestContext, stream: ChatStream, translator, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
         """A chat adapter's chunks in another API's event stream: the Responses API's
-        (providers/responses.py) or Anthropic's (providers/messages.py)."""
+        (providers/responses.py) or Anthropic's (providers/messages.py). Its failure
+        events are the translator's: it writes no end of answer after them."""
         sent = 0
         try:
             async for data in upstream.iter_bytes():
-                chunks = stream.feed(data)
+                chunks, failure = until_failure(stream, stream.feed(data))
                 sent += sum(map(delta_chars, chunks))
-                out = [event for c in chunks for event in translator.feed(self._scrubbed(c))]
+                out = [event for c in chunks for event in translator.feed(c)]
                 if out:
                     yield b"".join(out)
-                if stream.error is not None:
-                    raise stream.error
-            out = [event for c in stream.finish() for event in translator.feed(self._scrubbed(c))]
-            if stream.error is not None:
-                raise stream.error
+                if failure is not None:
+                    raise failure
+            chunks, failure = until_failure(stream, stream.finish())
+            out = [event for c in chunks for event in translator.feed(c)]
+            if failure is not None:
+                yield b"".join(out)
+                raise failure
             yield b"".join(out + translator.finish(stream.usage))
+        except StreamFailed as failed:
+            yield b"".join(translator.feed(self._scrubbed(self._failed(ctx, failed))))
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
             yield b"".join(translator.feed(upstream_failure(exc).body))
@@ -646,6 +690,14 @@ class Gateway:
                     kept = True
                     await self.items.keep(ctx, translator.output)
                 yield piece
+
+    @staticmethod
+    def _failed(ctx: RequestContext, failed: StreamFailed) -> dict:
+        """The upstream's own error event, which ended its stream: logged by its code only."""
+        ctx.extra["stream_error"] = "error_event"
+        error = failed.chunk.get("error")
+        log.warning("upstream_stream_failed", request_id=ctx.request_id, code=str(error.get("code") if isinstance(error, dict) else None))
+        return failed.chunk
 
     def _scrubbed(self, chunk: dict) -> dict:
         """An upstream's in-stream error, scrubbed of the gateway's secrets."""
@@ -707,33 +759,87 @@ class Gateway:
         return True
 
     async def _native_events(self, ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        """The upstream's own stream, byte for byte, read on the side for usage."""
+        """The upstream's own stream, each event passed on the moment it is whole (its
+        name and data as they came), read on the side for usage; it ends at the
+        upstream's own failure (NativeStream says where) or at one lockgate sees."""
         decoder = SSEDecoder()
-        sequence = 0
-        sent = 0
-        usage = None
+        native = NativeStream(kind, adapter, self.secrets)
         try:
             async for data in upstream.iter_bytes():
-                errors = False
-                for event, payload in decoder.feed(data):
-                    parsed = loads_or_none(payload)
-                    if isinstance(parsed, dict):
-                        seq = parsed.get("sequence_number")
-                        sequence = seq if isinstance(seq, int) and not isinstance(seq, bool) else sequence
-                        sent += delta_chars(parsed)
-                        usage = adapter.passthrough_stream_usage(kind, event, parsed, usage)
-                        errors = errors or event == "error" or parsed.get("type") == "error"
-                yield self.secrets.scrub(data) if errors else data
+                out = native.feed(decoder.feed(data))
+                if out:
+                    yield out
+                if native.error is not None or native.ended:
+                    break
+            else:
+                # the body's end: the event it may hold, and a `response.failed` still owed
+                out = native.feed(decoder.finish())
+                out += b"" if native.error is not None else native.close()
+                if out:
+                    yield out
+            if native.failure is not None:
+                ctx.extra["stream_error"] = "error_event"
+            if native.error is not None:
+                raise native.error
         except UpstreamError as exc:
             ctx.extra["stream_error"] = exc.kind
-            yield native_stream_error(kind, upstream_failure(exc).body["error"], sequence + 1)
+            yield native.fail(upstream_failure(exc).body["error"])
         except STREAM_GARBAGE as exc:
-            yield native_stream_error(kind, self._garbled(ctx, exc).body["error"], sequence + 1)
+            yield native.fail(self._garbled(ctx, exc).body["error"])
         finally:
-            complete = isinstance(usage, dict) and usage.get("completion_tokens")
-            ctx.usage = usage if complete else estimated_usage(ctx, sent, usage if isinstance(usage, dict) else None)
+            complete = isinstance(native.usage, dict) and native.usage.get("completion_tokens")
+            ctx.usage = native.usage if complete else estimated_usage(ctx, native.sent, native.usage if isinstance(native.usage, dict) else None)
 
 
+class StreamFailed(Exception):
+    """The upstream's own error event (the adapter's `{"error": {...}}` chunk): it ends the stream."""
+
+    def __init__(self, chunk: dict) -> None:
+        super().__init__("the upstream reported an error in its stream")
+        self.chunk = chunk
+
+
+def until_failure(stream: ChatStream, chunks: list[dict]) -> tuple[list[dict], Exception | None]:
+    """What an adapter's chunks hold before the stream's end, and what ends it early, if
+    anything does: the upstream's error event among them (StreamFailed) or bytes after
+    them that are not the upstream's format (the adapter's `error`). The pumps send the
+    chunks, then raise it: nothing after it is read."""
+    for i, chunk in enumerate(chunks):
+        if "error" in chunk:
+            return chunks[:i], StreamFailed(chunk)
+    return chunks, stream.error
+
+
+class InputRefused(Exception):
+    """One call of a request sent one input per call was answered with an error status."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+async def error_answer(upstream: UpstreamResponse) -> bytes:
+    """An upstream's error answer; empty when it broke off or ran past MAX_ERROR_BYTES."""
+    try:
+        return await upstream.read(MAX_ERROR_BYTES)
+    except UpstreamError:
+        return b""
+
+
+async def single(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def joined_embeddings(parts: list[dict]) -> dict:
+    """Embeddings answers of one input each as the one list a batch gets: in input
+    order, indexed from 0, usage summed."""
+    items = [{**item, "index": i} for i, item in enumerate(item for part in parts for item in part["data"])]
+    tokens = sum(part["usage"]["prompt_tokens"] for part in parts)
+    return {"object": "list", "data": items, "model": parts[0]["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+PER_INPUT_CONCURRENCY = 8  # calls out at once for a request sent one input per call
 MEDIA_KINDS = frozenset({"image_generation", "image_edit", "image_variation", "transcription", "translation", "speech", "moderation"})
 TRANSLATION_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 # what an upstream's malformed stream can raise inside a translation (a number where text
@@ -767,13 +873,93 @@ def estimated_usage(ctx: RequestContext, completion_chars: int, partial: dict | 
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "estimated": True}
 
 
-def native_stream_error(kind: str, error: dict, sequence: int) -> bytes:
-    """A failure event in the format of the native stream it ends."""
-    if kind == "messages":
-        payload = {"type": "error", "error": {"type": "api_error", "message": error["message"]}}
-    else:
-        payload = {"type": "error", "code": error["code"], "message": error["message"], "param": None, "sequence_number": sequence, "error": error}
-    return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
+class NativeStream:
+    """Follows a native stream (the upstream's own Responses or Messages events) for
+    what the proxy needs: usage, the last sequence number and response object, and
+    where it ends. It ends at the upstream's own failure: Messages' `error` event, or
+    Responses' `error` and the `response.failed` after it (lockgate's, if the upstream
+    sends anything else or nothing); or at a failure lockgate sees, written the same way.
+    `feed` returns the events to pass on, re-framed whole; data that is not a JSON object
+    sets `error` after the events before it."""
+
+    __slots__ = ("kind", "adapter", "secrets", "sequence", "sent", "usage", "response", "failure", "ended", "error")
+
+    def __init__(self, kind: str, adapter: Adapter, secrets: Secrets) -> None:
+        self.kind = kind
+        self.adapter = adapter
+        self.secrets = secrets
+        self.sequence = 0
+        self.sent = 0
+        self.usage: dict | None = None
+        self.response: dict = {}  # the last response object a Responses event carried
+        self.failure: dict | None = None  # the upstream's error event, once one came
+        self.ended = False
+        self.error: Exception | None = None
+
+    def feed(self, events: list[tuple[str, bytes]]) -> bytes:
+        out: list[bytes] = []
+        for event, payload in events:
+            if self.ended or self.error is not None:
+                break
+            if payload == b"[DONE]":  # not the Responses or Messages format, but harmless
+                out.append(encode_raw(event, payload))
+                continue
+            parsed = loads_or_none(payload)
+            if not isinstance(parsed, dict):
+                self.error = SSEError("the upstream sent a stream event that is not a JSON object")
+                break
+            kind = parsed.get("type") or event
+            if self.failure is not None:
+                self.ended = True
+                out.append(self._follow(kind, event, payload, parsed) if kind == "response.failed" else self._failed_response())
+                break
+            out.append(self._follow(kind, event, payload, parsed))
+            if kind == "error":
+                self.failure = parsed
+                self.ended = self.kind == "messages"
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        """At the stream's end: lockgate's `response.failed` for an upstream `error` that came without one."""
+        if self.failure is None or self.ended:
+            return b""
+        self.ended = True
+        return self._failed_response()
+
+    def fail(self, error: dict) -> bytes:
+        """A failure lockgate saw (a break, a timeout, bytes that are not the format)."""
+        if self.ended:
+            return b""
+        if self.failure is not None:
+            return self.close()
+        self.failure = error
+        self.ended = True
+        if self.kind == "messages":
+            return encode_event("error", {"type": "error", "error": {"type": "api_error", "message": error["message"]}})
+        self.sequence += 1
+        payload = {"type": "error", "code": error["code"], "message": error["message"], "param": None, "sequence_number": self.sequence, "error": error}
+        return encode_event("error", payload) + self._failed_response()
+
+    def _follow(self, kind: str, event: str, payload: bytes, parsed: dict) -> bytes:
+        seq = parsed.get("sequence_number")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            self.sequence = seq
+        response = parsed.get("response")
+        if isinstance(response, dict):
+            self.response = response
+        self.sent += delta_chars(parsed)
+        self.usage = self.adapter.passthrough_stream_usage(self.kind, event, parsed, self.usage)
+        framed = encode_raw(event, payload)
+        return self.secrets.scrub(framed) if kind in ("error", "response.failed") else framed
+
+    def _failed_response(self) -> bytes:
+        failure = self.failure or {}
+        message = str(failure.get("message") or "upstream error")
+        # response.error.code is a closed set of OpenAI's own failure codes
+        code = "rate_limit_exceeded" if "rate_limit_exceeded" in (failure.get("code"), failure.get("type")) else "server_error"
+        response = {**self.response, "status": "failed", "error": {"code": code, "message": message}}
+        self.sequence += 1
+        return self.secrets.scrub(encode_event("response.failed", {"type": "response.failed", "sequence_number": self.sequence, "response": response}))
 
 
 WATCH_AFTER_S = 0.02  # how long an answer may take before anyone listens for the client leaving

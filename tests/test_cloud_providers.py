@@ -25,7 +25,10 @@ from tests.cloud import (
     cloud_models,
     service_account,
 )
+from lockgate.proxy.handlers import PER_INPUT_CONCURRENCY
 from tests.conftest import start_gateway
+from tests.fakes.openai_api import vector_for
+from tests.fakes.upstream import count_tokens
 
 MODULE_ACCOUNT = "cloud-e2e@proj-test.iam.gserviceaccount.com"  # this module's gateway is its only user
 CHAT = ["bedrock-claude", "vertex-gemini", "vertex-claude", "cohere", "groq"]
@@ -136,11 +139,40 @@ def test_embeddings(client, upstream, model, inputs):
     assert floats == pytest.approx(result.data[0].embedding, rel=1e-6)
 
 
-def test_titan_takes_one_input_and_says_so(client, upstream):
-    with pytest.raises(openai.BadRequestError) as err:
-        client.embeddings.create(model="bedrock-titan", input=["a", "b"])
-    assert "one text per request" in err.value.message
-    assert not upstream.seen("/invoke"), "refused before anything went upstream"
+TITAN_TEXTS = [f"text number {i} " + "word " * i for i in range(20)]
+
+
+def test_titan_embeds_several_inputs_one_call_each_answered_as_one_list(client, upstream):
+    """Titan's InvokeModel takes one inputText: a batch (what Onyx's indexing sends) is one
+    signed call per input, answered as one OpenAI list in input order, even when the
+    answers arrive in another order."""
+    upstream.aws.signed.clear()
+    # the first inputs answer last
+    upstream.set("amazon.titan-embed-text-v2:0", input_latency_s={text: 0.05 * (len(TITAN_TEXTS) - i) for i, text in enumerate(TITAN_TEXTS[:8])})
+    result = client.embeddings.create(model="bedrock-titan", input=TITAN_TEXTS)
+    calls = upstream.seen("/invoke")
+    assert sorted(c.body["inputText"] for c in calls) == sorted(TITAN_TEXTS) and all(set(c.body) == {"inputText"} for c in calls)
+    assert len(upstream.aws.signed) == len(TITAN_TEXTS), "every call SigV4-signed and verified"
+    assert [d.index for d in result.data] == list(range(len(TITAN_TEXTS)))
+    assert [d.embedding for d in result.data] == [pytest.approx(vector_for(text)) for text in TITAN_TEXTS]
+    assert result.usage.prompt_tokens == result.usage.total_tokens == sum(count_tokens(text) for text in TITAN_TEXTS)
+
+
+def test_titan_calls_for_one_request_are_bounded(client, upstream):
+    upstream.titan.peak = 0
+    upstream.set("amazon.titan-embed-text-v2:0", input_latency_s={text: 0.5 for text in TITAN_TEXTS})
+    client.embeddings.create(model="bedrock-titan", input=TITAN_TEXTS)
+    assert upstream.titan.peak == PER_INPUT_CONCURRENCY, "calls overlap, never more than the bound"
+
+
+@pytest.mark.parametrize("status, error", [(429, openai.RateLimitError), (400, openai.BadRequestError), (500, openai.InternalServerError)])
+def test_one_refused_titan_input_fails_the_whole_request(client, upstream, status, error):
+    upstream.set("amazon.titan-embed-text-v2:0", input_status={TITAN_TEXTS[5]: status})
+    with pytest.raises(error) as err:
+        client.embeddings.create(model="bedrock-titan", input=TITAN_TEXTS)
+    body = err.value.response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code", "param"}
+    assert "refused input" in body["error"]["message"], "the upstream's reason is passed on"
 
 
 def test_bedrock_requests_are_sigv4_signed_over_the_path_as_sent(client, upstream):

@@ -335,7 +335,7 @@ def test_gateway_errors(gw, upstream):
     for path, body in (
         ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
         ("/v1/chat/completions", {"model": "demo"}),
-        ("/v1/embeddings", {"model": "bedrock-titan", "input": ["a", "b"]}),
+        ("/v1/embeddings", {"model": "bedrock-titan", "input": [[1, 2], [3]]}),
         ("/v1/completions", {"model": "claude", "prompt": "x"}),
     ):
         status, payloads = collect(gw, path, body)

@@ -130,9 +130,18 @@ def test_a_bad_crc_ends_the_stream_with_an_error():
     good, bad = frames()[1], bytearray(frames()[2])
     bad[-1] ^= 0xFF
     out = stream.feed(good + bytes(bad) + frames()[3])
-    assert out[0]["choices"][0]["delta"] == {"content": "Hel"}
-    assert out[-1]["error"]["code"] == "upstream_bad_response" and len(out) == 2
+    assert [c["choices"][0]["delta"] for c in out] == [{"content": "Hel"}], "what came before the bad frame, nothing after"
+    assert "ChecksumMismatch" in str(stream.error)
     assert stream.feed(frames()[4]) == []
+
+
+@pytest.mark.parametrize("cut, whole", [(len(b"".join(frames())) - 5, False), (len(b"".join(frames()[:-2])), False), (len(b"".join(frames()[:-1])), True)],
+                         ids=["inside a message", "before messageStop", "after messageStop"])
+def test_a_stream_that_ends_early_is_not_a_whole_answer(cut, whole):
+    stream = bedrock.BedrockStream("m", include_usage=False)
+    stream.feed(b"".join(frames())[:cut])
+    assert stream.finish() == []
+    assert (stream.error is None) == whole, stream.error
 
 
 def test_an_exception_frame_is_an_openai_error():

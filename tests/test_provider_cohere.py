@@ -117,3 +117,13 @@ def test_a_hosted_preset_without_a_key_is_a_config_error(monkeypatch):
         parse_config({"models": [{"name": "d", "deployments": [{"provider": "deepseek", "model": "deepseek-chat"}, {"provider": "cohere", "model": "command-r"}]}]})
     problems = "\n".join(err.value.problems)
     assert "needs api_key, or DEEPSEEK_API_KEY" in problems and "COHERE_API_KEY" in problems
+
+
+def test_stream_data_that_is_not_json_ends_the_stream_after_what_came_before():
+    stream = cohere.CohereStream("command-r-plus", include_usage=False)
+    start = encode_event("message-start", {"type": "message-start", "id": "m1", "delta": {"message": {"role": "assistant"}}})
+    out = stream.feed(start + b"data: [DONE]\n\n")
+    assert len(out) == 1 and stream.error is None, "an OpenAI-style end marker carries nothing"
+    delta = encode_event("content-delta", {"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": "Hi"}}}})
+    out = stream.feed(delta + b"event: content-delta\ndata: <html>502 Bad Gateway</html>\n\n" + delta)
+    assert [c["choices"][0]["delta"] for c in out] == [{"content": "Hi"}] and stream.error is not None

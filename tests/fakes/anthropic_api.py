@@ -3,7 +3,9 @@ sequence (message_start, content blocks with a ping, message_delta, message_stop
 Anthropic's error shape, as the official SDK parses them. Structured outputs
 (`output_config.format`) are answered with JSON valid against their schema, and, as
 the real API does, a schema it cannot enforce there or in a strict tool (a keyword
-outside its subset, an object not closed with `additionalProperties: false`) is a 400."""
+outside its subset, an object not closed with `additionalProperties: false`) is a 400.
+With a `stream_fault`, a stream that goes wrong (an `error` event in it, data that is
+not JSON, a body cut off)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from starlette.routing import Route
 from lockgate.providers.base import looks_like_context_error
 from lockgate.providers.mock import example
 from lockgate.providers.sse import encode_event
-from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
+from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, faulted, json_response, words
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -166,7 +168,11 @@ async def answer(fake: FakeUpstream, body: dict, model: str) -> Response:
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
     chunks.append(encode_event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["output_tokens"]}}))
     chunks.append(encode_event("message_stop", {"type": "message_stop"}))
-    return fake.stream_response(chunks, b)
+    faults = {
+        "error": encode_event("error", {"type": "error", "error": {"type": "overloaded_error", "message": b.error_message}}),
+        "garbage": b"event: content_block_delta\ndata: <html><body>502 Bad Gateway</body></html>\n\n",
+    }
+    return fake.stream_response(faulted(chunks, 3, b, faults), b)
 
 
 def routes(fake: FakeUpstream) -> list[Route]:

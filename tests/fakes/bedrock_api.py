@@ -1,7 +1,10 @@
 """The fake upstream's Bedrock Runtime: Converse, ConverseStream (binary event-stream
 frames with their CRCs, each frame sent in two pieces so a reader must reassemble
 them), InvokeModel for Titan and Cohere embeddings, AWS's error shape
-(`x-amzn-ErrorType` and `{"message"}`), every call SigV4-verified. Also the two
+(`x-amzn-ErrorType` and `{"message"}`), every call SigV4-verified; with a
+`stream_fault`, a ConverseStream whose framing goes wrong (bad prelude or message CRCs,
+a prelude claiming 4 GB, a frame cut off, a payload that is not JSON, exception and
+error messages of each kind). Also the two
 endpoints of the AWS credential chain the tests use: container credentials and STS
 AssumeRoleWithWebIdentity."""
 
@@ -9,9 +12,13 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
+import asyncio
 import datetime as dt
 import secrets
+import struct
 import uuid
+import zlib
+from dataclasses import dataclass
 
 import orjson
 from starlette.requests import Request
@@ -19,8 +26,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from lockgate.providers.base import looks_like_context_error
-from tests.fakes.aws import AwsAccounts, event, exception, verify_sigv4
-from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
+from tests.fakes.aws import AwsAccounts, event, exception, frame, verify_sigv4
+from tests.fakes.upstream import BREAK, Behaviour, FakeUpstream, count_tokens, faulted, json_response, words
 
 EXCEPTIONS = {
     400: "ValidationException",
@@ -37,6 +44,14 @@ CONVERSE_KEYS = {
     "promptVariables", "additionalModelResponseFieldPaths", "requestMetadata", "performanceConfig",
 }
 WEB_IDENTITY_TOKEN = "eyJhbGciOiJSUzI1NiJ9.fake-service-account-token.sig"
+
+
+@dataclass
+class InvokeCalls:
+    """Titan embedding calls being answered now, and the most there were at once."""
+
+    in_flight: int = 0
+    peak: int = 0
 
 
 def aws_error(status: int, kind: str, message: str) -> Response:
@@ -94,6 +109,39 @@ def reply_for(body: dict, b: Behaviour) -> tuple[str | None, dict | None]:
     return "echo: " + (text_of(users[-1].get("content") or []) if users else ""), None
 
 
+STREAM_EXCEPTIONS = (
+    "modelStreamErrorException", "throttlingException", "validationException", "internalServerException",
+    "serviceUnavailableException", "modelTimeoutException",
+)
+
+
+def stream_faults(message: str) -> dict[str, bytes]:
+    """What can go wrong inside ConverseStream's event-stream framing."""
+    good = event("contentBlockDelta", padded({"contentBlockIndex": 0, "delta": {"text": " never read"}}))
+    faults = {
+        "error": exception("modelStreamErrorException", orjson.dumps({"message": message})),
+        # `:message-type: error`, the framing's other failure: code and message in headers
+        "error_message": frame({":message-type": "error", ":error-code": "InternalFailure", ":error-message": message}, b""),
+        "garbage": event("contentBlockDelta", b"<html><body>502 Bad Gateway</body></html>"),
+        "bad_prelude_crc": good[:8] + bytes(b ^ 0xFF for b in good[8:12]) + good[12:],
+        "bad_message_crc": good[:-4] + bytes(b ^ 0xFF for b in good[-4:]),
+        # a prelude (its CRC right) claiming a 4 GB message
+        "huge_frame": huge_prelude() + b"\x00" * 64,
+    }
+    faults.update({f"exception:{kind}": exception(kind, orjson.dumps({"message": message})) for kind in STREAM_EXCEPTIONS})
+    return faults
+
+
+def huge_prelude() -> bytes:
+    prelude = struct.pack(">II", 0xFFFFFFFF, 0)
+    return prelude + struct.pack(">I", zlib.crc32(prelude))
+
+
+def halves(pieces: list[bytes]) -> list[bytes]:
+    """Each frame sent in two reads, so a reader must put frames back together."""
+    return [half for f in pieces for half in ((f,) if f == BREAK else (f[: len(f) // 2], f[len(f) // 2 :]))]
+
+
 def padded(payload: dict) -> bytes:
     # Bedrock pads every event payload with a `p` field of varying length
     return orjson.dumps({**payload, "p": "abcdefghijklmnopqrstuvwxyz"[: secrets.randbelow(20) + 1]})
@@ -101,6 +149,7 @@ def padded(payload: dict) -> bytes:
 
 def routes(fake: FakeUpstream) -> list[Route]:
     accounts = fake.aws = AwsAccounts()
+    titan = fake.titan = InvokeCalls()
 
     async def signed_body(request: Request) -> tuple[dict | None, Response | None]:
         raw = await request.body()
@@ -153,8 +202,8 @@ def routes(fake: FakeUpstream) -> list[Route]:
         if b.error_message.startswith("in-stream "):
             frames.append(exception("throttlingException", orjson.dumps({"message": b.error_message})))
         frames.append(event("metadata", padded({"usage": usage, "metrics": {"latencyMs": 15}})))
-        pieces = [half for f in frames for half in (f[: len(f) // 2], f[len(f) // 2 :])]
-        return StreamingResponse(fake.paced(pieces, b), media_type="application/vnd.amazon.eventstream")
+        frames = faulted(frames, 1, b, stream_faults(b.error_message))
+        return StreamingResponse(fake.paced(halves(frames), b), media_type="application/vnd.amazon.eventstream")
 
     async def invoke(request: Request) -> Response:
         body, refused = await signed_body(request)
@@ -175,7 +224,17 @@ def routes(fake: FakeUpstream) -> list[Route]:
             )
         if not isinstance(body.get("inputText"), str) or set(body) - {"inputText", "dimensions", "normalize", "embeddingTypes"}:
             return aws_error(400, "ValidationException", "Malformed input request: #: extraneous key is not permitted")
-        return json_response({"embedding": vector_for(body["inputText"], body.get("dimensions") or 8), "inputTextTokenCount": count_tokens(body["inputText"])})
+        text = body["inputText"]
+        titan.in_flight += 1
+        titan.peak = max(titan.peak, titan.in_flight)
+        try:
+            await asyncio.sleep(b.input_latency_s.get(text, 0))
+        finally:
+            titan.in_flight -= 1
+        if text in b.input_status:
+            status = b.input_status[text]
+            return aws_error(status, EXCEPTIONS.get(status, "InternalServerException"), f"refused input {text!r}")
+        return json_response({"embedding": vector_for(text, body.get("dimensions") or 8), "inputTextTokenCount": count_tokens(text)})
 
     async def container_credentials(request: Request) -> Response:
         """What ECS / EKS Pod Identity answer at AWS_CONTAINER_CREDENTIALS_FULL_URI."""

@@ -1,6 +1,8 @@
 """The fake upstream's Cohere v2 API: `/v2/chat` (JSON, and the typed SSE events
 message-start, content-start/-delta/-end, tool-plan-delta, tool-call-start/-delta/-end,
-message-end) and `/v2/embed`, with Cohere's `{"message"}` errors."""
+message-end) and `/v2/embed`, with Cohere's `{"message"}` errors; with a `stream_fault`,
+a stream that goes wrong (a message-end with an error in it, data that is not JSON, a
+body cut off)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from starlette.routing import Route
 
 from lockgate.providers.base import looks_like_context_error
 from lockgate.providers.sse import encode_event
-from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
+from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, faulted, json_response, words
 
 CHAT_KEYS = {
     "model", "messages", "tools", "documents", "citation_options", "response_format", "safety_mode", "max_tokens",
@@ -91,7 +93,11 @@ def routes(fake: FakeUpstream) -> list[Route]:
                 chunks.append(encode_event("content-delta", {"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": piece}}}}))
             chunks.append(encode_event("content-end", {"type": "content-end", "index": 0}))
         chunks.append(encode_event("message-end", {"type": "message-end", "delta": {"finish_reason": finish, "usage": usage}}))
-        return fake.stream_response(chunks, b)
+        faults = {
+            "error": encode_event("message-end", {"type": "message-end", "delta": {"finish_reason": "ERROR", "error": b.error_message}}),
+            "garbage": b"event: content-delta\ndata: <html><body>502 Bad Gateway</body></html>\n\n",
+        }
+        return fake.stream_response(faulted(chunks, 2, b, faults), b)
 
     async def embed(request: Request) -> Response:
         body = await fake.record(request)

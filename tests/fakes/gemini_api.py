@@ -1,7 +1,10 @@
 """The fake upstream's Gemini API: generateContent, streamGenerateContent (alt=sse, as
 Google sends it: `data: {...}` events ending in CRLF CRLF), embedContent and
 batchEmbedContents, with errors in Google's `{"error": {code, message, status}}` shape.
-A `responseSchema` is answered with JSON valid against it, as controlled generation is."""
+A `responseSchema` is answered with JSON valid against it, as controlled generation is.
+With a `stream_fault`, a stream that goes wrong: an error object in it, a `data:` line
+that is not JSON, a stray line of text (what a proxy in front of Google writes), a body
+cut off."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from lockgate.providers.mock import example
-from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
+from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, faulted, json_response, words
 
 GOOGLE_STATUS = {
     400: "INVALID_ARGUMENT",
@@ -128,7 +131,16 @@ async def generate(fake: FakeUpstream, body: dict, model: str, method: str, requ
     events = [response(p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
     if request.query_params.get("alt") != "sse":
         return json_response(events)  # without alt=sse Google streams one JSON array
-    return fake.stream_response([sse(e) for e in events], b)
+    return fake.stream_response(faulted([sse(e) for e in events], 0, b, stream_faults(b)), b)
+
+
+def stream_faults(b: Behaviour) -> dict[str, bytes]:
+    error = {"error": {"code": 503, "message": b.error_message, "status": "UNAVAILABLE"}}
+    return {
+        "error": sse(error),
+        "garbage": b"data: <html><body>502 Bad Gateway</body></html>\r\n\r\n",
+        "stray_line": b"upstream connect error or disconnect/reset before headers. reset reason: overflow\r\n\r\n",
+    }
 
 
 def routes(fake: FakeUpstream) -> list[Route]:

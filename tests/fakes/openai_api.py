@@ -1,7 +1,8 @@
 """The fake upstream's OpenAI chat, completions and embeddings endpoints, also served
 under Azure's deployment paths (where the deployment name stands in for the model).
 A `response_format` json_schema is answered with JSON valid against the schema, as
-structured outputs are; any other request with prose."""
+structured outputs are; any other request with prose. With a `stream_fault`, a chat
+stream that goes wrong (an error object in it, data that is not JSON, a body cut off)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from starlette.routing import Route
 
 from lockgate.providers.mock import example
 from lockgate.providers.sse import DONE, encode_data
-from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
+from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, faulted, json_response, words
 
 
 def openai_error(b: Behaviour, request: Request | None = None) -> Response:
@@ -131,7 +132,11 @@ def routes(fake: FakeUpstream) -> list[Route]:
         if include_usage:
             chunks.append(encode_data({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}))
         chunks.append(DONE)
-        return fake.stream_response(chunks, b)
+        faults = {
+            "error": encode_data({"error": {"message": b.error_message, "type": "server_error", "param": None, "code": None}}),
+            "garbage": b"data: <html><body>502 Bad Gateway</body></html>\n\n",
+        }
+        return fake.stream_response(faulted(chunks, 1, b, faults), b)
 
     async def completions(request: Request) -> Response:
         body = await fake.record(request)

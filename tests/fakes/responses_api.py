@@ -2,7 +2,9 @@
 /openai/responses?api-version=... (the preview API) and /openai/v1/responses (the v1 API).
 
 Its JSON is written out by hand, not built with providers/responses.py, so that it
-checks the gateway's translator instead of agreeing with it.
+checks the gateway's translator instead of agreeing with it. With a `stream_fault`, a
+stream that goes wrong: OpenAI's in-stream failure (an `error` event, then
+`response.failed`), data that is not JSON, a body cut off.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from starlette.routing import Route
 
 from lockgate.providers.base import looks_like_context_error
 from lockgate.providers.sse import encode_event
-from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, json_response, words
+from tests.fakes.upstream import Behaviour, FakeUpstream, count_tokens, faulted, json_response, words
 
 CONTEXT_MESSAGE = "Your input exceeds the context window of this model. Please adjust your input and try again."
 
@@ -133,7 +135,14 @@ def routes(fake: FakeUpstream) -> list[Route]:
             final["incomplete_details"] = {"reason": "max_output_tokens"}
         if not body.get("stream"):
             return json_response(final)
-        return fake.stream_response(stream_events(envelope(body, response_id, created, "in_progress"), item, pieces, final), b)
+        events = stream_events(envelope(body, response_id, created, "in_progress"), item, pieces, final)
+        failed = {**envelope(body, response_id, created, "failed"), "error": {"code": "server_error", "message": b.error_message}}
+        faults = {
+            "error": encode_event("error", {"type": "error", "code": "server_error", "message": b.error_message, "param": None, "sequence_number": 90})
+            + encode_event("response.failed", {"type": "response.failed", "response": failed, "sequence_number": 91}),
+            "garbage": b"event: response.output_text.delta\ndata: <html><body>502 Bad Gateway</body></html>\n\n",
+        }
+        return fake.stream_response(faulted(events, 3 if call else 4, b, faults), b)
 
     async def openai(request: Request) -> Response:
         return await answer(request, azure=False)

@@ -38,12 +38,20 @@ class Behaviour:
     preamble: str | None = None  # text the answer writes before its tool call (Anthropic, as Claude often does)
     # faults a hostile or broken upstream shows (OpenAI endpoints)
     raw_stream: list[bytes] | None = None  # a stream of exactly these pieces instead of a real one
+    # a stream that goes wrong after `fault_after` pieces of content, in the provider's own
+    # wire format (see `faulted`): "error", "garbage", "truncated", "cut", and Bedrock's own
+    stream_fault: str | None = None
+    fault_after: int = 1
     raw_answer: bytes | None = None  # a non-streamed answer of exactly these bytes (with raw_headers)
     raw_headers: dict[str, str] = field(default_factory=dict)
     echo_auth: bool = False  # an error message that repeats the Authorization header it received
     prompt_tokens_per_char: float | None = None  # report prompt usage as characters x this (a tokenizer's ratio)
     cache_read_tokens: int = 0  # prompt-cache reads and writes an Anthropic answer reports
     cache_write_tokens: int = 0
+    # per input text of a one-input embeddings call (Titan on Bedrock): a wait before its
+    # answer, and an error status instead of it
+    input_latency_s: dict[str, float] = field(default_factory=dict)
+    input_status: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,6 +61,27 @@ class Recorded:
     query: dict[str, str]
     headers: dict[str, str]
     body: Any
+
+
+BREAK = b"\x00fake upstream: the connection drops here\x00"  # a stream piece never sent
+
+
+def faulted(chunks: list[bytes], first_content: int, b: Behaviour, faults: dict[str, bytes]) -> list[bytes]:
+    """A stream's pieces gone wrong as `b.stream_fault` says, after `b.fault_after`
+    pieces of content (the first is `chunks[first_content]`): `cut` drops the connection
+    halfway through the next piece, `truncated` ends the body cleanly there, and any
+    other fault is the provider's own bytes for it in `faults` (its in-stream `error`,
+    `garbage` that is not its format...), sent there with the rest of the stream after
+    it, as a confused upstream would."""
+    if b.stream_fault is None:
+        return chunks
+    at = first_content + b.fault_after
+    half = chunks[at][: len(chunks[at]) // 2]
+    if b.stream_fault == "cut":
+        return chunks[:at] + [half, BREAK]
+    if b.stream_fault == "truncated":
+        return chunks[:at] + [half]
+    return chunks[:at] + [faults[b.stream_fault]] + chunks[at:]
 
 
 def words(text: str) -> list[str]:
@@ -157,7 +186,7 @@ class FakeUpstream:
         finished = False
         try:
             for i, piece in enumerate(chunks):
-                if behaviour.break_after is not None and i >= behaviour.break_after:
+                if piece == BREAK or (behaviour.break_after is not None and i >= behaviour.break_after):
                     finished = True
                     raise ConnectionAbortedError("fake upstream broke the stream")
                 if i and behaviour.chunk_delay_s:
