@@ -615,8 +615,24 @@ def _is_stream(message: Message) -> bool:
     return any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ()))
 
 
+def _charged(counters: dict[str, float]) -> float:
+    # every report line names the model served: the model rows hold every charge, with a key or without
+    return sum(value for field, value in counters.items() if field.startswith("model:"))
+
+
+def spend_total(counters: dict[str, float]) -> float:
+    """All the spend of one report hash."""
+    return round(_charged(counters), 8)
+
+
 def spend_report(counters: dict[str, float], by: str) -> list[dict[str, Any]]:
-    """Rows of one report hash for one dimension, largest spend first."""
-    rows = [{by: field.split(":", 1)[1], "spend_usd": round(value, 8)} for field, value in counters.items() if field.startswith(by + ":")]
+    """Rows of one report hash for one dimension, largest spend first. Spend made without
+    that dimension (no key, no team) is a row of its own, `(no key)`, so the rows add up to
+    `spend_total` whichever dimension is asked for."""
+    values = {field.split(":", 1)[1]: value for field, value in counters.items() if field.startswith(by + ":")}
+    rows = [{by: name, "spend_usd": round(value, 8)} for name, value in values.items()]
+    rest = round(_charged(counters) - sum(values.values()), 8)
+    if rest > 0:
+        rows.append({by: f"(no {by})", "spend_usd": rest})
     return sorted(rows, key=lambda r: -r["spend_usd"])
 

@@ -52,12 +52,12 @@ def admin_only(handler: Any) -> Any:
 
 
 async def spend_rows(store: Store, by: str, period: str, now: dt.datetime | None = None) -> dict:
-    from lockgate.middleware.budget import report_key, spend_report
+    from lockgate.middleware.budget import report_key, spend_report, spend_total
 
     now = now or dt.datetime.now(dt.timezone.utc)
     key = report_key(period, now)
-    rows = spend_report(await store.counters(key), by)
-    return {"by": by, "period": period, "key": key.split(":", 2)[2], "total_usd": round(sum(r["spend_usd"] for r in rows), 8), "data": rows}
+    counters = await store.counters(key)
+    return {"by": by, "period": period, "key": key.split(":", 2)[2], "total_usd": spend_total(counters), "data": spend_report(counters, by)}
 
 
 class Admin:

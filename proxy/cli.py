@@ -259,7 +259,8 @@ def cmd_spend(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """`lockgate import litellm|guide FILE [-o DIR]`: writes gateway.yaml and the policy
-    files, and prints what could not be carried over. Refused inputs write nothing."""
+    files, and prints what was skipped and what could not be carried over. Refused
+    inputs write nothing; every refusal is one line each, never a traceback."""
     from lockgate.proxy.importer import ImportRefused, run, write
 
     try:
@@ -270,8 +271,18 @@ def cmd_import(args: argparse.Namespace) -> int:
         print("Nothing was written.", file=sys.stderr)
         return 1
     out = Path(args.output)
-    for path in write(result, out):
+    try:
+        written = write(result, out)
+    except ImportRefused as exc:
+        for problem in exc.problems:
+            print(f"lockgate import {args.kind}: {problem}", file=sys.stderr)
+        return 1
+    for path in written:
         print(f"wrote {path}")
+    if result.skipped:
+        print("\nSkipped, not imported (also at the top of gateway.yaml):")
+        for line in result.skipped:
+            print(f"  - {line}")
     if result.notes:
         print("\nNot carried over, or guessed (also at the top of gateway.yaml):")
         for note in result.notes:

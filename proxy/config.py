@@ -98,17 +98,20 @@ MAX_NODES = 100_000  # nodes of a document with its aliases expanded: a policy i
 MAX_DEPTH = 64  # nesting of mappings and lists
 
 
-class LineLoader(yaml.SafeLoader):
-    """A SafeLoader whose mappings and sequences remember the line they start on, and
-    which refuses what would cost far more to walk than to read: a document whose
-    aliases expand past MAX_NODES (an alias bomb is a few hundred bytes and 10^9 nodes
-    for whatever walks it) or that nests deeper than MAX_DEPTH."""
+class BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader which refuses what would cost far more to walk than to read: a
+    document whose aliases expand past MAX_NODES (an alias bomb is a few hundred bytes
+    and 10^9 nodes for whatever walks it) or that nests deeper than MAX_DEPTH."""
 
     def get_single_node(self) -> yaml.Node | None:
         node = super().get_single_node()
         if node is not None:
             expanded_size(node)
         return node
+
+
+class LineLoader(BoundedLoader):
+    """A BoundedLoader whose mappings and sequences remember the line they start on."""
 
 
 def expanded_size(root: yaml.Node) -> int:
@@ -179,11 +182,12 @@ LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _con
 LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
-def parse_yaml(text: bytes | str, source: str) -> Any:
+def parse_yaml(text: bytes | str, source: str, loader: type[BoundedLoader] = LineLoader) -> Any:
     """One YAML document, or `ConfigError` with `source:line: message`: the one parser
-    behind `lockgate check`, start-up and every hot reload, so the three always agree.
-    An empty document is refused: it is what a reader sees midway through a
-    non-atomic save, and a policy that silently became empty would open every door."""
+    behind `lockgate check`, start-up and every hot reload, so the three always agree
+    (and `lockgate import`, with a loader of its own). An empty document is refused: it
+    is what a reader sees midway through a non-atomic save, and a policy that silently
+    became empty would open every door."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -192,7 +196,7 @@ def parse_yaml(text: bytes | str, source: str) -> Any:
     if not text.strip():
         raise ConfigError([f"{source}:1: the file is empty (write `{{}}` for an empty policy)"])
     try:
-        document = yaml.load(text, Loader=LineLoader)  # noqa: S506 - LineLoader is a SafeLoader
+        document = yaml.load(text, Loader=loader)  # noqa: S506 - every BoundedLoader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1

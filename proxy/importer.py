@@ -3,25 +3,42 @@ seed document and the Onyx deployment guides, as `gateway.yaml` and policy files
 
 Both importers fill one `Draft` (models, store, routing, and the six policies) and
 note everything they could not carry over or had to guess; the notes are printed and
-written at the top of `gateway.yaml`. Nothing in the input is dropped silently, and
-a model is never dropped: an input the importer cannot read whole is refused with
-every problem listed, and nothing is written. The output depends on the input alone
-(no dates, no machine state except a master key's environment variable, which is
-hashed), so re-running an import gives the same files.
+written at the top of `gateway.yaml`. Nothing in the input is dropped silently: a
+model the importer cannot serve (a provider lockgate lacks, an entry without a name or
+a model) is skipped and listed with why, and the rest is imported; a chain or alias
+that named it loses it, also listed. An input that is not a config at all (not
+YAML, not a mapping, a section of the wrong shape) is refused with every problem
+listed, and nothing is written. The output depends on the input alone (no dates, no
+machine state except a master key's environment variable, which is hashed), so
+re-running an import gives the same files.
+
+The input is read with the bounds lockgate's own config has (proxy/config.py's
+BoundedLoader: 100,000 nodes with aliases expanded, 64 levels), so a few hundred bytes
+of aliases cannot cost gigabytes. Secrets are never copied: the report and the header
+name a setting by its path, never its value; a credential written in the file itself
+(an api_key, a Redis password, a URL with a password in it) becomes a `${VARIABLE}` of
+its own, named in the report, for the operator to set.
 
 Choices where LiteLLM and lockgate do not line up:
 - Deployments: `os.environ/VAR` becomes `${VAR}`; a provider key left out is read
   from the variable LiteLLM reads (OPENAI_API_KEY...). Per-deployment `rpm`/`tpm`
   become the deployment's weight (as LiteLLM's shuffle weighs by them) and one
   throttle limit per model, their sum, when every deployment of the model has one.
+  A bare Bedrock model id (`anthropic.claude-3-sonnet-20240229-v1:0`) is bedrock's, as
+  LiteLLM reads it; `custom_llm_provider` names the provider as in LiteLLM.
 - `routing_strategy`: simple-shuffle -> weighted, least-busy -> least_busy,
   latency-based-routing -> lowest_latency, usage-based-routing -> weighted by tpm/rpm;
   cost-based routing has no equivalent (round_robin, noted).
+- A setting in both `router_settings` and `litellm_settings` is taken from
+  `router_settings`, as LiteLLM does. A setting whose value has a shape LiteLLM's docs do
+  not give (a number that is not one, a fallback that is not a model name) is reported
+  and left out, never guessed.
 - `max_budget` is proxy-wide in LiteLLM; lockgate budgets are per key, user or team,
   so it becomes the budget of the only caller the imported config has: the master
   key, or, without one, the anonymous caller.
 - `master_key` is stored as its sha256 only; `os.environ/VAR` is hashed from the
   variable as set during the import, or noted when it is not set.
+- `include:` is not followed (reported): import each included file on its own.
 - Guides: a provider named where a model is needed (`primary: openai`) becomes a
   model of that name served by the provider's flagship model (noted as a guess); a
   model name the guide uses without defining it is served by the provider its name
@@ -31,17 +48,22 @@ Choices where LiteLLM and lockgate do not line up:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
+from lockgate.proxy.config import BoundedLoader, ConfigError, parse_yaml
+
 
 class ImportRefused(Exception):
-    """The input cannot be imported whole: every problem, one a line."""
+    """The input cannot be imported at all, or the output cannot be written: every problem, one a line."""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
@@ -53,6 +75,7 @@ class Result:
     files: dict[str, str]  # file name -> contents, gateway.yaml first
     notes: list[str]  # what was not carried over, or guessed
     env: list[str]  # environment variables the output reads
+    skipped: list[str] = field(default_factory=list)  # what was not imported at all, and why
 
 
 POLICY_ORDER = ("auth", "throttle", "budget", "rewrite", "cache", "fallback")
@@ -108,7 +131,20 @@ GUIDE_STRATEGIES = {
     "latency": "lowest_latency", "lowest_latency": "lowest_latency", "latency-based": "lowest_latency", "sticky": "sticky",
 }
 PERIODS = {"daily_limit": "daily", "weekly_limit": "weekly", "monthly_limit": "monthly", "total_limit": "total", "limit": "monthly"}
+# a Bedrock model id without LiteLLM's `bedrock/`: [region.]vendor.model[:version], which
+# LiteLLM sends to Bedrock (its model map holds these ids)
+BEDROCK_ID = re.compile(
+    r"^(?:(?:us|eu|apac|au|jp|ca|global|us-gov)\.)?(?:anthropic|amazon|meta|mistral|ai21|cohere|deepseek|writer|qwen|openai|twelvelabs|stability|luma)"
+    r"\.[a-z0-9][a-z0-9._-]*(?::[0-9a-z:]+)?$"
+)
 ENV_REF = re.compile(r"^os\.environ/([A-Za-z_][A-Za-z0-9_]*)$")
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
+# header names whose values are credentials
+SECRET_HEADER = re.compile(r"authorization|api[-_]?key|token|secret|password|cookie|signature", re.IGNORECASE)
+# query parameters that carry a credential in a URL (`?key=` is Gemini's)
+SECRET_QUERY = re.compile(r"^(?:key|api[-_]?key|token|access[-_]?token|secret|sig|signature|password|code)$", re.IGNORECASE)
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?|d|days?)$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def env_ref(value: Any) -> Any:
@@ -123,7 +159,24 @@ def env_ref(value: Any) -> Any:
     return value
 
 
-def slug(text: str) -> str:
+def referenced_variables(node: Any) -> set[str]:
+    """Every environment variable the input names (`os.environ/VAR`, `${VAR}`): a secret
+    moved out of the file gets a variable of its own, never one of these."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            match = ENV_REF.match(item.strip())
+            found.update([match.group(1)] if match else VARIABLE.findall(item))
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return found
+
+
+def slug(text: Any) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
 
 
@@ -138,21 +191,39 @@ def period_of(duration: Any) -> str | None:
     return {86400: "daily", 604800: "weekly", 2_592_000: "monthly"}.get(seconds)
 
 
+def url_holds_secret(url: str) -> bool:
+    """A URL with a password (`redis://:pw@host`) or a key in its query (`?key=`)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return False
+    return bool(password) or any(SECRET_QUERY.match(name) for name, _ in parse_qsl(parts.query))
+
+
 @dataclass
 class Draft:
     """What the import builds, in the order gateway.yaml and the policies are written."""
 
     source: str
+    taken: set[str] = field(default_factory=set)  # variables the output may not give a new meaning
     models: dict[str, dict] = field(default_factory=dict)
     store: dict = field(default_factory=lambda: {"backend": "disk", "path": ".lockgate/state"})
     routing: dict = field(default_factory=dict)
     policies: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    unimported: set[str] = field(default_factory=set)  # model names whose every entry was skipped
     problems: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+    def skip(self, text: str, name: Any = None) -> None:
+        self.skipped.append(text)
+        if isinstance(name, str):
+            self.unimported.add(name)
 
     def policy(self, name: str) -> dict:
         return self.policies.setdefault(name, {})
@@ -163,7 +234,92 @@ class Draft:
 
     def add_deployment(self, name: str, deployment: dict) -> None:
         self.models.setdefault(name, {"name": name, "deployments": []})["deployments"].append(deployment)
+        self.unimported.discard(name)
 
+    # -- values ------------------------------------------------------------------------
+    def variable(self, hint: str) -> str:
+        """A new environment variable's name from `hint`, one no other setting reads. The
+        prefix keeps it apart from what the environment may already hold for another use
+        (a REDIS_PASSWORD of some other Redis), which would be taken silently."""
+        base = "LOCKGATE_" + (re.sub(r"[^A-Z0-9]+", "_", hint.upper()).strip("_") or "SECRET")
+        name, n = base, 1
+        while name in self.taken:
+            n += 1
+            name = f"{base}_{n}"
+        self.taken.add(name)
+        return name
+
+    def secret(self, value: Any, where: str, hint: str) -> str | None:
+        """A credential for the output: `os.environ/VAR` as `${VAR}`; one written in the
+        file itself as a variable of its own, named in the report, its value copied nowhere."""
+        if value is None or value == "":
+            return None
+        if isinstance(value, (dict, list)):
+            self.note(f"{where}: not a single value; not carried over")
+            return None
+        text = env_ref(value) if isinstance(value, str) else value
+        if isinstance(text, str) and "${" in text:
+            return text
+        name = self.variable(hint)
+        self.note(f"{where} is written in the file itself: the output reads it from ${{{name}}} (set {name} to it; its value is not copied)")
+        return "${" + name + "}"
+
+    def number(self, value: Any, where: str, *, integer: bool = False, minimum: float = 0) -> Any:
+        """A number for the output: as written, or `${VAR}` for `os.environ/VAR` (lockgate
+        reads numbers from the environment too). Anything else is reported, never guessed."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if ENV_REF.match(value.strip()):
+                return env_ref(value)
+            if VARIABLE.fullmatch(value.strip()):
+                return value.strip()
+            try:
+                value = float(value.strip())
+            except ValueError:
+                pass
+        whole = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (not integer or value == int(value))
+        if not whole or value < minimum:
+            self.note(f"{where}: not {'a whole number' if integer else 'a number'} of at least {minimum:g}; not carried over")
+            return None
+        return int(value) if integer or value == int(value) else value
+
+    def duration(self, value: Any, where: str) -> Any:
+        """Seconds, from a number or a duration such as `1h` or `30m`."""
+        if isinstance(value, str):
+            match = DURATION.match(value.strip().lower())
+            if match:
+                return int(float(match.group(1)) * DURATION_UNITS[match.group(2)[0]])
+        return self.number(value, where)
+
+    def model_names(self, value: Any, where: str) -> list[str]:
+        """Model names as LiteLLM's fallbacks write them: one name, a list of names, or
+        `{model: name}` entries."""
+        if value is None:
+            return []
+        items = value if isinstance(value, list) else [value]
+        names = []
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                item = item.get("model")
+            if isinstance(item, str) and item:
+                names.append(item)
+            else:
+                self.note(f"{where}" + (f"[{index}]" if isinstance(value, list) else "") + ": not a model name; not carried over")
+        return names
+
+    def served(self, names: list[str], where: str) -> list[str]:
+        """The names of `names` this import serves; each other one is noted as left out."""
+        kept = []
+        for name in names:
+            if name in self.models or name == "*":
+                kept.append(name)
+            else:
+                why = "it was skipped" if name in self.unimported else "no model of that name is in model_list"
+                self.note(f"{where}: {name!r} left out ({why})")
+        return kept
+
+    # -- guides ------------------------------------------------------------------------
     def ensure_model(self, name: str, why: str) -> None:
         """A model named by a rule, alias or chain that nothing defines yet."""
         if name in self.models or name == "*":
@@ -193,11 +349,16 @@ class Draft:
         for target in targets:
             if str(target) not in existing and str(target) != str(model):
                 existing.append(str(target))
+        if not existing:
+            del chains[str(model)]
 
     # -- output ---------------------------------------------------------------------
     def render(self, command: str) -> Result:
         files: dict[str, str] = {}
         header = [f"# Imported by `lockgate import {command} {self.source}`; importing it again gives this file again."]
+        if self.skipped:
+            header.append("# Skipped, not imported:")
+            header += [f"#   - {line}" for line in self.skipped]
         if self.notes:
             header.append("# Not carried over, or guessed (also printed by the import):")
             header += [f"#   - {line}" for line in self.notes]
@@ -205,15 +366,16 @@ class Draft:
         if self.routing:
             gateway["routing"] = self.routing
         gateway["models"] = list(self.models.values())
-        stack = [{name: f"{name}.yaml"} for name in POLICY_ORDER if name in self.policies]
+        policies = {name: body for name, body in self.policies.items() if body}
+        stack = [{name: f"{name}.yaml"} for name in POLICY_ORDER if name in policies]
         if stack:
             gateway["middleware"] = stack
         files["gateway.yaml"] = "\n".join(header) + "\n" + dump(gateway)
         for name in POLICY_ORDER:
-            if name in self.policies:
-                files[f"{name}.yaml"] = f"# {name} policy imported from {self.source} (see gateway.yaml for what was not carried over).\n" + dump(self.policies[name])
+            if name in policies:
+                files[f"{name}.yaml"] = f"# {name} policy imported from {self.source} (see gateway.yaml for what was not carried over).\n" + dump(policies[name])
         env = sorted({m for text in files.values() for m in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)})
-        return Result(files, list(self.notes), env)
+        return Result(files, list(self.notes), env, list(self.skipped))
 
 
 def dump(data: Any) -> str:
@@ -224,214 +386,283 @@ def dump(data: Any) -> str:
 # -- reading ------------------------------------------------------------------------
 
 
-class DuplicateKeyLoader(yaml.SafeLoader):
+class ImportLoader(BoundedLoader):
+    """YAML as LiteLLM reads it (PyYAML's safe_load: YAML 1.1 booleans), within the
+    bounds lockgate's own config has."""
+
+
+class GuideLoader(ImportLoader):
     """Guides repeat keys (`fallback: anthropic` then `fallback: azure`): the values of
     a repeated key are kept together as a list instead of the last one winning."""
 
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeated: set = set()
 
-def _mapping_keeping_duplicates(loader: DuplicateKeyLoader, node: yaml.MappingNode) -> dict:
+
+def _mapping_keeping_duplicates(loader: GuideLoader, node: yaml.MappingNode) -> dict:
     loader.flatten_mapping(node)
     result: dict = {}
-    seen: set = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):
+            raise yaml.constructor.ConstructorError(problem="a mapping key must be a plain value, not a mapping or a list", problem_mark=key_node.start_mark)
         value = loader.construct_object(value_node, deep=True)
-        if key in seen:
+        if key in result:
             previous = result[key]
             result[key] = (previous if isinstance(previous, list) and key in loader.repeated else [previous]) + [value]
             loader.repeated.add(key)
         else:
             result[key] = value
-            seen.add(key)
     return result
 
 
-DuplicateKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_keeping_duplicates)
+GuideLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_keeping_duplicates)
 
 
 def read(path: Path, keep_duplicates: bool = False) -> Any:
+    """The document in `path`, parsed by the parser lockgate's own config goes through
+    (UTF-8 only, bounded size and depth, `file:line: message` for every refusal)."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ImportRefused([f"{path}: cannot read: {exc.strerror}"]) from None
+    if not data.strip():
+        raise ImportRefused([f"{path}: the file is empty"])
     try:
-        if keep_duplicates:
-            loader = DuplicateKeyLoader(text)
-            loader.repeated = set()
-            try:
-                return loader.get_single_data()
-            finally:
-                loader.dispose()
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
-        raise ImportRefused([f"{path}:{line}: not valid YAML: {exc.problem or exc}"]) from None
-    except yaml.YAMLError as exc:
-        raise ImportRefused([f"{path}: not valid YAML: {exc}"]) from None
+        return parse_yaml(data, str(path), GuideLoader if keep_duplicates else ImportLoader)
+    except ConfigError as exc:
+        raise ImportRefused(exc.problems) from None
 
 
 # -- LiteLLM -------------------------------------------------------------------------
 
-LITELLM_TOP = {"model_list", "router_settings", "litellm_settings", "general_settings", "environment_variables", "include"}
+LITELLM_SECTIONS = ("router_settings", "litellm_settings", "general_settings")
+LITELLM_TOP = {"model_list", *LITELLM_SECTIONS, "environment_variables", "include"}
 PARAM_NOTES = {
     "max_retries": "retries are the fallback policy's (`retries`)",
     "stream_timeout": "lockgate has one timeout_s for the first byte and every silence after it",
     "drop_params": "lockgate drops the fields a translated provider does not take, always",
     "aws_role_name": "assume the role through an AWS profile (`aws_profile`) with role_arn",
 }
+# litellm_params a deployment carries over as they are: LiteLLM name -> lockgate name
+CLOUD_SETTINGS = {"aws_region_name": "region", "aws_profile_name": "aws_profile", "vertex_project": "project", "vertex_location": "location"}
+CLOUD_SECRETS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+PARAMS_HANDLED = {"model", "custom_llm_provider", "api_base", "base_url", "api_key", "api_version", "timeout", "weight", "rpm", "tpm", "extra_headers",
+                  "headers", "organization", "input_cost_per_token", "output_cost_per_token", "vertex_credentials", *CLOUD_SETTINGS, *CLOUD_SECRETS}
 
 
-def provider_and_model(model: str, where: str, draft: Draft) -> tuple[str, str] | None:
+def provider_and_model(model: str, custom: Any, where: str, draft: Draft) -> tuple[str, str] | str:
+    """The lockgate provider and upstream model id of a LiteLLM `model` (and
+    `custom_llm_provider`), or why there is none."""
+    if custom is not None:
+        if not isinstance(custom, str) or custom not in PREFIXES:
+            return "custom_llm_provider names no provider lockgate serves"
+        if not model.startswith(custom + "/"):
+            model = f"{custom}/{model}"
     prefix, sep, rest = model.partition("/")
     if sep and prefix in PREFIXES:
         provider = PREFIXES[prefix]
         if provider == "bedrock":
             rest = re.sub(r"^(converse|invoke|converse_like)/", "", rest)
         return provider, rest
-    if sep and "/" not in rest and prefix not in ("meta-llama", "accounts"):
-        draft.problems.append(f"{where}: unknown provider prefix {prefix + '/'!r} in model {model!r} (lockgate serves: {', '.join(sorted(set(PREFIXES)))})")
-        return None
-    provider = next((p for pattern, p in NAME_PROVIDERS if pattern.search(model.lower())), None)
-    if provider is None:
-        draft.problems.append(f"{where}: model {model!r} has no provider prefix lockgate knows; write it as openai/{model} with api_base for an OpenAI-compatible server")
-        return None
-    draft.note(f"{where}: {model!r} has no provider prefix: served by {provider}, as LiteLLM guesses from the name")
-    return provider, model
+    if BEDROCK_ID.match(model):
+        draft.note(f"{where}: {model!r} is a Bedrock model id: served by bedrock, as LiteLLM reads it")
+        return "bedrock", model
+    if not sep:
+        provider = next((p for pattern, p in NAME_PROVIDERS if pattern.search(model.lower())), None)
+        if provider is None:
+            return f"model {model!r} names no provider: write it as openai/{model} with api_base for an OpenAI-compatible server"
+        draft.note(f"{where}: {model!r} has no provider prefix: served by {provider}, as LiteLLM guesses from the name")
+        return provider, model
+    return (f"unknown provider prefix {prefix + '/'!r}: lockgate has no such provider (it serves {', '.join(sorted(set(PREFIXES.values())))}); "
+            "an OpenAI-compatible server can be written as openai/MODEL with api_base")
 
 
 def litellm_deployment(entry: dict, where: str, draft: Draft, default_timeout: Any) -> dict | None:
-    params = entry.get("litellm_params")
-    if not isinstance(params, dict) or not isinstance(params.get("model"), str):
-        draft.problems.append(f"{where}: litellm_params.model is missing")
+    """One model_list entry as a lockgate deployment; None (and the entry skipped, with
+    why) when lockgate cannot serve it."""
+    name = entry.get("model_name")
+    raw_params = entry.get("litellm_params")
+    if not isinstance(raw_params, dict) or not isinstance(raw_params.get("model"), str) or not raw_params["model"]:
+        draft.skip(f"{where}: litellm_params.model is missing", name)
         return None
-    params = env_ref(params)
-    found = provider_and_model(params["model"], where, draft)
-    if found is None:
+    params = env_ref(raw_params)
+    found = provider_and_model(params["model"], params.get("custom_llm_provider"), where, draft)
+    if isinstance(found, str):
+        draft.skip(f"{where}: {found}", name)
         return None
     provider, model = found
+    at = f"{where}: litellm_params."
     dep: dict[str, Any] = {"provider": provider, "model": model}
     info = entry.get("model_info") if isinstance(entry.get("model_info"), dict) else {}
-    if info.get("id"):
+    if info.get("id") is not None:
         dep["id"] = str(info["id"])
     base = params.get("api_base") or params.get("base_url")
-    if base:
-        if provider == "ollama" and not str(base).rstrip("/").endswith("/v1"):
-            base = str(base).rstrip("/") + "/v1"  # LiteLLM speaks Ollama's own API; lockgate its OpenAI one
-        dep["base_url"] = str(base)
+    if isinstance(base, str) and base:
+        if provider == "ollama" and not base.rstrip("/").endswith("/v1"):
+            base = base.rstrip("/") + "/v1"  # LiteLLM speaks Ollama's own API; lockgate its OpenAI one
+        dep["base_url"] = draft.secret(base, at + "api_base", f"{name}_API_BASE") if url_holds_secret(base) else base
+    elif base:
+        draft.note(at + "api_base: not a URL; not carried over")
     elif provider == "azure":
         dep["base_url"] = "${AZURE_API_BASE}"
-    if params.get("api_key"):
-        dep["api_key"] = str(params["api_key"])
-        if not str(params["api_key"]).startswith("${"):
-            draft.note(f"{where}: api_key is written in the config itself; better an environment variable")
+    key = draft.secret(params.get("api_key"), at + "api_key", f"{name}_API_KEY")
+    if key is not None:
+        dep["api_key"] = key
     elif provider in KEY_ENV and not (provider == "openai" and base):
         dep["api_key"] = "${" + KEY_ENV[provider] + "}"
-    if params.get("api_version"):
+    if params.get("api_version") is not None:
         dep["api_version"] = str(params["api_version"])
-    for source, target in (("aws_region_name", "region"), ("aws_access_key_id", "aws_access_key_id"), ("aws_secret_access_key", "aws_secret_access_key"),
-                           ("aws_session_token", "aws_session_token"), ("aws_profile_name", "aws_profile"), ("vertex_project", "project"),
-                           ("vertex_location", "location"), ("vertex_credentials", "credentials")):
-        if params.get(source) and provider in ("bedrock", "vertex"):
-            dep[target] = str(params[source])
-    if provider == "vertex" and str(params.get("vertex_credentials", "")).startswith("${"):
-        draft.note(f"{where}: vertex_credentials comes from {params['vertex_credentials']}: lockgate reads it as the path of the service-account file")
-    timeout = params.get("timeout", default_timeout)
+    cloud_settings(draft, dep, provider, params, at, name)
+    timeout = draft.number(params["timeout"], at + "timeout") if "timeout" in params else default_timeout
     if timeout:
-        dep["timeout_s"] = float(timeout)
-    weight = params.get("weight") or params.get("rpm") or entry.get("rpm")
+        dep["timeout_s"] = timeout
+    weight = draft.number(next((v for v in (params.get("weight"), params.get("rpm"), entry.get("rpm")) if v is not None), None), at + "weight")
     if weight:
         dep["weight"] = weight
-    headers = {str(k).lower(): str(v) for k, v in (params.get("extra_headers") or params.get("headers") or {}).items()}
-    if params.get("organization"):
-        headers["openai-organization"] = str(params["organization"])
+    headers = deployment_headers(draft, params, at, name)
     if headers:
         dep["headers"] = headers
-    inp = info.get("input_cost_per_token", params.get("input_cost_per_token"))
-    out = info.get("output_cost_per_token", params.get("output_cost_per_token"))
-    if inp is not None or out is not None:
-        dep["price"] = {"input_per_mtok": round(float(inp or 0) * 1_000_000, 6), "output_per_mtok": round(float(out or 0) * 1_000_000, 6)}
-    handled = {"model", "api_base", "base_url", "api_key", "api_version", "timeout", "weight", "rpm", "tpm", "extra_headers", "headers", "organization",
-               "input_cost_per_token", "output_cost_per_token", "aws_region_name", "aws_access_key_id", "aws_secret_access_key",
-               "aws_session_token", "aws_profile_name", "vertex_project", "vertex_location", "vertex_credentials"}
-    for key in params:
-        if key not in handled:
-            why = PARAM_NOTES.get(key, "a request default or provider option lockgate does not set on deployments")
-            draft.note(f"{where}: litellm_params.{key} not carried over ({why})")
+    price = {k: draft.number(info.get(f"{k}_cost_per_token", params.get(f"{k}_cost_per_token")), f"{where}: {k}_cost_per_token") for k in ("input", "output")}
+    if any(v is not None for v in price.values()):
+        if all(isinstance(v, (int, float)) for v in price.values() if v is not None):
+            dep["price"] = {f"{k}_per_mtok": round(float(v or 0) * 1_000_000, 6) for k, v in price.items()}
+        else:
+            draft.note(f"{where}: a price read from the environment: lockgate prices per million tokens; not carried over")
+    for param in params:
+        if param not in PARAMS_HANDLED:
+            why = PARAM_NOTES.get(str(param), "a request default or provider option lockgate does not set on deployments")
+            draft.note(f"{at}{param} not carried over ({why})")
     return dep
 
 
-def model_info_for(info: dict, where: str, draft: Draft) -> dict:
-    out = {}
-    for key in ("max_input_tokens", "max_tokens", "supports_vision", "supports_reasoning", "mode"):
-        if key in info:
-            out[key] = info[key]
-    if "max_output_tokens" in info and "max_tokens" not in out:
-        out["max_tokens"] = info["max_output_tokens"]
-    for key in info:
+def cloud_settings(draft: Draft, dep: dict, provider: str, params: dict, at: str, name: Any) -> None:
+    """Bedrock's region and AWS credentials, Vertex's project, location and service account."""
+    if provider not in ("bedrock", "vertex"):
+        return
+    for source, target in CLOUD_SETTINGS.items():
+        if isinstance(params.get(source), (str, int, float)):
+            dep[target] = str(params[source])
+        elif params.get(source) is not None:
+            draft.note(f"{at}{source}: not a single value; not carried over")
+    for source in CLOUD_SECRETS:
+        value = draft.secret(params.get(source), at + source, f"{name}_{source}")
+        if value is not None:
+            dep[source] = value
+    if provider == "bedrock" and "region" not in dep:
+        draft.note(f"{at}aws_region_name is not set: lockgate reads AWS_REGION or AWS_DEFAULT_REGION (LiteLLM read AWS_REGION_NAME)")
+    credentials = params.get("vertex_credentials")
+    if provider != "vertex" or credentials is None:
+        return
+    if isinstance(credentials, str) and credentials.startswith("${"):
+        dep["credentials"] = credentials
+        draft.note(f"{at}vertex_credentials comes from {credentials}: lockgate reads it as the path of the service-account file")
+    elif isinstance(credentials, str) and not credentials.lstrip().startswith("{"):
+        dep["credentials"] = credentials
+    else:
+        draft.note(f"{at}vertex_credentials holds the service account's JSON itself: save it as a file and set the deployment's "
+                   "`credentials:` to its path; not carried over (Application Default Credentials apply until then)")
+
+
+def deployment_headers(draft: Draft, params: dict, at: str, name: Any) -> dict[str, str]:
+    source = "extra_headers" if "extra_headers" in params else "headers"
+    node = params.get(source)
+    headers: dict[str, str] = {}
+    if isinstance(node, dict):
+        for header, value in node.items():
+            header = str(header).lower()
+            if SECRET_HEADER.search(header):
+                value = draft.secret(value, f"{at}{source}.{header}", f"{name}_{header}")
+            if value is not None and not isinstance(value, (dict, list)):
+                headers[header] = str(value)
+    elif node is not None:
+        draft.note(f"{at}{source}: not a mapping of header names to values; not carried over")
+    if params.get("organization") is not None:
+        headers["openai-organization"] = str(params["organization"])
+    return headers
+
+
+def model_info_for(node: Any, where: str, draft: Draft) -> dict:
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        draft.note(f"{where}: model_info is not a mapping; not carried over")
+        return {}
+    out = {key: node[key] for key in ("max_input_tokens", "max_tokens", "supports_vision", "supports_reasoning", "mode") if key in node}
+    if "max_output_tokens" in node and "max_tokens" not in out:
+        out["max_tokens"] = node["max_output_tokens"]
+    for key in node:
         if key not in out and key not in ("id", "max_output_tokens", "input_cost_per_token", "output_cost_per_token"):
             draft.note(f"{where}: model_info.{key} not carried over")
     return out
 
 
 def import_litellm(raw: Any, source: str) -> Result:
-    draft = Draft(source)
+    draft = Draft(source, taken=referenced_variables(raw) | set(KEY_ENV.values()))
     if not isinstance(raw, dict):
         shape = "empty" if raw is None else f"a {type(raw).__name__}"
         raise ImportRefused([f"{source}: a LiteLLM config is a mapping (model_list:, router_settings:, litellm_settings:, general_settings:), not {shape}"])
-    router = raw.get("router_settings") or {}
-    settings = raw.get("litellm_settings") or {}
-    general = raw.get("general_settings") or {}
-    for name, node in (("router_settings", router), ("litellm_settings", settings), ("general_settings", general)):
+    router, settings, general = (raw.get(name) or {} for name in LITELLM_SECTIONS)
+    for name, node in zip(LITELLM_SECTIONS, (router, settings, general)):
         if not isinstance(node, dict):
             draft.problems.append(f"{source}: {name} must be a mapping")
+    entries = raw.get("model_list") or []
+    if not isinstance(entries, list):
+        draft.problems.append(f"{source}: model_list must be a list of models")
     if draft.problems:
         raise ImportRefused(draft.problems)
     for key in raw:
         if key not in LITELLM_TOP:
-            draft.note(f"{key}: not a LiteLLM config section lockgate knows")
-    default_timeout = router.get("timeout") or settings.get("request_timeout")
+            draft.note(f"{key}: not a LiteLLM config section lockgate knows; not carried over")
+    report_include(draft, raw.get("include"))
+    found = setting(router, settings, "timeout") or setting(router, settings, "request_timeout")
+    default_timeout = draft.number(*found) if found else None
+    import_models(draft, entries, default_timeout)
+    import_router(draft, router, settings)
+    import_settings(draft, settings, general)
+    import_general(draft, general, settings)
+    import_environment(draft, raw.get("environment_variables"))
+    return draft.render("litellm")
 
-    entries = raw.get("model_list")
-    if entries is None:
-        entries = []
-    if not isinstance(entries, list):
-        raise ImportRefused([f"{source}: model_list must be a list of models"])
+
+def report_include(draft: Draft, node: Any) -> None:
+    if node is None:
+        return
+    files = [f for f in (node if isinstance(node, list) else [node]) if isinstance(f, str)]
+    draft.note("include: " + (", ".join(files) + " not read" if files else "not read")
+               + ": LiteLLM adds each included file's model_list to this config; import each one on its own and add its models to gateway.yaml")
+
+
+def import_models(draft: Draft, entries: list, default_timeout: Any) -> None:
     limits: dict[str, list] = {}
     for index, entry in enumerate(entries):
         where = f"model_list[{index}]"
         if not isinstance(entry, dict):
-            draft.problems.append(f"{where}: each model is a mapping with model_name and litellm_params")
+            draft.skip(f"{where}: not a mapping with model_name and litellm_params")
             continue
         name = entry.get("model_name")
         if not isinstance(name, str) or not name:
-            draft.problems.append(f"{where}: model_name is missing")
+            draft.skip(f"{where}: model_name is missing")
             continue
         where = f"{where} ({name})"
-        if "*" in name or "*" in str((entry.get("litellm_params") or {}).get("model", "")):
-            draft.note(f"{where}: a wildcard route passes any model name through; lockgate serves the models it lists, so add each one you use")
+        params = entry.get("litellm_params") if isinstance(entry.get("litellm_params"), dict) else {}
+        if "*" in name or "*" in str(params.get("model", "")):
+            draft.skip(f"{where}: a wildcard route passes any model name through; lockgate serves the models it lists, so add each one you use", name)
             continue
         dep = litellm_deployment(entry, where, draft, default_timeout)
         if dep is None:
             continue
         draft.add_deployment(name, dep)
-        info = model_info_for(entry.get("model_info") or {}, where, draft)
+        info = model_info_for(entry.get("model_info"), where, draft)
         if info:
             draft.models[name].setdefault("info", {}).update(info)
-        params = entry.get("litellm_params") or {}
-        limits.setdefault(name, []).append((params.get("rpm", entry.get("rpm")), params.get("tpm", entry.get("tpm"))))
+        rates = [draft.number(params.get(k, entry.get(k)), f"{where}: {k}", integer=True, minimum=1) for k in ("rpm", "tpm")]
+        limits.setdefault(name, []).append(rates)
         for key in entry:
             if key not in ("model_name", "litellm_params", "model_info", "rpm", "tpm"):
                 draft.note(f"{where}: {key} not carried over")
-    if draft.problems:
-        raise ImportRefused(draft.problems)
-
     per_model_limits(draft, limits)
-    import_router(draft, router, settings)
-    import_settings(draft, settings, general)
-    import_general(draft, general, settings)
-    for name, value in (raw.get("environment_variables") or {}).items():
-        draft.note(f"environment_variables.{name}: set it in lockgate's environment (its value is not copied)")
-    return draft.render("litellm")
 
 
 def per_model_limits(draft: Draft, limits: dict[str, list]) -> None:
@@ -439,123 +670,249 @@ def per_model_limits(draft: Draft, limits: dict[str, list]) -> None:
         limit: dict[str, Any] = {"id": "model-" + slug(name), "per": "model", "match": {"model": name}}
         for position, field_name in ((0, "rpm"), (1, "tpm")):
             values = [p[position] for p in pairs]
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                limit[field_name] = int(sum(values))
+            if all(isinstance(v, int) for v in values):
+                limit[field_name] = sum(values)
             elif any(v is not None for v in values):
-                draft.note(f"{name}: {field_name} is set on some deployments only; lockgate limits a model as a whole, so none was set")
+                draft.note(f"{name}: {field_name} is not a number on every deployment; lockgate limits a model as a whole, so none was set")
         if "rpm" in limit or "tpm" in limit:
             draft.policy("throttle").setdefault("limits", []).append(limit)
 
 
+def first(node: dict, keys: tuple[str, ...], section: str) -> tuple[Any, str] | None:
+    """The first of `keys` set in `node`, and its path."""
+    return next(((node[k], f"{section}.{k}") for k in keys if node.get(k) is not None), None)
+
+
+def setting(router: dict, settings: dict, key: str) -> tuple[Any, str] | None:
+    """A setting LiteLLM reads from either section, and its path: router_settings wins."""
+    if key in router:
+        return router[key], f"router_settings.{key}"
+    if key in settings:
+        return settings[key], f"litellm_settings.{key}"
+    return None
+
+
+# router settings litellm_settings may hold too (router_settings wins)
+ROUTER_IN_SETTINGS = ("allowed_fails", "cooldown_time", "disable_cooldowns", "num_retries", "request_timeout", "fallbacks", "context_window_fallbacks",
+                      "content_policy_fallbacks", "default_fallbacks")
+ROUTER_HANDLED = {"routing_strategy", "timeout", "model_group_alias", "redis_url", "redis_host", "redis_port", "redis_password", *ROUTER_IN_SETTINGS}
+ROUTER_REASONS = {
+    "retry_policy": "lockgate retries every failure fallback.yaml's `on` lists alike: `retries`",
+    "model_group_retry_policy": "lockgate retries every failure alike: `retries: {model: n}` in fallback.yaml",
+    "allowed_fails_policy": "lockgate cools a deployment down after `cooldown_failures` failures of any kind",
+    "enable_pre_call_checks": "lockgate does not measure a prompt against the context window first: fallback.yaml's context_window moves one that is too long",
+    "stream_timeout": "lockgate has one timeout_s for the first byte and every silence after it",
+    "routing_strategy_args": "the balance strategies take no arguments",
+    "provider_budget_config": "budgets are per key, user or team (budget.yaml)",
+    "default_max_parallel_requests": "a throttle limit with `concurrent` does this",
+    "max_fallbacks": "a chain is as long as fallback.yaml lists",
+    "enable_tag_filtering": "route by tag with rewrite.yaml's rules",
+}
+
+
 def import_router(draft: Draft, router: dict, settings: dict) -> None:
-    strategy = router.get("routing_strategy")
-    if strategy:
-        balance = STRATEGIES.get(str(strategy))
-        if balance is None:
-            draft.note(f"router_settings.routing_strategy {strategy}: no lockgate equivalent; models balance round_robin")
-        else:
-            if str(strategy).startswith("usage-based"):
-                draft.note(f"router_settings.routing_strategy {strategy}: approximated by weights from each deployment's rpm/tpm")
-            for name, model in list(draft.models.items()):
-                if len(model["deployments"]) > 1 and balance != "round_robin":
-                    draft.set_balance(name, balance)
-    for key in ("allowed_fails", "cooldown_time"):
-        value = router.get(key, settings.get(key))
+    import_strategy(draft, router)
+    for key, target, integer, minimum in (("allowed_fails", "cooldown_failures", True, 1), ("cooldown_time", "cooldown_s", False, 0)):
+        found = setting(router, settings, key)
+        value = draft.number(*found, integer=integer, minimum=minimum) if found else None
         if value is not None:
-            draft.routing["cooldown_failures" if key == "allowed_fails" else "cooldown_s"] = value
-    retries = router.get("num_retries", settings.get("num_retries"))
+            draft.routing[target] = value
+    found = setting(router, settings, "disable_cooldowns")
+    if found and found[0] is True:
+        draft.routing["cooldown_s"] = 0
+    elif found and found[0] not in (None, False):
+        draft.note(f"{found[1]}: not true or false; not carried over")
+    found = setting(router, settings, "num_retries")
+    retries = draft.number(*found, integer=True) if found else None
     if retries:
-        draft.policy("fallback")["retries"] = int(retries)
-    for source in (router, settings):
-        for item in source.get("fallbacks") or []:
-            for model, targets in (item or {}).items():
-                draft.chain(model, list(targets or []))
-        for item in source.get("context_window_fallbacks") or []:
-            for model, targets in (item or {}).items():
-                targets = list(targets or [])
-                if targets:
-                    draft.policy("fallback").setdefault("context_window", {})[str(model)] = str(targets[0])
-                if len(targets) > 1:
-                    draft.note(f"context_window_fallbacks of {model}: lockgate moves to one bigger model; {', '.join(map(str, targets[1:]))} not carried over")
-        for item in source.get("content_policy_fallbacks") or []:
-            draft.note(f"content_policy_fallbacks {item}: lockgate does not fall back on a content-policy refusal")
-    defaults = settings.get("default_fallbacks") or router.get("default_fallbacks")
-    if defaults:
-        draft.chain("*", list(defaults))
-    aliases = router.get("model_group_alias") or {}
-    for alias, target in aliases.items():
+        draft.policy("fallback")["retries"] = retries
+    import_fallbacks(draft, router, settings)
+    found = setting(router, settings, "default_fallbacks")
+    if found:
+        draft.chain("*", draft.served(draft.model_names(*found), found[1]))
+    import_aliases(draft, router.get("model_group_alias"), "router_settings.model_group_alias")
+    url = redis_url(draft, {k: (router.get(f"redis_{k}"), f"router_settings.redis_{k}") for k in ("url", "host", "port", "password")})
+    if url:
+        draft.store = {"backend": "redis", "url": url}
+    for key in ROUTER_IN_SETTINGS:
+        if key in router and key in settings:
+            draft.note(f"litellm_settings.{key}: router_settings.{key} takes its place, as in LiteLLM")
+    for key in router:
+        if key not in ROUTER_HANDLED:
+            draft.note(f"router_settings.{key} not carried over" + (f" ({ROUTER_REASONS[key]})" if key in ROUTER_REASONS else ""))
+
+
+def import_strategy(draft: Draft, router: dict) -> None:
+    strategy = router.get("routing_strategy")
+    if strategy is None:
+        return
+    balance = STRATEGIES.get(strategy) if isinstance(strategy, str) else None
+    if balance is None:
+        draft.note("router_settings.routing_strategy: no lockgate equivalent; models balance round_robin")
+        return
+    if strategy.startswith("usage-based"):
+        draft.note(f"router_settings.routing_strategy {strategy}: approximated by weights from each deployment's rpm/tpm")
+    for name, model in list(draft.models.items()):
+        if len(model["deployments"]) > 1:
+            draft.set_balance(name, balance)
+
+
+def fallback_pairs(draft: Draft, node: Any, where: str) -> list[tuple[str, list[str]]]:
+    """LiteLLM's fallbacks, `[{model: [fallbacks]}]`, as (model, fallbacks) pairs; a
+    single `{model: [...]}` mapping and a single name for the list are taken too."""
+    if node is None:
+        return []
+    items = [node] if isinstance(node, dict) else node
+    if not isinstance(items, list):
+        draft.note(f"{where}: not a list of {{model: [fallbacks]}}; not carried over")
+        return []
+    pairs = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            draft.note(f"{where}[{index}]: not a mapping {{model: [fallbacks]}}; not carried over")
+            continue
+        for model, targets in item.items():
+            at = f"{where}[{index}].{model}"
+            if not draft.served([str(model)], at):
+                continue
+            names = draft.served(draft.model_names(targets, at), at)
+            if names:
+                pairs.append((str(model), names))
+    return pairs
+
+
+def import_fallbacks(draft: Draft, router: dict, settings: dict) -> None:
+    found = setting(router, settings, "fallbacks")
+    for model, targets in fallback_pairs(draft, *found) if found else []:
+        draft.chain(model, targets)
+    found = setting(router, settings, "context_window_fallbacks")
+    for model, targets in fallback_pairs(draft, *found) if found else []:
+        draft.policy("fallback").setdefault("context_window", {})[model] = targets[0]
+        if len(targets) > 1:
+            draft.note(f"{found[1]} of {model}: lockgate moves to one bigger model; {', '.join(targets[1:])} not carried over")
+    found = setting(router, settings, "content_policy_fallbacks")
+    if found and found[0]:
+        draft.note(f"{found[1]} not carried over (lockgate does not fall back on a content-policy refusal)")
+
+
+def import_aliases(draft: Draft, node: Any, where: str) -> None:
+    """model_group_alias: a name for a model group, or `{model: group, hidden: true}`."""
+    if node is None:
+        return
+    if not isinstance(node, dict):
+        draft.note(f"{where}: not a mapping of alias to model group; not carried over")
+        return
+    for alias, target in node.items():
+        at = f"{where}.{alias}"
         if isinstance(target, dict):
             if target.get("hidden"):
-                draft.note(f"model_group_alias {alias}: hidden aliases are listed in /v1/models in lockgate")
+                draft.note(f"{at}: hidden aliases are listed in /v1/models in lockgate")
             target = target.get("model")
-        draft.policy("rewrite").setdefault("aliases", {})[str(alias)] = str(target)
-    redis = router.get("redis_url") or router.get("redis_host")
-    if redis:
-        draft.store = {"backend": "redis", "url": redis_url(router.get("redis_url"), router.get("redis_host"), router.get("redis_port"), router.get("redis_password"))}
-    handled = {"routing_strategy", "allowed_fails", "cooldown_time", "num_retries", "fallbacks", "context_window_fallbacks", "content_policy_fallbacks",
-               "default_fallbacks", "model_group_alias", "redis_url", "redis_host", "redis_port", "redis_password", "timeout"}
-    for key in router:
-        if key not in handled:
-            draft.note(f"router_settings.{key} not carried over")
+        if not isinstance(target, str) or not target:
+            draft.note(f"{at}: names no model group; not carried over")
+            continue
+        if draft.served([target], at):
+            draft.policy("rewrite").setdefault("aliases", {})[str(alias)] = target
 
 
-def redis_url(url: Any, host: Any, port: Any, password: Any) -> str:
-    if url:
-        return str(env_ref(url))
-    auth = f":{env_ref(password)}@" if password else ""
-    return f"redis://{auth}{env_ref(host)}:{env_ref(port) or 6379}/0"
+def redis_url(draft: Draft, parts: dict[str, tuple[Any, str]]) -> str | None:
+    """A Redis URL from LiteLLM's url, or host, port and password (each with its path);
+    a password written in the file becomes a variable."""
+    (url, url_at), (host, host_at), (port, port_at), (password, password_at) = (parts[k] for k in ("url", "host", "port", "password"))
+    if url is not None:
+        if not isinstance(url, str) or not url:
+            draft.note(f"{url_at}: not a URL; not carried over")
+            return None
+        url = env_ref(url)
+        return draft.secret(url, url_at, "REDIS_URL") if url_holds_secret(url) else url
+    if host is None:
+        return None
+    if not isinstance(host, str) or not host:
+        draft.note(f"{host_at}: not a host name; not carried over")
+        return None
+    number = draft.number(port, port_at, integer=True, minimum=1) if port is not None else None
+    secret = draft.secret(password, password_at, "REDIS_PASSWORD")
+    auth = f":{secret}@" if secret else ""
+    return f"redis://{auth}{env_ref(host)}:{number or 6379}/0"
+
+
+SETTINGS_REASONS = {
+    "success_callback": "callbacks: lockgate writes an access log line per request and serves /metrics",
+    "failure_callback": "callbacks: lockgate writes an access log line per request and serves /metrics",
+    "callbacks": "callbacks: lockgate writes an access log line per request and serves /metrics",
+    "service_callback": "callbacks: lockgate writes an access log line per request and serves /metrics",
+    "guardrails": "LiteLLM's guardrails and their settings do not carry over",
+    "drop_params": "lockgate drops the fields a translated provider does not take, always",
+}
 
 
 def import_settings(draft: Draft, settings: dict, general: dict) -> None:
     if settings.get("cache"):
-        params = settings.get("cache_params") or {}
-        kind = str(params.get("type") or "local")
-        if params.get("mode") == "default_off":
-            draft.note("litellm_settings.cache_params.mode default_off: lockgate's cache is on for every request or off; not enabled")
-        else:
-            cache: dict[str, Any] = {"ttl_s": params.get("ttl") or 3600, "scope": "global", "models": ["*"]}
-            draft.policies["cache"] = cache
-            if not params.get("ttl"):
-                draft.note("litellm_settings.cache: no ttl given; lockgate's default of 3600 s applies")
-            if kind == "redis" and draft.store["backend"] != "redis":
-                draft.store = {"backend": "redis", "url": redis_url(params.get("url"), params.get("host"), params.get("port"), params.get("password"))}
-            elif kind not in ("redis", "local"):
-                draft.note(f"litellm_settings.cache_params.type {kind}: lockgate keeps cache entries in its store ({draft.store['backend']}), exact-match only")
-            for key in params:
-                if key not in ("type", "ttl", "host", "port", "password", "url", "mode"):
-                    draft.note(f"litellm_settings.cache_params.{key} not carried over")
-    budget = settings.get("max_budget")
+        import_cache(draft, settings.get("cache_params"))
+    budget = draft.number(settings.get("max_budget"), "litellm_settings.max_budget")
     if budget:
-        period = period_of(settings.get("budget_duration")) or "total"
-        if settings.get("budget_duration") and period_of(settings.get("budget_duration")) is None:
-            draft.note(f"litellm_settings.budget_duration {settings['budget_duration']}: not a day, week or month; imported as a total budget")
+        duration = settings.get("budget_duration")
+        period = period_of(duration) or "total"
+        if duration is not None and period_of(duration) is None:
+            draft.note("litellm_settings.budget_duration: not a day, week or month; imported as a total budget")
         who = {"key": "master"} if general.get("master_key") else {"user": "anonymous"}
-        draft.policy("budget").setdefault("budgets", []).append({**who, "limit_usd": float(budget), "period": period})
+        draft.policy("budget").setdefault("budgets", []).append({**who, "limit_usd": budget, "period": period})
         draft.note("litellm_settings.max_budget is proxy-wide: it is the budget of the " + ("master key" if "key" in who else "anonymous caller")
                    + ", the only caller this config has; keys you add get budgets of their own")
-    internal = settings.get("max_internal_user_budget") or settings.get("max_end_user_budget")
+    found = first(settings, ("max_internal_user_budget", "max_end_user_budget"), "litellm_settings")
+    internal = draft.number(*found) if found else None
     if internal:
         duration = settings.get("internal_user_budget_duration") or settings.get("budget_duration")
-        draft.policy("budget")["default"] = {"per": "user", "limit_usd": float(internal), "period": period_of(duration) or "monthly"}
+        draft.policy("budget")["default"] = {"per": "user", "limit_usd": internal, "period": period_of(duration) or "monthly"}
     handled = {"cache", "cache_params", "max_budget", "budget_duration", "max_internal_user_budget", "max_end_user_budget", "internal_user_budget_duration",
-               "fallbacks", "default_fallbacks", "context_window_fallbacks", "content_policy_fallbacks", "num_retries", "request_timeout",
-               "allowed_fails", "cooldown_time"}
-    reasons = {
-        "success_callback": "callbacks: lockgate writes an access log line per request and serves /metrics",
-        "failure_callback": "callbacks: lockgate writes an access log line per request and serves /metrics",
-        "callbacks": "callbacks: lockgate writes an access log line per request and serves /metrics",
-        "service_callback": "callbacks: lockgate writes an access log line per request and serves /metrics",
-        "guardrails": "guardrails are not part of lockgate",
-        "drop_params": "lockgate drops the fields a translated provider does not take, always",
-    }
-    for key, value in settings.items():
+               "max_parallel_requests", *ROUTER_IN_SETTINGS}
+    for key in settings:
         if key not in handled:
-            draft.note(f"litellm_settings.{key}: {value!r} not carried over" + (f" ({reasons[key]})" if key in reasons else ""))
+            draft.note(f"litellm_settings.{key} not carried over" + (f" ({SETTINGS_REASONS[key]})" if key in SETTINGS_REASONS else ""))
+
+
+def import_cache(draft: Draft, params: Any) -> None:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        draft.note("litellm_settings.cache_params: not a mapping; the cache is imported with lockgate's defaults")
+        params = {}
+    if params.get("mode") == "default_off":
+        draft.note("litellm_settings.cache_params.mode default_off: lockgate's cache is on for every request or off; not enabled")
+        return
+    ttl = draft.number(params.get("ttl"), "litellm_settings.cache_params.ttl")
+    draft.policies["cache"] = {"ttl_s": ttl or 3600, "scope": "global", "models": ["*"]}
+    if not ttl:
+        draft.note("litellm_settings.cache: no ttl given; lockgate's default of 3600 s applies")
+    kind = params.get("type") or "local"
+    at = "litellm_settings.cache_params."
+    if kind == "redis" and draft.store["backend"] != "redis":
+        url = redis_url(draft, {k: (params.get(k), at + k) for k in ("url", "host", "port", "password")})
+        if url:
+            draft.store = {"backend": "redis", "url": url}
+    elif kind == "redis":
+        for key in ("url", "host", "port", "password"):
+            if key in params:
+                draft.note(f"{at}{key} not carried over (cache entries live in the store: router_settings' Redis)")
+    elif kind not in ("redis", "local"):
+        draft.note(f"litellm_settings.cache_params.type: lockgate keeps cache entries in its store ({draft.store['backend']}), exact-match only")
+    for key in params:
+        if key not in ("type", "ttl", "host", "port", "password", "url", "mode"):
+            draft.note(f"litellm_settings.cache_params.{key} not carried over")
+
+
+GENERAL_REASONS = {
+    "database_url": "virtual keys, teams and spend live in LiteLLM's database; create lockgate keys with `lockgate keys new`",
+    "store_model_in_db": "models live in gateway.yaml",
+    "alerting": "use /metrics with your alerting",
+}
 
 
 def import_general(draft: Draft, general: dict, settings: dict) -> None:
     master = general.get("master_key")
-    if master:
+    if isinstance(master, (dict, list)):
+        draft.note("general_settings.master_key: not a single value; not carried over")
+    elif master:
         auth = draft.policy("auth")
         match = ENV_REF.match(str(master).strip())
         if match is None:
@@ -567,19 +924,24 @@ def import_general(draft: Draft, general: dict, settings: dict) -> None:
             draft.note(f"general_settings.master_key reads {match.group(1)}, which was not set during the import: every request is refused "
                        "until auth.yaml has a master_key_sha256 (`lockgate keys new --master` prints one)")
         auth["keys"] = []
-    concurrent = general.get("global_max_parallel_requests") or general.get("max_parallel_requests") or settings.get("max_parallel_requests")
+    found = first(general, ("global_max_parallel_requests", "max_parallel_requests"), "general_settings")
+    found = found or first(settings, ("max_parallel_requests",), "litellm_settings")
+    concurrent = draft.number(*found, integer=True, minimum=1) if found else None
     if concurrent:
-        draft.policy("throttle").setdefault("limits", []).append({"id": "global-parallel", "per": "global", "concurrent": int(concurrent)})
-    reasons = {
-        "database_url": "virtual keys, teams and spend live in LiteLLM's database; create lockgate keys with `lockgate keys new`",
-        "store_model_in_db": "models live in gateway.yaml",
-        "alerting": "use /metrics with your alerting",
-    }
-    for key, value in general.items():
-        if key in ("master_key", "global_max_parallel_requests", "max_parallel_requests"):
-            continue
-        shown = "(set)" if key in ("database_url",) or "key" in key or "password" in key or "secret" in key else repr(value)
-        draft.note(f"general_settings.{key}: {shown} not carried over" + (f" ({reasons[key]})" if key in reasons else ""))
+        draft.policy("throttle").setdefault("limits", []).append({"id": "global-parallel", "per": "global", "concurrent": concurrent})
+    for key in general:
+        if key not in ("master_key", "global_max_parallel_requests", "max_parallel_requests"):
+            draft.note(f"general_settings.{key} not carried over" + (f" ({GENERAL_REASONS[key]})" if key in GENERAL_REASONS else ""))
+
+
+def import_environment(draft: Draft, node: Any) -> None:
+    if node is None:
+        return
+    if not isinstance(node, dict):
+        draft.note("environment_variables: not a mapping; not carried over")
+        return
+    for name in node:
+        draft.note(f"environment_variables.{name}: set it in lockgate's environment (its value is not copied)")
 
 
 # -- guides ------------------------------------------------------------------------
@@ -591,13 +953,13 @@ TRUSTED_NAMES = frozenset(("user", "team", "key", "user_tier", "tier", "model", 
 
 
 def import_guide(raw: Any, source: str) -> Result:
-    draft = Draft(source)
+    draft = Draft(source, taken=referenced_variables(raw) | set(KEY_ENV.values()))
     if not isinstance(raw, dict):
         shape = "empty" if raw is None else f"a {type(raw).__name__}"
         raise ImportRefused([f"{source}: a guide's YAML is a mapping (routing:, models:, caching:, budget_limits:...), not {shape}"])
     for key in raw:
         if key not in GUIDE_TOP:
-            draft.note(f"{key}: not a section lockgate knows")
+            draft.note(f"{key}: not a section lockgate knows; not carried over")
     for key in ("models", "model_list"):
         guide_models(draft, raw.get(key), key)
     for key in ("routing_rules", "routing"):
@@ -609,10 +971,23 @@ def import_guide(raw: Any, source: str) -> Result:
     guide_rate_limits(draft, raw.get("rate_limits"))
     if draft.problems:
         raise ImportRefused(draft.problems)
-    for model, targets in (draft.policies.get("fallback") or {}).get("chains", {}).items():
-        for name in (model, *targets):
-            draft.ensure_model(name, "fallbacks")
+    serve_chains(draft)
     return draft.render("guide")
+
+
+def serve_chains(draft: Draft) -> None:
+    """Every model a chain names is served (ensure_model), except one whose entry was
+    skipped: that one leaves the chains, listed."""
+    chains = draft.policies.get("fallback", {}).get("chains", {})
+    for model, targets in list(chains.items()):
+        for name in (model, *targets):
+            if name in draft.unimported:
+                draft.note(f"fallbacks of {model}: {name!r} left out (it was skipped)")
+            else:
+                draft.ensure_model(name, "fallbacks")
+        chains[model] = [t for t in targets if t not in draft.unimported]
+        if model in draft.unimported or not chains[model]:
+            del chains[model]
 
 
 def as_list(node: Any, where: str, draft: Draft) -> list:
@@ -643,22 +1018,24 @@ def guide_models(draft: Draft, node: Any, key: str) -> None:
             draft.problems.append(f"{where}: model_name is missing")
             continue
         params = entry.get("litellm_params")
+        fallbacks = entry.get("fallbacks")
         if isinstance(params, dict):
-            dep = litellm_deployment(entry, where, draft, None) if "fallbacks" not in params else litellm_deployment(
-                {**entry, "litellm_params": {k: v for k, v in params.items() if k != "fallbacks"}}, where, draft, None)
-            fallbacks = params.get("fallbacks")
+            fallbacks = params.get("fallbacks", fallbacks)
+            entry = {**entry, "model_name": name, "litellm_params": {k: v for k, v in params.items() if k != "fallbacks"}}
+            dep = litellm_deployment(entry, f"{where} ({name})", draft, None)
+        elif isinstance(entry.get("model"), str):
+            params = {k: v for k, v in entry.items() if k not in ("name", "model_name", "fallbacks", "provider")}
+            dep = litellm_deployment({"model_name": name, "litellm_params": params}, f"{where} ({name})", draft, None)
+            provider = entry.get("provider")
+            if dep is not None and isinstance(provider, str) and provider in PREFIXES:
+                dep["provider"] = PREFIXES[provider]
         else:
-            dep, fallbacks = None, entry.get("fallbacks")
-            if isinstance(entry.get("model"), str):
-                dep = litellm_deployment({"litellm_params": {k: v for k, v in entry.items() if k not in ("name", "model_name", "fallbacks", "provider")}}, where, draft, None)
-                if dep is not None and entry.get("provider") in PREFIXES:
-                    dep["provider"] = PREFIXES[entry["provider"]]
+            dep = None
+            draft.ensure_model(name, where)
         if dep is not None:
             draft.add_deployment(name, dep)
-        elif not draft.problems:
-            draft.ensure_model(name, where)
         if fallbacks:
-            draft.chain(name, [str(f) for f in (fallbacks if isinstance(fallbacks, list) else [fallbacks])])
+            draft.chain(name, draft.model_names(fallbacks, f"{where}.fallbacks"))
 
 
 def add_rule(draft: Draft, rule: dict) -> None:
@@ -702,34 +1079,73 @@ def guide_rules(draft: Draft, node: Any, key: str) -> None:
 
 
 def guide_load_balancing(draft: Draft, node: Any) -> None:
+    """`load_balancing`: entries naming a provider (every model it serves) or a model,
+    with `api_keys` (one deployment per key) and a `strategy`. Also one such entry on
+    its own, `{strategy, providers: [...]}`, and `{provider: {api_keys, strategy}}`."""
+    strategy = None
+    if isinstance(node, dict) and ("provider" in node or "model" in node):
+        node = [node]
+    elif isinstance(node, dict):
+        strategy = node.get("strategy")
+        nested = next((node[k] for k in ("providers", "targets", "models") if k in node), None)
+        if nested is not None:
+            node = nested
+        else:
+            node = [{"provider": k, **v} if isinstance(v, dict) else {"provider": k, "api_keys": v} for k, v in node.items() if k != "strategy"]
     for index, entry in enumerate(as_list(node, "load_balancing", draft)):
         where = f"load_balancing[{index}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("provider"), str) or not isinstance(entry.get("api_keys"), list):
-            draft.problems.append(f"{where}: each entry is a mapping with provider and api_keys")
+        target = entry.get("model", entry.get("provider")) if isinstance(entry, dict) else None
+        if not isinstance(target, str) or not isinstance(entry.get("api_keys"), list):
+            draft.problems.append(f"{where}: each entry is a mapping with provider (or model) and api_keys")
             continue
+        balance_keys(draft, entry, where, strategy)
+
+
+def balance_keys(draft: Draft, entry: dict, where: str, strategy: Any) -> None:
+    if "model" in entry:
+        draft.ensure_model(entry["model"], where)
+        targets = [draft.models[entry["model"]]]
+        hint = entry["model"]
+    else:
         provider = PREFIXES.get(entry["provider"], entry["provider"])
         if provider not in PREFIXES.values():
             draft.problems.append(f"{where}: unknown provider {entry['provider']!r}")
-            continue
-        strategy = str(entry.get("strategy") or "round_robin")
-        balance = GUIDE_STRATEGIES.get(strategy)
-        if balance is None:
-            draft.note(f"{where}: strategy {strategy!r} has no lockgate equivalent; round_robin")
-            balance = "round_robin"
-        keys = [str(env_ref(k)) for k in entry["api_keys"]]
-        if any(not k.startswith("${") for k in keys):
-            draft.note(f"{where}: {sum(not k.startswith('${') for k in keys)} api_keys are written in the file itself; better environment variables")
+            return
         targets = [m for m in draft.models.values() if m["deployments"] and m["deployments"][0]["provider"] == provider]
         if not targets:
             draft.ensure_model(entry["provider"], where)
             targets = [draft.models[entry["provider"]]]
-        for model in targets:
-            template = model["deployments"][0]
-            model["deployments"] = [{**template, "api_key": key} for key in keys]
-            draft.set_balance(model["name"], balance)
+        hint = provider
+    strategy = entry.get("strategy", strategy) or "round_robin"
+    balance = GUIDE_STRATEGIES.get(strategy) if isinstance(strategy, str) else None
+    if balance is None:
+        draft.note(f"{where}.strategy: no lockgate equivalent; round_robin")
+        balance = "round_robin"
+    keys = []
+    for n, item in enumerate(entry["api_keys"]):
+        at = f"{where}.api_keys[{n}]"
+        value, weight = (item.get("key", item.get("api_key")), item.get("weight")) if isinstance(item, dict) else (item, None)
+        key = draft.secret(value, at, f"{hint}_API_KEY_{n + 1}")
+        if key is None:
+            draft.note(f"{at}: no key; not carried over")
+            continue
+        weight = draft.number(weight, f"{at}.weight") if weight is not None else None
+        keys.append({"api_key": key, **({"weight": weight} if weight else {})})
+    for model in targets:
+        template = model["deployments"][0]
+        model["deployments"] = [{**template, **key} for key in keys] or model["deployments"]
+        draft.set_balance(model["name"], balance)
+    for extra in entry:
+        if extra not in ("provider", "model", "api_keys", "strategy"):
+            draft.note(f"{where}.{extra} not carried over")
+
+
+FALLBACK_TARGETS = ("fallback", "fallbacks", "fallback_models", "fallback_model", "secondary")
 
 
 def guide_fallbacks(draft: Draft, node: Any) -> None:
+    """`fallbacks`: entries `{primary | model: NAME, fallback: NAME | [NAMES]}` (a repeated
+    `fallback:` key keeps every value), or LiteLLM's own `{NAME: [NAMES]}`."""
     if isinstance(node, dict):
         node = [node]
     for index, entry in enumerate(as_list(node, "fallbacks", draft)):
@@ -737,19 +1153,29 @@ def guide_fallbacks(draft: Draft, node: Any) -> None:
         if not isinstance(entry, dict):
             draft.problems.append(f"{where}: each entry is a mapping")
             continue
-        if "primary" in entry:
-            targets = entry.get("fallback", entry.get("fallbacks"))
-            targets = targets if isinstance(targets, list) else [targets]
-            if not all(isinstance(t, str) for t in targets) or not targets:
-                draft.problems.append(f"{where}: fallback names the model (or provider) to move to")
+        if any(k in entry for k in ("primary", "model", *FALLBACK_TARGETS)):
+            primary = entry.get("primary", entry.get("model"))
+            key = next((k for k in FALLBACK_TARGETS if k in entry), None)
+            targets = draft.model_names(entry[key], f"{where}.{key}") if key else []
+            if not isinstance(primary, str) or not primary or not targets:
+                draft.problems.append(f"{where}: a fallback names the model to leave (primary or model) and where to go (fallback)")
                 continue
-            draft.chain(str(entry["primary"]), targets)
-        else:  # LiteLLM's own shape: {model: [fallbacks]}
+            draft.chain(primary, targets)
+            for extra in entry:
+                if extra not in ("primary", "model", key):
+                    draft.note(f"{where}.{extra} not carried over")
+        else:
             for model, targets in entry.items():
-                draft.chain(str(model), [str(t) for t in (targets if isinstance(targets, list) else [targets])])
+                draft.chain(str(model), draft.model_names(targets, f"{where}.{model}"))
+
+
+CACHE_SCOPES = (("user", "user"), ("team", "team"), ("key", "key"))
+PER_MODEL_TTL = ("models", "per_model", "model_ttl", "model_ttls", "ttl_by_model", "per_model_ttl")
 
 
 def guide_caching(draft: Draft, node: Any) -> None:
+    """`caching: {enabled, ttl, key_generation}`, per-model TTLs as `{model: ttl}`,
+    `{model: {ttl}}` or `[{model, ttl}]` under `models` (or `model_ttl`, `ttl_by_model`...)."""
     if node is None:
         return
     if not isinstance(node, dict):
@@ -758,17 +1184,42 @@ def guide_caching(draft: Draft, node: Any) -> None:
     if node.get("enabled") is False:
         draft.note("caching.enabled is false: no cache")
         return
-    key = str(node.get("key_generation") or "")
-    scope = "user" if "user" in key else "team" if "team" in key else "global"
-    cache: dict[str, Any] = {"ttl_s": node.get("ttl") or 3600, "scope": scope, "models": ["*"]}
+    key = str(node.get("key_generation") or "").lower()
+    scope = next((scope for word, scope in CACHE_SCOPES if word in key), "global")
+    ttl_key = "ttl" if "ttl" in node else "default_ttl"
+    ttl = draft.duration(node.get(ttl_key), f"caching.{ttl_key}")
+    cache: dict[str, Any] = {"ttl_s": ttl or 3600, "scope": scope, "models": ["*"]}
+    per_key = next((k for k in PER_MODEL_TTL if k in node), None)
+    if per_key:
+        by_model = model_ttls(draft, node[per_key], f"caching.{per_key}")
+        if by_model:
+            cache["ttl_by_model"] = by_model
     if scope != "global":
         cache["trust_client_user"] = True
-        draft.note(f"caching.key_generation {key!r}: entries per {scope}, plus the normalized request (the prompt's hash); without auth, "
+        draft.note(f"caching.key_generation: entries per {scope}, plus the normalized request (the prompt's hash); without auth, "
                    "the user comes from the x-lockgate-user header (trust_client_user)")
     draft.policies["cache"] = cache
     for extra in node:
-        if extra not in ("enabled", "ttl", "key_generation"):
+        if extra not in ("enabled", "ttl", "default_ttl", "key_generation", per_key):
             draft.note(f"caching.{extra} not carried over")
+
+
+def model_ttls(draft: Draft, node: Any, where: str) -> dict[str, Any]:
+    pairs: list[tuple[Any, Any, str]] = []
+    if isinstance(node, dict):
+        pairs = [(model, value.get("ttl") if isinstance(value, dict) else value, f"{where}.{model}") for model, value in node.items()]
+    elif isinstance(node, list):
+        pairs = [(e.get("model"), e.get("ttl"), f"{where}[{i}]") if isinstance(e, dict) else (None, None, f"{where}[{i}]") for i, e in enumerate(node)]
+    else:
+        draft.note(f"{where}: not a mapping of model to ttl; not carried over")
+    found = {}
+    for model, value, at in pairs:
+        ttl = draft.duration(value, f"{at}.ttl") if isinstance(model, str) else None
+        if ttl is None and not isinstance(model, str):
+            draft.note(f"{at}: names no model; not carried over")
+        if ttl is not None and isinstance(model, str):
+            found[model] = ttl
+    return found
 
 
 def guide_budgets(draft: Draft, node: Any) -> None:
@@ -782,14 +1233,17 @@ def guide_budgets(draft: Draft, node: Any) -> None:
         if who is None or not limits:
             draft.problems.append(f"{where}: a budget names user_id, team or key, and a daily_limit / monthly_limit")
             continue
-        (first, amount), *rest = limits
+        (period, amount), *rest = limits
+        limit = draft.number(amount, f"{where}.{period}")
+        if limit is None:
+            continue
         policy = draft.policy("budget")
-        policy.setdefault("budgets", []).append({who[0]: str(who[1]), "limit_usd": float(amount), "period": PERIODS[first]})
+        policy.setdefault("budgets", []).append({who[0]: str(who[1]), "limit_usd": limit, "period": PERIODS[period]})
         if who[0] != "key" and not policy.get("trust_client_user"):
             policy["trust_client_user"] = True
             draft.note("budgets name users and teams: without auth the user comes from the x-lockgate-user header (trust_client_user); with auth, from the key")
         for key, _ in rest:
-            draft.note(f"{where}: {key} not carried over (lockgate has one budget per {who[0]}; {first} was kept)")
+            draft.note(f"{where}: {key} not carried over (lockgate has one budget per {who[0]}; {period} was kept)")
         currency = str(entry.get("currency") or "USD").upper()
         if currency != "USD":
             draft.note(f"{where}: currency {currency}: lockgate budgets are in USD; the amount was kept as it is")
@@ -798,34 +1252,79 @@ def guide_budgets(draft: Draft, node: Any) -> None:
                 draft.note(f"{where}.{extra} not carried over")
 
 
+RATES = {"requests_per_minute": "rpm", "rpm": "rpm", "tokens_per_minute": "tpm", "tpm": "tpm",
+         "concurrent": "concurrent", "max_parallel_requests": "concurrent", "concurrent_requests": "concurrent"}
+# who a limit is for: its selector key in an entry, and the throttle dimension
+SELECTORS = (("user_id", "user"), ("user", "user"), ("team", "team"), ("key", "key"), ("model", "model"))
+# the blocks of a `rate_limits:` mapping, by name: the dimension each counts per
+SCOPES = {"global": "global", "default": "global", "all": "global", "proxy": "global", "per_user": "user", "user": "user", "users": "user",
+          "per_team": "team", "team": "team", "teams": "team", "per_key": "key", "key": "key", "keys": "key", "api_key": "key",
+          "per_api_key": "key", "per_model": "model", "model": "model", "models": "model"}
+
+
 def guide_rate_limits(draft: Draft, node: Any) -> None:
+    """`rate_limits`: a list of limits (each for a user_id, team, key or model, or
+    global), or a mapping of blocks by scope, `global: {requests_per_minute: ...}`,
+    `per_user: {...}` (every user alike), `per_model: {gpt-4: {...}}` (one model each)."""
+    if isinstance(node, dict) and not any(k in RATES for k in node):
+        for scope, block in node.items():
+            per = SCOPES.get(scope) if isinstance(scope, str) else None
+            if per is None:
+                draft.note(f"rate_limits.{scope}: not a scope lockgate knows (global, per_user, per_team, per_key, per_model); not carried over")
+            else:
+                rate_block(draft, block, f"rate_limits.{scope}", per)
+        return
     if isinstance(node, dict):
         node = [node]
-    names = {"requests_per_minute": "rpm", "rpm": "rpm", "tokens_per_minute": "tpm", "tpm": "tpm",
-             "concurrent": "concurrent", "max_parallel_requests": "concurrent", "concurrent_requests": "concurrent"}
     for index, entry in enumerate(as_list(node, "rate_limits", draft)):
-        where = f"rate_limits[{index}]"
         if not isinstance(entry, dict):
-            draft.problems.append(f"{where}: each limit is a mapping")
+            draft.problems.append(f"rate_limits[{index}]: each limit is a mapping")
             continue
-        limit: dict[str, Any] = {"id": f"imported-{index + 1}", "per": "global"}
-        for src, dim in (("user_id", "user"), ("user", "user"), ("team", "team"), ("key", "key"), ("model", "model")):
-            if src in entry:
-                limit["per"] = dim
-                limit["match"] = {dim: str(entry[src])}
-                break
-        for src, target in names.items():
-            if src in entry:
-                limit[target] = int(entry[src])
-        if not any(k in limit for k in ("rpm", "tpm", "concurrent")):
-            draft.problems.append(f"{where}: a limit needs requests_per_minute, tokens_per_minute or concurrent")
-            continue
-        draft.policy("throttle").setdefault("limits", []).append(limit)
-        if limit["per"] in ("user", "team"):
-            draft.policy("throttle")["trust_client_user"] = True
-        for extra in entry:
-            if extra not in names and extra not in ("user_id", "user", "team", "key", "model"):
-                draft.note(f"{where}.{extra} not carried over")
+        per = next((dim for src, dim in SELECTORS if src in entry), SCOPES.get(str(entry.get("scope", entry.get("per", "global")))))
+        add_limit(draft, entry, f"rate_limits[{index}]", per or "global")
+
+
+def rate_block(draft: Draft, block: Any, where: str, per: str) -> None:
+    """One scope's block: limits for every member alike, a list of limits each naming
+    its member, or a mapping of member name to limits."""
+    if isinstance(block, list):
+        for index, entry in enumerate(block):
+            if isinstance(entry, dict):
+                add_limit(draft, entry, f"{where}[{index}]", per)
+            else:
+                draft.note(f"{where}[{index}]: not a mapping of limits; not carried over")
+    elif isinstance(block, dict) and (per == "global" or any(k in RATES for k in block)):
+        add_limit(draft, block, where, per)
+    elif isinstance(block, dict):
+        for name, limits in block.items():
+            if isinstance(limits, dict):
+                add_limit(draft, {**limits, per: str(name)}, f"{where}.{name}", per)
+            else:
+                draft.note(f"{where}.{name}: not a mapping of limits; not carried over")
+    else:
+        draft.note(f"{where}: not a mapping of limits; not carried over")
+
+
+def add_limit(draft: Draft, entry: dict, where: str, per: str) -> None:
+    limits = draft.policy("throttle").setdefault("limits", [])
+    limit: dict[str, Any] = {"id": f"imported-{len(limits) + 1}", "per": per}
+    selector = next((src for src, dim in SELECTORS if dim == per and src in entry), None)
+    if selector is not None:
+        limit["match"] = {per: str(entry[selector])}
+    for source, target in RATES.items():
+        if source in entry and target not in limit:
+            value = draft.number(entry[source], f"{where}.{source}", integer=True, minimum=1)
+            if value is not None:
+                limit[target] = value
+    if not any(k in limit for k in ("rpm", "tpm", "concurrent")):
+        draft.problems.append(f"{where}: a limit needs requests_per_minute, tokens_per_minute or concurrent")
+        return
+    limits.append(limit)
+    if per in ("user", "team"):
+        draft.policy("throttle")["trust_client_user"] = True
+    for extra in entry:
+        if extra not in RATES and extra not in (selector, "scope", "per"):
+            draft.note(f"{where}.{extra} not carried over")
 
 
 # -- writing -------------------------------------------------------------------------
@@ -839,11 +1338,18 @@ def run(kind: str, path: Path) -> Result:
 
 
 def write(result: Result, directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in result.files.items():
-        target = directory / name
-        target.write_text(text)
-        written.append(target)
+    """Writes every file of `result` into `directory` (made if missing); ImportRefused
+    when it cannot, with what was already written left in place and named."""
+    written: list[Path] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in result.files.items():
+            target = directory / name
+            target.write_text(text)
+            written.append(target)
+    except FileExistsError:
+        raise ImportRefused([f"{directory}: is a file, not a directory"]) from None
+    except OSError as exc:
+        done = f" (written before that: {', '.join(str(p) for p in written)})" if written else ""
+        raise ImportRefused([f"{exc.filename or directory}: cannot write: {exc.strerror}{done}"]) from None
     return written
-

@@ -94,3 +94,52 @@ def test_policies_reload_and_readiness(gw, tmp_path):
     # the old budget policy is still in force
     ok = httpx.post(gw.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]}, headers={"Authorization": f"Bearer {ALICE}"})
     assert ok.status_code == 200 and float(ok.headers["x-lockgate-cost-usd"]) > 0
+
+
+def test_spend_totals_agree_whatever_the_dimension_with_keyless_traffic(fake, upstream, tmp_path):
+    """Spend made without a key (here: a path auth leaves public) is its own row under
+    `--by key` / `team`, so the total is the same whichever dimension is asked for."""
+    auth = {"master_key_sha256": sha(MASTER), "public_paths": ["/health", "/chat/completions"],
+            "keys": [{"id": "alice-key", "sha256": sha(ALICE), "user": "alice", "team": "search"}]}
+    (tmp_path / "auth.yaml").write_text(yaml.safe_dump(auth))
+    (tmp_path / "budget.yaml").write_text(yaml.safe_dump({"budgets": [{"team": "search", "limit_usd": 5, "period": "monthly"}]}))
+    config = {
+        "models": [{"name": "priced", "deployments": [{"provider": "openai", "model": "adm-model", "base_url": fake.url + "/v1", "price": PRICE}]}],
+        "middleware": [{"auth": str(tmp_path / "auth.yaml")}, {"budget": str(tmp_path / "budget.yaml")}],
+    }
+    gateway = start_gateway(config, tmp_path)
+    try:
+        body = {"model": "priced", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(2):
+            assert httpx.post(gateway.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {ALICE}"}).status_code == 200
+        for _ in range(3):
+            assert httpx.post(gateway.url + "/chat/completions", json=body).status_code == 200
+        expected = {
+            "key": {"alice-key": 0.008, "(no key)": 0.012},
+            "user": {"anonymous": 0.012, "alice": 0.008},
+            "team": {"(no team)": 0.012, "search": 0.008},
+            "model": {"priced": 0.02},
+        }
+        for by, rows in expected.items():
+            report = spend(gateway, MASTER, by=by, period="total").json()
+            assert {row[by]: row["spend_usd"] for row in report["data"]} == pytest.approx(rows), by
+            assert report["total_usd"] == pytest.approx(0.02), by
+            cli = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "spend", "--config", str(tmp_path / "gateway.yaml"), "--by", by, "--json"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert cli.returncode == 0, cli.stderr
+            assert json.loads(cli.stdout)["total_usd"] == report["total_usd"], by
+        table = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "spend", "--config", str(tmp_path / "gateway.yaml"), "--by", "key"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+        assert "(no key)" in table and "0.012000" in table and "0.020000" in table.splitlines()[-1]
+    finally:
+        gateway.stop()
+
+
+def test_spend_report_rows_add_up_to_the_model_total():
+    from lockgate.middleware.budget import spend_report, spend_total
+
+    counters = {"key:a": 0.1, "user:u": 0.1, "model:m1": 0.25, "model:m2": 0.05, "team:t": 0.3}
+    assert spend_total(counters) == pytest.approx(0.3)
+    assert spend_report(counters, "key") == [{"key": "(no key)", "spend_usd": pytest.approx(0.2)}, {"key": "a", "spend_usd": pytest.approx(0.1)}]
+    assert spend_report(counters, "team") == [{"team": "t", "spend_usd": pytest.approx(0.3)}], "nothing left over: no empty row"
+    assert [r["model"] for r in spend_report(counters, "model")] == ["m1", "m2"]

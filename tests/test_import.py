@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lockgate.middleware import auth, budget, cache, fallback, rewrite, throttle
 from lockgate.proxy.config import load_config, load_yaml
@@ -137,7 +139,7 @@ def test_budgets_and_a_master_key_from_the_environment(tmp_path):
     assert (policy.default.dimension, policy.default.limit_usd, policy.default.period) == ("user", 2.5, "daily")
     assert out.policy(auth).master.digest == hashlib.sha256(b"sk-from-env").digest()
     assert [(l.per, l.concurrent) for l in out.policy(throttle).limits] == [("global", 100)]
-    assert "database_url: (set)" in out.output and "DATABASE_URL" not in out.text.replace("database_url", "")
+    assert "general_settings.database_url" in out.output and "postgresql://" not in out.output + out.text
     unset = litellm("05-budgets.yaml", tmp_path / "unset", env={"LITELLM_MASTER_KEY": ""})
     assert unset.policy(auth).master is None and "LITELLM_MASTER_KEY, which was not set" in unset.output
 
@@ -237,11 +239,10 @@ def test_import_is_deterministic(tmp_path, name):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("model_list: [\n  - model_name: x\n", "not valid YAML"),
+    ("model_list: [\n  - model_name: x\n", "config.yaml:2: "),
     ("- model_name: gpt-4o\n  litellm_params: {model: gpt-4o}\n", "is a mapping"),
-    ("model_list:\n  - model_name: sm\n    litellm_params: {model: sagemaker/jumpstart-llama}\n", "unknown provider prefix 'sagemaker/'"),
-    ("model_list:\n  - litellm_params: {model: openai/gpt-4o}\n", "model_name is missing"),
-    ("model_list:\n  - model_name: x\n", "litellm_params.model is missing"),
+    ("model_list: {gpt-4o: openai/gpt-4o}\n", "model_list must be a list"),
+    ("router_settings: [fallbacks]\n", "router_settings must be a mapping"),
     ("", "empty"),
 ])
 def test_bad_inputs_exit_non_zero_and_write_nothing(tmp_path, text, message):
@@ -250,15 +251,51 @@ def test_bad_inputs_exit_non_zero_and_write_nothing(tmp_path, text, message):
     result = cli("import", "litellm", str(source), "-o", str(tmp_path / "out"))
     assert result.returncode == 1
     assert message in result.stderr and "Nothing was written" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_every_problem_is_reported_at_once(tmp_path):
+def test_a_model_that_cannot_be_imported_is_skipped_and_the_rest_imported(tmp_path):
+    """One model lockgate has no provider for no longer sinks the whole import: the others
+    are imported, and each one left out is listed with why, on the screen and in gateway.yaml.
+    Chains and aliases that named a model left out lose it (also listed), so check passes."""
     source = tmp_path / "config.yaml"
-    source.write_text("model_list:\n  - litellm_params: {model: openai/a}\n  - model_name: b\n    litellm_params: {model: replicate/b}\n")
-    result = cli("import", "litellm", str(source), "-o", str(tmp_path / "out"))
-    assert result.returncode == 1
-    assert "model_list[0]: model_name is missing" in result.stderr and "model_list[1] (b): unknown provider prefix" in result.stderr
+    source.write_text("""
+model_list:
+  - model_name: gpt-4o
+    litellm_params: {model: openai/gpt-4o, api_key: os.environ/OPENAI_API_KEY}
+  - model_name: hf-llama
+    litellm_params: {model: huggingface/meta-llama/Meta-Llama-3-8B-Instruct, api_key: os.environ/HF_TOKEN}
+  - model_name: sm
+    litellm_params: {model: sagemaker/jumpstart-llama}
+  - litellm_params: {model: openai/nameless}
+  - model_name: no-model
+  - model_name: claude-bedrock
+    litellm_params: {model: anthropic.claude-3-sonnet-20240229-v1:0, aws_region_name: us-west-2}
+  - model_name: llama-bedrock
+    litellm_params: {model: us.meta.llama3-2-90b-instruct-v1:0, aws_region_name: us-west-2}
+  - model_name: local
+    litellm_params: {model: meta-llama/Llama-3.1-8B-Instruct, custom_llm_provider: openai, api_base: http://vllm:8000/v1}
+router_settings:
+  fallbacks: [{"gpt-4o": ["hf-llama", "claude-bedrock"]}, {"hf-llama": ["gpt-4o"]}]
+  model_group_alias: {llama: hf-llama, claude: claude-bedrock}
+""")
+    out = do_import("litellm", source, tmp_path / "out")
+    assert list(out.config.models) == ["gpt-4o", "claude-bedrock", "llama-bedrock", "local"]
+    bedrock = out.deployments("claude-bedrock")[0]
+    assert (bedrock.provider, bedrock.model, bedrock.options["region"]) == ("bedrock", "anthropic.claude-3-sonnet-20240229-v1:0", "us-west-2")
+    assert (out.deployments("llama-bedrock")[0].provider, out.deployments("llama-bedrock")[0].model) == ("bedrock", "us.meta.llama3-2-90b-instruct-v1:0")
+    local = out.deployments("local")[0]
+    assert (local.provider, local.model, local.base_url) == ("openai", "meta-llama/Llama-3.1-8B-Instruct", "http://vllm:8000/v1")
+    assert out.policy(fallback).chains == {"gpt-4o": ("claude-bedrock",)}
+    assert out.policy(rewrite).aliases == {"claude": "claude-bedrock"}
+    skipped = out.output.split("Skipped", 1)[1].split("\n\n", 1)[0]
+    for line in ("model_list[1] (hf-llama): ", "huggingface/", "model_list[2] (sm): ", "sagemaker/", "model_list[3]: model_name is missing",
+                 "model_list[4] (no-model): litellm_params.model is missing"):
+        assert line in skipped, line
+        assert line in out.text, line
+    assert re.search(r"router_settings\.fallbacks.*hf-llama|hf-llama.*router_settings\.fallbacks", out.output)
+    assert re.search(r"model_group_alias.*llama|llama.*model_group_alias", out.output)
 
 
 # -- the seed document's YAML -----------------------------------------------------------------
@@ -325,11 +362,19 @@ def test_seed_budget_per_user(tmp_path):
 
 
 def test_seed_load_balancing(tmp_path):
-    out = guide(tmp_path, 5)
+    """The seed writes its keys in the file: each becomes a variable of its own, one
+    deployment per key, and the report names the variables, never the keys."""
+    source = tmp_path / "block5.yaml"
+    source.write_text(seed_blocks()[5])
+    keys = {"LOCKGATE_OPENAI_API_KEY_1": "k-one", "LOCKGATE_OPENAI_API_KEY_2": "k-two", "LOCKGATE_OPENAI_API_KEY_3": "k-three"}
+    out = do_import("guide", source, tmp_path / "out", env=keys)
     model = out.config.models["openai"]
     assert model.balance == "round_robin"
-    assert [(d.provider, d.api_key) for d in model.deployments] == [("openai", "key1"), ("openai", "key2"), ("openai", "key3")]
-    assert "a guess" in out.output and "3 api_keys are written in the file itself" in out.output
+    assert [(d.provider, d.api_key) for d in model.deployments] == [("openai", "k-one"), ("openai", "k-two"), ("openai", "k-three")]
+    assert "a guess" in out.output
+    for n in (1, 2, 3):
+        assert f"load_balancing[0].api_keys[{n - 1}]" in out.output and f"LOCKGATE_OPENAI_API_KEY_{n}" in out.output
+    assert not re.search(r"\bkey[123]\b", out.output + "".join(p.read_text() for p in out.dir.iterdir()))
 
 
 def test_seed_models_by_feature(tmp_path):
@@ -368,7 +413,7 @@ def test_a_whole_guide_at_once(tmp_path):
 
 
 def test_guide_bad_inputs(tmp_path):
-    for text, message in (("- a\n- b\n", "is a mapping"), ("routing:\n  - {model: gpt-4}\n", "needs task or condition"), ("x: [\n", "not valid YAML")):
+    for text, message in (("- a\n- b\n", "is a mapping"), ("routing:\n  - {model: gpt-4}\n", "needs task or condition"), ("x: [\n", "guide.yaml:2: ")):
         source = tmp_path / "guide.yaml"
         source.write_text(text)
         result = cli("import", "guide", str(source), "-o", str(tmp_path / "out"))
@@ -439,3 +484,333 @@ def test_the_readme_migration_commands_work_as_printed(tmp_path):
                                     timeout=60, env={**os.environ, **ENV, "PYTHONPATH": str(ROOT)})
             assert result.returncode == 0, (line, result.stderr)
     assert (tmp_path / "lockgate" / "gateway.yaml").exists() and (tmp_path / "lockgate" / "auth.yaml").exists()
+
+
+# -- router_settings in every shape LiteLLM's docs write -------------------------------
+
+
+def test_router_settings_as_litellm_documents_them(tmp_path):
+    out = litellm("12-router-settings.yaml", tmp_path)
+    assert out.config.models["gpt-4o"].balance == "weighted"
+    assert out.policy(rewrite).aliases == {"gpt-4": "gpt-4o", "claude-3-haiku": "claude-3-haiku-20240307"}
+    policy = out.policy(fallback)
+    assert policy.chains == {"gpt-4o": ("claude-opus",), "gpt-4o-mini": ("gpt-4o",), "*": ("claude-3-haiku-20240307",)}
+    assert policy.context_window == {"gpt-4o-mini": "gpt-4o"} and dict(policy.retries) == {"*": 2}
+    model = out.config.models["gpt-4o"]
+    assert (model.cooldown_failures, model.cooldown_s) == (3, 30) and out.deployments("gpt-4o")[0].timeout_s == 30
+    assert out.config.store.url == f"redis://:{ENV['REDIS_PASSWORD']}@redis.internal:6380/0"
+    for key in ("retry_policy", "allowed_fails_policy", "enable_pre_call_checks", "stream_timeout", "content_policy_fallbacks", "max_fallbacks",
+                "default_max_parallel_requests", "provider_budget_config", "enable_tag_filtering", "routing_strategy_args"):
+        assert f"router_settings.{key}" in out.output and f"router_settings.{key}" in out.text, key
+    assert "hidden" in out.output
+
+
+ROUTER_SHAPES = [
+    # (router_settings, what the import must carry over)
+    ({"fallbacks": {"gpt-4o": ["claude-opus"]}}, {"chains": {"gpt-4o": ["claude-opus"]}}),
+    ({"fallbacks": [{"gpt-4o": "claude-opus"}]}, {"chains": {"gpt-4o": ["claude-opus"]}}),
+    ({"fallbacks": [{"gpt-4o": [{"model": "claude-opus"}]}]}, {"chains": {"gpt-4o": ["claude-opus"]}}),
+    ({"fallbacks": ["claude-opus"]}, {"reported": "router_settings.fallbacks[0]"}),
+    ({"fallbacks": [["gpt-4o", "claude-opus"]]}, {"reported": "router_settings.fallbacks[0]"}),
+    ({"fallbacks": "claude-opus"}, {"reported": "router_settings.fallbacks"}),
+    ({"fallbacks": [{"gpt-4o": [1, None, "claude-opus"]}]}, {"chains": {"gpt-4o": ["claude-opus"]}, "reported": "router_settings.fallbacks[0].gpt-4o[0]"}),
+    ({"fallbacks": [None, {"gpt-4o": None}]}, {"reported": "router_settings.fallbacks[0]"}),
+    ({"context_window_fallbacks": [{"gpt-4o": "claude-opus"}]}, {"context_window": {"gpt-4o": "claude-opus"}}),
+    ({"context_window_fallbacks": {"gpt-4o": ["claude-opus", "gpt-4o-mini"]}}, {"context_window": {"gpt-4o": "claude-opus"}}),
+    ({"default_fallbacks": "claude-opus"}, {"chains": {"*": ["claude-opus"]}}),
+    ({"default_fallbacks": {"model": "claude-opus"}}, {"chains": {"*": ["claude-opus"]}}),
+    ({"model_group_alias": {"gpt-4": {"model": "gpt-4o", "hidden": True}}}, {"aliases": {"gpt-4": "gpt-4o"}}),
+    ({"model_group_alias": {"gpt-4": {"hidden": True}}}, {"reported": "router_settings.model_group_alias.gpt-4"}),
+    ({"model_group_alias": {"gpt-4": ["gpt-4o"]}}, {"reported": "router_settings.model_group_alias.gpt-4"}),
+    ({"model_group_alias": ["gpt-4"]}, {"reported": "router_settings.model_group_alias"}),
+    ({"model_group_alias": "gpt-4o"}, {"reported": "router_settings.model_group_alias"}),
+    ({"num_retries": "os.environ/NUM_RETRIES"}, {"retries": "${NUM_RETRIES}"}),
+    ({"num_retries": "3"}, {"retries": 3}),
+    ({"num_retries": "three"}, {"reported": "router_settings.num_retries"}),
+    ({"num_retries": 2.5}, {"reported": "router_settings.num_retries"}),
+    ({"num_retries": {"gpt-4o": 2}}, {"reported": "router_settings.num_retries"}),
+    ({"allowed_fails": "5"}, {"routing": {"cooldown_failures": 5}}),
+    ({"allowed_fails": 0}, {"reported": "router_settings.allowed_fails"}),
+    ({"cooldown_time": [30]}, {"reported": "router_settings.cooldown_time"}),
+    ({"cooldown_time": 0.5}, {"routing": {"cooldown_s": 0.5}}),
+    ({"disable_cooldowns": True}, {"routing": {"cooldown_s": 0}}),
+    ({"disable_cooldowns": "yes please"}, {"reported": "router_settings.disable_cooldowns"}),
+    ({"timeout": "os.environ/LLM_TIMEOUT"}, {"timeout_s": "${LLM_TIMEOUT}"}),
+    ({"timeout": {"connect": 5}}, {"reported": "router_settings.timeout"}),
+    ({"timeout": True}, {"reported": "router_settings.timeout"}),
+    ({"routing_strategy": ["simple-shuffle"]}, {"reported": "router_settings.routing_strategy"}),
+    ({"routing_strategy": "cost-based-routing"}, {"reported": "router_settings.routing_strategy"}),
+    ({"retry_policy": "lots"}, {"reported": "router_settings.retry_policy"}),
+    ({"redis_host": ["a", "b"]}, {"reported": "router_settings.redis_host"}),
+    ({"redis_host": "os.environ/REDIS_HOST", "redis_port": "os.environ/REDIS_PORT"}, {"store": "redis://${REDIS_HOST}:${REDIS_PORT}/0"}),
+    ({"redis_host": "r", "redis_password": {"from": "vault"}}, {"store": "redis://r:6379/0", "reported": "router_settings.redis_password"}),
+    ({"redis_url": 6379}, {"reported": "router_settings.redis_url"}),
+    ({"redis_url": "redis://:hunter2@r:6379/1"}, {"store": "${LOCKGATE_REDIS_URL}"}),
+]
+
+
+@pytest.mark.parametrize("router,expected", ROUTER_SHAPES, ids=[repr(r)[:60] for r, _ in ROUTER_SHAPES])
+def test_any_router_settings_shape_is_imported_or_reported(router, expected):
+    """Each shape a real config may hold is carried over or named in the report: never
+    a traceback, never the whole import refused."""
+    from lockgate.proxy import importer
+
+    raw = {"model_list": [{"model_name": m, "litellm_params": {"model": f"openai/{m}"}} for m in ("gpt-4o", "gpt-4o-mini", "claude-opus")],
+           "router_settings": router}
+    result = importer.import_litellm(raw, "config.yaml")
+    gateway = yaml.safe_load(result.files["gateway.yaml"])
+    fallbacks = yaml.safe_load(result.files.get("fallback.yaml", "{}")) or {}
+    rewrites = yaml.safe_load(result.files.get("rewrite.yaml", "{}")) or {}
+    got = {
+        "chains": fallbacks.get("chains"), "context_window": fallbacks.get("context_window"), "retries": fallbacks.get("retries"),
+        "aliases": rewrites.get("aliases"), "routing": gateway.get("routing"), "store": gateway["store"].get("url"),
+        "timeout_s": gateway["models"][0]["deployments"][0].get("timeout_s"),
+    }
+    for key, value in expected.items():
+        if key == "reported":
+            assert any(note.startswith(value) for note in result.notes), result.notes
+        else:
+            assert got[key] == value, (key, got)
+    for key in set(got) - set(expected):
+        assert not got[key] or key == "store" and got[key] is None, (key, got)
+
+
+def values(strings: st.SearchStrategy) -> st.SearchStrategy:
+    return st.recursive(
+        st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats() | strings,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["gpt-4o", "model", "hidden", "ttl", "x"]), inner, max_size=3),
+        max_leaves=8,
+    )
+
+
+# model names (fallbacks, aliases) may be named in the report; every other value never is
+NAMES = values(st.sampled_from(["gpt-4o", "claude-opus", "os.environ/X", "3", "", "*"]))
+OTHERS = values(st.sampled_from(["gpt-4o", "os.environ/X", "3", "1h", "redis", "local", ""]) | st.text(max_size=6).map(lambda t: "SECRET-" + t))
+NAME_KEYS = ["fallbacks", "context_window_fallbacks", "content_policy_fallbacks", "default_fallbacks", "model_group_alias"]
+OTHER_KEYS = ["routing_strategy", "num_retries", "allowed_fails", "cooldown_time", "disable_cooldowns", "timeout", "request_timeout", "redis_host",
+              "redis_port", "redis_password", "redis_url", "retry_policy", "allowed_fails_policy", "routing_strategy_args", "enable_pre_call_checks",
+              "cache", "cache_params", "max_budget", "budget_duration", "max_internal_user_budget", "master_key", "max_parallel_requests",
+              "global_max_parallel_requests", "database_url", "alerting", "guardrails", "success_callback", "unknown_key"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(section=st.sampled_from(["router_settings", "litellm_settings", "general_settings"]),
+       names=st.dictionaries(st.sampled_from(NAME_KEYS), NAMES, max_size=3), others=st.dictionaries(st.sampled_from(OTHER_KEYS), OTHERS, max_size=5),
+       params=st.dictionaries(st.sampled_from(["timeout", "rpm", "tpm", "api_key", "api_base", "extra_headers", "aws_region_name", "input_cost_per_token",
+                                               "vertex_credentials", "custom_llm_provider", "organization", "weight"]), OTHERS, max_size=3))
+def test_no_value_in_any_setting_crashes_the_import_or_shows_in_the_report(section, names, others, params):
+    from lockgate.proxy import importer
+
+    raw = {"model_list": [{"model_name": "gpt-4o", "litellm_params": {**params, "model": "openai/gpt-4o"}},
+                          {"model_name": "claude-opus", "litellm_params": {"model": "anthropic/claude-3-opus-20240229"}}],
+           section: {**names, **others}}
+    try:
+        result = importer.import_litellm(raw, "config.yaml")
+    except importer.ImportRefused as exc:
+        assert False, f"a setting's value refused the whole import: {exc.problems}"
+    header = result.files["gateway.yaml"].split("\nstore:", 1)[0]
+    for text in (*result.notes, *result.skipped, header):
+        assert "SECRET-" not in text, text
+    for name, text in result.files.items():
+        yaml.safe_load(text)
+
+
+# -- hostile input ---------------------------------------------------------------------
+
+
+def alias_bomb() -> str:
+    """About 1 KB of YAML whose aliases expand to 43 million leaves, under a section the
+    import reports (so whatever walks or prints that section pays for every leaf)."""
+    lines = ["model_list:", "  - model_name: m", "    litellm_params: {model: openai/gpt-4o}", "litellm_settings:",
+             '  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 13) + "]" for i in range(1, 7)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_by_the_bounds_of_lockgates_own_config(tmp_path):
+    text = alias_bomb()
+    assert len(text) < 1200 and 13 ** 7 > 40_000_000
+    source = tmp_path / "bomb.yaml"
+    source.write_text(text)
+    result = cli("import", "litellm", str(source), "-o", str(tmp_path / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "expands to more than 100,000 nodes" in result.stderr and "Nothing was written" in result.stderr
+    assert not (tmp_path / "out").exists() and result.stdout == ""
+
+
+@pytest.mark.parametrize("kind", ["litellm", "guide"])
+@pytest.mark.parametrize("content,message", [
+    (b"model_list:\n  - model_name: caf\xe9\n", "not UTF-8"),
+    (("x: " + "[" * 5000 + "]" * 5000 + "\n").encode(), "nested"),
+    (("x: " + "[" * 70 + "]" * 70 + "\n").encode(), "nested deeper than 64 levels"),
+    (b"x: \x00\n", "U+0000 is not allowed"),
+    (b"? [a, b]\n: c\n", ":1: "),
+])
+def test_unreadable_input_is_one_clear_line_and_a_non_zero_exit(tmp_path, kind, content, message):
+    source = tmp_path / "in.yaml"
+    source.write_bytes(content)
+    result = cli("import", kind, str(source), "-o", str(tmp_path / "out"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"lockgate import {kind}: {source}:") and message in first, result.stderr
+    assert result.stderr.splitlines()[1:] == ["Nothing was written."]
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_cannot_be_written_is_one_clear_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for out, message in ((blocker / "out", "Not a directory"), (blocker, "is a file, not a directory")):
+        result = cli("import", "litellm", str(LITELLM / "01-quickstart.yaml"), "-o", str(out))
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) == 1 and message in result.stderr and result.stderr.startswith("lockgate import litellm: ")
+    assert blocker.read_text() == "not a directory"
+    missing = cli("import", "litellm", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "out"))
+    assert missing.returncode == 1 and "cannot read: No such file or directory" in missing.stderr and "Traceback" not in missing.stderr
+
+
+SECRETS = ("sk-literal-openai-0001", "sk-guardrail-0002", "T000/B000/XXXX", "sk-lf-secret-0003", "tok-unknown-0004", "hunter2-redis-0005",
+           "AKIA-LITERAL-0006", "aws-secret-0007", "Bearer-tok-0008", "hunter3-cache-0009", "pk-lf-public-0010", "db-password-0011",
+           "sk-vertex-json-0012", "sk-base-0013")
+
+
+def test_secrets_are_never_printed_or_copied(tmp_path):
+    """Literal secrets in sections that do not carry over are named by their path only;
+    those in places that do carry over become variables of their own, named in the report."""
+    source = tmp_path / "config.yaml"
+    source.write_text(f"""
+include: [more-models.yaml]
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: {SECRETS[0]}
+      extra_headers: {{Authorization: "Bearer {SECRETS[8]}", X-Team: search}}
+  - model_name: gpt-4o
+    litellm_params: {{model: openai/gpt-4o, api_key: os.environ/OPENAI_API_KEY}}
+  - model_name: claude-bedrock
+    litellm_params:
+      model: bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0
+      aws_region_name: us-east-1
+      aws_access_key_id: {SECRETS[6]}
+      aws_secret_access_key: {SECRETS[7]}
+  - model_name: gemini-vertex
+    litellm_params:
+      model: vertex_ai/gemini-1.5-pro
+      vertex_project: p
+      vertex_location: us-central1
+      vertex_credentials: '{{"type": "service_account", "private_key": "{SECRETS[12]}"}}'
+  - model_name: gemini-direct
+    litellm_params: {{model: openai/gemini-1.5-pro, api_base: "https://proxy.example/v1?key={SECRETS[13]}"}}
+router_settings:
+  redis_host: redis.internal
+  redis_password: {SECRETS[5]}
+litellm_settings:
+  cache: true
+  cache_params: {{type: redis, host: cache.internal, password: {SECRETS[9]}}}
+  guardrails:
+    - guardrail_name: lakera
+      litellm_params: {{guardrail: lakera_prompt_injection, mode: pre_call, api_key: {SECRETS[1]}}}
+  slack_webhook_url: https://hooks.slack.com/services/{SECRETS[2]}
+  mystery_setting: {{token: {SECRETS[4]}}}
+general_settings:
+  master_key: sk-master-0000
+  alerting: [slack]
+  alerting_config: {{slack_webhook: https://hooks.slack.com/services/{SECRETS[2]}}}
+  database_url: postgresql://llm:{SECRETS[11]}@db/litellm
+environment_variables:
+  LANGFUSE_SECRET_KEY: {SECRETS[3]}
+  LANGFUSE_PUBLIC_KEY: {SECRETS[10]}
+""")
+    variables = {"LOCKGATE_GPT_4O_API_KEY": "sk-a", "LOCKGATE_GPT_4O_AUTHORIZATION": "Bearer b", "LOCKGATE_CLAUDE_BEDROCK_AWS_ACCESS_KEY_ID": "c",
+                 "LOCKGATE_CLAUDE_BEDROCK_AWS_SECRET_ACCESS_KEY": "d", "LOCKGATE_REDIS_PASSWORD": "e",
+                 "LOCKGATE_GEMINI_DIRECT_API_BASE": "http://127.0.0.1:9/v1"}
+    out = do_import("litellm", source, tmp_path / "out", env=variables)
+    everything = out.output + "".join(p.read_text() for p in out.dir.iterdir())
+    for secret in (*SECRETS, "sk-master-0000"):
+        assert secret not in everything, secret
+    for path in ("include: more-models.yaml not read", "litellm_settings.guardrails", "litellm_settings.slack_webhook_url", "litellm_settings.mystery_setting",
+                 "general_settings.alerting_config", "general_settings.database_url", "environment_variables.LANGFUSE_SECRET_KEY",
+                 "litellm_params.vertex_credentials holds the service account's JSON itself"):
+        assert path in out.output and path in out.text, path
+    first = out.deployments("gpt-4o")[0]
+    assert (first.api_key, first.headers["authorization"], first.headers["x-team"]) == ("sk-a", "Bearer b", "search")
+    assert out.deployments("gpt-4o")[1].api_key == ENV["OPENAI_API_KEY"], "a key read from the environment stays so"
+    bedrock = out.deployments("claude-bedrock")[0]
+    assert bedrock.options["credentials"]._fixed_keys == ("c", "d", None)
+    assert out.config.store.url == "redis://:e@redis.internal:6379/0", "never REDIS_PASSWORD, which the environment may hold for another Redis"
+    assert out.deployments("gemini-direct")[0].base_url == "http://127.0.0.1:9/v1"
+    for variable in variables:
+        assert f"${{{variable}}}" in out.output, variable
+    assert "cache_params.password" in out.output and "LOCKGATE_REDIS_PASSWORD_2" not in (out.dir / "gateway.yaml").read_text().split("\nstore:")[1], \
+        "the router's Redis is the store; the cache's own is reported"
+
+
+# -- the guides' other shapes -----------------------------------------------------------
+
+
+def test_guide_shapes_of_the_public_onyx_and_litellm_guides(tmp_path):
+    """`fallbacks` as `{model, fallback}` entries, `caching` with a key_generation and
+    per-model TTLs, global and per-scope `rate_limits` blocks, `load_balancing` with a
+    list of api_keys (one deployment each, read from the environment)."""
+    source = tmp_path / "guide.yaml"
+    source.write_text("""
+models:
+  - model_name: gpt-4o
+    litellm_params: {model: openai/gpt-4o, api_key: os.environ/OPENAI_API_KEY}
+  - model_name: claude-3-5-sonnet
+    litellm_params: {model: anthropic/claude-3-5-sonnet-20241022, api_key: os.environ/ANTHROPIC_API_KEY}
+fallbacks:
+  - model: gpt-4o
+    fallback: claude-3-5-sonnet
+  - model: claude-3-5-sonnet
+    fallback: [gpt-4o-mini]
+caching:
+  enabled: true
+  ttl: 1h
+  key_generation: "user_id + model + prompt_hash"
+  models:
+    gpt-4o: 7200
+    claude-3-5-sonnet: {ttl: 30m}
+rate_limits:
+  global:
+    requests_per_minute: 1000
+    tokens_per_minute: 500000
+  per_user:
+    requests_per_minute: 60
+  per_model:
+    gpt-4o: {tokens_per_minute: 200000}
+load_balancing:
+  - provider: openai
+    api_keys: [os.environ/OPENAI_KEY_A, os.environ/OPENAI_KEY_B, {key: os.environ/OPENAI_KEY_C, weight: 2}]
+    strategy: least_busy
+""")
+    out = do_import("guide", source, tmp_path / "out", env={"OPENAI_KEY_A": "a", "OPENAI_KEY_B": "b", "OPENAI_KEY_C": "c"})
+    assert out.policy(fallback).chains == {"gpt-4o": ("claude-3-5-sonnet",), "claude-3-5-sonnet": ("gpt-4o-mini",)}
+    assert models_of(out)["gpt-4o-mini"] == ("openai", "gpt-4o-mini")
+    policy = out.policy(cache)
+    assert (policy.ttl_s, policy.scope, policy.trust_client_user) == (3600, "user", True)
+    assert (out.dir / "cache.yaml").read_text().count("ttl_by_model") == 1
+    assert yaml.safe_load((out.dir / "cache.yaml").read_text())["ttl_by_model"] == {"gpt-4o": 7200, "claude-3-5-sonnet": 1800}
+    limits = [(l.per, l.rpm, l.tpm, dict(l.match)) for l in out.policy(throttle).limits]
+    assert limits == [("global", 1000, 500000, {}), ("user", 60, None, {}), ("model", None, 200000, {"model": "gpt-4o"})]
+    pool = out.config.models["gpt-4o"]
+    assert [(d.api_key, d.weight) for d in pool.deployments] == [("a", 1), ("b", 1), ("c", 2)] and pool.balance == "least_busy"
+
+
+def test_a_guide_model_lockgate_cannot_serve_is_skipped_and_leaves_its_chains(tmp_path):
+    source = tmp_path / "guide.yaml"
+    source.write_text("""
+models:
+  - model_name: gpt-4o
+    litellm_params: {model: openai/gpt-4o, fallbacks: [hf-zephyr, claude-3-haiku]}
+  - model_name: hf-zephyr
+    litellm_params: {model: huggingface/HuggingFaceH4/zephyr-7b-beta}
+fallbacks:
+  - {model: hf-zephyr, fallback: gpt-4o}
+""")
+    out = do_import("guide", source, tmp_path / "out")
+    assert set(out.config.models) == {"gpt-4o", "claude-3-haiku"}
+    assert out.policy(fallback).chains == {"gpt-4o": ("claude-3-haiku",)}
+    assert "models[1] (hf-zephyr): unknown provider prefix 'huggingface/'" in out.output.split("Skipped", 1)[1]
+    assert "'hf-zephyr' left out (it was skipped)" in out.output

@@ -143,7 +143,7 @@ class Console:
     # -- spend --------------------------------------------------------------------------------
     @admin_only
     async def spend_daily(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from lockgate.middleware.budget import report_key_for_day
+        from lockgate.middleware.budget import report_key_for_day, spend_report
 
         params = query(scope)
         by = params.get("by", "team")
@@ -156,9 +156,8 @@ class Console:
         dates = [today - dt.timedelta(days=n) for n in reversed(range(int(days)))]
         series: dict[str, list[float]] = {}
         for i, day in enumerate(dates):
-            for field, value in (await self.store.counters(report_key_for_day("day", day))).items():
-                if field.startswith(by + ":"):
-                    series.setdefault(field.split(":", 1)[1], [0.0] * len(dates))[i] += value
+            for row in spend_report(await self.store.counters(report_key_for_day("day", day)), by):
+                series.setdefault(row[by], [0.0] * len(dates))[i] += row["spend_usd"]
         rows = [{"name": name, "values": [round(v, 8) for v in values], "total_usd": round(sum(values), 8)} for name, values in series.items()]
         rows.sort(key=lambda r: -r["total_usd"])
         body = {"by": by, "days": [d.isoformat() for d in dates], "series": rows, "total_usd": round(sum(r["total_usd"] for r in rows), 8)}
