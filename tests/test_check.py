@@ -18,6 +18,7 @@ from lockgate.proxy import app as app_module
 from lockgate.proxy import live as live_module
 from lockgate.proxy.checks import inspect, named_models
 from tests.conftest import ROOT
+from tests.examples import examples_on, repoint
 
 BROKEN = ROOT / "tests" / "data" / "broken"
 UNSET = ("LOCKGATE_TEST_UNSET_KEY", "LOCKGATE_TEST_UNSET_MASTER")
@@ -77,17 +78,6 @@ def readme_blocks() -> dict[str, str]:
     return blocks
 
 
-def repoint(config: dict, fake_url: str) -> dict:
-    """Every deployment at the fake upstream, with a key: what is tested is the config, not the providers."""
-    for model in config["models"]:
-        for dep in model["deployments"]:
-            if dep["provider"] == "mock":
-                continue
-            dep["base_url"] = fake_url + "/v1" if dep["provider"] == "openai" else fake_url
-            dep["api_key"] = "sk-test-upstream"
-    return config
-
-
 def readme_case(tmp_path: Path, fake_url: str) -> Path:
     blocks = readme_blocks()
     config = repoint(yaml.safe_load(blocks["gateway"]), fake_url)
@@ -103,8 +93,11 @@ def readme_case(tmp_path: Path, fake_url: str) -> Path:
 
 
 def policies_case(tmp_path: Path, fake_url: str) -> Path:
+    """policies/ with every example alias, rule and chain its files keep off turned on."""
     for path in (ROOT / "policies").glob("*.yaml"):
-        (tmp_path / path.name).write_text(path.read_text())
+        text = path.read_text()
+        assert path.stem not in ("rewrite", "fallback") or examples_on(text) != text, f"{path.name} ships its examples"
+        (tmp_path / path.name).write_text(examples_on(text))
     config = repoint(yaml.safe_load((tmp_path / "gateway.yaml").read_text()), fake_url)
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return tmp_path / "gateway.yaml"

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import httpx
+import pytest
 import yaml
+from starlette.testclient import TestClient
 
+from lockgate.middleware import rewrite as rewrite_module
+from lockgate.middleware.auth import new_key
+from lockgate.proxy.app import create_app
 from tests.conftest import ROOT, start_gateway
+from tests.examples import examples_on, repoint
 
 
 def test_quick_start_against_the_example_config(tmp_path):
@@ -42,3 +49,73 @@ def test_quick_start_against_the_example_config(tmp_path):
         assert heard.json()["text"] == "mock transcribe of question.wav (64004 bytes)" and float(heard.headers["x-lockgate-cost-usd"]) > 0
     finally:
         gw.stop()
+
+
+# -- the demo serves what is asked -------------------------------------------------------
+def demo_config(tmp_path: Path, fake_url: str, *, auth_entry: str = "", examples: bool = False) -> Path:
+    """policies/ as a newcomer has it: auth enabled with `auth_entry` pasted as the README
+    says when one is given, the examples turned on only when asked, every provider at the fake."""
+    directory = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", directory)
+    if examples:
+        for name in ("rewrite.yaml", "fallback.yaml"):
+            (directory / name).write_text(examples_on((directory / name).read_text()))
+    text = (directory / "gateway.yaml").read_text()
+    if auth_entry:
+        assert "# - auth: auth.yaml" in text
+        text = text.replace("# - auth: auth.yaml", "- auth: auth.yaml")
+        auth = directory / "auth.yaml"
+        auth.write_text(auth.read_text() + auth_entry)
+    config = repoint(yaml.safe_load(text), fake_url)
+    config["store"] = {"backend": "memory"}
+    (directory / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return directory / "gateway.yaml"
+
+
+HINTS = ({}, {"x-lockgate-task": "simple_qa"}, {"x-lockgate-task": "complex_analysis"}, {"x-lockgate-task-type": "summarization"})
+
+
+def served(client: TestClient, model: str, headers: dict) -> httpx.Response:
+    return client.post("/v1/chat/completions", headers=headers, json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
+
+
+@pytest.mark.parametrize("hour", [2, 12, 22])
+def test_the_demo_serves_the_model_asked_at_any_hour_for_any_tier(hour, fake, upstream, tmp_path, monkeypatch):
+    """Off-hours, tier and task rules are examples a user turns on: as shipped, a premium
+    key asking for gpt-4o-mini at 02:00 UTC gets gpt-4o-mini."""
+    monkeypatch.setattr(rewrite_module, "utc_hour", lambda: hour)
+    premium, entry = new_key("alice", user="alice", team="engineering", tier="premium")
+    path = demo_config(tmp_path, fake.url, auth_entry=yaml.safe_dump([entry], sort_keys=False))
+    models = [m["name"] for m in yaml.safe_load(path.read_text())["models"]]
+    with TestClient(create_app(path)) as client:
+        for model in models:
+            for hints in HINTS:
+                answer = served(client, model, {"Authorization": f"Bearer {premium}", **hints})
+                assert answer.status_code == 200, (model, hints, answer.text)
+                assert answer.headers["x-lockgate-model"] == model, (model, hints)
+
+
+def test_the_example_rules_turned_on_do_reroute(fake, upstream, tmp_path, monkeypatch):
+    """What the example files keep off works once turned on as their header says."""
+    monkeypatch.setattr(rewrite_module, "utc_hour", lambda: 2)
+    premium, entry = new_key("alice", user="alice", tier="premium")
+    path = demo_config(tmp_path, fake.url, auth_entry=yaml.safe_dump([entry], sort_keys=False), examples=True)
+    with TestClient(create_app(path)) as client:
+        assert served(client, "gpt-4o-mini", {"Authorization": f"Bearer {premium}"}).headers["x-lockgate-model"] == "gpt-4o"
+        assert served(client, "gpt-4", {"Authorization": f"Bearer {premium}"}).headers["x-lockgate-model"] == "gpt-4o-mini"  # alias, then off-hours
+        upstream.set("gpt-4o-mini", status=500)
+        assert served(client, "gpt-4o-mini", {"Authorization": f"Bearer {premium}", "x-lockgate-task": "simple_qa"}).headers["x-lockgate-model"] == "gemini-flash"
+
+
+def test_a_failing_model_of_the_demo_answers_its_error_not_another_model(fake, upstream, tmp_path):
+    path = demo_config(tmp_path, fake.url)
+    upstream.set("gpt-4o-mini", status=500)
+    upstream.set("gpt-4o", status=503)
+    with TestClient(create_app(path)) as client:
+        for model in ("gpt-4o-mini", "gpt-4o"):
+            answer = served(client, model, {})
+            assert answer.status_code == 502, (model, answer.text)
+            assert "x-lockgate-fallback" not in answer.headers
+    asked = {r.body.get("model") for r in upstream.requests if isinstance(r.body, dict)}
+    assert asked == {"gpt-4o-mini", "gpt-4o"}, "no other model was called"
+    assert not upstream.seen("gemini") and not upstream.seen("/v1/messages") and not upstream.seen("/openai/deployments")
