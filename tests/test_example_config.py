@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -14,7 +18,7 @@ from lockgate.middleware import rewrite as rewrite_module
 from lockgate.middleware.auth import new_key
 from lockgate.proxy.app import create_app
 from tests.conftest import ROOT, start_gateway
-from tests.examples import examples_on, repoint
+from tests.examples import commands, examples_on, readme_block, repoint
 
 
 def test_quick_start_against_the_example_config(tmp_path):
@@ -119,3 +123,41 @@ def test_a_failing_model_of_the_demo_answers_its_error_not_another_model(fake, u
     asked = {r.body.get("model") for r in upstream.requests if isinstance(r.body, dict)}
     assert asked == {"gpt-4o-mini", "gpt-4o"}, "no other model was called"
     assert not upstream.seen("gemini") and not upstream.seen("/v1/messages") and not upstream.seen("/openai/deployments")
+
+
+# -- the README's steps, run as printed ---------------------------------------------------
+def shell(command: str, gw_url: str = "", **env: str) -> subprocess.CompletedProcess:
+    """A README command as printed, in a fresh clone's directory layout (the repository
+    with its .venv); only the address of the test's own gateway differs."""
+    if gw_url:
+        command = command.replace("http://127.0.0.1:4000", gw_url)
+    return subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+
+
+def test_the_readme_steps_to_require_keys_work_as_printed(tmp_path):
+    make_key, ask = commands(readme_block("To require keys"))
+    made = shell(make_key)
+    assert made.returncode == 0, made.stderr
+    key = re.search(r"^\s+(sk-lg-\S+)$", made.stdout, re.M).group(1)
+    printed = made.stdout.split("Paste this entry under `keys:` in auth.yaml:\n\n", 1)[1]
+    assert printed.startswith("- id: alice\n")
+
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    auth = tmp_path / "policies" / "auth.yaml"
+    assert auth.read_text().rstrip().splitlines()[-1] == "keys:", "the README says `keys:` is auth.yaml's last line"
+    auth.write_text(auth.read_text() + printed)
+    gateway = tmp_path / "policies" / "gateway.yaml"
+    gateway.write_text(gateway.read_text().replace("# - auth: auth.yaml", "- auth: auth.yaml"))
+    config = yaml.safe_load(gateway.read_text())
+    assert next(iter(config["middleware"][0])) == "auth"
+    config["store"]["path"] = str(tmp_path / "state")
+    gw = start_gateway(config, tmp_path / "policies")
+    try:
+        answer = shell(ask.replace("sk-lg-…the key printed…", key) + " -w '\\n%{http_code}'", gw.url)
+        body, status = answer.stdout.rsplit("\n", 1)
+        assert status == "200", answer.stdout
+        assert json.loads(body)["choices"][0]["message"]["content"] == "mock: Hi"
+        refused = shell(ask.replace("sk-lg-…the key printed…", "sk-lg-not-a-key") + " -o /dev/null -w '%{http_code}'", gw.url)
+        assert refused.stdout == "401"
+    finally:
+        gw.stop()
