@@ -42,6 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     path = find_config(args.config)
     config = checked_or_exit(path)
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
     # absolute, not resolved: a ConfigMap's gateway.yaml is a symlink whose target the next update deletes
     os.environ["LOCKGATE_CONFIG"] = str(Path(path).absolute())
     share_metrics(args.workers)
