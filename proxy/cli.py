@@ -10,13 +10,30 @@ from pathlib import Path
 from lockgate.proxy.config import ConfigError, GatewayConfig, StoreConfig
 
 
+CONFIG_CANDIDATES = ("gateway.yaml", "policies/gateway.yaml")
+
+
 def find_config(given: str | None) -> str:
     if given:
         return given
-    for candidate in ("gateway.yaml", "policies/gateway.yaml"):
+    for candidate in CONFIG_CANDIDATES:
         if Path(candidate).exists():
             return candidate
     return "gateway.yaml"
+
+
+def config_or_exit(given: str | None, command: str) -> str:
+    """The config file to use, or one sentence saying where it was looked for and how to name it."""
+    path = find_config(given)
+    if Path(path).is_file():
+        return path
+    if given:
+        missing = f"--config {given}: no such file ({Path(given).absolute()})"
+    else:
+        looked = " and ".join(f"./{c}" for c in CONFIG_CANDIDATES)
+        missing = f"no config found: looked for {looked} in {Path.cwd()}; pass --config PATH/TO/gateway.yaml"
+    print(f"lockgate {command}: {missing}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def checked_or_exit(path: str) -> GatewayConfig:
@@ -40,7 +57,7 @@ def checked_or_exit(path: str) -> GatewayConfig:
 def cmd_serve(args: argparse.Namespace) -> int:
     from lockgate.proxy import server
 
-    path = find_config(args.config)
+    path = config_or_exit(args.config, "serve")
     config = checked_or_exit(path)
     for warning in config.warnings:
         print(warning, file=sys.stderr)
@@ -62,18 +79,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     from lockgate.proxy.protocol import LockgateProtocol
 
-    return server.run(
-        app if args.workers <= 1 else "lockgate.proxy.app:app_from_env",
-        config=config,
-        config_path=os.environ["LOCKGATE_CONFIG"],
-        http=LockgateProtocol,
-        host=args.host or config.server.host,
-        port=args.port if args.port is not None else config.server.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=False,
-        server_header=False,
-    )
+    try:
+        return server.run(
+            app if args.workers <= 1 else "lockgate.proxy.app:app_from_env",
+            config=config,
+            config_path=os.environ["LOCKGATE_CONFIG"],
+            http=LockgateProtocol,
+            host=args.host or config.server.host,
+            port=args.port if args.port is not None else config.server.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=False,
+            server_header=False,
+        )
+    except server.ListenError as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
 
 def share_metrics(workers: int) -> None:
@@ -93,7 +114,7 @@ def share_metrics(workers: int) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    path = find_config(args.config)
+    path = config_or_exit(args.config, "check")
     config = checked_or_exit(path)
     for warning in config.warnings:
         print(warning, file=sys.stderr)

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -419,3 +420,35 @@ def test_files_edited_together_apply_in_either_order(live, first):
     ready = wait_for(settled, what="both edits in force")
     assert all(p["last_error"] is None for p in ready["policies"])
     assert master_chat(live.url, "later").status_code == 200
+
+
+# -- start-up errors a newcomer meets ----------------------------------------------------------
+def one_sentence(result: subprocess.CompletedProcess) -> str:
+    """The whole of what a failed start-up printed: one line, no traceback, no uvicorn log."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and result.stdout == "", result.stderr
+    assert "Traceback" not in lines[0] and "Errno" not in lines[0] and "ERROR:" not in lines[0]
+    return lines[0]
+
+
+def test_a_port_in_use_is_one_sentence_that_names_it_and_the_way_out(tmp_path):
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": "demo", "deployments": [{"provider": "mock"}]}], "store": {"backend": "memory"}}))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            said = one_sentence(cli("serve", "--config", str(config), "--port", str(port), "--workers", workers))
+            assert said.startswith(f"lockgate serve: cannot listen on 127.0.0.1:{port}: the port is already in use"), said
+            assert "--port" in said and f"server.port in {config}" in said
+
+
+def test_a_config_not_found_says_where_it_looked_and_names_config(tmp_path):
+    for command in ("serve", "check"):
+        said = one_sentence(cli(command, cwd=tmp_path))
+        assert said == (f"lockgate {command}: no config found: looked for ./gateway.yaml and ./policies/gateway.yaml in {tmp_path}; "
+                        "pass --config PATH/TO/gateway.yaml")
+        said = one_sentence(cli(command, "--config", "gatway.yaml", cwd=tmp_path))
+        assert said == f"lockgate {command}: --config gatway.yaml: no such file ({tmp_path / 'gatway.yaml'})"
