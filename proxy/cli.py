@@ -178,20 +178,25 @@ def admin_call(args: argparse.Namespace, method: str, path: str, body: dict | No
     """One call to a running gateway's admin API; its error printed and exit 1 on failure."""
     import httpx
 
+    command = f"lockgate keys {args.keys_command}"
     key = args.master_key or os.environ.get("LOCKGATE_MASTER_KEY")
     if not key:
-        raise SystemExit("lockgate keys: the master key is needed: --master-key or LOCKGATE_MASTER_KEY")
+        raise SystemExit(f"{command}: no master key: set LOCKGATE_MASTER_KEY to it (LOCKGATE_MASTER_KEY=sk-lg-... {command} ...) "
+                         "or pass --master-key; `lockgate keys new --master` makes one, with the master_key_sha256 line for auth.yaml")
+    url = args.url.rstrip("/")
     try:
-        response = httpx.request(method, args.url.rstrip("/") + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        response = httpx.request(method, url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     except httpx.HTTPError as exc:
-        raise SystemExit(f"lockgate keys: cannot reach {args.url}: {exc}") from None
+        reason = "no answer in 30 s" if isinstance(exc, httpx.TimeoutException) else "could not connect" if isinstance(exc, httpx.ConnectError) else "the connection failed"
+        raise SystemExit(f"{command}: cannot reach the gateway at {url} ({reason}): is it running there? "
+                         "Name it with --url or LOCKGATE_URL") from None
     try:
         answer = response.json()
     except ValueError:
         answer = {}
     if response.status_code >= 400:
         message = (answer.get("error") or {}).get("message") if isinstance(answer, dict) else None
-        raise SystemExit(f"lockgate keys: {response.status_code}: {message or response.text[:200]}")
+        raise SystemExit(f"{command}: {response.status_code}: {message or response.text[:200]}")
     return answer
 
 
