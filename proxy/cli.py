@@ -91,6 +91,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             access_log=False,
             server_header=False,
+            # X-Forwarded-For names the client only where a policy's trusted_proxies says so
+            # (middleware/identity.py); uvicorn's own default believes it from loopback
+            proxy_headers=False,
         )
     except server.ListenError as exc:
         print(exc, file=sys.stderr)
