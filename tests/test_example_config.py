@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import wave
 from pathlib import Path
 
 import httpx
@@ -49,8 +51,34 @@ def test_quick_start_against_the_example_config(tmp_path):
         assert {m.id for m in client.models.list()} >= {"demo", "gpt-4o-mini", "claude-sonnet"}
         rerank = httpx.post(gw.url + "/v1/rerank", json={"model": "demo", "query": "red apple", "documents": ["green pear", "red apple pie"]})
         assert [r["index"] for r in rerank.json()["results"]] == [1, 0] and float(rerank.headers["x-lockgate-cost-usd"]) > 0
-        heard = httpx.post(gw.url + "/v1/audio/transcriptions", data={"model": "demo"}, files={"file": ("question.wav", b"RIFF" + b"\0" * 64000)})
-        assert heard.json()["text"] == "mock transcribe of question.wav (64004 bytes)" and float(heard.headers["x-lockgate-cost-usd"]) > 0
+    finally:
+        gw.stop()
+
+
+def test_the_quick_start_commands_run_as_printed(tmp_path):
+    """Every command of the quick start that talks to `make run`'s gateway, as printed, from
+    the repository's root (only the port is the test gateway's)."""
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    config = yaml.safe_load((tmp_path / "policies" / "gateway.yaml").read_text())
+    config["store"]["path"] = str(tmp_path / "state")
+    gw = start_gateway(config, tmp_path / "policies")
+    try:
+        (chat,) = commands(readme_block("answers without any provider key:"))
+        said = shell(chat, gw.url)
+        assert said.returncode == 0 and json.loads(said.stdout)["choices"][0]["message"]["content"] == "mock: Hello, lockgate", said.stdout
+        snippet = readme_block("answers without any provider key:", "python").replace("http://127.0.0.1:4000", gw.url)
+        ran = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0 and ran.stdout == "mock: Hello, lockgate\nmock: Stream it", ran.stdout + ran.stderr
+        rerank, transcribe = commands(readme_block("so each can be tried without a key:"))
+        ranked = json.loads(shell(rerank, gw.url).stdout)
+        assert [r["index"] for r in ranked["results"]] == [1, 0]
+        heard = shell(transcribe, gw.url)
+        assert heard.returncode == 0, heard.stderr
+        audio = ROOT / "policies" / "question.wav"
+        assert json.loads(heard.stdout)["text"] == f"mock transcribe of question.wav ({audio.stat().st_size} bytes)"
+        with wave.open(str(audio)) as sound:  # a real WAV, for a real speech-to-text model too
+            assert sound.getnchannels() == 1 and sound.getnframes() / sound.getframerate() > 0.5
+        assert audio.stat().st_size < 16 * 1024
     finally:
         gw.stop()
 
