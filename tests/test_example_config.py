@@ -74,7 +74,7 @@ def test_the_quick_start_commands_run_as_printed(tmp_path):
         assert [r["index"] for r in ranked["results"]] == [1, 0]
         heard = shell(transcribe, gw.url)
         assert heard.returncode == 0, heard.stderr
-        audio = ROOT / "policies" / "question.wav"
+        audio = ROOT / "docs" / "question.wav"
         assert json.loads(heard.stdout)["text"] == f"mock transcribe of question.wav ({audio.stat().st_size} bytes)"
         with wave.open(str(audio)) as sound:  # a real WAV, for a real speech-to-text model too
             assert sound.getnchannels() == 1 and sound.getnframes() / sound.getframerate() > 0.5
