@@ -7,7 +7,7 @@ throttle.yaml:
     trusted_proxies: ["10.0.0.0/8"]   # peers whose X-Forwarded-For names the client (default: none)
     limits:
       - per: user              # key | user | team | model | global | client
-        match: {team: [eng, "ml-*"]}   # optional: identity fields, `model` and `client`, globs and lists
+        match: {team: [eng, "ml-*"]}   # optional: identity fields (`source`: auth | client | anonymous), `model`, `client`; globs and lists
         rpm: 60                # requests in any 60 s (an exact sliding window)
         tpm: 100000            # tokens in any 60 s: estimated up front, corrected by usage
         concurrent: 4          # requests in flight at once
