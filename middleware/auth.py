@@ -75,7 +75,6 @@ from lockgate.proxy.websocket import refusals
 from lockgate.proxy.store import guard
 from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
 
-
 TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths",
             "runtime_keys", "store_failure", "store_timeout_s"}
 LIMIT_KEYS = ("budget_usd", "budget_period", "rpm", "tpm")
