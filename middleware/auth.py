@@ -53,7 +53,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ from typing import Any, Mapping
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lockgate.middleware.budget import PERIODS as BUDGET_PERIODS
+from lockgate.middleware.identity import Network, client_address, networks, within
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
@@ -74,9 +74,6 @@ from lockgate.proxy.logs import get_logger
 from lockgate.proxy.websocket import refusals
 from lockgate.proxy.store import guard
 from lockgate.proxy.store.guard import StoreFailure, StoreUnavailable
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths",
             "runtime_keys", "store_failure", "store_timeout_s"}
@@ -263,22 +260,6 @@ def digest_field(check: Checker, node: dict, name: str, required: bool = False) 
     return bytes.fromhex(value)
 
 
-def networks(check: Checker, node: dict, name: str) -> tuple[Network, ...] | None:
-    values = node.get(name)
-    if values is None:
-        return None
-    if not isinstance(values, list) or not values:
-        check.fail(node, name, f"{name} must be a non-empty list of CIDRs like 10.0.0.0/8")
-        return None
-    result = []
-    for value in values:
-        try:
-            result.append(ipaddress.ip_network(str(value), strict=False))
-        except ValueError:
-            check.fail(node, name, f"{name}: {value!r} is not an IP address or CIDR")
-    return tuple(result)
-
-
 def cap(check: Checker, node: dict, name: str) -> int | None:
     return check.number(node, name, 0, minimum=1, integer=True) if node.get(name) is not None else None
 
@@ -326,36 +307,6 @@ def presented_key(scope: Scope) -> bytes | None:
         if protocol.startswith(KEY_SUBPROTOCOL) and len(protocol) > len(KEY_SUBPROTOCOL):
             return protocol[len(KEY_SUBPROTOCOL) :].encode("latin-1", "replace")
     return None
-
-
-def parse_ip(value: str | bytes) -> Address | None:
-    text = value.decode("latin-1") if isinstance(value, bytes) else value
-    try:
-        address = ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
-    # a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d
-    mapped = getattr(address, "ipv4_mapped", None)
-    return mapped or address
-
-
-def within(address: Address, nets: tuple[Network, ...]) -> bool:
-    return any(address in net for net in nets)
-
-
-def client_address(scope: Scope, trusted: tuple[Network, ...]) -> Address | None:
-    """The peer, or, when the peer is a trusted proxy, the right-most X-Forwarded-For hop
-    that is not one: hops further left were written by the client and prove nothing."""
-    client = scope.get("client")
-    address = parse_ip(client[0]) if client else None
-    if address is None or not within(address, trusted):
-        return address
-    hops = [hop for name, value in scope.get("headers", ()) if name == b"x-forwarded-for" for hop in value.split(b",")]
-    for hop in reversed(hops):
-        address = parse_ip(hop)
-        if address is None or not within(address, trusted):
-            return address
-    return address
 
 
 def refusal(status: int, code: str, message: str, param: str | None = None) -> GatewayError:

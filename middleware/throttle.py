@@ -4,9 +4,10 @@ in the store so they hold across worker processes (disk) and replicas (redis).
 throttle.yaml:
 
     trust_client_user: false   # without auth: believe x-lockgate-user / the body's `user`?
+    trusted_proxies: ["10.0.0.0/8"]   # peers whose X-Forwarded-For names the client (default: none)
     limits:
-      - per: user              # key | user | team | model | global
-        match: {team: [eng, "ml-*"]}   # optional: identity fields and `model`, globs and lists
+      - per: user              # key | user | team | model | global | client
+        match: {team: [eng, "ml-*"]}   # optional: identity fields (`source`: auth | client | anonymous), `model`, `client`; globs and lists
         rpm: 60                # requests in any 60 s (an exact sliding window)
         tpm: 100000            # tokens in any 60 s: estimated up front, corrected by usage
         concurrent: 4          # requests in flight at once
@@ -16,6 +17,12 @@ throttle.yaml:
     store_failure: closed      # closed (503 store_unavailable) | open (serve unchecked): see proxy/store/guard.py
     store_timeout_s: 0.5
     paths: [...]               # which requests are model calls (middleware/paths.py)
+
+Without auth, every caller that names no user (or is not believed) is the one user
+`anonymous`, so a `per: user` limit is shared by all of them; `per: client` counts each
+client address on its own: the peer's, or, when the peer is one of `trusted_proxies`,
+the right-most X-Forwarded-For hop that is not (middleware/identity.py). Without
+`trusted_proxies` the header is ignored: a client could otherwise pick its address.
 
 A key's own `rpm` / `tpm` (auth.yaml's `keys:` or a runtime key, proxy/keys.py) apply
 on top, per key. Every matching limit applies; one request claims all its counters in one atomic step,
@@ -36,7 +43,7 @@ from typing import Any, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lockgate.middleware.identity import identity, matches
+from lockgate.middleware.identity import Network, client_address, identity, matches, networks
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.middleware.policy import Policy
@@ -51,7 +58,7 @@ from lockgate.providers.usage import UsageMeter
 
 WINDOW_S = 60.0
 LEASE_S = 900.0  # a concurrency slot outlives any request; it only expires if its process died
-PER = ("key", "user", "team", "model", "global")
+PER = ("key", "user", "team", "model", "global", "client")
 OWN_LIMIT_ID = "key"  # the ledgers of keys' own limits (a file's limit ids are hex digests)
 LIMIT_KEYS = {"id", "per", "match", "rpm", "tpm", "concurrent", "on_limit", "max_wait_s", "completion_estimate"}
 
@@ -75,13 +82,14 @@ class ThrottlePolicy:
     trust_client_user: bool = False
     store_failure: StoreFailure = StoreFailure()
     paths: Paths = DEFAULT_PATHS
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 def parse_policy(raw: Any, source: str) -> ThrottlePolicy:
     check = Checker(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: the throttle policy must be a mapping with `limits:`"])
-    check.unknown(raw, {"limits", "trust_client_user", "store_failure", "store_timeout_s", "paths"}, "the throttle policy")
+    check.unknown(raw, {"limits", "trust_client_user", "trusted_proxies", "store_failure", "store_timeout_s", "paths"}, "the throttle policy")
     nodes = raw.get("limits") or []
     if not isinstance(nodes, list):
         check.fail(raw, "limits", "`limits:` must be a list")
@@ -122,9 +130,10 @@ def parse_policy(raw: Any, source: str) -> ThrottlePolicy:
         trust = False
     failure = guard.parse_store_failure(check, raw, "closed")
     paths = parse_paths(check, raw)
+    trusted = networks(check, raw, "trusted_proxies") or ()
     if check.problems:
         raise ConfigError(check.problems)
-    return ThrottlePolicy(tuple(limits), trust, failure, paths)
+    return ThrottlePolicy(tuple(limits), trust, failure, paths, trusted)
 
 
 def has_own_limits(scope: Scope) -> bool:
@@ -183,7 +192,7 @@ class ThrottledRequest:
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ctx
         who = identity(scope, ctx, self.policy.trust_client_user)
-        facts = {**who, "model": ctx.model}
+        facts = {**who, "model": ctx.model, "client": str(client_address(scope, self.policy.trusted_proxies) or "")}
         active = [limit for limit in self.policy.limits if matches(limit.match, facts)]
         own = own_limit(who)
         if own is not None:

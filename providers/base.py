@@ -50,6 +50,16 @@ class Deployment:
     price: Price | None = None
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
+    key_variable: str | None = None  # the environment variable api_key was read from: named when it is empty
+
+
+def empty_key(dep: Deployment) -> str | None:
+    """Why `dep` must not be called, when its api_key was to come from an environment
+    variable that is empty or not set (`${OPENAI_API_KEY:-}`): a request sent without
+    its key would only come back as the provider's 401."""
+    if dep.key_variable is None or dep.api_key:
+        return None
+    return f"its api_key is empty: the environment variable {dep.key_variable} is not set (or empty) where lockgate runs; set it and restart lockgate"
 
 
 @dataclass(slots=True)
@@ -156,7 +166,9 @@ class Adapter:
     async def prepare(self, dep: Deployment, request: UpstreamRequest) -> None:
         """Last step before sending: providers that sign requests or hold short-lived
         tokens (bedrock, vertex) add them here, the only place an adapter may wait.
-        Raises `CredentialsError`."""
+        Raises `CredentialsError`, as for a key that is empty: nothing goes upstream without it."""
+        if (reason := empty_key(dep)) is not None:
+            raise CredentialsError(reason)
 
     def chat_response(self, dep: Deployment, data: dict) -> dict:
         raise NotImplementedError

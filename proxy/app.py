@@ -24,7 +24,7 @@ from lockgate.proxy.admin import Admin
 from lockgate.proxy.checks import Layer, cross_check, layer_of
 from lockgate.proxy.config import ConfigError, GatewayConfig, load_config
 from lockgate.proxy.dialect import AnthropicErrors
-from lockgate.proxy.console import admin_routes
+from lockgate.proxy.console import TrafficHistory, admin_routes
 from lockgate.proxy.context import get_context, route_path
 from lockgate.proxy.errors import GatewayError, send_error, send_json
 from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
@@ -171,6 +171,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     router = Router(dict(config.models), cooldowns)
     gateway = Gateway(config, router, upstream, store)
     admin = Admin(store)
+    history = TrafficHistory()
 
     def swap_models(edited: GatewayConfig) -> None:
         # on the loop, between two steps of any request: router and config change together
@@ -202,10 +203,12 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         policy.start_watching()  # edits and SIGHUP count from start-up, not the first request
         await release_dead_owners(store)
         syncing = asyncio.get_running_loop().create_task(cooldowns.run())
+        sampling = asyncio.get_running_loop().create_task(history.run())  # the console's last minute
         try:
             yield {STATE_KEY: config.server}  # the connection limits proxy/protocol.py enforces
         finally:
             syncing.cancel()
+            sampling.cancel()
             undo_sigterm()
             live.stop()
             await upstream.close()
@@ -219,7 +222,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         Route("/admin/spend", Endpoint(admin.spend), methods=["GET"]),
         Route("/admin/policies", Endpoint(admin.policies), methods=["GET"]),
         Route("/admin/reload", Endpoint(admin.reload), methods=["POST"]),
-        *admin_routes(store, gateway),
+        *admin_routes(store, gateway, history),
     ]
     for path, (handler, methods) in MODEL_ROUTES.items():
         endpoint = Endpoint(getattr(gateway, handler))

@@ -10,13 +10,30 @@ from pathlib import Path
 from lockgate.proxy.config import ConfigError, GatewayConfig, StoreConfig
 
 
+CONFIG_CANDIDATES = ("gateway.yaml", "policies/gateway.yaml")
+
+
 def find_config(given: str | None) -> str:
     if given:
         return given
-    for candidate in ("gateway.yaml", "policies/gateway.yaml"):
+    for candidate in CONFIG_CANDIDATES:
         if Path(candidate).exists():
             return candidate
     return "gateway.yaml"
+
+
+def config_or_exit(given: str | None, command: str) -> str:
+    """The config file to use, or one sentence saying where it was looked for and how to name it."""
+    path = find_config(given)
+    if Path(path).is_file():
+        return path
+    if given:
+        missing = f"--config {given}: no such file ({Path(given).absolute()})"
+    else:
+        looked = " and ".join(f"./{c}" for c in CONFIG_CANDIDATES)
+        missing = f"no config found: looked for {looked} in {Path.cwd()}; pass --config PATH/TO/gateway.yaml"
+    print(f"lockgate {command}: {missing}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def checked_or_exit(path: str) -> GatewayConfig:
@@ -40,8 +57,10 @@ def checked_or_exit(path: str) -> GatewayConfig:
 def cmd_serve(args: argparse.Namespace) -> int:
     from lockgate.proxy import server
 
-    path = find_config(args.config)
+    path = config_or_exit(args.config, "serve")
     config = checked_or_exit(path)
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
     # absolute, not resolved: a ConfigMap's gateway.yaml is a symlink whose target the next update deletes
     os.environ["LOCKGATE_CONFIG"] = str(Path(path).absolute())
     share_metrics(args.workers)
@@ -60,18 +79,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     from lockgate.proxy.protocol import LockgateProtocol
 
-    return server.run(
-        app if args.workers <= 1 else "lockgate.proxy.app:app_from_env",
-        config=config,
-        config_path=os.environ["LOCKGATE_CONFIG"],
-        http=LockgateProtocol,
-        host=args.host or config.server.host,
-        port=args.port if args.port is not None else config.server.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=False,
-        server_header=False,
-    )
+    try:
+        return server.run(
+            app if args.workers <= 1 else "lockgate.proxy.app:app_from_env",
+            config=config,
+            config_path=os.environ["LOCKGATE_CONFIG"],
+            http=LockgateProtocol,
+            host=args.host or config.server.host,
+            port=args.port if args.port is not None else config.server.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=False,
+            server_header=False,
+            # X-Forwarded-For names the client only where a policy's trusted_proxies says so
+            # (middleware/identity.py); uvicorn's own default believes it from loopback
+            proxy_headers=False,
+        )
+    except server.ListenError as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
 
 def share_metrics(workers: int) -> None:
@@ -91,7 +117,7 @@ def share_metrics(workers: int) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    path = find_config(args.config)
+    path = config_or_exit(args.config, "check")
     config = checked_or_exit(path)
     for warning in config.warnings:
         print(warning, file=sys.stderr)
@@ -155,20 +181,25 @@ def admin_call(args: argparse.Namespace, method: str, path: str, body: dict | No
     """One call to a running gateway's admin API; its error printed and exit 1 on failure."""
     import httpx
 
+    command = f"lockgate keys {args.keys_command}"
     key = args.master_key or os.environ.get("LOCKGATE_MASTER_KEY")
     if not key:
-        raise SystemExit("lockgate keys: the master key is needed: --master-key or LOCKGATE_MASTER_KEY")
+        raise SystemExit(f"{command}: no master key: set LOCKGATE_MASTER_KEY to it (LOCKGATE_MASTER_KEY=sk-lg-... {command} ...) "
+                         "or pass --master-key; `lockgate keys new --master` makes one, with the master_key_sha256 line for auth.yaml")
+    url = args.url.rstrip("/")
     try:
-        response = httpx.request(method, args.url.rstrip("/") + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        response = httpx.request(method, url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     except httpx.HTTPError as exc:
-        raise SystemExit(f"lockgate keys: cannot reach {args.url}: {exc}") from None
+        reason = "no answer in 30 s" if isinstance(exc, httpx.TimeoutException) else "could not connect" if isinstance(exc, httpx.ConnectError) else "the connection failed"
+        raise SystemExit(f"{command}: cannot reach the gateway at {url} ({reason}): is it running there? "
+                         "Name it with --url or LOCKGATE_URL") from None
     try:
         answer = response.json()
     except ValueError:
         answer = {}
     if response.status_code >= 400:
         message = (answer.get("error") or {}).get("message") if isinstance(answer, dict) else None
-        raise SystemExit(f"lockgate keys: {response.status_code}: {message or response.text[:200]}")
+        raise SystemExit(f"{command}: {response.status_code}: {message or response.text[:200]}")
     return answer
 
 

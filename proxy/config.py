@@ -28,6 +28,7 @@ DEPLOYMENT_KEYS = {
 } | registry.KEYS
 MOCK_OPTIONS = ("latency_ms", "fail_rate")
 INFO_KEYS = {"max_input_tokens", "max_tokens", "supports_vision", "supports_reasoning", "mode"}
+CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -240,11 +241,18 @@ class Checker:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[str] = []
+        self.warnings: list[str] = []  # legal, but probably not meant: `check` and `serve` print them
         self.shared: dict = {}  # what deployments of one config share (provider credentials)
 
     def fail(self, node: Any, key: Any, message: str) -> None:
+        self.problems.append(self.where(node, key) + message)
+
+    def warn(self, node: Any, key: Any, message: str) -> None:
+        self.warnings.append(self.where(node, key) + "warning: " + message)
+
+    def where(self, node: Any, key: Any) -> str:
         line = line_of(node, key)
-        self.problems.append(f"{self.source}:{line}: {message}" if line else f"{self.source}: {message}")
+        return f"{self.source}:{line}: " if line else f"{self.source}: "
 
     def expand(self, value: Any, node: Any, key: Any) -> Any:
         """`${VAR}` (or `${VAR:-default}`) from the environment; a missing one is an error."""
@@ -332,11 +340,10 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
     cooldown_s = check.number(routing, "cooldown_s", 30.0)
 
     models: dict[str, ModelConfig] = {}
-    warnings: list[str] = []
     model_nodes = raw.get("models")
     if model_nodes == []:
         # what an import of policies alone writes: valid, though nothing can be served yet
-        warnings.append(f"{source}:{line_of(raw, 'models')}: warning: `models:` is empty: every model request answers 404 model_not_found until one is added")
+        check.warn(raw, "models", "`models:` is empty: every model request answers 404 model_not_found until one is added")
     elif not isinstance(model_nodes, list):
         check.fail(raw, "models" if "models" in raw else None, "`models:` must be a list of models")
         model_nodes = []
@@ -352,7 +359,7 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
         models[model.name] = model
 
     middleware = parse_middleware(check, raw, base_dir)
-    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(warnings))
+    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(check.warnings))
     if check.problems:
         raise ConfigError(check.problems, config)
     return config
@@ -456,8 +463,13 @@ def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment 
             api_key = registry.default_api_key(provider)
         except SettingError as exc:
             check.fail(node, exc.key, exc.message)
+    dep_id = check.string(node, "id") or f"{provider}/{model}"
+    key_variable = empty_key_variable(node, api_key, headers)
+    if key_variable is not None:
+        check.warn(node, "api_key", f"model {model_name!r}, deployment {dep_id}: api_key is empty ({key_variable} is not set or empty), "
+                                    f"so every request to this deployment will be refused until {key_variable} is set")
     return Deployment(
-        id=check.string(node, "id") or f"{provider}/{model}",
+        id=dep_id,
         provider=provider,
         model=model or "",
         base_url=base_url,
@@ -468,7 +480,19 @@ def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment 
         price=price,
         headers=headers,
         options=options,
+        key_variable=key_variable,
     )
+
+
+def empty_key_variable(node: dict, api_key: str | None, headers: Mapping[str, str]) -> str | None:
+    """The variable a deployment's api_key was to be read from (`${OPENAI_API_KEY:-}`)
+    when it came out empty, unless the deployment carries a credential in `headers:`.
+    A deployment that needs no key leaves `api_key` out."""
+    raw = node.get("api_key")
+    if api_key or not isinstance(raw, str) or CREDENTIAL_HEADERS & headers.keys():
+        return None
+    names = [name for name, _ in ENV_PATTERN.findall(raw)]
+    return " / ".join(names) if names else None
 
 
 def provider_options(check: Checker, node: dict, provider: str) -> dict:

@@ -45,7 +45,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from lockgate.providers.azure import DEFAULT_API_VERSION
-from lockgate.providers.base import Deployment, join_url
+from lockgate.providers.base import Deployment, empty_key, join_url
 from lockgate.providers.openai import DEFAULT_BASE_URL
 from lockgate.providers.usage import add_usage, billed_usage
 from lockgate.proxy.context import RequestContext, get_context, header, load_json
@@ -212,6 +212,8 @@ class Realtime:
         for attempt, dep in enumerate(candidates[:2]):
             if dep.provider not in PROVIDERS:
                 raise bad_request(f"The realtime API is served by openai and azure deployments; `{ctx.model_served}` is {dep.provider}.", "model", "unsupported_request")
+            if (reason := empty_key(dep)) is not None:
+                raise GatewayError(502, f"Deployment {dep.id}: {reason}", "api_error", "upstream_auth_failed")
             url, headers = upstream_target(dep, scope, transcription)
             balancer.started(dep)
             try:

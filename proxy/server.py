@@ -21,6 +21,7 @@ only those two things. With `--workers N` the workers are uvicorn's own: they dr
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import socket
 from types import FrameType
@@ -36,6 +37,35 @@ from lockgate.proxy.logs import get_logger
 POLL_S = 0.05
 CUT_WAIT_S = 1.0  # after the grace, how long cut requests get to wind down before they are cancelled
 log = get_logger("lockgate.server")
+
+
+class ListenError(Exception):
+    """The address cannot be listened on: one sentence for the person starting the gateway."""
+
+
+def listen(host: str, port: int, config_path: str) -> socket.socket:
+    """The listening socket, bound before uvicorn starts, so a port in use or an address
+    that is not this machine's is one clear sentence instead of uvicorn's `[Errno 98]`."""
+    where = url_of((host, port))[len("http://") :]
+    try:
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        sock = socket.create_server((host, port), family=family)
+    except socket.gaierror:
+        raise ListenError(f"lockgate serve: cannot listen on {where}: {host!r} is not an address or a name this machine can resolve "
+                          f"(set server.host in {config_path} or pass --host)") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason = (f"the port is already in use (another lockgate, or another program, listens there: stop it, "
+                      f"or pick another port with --port N or server.port in {config_path})")
+        elif exc.errno == errno.EACCES:
+            reason = f"permission denied (ports below 1024 need privileges: pick another with --port N or server.port in {config_path})"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            reason = f"{host} is not an address of this machine (set server.host in {config_path} or pass --host)"
+        else:
+            reason = exc.strerror or str(exc)
+        raise ListenError(f"lockgate serve: cannot listen on {where}: {reason}") from None
+    sock.set_inheritable(True)  # the workers of --workers N serve it too
+    return sock
 
 
 class GracefulServer(uvicorn.Server):
@@ -84,9 +114,10 @@ class GracefulServer(uvicorn.Server):
 def run(app: Any, *, config: GatewayConfig, config_path: str, workers: int = 1, **options: Any) -> int:
     """Serves `app` as uvicorn would: an app for one worker, the import string of an app
     factory for several. With the start-up line and, for one worker, the draining
-    shutdown above. Returns the exit status."""
+    shutdown above. Returns the exit status; raises `ListenError`."""
     factory = isinstance(app, str)
     server_config = uvicorn.Config(app, factory=factory, workers=workers, timeout_graceful_shutdown=config.server.shutdown_grace_s, **options)
+    sock = listen(server_config.host, server_config.port, config_path)
 
     def announce(sockets: list[socket.socket]) -> None:
         listening = sockets[0].getsockname() if sockets else (server_config.host, server_config.port)
@@ -103,12 +134,11 @@ def run(app: Any, *, config: GatewayConfig, config_path: str, workers: int = 1, 
 
     try:
         if workers > 1:
-            sock = server_config.bind_socket()
             announce([sock])
             Multiprocess(server_config, sockets=[sock]).run()
             return 0
         server = GracefulServer(server_config, announce)
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C: uvicorn has already shut down as for SIGTERM, minus the exit status
         return 0
     return 0 if server.started else 3  # uvicorn's status for a server that never started

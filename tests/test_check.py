@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from starlette.testclient import TestClient
@@ -17,7 +18,8 @@ from starlette.testclient import TestClient
 from lockgate.proxy import app as app_module
 from lockgate.proxy import live as live_module
 from lockgate.proxy.checks import inspect, named_models
-from tests.conftest import ROOT
+from tests.conftest import ROOT, start_gateway
+from tests.examples import examples_on, repoint
 
 BROKEN = ROOT / "tests" / "data" / "broken"
 UNSET = ("LOCKGATE_TEST_UNSET_KEY", "LOCKGATE_TEST_UNSET_MASTER")
@@ -77,17 +79,6 @@ def readme_blocks() -> dict[str, str]:
     return blocks
 
 
-def repoint(config: dict, fake_url: str) -> dict:
-    """Every deployment at the fake upstream, with a key: what is tested is the config, not the providers."""
-    for model in config["models"]:
-        for dep in model["deployments"]:
-            if dep["provider"] == "mock":
-                continue
-            dep["base_url"] = fake_url + "/v1" if dep["provider"] == "openai" else fake_url
-            dep["api_key"] = "sk-test-upstream"
-    return config
-
-
 def readme_case(tmp_path: Path, fake_url: str) -> Path:
     blocks = readme_blocks()
     config = repoint(yaml.safe_load(blocks["gateway"]), fake_url)
@@ -103,8 +94,11 @@ def readme_case(tmp_path: Path, fake_url: str) -> Path:
 
 
 def policies_case(tmp_path: Path, fake_url: str) -> Path:
+    """policies/ with every example alias, rule and chain its files keep off turned on."""
     for path in (ROOT / "policies").glob("*.yaml"):
-        (tmp_path / path.name).write_text(path.read_text())
+        text = path.read_text()
+        assert path.stem not in ("rewrite", "fallback") or examples_on(text) != text, f"{path.name} ships its examples"
+        (tmp_path / path.name).write_text(examples_on(text))
     config = repoint(yaml.safe_load((tmp_path / "gateway.yaml").read_text()), fake_url)
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return tmp_path / "gateway.yaml"
@@ -162,3 +156,62 @@ def test_check_and_the_first_requests_agree(case, fake, upstream, tmp_path, monk
     assert reported == failed, f"check reported {sorted(reported - failed)} that serve; requests failed on {sorted(failed - reported)} that check passed"
     if case is policies_case:
         assert report.problems == [] and failed == set(), "the example config make run serves is clean"
+
+
+# -- a deployment whose key is empty --------------------------------------------------------
+EMPTY = "LOCKGATE_TEST_EMPTY_KEY"
+
+
+def empty_key_models(fake_url: str) -> list[dict]:
+    key = {"api_key": "${%s:-}" % EMPTY}
+    return [
+        {"name": "gpt-4o", "deployments": [{"provider": "openai", "model": "gpt-4o", "base_url": fake_url + "/v1", **key}]},
+        {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": fake_url, **key}]},
+        {"name": "gpt-rt", "deployments": [{"provider": "openai", "model": "gpt-4o-realtime-preview", "base_url": fake_url + "/v1", **key}]},
+        {"name": "local", "deployments": [{"provider": "openai", "model": "llama", "base_url": fake_url + "/v1"}]},  # no api_key: sends none
+    ]
+
+
+@pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
+def test_check_warns_of_an_empty_key_naming_model_deployment_and_variable(value, tmp_path):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"models": empty_key_models("http://127.0.0.1:9")}, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k != EMPTY} | ({EMPTY: value} if value is not None else {})
+    result = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "check", "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 3, "one for each deployment whose key is empty, none for the one that sets no key"
+    lines = {i for i, text in enumerate(path.read_text().splitlines(), 1) if EMPTY in text}
+    for warning, (model, dep) in zip(warnings, [("gpt-4o", "openai/gpt-4o"), ("claude", "anthropic/claude-3-5-sonnet-20241022"), ("gpt-rt", "openai/gpt-4o-realtime-preview")]):
+        where, _, message = warning.partition(": warning: ")
+        assert where.startswith(f"{path}:") and int(where.rsplit(":", 1)[1]) in lines, warning
+        assert f"model '{model}'" in message and f"deployment {dep}" in message and f"api_key is empty ({EMPTY} is not set or empty)" in message
+
+
+async def test_a_request_to_a_deployment_whose_key_is_empty_names_the_variable_and_calls_nothing(fake, upstream, tmp_path):
+    from anthropic import Anthropic
+    from openai import APIStatusError, OpenAI
+
+    env = {EMPTY: ""}
+    gw = start_gateway({"models": empty_key_models(fake.url)}, tmp_path, env=env)
+    try:
+        client = OpenAI(base_url=gw.url + "/v1", api_key="anything", max_retries=0)
+        for stream in (False, True):
+            with pytest.raises(APIStatusError) as refused:
+                client.chat.completions.create(model="gpt-4o", stream=stream, messages=[{"role": "user", "content": "hi"}])
+            error = refused.value.body
+            assert refused.value.status_code == 502 and error["code"] == "upstream_auth_failed", error
+            assert error["message"] == (f"Deployment openai/gpt-4o: its api_key is empty: the environment variable {EMPTY} is not set (or empty) "
+                                        "where lockgate runs; set it and restart lockgate")
+        with pytest.raises(Exception) as refused_messages:
+            Anthropic(base_url=gw.url, api_key="anything", max_retries=0).messages.create(
+                model="claude", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+        assert getattr(refused_messages.value, "status_code", None) == 502 and EMPTY in str(refused_messages.value)
+        handshake = {"connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        realtime = httpx.get(gw.url + "/v1/realtime?model=gpt-rt", headers=handshake)
+        assert realtime.status_code == 502 and realtime.json()["error"]["code"] == "upstream_auth_failed" and EMPTY in realtime.json()["error"]["message"]
+        assert upstream.requests == [] and upstream.realtime_handshakes == [], "nothing was sent upstream without its key"
+        assert client.chat.completions.create(model="local", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == "echo: hi"
+        assert "authorization" not in upstream.requests[-1].headers, "a deployment without api_key still sends none"
+    finally:
+        gw.stop()

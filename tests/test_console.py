@@ -198,10 +198,13 @@ def test_overview_is_live(tab, gw):
                 time.sleep(0.15)
 
     loader = threading.Thread(target=load)
+    until(page, "window.lockgateConsole.charts.traffic")
+    opened_with = page.evaluate("window.lockgateConsole.charts.traffic.data[0].length")
     loader.start()
     try:
         until(page, "!document.querySelector('#tiles').textContent.includes('measuring')")
-        until(page, "window.lockgateConsole.charts.traffic && window.lockgateConsole.charts.traffic.data[0].length >= 4", timeout=15)
+        # three readings taken while the load runs, after the last minute the page opened with
+        until(page, f"window.lockgateConsole.charts.traffic.data[0].length >= {opened_with + 3}", timeout=15)
     finally:
         stop.set()
         loader.join()
@@ -215,6 +218,27 @@ def test_overview_is_live(tab, gw):
     assert float(tiles["Requests per second"]) > 0
     assert page.evaluate("sessionStorage.getItem('lockgate.masterKey')") == MASTER
     tab.shot("overview")
+
+
+def test_overview_shows_the_last_minute_as_it_opens(tab, gw):
+    """Traffic before the page was opened is on its chart and in its rates at once: the
+    first reading brings the gateway's last minute (not counted from the opening on)."""
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {BOB}"}) as client:
+        for i in range(5):
+            assert client.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"before {i}"}]}).status_code == 200
+    until_stats = time.monotonic() + 10
+    while admin(gw, "/admin/stats?history=1")["history"][-1]["requests"]["total"] < admin(gw, "/admin/stats")["requests"]["total"] - 1:
+        assert time.monotonic() < until_stats, "the gateway's readings catch up"
+        time.sleep(0.1)
+    tab.open()
+    tab.sign_in()
+    page = tab.page
+    page.wait_for_selector("#tiles .tile")
+    stats_calls = [url for url in tab.requests if "/admin/stats" in url]
+    assert len(stats_calls) == 1 and stats_calls[0].endswith("?history=1"), "one reading so far"
+    assert "measuring" not in page.inner_text("#tiles")
+    assert page.evaluate("window.lockgateConsole.charts.traffic.data[0].length") >= 2
+    assert page.evaluate("Math.max(...window.lockgateConsole.charts.traffic.data[1])") > 0, "the requests before the opening are on the chart"
 
 
 def test_spend_matches_the_admin_api(tab, gw):

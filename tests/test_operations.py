@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -419,3 +420,75 @@ def test_files_edited_together_apply_in_either_order(live, first):
     ready = wait_for(settled, what="both edits in force")
     assert all(p["last_error"] is None for p in ready["policies"])
     assert master_chat(live.url, "later").status_code == 200
+
+
+# -- start-up errors a newcomer meets ----------------------------------------------------------
+def one_sentence(result: subprocess.CompletedProcess) -> str:
+    """The whole of what a failed start-up printed: one line, no traceback, no uvicorn log."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and result.stdout == "", result.stderr
+    assert "Traceback" not in lines[0] and "Errno" not in lines[0] and "ERROR:" not in lines[0]
+    return lines[0]
+
+
+def test_a_port_in_use_is_one_sentence_that_names_it_and_the_way_out(tmp_path):
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": "demo", "deployments": [{"provider": "mock"}]}], "store": {"backend": "memory"}}))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            said = one_sentence(cli("serve", "--config", str(config), "--port", str(port), "--workers", workers))
+            assert said.startswith(f"lockgate serve: cannot listen on 127.0.0.1:{port}: the port is already in use"), said
+            assert "--port" in said and f"server.port in {config}" in said
+
+
+def test_a_config_not_found_says_where_it_looked_and_names_config(tmp_path):
+    for command in ("serve", "check"):
+        said = one_sentence(cli(command, cwd=tmp_path))
+        assert said == (f"lockgate {command}: no config found: looked for ./gateway.yaml and ./policies/gateway.yaml in {tmp_path}; "
+                        "pass --config PATH/TO/gateway.yaml")
+        said = one_sentence(cli(command, "--config", "gatway.yaml", cwd=tmp_path))
+        assert said == f"lockgate {command}: --config gatway.yaml: no such file ({tmp_path / 'gatway.yaml'})"
+
+
+# -- runtime keys from the CLI, as the README prints them ---------------------------------------
+def test_the_readme_keys_commands_run_as_printed(tmp_path):
+    from tests.examples import commands, readme_block
+
+    block = readme_block("**Runtime keys.**")
+    (tmp_path / "auth.yaml").write_text(yaml.safe_dump({"master_key_sha256": hashlib.sha256(MASTER.encode()).hexdigest()}))
+    (tmp_path / "throttle.yaml").write_text(yaml.safe_dump({"limits": []}))
+    (tmp_path / "budget.yaml").write_text(yaml.safe_dump({"budgets": [], "unknown_price": "allow"}))
+    config = {"models": [{"name": "gpt-4o-mini", "deployments": [{"provider": "mock"}]}],
+              "middleware": [{"auth": "auth.yaml"}, {"throttle": "throttle.yaml"}, {"budget": "budget.yaml"}]}
+    gw = start_gateway(config, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKGATE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `lockgate` as installed
+    try:
+        lines = commands(block)
+        assert lines[0].startswith("MASTER=") and all("LOCKGATE_MASTER_KEY=\"$MASTER\" lockgate keys" in line for line in lines[1:])
+        script = "\n".join(["set -e", f"MASTER='{MASTER}'", *lines[1:]]).replace("http://127.0.0.1:4000", gw.url)
+        ran = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+        assert ran.returncode == 0, ran.stderr
+        made, listed, revoked = ran.stdout.split("\n\n", 1)[1].split("\n", 1)[0].strip(), ran.stdout, ran.stdout.splitlines()[-1]
+        assert made.startswith("sk-lg-") and re.search(r"^ci-bot\s+runtime\s+ci-bot\s+platform\s+gpt-4o\*\s+20.0 usd/monthly, 60 rpm", listed, re.M), listed
+        assert revoked.startswith("Revoked 'ci-bot'")
+        assert httpx.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
+                          headers={"Authorization": f"Bearer {made}"}).status_code == 401
+    finally:
+        gw.stop()
+
+
+@pytest.mark.parametrize("command", [["list"], ["revoke", "ci-bot"], ["create", "--id", "ci-bot"]])
+def test_keys_commands_without_a_master_key_say_what_is_missing(command):
+    env = {k: v for k, v in os.environ.items() if k != "LOCKGATE_MASTER_KEY"}
+    result = cli("keys", *command, "--url", "http://127.0.0.1:9", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    said = result.stderr.strip()
+    assert said.startswith(f"lockgate keys {command[0]}: no master key: set LOCKGATE_MASTER_KEY"), said
+    assert "--master-key" in said and "lockgate keys new --master" in said
+    unreachable = cli("keys", *command, "--url", "http://127.0.0.1:9", env={**env, "LOCKGATE_MASTER_KEY": MASTER}).stderr.strip()
+    assert unreachable == f"lockgate keys {command[0]}: cannot reach the gateway at http://127.0.0.1:9 (could not connect): is it running there? Name it with --url or LOCKGATE_URL"

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.conftest import ROOT, SECRETS, start_gateway
+from tests.examples import examples_on
 
 LIMITED = "sk-test-limited-CLIENT-KEY-0001"
 MASTER = "sk-test-master-CLIENT-KEY-0002"
@@ -160,7 +161,9 @@ def test_the_shipped_rewrite_policy_cannot_lift_a_key_to_gpt_4o(fake, upstream, 
         {"name": "claude-sonnet", "deployments": [{"provider": "openai", "model": "shipped-claude", "base_url": v1}]},
     ]
     (tmp_path / "auth.yaml").write_text(yaml.safe_dump({"keys": [{"id": "mini", "sha256": sha(MINI_ONLY), "tier": "premium", "models": ["gpt-4o-mini"]}]}))
-    config = {"models": models, "middleware": [{"auth": str(tmp_path / "auth.yaml")}, {"rewrite": str(ROOT / "policies" / "rewrite.yaml")}]}
+    # the shipped examples turned on: as shipped, no rule is on
+    (tmp_path / "rewrite.yaml").write_text(examples_on((ROOT / "policies" / "rewrite.yaml").read_text()))
+    config = {"models": models, "middleware": [{"auth": str(tmp_path / "auth.yaml")}, {"rewrite": str(tmp_path / "rewrite.yaml")}]}
     gw = start_gateway(config, tmp_path)
     try:
         for headers in ({"x-lockgate-task": "complex_analysis"}, {"x-lockgate-task-type": "summarization"}, {}):

@@ -10,7 +10,9 @@ answer the master key only:
 
     GET /admin/stats         cumulative request, error, latency, cache and token counters of
                              every worker (the page turns two readings into rates), and
-                             today's spend
+                             today's spend; with `?history=1` also the readings of the last
+                             minute, one a second, so the page's last-minute rates are whole
+                             when it opens (`TrafficHistory`)
     GET /admin/spend/daily   ?by=team|user|key|model&days=30: spend per name and UTC day
     GET /admin/budgets       each budget in force (budget.yaml's, keys' own): spent vs limit
     GET /admin/limits        each throttle limit (throttle.yaml's, keys' own) and its use now
@@ -24,14 +26,19 @@ metrics; in-flight counts and the moving latency average are the answering worke
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import glob
 import hashlib
 import mimetypes
+import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from prometheus_client import multiprocess
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -44,6 +51,7 @@ from lockgate.proxy.store import Store
 
 STATIC = Path(__file__).parent / "static"
 MAX_DAYS = 90
+HISTORY_S = 60  # the console's "last minute"
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
     (b"x-content-type-options", b"nosniff"),
@@ -66,12 +74,39 @@ def load_static() -> dict[str, tuple[bytes, bytes, bytes]]:
     return files
 
 
-def admin_routes(store: Store, gateway: Any) -> list[Route]:
+class TrafficHistory:
+    """The request and cache-lookup counters read once a second over the last minute, kept
+    by this process (the app's lifespan runs `run`). They are every worker's, so whichever
+    worker answers the console holds the whole minute of all of them. Only the counters:
+    a full snapshot (histograms included) takes milliseconds, too long to take every
+    second in every worker; the latency figures start from the page's own readings."""
+
+    def __init__(self, seconds: int = HISTORY_S) -> None:
+        self.readings: deque[dict] = deque(maxlen=seconds + 1)
+
+    async def run(self) -> None:
+        """Reads until cancelled."""
+        while True:
+            self.readings.append(counted())
+            await asyncio.sleep(1.0)
+
+
+def counted() -> dict:
+    if metrics.REGISTRY is not None:
+        families = [*metrics.requests.collect(), *metrics.cache_lookups.collect()]
+    else:
+        files = glob.glob(os.path.join(metrics.MULTIPROCESS_DIR or "", "counter_*.db"))
+        families = list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))
+    found = traffic({family.name: [(s.name, s.labels, s.value) for s in family.samples] for family in families})
+    return {"time": time.time(), "requests": found["requests"], "cache": found["cache"]}
+
+
+def admin_routes(store: Store, gateway: Any, history: TrafficHistory | None = None) -> list[Route]:
     """The console, its data and the runtime keys API."""
     from lockgate.proxy.handlers import Endpoint
 
     keys = KeysAdmin(store, lambda: [name for name, _ in gateway.config.middleware])
-    console = Console(store, gateway)
+    console = Console(store, gateway, history or TrafficHistory())
     return [
         Route("/admin/keys", Endpoint(keys.list), methods=["GET"]),
         Route("/admin/keys", Endpoint(keys.create), methods=["POST"]),
@@ -106,9 +141,10 @@ def query(scope: Scope) -> dict[str, str]:
 
 
 class Console:
-    def __init__(self, store: Store, gateway: Any) -> None:
+    def __init__(self, store: Store, gateway: Any, history: TrafficHistory) -> None:
         self.store = store
         self.gateway = gateway
+        self.history = history
         self.files = load_static()
 
     # -- the page ---------------------------------------------------------------------------
@@ -136,9 +172,12 @@ class Console:
     # -- overview ---------------------------------------------------------------------------
     @admin_only
     async def stats(self, scope: Scope, receive: Receive, send: Send) -> None:
-        samples = metrics.snapshot()
+        now = time.time()
         today = await spend_rows(self.store, "model", "day")
-        await send_json(send, 200, {"time": time.time(), **traffic(samples), "spend_today_usd": today["total_usd"]})
+        body = {"time": now, **traffic(metrics.snapshot()), "spend_today_usd": today["total_usd"]}
+        if query(scope).get("history") == "1":
+            body["history"] = [past for past in self.history.readings if past["time"] < now]
+        await send_json(send, 200, body)
 
     # -- spend --------------------------------------------------------------------------------
     @admin_only

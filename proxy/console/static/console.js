@@ -14,6 +14,7 @@
   let masterKey = sessionStorage.getItem(STORAGE);
   let timer = null;
   let samples = [];
+  let lastReadAt = 0;
   const charts = {};
 
   // -- small helpers ---------------------------------------------------------------------
@@ -183,10 +184,6 @@
   }
 
   function delta(later, earlier) {
-    const buckets = later.latency.buckets.map(([le, count]) => {
-      const before = earlier ? earlier.latency.buckets.find(([l]) => l === le) : null;
-      return [le, count - (before ? before[1] : 0)];
-    });
     const sub = (a, b) => a - (b || 0);
     return {
       seconds: earlier ? later.time - earlier.time : null,
@@ -194,8 +191,14 @@
       errors: sub(later.requests.errors, earlier && earlier.requests.errors),
       hits: sub(later.cache.hit, earlier && earlier.cache.hit),
       lookups: sub(later.cache.hit + later.cache.miss, earlier && earlier.cache.hit + earlier.cache.miss),
-      buckets,
     };
+  }
+
+  function latencyDelta(later, earlier) {
+    return later.latency.buckets.map(([le, count]) => {
+      const before = earlier ? earlier.latency.buckets.find(([l]) => l === le) : null;
+      return [le, count - (before ? before[1] : 0)];
+    });
   }
 
   function tile(label, value, note) {
@@ -203,7 +206,15 @@
   }
 
   async function loadOverview() {
-    const sample = await api("stats");
+    // a first reading (or one after a while on another page) brings the server's last
+    // minute with it, so the rates over the last minute are whole from the start
+    const stale = !samples.length || performance.now() - lastReadAt > WINDOW_S * 1000;
+    const sample = await api(stale ? "stats?history=1" : "stats");
+    lastReadAt = performance.now();
+    if (sample.history) {
+      samples = sample.history;
+      delete sample.history;
+    }
     samples.push(sample);
     if (samples.length > KEEP_SAMPLES) samples.shift();
     const latest = samples[samples.length - 1];
@@ -214,11 +225,15 @@
     const rate = windowed ? d.total / d.seconds : null;
     const errorRate = d.total > 0 ? d.errors / d.total : null;
     const cacheNote = d.lookups > 0 ? note : "no cache lookups " + (windowed ? "lately" : "yet");
+    // the gateway's last minute holds counts only: latency comes from this page's readings
+    const timed = samples.find((s) => s.latency && latest.time - s.time <= WINDOW_S + 1);
+    const buckets = latencyDelta(latest, timed !== latest ? timed : null);
+    const latencyNote = timed !== latest ? "last " + Math.round(latest.time - timed.time) + " s" : "since start";
     $("#tiles").replaceChildren(
       tile("Requests per second", rate === null ? "…" : number(rate, 1), windowed ? note : "measuring…"),
       tile("Error rate (5xx)", percent(errorRate), note),
-      tile("Latency p50", ms(quantile(d.buckets, 0.5)), note),
-      tile("Latency p99", ms(quantile(d.buckets, 0.99)), note),
+      tile("Latency p50", ms(quantile(buckets, 0.5)), latencyNote),
+      tile("Latency p99", ms(quantile(buckets, 0.99)), latencyNote),
       tile("Spend today", usd(latest.spend_today_usd), "UTC day, all keys"),
       tile("Cache hit rate", d.lookups > 0 ? percent(d.hits / d.lookups) : "–", cacheNote),
     );
