@@ -58,13 +58,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{path}: cannot open the {config.store.backend} store: {exc}", file=sys.stderr)
         return 1
-    from lockgate.proxy.protocol import LockgateProtocol
+    from lockgate.proxy.protocol import LockgateProtocol, LockgateWebSocketProtocol
 
     return server.run(
         app if args.workers <= 1 else "lockgate.proxy.app:app_from_env",
         config=config,
         config_path=os.environ["LOCKGATE_CONFIG"],
         http=LockgateProtocol,
+        ws=LockgateWebSocketProtocol,
         host=args.host or config.server.host,
         port=args.port if args.port is not None else config.server.port,
         workers=args.workers,

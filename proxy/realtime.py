@@ -126,6 +126,7 @@ class Realtime:
         if "realtime" in scope.get("subprotocols", ()):
             accept["subprotocol"] = "realtime"
         first: str | None = None
+        accepted = False
         try:
             await load_json(scope, receive)
             model = ctx.body.get("model")
@@ -137,6 +138,7 @@ class Realtime:
                 await send({**accept, "headers": response_headers(ctx)})
             else:
                 await send({**accept, "headers": response_headers(ctx)})
+                accepted = True
                 found = await self._first_event(receive)
                 if found is None:
                     return  # the client left before naming a model
@@ -145,10 +147,10 @@ class Realtime:
                 upstream, dep = await self._connect(scope, ctx, balancer, upstream_failure, transcription)
                 first = with_model(event, path, dep.model)
         except GatewayError as exc:
-            if ctx.body.get("model"):
-                await send_error(send, exc, response_headers(ctx))
+            if accepted:
+                await self._refuse_open(send, exc)
             else:
-                await self._refuse_open(send, exc)  # the handshake was accepted already
+                await send_error(send, exc, response_headers(ctx))
             return
         ok = False
         try:

@@ -234,3 +234,34 @@ def test_upstream_error_events_are_scrubbed_of_the_gateways_key(gw, upstream):
         ws.send(json.dumps({"type": "test.echo_auth"}))
         error = ws.recv(timeout=10)
     assert SECRETS["openai"] not in error and "[redacted]" in error
+
+
+@pytest.mark.parametrize("query", ["", "?model=", "?deployment=", "?intent=conversation"])
+def test_a_handshake_naming_no_model_is_a_400(gw, upstream, query):
+    url = gw.url.replace("http://", "ws://") + "/v1/realtime" + query
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers={"Authorization": f"Bearer {FULL}"}, open_timeout=10)
+    assert refused.value.response.status_code == 400
+    error = json.loads(refused.value.response.body)["error"]
+    assert set(error) == {"message", "type", "code", "param"} and error["param"] == "model" and error["code"] == "missing_required_parameter"
+    assert upstream.realtime_handshakes == [], "nothing was dialled"
+
+
+def test_a_text_frame_that_is_not_utf8_closes_the_session_1007(gw, upstream):
+    from websockets.frames import Frame, Opcode
+
+    with open_session(gw) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+        with ws.protocol_mutex:  # a frame no well-behaved client library would send
+            ws.protocol.send_frame(Frame(Opcode.TEXT, b'{"type": "\xff\xfe"}'))
+            ws.send_data()
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd.code == 1007
+    deadline = time.monotonic() + 5
+    while not upstream.realtime_closed_by_client and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert upstream.realtime_closed_by_client, "the upstream session was closed too"
+    assert upstream.realtime_events == [], "nothing of the frame went upstream"
+    log = gw.log()
+    assert "Traceback" not in log and "UnicodeDecodeError" not in log
