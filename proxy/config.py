@@ -48,7 +48,7 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 64 * 1024  # the request line and headers together: past this, 431
     header_timeout_s: float = 10.0  # from the first byte of a request to the end of its headers: past this, 408
-    body_timeout_s: float = 60.0  # the longest silence while a request body is read: past this, 408
+    body_timeout_s: float = 60.0  # from the end of the headers to the end of the body: past this, 408
     max_upstream_body_bytes: int = 128 * 1024 * 1024  # a non-streamed upstream answer past this is a 502
     shutdown_grace_s: float = 30.0  # on SIGTERM, how long requests and streams in flight may take to finish
 

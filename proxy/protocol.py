@@ -6,8 +6,10 @@ which uvicorn does not set for httptools:
   parse megabytes of headers before its key is even checked);
 - `server.header_timeout_s`: from a connection's first moment (or a request's first byte)
   to the end of its headers; a slow sender (slowloris) gets 408 and is closed;
-- `server.body_timeout_s`: the longest silence while a request body is being read;
-  408 when the answer has not started yet, else the connection is closed.
+- `server.body_timeout_s`: from the end of a request's headers to the end of its body,
+  the whole read, not the longest silence (a client sending a byte now and then would
+  otherwise hold a connection and a request for ever); 408 when the answer has not
+  started yet, else the connection is closed.
 
 The limits come from `gateway.yaml` through the app's lifespan state (`STATE_KEY`), which
 uvicorn hands to every connection; without it the defaults apply. The answers are
@@ -131,7 +133,7 @@ class LockgateProtocol(HttpToolsProtocol):
         if cycle.response_started:
             self.transport.close()
         else:
-            self._refuse(408, f"The request body stalled for more than {self.body_timeout_s:g}s.", "request_timeout")
+            self._refuse(408, f"The request body did not arrive within {self.body_timeout_s:g}s.", "request_timeout")
 
     # -- parsing -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -183,11 +185,6 @@ class LockgateProtocol(HttpToolsProtocol):
             if name == b"transfer-encoding":
                 return True
         return False
-
-    def on_body(self, body: bytes) -> None:
-        super().on_body(body)
-        if self.deadline:
-            self.deadline = self.loop.time() + self.body_timeout_s
 
     def on_message_complete(self) -> None:
         self._disarm()
