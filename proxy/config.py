@@ -6,6 +6,7 @@ hot reload of gateway.yaml (proxy/live.py). Relative paths name places next to g
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ DEPLOYMENT_KEYS = {
 } | registry.KEYS
 MOCK_OPTIONS = ("latency_ms", "fail_rate")
 INFO_KEYS = {"max_input_tokens", "max_tokens", "supports_vision", "supports_reasoning", "mode"}
+MAX_INTEGER = 2**53  # the largest whole number every store (Redis's Lua, JSON) holds exactly
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -272,6 +274,8 @@ class Checker:
                 self.fail(node, key, f"unknown key {key!r} in {what} (expected one of: {', '.join(sorted(allowed))})")
 
     def number(self, node: dict, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> Any:
+        """A finite number of at least `minimum`; with `integer`, a whole one of at most
+        MAX_INTEGER. Strings are read as numbers (`"NaN"` and `"1e999"` are no numbers here)."""
         value = self.expand(node.get(key, default), node, key)
         if isinstance(value, str):
             try:
@@ -281,8 +285,17 @@ class Checker:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(node, key, f"{key} must be a number")
             return default
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(node, key, f"{key} must be a finite number")
+            return default
         if value < minimum:
             self.fail(node, key, f"{key} must be at least {minimum}")
+            return default
+        if integer and value != int(value):
+            self.fail(node, key, f"{key} must be a whole number")
+            return default
+        if integer and value > MAX_INTEGER:
+            self.fail(node, key, f"{key} must be at most {MAX_INTEGER}")
             return default
         return int(value) if integer else value
 
