@@ -63,3 +63,12 @@ def reason(body: bytes) -> str:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         text = "refused"
     return text.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
+def realtime_event(text: str) -> dict:
+    """A realtime text frame as the event it holds; {} when it holds none."""
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return event if isinstance(event, dict) else {}

@@ -43,6 +43,7 @@ class Behaviour:
     prompt_tokens_per_char: float | None = None  # report prompt usage as characters x this (a tokenizer's ratio)
     cache_read_tokens: int = 0  # prompt-cache reads and writes an Anthropic answer reports
     cache_write_tokens: int = 0
+    realtime_usage: dict | None = None  # what each realtime response uses (default: media_api.RESPONSE_USAGE)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class FakeUpstream:
         self.realtime_sessions = 0
         self.realtime_events: list[dict] = []  # every event a realtime client sent
         self.realtime_closed_by_client: list[int | None] = []
+        self.realtime_billed: list[dict] = []  # the usage of every realtime response that ran, reported or not
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -113,6 +115,7 @@ class FakeUpstream:
         self.realtime_sessions = 0
         self.realtime_events.clear()
         self.realtime_closed_by_client.clear()
+        self.realtime_billed.clear()
 
     def seen(self, path_part: str = "") -> list[Recorded]:
         return [r for r in self.requests if path_part in r.path]
