@@ -77,7 +77,7 @@ from lockgate.proxy import catalog, metrics
 from lockgate.proxy.config import Checker, ConfigError
 from lockgate.proxy.context import model_request, new_id, route_path
 from lockgate.proxy.endpoints import FREE, kind_of
-from lockgate.proxy.websocket import query_value, realtime_event, refusals
+from lockgate.proxy.websocket import query_value, realtime_event, refusals, streamed_delta
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.store import Claim, Store, guard, open_store, owners
@@ -687,6 +687,8 @@ class BudgetedSession(BudgetedRequest):
         return wrapped
 
     def _followed(self, text: str) -> dict | None:
+        if streamed_delta(text):
+            return None
         if not any(marker in text for marker in SESSION_EVENTS) and not (self.transcription and TRANSCRIPT_DONE in text):
             return None
         return realtime_event(text) or None

@@ -58,7 +58,7 @@ from lockgate.proxy.context import RequestContext, get_context, header, load_jso
 from lockgate.proxy.errors import GatewayError, bad_request, model_not_found, send_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.upstream import UpstreamConnectError, UpstreamError, UpstreamRefused
-from lockgate.proxy.websocket import query_value, realtime_event, refusals
+from lockgate.proxy.websocket import query_value, realtime_event, refusals, streamed_delta
 
 REALTIME_AZURE_VERSION = "2025-04-01-preview"
 FIRST_EVENT_TIMEOUT_S = 30.0  # a transcription session must name its model this soon
@@ -264,12 +264,13 @@ class Realtime:
             async for message in upstream:
                 if message.type == aiohttp.WSMsgType.TEXT:
                     text = message.data
-                    ctx.usage = add_usage(ctx.usage, billed_usage(text, transcription))
-                    started = flight.upstream_event(text)
-                    if started is not None and flight.draining:
-                        await flight.cancel(upstream, started)
-                    if '"error"' in text:
-                        text = secrets.scrub_text(text)
+                    if not streamed_delta(text):
+                        ctx.usage = add_usage(ctx.usage, billed_usage(text, transcription))
+                        started = flight.upstream_event(text)
+                        if started is not None and flight.draining:
+                            await flight.cancel(upstream, started)
+                        if '"error"' in text:
+                            text = secrets.scrub_text(text)
                     await deliver({"type": "websocket.send", "text": text})
                 elif message.type == aiohttp.WSMsgType.BINARY:
                     await deliver({"type": "websocket.send", "bytes": message.data})
@@ -311,6 +312,8 @@ class Realtime:
                 task.cancel()
             await asyncio.gather(downstream, upstream_bound, return_exceptions=True)
         if client_left:
+            if not downstream.cancelled() and downstream.exception() is not None:
+                ctx.extra["stream_error"] = "broken"  # the upstream broke while its last responses were awaited
             await upstream.close(code=upstream_bound.result())
             return True
         failed = any(not task.cancelled() and task.exception() is not None for task in done)

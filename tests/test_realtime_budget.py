@@ -164,3 +164,14 @@ async def test_a_refused_create_never_reaches_the_upstream_and_a_spent_budget_cl
     assert session.to_client[-3]["type"] == "response.done", "the response.done goes out first"
     await session.end()
     assert session.spent() == pytest.approx(3.0) and session.reserved() == 0
+
+
+def test_stream_pieces_are_told_from_their_head_and_nothing_else_is():
+    from lockgate.proxy.websocket import streamed_delta
+
+    audio = "A" * 100_000
+    assert streamed_delta(orjson.dumps({"type": "response.output_audio.delta", "event_id": "e", "delta": audio}).decode())
+    assert streamed_delta('{"event_id": "e", "type": "conversation.item.input_audio_transcription.delta", "delta": "hi"}')
+    said = {"type": "response.done", "response": {"id": "r", "output": [{"type": "message", "content": [{"type": "text", "text": '"type": "x.delta"'}]}], "usage": USAGE}}
+    assert not streamed_delta(orjson.dumps(said).decode()), "a done quoting a delta type in its text is still a done"
+    assert not streamed_delta(orjson.dumps({"type": "error", "error": {"message": "x"}}).decode())
