@@ -302,6 +302,7 @@ class Realtime:
 
         downstream = asyncio.ensure_future(to_client())
         upstream_bound = asyncio.ensure_future(to_upstream())
+        client_left = False
         try:
             done, _ = await asyncio.wait({downstream, upstream_bound}, return_when=asyncio.FIRST_COMPLETED)
             client_left = upstream_bound in done and upstream_bound.exception() is None
