@@ -38,9 +38,12 @@ search units and bytes, an image request's count at the dearest quality for its 
 an upload's audio at the fewest bytes a second any speech codec sends, speech's exact
 characters. `count_tokens` and moderations are free (reserved and charged $0, so a
 spent budget still refuses them). A realtime session (a WebSocket) reserves what one
-response can cost at its handshake; each `response.done` the upstream sends is priced
-and settled as it passes and the next response's reservation taken; when that is
-refused, the client gets an `error` event and the session is closed (1008).
+response can cost at its handshake, and every response reserves its bound before it
+runs: a client's `response.create` before it is relayed (refused: an `error` event, and
+the create never goes upstream), a response the upstream starts itself as it starts;
+each `response.done` is priced and settled as it passes, responses that finish after
+the session closed included; a spent budget closes the session (1008). See
+BudgetedSession.
 
 Usage comes from lockgate's proxy when it is underneath (the request context), else
 from the answer itself as it passes (providers/usage.py): a JSON answer's `usage`
@@ -69,12 +72,12 @@ from lockgate.middleware.policy import Policy
 from lockgate.providers import prices
 from lockgate.providers.base import Price
 from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
-from lockgate.providers.usage import UsageMeter, billed_usage, usage_bound
+from lockgate.providers.usage import TRANSCRIPT_DONE, UsageMeter, realtime_usage, transcription_usage, usage_bound
 from lockgate.proxy import catalog, metrics
 from lockgate.proxy.config import Checker, ConfigError
 from lockgate.proxy.context import model_request, new_id, route_path
 from lockgate.proxy.endpoints import FREE, kind_of
-from lockgate.proxy.websocket import query_value, refusals
+from lockgate.proxy.websocket import query_value, realtime_event, refusals, streamed_delta
 from lockgate.proxy.errors import GatewayError, send_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.store import Claim, Store, guard, open_store, owners
@@ -282,6 +285,7 @@ class BudgetedRequest:
         self.applicable = self._applicable()
         self.keys = [self._key(b) for b in self.applicable]
         self.reserved = False
+        self.exhausted = False  # the last refusal found a budget spent (not merely held by requests in flight)
         self.settled = False
         self.cost: float | None = None
         self.meter: UsageMeter | None = None
@@ -340,19 +344,22 @@ class BudgetedRequest:
 
     async def _reserve(self, price: Price | None) -> GatewayError | None:
         """Reserves the request's most possible cost; the error to answer instead, if any."""
-        amount = self._bound(price)
+        return await self._reserve_amount(self._bound(price), self.entry)
+
+    async def _reserve_amount(self, amount: float, entry: str) -> GatewayError | None:
+        self.exhausted = False
         claims = [Claim(key, b.limit_usd, amount, RESERVATION_TTL_S) for key, b in zip(self.keys, self.applicable)]
         failure = self.policy.store_failure
         await owners.keeper(self.store).ensure(failure.timeout_s)  # a reservation of a process that dies is released
         try:
-            reservation = await guard.reserve(self.store, claims, self.entry, failure.timeout_s)
+            reservation = await guard.reserve(self.store, claims, entry, failure.timeout_s)
         except asyncio.CancelledError:
             # the client left while the reservation was on its way: it may have landed, and
             # would hold the budget's headroom until it expired
-            self._undo()
+            self._undo(entry)
             raise
         except StoreUnavailable as exc:
-            self._undo()
+            self._undo(entry)
             guard.failed("budget", failure, exc, self.ctx.request_id)
             return guard.unavailable() if failure.closed else None
         if reservation.ok:
@@ -361,6 +368,7 @@ class BudgetedRequest:
         i = reservation.failed
         budget, spent, reserved = self.applicable[i], reservation.spent[i], reservation.reserved[i]
         who = f"{budget.dimension} `{self.who.get(budget.dimension)}`"
+        self.exhausted = spent >= budget.limit_usd
         if spent >= budget.limit_usd:
             message = f"Budget exceeded for {who}: ${spent:.4f} spent of ${budget.limit_usd:.2f} ({budget.period})."
             retry = period_window(budget.period, self.now)[1]
@@ -374,8 +382,8 @@ class BudgetedRequest:
             headers = {"retry-after": "1"}
         return GatewayError(429, message, "insufficient_quota", "budget_exceeded", headers=headers)
 
-    def _undo(self) -> None:
-        guard.backlog(self.store).add("budget_release", lambda: self.store.settle(self.keys, self.entry, 0.0))
+    def _undo(self, entry: str) -> None:
+        guard.backlog(self.store).add("budget_release", lambda: self.store.settle(self.keys, entry, 0.0))
 
     def _price_after_rewrite(self) -> Price | None:
         """A name lockgate's gateway does not serve as such (an alias a rewrite resolves
@@ -497,9 +505,10 @@ class BudgetedRequest:
         await self._record(cost or 0.0)
         return cost
 
-    async def _record(self, amount: float) -> None:
-        """Settles this request's reservation (`self.entry`) at `amount`, with its report lines."""
+    async def _record(self, amount: float, entry: str | None = None) -> None:
+        """Settles this request's reservation (`entry`, by default `self.entry`) at `amount`, with its report lines."""
         ctx = self.ctx
+        entry = self.entry if entry is None else entry
         report = self._report(amount) if amount else []
         if not self.keys:
             if report:
@@ -514,7 +523,7 @@ class BudgetedRequest:
             await guard.write_or_defer(
                 self.store,
                 "budget_settle",
-                functools.partial(self.store.settle, keys, self.entry, amount, ttl, counters=lines),
+                functools.partial(self.store.settle, keys, entry, amount, ttl, counters=lines),
                 self.policy.store_failure.timeout_s,
                 keys=keys,
                 cost_usd=amount,
@@ -538,56 +547,198 @@ def own_budget(who: Mapping[str, Any]) -> Budget | None:
 
 FREE_PRICE = Price(0.0, 0.0)
 REALTIME_TURN_TOKENS = 4096  # new input one realtime turn adds, at most, in a bound (a minute of audio is ~600)
+# the events of a realtime session the budget reads (any other passes unparsed)
+SESSION_EVENTS = ('"response.created"', '"response.done"', '"error"', '"session.created"', '"session.updated"')
+
+
+@dataclass(slots=True)
+class Held:
+    """One realtime response's reservation (entry in the store), what it reserved, and the
+    answer tokens it was bounded at; `event_id` names the client's create it is for."""
+
+    entry: str
+    amount: float
+    answer: int
+    event_id: str | None = None
 
 
 class BudgetedSession(BudgetedRequest):
-    """A realtime session: reserved at its handshake like a request, then settled one
-    `response.done` at a time as the upstream's events pass, each followed by the next
-    response's reservation; the session ends when one is refused.
+    """A realtime session. Every response holds a reservation of the most it can cost from
+    before it runs until its `response.done` settles it at the real cost:
 
-    A response's bound is the context the session has reached (the last response's
-    input) plus REALTIME_TURN_TOKENS of new input, all at the audio input rate, and the
-    model's output limit at the audio output rate (cached input is billed less, never more)."""
+    - the handshake reserves one (a spare: the next response's, whoever starts it);
+    - a client's `response.create` takes the spare when it covers it, else reserves its
+      own before it is relayed; refused, the create never goes upstream, the client gets
+      an `error` event naming it, and, when the budget is spent (not merely held by
+      responses in flight), the session is closed (1008);
+    - a response the upstream starts on its own (server VAD) takes the spare, else
+      reserves as it starts; refused, the session is closed;
+    - each `response.done` is charged before it goes out, and a spare reserved for the
+      next response; refused with the budget spent, the session is closed;
+    - a create the upstream refuses (an `error` naming its event) gives its reservation back.
 
-    last_input = 0
+    Events after the close are still read and charged (the proxy cancels what was
+    running and reads the upstream until each response reports), never sent. A response
+    that started and never reported by the session's end is charged its reservation, as
+    an estimate, logged and counted. In a transcription session each transcript is
+    charged as it passes, followed by the next spare, the same way.
+
+    A response's bound: the session's context (the last response's input) plus
+    REALTIME_TURN_TOKENS of new input (or the create event's own bytes, when more: a
+    create may carry its input) and the answers of the responses still running (they
+    become context too), all at the audio input rate;
+    and its answer tokens (the create's `max_output_tokens`, else the session's as the
+    upstream reported it, else `reserve_max_tokens` or the model's output limit) at the
+    audio output rate (cached input is billed less, never more)."""
 
     def _bound(self, price: Price | None) -> float:
+        return self._response_bound(price, None, 0)[0]
+
+    def _response_bound(self, price: Price | None, params: Any, size: int) -> tuple[float, int]:
+        limit = self._output_limit()
+        cap = answer_cap(params) or self.session_cap
+        answer = min(cap, limit) if isinstance(cap, int) else self.policy.reserve_max_tokens or limit
         if price is None:
-            return 0.0
-        answer = answer_limit(self.ctx.body) or self.policy.reserve_max_tokens or self._output_limit()
-        given = self.last_input + REALTIME_TURN_TOKENS
+            return 0.0, answer
+        new_input = max(REALTIME_TURN_TOKENS, size)  # a create carrying its own input may bring more
+        given = self.last_input + new_input + sum(held.answer for held in (*self.queued, *self.running.values()))
         usage = {"prompt_tokens": given, "prompt_tokens_details": {"audio_tokens": given}, "completion_tokens": answer, "completion_tokens_details": {"audio_tokens": answer}}
-        return prices.cost(usage, price)
+        return prices.cost(usage, price), answer
 
     async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
         send = refusals(self.scope, send)
+        self.transcription = query_value(self.scope, "intent") == "transcription"
+        self.last_input = 0
+        self.session_cap: int | str | None = None  # the session's max output tokens, as the upstream reported it
+        self.spare: Held | None = None
+        self.queued: list[Held] = []  # the client's creates relayed, not yet started
+        self.running: dict[str, Held] = {}  # by response id
+        self.total = 0.0
+        self.closed = False  # by the budget: events are still charged, no longer sent
+        self.ended = False  # the client left
         price = await self._admit(send)
         if price is False:
             return
         self.price = price
-        self.total = 0.0
-        self.closed = False
+        if self.reserved:
+            amount, answer = self._response_bound(price, None, 0)
+            self.spare = Held(self.entry, amount, answer)
         try:
-            await app(self.scope, receive, self._session_send(send))
+            await app(self.scope, self._session_receive(receive, send), self._session_send(send))
         finally:
-            self.ctx.cost_usd = self.total
-            if self.applicable and not self.settled:
-                await asyncio.shield(self._record(0.0))  # the reservation of a response that never came
+            await asyncio.shield(self._end())
 
-    def _session_send(self, send: Send) -> Send:
-        async def wrapped(message: Message) -> None:
-            if self.closed:
-                raise ConnectionError("the session was closed: its budget is spent")
-            await send(message)
-            text = message.get("text") if message["type"] == "websocket.send" else None
-            if isinstance(text, str):
-                usage = billed_usage(text, transcription=query_value(self.scope, "intent") == "transcription")
-                if usage is not None:
-                    await self._charge(usage, send)
+    # -- the client's side: a create reserves before it goes upstream ----------------------
+    def _session_receive(self, receive: Receive, send: Send) -> Receive:
+        async def wrapped() -> Message:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    self.ended = True
+                    return message
+                text = message.get("text")
+                if not isinstance(text, str) or '"response.create"' not in text:
+                    return message
+                event = realtime_event(text)
+                if event.get("type") != "response.create":
+                    return message
+                if not self.closed and await self._admit_response(event, len(text), send):
+                    return message
 
         return wrapped
 
-    async def _charge(self, usage: dict, send: Send) -> None:
+    async def _admit_response(self, event: dict, size: int, send: Send) -> bool:
+        """Reserves for one create; False when refused (the client told)."""
+        amount, answer = self._response_bound(self.price, event.get("response"), size)
+        event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        held = await self._take_spare(amount) if self.applicable else Held(new_id(), amount, answer)
+        if held is None:
+            held = Held(new_id(), amount, answer)
+            refusal = await self._reserve_amount(amount, held.entry)
+            if refusal is not None:
+                await self._refuse(send, refusal, event_id, close=self.exhausted)
+                return False
+        held.answer, held.event_id = answer, event_id
+        self.queued.append(held)
+        return True
+
+    async def _take_spare(self, amount: float) -> Held | None:
+        """The spare when it covers `amount`; else it is given back (before a new
+        reservation, so one granted alone can be)."""
+        spare, self.spare = self.spare, None
+        if spare is None or spare.amount >= amount:
+            return spare
+        await self._record(0.0, spare.entry)
+        return None
+
+    # -- the upstream's side: responses start, report, are refused ---------------------------
+    def _session_send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            text = message.get("text") if message["type"] == "websocket.send" else None
+            event = self._followed(text) if isinstance(text, str) else None
+            # a charge and the next spare come before the event goes out: a client that
+            # waits for its response.done before asking again finds the spare there
+            refusal = await self._next_spare() if event and await self._before(event, send) else None
+            if not self.closed:
+                await send(message)
+            if refusal is not None:
+                await self._refuse(send, refusal, None, close=True)
+
+        return wrapped
+
+    def _followed(self, text: str) -> dict | None:
+        if streamed_delta(text):
+            return None
+        if not any(marker in text for marker in SESSION_EVENTS) and not (self.transcription and TRANSCRIPT_DONE in text):
+            return None
+        return realtime_event(text) or None
+
+    async def _before(self, event: dict, send: Send) -> bool:
+        """Follows one upstream event before it goes out; True when it was charged."""
+        kind, response = event.get("type"), event.get("response")
+        response_id = response.get("id") if isinstance(response, dict) else None
+        if kind == "response.created" and isinstance(response_id, str):
+            self.running[response_id] = self.queued.pop(0) if self.queued else await self._server_response(send)
+        elif kind == "response.done" and isinstance(response, dict):
+            held = self.running.pop(response_id, None) if isinstance(response_id, str) else None
+            held = held or (self.queued.pop(0) if self.queued else self._unreserved())  # an upstream that skipped response.created
+            await self._charge(realtime_usage(response.get("usage")), held)
+            return True
+        elif kind == TRANSCRIPT_DONE and self.transcription:
+            await self._charge(transcription_usage(event), self._unreserved())
+            return True
+        elif kind == "error" and isinstance(event.get("error"), dict):
+            await self._refused_upstream(event["error"].get("event_id"))
+        elif kind in ("session.created", "session.updated") and isinstance(event.get("session"), dict):
+            self.session_cap = answer_cap(event["session"])
+        return False
+
+    async def _server_response(self, send: Send) -> Held:
+        """A response the upstream started on its own: the spare, or a reservation now
+        (refused: the session is closed; the response is charged when it reports)."""
+        if self.spare is not None:
+            spare, self.spare = self.spare, None
+            return spare
+        amount, answer = self._response_bound(self.price, None, 0)
+        held = Held(new_id(), amount, answer)
+        if self.applicable and not self.closed:
+            refusal = await self._reserve_amount(amount, held.entry)
+            if refusal is not None:
+                await self._refuse(send, refusal, None, close=True)
+        return held
+
+    def _unreserved(self) -> Held:
+        """What a charge with no response of its own settles: the spare, else nothing held."""
+        spare, self.spare = self.spare, None
+        return spare or Held(new_id(), 0.0, 0)
+
+    async def _refused_upstream(self, event_id: Any) -> None:
+        held = next((h for h in self.queued if event_id is not None and h.event_id == event_id), None)
+        if held is not None:
+            self.queued.remove(held)
+            await asyncio.shield(self._record(0.0, held.entry))
+
+    async def _charge(self, usage: dict | None, held: Held) -> None:
         self.last_input = max(self.last_input, (usage or {}).get("prompt_tokens", 0))
         ctx = self.ctx
         price = ctx.extra.get("price") or price_for(self.policy, self.scope, self._served(), ctx.extra.get("upstream_model"), ctx.model, ctx.model_requested)
@@ -596,19 +747,62 @@ class BudgetedSession(BudgetedRequest):
             metrics.unpriced.inc()
             log.warning("unpriced_request", model=self._served(), request_id=ctx.request_id)
         self.total += cost
-        await self._record(cost)
-        self.settled = True
-        if not self.applicable:
+        await asyncio.shield(self._record(cost, held.entry))  # durable even if the relay is being cut
+
+    async def _next_spare(self) -> GatewayError | None:
+        """After a charge, the next response's reservation; the refusal to close the
+        session with when the budget is spent."""
+        if not self.applicable or self.spare is not None or self.ended or self.closed:
+            return None
+        amount, answer = self._response_bound(self.price, None, 0)
+        held = Held(new_id(), amount, answer)
+        refusal = await self._reserve_amount(amount, held.entry)
+        if refusal is not None:
+            return refusal if self.exhausted else None
+        if self.spare is None and not self.ended and not self.closed:
+            self.spare = held
+        else:
+            await asyncio.shield(self._record(0.0, held.entry))
+        return None
+
+    async def _refuse(self, send: Send, refusal: GatewayError, event_id: str | None, close: bool) -> None:
+        """OpenAI's realtime `error` event for a refusal (naming the client's event it
+        refuses), and the session's close (1008) when `close`."""
+        if self.closed:
             return
-        self.entry, self.settled = new_id(), False
-        refusal = await self._reserve(self.price)
-        if refusal is None:
-            return
-        self.settled = True
-        self.closed = True
-        error = {"type": "error", "event_id": "event_" + new_id(), "error": {"type": "insufficient_quota", "code": "budget_exceeded", "message": refusal.body["error"]["message"], "param": None, "event_id": None}}
-        await send({"type": "websocket.send", "text": orjson.dumps(error).decode()})
-        await send({"type": "websocket.close", "code": 1008, "reason": "budget exceeded"})
+        body = refusal.body["error"]
+        error = {"type": "error", "event_id": "event_" + new_id(), "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": None, "event_id": event_id}}
+        self.closed = close
+        try:
+            await send({"type": "websocket.send", "text": orjson.dumps(error).decode()})
+            if close:
+                await send({"type": "websocket.close", "code": 1008, "reason": "budget exceeded"})
+        except Exception:  # noqa: BLE001 - the client left meanwhile: nothing to tell it
+            pass
+
+    async def _end(self) -> None:
+        """Gives back what no response used; charges a response that started and never
+        reported its reservation, as an estimate."""
+        for held in self.running.values():
+            metrics.unmetered.inc()
+            log.warning("realtime_response_without_usage", request_id=self.ctx.request_id, estimated_usd=round(held.amount, 8))
+            self.total += held.amount
+            await self._record(held.amount, held.entry)
+        if self.applicable:
+            for held in [*self.queued, *([self.spare] if self.spare else [])]:
+                await self._record(0.0, held.entry)
+        self.ctx.cost_usd = self.total
+
+
+def answer_cap(node: Any) -> int | str | None:
+    """The answer tokens a realtime session or response allows (GA and beta names): a
+    number, `inf` (the model's most), or None when it says nothing."""
+    if not isinstance(node, dict):
+        return None
+    value = node.get("max_output_tokens", node.get("max_response_output_tokens"))
+    if value == "inf" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    return None
 
 
 def _is_stream(message: Message) -> bool:

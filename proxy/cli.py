@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{path}: cannot open the {config.store.backend} store: {exc}", file=sys.stderr)
         return 1
-    from lockgate.proxy.protocol import LockgateProtocol
+    from lockgate.proxy.protocol import LockgateProtocol, LockgateWebSocketProtocol
 
     try:
         return server.run(
@@ -85,6 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             config=config,
             config_path=os.environ["LOCKGATE_CONFIG"],
             http=LockgateProtocol,
+            ws=LockgateWebSocketProtocol,
             host=args.host or config.server.host,
             port=args.port if args.port is not None else config.server.port,
             workers=args.workers,
@@ -370,10 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     keys_create.add_argument("--models", help="allow-list, comma separated globs")
     keys_create.add_argument("--expires", help="a date (2027-01-01) or an ISO datetime")
     keys_create.add_argument("--metadata", action="append", metavar="NAME=VALUE", type=name_value)
-    keys_create.add_argument("--budget-usd", type=float)
+    # limits go as typed: the gateway checks them as auth.yaml's and names every problem at once
+    keys_create.add_argument("--budget-usd")
     keys_create.add_argument("--budget-period", choices=["daily", "weekly", "monthly", "total"])
-    keys_create.add_argument("--rpm", type=int)
-    keys_create.add_argument("--tpm", type=int)
+    keys_create.add_argument("--rpm")
+    keys_create.add_argument("--tpm")
     keys_create.add_argument("--json", action="store_true", help="print the answer as JSON")
     keys_create.set_defaults(run=cmd_keys_create)
     keys_list = remote("list", "list a running gateway's keys (auth.yaml's and runtime ones; never a secret)")

@@ -6,6 +6,7 @@ hot reload of gateway.yaml (proxy/live.py). Relative paths name places next to g
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ DEPLOYMENT_KEYS = {
 MOCK_OPTIONS = ("latency_ms", "fail_rate")
 INFO_KEYS = {"max_input_tokens", "max_tokens", "supports_vision", "supports_reasoning", "mode"}
 CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
+MAX_INTEGER = 2**53  # the largest whole number every store (Redis's Lua, JSON) holds exactly
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -49,7 +51,7 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 64 * 1024  # the request line and headers together: past this, 431
     header_timeout_s: float = 10.0  # from the first byte of a request to the end of its headers: past this, 408
-    body_timeout_s: float = 60.0  # the longest silence while a request body is read: past this, 408
+    body_timeout_s: float = 60.0  # from the end of the headers to the end of the body: past this, 408
     max_upstream_body_bytes: int = 128 * 1024 * 1024  # a non-streamed upstream answer past this is a 502
     shutdown_grace_s: float = 30.0  # on SIGTERM, how long requests and streams in flight may take to finish
 
@@ -285,6 +287,8 @@ class Checker:
                 self.fail(node, key, f"unknown key {key!r} in {what} (expected one of: {', '.join(sorted(allowed))})")
 
     def number(self, node: dict, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> Any:
+        """A finite number of at least `minimum`; with `integer`, a whole one of at most
+        MAX_INTEGER. Strings are read as numbers (`"NaN"` and `"1e999"` are no numbers here)."""
         value = self.expand(node.get(key, default), node, key)
         if isinstance(value, str):
             try:
@@ -294,8 +298,17 @@ class Checker:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(node, key, f"{key} must be a number")
             return default
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(node, key, f"{key} must be a finite number")
+            return default
         if value < minimum:
             self.fail(node, key, f"{key} must be at least {minimum}")
+            return default
+        if integer and value != int(value):
+            self.fail(node, key, f"{key} must be a whole number")
+            return default
+        if integer and value > MAX_INTEGER:
+            self.fail(node, key, f"{key} must be at most {MAX_INTEGER}")
             return default
         return int(value) if integer else value
 

@@ -202,7 +202,7 @@ async def read_form(scope: Scope, receive: Receive, content_type: str, max_bytes
                 form.finish()
                 return form
     except FormError as exc:
-        raise bad_request(f"We could not parse the multipart body of your request: {exc}.", code="invalid_multipart") from None
+        raise bad_request(f"We could not parse the multipart body of your request: {exc}.", exc.param, "invalid_multipart") from None
 
 
 def too_large(max_bytes: int) -> GatewayError:

@@ -11,8 +11,17 @@ the body again with the fields as they are now, every file part's bytes untouche
 the inner app (`replay`) and the upstream, in the same order with the same boundary.
 
 A text field holds at most MAX_FIELD_BYTES (a prompt, not a file); a part with a
-filename is a file whatever its size. Repeated fields (`timestamp_granularities[]`)
-become lists.
+filename is a file whatever its size. A form has at most MAX_PARTS parts, each with at
+most MAX_PART_HEADER_BYTES of headers: past either, parsing stops there (a 10 MB body
+of tiny fields would otherwise be a hundred thousand parts walked on the event loop).
+
+A name is given once, so the value the middlewares read (the model allowed, limited,
+priced and routed; `n`, `size`, `quality` priced) is the only one the upstream gets:
+a text field given twice, or a text and a file part of the same name, is refused
+(FormError, a 400 naming the field), never passed on for the upstream to choose. Array
+fields are the exception, named `name[]` as the OpenAI SDKs write them
+(`timestamp_granularities[]`, `include[]`): repeated, they become lists. File parts
+may repeat (several `image` files), since no middleware reads a file's content.
 """
 
 from __future__ import annotations
@@ -23,11 +32,17 @@ from typing import Any, Iterator
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 MAX_FIELD_BYTES = 1024 * 1024
+MAX_PARTS = 1000  # an upload has a file or a few, and a dozen fields
+MAX_PART_HEADER_BYTES = 16 * 1024
 CRLF = b"\r\n"
 
 
 class FormError(ValueError):
     """The body is not a multipart/form-data body lockgate can read."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(slots=True)
@@ -58,7 +73,7 @@ def boundary_of(content_type: str | None) -> bytes | None:
 class Form:
     """One multipart body being read: `feed` each piece, then `finish`."""
 
-    __slots__ = ("boundary", "content_type", "parts", "size", "_parser", "_piece", "_part", "_header", "_headers", "_ended")
+    __slots__ = ("boundary", "content_type", "parts", "size", "_parser", "_piece", "_part", "_header", "_header_size", "_headers", "_names", "_ended")
 
     def __init__(self, content_type: str) -> None:
         boundary = boundary_of(content_type)
@@ -70,8 +85,10 @@ class Form:
         self.size = 0
         self._piece: bytes = b""
         self._part: Part | None = None
-        self._header: list[bytes] = [b"", b""]
+        self._header: list[list[bytes]] = [[], []]
+        self._header_size = 0
         self._headers: dict[bytes, bytes] = {}
+        self._names: dict[str, bool] = {}  # each part's name, and whether it was a file
         self._ended = False
         callbacks = {
             "on_part_begin": self._begin,
@@ -90,6 +107,8 @@ class Form:
         self._piece = piece
         try:
             self._parser.write(piece)
+        except FormError:
+            raise
         except Exception as exc:  # python-multipart raises its own errors and ValueErrors alike
             raise FormError("the multipart body is malformed") from exc
         finally:
@@ -104,18 +123,29 @@ class Form:
             raise FormError("the multipart body ends before its closing boundary")
 
     def _begin(self) -> None:
+        if len(self.parts) >= MAX_PARTS:
+            raise FormError(f"the form has more than {MAX_PARTS} parts")
         self._headers = {}
-        self._header = [b"", b""]
+        self._header = [[], []]
+        self._header_size = 0
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header[0] += data[start:end]
+        self._header_piece(0, data[start:end])
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._header[1] += data[start:end]
+        self._header_piece(1, data[start:end])
+
+    def _header_piece(self, which: int, piece: bytes) -> None:
+        # pieces are joined once, at the header's end: a header arriving in many pieces costs no more
+        self._header_size += len(piece)
+        if self._header_size > MAX_PART_HEADER_BYTES:
+            raise FormError(f"a part's headers are larger than {MAX_PART_HEADER_BYTES} bytes")
+        self._header[which].append(piece)
 
     def _header_end(self) -> None:
-        self._headers[self._header[0].strip().lower()] = self._header[1].strip()
-        self._header = [b"", b""]
+        name, value = (b"".join(pieces).strip() for pieces in self._header)
+        self._headers[name.lower()] = value
+        self._header = [[], []]
 
     def _headers_finished(self) -> None:
         disposition, options = parse_options_header(self._headers.get(b"content-disposition", b""))
@@ -129,7 +159,19 @@ class Form:
             filename.decode("utf-8", "replace") if filename is not None else None,
             content_type.decode("latin-1") if content_type else None,
         )
+        self._name_once(self._part)
         self.parts.append(self._part)
+
+    def _name_once(self, part: Part) -> None:
+        was_file = self._names.get(part.name)
+        self._names[part.name] = part.is_file
+        if was_file is None or (was_file and part.is_file) or (not was_file and not part.is_file and part.name.endswith("[]")):
+            return
+        raise FormError(
+            f"the form gives `{part.name}` more than once"
+            + (" (as a file and as a text field)" if was_file != part.is_file else " (only array fields, named `name[]`, may repeat)"),
+            part.name,
+        )
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
@@ -146,18 +188,12 @@ class Form:
 
     # -- what was read ---------------------------------------------------------------
     def fields(self) -> dict[str, Any]:
-        """The text fields, as a request body: name -> value (a list when repeated)."""
-        out: dict[str, Any] = {}
+        """The text fields, as a request body: name -> value (a list for an array field given more than once)."""
+        values: dict[str, list[str]] = {}
         for part in self.parts:
-            if part.is_file:
-                continue
-            value = part.text()
-            if part.name in out:
-                previous = out[part.name]
-                out[part.name] = [*previous, value] if isinstance(previous, list) else [previous, value]
-            else:
-                out[part.name] = value
-        return out
+            if not part.is_file:
+                values.setdefault(part.name, []).append(part.text())
+        return {name: found[0] if len(found) == 1 else found for name, found in values.items()}
 
     def files(self) -> list[Part]:
         return [part for part in self.parts if part.is_file]

@@ -6,12 +6,18 @@ which uvicorn does not set for httptools:
   parse megabytes of headers before its key is even checked);
 - `server.header_timeout_s`: from a connection's first moment (or a request's first byte)
   to the end of its headers; a slow sender (slowloris) gets 408 and is closed;
-- `server.body_timeout_s`: the longest silence while a request body is being read;
-  408 when the answer has not started yet, else the connection is closed.
+- `server.body_timeout_s`: from the end of a request's headers to the end of its body,
+  the whole read, not the longest silence (a client sending a byte now and then would
+  otherwise hold a connection and a request for ever); 408 when the answer has not
+  started yet, else the connection is closed.
 
 The limits come from `gateway.yaml` through the app's lifespan state (`STATE_KEY`), which
 uvicorn hands to every connection; without it the defaults apply. The answers are
 OpenAI-shaped JSON and close the connection.
+
+`LockgateWebSocketProtocol` is uvicorn's WebSocket protocol with a text message that is
+not UTF-8 closed with 1007 (invalid data, RFC 6455 8.1) and one log line, where uvicorn
+logs a traceback for every such frame a client cares to send.
 """
 
 from __future__ import annotations
@@ -22,13 +28,17 @@ from typing import Any
 import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from lockgate.proxy.config import ServerConfig
+from lockgate.proxy.logs import get_logger
 from lockgate.providers.base import error_body
 
 STATE_KEY = "lockgate.server"
 TICKER_KEY = "lockgate.deadlines"
 TICK_S = 0.25  # how often deadlines are checked: a timeout fires up to this much late
+INVALID_DATA = 1007
+log = get_logger("lockgate.server")
 
 
 class Ticker:
@@ -123,7 +133,7 @@ class LockgateProtocol(HttpToolsProtocol):
         if cycle.response_started:
             self.transport.close()
         else:
-            self._refuse(408, f"The request body stalled for more than {self.body_timeout_s:g}s.", "request_timeout")
+            self._refuse(408, f"The request body did not arrive within {self.body_timeout_s:g}s.", "request_timeout")
 
     # -- parsing -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -176,11 +186,30 @@ class LockgateProtocol(HttpToolsProtocol):
                 return True
         return False
 
-    def on_body(self, body: bytes) -> None:
-        super().on_body(body)
-        if self.deadline:
-            self.deadline = self.loop.time() + self.body_timeout_s
-
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
+
+
+class LockgateWebSocketProtocol(WebSocketsSansIOProtocol):
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            if not is_utf8(data):
+                self.frames = []
+                log.warning("websocket_frame_refused", reason="a text message that is not UTF-8", close_code=INVALID_DATA)
+                self.conn.send_close(INVALID_DATA, "text messages must be UTF-8")
+                self.handle_parser_exception()
+                return
+            self.frames = [data]
+        super().send_receive_event_to_app()
+
+
+def is_utf8(data: bytes) -> bool:
+    if data.isascii():  # realtime audio is base64 in JSON: ASCII, checked at memory speed
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

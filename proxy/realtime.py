@@ -15,7 +15,13 @@ to an openai or azure deployment.
   (`ctx.usage`, for the access log and the throttle's token count); the budget prices
   and charges each one as it passes (middleware/budget.py).
 - A close on either side closes the other, with the same code where a close frame may
-  carry it (1005 and 1006 are only ever observed: they become 1000 and 1011).
+  carry it (1005 and 1006 are only ever observed: they become 1000 and 1011). When the
+  client leaves (or the budget closes the session) while responses are running, each
+  is cancelled upstream (`response.cancel`) and the upstream is read on, up to
+  DRAIN_TIMEOUT_S, until each has sent its `response.done`: what they made is billed,
+  so it is charged (the events go through the middlewares, then nowhere).
+- A handshake naming no model (and no transcription intent) is a 400; a text frame that
+  is not UTF-8 closes the session with 1007 (proxy/protocol.py).
 - Upstreams: openai `{base_url}/realtime?model=` (ws/wss for http/https) with the
   deployment's key as a Bearer token, and the client's `OpenAI-Beta` header (the beta
   interface wants `realtime=v1`); azure `{base_url}/openai/realtime?api-version=&deployment=`
@@ -42,7 +48,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from lockgate.providers.azure import DEFAULT_API_VERSION
 from lockgate.providers.base import Deployment, empty_key, join_url
@@ -52,10 +58,11 @@ from lockgate.proxy.context import RequestContext, get_context, header, load_jso
 from lockgate.proxy.errors import GatewayError, bad_request, model_not_found, send_error
 from lockgate.proxy.logs import get_logger
 from lockgate.proxy.upstream import UpstreamConnectError, UpstreamError, UpstreamRefused
-from lockgate.proxy.websocket import query_value, refusals
+from lockgate.proxy.websocket import query_value, realtime_event, refusals, streamed_delta
 
 REALTIME_AZURE_VERSION = "2025-04-01-preview"
 FIRST_EVENT_TIMEOUT_S = 30.0  # a transcription session must name its model this soon
+DRAIN_TIMEOUT_S = 10.0  # how long cancelled responses get to report their usage once the client left
 PROVIDERS = ("openai", "azure")
 UNSENDABLE_CODES = {1005: 1000, 1006: 1011}  # reported by a peer, never sent in a close frame
 log = get_logger("lockgate.realtime")
@@ -126,6 +133,7 @@ class Realtime:
         if "realtime" in scope.get("subprotocols", ()):
             accept["subprotocol"] = "realtime"
         first: str | None = None
+        accepted = False
         try:
             await load_json(scope, receive)
             model = ctx.body.get("model")
@@ -137,6 +145,7 @@ class Realtime:
                 await send({**accept, "headers": response_headers(ctx)})
             else:
                 await send({**accept, "headers": response_headers(ctx)})
+                accepted = True
                 found = await self._first_event(receive)
                 if found is None:
                     return  # the client left before naming a model
@@ -145,10 +154,10 @@ class Realtime:
                 upstream, dep = await self._connect(scope, ctx, balancer, upstream_failure, transcription)
                 first = with_model(event, path, dep.model)
         except GatewayError as exc:
-            if ctx.body.get("model"):
-                await send_error(send, exc, response_headers(ctx))
+            if accepted:
+                await self._refuse_open(send, exc)
             else:
-                await self._refuse_open(send, exc)  # the handshake was accepted already
+                await send_error(send, exc, response_headers(ctx))
             return
         ok = False
         try:
@@ -248,21 +257,39 @@ class Realtime:
     @staticmethod
     async def _relay(ctx: RequestContext, upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send, transcription: bool, secrets: Any) -> bool:
         """Relays until either side closes; closes the other. True when it ended cleanly.
-        An upstream's error event is scrubbed of the gateway's secrets on its way."""
+        An upstream's error event is scrubbed of the gateway's secrets on its way. When the
+        client leaves (or a middleware closes it) with responses running, those are
+        cancelled and their `response.done` read still, so their usage is counted."""
+        flight = InFlight(ctx.request_id)
 
         async def to_client() -> None:
             async for message in upstream:
                 if message.type == aiohttp.WSMsgType.TEXT:
                     text = message.data
-                    ctx.usage = add_usage(ctx.usage, billed_usage(text, transcription))
-                    if '"error"' in text:
-                        text = secrets.scrub_text(text)
-                    await send({"type": "websocket.send", "text": text})
+                    if not streamed_delta(text):
+                        ctx.usage = add_usage(ctx.usage, billed_usage(text, transcription))
+                        started = flight.upstream_event(text)
+                        if started is not None and flight.draining:
+                            await flight.cancel(upstream, started)
+                        if '"error"' in text:
+                            text = secrets.scrub_text(text)
+                    await deliver({"type": "websocket.send", "text": text})
                 elif message.type == aiohttp.WSMsgType.BINARY:
-                    await send({"type": "websocket.send", "bytes": message.data})
+                    await deliver({"type": "websocket.send", "bytes": message.data})
                 elif message.type == aiohttp.WSMsgType.ERROR:
                     ctx.extra["stream_error"] = "broken"
                     return
+
+        async def deliver(message: Message) -> None:
+            # sent on even once the client is gone: the middlewares outside read each event
+            # (the budget charges a response.done before it goes out), and only then is it dropped
+            try:
+                await send(message)
+            except OSError:  # the client is gone; its disconnect ends the relay
+                pass
+            except Exception:
+                if not flight.draining:
+                    raise
 
         async def to_upstream() -> int:
             while True:
@@ -270,20 +297,27 @@ class Realtime:
                 if message["type"] == "websocket.disconnect":
                     return sendable(message.get("code", 1000))
                 if message.get("text") is not None:
+                    flight.client_event(message["text"])
                     await upstream.send_str(message["text"])
                 elif message.get("bytes") is not None:
                     await upstream.send_bytes(message["bytes"])
 
         downstream = asyncio.ensure_future(to_client())
         upstream_bound = asyncio.ensure_future(to_upstream())
+        client_left = False
         try:
             done, _ = await asyncio.wait({downstream, upstream_bound}, return_when=asyncio.FIRST_COMPLETED)
+            client_left = upstream_bound in done and upstream_bound.exception() is None
+            if client_left:
+                await flight.drain(upstream, downstream)
         finally:
             for task in (downstream, upstream_bound):
                 task.cancel()
             await asyncio.gather(downstream, upstream_bound, return_exceptions=True)
-        if upstream_bound in done and upstream_bound.exception() is None:
-            await upstream.close(code=upstream_bound.result())  # the client left
+        if client_left:
+            if not downstream.cancelled() and downstream.exception() is not None:
+                ctx.extra["stream_error"] = "broken"  # the upstream broke while its last responses were awaited
+            await upstream.close(code=upstream_bound.result())
             return True
         failed = any(not task.cancelled() and task.exception() is not None for task in done)
         if failed:
@@ -294,3 +328,72 @@ class Realtime:
         except Exception:  # noqa: BLE001 - the client is gone already: nothing left to tell it
             pass
         return not failed
+
+
+class InFlight:
+    """The responses an upstream session is running, as the events both ways tell: the
+    creates sent and not yet started (by their event ids, so an upstream's refusal of
+    one is seen), and the responses started and not yet done."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.asked: list[str | None] = []
+        self.running: set[str] = set()
+        self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def client_event(self, text: str) -> None:
+        if '"response.create"' not in text:
+            return
+        event = realtime_event(text)
+        if event.get("type") == "response.create":
+            event_id = event.get("event_id")
+            self.asked.append(event_id if isinstance(event_id, str) else None)
+            self.idle.clear()
+
+    def upstream_event(self, text: str) -> str | None:
+        """Follows one upstream event; the id of the response it started, if it did."""
+        if '"response.created"' not in text and '"response.done"' not in text and '"error"' not in text:
+            return None
+        event = realtime_event(text)
+        kind, response = event.get("type"), event.get("response")
+        response_id = response.get("id") if isinstance(response, dict) else None
+        started = None
+        if kind == "response.created" and isinstance(response_id, str):
+            if self.asked:
+                self.asked.pop(0)
+            self.running.add(response_id)
+            started = response_id
+        elif kind == "response.done":
+            self.running.discard(response_id)  # type: ignore[arg-type]
+        elif kind == "error" and isinstance(event.get("error"), dict):
+            refused = event["error"].get("event_id")
+            if refused is not None and refused in self.asked:
+                self.asked.remove(refused)
+        if not self.asked and not self.running:
+            self.idle.set()
+        return started
+
+    async def cancel(self, upstream: aiohttp.ClientWebSocketResponse, response_id: str) -> None:
+        try:
+            await upstream.send_str(orjson.dumps({"type": "response.cancel", "event_id": "lockgate_cancel", "response_id": response_id}).decode())
+        except (ConnectionError, RuntimeError):
+            pass  # the upstream closed: nothing is running there any more
+
+    async def drain(self, upstream: aiohttp.ClientWebSocketResponse, reading: asyncio.Task) -> None:
+        """With the client gone: cancels the responses running (and each that starts from
+        now on), and waits until every one has reported its usage, the upstream closed,
+        or DRAIN_TIMEOUT_S passed."""
+        if self.idle.is_set():
+            return
+        self.draining = True
+        for response_id in list(self.running):
+            await self.cancel(upstream, response_id)
+        idle = asyncio.ensure_future(self.idle.wait())
+        try:
+            await asyncio.wait({idle, reading}, timeout=DRAIN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+        if not self.idle.is_set() and not reading.done():
+            log.warning("realtime_drain_timeout", request_id=self.request_id, running=len(self.running), asked=len(self.asked), timeout_s=DRAIN_TIMEOUT_S)

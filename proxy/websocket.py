@@ -9,6 +9,7 @@ gets a close with code 1008 (policy violation) and the refusal's message as reas
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qs
 
 import orjson
@@ -16,6 +17,8 @@ from starlette.types import Message, Scope, Send
 
 DENIAL = "websocket.http.response"
 MAX_REASON_BYTES = 123  # a close frame's reason, by RFC 6455
+DELTA = re.compile(r'"type"\s*:\s*"[\w.]+\.delta"')
+DELTA_HEAD = 200  # an event names its type within its first fields
 
 
 def query_value(scope: Scope, name: str) -> str | None:
@@ -63,3 +66,19 @@ def reason(body: bytes) -> str:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         text = "refused"
     return text.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
+def realtime_event(text: str) -> dict:
+    """A realtime text frame as the event it holds; {} when it holds none."""
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def streamed_delta(text: str) -> bool:
+    """Whether a realtime event is a piece of a stream (`*.delta`: audio, text,
+    transcripts), which carries no usage, no lifecycle and no error. Most of a session's
+    frames are, and the largest (base64 audio): a look at the head spares scanning them."""
+    return DELTA.search(text, 0, DELTA_HEAD) is not None

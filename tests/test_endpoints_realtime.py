@@ -234,3 +234,183 @@ def test_upstream_error_events_are_scrubbed_of_the_gateways_key(gw, upstream):
         ws.send(json.dumps({"type": "test.echo_auth"}))
         error = ws.recv(timeout=10)
     assert SECRETS["openai"] not in error and "[redacted]" in error
+
+
+@pytest.mark.parametrize("query", ["", "?model=", "?deployment=", "?intent=conversation"])
+def test_a_handshake_naming_no_model_is_a_400(gw, upstream, query):
+    url = gw.url.replace("http://", "ws://") + "/v1/realtime" + query
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers={"Authorization": f"Bearer {FULL}"}, open_timeout=10)
+    assert refused.value.response.status_code == 400
+    error = json.loads(refused.value.response.body)["error"]
+    assert set(error) == {"message", "type", "code", "param"} and error["param"] == "model" and error["code"] == "missing_required_parameter"
+    assert upstream.realtime_handshakes == [], "nothing was dialled"
+
+
+def test_a_text_frame_that_is_not_utf8_closes_the_session_1007(gw, upstream):
+    from websockets.frames import Frame, Opcode
+
+    with open_session(gw) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+        with ws.protocol_mutex:  # a frame no well-behaved client library would send
+            ws.protocol.send_frame(Frame(Opcode.TEXT, b'{"type": "\xff\xfe"}'))
+            ws.send_data()
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd.code == 1007
+    deadline = time.monotonic() + 5
+    while not upstream.realtime_closed_by_client and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert upstream.realtime_closed_by_client, "the upstream session was closed too"
+    assert upstream.realtime_events == [], "nothing of the frame went upstream"
+    log = gw.log()
+    assert "Traceback" not in log and "UnicodeDecodeError" not in log
+
+
+# -- a session's responses and its budget: each response.create reserves before it goes up -----
+FLAT = {"input_per_mtok": 1000, "output_per_mtok": 1000}  # $0.001 a token: one fake response (1,500 tokens) is $1.50
+FLAT_RESPONSE = 1.5
+BUDGET_MASTER = "sk-realtime-budget-master-0001"
+BUDGET_KEYS = {"three": "sk-realtime-three-0002", "twenty": "sk-realtime-twenty-0003", "leaver": "sk-realtime-leaver-0004",
+               "faulty": "sk-realtime-faulty-0005"}
+
+
+@pytest.fixture(scope="module")
+def budget_gw(fake, tmp_path_factory):
+    import hashlib
+
+    from tests.conftest import start_gateway
+
+    def sha(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    models = [
+        {"name": f"rt-{user}", "deployments": [{"provider": "openai", "model": f"rt-{user}-model", "base_url": fake.url + "/v1", "api_key": SECRETS["openai"], "price": FLAT}]}
+        for user in BUDGET_KEYS
+    ]
+    policies = {
+        "auth": {"master_key_sha256": sha(BUDGET_MASTER), "keys": [{"id": user, "sha256": sha(key), "user": user} for user, key in BUDGET_KEYS.items()]},
+        "budget": {"budgets": [{"user": "three", "limit_usd": 3, "period": "total"}, {"user": "twenty", "limit_usd": 20, "period": "total"},
+                               {"user": "leaver", "limit_usd": 20, "period": "total"}, {"user": "faulty", "limit_usd": 20, "period": "total"}]},
+    }
+    gateway = start_gateway({"models": models, "middleware": [{k: v} for k, v in policies.items()]}, tmp_path_factory.mktemp("realtime-budget"))
+    yield gateway
+    gateway.stop()
+
+
+def user_spend(gw, user: str) -> float:
+    import httpx
+
+    rows = httpx.get(gw.url + "/admin/spend?by=user&period=total", headers={"Authorization": f"Bearer {BUDGET_MASTER}"}, timeout=10).json()
+    rows = rows.get("data", rows) if isinstance(rows, dict) else rows
+    return next((row["spend_usd"] for row in rows if row.get("user") == user), 0.0)
+
+
+def billed(upstream) -> float:
+    """What the upstream billed for every response it ran, reported or not, at FLAT."""
+    return sum((u["input_tokens"] + u["output_tokens"]) / 1000 for u in upstream.realtime_billed)
+
+
+def settled(gw, upstream, user: str) -> float:
+    """The user's recorded spend once it matches what the upstream billed (or 10 s passed)."""
+    deadline = time.monotonic() + 10
+    while abs(user_spend(gw, user) - billed(upstream)) > 1e-6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return user_spend(gw, user)
+
+
+def budget_session(gw, user: str):
+    url = gw.url.replace("http://", "ws://") + f"/v1/realtime?model=rt-{user}"
+    return connect(url, additional_headers={"Authorization": f"Bearer {BUDGET_KEYS[user]}"}, open_timeout=10)
+
+
+def out_of_band(i: int, words: int = 3) -> str:
+    return json.dumps({"type": "response.create", "event_id": f"client_{i}", "response": {"conversation": "none", "instructions": " ".join(["word"] * words)}})
+
+
+def creates_relayed(upstream) -> int:
+    return sum(1 for e in upstream.realtime_events if e.get("type") == "response.create")
+
+
+def test_pipelined_creates_reserve_before_they_go_upstream(budget_gw, upstream):
+    """Six response.create at once on a $3 budget, $1.50 a response: each must reserve a
+    bound of its cost before it is relayed; those refused get an error event naming them
+    and never reach the upstream. Asked on, one at a time, until the budget closes the
+    session: spend stays within the budget plus one response, and is exactly what the
+    upstream billed."""
+    upstream.set("rt-three-model", chunk_delay_s=0.05)  # each response takes a moment: the six overlap
+    answered, dones, refused = 0, 0, []
+    with budget_session(budget_gw, "three") as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+        for i in range(6):
+            ws.send(out_of_band(i))
+        sent = 6
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                event = json.loads(ws.recv(timeout=10))
+                if event["type"] in ("response.done", "error"):
+                    answered += 1
+                    dones += event["type"] == "response.done"
+                    if event["type"] == "error":
+                        refused.append(event)
+                if answered == sent and sent < 20:  # all answered, the session still open: ask again
+                    sent += 1
+                    try:
+                        ws.send(out_of_band(sent - 1))
+                    except ConnectionClosed:
+                        pass  # closed meanwhile: what came before the close is still read
+    assert closed.value.rcvd.code == 1008
+    assert len(refused) >= 5 and all(e["error"]["code"] == "budget_exceeded" for e in refused)
+    assert {e["error"]["event_id"] for e in refused[:5]} == {f"client_{i}" for i in range(1, 6)}, "each refusal names the create it refuses"
+    assert refused[-1]["error"]["event_id"] is None, "the session's close names no create"
+    assert creates_relayed(upstream) == dones == len(upstream.realtime_billed) == 2, "a refused create never reached the upstream"
+    spend = settled(budget_gw, upstream, "three")
+    assert spend == pytest.approx(billed(upstream)), "every response the upstream ran is charged"
+    assert 3 <= spend <= 3 + FLAT_RESPONSE
+
+
+def test_responses_in_flight_when_the_client_leaves_are_cancelled_and_charged(budget_gw, upstream):
+    upstream.set("rt-leaver-model", chunk_delay_s=0.2)
+    with budget_session(budget_gw, "leaver") as ws:
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"type": "session.update", "session": {"max_response_output_tokens": 500}}))
+        events_until(ws, "session.updated")
+        for i in range(3):
+            ws.send(out_of_band(i, words=20))
+        started = 0
+        while started < 3:
+            started += json.loads(ws.recv(timeout=10))["type"] == "response.created"
+    deadline = time.monotonic() + 10
+    while len(upstream.realtime_billed) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cancels = [e for e in upstream.realtime_events if e["type"] == "response.cancel"]
+    assert len(cancels) == 3 and all(e.get("response_id") for e in cancels), "the gateway cancelled what nobody would hear"
+    assert all(u["output_tokens"] < 500 for u in upstream.realtime_billed), "cut short"
+    assert settled(budget_gw, upstream, "leaver") == pytest.approx(billed(upstream))
+    assert upstream.realtime_closed_by_client == [1000]
+
+
+def test_a_response_in_flight_when_the_budget_closes_the_session_is_charged(budget_gw, upstream):
+    """An upstream that reports more than any bound (30,000 input tokens on a first turn):
+    the first response spends the budget while a second is still running; the session is
+    closed, and the second is cancelled and charged what it reports."""
+    usage = {"total_tokens": 30500, "input_tokens": 30000, "output_tokens": 500, "output_token_details": {"text_tokens": 500}}
+    upstream.set("rt-faulty-model", chunk_delay_s=0.2, realtime_usage=usage)
+    with budget_session(budget_gw, "faulty") as ws:
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"type": "session.update", "session": {"max_response_output_tokens": 500}}))
+        events_until(ws, "session.updated")
+        ws.send(out_of_band(0, words=1))
+        ws.send(out_of_band(1, words=40))
+        seen = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                seen.append(json.loads(ws.recv(timeout=10)))
+    assert closed.value.rcvd.code == 1008
+    assert [e["type"] for e in seen].count("response.done") == 1 and seen[-1]["error"]["code"] == "budget_exceeded"
+    deadline = time.monotonic() + 10
+    while len(upstream.realtime_billed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [e["type"] for e in upstream.realtime_events].count("response.cancel") == 1
+    assert len(upstream.realtime_billed) == 2
+    assert settled(budget_gw, upstream, "faulty") == pytest.approx(billed(upstream))

@@ -171,6 +171,10 @@ def test_cli_create_list_revoke(fake, upstream, tmp_path):
         assert chat(gw.url, secret).status_code == 401
         missing = cli("revoke", "cli-key")
         assert missing.returncode == 1 and "404" in missing.stderr
+        wild = cli("create", "--id", "wild", "--budget-usd", "nan", "--rpm", str(10**20), "--tpm", "1e999")
+        assert wild.returncode == 1 and "400" in wild.stderr and "Traceback" not in wild.stderr
+        assert all(name in wild.stderr for name in ("budget_usd", "rpm", "tpm")), wild.stderr
+        assert "wild" not in cli("list").stdout
     finally:
         gw.stop()
 
@@ -198,6 +202,53 @@ def test_creation_is_validated_and_every_problem_named(client):
     assert post(client, {"id": "reader", "user": "${HOME}"}).status_code == 201
     listed = client.get("/admin/keys", headers={"Authorization": f"Bearer {MASTER}"}).json()["data"]
     assert {"id": "reader", "user": "${HOME}"}.items() <= next(k for k in listed if k["id"] == "reader").items()  # never expanded
+
+
+@pytest.mark.parametrize(
+    "body, named",
+    [
+        ({"rpm": 10**20}, ["rpm"]),
+        ({"tpm": 10**20}, ["tpm"]),
+        ({"rpm": -(10**20)}, ["rpm"]),
+        ({"rpm": 2.5}, ["rpm"]),
+        ({"budget_usd": "NaN"}, ["budget_usd"]),
+        ({"budget_usd": "1e999"}, ["budget_usd"]),
+        ({"budget_usd": "-inf"}, ["budget_usd"]),
+        ({"budget_usd": "inf"}, ["budget_usd"]),
+        ({"budget_usd": -1}, ["budget_usd"]),
+        ({"rpm": 10**20, "tpm": "many", "budget_usd": "NaN", "budget_period": "hourly"}, ["rpm", "tpm", "budget_usd", "budget_period"]),
+    ],
+)
+def test_limits_out_of_range_are_a_400_naming_each(client, body, named):
+    answer = post(client, {"id": "ranged", **body})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_key" and error["param"] in named
+    for field in named:
+        assert field in error["message"], (field, error["message"])
+    assert post(client, {"id": "ranged"}).status_code == 201, "nothing of the refused key was kept"
+
+
+def test_limits_given_as_strings_are_kept_as_numbers_and_the_key_works(client):
+    made = post(client, {"id": "stringly", "budget_usd": "0.5", "rpm": "100", "tpm": str(2**53)})
+    assert made.status_code == 201, made.text
+    assert {"budget_usd": 0.5, "rpm": 100, "tpm": 2**53}.items() <= made.json().items()
+    ask = client.post("/v1/chat/completions", json={"model": "priced", "messages": MESSAGES, "max_tokens": 5}, headers={"Authorization": f"Bearer {made.json()['key']}"})
+    assert ask.status_code == 200, ask.text
+
+
+def test_auth_yaml_keys_are_held_to_the_same_bounds(client):
+    from lockgate.middleware.auth import parse_policy
+    from lockgate.proxy.config import ConfigError
+
+    entry = {"id": "filed", "sha256": sha("x"), "rpm": 10**20, "tpm": 2.5, "budget_usd": float("nan")}
+    with pytest.raises(ConfigError) as refused:
+        parse_policy({"keys": [entry]}, "auth.yaml")
+    from_file = sorted(p.split(": ", 1)[1] for p in refused.value.problems)
+    answer = post(client, {key: value if value == value else "NaN" for key, value in entry.items() if key != "sha256"})
+    assert answer.status_code == 400
+    assert sorted(answer.json()["error"]["message"].split("; ")) == from_file
+    assert len(from_file) == 3
 
 
 def test_ids_are_unique_across_the_file_and_the_store(client):

@@ -52,6 +52,23 @@ async def form_of(fake: FakeUpstream, request: Request) -> dict:
     return fields
 
 
+# one response.done: 1,000 input tokens (400 of them cached), 500 output (400 audio)
+RESPONSE_USAGE = {
+    "total_tokens": 1500,
+    "input_tokens": 1000,
+    "output_tokens": 500,
+    "input_token_details": {"text_tokens": 200, "audio_tokens": 800, "cached_tokens": 400, "cached_tokens_details": {"text_tokens": 100, "audio_tokens": 300}},
+    "output_token_details": {"text_tokens": 100, "audio_tokens": 400},
+}
+
+
+def made(usage: dict, fraction: float) -> dict:
+    """The usage of a response cut short after `fraction` of its output: all of its input,
+    that share of its output."""
+    output = int(usage["output_tokens"] * fraction)
+    return {**usage, "output_tokens": output, "total_tokens": usage["input_tokens"] + output, "output_token_details": {"text_tokens": output, "audio_tokens": 0}}
+
+
 def routes(fake: FakeUpstream) -> list:
     async def before(model: str, request: Request) -> Response | None:
         b = fake.behaviour(model)
@@ -231,8 +248,11 @@ def routes(fake: FakeUpstream) -> list:
         fake.realtime_sessions += 1
         transcription = websocket.query_params.get("intent") == "transcription"
         session = {"id": "sess_" + uuid.uuid4().hex[:12], "object": "realtime.transcription_session" if transcription else "realtime.session", "model": model}
+        if not transcription:
+            session["max_response_output_tokens"] = "inf"
         created = "transcription_session.created" if transcription else "session.created"
         await websocket.send_text(orjson.dumps({"type": created, "event_id": "event_1", "session": session}).decode())
+        responses = Responses(websocket, fake.behaviour(model))
         audio = 0
         try:
             while True:
@@ -247,7 +267,12 @@ def routes(fake: FakeUpstream) -> list:
                 fake.realtime_events.append(event)
                 kind = event.get("type")
                 if kind == "response.create":
-                    await respond(websocket, event)
+                    await responses.create(event)
+                elif kind == "response.cancel":
+                    await responses.cancel(event.get("response_id"))
+                elif kind == "session.update":
+                    session.update(event.get("session") or {})
+                    await websocket.send_text(orjson.dumps({"type": "session.updated", "event_id": "e", "session": session}).decode())
                 elif kind == "transcription_session.update":
                     await websocket.send_text(orjson.dumps({"type": "transcription_session.updated", "event_id": "e", "session": event.get("session")}).decode())
                 elif kind == "input_audio_buffer.append":
@@ -267,23 +292,73 @@ def routes(fake: FakeUpstream) -> list:
                     return
         except WebSocketDisconnect as exc:
             fake.realtime_closed_by_client.append(exc.code)
+        finally:
+            await responses.end()
 
-    async def respond(websocket: WebSocket, event: dict) -> None:
-        response_id = "resp_" + uuid.uuid4().hex[:12]
-        text = str((event.get("response") or {}).get("instructions") or "hello from realtime")
-        await websocket.send_text(orjson.dumps({"type": "response.created", "event_id": "e", "response": {"id": response_id, "object": "realtime.response", "status": "in_progress"}}).decode())
-        for word in text.split(" "):
-            await websocket.send_text(orjson.dumps({"type": "response.output_text.delta", "event_id": "e", "response_id": response_id, "item_id": "item_1", "output_index": 0, "content_index": 0, "delta": word}).decode())
-            await asyncio.sleep(0)
-        usage = {
-            "total_tokens": 1500,
-            "input_tokens": 1000,
-            "output_tokens": 500,
-            "input_token_details": {"text_tokens": 200, "audio_tokens": 800, "cached_tokens": 400, "cached_tokens_details": {"text_tokens": 100, "audio_tokens": 300}},
-            "output_token_details": {"text_tokens": 100, "audio_tokens": 400},
-        }
-        done = {"type": "response.done", "event_id": "e", "response": {"id": response_id, "object": "realtime.response", "status": "completed", "output": [], "usage": usage}}
-        await websocket.send_text(orjson.dumps(done).decode())
+    class Responses:
+        """One session's responses, as OpenAI runs them: each in its own time (its words
+        `chunk_delay_s` apart), at most one at a time in the default conversation (another
+        create meanwhile is an `error` naming its event), any number out of band
+        (`conversation: "none"`). `response.cancel` ends one with a `response.done` of
+        status `cancelled` and the usage of what it made; a session that closes ends them
+        with no `response.done`, billed all the same (`fake.realtime_billed`)."""
+
+        def __init__(self, websocket: WebSocket, behaviour) -> None:
+            self.websocket = websocket
+            self.behaviour = behaviour
+            self.running: dict[str, tuple[asyncio.Task, bool]] = {}  # id -> (task, in the default conversation)
+            self.cancelled: set[str] = set()
+
+        async def send(self, event: dict) -> None:
+            await self.websocket.send_text(orjson.dumps(event).decode())
+
+        async def create(self, event: dict) -> None:
+            params = event.get("response") or {}
+            default = params.get("conversation") != "none"
+            if default and any(in_default for _, in_default in self.running.values()):
+                error = {"type": "invalid_request_error", "code": "conversation_already_has_active_response",
+                         "message": "Conversation already has an active response in progress.", "param": None, "event_id": event.get("event_id")}
+                await self.send({"type": "error", "event_id": "e", "error": error})
+                return
+            response_id = "resp_" + uuid.uuid4().hex[:12]
+            await self.send({"type": "response.created", "event_id": "e", "response": {"id": response_id, "object": "realtime.response", "status": "in_progress"}})
+            task = asyncio.ensure_future(self.run(response_id, str(params.get("instructions") or "hello from realtime").split(" ")))
+            self.running[response_id] = (task, default)
+
+        async def run(self, response_id: str, words: list[str]) -> None:
+            sent = 0
+            try:
+                for word in words:
+                    await self.send({"type": "response.output_text.delta", "event_id": "e", "response_id": response_id, "item_id": "item_1", "output_index": 0, "content_index": 0, "delta": word})
+                    sent += 1
+                    await asyncio.sleep(self.behaviour.chunk_delay_s)
+            except asyncio.CancelledError:
+                usage = made(self.behaviour.realtime_usage or RESPONSE_USAGE, sent / len(words))
+                fake.realtime_billed.append(usage)
+                if response_id not in self.cancelled:
+                    raise  # the session closed: billed, never reported
+                await self.send({"type": "response.done", "event_id": "e", "response": {"id": response_id, "object": "realtime.response", "status": "cancelled", "output": [], "usage": usage}})
+                return
+            finally:
+                self.running.pop(response_id, None)
+            usage = self.behaviour.realtime_usage or RESPONSE_USAGE
+            fake.realtime_billed.append(usage)
+            await self.send({"type": "response.done", "event_id": "e", "response": {"id": response_id, "object": "realtime.response", "status": "completed", "output": [], "usage": usage}})
+
+        async def cancel(self, response_id: str | None) -> None:
+            if not response_id:  # the default conversation's response
+                response_id = next((i for i, (_, default) in self.running.items() if default), None)
+            if response_id not in self.running:
+                await self.send({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "code": "response_cancel_not_active", "message": "There is no active response to cancel.", "param": None}})
+                return
+            self.cancelled.add(response_id)
+            self.running[response_id][0].cancel()
+
+        async def end(self) -> None:
+            tasks = [task for task, _ in self.running.values()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     return [
         Route("/v1/images/generations", image_generations, methods=["POST"]),

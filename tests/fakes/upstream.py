@@ -52,6 +52,7 @@ class Behaviour:
     # answer, and an error status instead of it
     input_latency_s: dict[str, float] = field(default_factory=dict)
     input_status: dict[str, int] = field(default_factory=dict)
+    realtime_usage: dict | None = None  # what each realtime response uses (default: media_api.RESPONSE_USAGE)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class FakeUpstream:
         self.realtime_sessions = 0
         self.realtime_events: list[dict] = []  # every event a realtime client sent
         self.realtime_closed_by_client: list[int | None] = []
+        self.realtime_billed: list[dict] = []  # the usage of every realtime response that ran, reported or not
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -143,6 +145,7 @@ class FakeUpstream:
         self.realtime_sessions = 0
         self.realtime_events.clear()
         self.realtime_closed_by_client.clear()
+        self.realtime_billed.clear()
 
     def seen(self, path_part: str = "") -> list[Recorded]:
         return [r for r in self.requests if path_part in r.path]
