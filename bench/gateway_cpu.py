@@ -32,7 +32,7 @@ for name, policy in pol.items():
     mw.append({name: f"{work}/{name}.yaml"})
 cfg = {"store": {"backend": "disk", "path": f"{work}/state"}, "middleware": mw,
        "models": [{"name": n, "deployments": [{"provider": "mock", "latency_ms": 0, "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}}]} for n in ("bench", "bench2")]}
-from lockgate.proxy.app import create_app  # noqa: E402 - after the policy files exist
+from lockgate.gateway.app import create_app
 
 app = create_app(cfg)
 counter = 0

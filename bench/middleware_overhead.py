@@ -18,14 +18,14 @@ import orjson
 
 sys.path.insert(0, ".")
 
-from lockgate.middleware.auth import AuthMiddleware  # noqa: E402
-from lockgate.middleware.budget import BudgetMiddleware  # noqa: E402
-from lockgate.middleware.cache import CacheMiddleware  # noqa: E402
-from lockgate.middleware.fallback import FallbackMiddleware  # noqa: E402
-from lockgate.middleware.rewrite import RewriteMiddleware  # noqa: E402
-from lockgate.middleware.throttle import ThrottleMiddleware  # noqa: E402
-from lockgate.proxy.context import get_context  # noqa: E402
-from lockgate.proxy.store import open_store  # noqa: E402
+from lockgate.middleware.auth import AuthMiddleware
+from lockgate.middleware.budget import BudgetMiddleware
+from lockgate.middleware.cache import CacheMiddleware
+from lockgate.middleware.fallback import FallbackMiddleware
+from lockgate.middleware.rewrite import RewriteMiddleware
+from lockgate.middleware.throttle import ThrottleMiddleware
+from lockgate.kernel.context import get_context
+from lockgate.kernel.store import open_store
 
 KEY = "sk-bench-key"
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there, how are you today?"}]})

@@ -67,7 +67,7 @@ def main() -> int:
             "middleware": [{"throttle": "throttle.yaml"}, {"budget": "budget.yaml"}, {"cache": "cache.yaml"}, {"fallback": "fallback.yaml"}],
         }
         (work / "gateway.yaml").write_text(yaml.safe_dump(config))
-        gateway = subprocess.Popen([sys.executable, "-m", "lockgate.proxy.cli", "serve", "--config", str(work / "gateway.yaml")],
+        gateway = subprocess.Popen([sys.executable, "-m", "lockgate.gateway.cli", "serve", "--config", str(work / "gateway.yaml")],
                                    stdout=subprocess.DEVNULL, cwd=work)
         url = f"http://127.0.0.1:{gateway_port}"
         deadline = time.monotonic() + 30

@@ -267,7 +267,7 @@ def lockgate_config(workdir: Path, upstream: str, *, middleware: bool, store: di
 
 def start_lockgate(config: Path, workers: int = 1) -> tuple[Server, str]:
     port = yaml.safe_load(config.read_text())["server"]["port"]
-    args = [sys.executable, "-m", "lockgate.proxy.cli", "serve", "--config", str(config), "--workers", str(workers)]
+    args = [sys.executable, "-m", "lockgate.gateway.cli", "serve", "--config", str(config), "--workers", str(workers)]
     server = Server(args, health=f"http://127.0.0.1:{port}/health")
     return server, f"http://127.0.0.1:{port}"
 

@@ -68,7 +68,7 @@ def start(workdir: Path, fake_url: str) -> tuple[subprocess.Popen, str]:
     config = {"server": {"host": "127.0.0.1", "port": port}, "store": {"backend": "disk", "path": str(workdir / "state")}, "models": models, "middleware": middleware}
     (workdir / "gateway.yaml").write_text(yaml.safe_dump(config))
     log = (workdir / "gateway.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "lockgate.proxy.cli", "serve", "--config", str(workdir / "gateway.yaml")], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LOCKGATE_LOG_LEVEL": "warning"})
+    process = subprocess.Popen([sys.executable, "-m", "lockgate.gateway.cli", "serve", "--config", str(workdir / "gateway.yaml")], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LOCKGATE_LOG_LEVEL": "warning"})
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:

@@ -50,7 +50,7 @@ def serve(config: Path, env: dict) -> tuple[Server, str]:
     import yaml
 
     port = yaml.safe_load(config.read_text())["server"]["port"]
-    server = Server([sys.executable, "-m", "lockgate.proxy.cli", "serve", "--config", str(config)], env=env, health=f"http://127.0.0.1:{port}/health")
+    server = Server([sys.executable, "-m", "lockgate.gateway.cli", "serve", "--config", str(config)], env=env, health=f"http://127.0.0.1:{port}/health")
     return server, f"http://127.0.0.1:{port}"
 
 

@@ -3,24 +3,17 @@ into any ASGI app.
 
     from lockgate import BudgetMiddleware, create_app, open_store
 
-The repository keeps `proxy/`, `middleware/` and `providers/` at its top level; an
-installed lockgate holds them as `lockgate.proxy`, `lockgate.middleware` and
-`lockgate.providers` (pyproject.toml's package-dir mapping), so it adds one name to
-`sys.path` and never shadows, nor is shadowed by, a user's own `middleware/` package.
 Names are imported on first use: `import lockgate` costs nothing until one is asked for.
+The package's layers, each importing only those below it (README "Layout"):
+`gateway` (the app factory, server, CLI, console) over `proxy` (the passthrough) and
+`middleware` (the policies), over `providers` (wire formats), over `kernel` (the request
+context, errors, policy files, the store, logs and metrics).
 """
 
 from __future__ import annotations
 
-import os
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
-
-# In a source checkout this folder holds only this file and the subpackages sit beside
-# it; in an installed wheel they sit inside it.
-_beside = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if not os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), "proxy")) and _beside not in __path__:
-    __path__.append(_beside)
 
 __version__ = "0.2.0"
 
@@ -31,8 +24,8 @@ _EXPORTS = {
     "CacheMiddleware": "lockgate.middleware.cache",
     "RewriteMiddleware": "lockgate.middleware.rewrite",
     "FallbackMiddleware": "lockgate.middleware.fallback",
-    "create_app": "lockgate.proxy.app",
-    "open_store": "lockgate.proxy.store",
+    "create_app": "lockgate.gateway.app",
+    "open_store": "lockgate.kernel.store",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -43,8 +36,8 @@ if TYPE_CHECKING:
     from lockgate.middleware.fallback import FallbackMiddleware
     from lockgate.middleware.rewrite import RewriteMiddleware
     from lockgate.middleware.throttle import ThrottleMiddleware
-    from lockgate.proxy.app import create_app
-    from lockgate.proxy.store import open_store
+    from lockgate.gateway.app import create_app
+    from lockgate.kernel.store import open_store
 
 
 def __getattr__(name: str) -> Any:

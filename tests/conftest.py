@@ -100,7 +100,7 @@ def start_gateway(config: dict, workdir: Path, *extra: str, env: dict | None = N
     log_path = workdir / "gateway.log"
     port = config["server"]["port"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "lockgate.proxy.cli", "serve", "--config", str(path), *extra],
+        [sys.executable, "-m", "lockgate.gateway.cli", "serve", "--config", str(path), *extra],
         cwd=cwd or ROOT,
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,

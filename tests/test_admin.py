@@ -65,14 +65,14 @@ def test_admin_needs_the_master_key(gw):
 def test_spend_cli_reads_the_store(gw):
     httpx.post(gw.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]}, headers={"Authorization": f"Bearer {ALICE}"})
     result = subprocess.run(
-        [sys.executable, "-m", "lockgate.proxy.cli", "spend", "--config", str(gw.config_path), "--by", "team", "--period", "month", "--json"],
+        [sys.executable, "-m", "lockgate.gateway.cli", "spend", "--config", str(gw.config_path), "--by", "team", "--period", "month", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["data"] == [{"team": "search", "spend_usd": pytest.approx(0.004)}]
     table = subprocess.run(
-        [sys.executable, "-m", "lockgate.proxy.cli", "spend", "--config", str(gw.config_path), "--by", "team"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "lockgate.gateway.cli", "spend", "--config", str(gw.config_path), "--by", "team"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert "search" in table.stdout and "0.004000" in table.stdout
 
@@ -124,11 +124,11 @@ def test_spend_totals_agree_whatever_the_dimension_with_keyless_traffic(fake, up
             report = spend(gateway, MASTER, by=by, period="total").json()
             assert {row[by]: row["spend_usd"] for row in report["data"]} == pytest.approx(rows), by
             assert report["total_usd"] == pytest.approx(0.02), by
-            cli = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "spend", "--config", str(tmp_path / "gateway.yaml"), "--by", by, "--json"],
+            cli = subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", "spend", "--config", str(tmp_path / "gateway.yaml"), "--by", by, "--json"],
                                  cwd=ROOT, capture_output=True, text=True, timeout=60)
             assert cli.returncode == 0, cli.stderr
             assert json.loads(cli.stdout)["total_usd"] == report["total_usd"], by
-        table = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "spend", "--config", str(tmp_path / "gateway.yaml"), "--by", "key"],
+        table = subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", "spend", "--config", str(tmp_path / "gateway.yaml"), "--by", "key"],
                                cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
         assert "(no key)" in table and "0.012000" in table and "0.020000" in table.splitlines()[-1]
     finally:

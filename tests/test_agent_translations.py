@@ -20,11 +20,11 @@ import pytest
 from lockgate.providers import messages, mock, vertex
 from lockgate.providers.anthropic import enforceable_schema
 from lockgate.providers.base import Deployment
-from lockgate.proxy.context import RequestContext
-from lockgate.proxy.errors import GatewayError
+from lockgate.kernel.context import RequestContext
+from lockgate.kernel.errors import GatewayError
 from lockgate.proxy.items import ResponseItems
-from lockgate.proxy.store import open_store
-from lockgate.proxy.store.memory import MemoryStore
+from lockgate.kernel.store import open_store
+from lockgate.kernel.store.memory import MemoryStore
 from tests.conftest import SECRETS, start_gateway
 
 KEY_A = "sk-agents-alice-KEY-0001"

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 import lockgate.middleware.auth as auth
 from lockgate.middleware.auth import AuthMiddleware, new_key, parse_policy
-from lockgate.proxy.config import ConfigError
+from lockgate.kernel.parsing import ConfigError
 from tests.conftest import ROOT, start_gateway
 
 GOOD, GOOD_ENTRY = new_key("onyx-prod", user="onyx", team="platform", tier="premium")
@@ -363,7 +363,7 @@ def test_expires_forms():
 # -- keys new ---------------------------------------------------------------------------
 def test_keys_new_prints_a_key_once_and_its_entry():
     result = subprocess.run(
-        [sys.executable, "-m", "lockgate.proxy.cli", "keys", "new", "--id", "onyx-prod", "--user", "onyx", "--team", "platform", "--tier", "premium"],
+        [sys.executable, "-m", "lockgate.gateway.cli", "keys", "new", "--id", "onyx-prod", "--user", "onyx", "--team", "platform", "--tier", "premium"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )
     out = result.stdout

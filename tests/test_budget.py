@@ -17,7 +17,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from lockgate.middleware.budget import BudgetMiddleware, period_window
-from lockgate.proxy.store import Claim, open_store
+from lockgate.kernel.store import Claim, open_store
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -240,8 +240,8 @@ async def test_mounted_into_an_existing_app(kind):
 
 async def test_a_reservation_cancelled_in_flight_is_dropped(tmp_path):
     from lockgate.middleware.budget import BudgetedRequest, parse_policy
-    from lockgate.proxy.store import guard
-    from lockgate.proxy.context import RequestContext
+    from lockgate.kernel.store import guard
+    from lockgate.kernel.context import RequestContext
 
     store = open_store({"backend": "disk", "path": str(tmp_path / "state"), "leases": False})  # the middleware alone, not leases
     policy = parse_policy({"trust_client_user": True, "budgets": [{"user": "gus", "limit_usd": 1, "period": "total"}], "prices": {"m": PRICE}}, "<test>")

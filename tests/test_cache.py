@@ -21,8 +21,8 @@ from starlette.routing import Route
 
 from lockgate.middleware.cache import CacheMiddleware
 from lockgate.providers.sse import SSEDecoder
-from lockgate.proxy.app import create_app
-from lockgate.proxy.config import ConfigError
+from lockgate.gateway.app import create_app
+from lockgate.kernel.parsing import ConfigError
 from tests.conftest import start_gateway
 
 

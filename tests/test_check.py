@@ -15,9 +15,9 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from lockgate.proxy import app as app_module
-from lockgate.proxy import live as live_module
-from lockgate.proxy.checks import inspect, named_models
+from lockgate.gateway import app as app_module
+from lockgate.gateway import live as live_module
+from lockgate.gateway.checks import inspect, named_models
 from tests.conftest import ROOT, start_gateway
 from tests.examples import examples_on, repoint
 
@@ -39,7 +39,7 @@ def planted(directory: Path) -> list[tuple[Path, int, str]]:
 
 def run(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
-    return subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
 
 
 @pytest.mark.parametrize("command", ["check", "serve"])
@@ -177,7 +177,7 @@ def test_check_warns_of_an_empty_key_naming_model_deployment_and_variable(value,
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump({"models": empty_key_models("http://127.0.0.1:9")}, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != EMPTY} | ({EMPTY: value} if value is not None else {})
-    result = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "check", "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", "check", "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     warnings = result.stderr.strip().splitlines()
     assert len(warnings) == 3, "one for each deployment whose key is empty, none for the one that sets no key"

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import yaml
 
-from lockgate.proxy.app import create_app
+from lockgate.gateway.app import create_app
 from tests.conftest import start_gateway
 
 KEY = "sk-compose-key"
@@ -144,7 +144,7 @@ def test_the_gateway_mounted_under_a_prefix_of_another_app():
 def test_route_path_takes_off_a_mount_prefix_as_starlette_does():
     from starlette._utils import get_route_path
 
-    from lockgate.proxy.app import route_path
+    from lockgate.gateway.app import route_path
 
     cases = [("/v1/models", ""), ("/llm/v1/models", "/llm"), ("/llm", "/llm"), ("/llmx/v1/models", "/llm"), ("/other/v1/models", "/llm"), ("/llm/", "/llm")]
     for path, root in cases:

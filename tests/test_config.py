@@ -8,8 +8,9 @@ import textwrap
 
 import pytest
 
-from lockgate.proxy.app import create_app
-from lockgate.proxy.config import ConfigError, load_config
+from lockgate.gateway.app import create_app
+from lockgate.kernel.parsing import ConfigError
+from lockgate.proxy.config import load_config
 from tests.conftest import ROOT
 
 
@@ -133,7 +134,7 @@ def test_create_app_accepts_a_dict():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_check_cli_ok():
@@ -158,7 +159,7 @@ def test_serve_refuses_a_broken_config(tmp_path):
 
 def test_example_policies_parse_and_the_example_auth_accepts_no_key_until_one_is_added():
     from lockgate.middleware import auth, budget, throttle
-    from lockgate.proxy.config import load_yaml
+    from lockgate.kernel.parsing import load_yaml
 
     policies = ROOT / "policies"
     keys = auth.parse_policy(load_yaml(policies / "auth.yaml"), "auth.yaml")
@@ -170,7 +171,7 @@ def test_example_policies_parse_and_the_example_auth_accepts_no_key_until_one_is
 
 def test_yaml_reads_on_and_yes_as_strings_not_booleans(tmp_path):
     from lockgate.middleware.fallback import parse_policy
-    from lockgate.proxy.config import load_yaml
+    from lockgate.kernel.parsing import load_yaml
 
     path = tmp_path / "fallback.yaml"
     path.write_text("chains: {a: [b]}\non: [429, timeout]\n")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from lockgate.proxy.store import open_store
+from lockgate.kernel.store import open_store
 from tests.conftest import ROOT, start_gateway
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -377,5 +377,5 @@ def test_static_files_load_without_a_key_but_no_data_does(gw):
         assert httpx.get(gw.url + path, timeout=10).status_code == 401, path
         assert httpx.get(gw.url + path, headers={"Authorization": f"Bearer {ALICE}"}, timeout=10).status_code == 403, path
     assert httpx.post(gw.url + "/admin/ui/", timeout=10).status_code == 401  # only GET and HEAD are public
-    text = (Path(ROOT) / "proxy" / "console" / "static" / "index.html").read_text() + (Path(ROOT) / "proxy" / "console" / "static" / "console.js").read_text()
+    text = (Path(ROOT) / "lockgate" / "gateway" / "console" / "static" / "index.html").read_text() + (Path(ROOT) / "lockgate" / "gateway" / "console" / "static" / "console.js").read_text()
     assert "http://" not in text and "https://" not in text  # nothing fetched from elsewhere

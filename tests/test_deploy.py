@@ -207,7 +207,7 @@ def test_compose_mounts_the_deploy_config_and_reads_the_operators_env_file():
 
 # -- the deployed config, served here ---------------------------------------------------------
 def new_key(*args: str) -> tuple[str, str]:
-    out = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "keys", "new", *args], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", "keys", "new", *args], capture_output=True, text=True, check=True).stdout
     (key,) = KEY.findall(out)
     return key, hashlib.sha256(key.encode()).hexdigest()
 
@@ -219,7 +219,7 @@ def test_the_deploy_config_serves_only_the_keys_from_its_environment(tmp_path, r
     for path in (KUBERNETES / "config").glob("*.yaml"):
         shutil.copy(path, tmp_path / path.name)
     config = yaml.safe_load((tmp_path / "gateway.yaml").read_text())
-    refused = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "serve", "--config", str(tmp_path / "gateway.yaml")],
+    refused = subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", "serve", "--config", str(tmp_path / "gateway.yaml")],
                              capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k not in env})
     assert refused.returncode == 1 and "LOCKGATE_MASTER_KEY_SHA256 is not set" in refused.stderr and "REDIS_URL is not set" in refused.stderr
     gw = start_gateway(config, tmp_path, env=env)
@@ -268,7 +268,7 @@ def workspace(tmp_path) -> Path:
     shutil.copytree(DEPLOY, tmp_path / "deploy")
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     launcher = tmp_path / ".venv" / "bin" / "lockgate"
-    launcher.write_text(f"#!/bin/sh\ncd {shlex.quote(str(ROOT))} && exec {shlex.quote(sys.executable)} -m lockgate.proxy.cli \"$@\"\n")
+    launcher.write_text(f"#!/bin/sh\ncd {shlex.quote(str(ROOT))} && exec {shlex.quote(sys.executable)} -m lockgate.gateway.cli \"$@\"\n")
     launcher.chmod(0o755)
     return tmp_path
 

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from lockgate.middleware import rewrite as rewrite_module
 from lockgate.middleware.auth import new_key
-from lockgate.proxy.app import create_app
+from lockgate.gateway.app import create_app
 from tests.conftest import ROOT, start_gateway
 from tests.examples import commands, examples_on, readme_block, repoint
 

@@ -206,7 +206,7 @@ def test_array_fields_may_repeat_and_the_model_sent_is_the_one_checked(stt, upst
 
 
 def test_a_form_of_more_than_max_parts_is_refused(stt, upstream):
-    from lockgate.proxy.multipart import MAX_PARTS
+    from lockgate.kernel.multipart import MAX_PARTS
 
     fillers = [("x[]", b"y", None)] * (MAX_PARTS - 2)
     raw, content_type = form(("model", b"stt-cheap", None), AUDIO, *fillers)
@@ -232,7 +232,7 @@ def test_collecting_repeated_fields_is_linear():
     is loose on purpose."""
     import time
 
-    from lockgate.proxy.multipart import Form, Part
+    from lockgate.kernel.multipart import Form, Part
 
     def cost(n: int) -> float:
         parsed = Form("multipart/form-data; boundary=b")

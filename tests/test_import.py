@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lockgate.middleware import auth, budget, cache, fallback, rewrite, throttle
-from lockgate.proxy.config import load_config, load_yaml
+from lockgate.proxy.config import load_config
+from lockgate.kernel.parsing import load_yaml
 from tests.conftest import ROOT, start_gateway
 
 DATA = ROOT / "tests" / "data"
@@ -36,7 +37,7 @@ ENV.update({"AZURE_API_BASE": "https://res.openai.azure.com", "REDIS_HOST": "127
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, **ENV, **(env or {})})
 
 
@@ -480,7 +481,7 @@ def test_the_readme_migration_commands_work_as_printed(tmp_path):
     for line in commands.splitlines():
         command = line.split("#", 1)[0].split()
         if command[:2] in (["lockgate", "import"], ["lockgate", "check"]):
-            result = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", *command[1:]], cwd=tmp_path, capture_output=True, text=True,
+            result = subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", *command[1:]], cwd=tmp_path, capture_output=True, text=True,
                                     timeout=60, env={**os.environ, **ENV, "PYTHONPATH": str(ROOT)})
             assert result.returncode == 0, (line, result.stderr)
     assert (tmp_path / "lockgate" / "gateway.yaml").exists() and (tmp_path / "lockgate" / "auth.yaml").exists()
@@ -553,7 +554,7 @@ ROUTER_SHAPES = [
 def test_any_router_settings_shape_is_imported_or_reported(router, expected):
     """Each shape a real config may hold is carried over or named in the report: never
     a traceback, never the whole import refused."""
-    from lockgate.proxy import importer
+    from lockgate.gateway import importer
 
     raw = {"model_list": [{"model_name": m, "litellm_params": {"model": f"openai/{m}"}} for m in ("gpt-4o", "gpt-4o-mini", "claude-opus")],
            "router_settings": router}
@@ -599,7 +600,7 @@ OTHER_KEYS = ["routing_strategy", "num_retries", "allowed_fails", "cooldown_time
        params=st.dictionaries(st.sampled_from(["timeout", "rpm", "tpm", "api_key", "api_base", "extra_headers", "aws_region_name", "input_cost_per_token",
                                                "vertex_credentials", "custom_llm_provider", "organization", "weight"]), OTHERS, max_size=3))
 def test_no_value_in_any_setting_crashes_the_import_or_shows_in_the_report(section, names, others, params):
-    from lockgate.proxy import importer
+    from lockgate.gateway import importer
 
     raw = {"model_list": [{"model_name": "gpt-4o", "litellm_params": {**params, "model": "openai/gpt-4o"}},
                           {"model_name": "claude-opus", "litellm_params": {"model": "anthropic/claude-3-opus-20240229"}}],

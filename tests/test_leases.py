@@ -16,10 +16,10 @@ import httpx
 import pytest
 import yaml
 
-from lockgate.proxy.store import Claim, open_store
-from lockgate.proxy.store import leases as lease_module
-from lockgate.proxy.store.leases import LeasedStore
-from lockgate.proxy.store.memory import MemoryStore
+from lockgate.kernel.store import Claim, open_store
+from lockgate.kernel.store import leases as lease_module
+from lockgate.kernel.store.leases import LeasedStore
+from lockgate.kernel.store.memory import MemoryStore
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -32,7 +32,7 @@ def two_workers(request, tmp_path, redis_url, redis_prefix):
     def one() -> LeasedStore:
         if request.param == "disk":
             return open_store({"backend": "disk", "path": str(tmp_path / "state")})
-        from lockgate.proxy.store.redis import RedisStore
+        from lockgate.kernel.store.redis import RedisStore
 
         return LeasedStore(RedisStore(redis_url, prefix=redis_prefix))
 

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lockgate import AuthMiddleware, BudgetMiddleware, CacheMiddleware, FallbackMiddleware, RewriteMiddleware, ThrottleMiddleware, create_app
-from lockgate.proxy.store import open_store
+from lockgate.kernel.store import open_store
 from tests.conftest import ROOT, free_port
 
 KEY = "sk-library-CLIENT-0001"
@@ -132,7 +132,7 @@ async def test_budget_prices_a_foreign_stream_from_its_usage_chunk_or_estimates_
         quiet = await c.post("/v1/chat/completions", json=chat("quiet", stream=True))
         cost = float(re.search(rb"x-lockgate-cost-usd=([0-9.]+)", quiet.content).group(1))
         assert 0 < cost < 0.1, "a stream with no usage is charged an estimate, never $0"
-    from lockgate.proxy import metrics
+    from lockgate.kernel import metrics
 
     assert metrics.unmetered._value.get() >= 1
 
@@ -279,8 +279,7 @@ def site_packages(python: Path) -> str:
 
 def test_the_wheel_is_one_package_beside_a_users_own_middleware_and_proxy(tmp_path):
     repo_copy = tmp_path / "src"  # what a wheel is built from, as it is in the working tree
-    for name in ("lockgate", "proxy", "middleware", "providers"):
-        shutil.copytree(ROOT / name, repo_copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "lockgate", repo_copy / "lockgate", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, repo_copy / name)
     # a fresh environment: its own interpreter, lockgate's dependencies borrowed from this one's

@@ -8,7 +8,7 @@ import json
 import os
 import socket
 
-from lockgate.proxy import logs
+from lockgate.kernel import logs
 
 
 def records(sock: socket.socket) -> list[bytes]:

@@ -93,8 +93,8 @@ def test_the_grafana_dashboard_reads_only_metrics_lockgate_exports(fake, upstrea
 
     from starlette.testclient import TestClient
 
-    from lockgate.proxy import metrics
-    from lockgate.proxy.app import create_app
+    from lockgate.kernel import metrics
+    from lockgate.gateway.app import create_app
     from tests.conftest import ROOT
 
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "lockgate-dashboard.json").read_text())

@@ -29,7 +29,7 @@ PRICE = {"input_per_mtok": 1000, "output_per_mtok": 1000}  # the fake's "echo: h
 
 
 def cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
 
 
 def chat(url: str, model: str, **extra) -> httpx.Response:

@@ -19,9 +19,9 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lockgate.middleware import policy
-from lockgate.middleware.policy import Policy
-from lockgate.proxy.config import Checker, ConfigError
+from lockgate.kernel import policy
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.parsing import Checker, ConfigError
 from tests.conftest import free_port
 
 DEADLINE_S = 2.0  # DESIGN.md: a new policy applies to new requests within 2 s

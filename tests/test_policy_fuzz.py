@@ -21,8 +21,8 @@ from lockgate.middleware import auth, budget, cache, fallback, rewrite, throttle
 import yaml
 
 from lockgate import create_app
-from lockgate.proxy.cli import main as cli
-from lockgate.proxy.config import ConfigError
+from lockgate.gateway.cli import main as cli
+from lockgate.kernel.parsing import ConfigError
 from tests.conftest import ROOT
 
 PARSERS = {"auth": auth.parse_policy, "throttle": throttle.parse_policy, "budget": budget.parse_policy,
@@ -137,5 +137,5 @@ def test_what_once_crashed_check_is_a_file_line_problem_everywhere(text, expecte
     assert expected in said and "Traceback" not in said
     assert all(PROBLEM.match(line) for line in said.splitlines() if line.strip())
     # and through the real command, as an operator runs it
-    proc = subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "check", "--config", str(tmp_path / "cold" / "gateway.yaml")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", "check", "--config", str(tmp_path / "cold" / "gateway.yaml")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout and expected in proc.stderr

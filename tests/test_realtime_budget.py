@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from lockgate.middleware.budget import BudgetMiddleware, budget_key
-from lockgate.proxy.store.memory import MemoryStore
+from lockgate.kernel.store.memory import MemoryStore
 
 FLAT = {"input_per_mtok": 1000, "output_per_mtok": 1000}  # $0.001 a token
 USAGE = {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}  # $1.50
@@ -167,7 +167,7 @@ async def test_a_refused_create_never_reaches_the_upstream_and_a_spent_budget_cl
 
 
 def test_stream_pieces_are_told_from_their_head_and_nothing_else_is():
-    from lockgate.proxy.websocket import streamed_delta
+    from lockgate.kernel.websocket import streamed_delta
 
     audio = "A" * 100_000
     assert streamed_delta(orjson.dumps({"type": "response.output_audio.delta", "event_id": "e", "delta": audio}).decode())

@@ -18,8 +18,8 @@ from starlette.routing import Route
 import lockgate.middleware.rewrite as rewrite_module
 from lockgate.middleware import expression
 from lockgate.middleware.rewrite import Names, RewriteMiddleware, parse_policy, rewrite
-from lockgate.proxy.config import ConfigError
-from lockgate.proxy.context import RequestContext, get_context
+from lockgate.kernel.parsing import ConfigError
+from lockgate.kernel.context import RequestContext, get_context
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -16,9 +16,9 @@ import yaml
 from starlette.testclient import TestClient
 
 from lockgate.middleware.auth import AuthMiddleware
-from lockgate.proxy.app import create_app
-from lockgate.proxy.keys import runtime_keys
-from lockgate.proxy.store.memory import MemoryStore
+from lockgate.gateway.app import create_app
+from lockgate.gateway.keys import runtime_keys
+from lockgate.kernel.store.memory import MemoryStore
 from tests.conftest import ROOT, start_gateway
 
 MASTER = "sk-master-runtime-0001"
@@ -135,7 +135,7 @@ def test_no_secret_or_secret_hash_in_any_listing(fake, upstream, tmp_path):
         forbidden = secrets + hashes + [h.upper() for h in hashes]
         pages = [admin(gw.url, "GET", path).text for path in ("/admin/keys", "/admin/budgets", "/admin/limits", "/admin/spend?by=key", "/admin/policies", "/admin/stats")]
         listed = subprocess.run(
-            [sys.executable, "-m", "lockgate.proxy.cli", "keys", "list", "--url", gw.url, "--json"],
+            [sys.executable, "-m", "lockgate.gateway.cli", "keys", "list", "--url", gw.url, "--json"],
             cwd=ROOT, capture_output=True, text=True, timeout=60, env={"LOCKGATE_MASTER_KEY": MASTER, "PATH": "/usr/bin:/bin"},
         )
         assert listed.returncode == 0, listed.stderr
@@ -154,7 +154,7 @@ def test_cli_create_list_revoke(fake, upstream, tmp_path):
     gw = start_gateway(gateway_config(fake.url, tmp_path), tmp_path)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lockgate.proxy.cli", "keys", *args, "--url", gw.url, "--master-key", MASTER],
+        return subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", "keys", *args, "--url", gw.url, "--master-key", MASTER],
                               cwd=ROOT, capture_output=True, text=True, timeout=60)
 
     try:
@@ -239,7 +239,7 @@ def test_limits_given_as_strings_are_kept_as_numbers_and_the_key_works(client):
 
 def test_auth_yaml_keys_are_held_to_the_same_bounds(client):
     from lockgate.middleware.auth import parse_policy
-    from lockgate.proxy.config import ConfigError
+    from lockgate.kernel.parsing import ConfigError
 
     entry = {"id": "filed", "sha256": sha("x"), "rpm": 10**20, "tpm": 2.5, "budget_usd": float("nan")}
     with pytest.raises(ConfigError) as refused:

@@ -179,7 +179,7 @@ async def test_the_proxy_refuses_a_model_changed_behind_auths_back(fake, tmp_pat
     """A layer between auth and the proxy that is not lockgate's (so does not ask the
     allow-list) changes the model: the proxy has the last word."""
     from lockgate import AuthMiddleware, create_app
-    from lockgate.proxy.context import get_context
+    from lockgate.kernel.context import get_context
 
     gateway = create_app({"store": {"backend": "memory"}, "models": [
         {"name": "ok", "deployments": [{"provider": "openai", "model": "sec-ok", "base_url": fake.url + "/v1"}]},
@@ -188,7 +188,7 @@ async def test_the_proxy_refuses_a_model_changed_behind_auths_back(fake, tmp_pat
 
     async def sneaky(scope, receive, send):
         if scope["type"] == "http" and scope["path"].endswith("/chat/completions"):
-            from lockgate.proxy.context import load_json
+            from lockgate.kernel.context import load_json
 
             ctx = await load_json(scope, receive)
             ctx.body["model"] = "expensive"

@@ -19,10 +19,10 @@ from typing import AsyncIterator
 
 import pytest
 
-from lockgate.proxy.store import Claim, Store
-from lockgate.proxy.store.disk import DiskStore
-from lockgate.proxy.store.memory import MemoryStore
-from lockgate.proxy.store.redis import RedisStore
+from lockgate.kernel.store import Claim, Store
+from lockgate.kernel.store.disk import DiskStore
+from lockgate.kernel.store.memory import MemoryStore
+from lockgate.kernel.store.redis import RedisStore
 
 TTL = 0.3
 PAST_TTL = 0.45  # sleeping this long puts a TTL entry safely in the past (Redis expires by the ms)
@@ -279,7 +279,7 @@ async def test_values_get_set_add_delete(store: Store) -> None:
 
 # -- nothing left behind ------------------------------------------------------------------
 async def test_disk_sweeps_records_nobody_touches_again(tmp_path: Path, monkeypatch) -> None:
-    import lockgate.proxy.store.disk as disk
+    import lockgate.kernel.store.disk as disk
 
     monkeypatch.setattr(disk, "SWEEP_EVERY", 1)  # every write sweeps (normally every 16th)
     store = DiskStore(str(tmp_path / "state"))

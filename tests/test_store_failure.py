@@ -234,7 +234,7 @@ def test_kill_9_in_flight_then_restart_restores_headroom(fake, upstream, tmp_pat
         restarted.stop()
 
     async def spent() -> float:
-        from lockgate.proxy.store import open_store
+        from lockgate.kernel.store import open_store
 
         opened = open_store(store)
         try:

@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from lockgate.proxy.store import Claim, guard
-from lockgate.proxy.store.guard import StoreUnavailable
-from lockgate.proxy.store.memory import MemoryStore
-from lockgate.proxy.store.redis import RedisStore
+from lockgate.kernel.store import Claim, guard
+from lockgate.kernel.store.guard import StoreUnavailable
+from lockgate.kernel.store.memory import MemoryStore
+from lockgate.kernel.store.redis import RedisStore
 
 CLAIM = [Claim("throttle:t:*:rpm", 10_000, 1, 60, adjustable=False)]
 

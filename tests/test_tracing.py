@@ -204,7 +204,7 @@ def test_tracing_off_adds_nothing(tmp_path):
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
     script = (
         "import sys\n"
-        "from lockgate.proxy.app import create_app\n"
+        "from lockgate.gateway.app import create_app\n"
         f"app = create_app({str(tmp_path / 'gateway.yaml')!r})\n"
         "print(sorted({(type(m.kwargs['instance']) if 'instance' in m.kwargs else m.cls).__name__ for m in app.user_middleware}), 'opentelemetry' in sys.modules, type(app.state.store).__name__)\n"
     )

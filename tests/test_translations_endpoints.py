@@ -15,8 +15,8 @@ from lockgate.providers import cohere, jina, messages, prices, rerank, voyage
 from lockgate.providers.base import Price, UnsupportedRequest
 from lockgate.providers.sse import SSEDecoder
 from lockgate.providers.usage import UsageMeter, answer_usage, realtime_usage, usage_bound
-from lockgate.proxy.endpoints import kind_of
-from lockgate.proxy.multipart import Form, FormError
+from lockgate.providers.endpoints import kind_of
+from lockgate.kernel.multipart import Form, FormError
 
 
 # -- Messages -> chat ------------------------------------------------------------------------

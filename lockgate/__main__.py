@@ -1,0 +1,5 @@
+"""`python -m lockgate`: the `lockgate` command."""
+
+from lockgate.gateway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""The app factory: `create_app(config)` returns the whole gateway as a Starlette app,
+the middlewares `gateway.yaml` lists wrapped around the proxy routes in its order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Router as StarletteRouter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from lockgate.kernel import policy
+from lockgate.kernel import metrics
+from lockgate.gateway import tracing
+from lockgate.proxy.access import AccessLog
+from lockgate.gateway.admin import Admin
+from lockgate.gateway.checks import Layer, cross_check, layer_of
+from lockgate.kernel.parsing import ConfigError
+from lockgate.proxy.config import GatewayConfig, load_config
+from lockgate.proxy.dialect import AnthropicErrors
+from lockgate.gateway.console import TrafficHistory, admin_routes
+from lockgate.kernel.context import get_context, route_path
+from lockgate.kernel.errors import GatewayError, send_error, send_json
+from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
+from lockgate.gateway.live import Lifecycle, LiveConfig, drain_on_sigterm
+from lockgate.kernel.logs import configure as configure_logs
+from lockgate.kernel.logs import get_logger
+from lockgate.proxy.router import Router, SharedCooldowns
+from lockgate.gateway.protocol import STATE_KEY
+from lockgate.kernel.store import Store, open_store, owners
+from lockgate.proxy.upstream import UpstreamClient
+
+MODEL_ROUTES = {
+    "/chat/completions": ("chat", ["POST"]),
+    "/completions": ("completions", ["POST"]),
+    "/embeddings": ("embeddings", ["POST"]),
+    "/responses": ("responses", ["POST"]),
+    "/messages": ("messages", ["POST"]),
+    "/models": ("models", ["GET"]),
+    "/model/info": ("model_info", ["GET"]),
+    "/messages/count_tokens": ("count_tokens", ["POST"]),
+    "/rerank": ("rerank", ["POST"]),
+    "/images/generations": ("image_generation", ["POST"]),
+    "/images/edits": ("image_edit", ["POST"]),
+    "/images/variations": ("image_variation", ["POST"]),
+    "/audio/transcriptions": ("transcription", ["POST"]),
+    "/audio/translations": ("translation", ["POST"]),
+    "/audio/speech": ("speech", ["POST"]),
+    "/moderations": ("moderation", ["POST"]),
+}
+# served only as they are: Cohere's v2 path, a model by name (names hold `/`), the realtime WebSocket
+EXTRA_ROUTES = {"/v2/rerank": ("rerank", ["POST"]), "/v1/models/{model:path}": ("model", ["GET"]), "/models/{model:path}": ("model", ["GET"])}
+WEBSOCKET_ROUTES = ("/v1/realtime", "/realtime")
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+log = get_logger("lockgate.app")
+
+
+class Routes(StarletteRouter):
+    """Starlette's router with a table in front: a request whose exact path and method
+    name a route goes straight to its endpoint; anything else (the catch-all, a wrong
+    method, HEAD) takes Starlette's scan of the routes. The model routes are the ones
+    every request hits, and the scan's regexes cost more than the rest of routing."""
+
+    def __init__(self, routes: list[Route | WebSocketRoute], **kwargs: Any) -> None:
+        super().__init__(routes=routes, **kwargs)
+        self.exact = {(route.path, method): route.app for route in routes if "{" not in route.path for method in getattr(route, "methods", None) or ()}
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.exact.get((route_path(scope), scope["method"]))
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await super().app(scope, receive, send)
+
+
+def middleware_class(name: str) -> type:
+    module = importlib.import_module(f"lockgate.middleware.{name}")
+    return getattr(module, name.capitalize() + "Middleware")
+
+
+@dataclass
+class Built:
+    """The middleware stack gateway.yaml lists, each middleware made once (so each policy
+    file is parsed and watched once), with what the checks between files read."""
+
+    stack: list[Middleware] = field(default_factory=list)
+    mounted: list[tuple[str, Any]] = field(default_factory=list)  # (name, middleware instance)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [layer_of(name, instance.policy) for name, instance in self.mounted]
+
+
+def attach(app: ASGIApp, instance: Any) -> Any:
+    """Starlette's middleware factory for an instance made in advance: only the inner app
+    is left to give it."""
+    instance.app = app
+    return instance
+
+
+def build_middleware(config: GatewayConfig, store: Store) -> Built:
+    """The stack gateway.yaml lists, outermost first (the access log goes outside it). Every
+    policy is parsed here, each file's problems collected, so a broken one stops start-up
+    (and `lockgate check` reports it) with its file:line, beside every other file's."""
+    built = Built()
+    for name, source in config.middleware:
+        try:
+            cls = middleware_class(name)
+        except (ImportError, AttributeError):
+            built.problems.append(f"{config.source}: middleware {name!r} is not available in this version")
+            continue
+        try:
+            instance = cls(None, policy=source, store=store)
+        except ConfigError as exc:
+            built.problems.extend(exc.problems)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a parser's bug is reported, never a traceback
+            built.problems.append(f"{source}: cannot load the {name} policy: {exc!r}")
+            continue
+        built.mounted.append((name, instance))
+        built.stack.append(Middleware(attach, instance=instance))
+    return built
+
+
+async def release_dead_owners(store: Store) -> None:
+    """At start-up, before the first request: leases and reservations of processes that
+    died (a `kill -9`, a restart) stop holding slots and budget headroom at once."""
+    try:
+        async with asyncio.timeout(5):
+            await owners.sweep(store)
+    except (TimeoutError, *store.errors) as exc:
+        log.warning("dead_owner_sweep_failed", error=type(exc).__name__)
+
+
+async def health(scope: Scope, receive: Receive, send: Send) -> None:
+    await send_json(send, 200, {"status": "healthy"})
+
+
+async def liveness(scope: Scope, receive: Receive, send: Send) -> None:
+    await send_json(send, 200, {"status": "alive"})
+
+
+async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    ctx = get_context(scope)
+    error = GatewayError(404, f"Unknown path: {scope.get('method')} {scope.get('path')}", "invalid_request_error", "not_found")
+    await send_error(send, error, response_headers(ctx))
+
+
+def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client: UpstreamClient | None = None) -> Starlette:
+    """The gateway for `config` (a path to gateway.yaml, a dict, or a parsed config)."""
+    config = load_config(config)
+    configure_logs(os.environ.get("LOCKGATE_LOG_LEVEL", "info"))
+    upstream = client or UpstreamClient()
+    store = open_store(config.store)
+    if tracing.enabled():
+        store = tracing.TracedStore(store)
+    lifecycle = Lifecycle()
+    built = build_middleware(config, store)
+    problems = built.problems or cross_check(config, built.layers)
+    if problems:
+        raise ConfigError(problems)
+    cooldowns = SharedCooldowns(store, deployment_ids(config))
+    router = Router(dict(config.models), cooldowns)
+    gateway = Gateway(config, router, upstream, store)
+    admin = Admin(store)
+    history = TrafficHistory()
+
+    def swap_models(edited: GatewayConfig) -> None:
+        # on the loop, between two steps of any request: router and config change together
+        cooldowns.dep_ids = deployment_ids(edited)
+        gateway.router = gateway.router.rebuilt(dict(edited.models))
+        gateway.config = edited
+
+    async def readiness(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            store_ok = await store.ping()
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            store_ok = False
+        policies = policy.statuses()
+        ready = store_ok and not any(p["last_error"] for p in policies)
+        status = "draining" if lifecycle.draining else "ready" if ready else "degraded"
+        body = {"status": status, "store": {"backend": store.backend, "ok": store_ok}, "policies": policies}
+        await send_json(send, 200 if store_ok and not lifecycle.draining else 503, body)
+
+    async def prometheus(scope: Scope, receive: Receive, send: Send) -> None:
+        body = metrics.render()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": body})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict]:
+        await upstream.open()
+        live.start()
+        undo_sigterm = drain_on_sigterm(lifecycle)
+        policy.start_watching()  # edits and SIGHUP count from start-up, not the first request
+        await release_dead_owners(store)
+        syncing = asyncio.get_running_loop().create_task(cooldowns.run())
+        sampling = asyncio.get_running_loop().create_task(history.run())  # the console's last minute
+        try:
+            yield {STATE_KEY: config.server}  # the connection limits proxy/protocol.py enforces
+        finally:
+            syncing.cancel()
+            sampling.cancel()
+            undo_sigterm()
+            live.stop()
+            await upstream.close()
+            await store.close()
+
+    routes = [
+        Route("/health", Endpoint(health), methods=["GET"]),
+        Route("/health/liveness", Endpoint(liveness), methods=["GET"]),
+        Route("/health/readiness", Endpoint(readiness), methods=["GET"]),
+        Route("/metrics", Endpoint(prometheus), methods=["GET"]),
+        Route("/admin/spend", Endpoint(admin.spend), methods=["GET"]),
+        Route("/admin/policies", Endpoint(admin.policies), methods=["GET"]),
+        Route("/admin/reload", Endpoint(admin.reload), methods=["POST"]),
+        *admin_routes(store, gateway, history),
+    ]
+    for path, (handler, methods) in MODEL_ROUTES.items():
+        endpoint = Endpoint(getattr(gateway, handler))
+        routes.append(Route("/v1" + path, endpoint, methods=methods))
+        routes.append(Route(path, endpoint, methods=methods))
+    for path, (handler, methods) in EXTRA_ROUTES.items():
+        routes.append(Route(path, Endpoint(getattr(gateway, handler)), methods=methods))
+    routes.extend(WebSocketRoute(path, gateway.realtime) for path in WEBSOCKET_ROUTES)
+    routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
+
+    known = frozenset(route.path for route in routes if "{" not in route.path)
+    access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.config.models, lifecycle=lifecycle)
+    # Anthropic's error shape on the Messages paths, whichever layer refused (proxy/dialect.py)
+    stack = [access, Middleware(AnthropicErrors), *built.stack]
+    if tracing.enabled():
+        stack = tracing.instrument(stack, lambda: gateway.config.models)
+    app = Starlette(middleware=stack)
+    app.router = Routes(routes, lifespan=lifespan)
+    live = LiveConfig(config, gateway, app.state, built.mounted, swap_models)
+    app.state.gateway = gateway
+    app.state.config = config
+    app.state.store = store
+    app.state.lifecycle = lifecycle
+    app.state.live = live
+    app.state.mounted = [name for name, _ in built.mounted]
+    return app
+
+
+def deployment_ids(config: GatewayConfig) -> list[str]:
+    return [d.id for m in config.models.values() for d in m.deployments]
+
+
+def app_from_env() -> Starlette:
+    """The factory uvicorn's workers call: the config path comes from LOCKGATE_CONFIG."""
+    return create_app(os.environ.get("LOCKGATE_CONFIG", "gateway.yaml"))

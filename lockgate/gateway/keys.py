@@ -1,0 +1,291 @@
+"""Runtime keys: API keys made and revoked over the admin API (`POST`, `GET /admin/keys`,
+`DELETE /admin/keys/{id}`; the console and `lockgate keys create|list|revoke` use it)
+rather than written into auth.yaml.
+
+A created key is shown once, in the answer that created it. The store keeps only its
+sha256, as auth.yaml does, next to the fields a key of the file has:
+
+    runtime-key:{sha256 hex}   the key's entry (JSON): id, sha256, user, team, tier, models,
+                               expires, metadata, budget_usd, budget_period, rpm, tpm, created
+    runtime-key-id:{id}        the sha256 hex: an id is taken once (the store's `add`), and
+                               a revocation finds the entry by it
+
+Every worker and replica reads the same store, and auth (middleware/auth.py) asks it on
+every request made with a key auth.yaml does not hold (one read, like the claims the
+throttle and budget make), so a key works everywhere as soon as its creation is
+answered, and a revocation holds everywhere from the next request on. auth.yaml stays the source of truth: an
+id the file names cannot be created (409), and a runtime key whose id the file gained
+later is refused. A key's own `budget_usd` / `rpm` / `tpm` need the budget / throttle
+middleware mounted (creating one without is a 400, never a limit that silently does
+nothing); `models` and `expires` are auth's, as for the file's keys. Listings never
+carry a secret or its hash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from lockgate.middleware.auth import LIMIT_KEYS, MASTER_ID, AuthPolicy, Key, new_key, parse_key
+from lockgate.gateway.admin import admin_only
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.context import load_json
+from lockgate.kernel.errors import GatewayError, bad_request, send_error, send_json
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.store import Store, attached, guard
+from lockgate.kernel.store.guard import StoreUnavailable
+
+KNOWN_MAX = 10_000  # runtime keys remembered per process for `store_failure: open`; past it the memory starts afresh
+ADMIN_TIMEOUT_S = 2.0
+ENTRY = "runtime-key:"
+BY_ID = "runtime-key-id:"
+FIELDS = ("id", "user", "team", "tier", "models", "expires", "metadata", *LIMIT_KEYS)
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+MAX_TEXT = 128
+log = get_logger("lockgate.keys")
+
+
+class BodyChecker(Checker):
+    """auth.yaml's checks on a JSON body: problems without line numbers, and never a
+    `${VAR}` read from the gateway's environment."""
+
+    def expand(self, value: Any, node: Any, key: Any) -> Any:
+        return value
+
+
+class RuntimeKeys:
+    """One store's runtime keys, as one process sees them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.file_policy: Any = None  # auth's Policy (set by the auth middleware): the file's keys
+        # what each runtime key's entry last said, and the Key it made under which policy:
+        # parsed once, not per request, and the answer `store_failure: open` falls back on
+        self.known: dict[bytes, tuple[bytes, AuthPolicy, Key | None]] = {}
+
+    # -- auth's side ----------------------------------------------------------------------
+    async def find(self, presented: bytes, policy: AuthPolicy) -> Key | None:
+        """The runtime key presented, or None. Raises StoreUnavailable."""
+        digest = hashlib.sha256(presented).digest()
+        raw = await guard.call(self.store, self.store.get(ENTRY + digest.hex()), policy.store_failure.timeout_s)
+        if raw is None:
+            self.known.pop(digest, None)
+            return None
+        return self.key_of(digest, raw, policy)
+
+    def last_known(self, presented: bytes, policy: AuthPolicy) -> Key | None:
+        """What this process last heard of the key, however old (the store is down)."""
+        digest = hashlib.sha256(presented).digest()
+        known = self.known.get(digest)
+        return self.key_of(digest, known[0], policy) if known is not None else None
+
+    def key_of(self, digest: bytes, raw: bytes, policy: AuthPolicy) -> Key | None:
+        known = self.known.get(digest)
+        if known is not None and known[0] == raw and known[1] is policy:
+            return known[2]
+        try:
+            entry = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            entry = None
+        key = None
+        if not isinstance(entry, dict):
+            log.warning("runtime_key_unreadable")
+        elif entry.get("id") in policy.ids or entry.get("id") == MASTER_ID:
+            log.warning("runtime_key_shadowed", key=entry.get("id"), reason="auth.yaml names this id")
+        else:
+            check = BodyChecker("runtime key")
+            fields = {name: value for name, value in entry.items() if name != "created"}
+            try:
+                key = parse_key(check, fields, *policy.defaults)
+            except Exception:  # noqa: BLE001 - an entry written by another version: refused, not a 500
+                key = None
+            if check.problems or key is None or key.digest != digest:
+                log.warning("runtime_key_unreadable", key=entry.get("id"), problems=check.problems)
+                key = None
+        if len(self.known) >= KNOWN_MAX:
+            self.known.clear()
+        self.known[digest] = (raw, policy, key)
+        return key
+
+    def forget(self, digest: bytes) -> None:
+        self.known.pop(digest, None)
+
+    # -- the admin API's side ---------------------------------------------------------------
+    def file_ids(self) -> set[str]:
+        policy = self.file_policy.current if self.file_policy is not None else None
+        return set(policy.ids) if policy is not None else set()
+
+    async def create(self, body: dict) -> dict:
+        """Stores a new key; returns its listing entry with the key itself under `key`."""
+        fields = validate(body)
+        key_id = fields["id"]
+        if key_id == MASTER_ID or key_id in self.file_ids():
+            raise conflict(f"The key id `{key_id}` is " + ("reserved for the master key." if key_id == MASTER_ID else "defined in auth.yaml."))
+        secret, entry = new_key(key_id)
+        digest = entry["sha256"]
+        record = {**fields, "sha256": digest, "created": now_iso()}
+        if not await self._call(self.store.add(BY_ID + key_id, digest.encode())):
+            raise conflict(f"A runtime key with the id `{key_id}` exists already.")
+        try:
+            await self._call(self.store.set(ENTRY + digest, orjson.dumps(record)))
+        except GatewayError:
+            await self._call(self.store.delete(BY_ID + key_id))
+            raise
+        log.info("runtime_key_created", key=key_id)
+        return {**listing(record, "runtime"), "key": secret}
+
+    async def revoke(self, key_id: str) -> bool:
+        """False when no runtime key has this id."""
+        digest = await self._call(self.store.get(BY_ID + key_id))
+        if digest is None:
+            return False
+        await self._call(self.store.delete(ENTRY + digest.decode()))
+        await self._call(self.store.delete(BY_ID + key_id))
+        self.forget(bytes.fromhex(digest.decode()))
+        log.info("runtime_key_revoked", key=key_id)
+        return True
+
+    async def listing(self) -> list[dict]:
+        """Every key, the file's and the runtime ones, without secrets or hashes."""
+        policy = self.file_policy.current if self.file_policy is not None else None
+        rows = [file_listing(key) for key in policy.keys.values()] if policy is not None else []
+        file_ids = {row["id"] for row in rows}
+        names = await self._call(self.store.keys(ENTRY))
+        for name in names:
+            raw = await self._call(self.store.get(name))
+            if raw is None:
+                continue  # revoked meanwhile
+            record = orjson.loads(raw)
+            row = listing(record, "runtime")
+            if row["id"] in file_ids:
+                row["status"] = "shadowed"
+            rows.append(row)
+        return sorted(rows, key=lambda r: (r["source"] != "runtime", r["id"]))
+
+    async def _call(self, work: Any) -> Any:
+        try:
+            return await guard.call(self.store, work, ADMIN_TIMEOUT_S)
+        except StoreUnavailable:
+            raise guard.unavailable() from None
+
+
+def runtime_keys(store: Store) -> RuntimeKeys:
+    """The one RuntimeKeys of a store object, shared by auth and the admin API of a process."""
+    return attached(store, "_lockgate_runtime_keys", RuntimeKeys)
+
+
+def conflict(message: str) -> GatewayError:
+    return GatewayError(409, message, "invalid_request_error", "key_exists", "id")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def validate(body: dict) -> dict:
+    """The fields of a new key, checked as auth.yaml's are; a 400 naming every problem."""
+    check = BodyChecker("request body")
+    check.unknown(body, set(FIELDS), "a key")
+    key_id = body.get("id")
+    if not isinstance(key_id, str) or not ID_PATTERN.fullmatch(key_id):
+        check.fail(body, "id", "id must be 1-64 letters, digits and . _ @ - (starting with a letter or digit)")
+    for name in ("user", "team", "tier"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_TEXT or not value.isprintable()):
+            check.fail(body, name, f"{name} must be a printable string of at most {MAX_TEXT} characters")
+    models = body.get("models")
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()] or None
+    fields = {name: body[name] for name in FIELDS if body.get(name) not in (None, "")}
+    if models is not None:
+        fields["models"] = models
+    if "metadata" in fields and len(orjson.dumps(fields["metadata"])) > 4096:
+        check.fail(body, "metadata", "metadata must be at most 4 KB of JSON")
+    key = None
+    try:
+        # an id already found wanting is stood in for, so every other problem is reported too
+        key = parse_key(check, {**fields, "id": key_id if isinstance(key_id, str) and key_id else "id", "sha256": "0" * 64}, None, None, None)
+    except ConfigError as exc:
+        check.problems.extend(exc.problems)
+    if key is not None:
+        fields.update(key.limits or {})  # as parsed: numbers, and the default period
+        if key.expires is not None:
+            if key.expires <= dt.datetime.now(dt.timezone.utc):
+                check.fail(body, "expires", "expires is in the past")
+            fields["expires"] = key.expires.isoformat()
+    if check.problems:
+        raise bad_request("; ".join(p.removeprefix("request body: ") for p in check.problems), check_param(check.problems), "invalid_key")
+    return fields
+
+
+def check_param(problems: list[str]) -> str | None:
+    for name in FIELDS:
+        if any(f" {name} " in p or p.startswith(f"request body: {name} ") for p in problems):
+            return name
+    return None
+
+
+def listing(record: dict, source: str) -> dict:
+    row = {name: record.get(name) for name in FIELDS}
+    row["user"] = row["user"] or row["id"]
+    row.update(source=source, created=record.get("created"), status=status(record.get("expires")))
+    return row
+
+
+def file_listing(key: Key) -> dict:
+    row: dict[str, Any] = {
+        "id": key.id,
+        "user": key.user,
+        "team": key.team,
+        "tier": key.tier,
+        "models": list(key.models) if key.models is not None else None,
+        "expires": key.expires.isoformat() if key.expires else None,
+        "metadata": dict(key.metadata),
+    }
+    row.update({name: (key.limits or {}).get(name) for name in LIMIT_KEYS})
+    row.update(source="file", created=None, status=status(row["expires"]))
+    return row
+
+
+def status(expires: str | None) -> str:
+    if expires and dt.datetime.fromisoformat(expires) <= dt.datetime.now(dt.timezone.utc):
+        return "expired"
+    return "active"
+
+
+class KeysAdmin:
+    """`/admin/keys`: the HTTP side."""
+
+    def __init__(self, store: Store, mounted: Any) -> None:
+        self.store = store
+        self.runtime = runtime_keys(store)
+        self.mounted = mounted  # () -> names of the middlewares gateway.yaml mounts
+
+    @admin_only
+    async def list(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, {"object": "list", "data": await self.runtime.listing()})
+
+    @admin_only
+    async def create(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = await load_json(scope, receive)
+        mounted = set(self.mounted())
+        for field, middleware in (("budget_usd", "budget"), ("rpm", "throttle"), ("tpm", "throttle")):
+            if ctx.body.get(field) is not None and middleware not in mounted:
+                message = f"`{field}` needs the {middleware} middleware, which gateway.yaml does not mount: the limit would do nothing."
+                return await send_error(send, bad_request(message, field, "middleware_not_mounted"))
+        await send_json(send, 201, await self.runtime.create(ctx.body))
+
+    @admin_only
+    async def revoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key_id = scope["path_params"]["key_id"]
+        if key_id in self.runtime.file_ids():
+            message = f"The key `{key_id}` is defined in auth.yaml: remove it there (the file is reloaded by itself)."
+            return await send_error(send, GatewayError(409, message, "invalid_request_error", "key_in_file", "id"))
+        if not await self.runtime.revoke(key_id):
+            return await send_error(send, GatewayError(404, f"No runtime key has the id `{key_id}`.", "invalid_request_error", "key_not_found", "id"))
+        await send_json(send, 200, {"id": key_id, "revoked": True})

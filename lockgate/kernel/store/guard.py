@@ -1,0 +1,223 @@
+"""Calls into the store with a deadline, and what a policy does when the store fails.
+
+Every policy that keeps state (throttle, budget, cache, runtime keys) takes
+
+    store_failure: closed        # closed: answer 503 `store_unavailable`; open: let the request through
+    store_timeout_s: 0.5         # the longest a request waits for the store before that happens
+
+A store that is down, unreachable or has answered nothing for `store_timeout_s` is the
+same failure: no request ever hangs on it, and none gets a bare 500. A store that is
+busy is not failing: while it goes on answering other calls (a burst queued behind a
+write batch, a connection pool, another worker's transaction), a call waits its turn, up
+to BUSY_LIMIT_S, so load is never mistaken for an outage. A closed policy refuses the
+request (OpenAI's error shape, `Retry-After`), because a limit that cannot be checked
+must not be assumed to hold; an open one serves it unchecked and counts it
+(`lockgate_store_failures_total`).
+
+What was already decided is never lost to a failure: a settle (spend), a release or a
+token correction that cannot be written goes to the store's backlog and is written
+once the store answers again, in order (spend is recorded late, never dropped, as long
+as the process lives; each deferred write is logged with its amounts). A claim or
+reservation whose outcome is unknown (it timed out, it may have landed) is undone
+through the backlog too, so it cannot hold a slot or headroom until it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+from lockgate.kernel import metrics
+from lockgate.kernel.errors import GatewayError
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.store import Claim, ClaimResult, Reservation, Store, attached
+
+T = TypeVar("T")
+MODES = ("closed", "open")
+DEFAULT_TIMEOUT_S = 0.5
+BUSY_LIMIT_S = 10.0  # the longest a call waits for a store that is answering others meanwhile
+RETRY_FIRST_S, RETRY_MAX_S = 0.25, 5.0
+BACKLOG_MAX = 100_000  # writes kept for a store that stays down; past this the oldest are logged and dropped
+log = get_logger("lockgate.store")
+
+
+class StoreUnavailable(Exception):
+    """The store failed or did not answer within the policy's deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFailure:
+    mode: str = "closed"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def closed(self) -> bool:
+        return self.mode == "closed"
+
+
+def parse_store_failure(check: Any, raw: dict, default_mode: str) -> StoreFailure:
+    """`store_failure` and `store_timeout_s` of a policy file, problems reported to `check`."""
+    mode = check.string(raw, "store_failure", default_mode)
+    if mode not in MODES:
+        check.fail(raw, "store_failure", f"store_failure must be closed or open, not {mode!r}")
+        mode = default_mode
+    timeout = check.number(raw, "store_timeout_s", DEFAULT_TIMEOUT_S, minimum=0.001)
+    return StoreFailure(mode, float(timeout))
+
+
+def unavailable() -> GatewayError:
+    return GatewayError(
+        503,
+        "The gateway's state store is unavailable, so this request's limits cannot be checked. Try again shortly.",
+        "api_error",
+        "store_unavailable",
+        headers={"retry-after": "1"},
+    )
+
+
+class Progress:
+    """When the store last answered a call made through `call` (loop time)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, store: Store) -> None:
+        self.last = -math.inf
+
+
+class Watch:
+    """Expires a call's deadline once the store has answered nothing for `timeout_s` (or
+    the call has waited BUSY_LIMIT_S): checked when the last answer turns that old, so a
+    call queued behind others that are being answered goes on waiting."""
+
+    __slots__ = ("loop", "deadline", "progress", "timeout_s", "started", "handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: asyncio.Timeout, progress: Progress, timeout_s: float) -> None:
+        self.loop, self.deadline, self.progress, self.timeout_s = loop, deadline, progress, timeout_s
+        self.started = loop.time()
+        self.handle = loop.call_at(self.started + timeout_s, self.check)
+
+    def check(self) -> None:
+        now = self.loop.time()
+        stale = self.progress.last + self.timeout_s
+        if stale > now and now - self.started < BUSY_LIMIT_S:
+            self.handle = self.loop.call_at(min(stale, self.started + BUSY_LIMIT_S), self.check)
+        else:
+            self.deadline.reschedule(now)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+async def call(store: Store, work: Awaitable[T], timeout_s: float) -> T:
+    """`work` (a store call), or StoreUnavailable if it fails, or if it is not answered
+    while the store answers nothing else for `timeout_s` (see the module docstring)."""
+    loop = asyncio.get_running_loop()
+    progress: Progress = attached(store, "_lockgate_progress", Progress)
+    try:
+        async with asyncio.timeout(None) as deadline:
+            watch = Watch(loop, deadline, progress, timeout_s)
+            try:
+                result = await work
+            finally:
+                watch.cancel()
+    except TimeoutError:
+        raise StoreUnavailable(f"no answer within {timeout_s:g}s") from None
+    except store.errors as exc:
+        raise StoreUnavailable(type(exc).__name__) from None
+    progress.last = loop.time()
+    return result
+
+
+async def claim(store: Store, claims: Sequence[Claim], entry_id: str, timeout_s: float) -> ClaimResult:
+    """`store.claim` within the deadline; granted at once, with no deadline to keep, from
+    a lease this process holds."""
+    result = store.claim_now(claims, entry_id)
+    return result if result is not None else await call(store, store.claim(claims, entry_id), timeout_s)
+
+
+async def reserve(store: Store, claims: Sequence[Claim], entry_id: str, timeout_s: float) -> Reservation:
+    """`store.reserve` within the deadline; at once from a lease this process holds."""
+    result = store.reserve_now(claims, entry_id)
+    return result if result is not None else await call(store, store.reserve(claims, entry_id), timeout_s)
+
+
+def failed(policy: str, failure: StoreFailure, error: StoreUnavailable, request_id: str) -> None:
+    """Counts and logs one request's store failure (what happens next is the caller's)."""
+    outcome = "refused" if failure.closed else "passed"
+    metrics.store_failures.labels(policy, outcome).inc()
+    log.warning("store_unavailable", policy=policy, outcome=outcome, error=str(error), request_id=request_id)
+
+
+class Backlog:
+    """Writes that must happen but could not yet: retried in order until the store answers."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pending: deque[tuple[str, Callable[[], Awaitable[Any]], dict]] = deque()
+        self.task: asyncio.Task | None = None
+
+    def add(self, what: str, write: Callable[[], Awaitable[Any]], **facts: Any) -> None:
+        if len(self.pending) >= BACKLOG_MAX:
+            lost, _, lost_facts = self.pending.popleft()
+            log.error("store_backlog_dropped", what=lost, **lost_facts)
+        self.pending.append((what, write, facts))
+        metrics.store_backlog.set(len(self.pending))
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            self.task = loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        wait = RETRY_FIRST_S
+        while self.pending:
+            what, write, facts = self.pending[0]
+            try:
+                await call(self.store, write(), max(DEFAULT_TIMEOUT_S, wait))
+            except StoreUnavailable:
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RETRY_MAX_S)
+                continue
+            except Exception:  # noqa: BLE001 - a write the store refuses for good is logged, not retried forever
+                log.error("store_backlog_write_failed", what=what, **facts)
+            else:
+                if facts:
+                    log.info("store_backlog_written", what=what, **facts)
+            self.pending.popleft()
+            metrics.store_backlog.set(len(self.pending))
+            wait = RETRY_FIRST_S
+
+
+def backlog(store: Store) -> Backlog:
+    """The one backlog of a store object, shared by every middleware using it."""
+    return attached(store, "_lockgate_backlog", Backlog)
+
+
+async def write_or_defer(store: Store, what: str, write: Callable[[], Awaitable[Any]], timeout_s: float, **facts: Any) -> bool:
+    """Writes now if the store answers in time, else leaves it to the backlog; True when
+    written now. A write queued behind others waits its turn, so order is kept."""
+    queue = backlog(store)
+    if not queue.pending:
+        try:
+            await call(store, write(), timeout_s)
+            return True
+        except StoreUnavailable as exc:
+            log.warning("store_write_deferred", what=what, error=str(exc), **facts)
+    queue.add(what, write, **facts)
+    return False
+
+
+def spawn(store: Store, work: Awaitable[Any], failure: str, **facts: Any) -> None:
+    """Runs a write nobody waits for (a cache entry): kept alive on the store until done,
+    a failure logged as `failure`, never raised."""
+    tasks: set[asyncio.Task] = attached(store, "_lockgate_spawned", lambda _: set())
+    task = asyncio.get_running_loop().create_task(work)
+    tasks.add(task)
+
+    def done(finished: asyncio.Task) -> None:
+        tasks.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:
+            log.warning(failure, error=str(finished.exception()), **facts)
+
+    task.add_done_callback(done)

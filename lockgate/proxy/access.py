@@ -1,0 +1,171 @@
+"""The outermost layer of the gateway: it opens the request context, stamps
+`x-request-id` on every answer (whichever layer wrote it), and writes one access-log
+line and the metrics when the answer is done, refusals by middlewares included.
+
+Metric labels never take a value the client chose freely: a path is one of the
+gateway's routes or `other`, a model one the gateway serves or `other`, so a client
+sending random paths and model names cannot grow `/metrics` (the log line keeps what
+was asked)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Container
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lockgate.proxy import genai
+from lockgate.kernel import metrics
+from lockgate.kernel.context import get_context, redacted, route_path
+from lockgate.kernel.errors import GatewayError, send_error
+from lockgate.kernel.logs import get_logger, info_line
+from lockgate.kernel.websocket import refusals
+
+log = get_logger("lockgate.access")
+
+QUIET_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
+
+
+OTHER = "other"
+
+
+class AccessLog:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int | None = None,
+        paths: Container[str] = (),
+        models: Callable[[], Container[str]] = tuple,
+        lifecycle: Any = None,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.paths = paths  # the routes a path label may name
+        self.models = models  # the models a model label may name (read per request: the config may be reloaded)
+        self.lifecycle = lifecycle  # draining: each answer closes its connection (see proxy/live.py)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        send = refusals(scope, send)  # a WebSocket handshake is answered like a request
+        ctx = get_context(scope)
+        if self.max_body_bytes:
+            ctx.max_body = self.max_body_bytes
+        status = 0
+        request_id = ctx.request_id.encode("latin-1", "replace")
+
+        async def stamped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.body":
+                if "first_chunk_s" not in ctx.extra and message.get("body") and message.get("more_body"):
+                    # a streamed answer's first bytes out: the time to first token as the client sees it
+                    ctx.extra["first_chunk_s"] = time.perf_counter() - ctx.started
+            elif message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers") or ())
+                if not any(k == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", request_id))
+                if self.lifecycle is not None and self.lifecycle.draining:
+                    headers.append((b"connection", b"close"))
+                # lockgate's own time until the answer starts, the upstream's wait left out
+                overhead = time.perf_counter() - ctx.started - ctx.upstream_s
+                metrics.overhead.observe(overhead)
+                headers.append((b"x-lockgate-overhead-ms", f"{overhead * 1000:.3f}".encode()))
+                message = {**message, "headers": headers}
+            elif message["type"] == "websocket.accept":
+                status = 101
+            elif message["type"] == "websocket.close" and not status:
+                status = 403
+            await send(message)
+
+        try:
+            await self.app(scope, receive, stamped)
+        except Exception as exc:
+            # a bug in any layer: the client still gets OpenAI's error shape, never a bare 500
+            log_internal_error(scope, ctx, exc)
+            if not status:
+                error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
+                await send_error(stamped, error)
+            else:
+                raise
+        finally:
+            path = scope.get("path", "")
+            if path not in QUIET_PATHS:
+                self.record(scope, ctx, status or 499)
+
+    def record(self, scope: Scope, ctx, status: int) -> None:
+        elapsed = time.perf_counter() - ctx.started
+        usage = ctx.usage if isinstance(ctx.usage, dict) else {}
+        model = ctx.model_served or ctx.model_requested or ""
+        path = scope.get("path", "")
+        path_label = route_path(scope)
+        if path_label not in self.paths:
+            path_label = OTHER
+        model_label = model if model in self.models() else OTHER
+        metrics.child(metrics.requests, path_label, model_label, str(status)).inc()
+        metrics.child(metrics.latency, path_label).observe(elapsed)
+        if usage:
+            metrics.child(metrics.tokens, model_label, "prompt").inc(count(usage.get("prompt_tokens")))
+            metrics.child(metrics.tokens, model_label, "completion").inc(count(usage.get("completion_tokens")))
+        if ctx.cost_usd:
+            metrics.child(metrics.spend, model_label).inc(ctx.cost_usd)
+        if ctx.cache:
+            metrics.child(metrics.cache_lookups, ctx.cache).inc()
+        operation = genai.OPERATIONS.get(path_label)
+        if operation is not None:
+            self.record_genai(ctx, operation, model_label, status, elapsed)
+        failure = ctx.extra.get("stream_error") or ctx.extra.get("upstream_failure")
+        if failure:
+            metrics.upstream_failures.labels(failure).inc()
+        identity = ctx.identity or {}
+        info_line(
+            "request",
+            {
+                "request_id": ctx.request_id,
+                "method": scope.get("method"),
+                "path": path,
+                "status": status,
+                "key": identity.get("key"),
+                "user": identity.get("user"),
+                "model": ctx.model_requested,
+                "served": ctx.model_served,
+                "deployment": ctx.deployment,
+                "latency_ms": round(elapsed * 1000, 2),
+                "upstream_ms": round(ctx.upstream_s * 1000, 2),
+                "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens"),
+                "cost_usd": ctx.cost_usd,
+                "cache": ctx.cache,
+                "fallback": ctx.fallback_chain,
+            },
+        )
+
+
+    def record_genai(self, ctx, operation: str, model_label: str, status: int, elapsed: float) -> None:
+        """The GenAI conventions' metrics."""
+        dep = genai.deployment_of(self.models(), ctx.model_served, ctx.deployment)
+        provider = genai.provider_name(dep.provider) if dep is not None else OTHER
+        response_model = dep.model if dep is not None else OTHER
+        labels = (operation, provider, model_label, response_model)
+        error = ctx.extra.get("stream_error") or ("" if status < 400 else ctx.extra.get("upstream_failure") or str(status))
+        metrics.child(metrics.genai_duration, *labels, error).observe(elapsed)
+        if "first_chunk_s" in ctx.extra:
+            metrics.child(metrics.genai_ttft, *labels).observe(ctx.extra["first_chunk_s"])
+        for kind, value in genai.tokens(ctx.usage).items():
+            if kind in ("input", "output"):
+                metrics.child(metrics.genai_tokens, *labels, kind).observe(value)
+
+
+def count(value: Any) -> float:
+    """A token count for a counter: a non-negative number, whatever the usage said."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
+
+
+def log_internal_error(scope: Scope, ctx: Any, exc: BaseException) -> None:
+    """A bug's traceback, except for an incognito request, whose content an exception's
+    message may quote: its type only."""
+    if redacted(scope):
+        log.error("internal_error", request_id=ctx.request_id, path=scope.get("path"), error=type(exc).__name__)
+    else:
+        log.exception("internal_error", request_id=ctx.request_id, path=scope.get("path"))

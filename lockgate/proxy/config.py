@@ -1,0 +1,306 @@
+"""`gateway.yaml`: loading, `${VAR}` expansion and validation with `file:line` errors.
+
+The result is a tree of frozen dataclasses, built at start-up and again, whole, by each
+hot reload of gateway.yaml (gateway/live.py). Relative paths name places next to gateway.yaml.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from lockgate.kernel.parsing import ENV_PATTERN, Checker, ConfigError, load_yaml
+from lockgate.providers import registry
+from lockgate.providers.base import Deployment, SettingError
+from lockgate.providers.prices import parse_price
+
+PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mock", *registry.PROVIDERS)
+BALANCES = ("round_robin", "weighted", "least_busy", "lowest_latency", "sticky")
+MIDDLEWARES = ("auth", "throttle", "budget", "cache", "rewrite", "fallback")
+STORES = ("memory", "disk", "redis")
+DEPLOYMENT_KEYS = {
+    "provider", "model", "base_url", "api_key", "api_version", "timeout_s", "weight", "price", "headers", "id",
+    "latency_ms", "fail_rate",
+} | registry.KEYS
+MOCK_OPTIONS = ("latency_ms", "fail_rate")
+INFO_KEYS = {"max_input_tokens", "max_tokens", "supports_vision", "supports_reasoning", "mode"}
+CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 4000
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024  # the request line and headers together: past this, 431
+    header_timeout_s: float = 10.0  # from the first byte of a request to the end of its headers: past this, 408
+    body_timeout_s: float = 60.0  # from the end of the headers to the end of the body: past this, 408
+    max_upstream_body_bytes: int = 128 * 1024 * 1024  # a non-streamed upstream answer past this is a 502
+    shutdown_grace_s: float = 30.0  # on SIGTERM, how long requests and streams in flight may take to finish
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    backend: str = "disk"
+    path: str = ".lockgate/state"
+    url: str = "redis://127.0.0.1:6379/0"
+    leases: bool = True  # serve limits and budgets from quota leases (proxy/store/leases.py)
+    max_connections: int = 64  # redis: connections per process; calls past them wait for one
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    deployments: tuple[Deployment, ...]
+    balance: str = "round_robin"
+    cooldown_failures: int = 3
+    cooldown_s: float = 30.0
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    server: ServerConfig
+    store: StoreConfig
+    models: Mapping[str, ModelConfig]
+    middleware: tuple[tuple[str, Any], ...]
+    source: str = "<dict>"
+    base_dir: Path = Path(".")
+    warnings: tuple[str, ...] = ()  # `file:line: warning: ...`: legal, but probably not meant
+
+
+def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None) -> GatewayConfig:
+    check = Checker(source)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}:1: the config must be a mapping with at least `models:`"])
+    check.unknown(raw, {"server", "store", "models", "middleware", "routing"}, "the config")
+
+    server_node = check.mapping(raw, "server", "server")
+    check.unknown(server_node, set(ServerConfig.__dataclass_fields__), "server")
+    defaults = ServerConfig()
+    server = ServerConfig(
+        host=check.string(server_node, "host", defaults.host),
+        port=check.number(server_node, "port", defaults.port, minimum=0, integer=True),
+        max_body_bytes=check.number(server_node, "max_body_bytes", defaults.max_body_bytes, minimum=1, integer=True),
+        max_header_bytes=check.number(server_node, "max_header_bytes", defaults.max_header_bytes, minimum=1024, integer=True),
+        header_timeout_s=check.number(server_node, "header_timeout_s", defaults.header_timeout_s, minimum=0.1),
+        body_timeout_s=check.number(server_node, "body_timeout_s", defaults.body_timeout_s, minimum=0.1),
+        max_upstream_body_bytes=check.number(server_node, "max_upstream_body_bytes", defaults.max_upstream_body_bytes, minimum=1024, integer=True),
+        shutdown_grace_s=check.number(server_node, "shutdown_grace_s", defaults.shutdown_grace_s),
+    )
+    store = parse_store(check, raw, base_dir)
+
+    routing = check.mapping(raw, "routing", "routing")
+    check.unknown(routing, {"cooldown_failures", "cooldown_s"}, "routing")
+    failures = check.number(routing, "cooldown_failures", 3, minimum=1, integer=True)
+    cooldown_s = check.number(routing, "cooldown_s", 30.0)
+
+    models: dict[str, ModelConfig] = {}
+    model_nodes = raw.get("models")
+    if model_nodes == []:
+        # what an import of policies alone writes: valid, though nothing can be served yet
+        check.warn(raw, "models", "`models:` is empty: every model request answers 404 model_not_found until one is added")
+    elif not isinstance(model_nodes, list):
+        check.fail(raw, "models" if "models" in raw else None, "`models:` must be a list of models")
+        model_nodes = []
+    for index, node in enumerate(model_nodes):
+        if not isinstance(node, dict):
+            check.fail(model_nodes, index, "each model must be a mapping with `name` and `deployments`")
+            continue
+        model = parse_model(check, node, failures, cooldown_s)
+        if model is None:
+            continue
+        if model.name in models:
+            check.fail(node, "name", f"model {model.name!r} is defined twice")
+        models[model.name] = model
+
+    middleware = parse_middleware(check, raw, base_dir)
+    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(check.warnings))
+    if check.problems:
+        raise ConfigError(check.problems, config)
+    return config
+
+
+def parse_store(check: Checker, raw: dict, base_dir: Path | None) -> StoreConfig:
+    """`store:` alone: all that `lockgate spend` reads, so it needs no provider key."""
+    store_node = check.mapping(raw, "store", "store")
+    check.unknown(store_node, {"backend", "path", "url", "leases", "max_connections"}, "store")
+    backend = check.string(store_node, "backend", "disk")
+    if backend not in STORES:
+        check.fail(store_node, "backend", f"store backend must be one of {', '.join(STORES)}, not {backend!r}")
+    path = resolve_path(check.string(store_node, "path", ".lockgate/state"), base_dir)
+    leases = store_node.get("leases", True)
+    if not isinstance(leases, bool):
+        check.fail(store_node, "leases", "leases must be true or false")
+        leases = True
+    return StoreConfig(
+        backend=backend,
+        path=path,
+        url=check.string(store_node, "url", "redis://127.0.0.1:6379/0"),
+        leases=leases,
+        max_connections=check.number(store_node, "max_connections", 64, minimum=1, integer=True),
+    )
+
+
+def resolve_path(path: str, base_dir: Path | None) -> str:
+    """A relative path in gateway.yaml names a place next to gateway.yaml, wherever the
+    gateway was started from. A config given as a dict has no file: its paths stay as given."""
+    if base_dir is None or not path or Path(path).is_absolute():
+        return path
+    return str(base_dir / path)
+
+
+def parse_model(check: Checker, node: dict, failures: int, cooldown_s: float) -> ModelConfig | None:
+    check.unknown(node, {"name", "balance", "deployments", "cooldown_failures", "cooldown_s", "info"}, "a model")
+    name = check.string(node, "name", required=True, what="a model")
+    balance = check.string(node, "balance", "round_robin")
+    if balance not in BALANCES:
+        check.fail(node, "balance", f"balance must be one of {', '.join(BALANCES)}, not {balance!r}")
+    info = check.mapping(node, "info", "info")
+    check.unknown(info, INFO_KEYS, "info")
+    dep_nodes = node.get("deployments")
+    if not isinstance(dep_nodes, list) or not dep_nodes:
+        check.fail(node, "deployments" if "deployments" in node else None, f"model {name!r} needs a non-empty `deployments:` list")
+        return None
+    deployments: list[Deployment] = []
+    seen: dict[str, int] = {}
+    for index, dep_node in enumerate(dep_nodes):
+        if not isinstance(dep_node, dict):
+            check.fail(dep_nodes, index, "each deployment must be a mapping with at least `provider`")
+            continue
+        dep = parse_deployment(check, dep_node, name)
+        if dep is None:
+            continue
+        seen[dep.id] = seen.get(dep.id, 0) + 1
+        if seen[dep.id] > 1:
+            dep = Deployment(**{**{f: getattr(dep, f) for f in dep.__dataclass_fields__}, "id": f"{dep.id}#{seen[dep.id]}"})
+        deployments.append(dep)
+    if not name:
+        return None
+    return ModelConfig(
+        name=name,
+        deployments=tuple(deployments),
+        balance=balance,
+        cooldown_failures=check.number(node, "cooldown_failures", failures, minimum=1, integer=True),
+        cooldown_s=check.number(node, "cooldown_s", cooldown_s),
+        info=dict(info),
+    )
+
+
+def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment | None:
+    check.unknown(node, DEPLOYMENT_KEYS, "a deployment")
+    provider = check.string(node, "provider", required=True, what="a deployment")
+    if provider is None:
+        return None
+    if provider not in PROVIDERS:
+        check.fail(node, "provider", f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+        return None
+    model = check.string(node, "model", model_name if provider == "mock" else None, required=provider != "mock", what=f"a {provider} deployment")
+    base_url = check.string(node, "base_url", "") or registry.default_base_url(provider)
+    if provider == "azure" and not base_url:
+        check.fail(node, None, "an azure deployment needs base_url (https://RESOURCE.openai.azure.com)")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        check.fail(node, "base_url", f"base_url must start with http:// or https://, not {base_url!r}")
+    headers_node = check.mapping(node, "headers", "headers")
+    headers = {str(k).lower(): str(check.expand(v, headers_node, k)) for k, v in headers_node.items()}
+    price = parse_price(check, check.mapping(node, "price", "price")) if "price" in node else None
+    options = {}
+    for key in MOCK_OPTIONS:
+        if key in node:
+            if provider != "mock":
+                check.fail(node, key, f"{key} applies only to mock deployments")
+            options[key] = check.number(node, key, 0)
+    if options.get("fail_rate", 0) > 1:
+        check.fail(node, "fail_rate", "fail_rate must be between 0 and 1")
+    options.update(provider_options(check, node, provider))
+    api_key = check.string(node, "api_key")
+    if api_key is None:
+        try:
+            api_key = registry.default_api_key(provider)
+        except SettingError as exc:
+            check.fail(node, exc.key, exc.message)
+    dep_id = check.string(node, "id") or f"{provider}/{model}"
+    key_variable = empty_key_variable(node, api_key, headers)
+    if key_variable is not None:
+        check.warn(node, "api_key", f"model {model_name!r}, deployment {dep_id}: api_key is empty ({key_variable} is not set or empty), "
+                                    f"so every request to this deployment will be refused until {key_variable} is set")
+    return Deployment(
+        id=dep_id,
+        provider=provider,
+        model=model or "",
+        base_url=base_url,
+        api_key=api_key or None,
+        api_version=check.string(node, "api_version"),
+        timeout_s=check.number(node, "timeout_s", 600.0, minimum=0.001),
+        weight=check.number(node, "weight", 1.0, minimum=0.0),
+        price=price,
+        headers=headers,
+        options=options,
+        key_variable=key_variable,
+    )
+
+
+def empty_key_variable(node: dict, api_key: str | None, headers: Mapping[str, str]) -> str | None:
+    """The variable a deployment's api_key was to be read from (`${OPENAI_API_KEY:-}`)
+    when it came out empty, unless the deployment carries a credential in `headers:`.
+    A deployment that needs no key leaves `api_key` out."""
+    raw = node.get("api_key")
+    if api_key or not isinstance(raw, str) or CREDENTIAL_HEADERS & headers.keys():
+        return None
+    names = [name for name, _ in ENV_PATTERN.findall(raw)]
+    return " / ".join(names) if names else None
+
+
+def provider_options(check: Checker, node: dict, provider: str) -> dict:
+    """Settings only some providers take (bedrock's region and AWS keys, vertex's project...)."""
+    allowed = registry.SETTINGS.get(provider, ())
+    if provider in registry.KEYLESS and "api_key" in node:
+        check.fail(node, "api_key", f"a {provider} deployment takes no api_key: it authenticates with {registry.KEYLESS[provider]}")
+    values = {}
+    for key in registry.KEYS & node.keys():
+        if key not in allowed:
+            check.fail(node, key, f"{key} applies only to {registry.providers_with(key)} deployments")
+        else:
+            values[key] = check.string(node, key)
+    try:
+        return registry.options(provider, values, check.shared)
+    except SettingError as exc:
+        check.fail(node, exc.key, exc.message)
+        return {}
+
+
+def parse_middleware(check: Checker, raw: dict, base_dir: Path | None = None) -> tuple[tuple[str, Any], ...]:
+    nodes = raw.get("middleware")
+    if nodes is None:
+        return ()
+    if not isinstance(nodes, list):
+        check.fail(raw, "middleware", "`middleware:` must be a list like `- auth: policies/auth.yaml`")
+        return ()
+    stack: list[tuple[str, Any]] = []
+    for index, node in enumerate(nodes):
+        if not isinstance(node, dict) or len(node) != 1:
+            check.fail(nodes, index, "each middleware entry is one `name: policy` pair")
+            continue
+        (name, policy), = node.items()
+        if name not in MIDDLEWARES:
+            check.fail(node, name, f"unknown middleware {name!r} (expected one of: {', '.join(MIDDLEWARES)})")
+            continue
+        if any(existing == name for existing, _ in stack):
+            check.fail(node, name, f"middleware {name!r} is listed twice")
+            continue
+        policy = check.expand(policy, node, name)
+        stack.append((name, resolve_path(policy, base_dir) if isinstance(policy, str) else policy))
+    return tuple(stack)
+
+
+def load_config(config: str | Path | Mapping[str, Any] | GatewayConfig) -> GatewayConfig:
+    """A parsed config from a path, a dict or an already parsed config."""
+    if isinstance(config, GatewayConfig):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(dict(config))
+    path = Path(config)
+    # absolute, not resolved: in a ConfigMap volume gateway.yaml is a symlink into a
+    # `..2024_...` directory that the next update deletes; its neighbours are found by name
+    return parse_config(load_yaml(path), str(path), path.absolute().parent)
