@@ -464,3 +464,27 @@ async def test_a_dead_process_strands_at_most_its_open_window_lease_until_the_wi
     await b.tidy(everything=True)
     await asyncio.sleep(1.0 + lease_module.WINDOW_LEASE_S + 0.1)  # the window (and the lease's extra second) ends
     assert (await b.claim(claims, "after")).ok
+
+
+async def test_a_lease_renewed_for_a_request_is_taken_by_it_not_stranded():
+    """A renewal runs in a task of its own, so another request may take the lease it made
+    before the one that asked resumes. A request on its last try takes what its renewal
+    made rather than asking the store alone: a lease left behind held a unit nobody used
+    until it closed (rpm 10 across two HTTP workers admitted 9 of 30, 3 runs in 24)."""
+    inner = MemoryStore()
+    store = LeasedStore(inner)
+    claims = [Claim("throttle:t:*:rpm", 3, 1, 60, adjustable=False)]
+    stolen: list[bool] = []
+    real_claim = inner.claim
+
+    async def claim_then_a_thief(batch, entry):
+        result = await real_claim(batch, entry)
+        if len(stolen) < 2:  # the first two leases made for the request go to someone else first
+            asyncio.get_running_loop().call_soon(lambda: stolen.append(store.claim_now(claims, f"thief{len(stolen)}") is not None))
+        return result
+
+    inner.claim = claim_then_a_thief
+    result = await store.claim(claims, "asked")
+    assert stolen == [True, True], "two leases went to others"
+    assert result.ok, "the third lease, made for it, went to the request that asked"
+    assert await inner.used(claims[0].key) == 3

@@ -297,6 +297,11 @@ class LeasedStore(Store):
                     refusal = await self._landed(claim.key, functools.partial(self._renew, claim, index, len(claims)))
                     if refusal is not None:
                         return refusal
+        # what the last renewal made is this request's to take, if nobody took it meanwhile
+        # (else it would hold headroom nobody asks for until it closes)
+        granted = self.claim_now(claims, entry_id)
+        if granted is not None:
+            return granted
         # other requests kept taking what was renewed: ask the store for this one alone
         result = await self.inner.claim(claims, entry_id)
         if result.ok and any(c.adjustable for c in claims):
@@ -484,10 +489,11 @@ class LeasedStore(Store):
         direct: list[str] = []
         try:
             for index, claim in enumerate(claims):
+                lease = self._budget_room(claim)
                 for _ in range(3):  # a lease made for this claim may be taken by others before it resumes
-                    lease = self._budget_room(claim)
                     if lease is not None or not await self._landed(claim.key, functools.partial(self._budget_lease, claim)):
                         break
+                    lease = self._budget_room(claim)
                 if lease is not None:
                     lease.held += claim.amount  # held at once, so the next claim cannot take it meanwhile
                     lease.last_used = time.monotonic()
