@@ -20,7 +20,7 @@ import pytest
 from lockgate.providers import messages, mock, vertex
 from lockgate.providers.anthropic import enforceable_schema
 from lockgate.providers.base import Deployment
-from lockgate.kernel.context import RequestContext
+from lockgate.kernel.context import Identity, RequestContext
 from lockgate.kernel.errors import GatewayError
 from lockgate.proxy.items import ResponseItems
 from lockgate.kernel.store import open_store
@@ -402,7 +402,7 @@ async def test_a_store_that_fails_costs_no_answer_and_never_passes_for_not_found
     store = FlakyStore()
     items = ResponseItems(store)
     ctx = RequestContext("r1")
-    ctx.identity = {"key": "alice"}
+    ctx.identity = Identity(key="alice")
     issued = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "hi", "annotations": []}]}
     await items.keep(ctx, [issued])  # does not raise: the answer goes out
     with pytest.raises(GatewayError) as unavailable:

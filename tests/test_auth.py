@@ -63,12 +63,12 @@ class Seen:
     def routes(self) -> list[Route]:
         async def chat(request: Request) -> JSONResponse:
             body = await request.json()
-            self.calls.append({"body": body, "headers": dict(request.headers), "identity": request.scope["lockgate"].identity})
+            self.calls.append({"body": body, "headers": dict(request.headers), "identity": request.scope["lockgate"].identity.as_dict()})
             return JSONResponse({"model": body.get("model")})
 
         async def whoami(request: Request) -> JSONResponse:
             self.calls.append({"headers": dict(request.headers)})
-            return JSONResponse({"identity": request.scope["lockgate"].identity, "headers": list(request.headers)})
+            return JSONResponse({"identity": request.scope["lockgate"].identity.as_dict(), "headers": list(request.headers)})
 
         async def health(request: Request) -> JSONResponse:
             return JSONResponse({"status": "healthy"})
@@ -90,7 +90,7 @@ def build(kind: str, seen: Seen, auth_policy: dict) -> Starlette:
 
         @app.get("/fastapi-own")
         async def own(request: Request) -> dict:
-            return {"identity": request.scope["lockgate"].identity}
+            return {"identity": request.scope["lockgate"].identity.as_dict()}
 
     app.add_middleware(AuthMiddleware, policy=auth_policy)
     return app

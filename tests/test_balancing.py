@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from lockgate.providers.base import Deployment
-from lockgate.proxy.config import ModelConfig
+from lockgate.proxy.models import ModelConfig
 from lockgate.proxy.router import Balancer, LocalCooldowns, sticky_key
 from tests.conftest import free_port, start_gateway
 

@@ -212,8 +212,8 @@ def test_budget_shared_between_replicas_on_redis(fake, upstream, tmp_path, redis
 def app_with_usage(kind: str):
     async def chat_route(request):
         ctx = request.scope["lockgate"]
-        ctx.model_served = (await request.json())["model"]
-        ctx.usage = {"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000}
+        ctx.attempt.model_served = (await request.json())["model"]
+        ctx.attempt.usage = {"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000}
         return JSONResponse({"ok": True})
 
     routes = [Route("/v1/chat/completions", chat_route, methods=["POST"]), Route("/own", lambda r: JSONResponse({"own": True}))]
@@ -240,6 +240,7 @@ async def test_mounted_into_an_existing_app(kind):
 
 async def test_a_reservation_cancelled_in_flight_is_dropped(tmp_path):
     from lockgate.middleware.budget import BudgetedRequest, parse_policy
+    from lockgate.providers.catalog import BUILTIN
     from lockgate.kernel.store import guard
     from lockgate.kernel.context import RequestContext
 
@@ -249,7 +250,7 @@ async def test_a_reservation_cancelled_in_flight_is_dropped(tmp_path):
     ctx.body = {"model": "m", "messages": MESSAGES, "max_tokens": 10}
     ctx.model_requested = "m"
     scope = {"type": "http", "headers": [(b"x-lockgate-user", b"gus")]}
-    request = BudgetedRequest(store, policy, ctx, scope)
+    request = BudgetedRequest(store, policy, BUILTIN, ctx, scope)
     real_reserve = store.reserve
 
     async def reserve_then_cancelled(claims, entry):

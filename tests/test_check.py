@@ -17,7 +17,10 @@ from starlette.testclient import TestClient
 
 from lockgate.gateway import app as app_module
 from lockgate.gateway import live as live_module
-from lockgate.gateway.checks import inspect, named_models
+from lockgate.gateway import stack as stack_module
+from lockgate.gateway.checks import inspect, layers_of, named_models
+from lockgate.kernel.store.memory import MemoryStore
+from lockgate.proxy.models import ConfigCatalog
 from tests.conftest import ROOT, start_gateway
 from tests.examples import examples_on, repoint
 
@@ -121,7 +124,9 @@ def failing_first_requests(path: Path, monkeypatch) -> set[tuple[str, str]]:
         monkeypatch.setattr(module, "cross_check", lambda *args, **kwargs: [])
     config = yaml.safe_load(path.read_text())
     stack = [next(iter(entry)) for entry in config["middleware"]]
-    layers = {layer.kind: layer for layer in app_module.build_middleware(app_module.load_config(path), app_module.open_store({"backend": "memory"})).layers}
+    loaded = app_module.load_config(path)
+    built = stack_module.build(loaded.middleware, loaded.source, stack_module.Services(MemoryStore(), ConfigCatalog(lambda: loaded.models)))
+    layers = {layer.kind: layer for layer in layers_of(built.mounted)}
     failed = set()
     for index, kind in enumerate(stack):
         if kind == "budget":

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from lockgate.providers.base import CredentialsError
 from lockgate.kernel.parsing import ConfigError
-from lockgate.proxy.config import parse_config
+from lockgate.gateway.config import parse_config
 from lockgate.proxy.handlers import ADAPTERS
 from lockgate.proxy.upstream import UpstreamClient
 from tests.cloud import AWS_ACCESS_KEY, AWS_SECRET_KEY, BEDROCK_CLAUDE, SA_EMAIL, service_account

@@ -10,7 +10,7 @@ import pytest
 
 from lockgate.gateway.app import create_app
 from lockgate.kernel.parsing import ConfigError
-from lockgate.proxy.config import load_config
+from lockgate.gateway.config import load_config
 from tests.conftest import ROOT
 
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lockgate.middleware import auth, budget, cache, fallback, rewrite, throttle
-from lockgate.proxy.config import load_config
+from lockgate.gateway.config import load_config
 from lockgate.kernel.parsing import load_yaml
 from tests.conftest import ROOT, start_gateway
 

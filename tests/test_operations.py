@@ -100,7 +100,7 @@ def test_keys_new_master_prints_a_key_once_and_its_hash_line(tmp_path):
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("master_key_sha256:")]
     assert line == f'master_key_sha256: "{hashlib.sha256(key.encode()).hexdigest()}"'
     policy = parse_policy(yaml.safe_load(line), "<pasted>")
-    assert policy.find(key.encode()).identity()["admin"] is True, "the printed line makes that key the master key"
+    assert policy.find(key.encode()).identity().admin is True, "the printed line makes that key the master key"
     assert cli("keys", "new", "--master").stdout != result.stdout, "a fresh key each time"
     refused = cli("keys", "new", "--master", "--id", "x")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr

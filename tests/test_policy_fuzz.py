@@ -89,7 +89,7 @@ def verdicts(kind: str, text: bytes, workdir: Path) -> tuple[bool, bool, bool, s
     except ConfigError:
         startup = False
     running = create_app(str(shipped(workdir / "live")))
-    policy = next(instance.policy for name, instance in running.state.live.mounted if name == kind)
+    policy = next(instance.policy for name, instance in running.state.live.mounted.entries if name == kind)
     (workdir / "live" / f"{kind}.yaml").write_bytes(text)
     policy.reload()
     return code == 0, startup, policy.last_error is None, said

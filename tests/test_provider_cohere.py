@@ -11,7 +11,7 @@ from lockgate.providers.base import Deployment, UnsupportedRequest
 from lockgate.providers.presets import PRESETS
 from lockgate.providers.sse import encode_event
 from lockgate.kernel.parsing import ConfigError
-from lockgate.proxy.config import parse_config
+from lockgate.gateway.config import parse_config
 from lockgate.proxy.handlers import ADAPTERS
 
 DEP = Deployment(id="cohere/command-r-plus", provider="cohere", model="command-r-plus")

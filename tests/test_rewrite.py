@@ -19,7 +19,7 @@ import lockgate.middleware.rewrite as rewrite_module
 from lockgate.middleware import expression
 from lockgate.middleware.rewrite import Names, RewriteMiddleware, parse_policy, rewrite
 from lockgate.kernel.parsing import ConfigError
-from lockgate.kernel.context import RequestContext, get_context
+from lockgate.kernel.context import Identity, RequestContext, get_context
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -39,7 +39,7 @@ class FakeAuth:
         if scope["type"] == "http":
             token = dict(scope["headers"]).get(b"authorization", b"").decode().removeprefix("Bearer ")
             if token in IDENTITIES:
-                get_context(scope).identity = dict(IDENTITIES[token])
+                get_context(scope).identity = Identity(**IDENTITIES[token])
         await self.app(scope, receive, send)
 
 
@@ -47,7 +47,7 @@ def own_routes() -> list[Route]:
     async def chat(request):
         ctx = request.scope["lockgate"]
         return JSONResponse(
-            {"body": await request.json(), "served": ctx.model_served, "requested": ctx.model_requested, "rule": ctx.extra.get("rewrite_rule")}
+            {"body": await request.json(), "served": ctx.attempt.model_served, "requested": ctx.model_requested, "rule": ctx.rewrite_rule}
         )
 
     async def models(request):
@@ -285,7 +285,7 @@ def split_target(policy, user: str) -> str:
     ctx = RequestContext("r")
     ctx.body = {"model": "gpt-4o", "messages": MESSAGES}
     ctx.body_loaded = True
-    ctx.identity = {"key": "k", "user": user, "team": None, "tier": None, "metadata": {}}
+    ctx.identity = Identity(key="k", user=user)
     rewrite(policy, {"type": "http", "headers": []}, ctx)
     return ctx.body["model"]
 

@@ -59,7 +59,7 @@ def assert_limited(responses: list[httpx.Response], passed: int) -> None:
 def own_routes() -> list[Route]:
     async def chat(request):
         # as the proxy does: the upstream's usage goes into the shared context
-        request.scope["lockgate"].usage = {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50}
+        request.scope["lockgate"].attempt.usage = {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50}
         return JSONResponse({"ok": True, "model": (await request.json())["model"]})
 
     async def home(request):

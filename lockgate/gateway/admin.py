@@ -1,6 +1,6 @@
 """`/admin/*`: spend reports and policy control, for the master key only.
 
-The auth middleware marks a request made with the master key (`identity["admin"]`);
+The auth middleware marks a request made with the master key (`Identity.admin`);
 without auth mounted there is no master key, so the admin endpoints refuse everyone.
 """
 
@@ -10,12 +10,13 @@ import asyncio
 import datetime as dt
 from urllib.parse import parse_qs
 
-from typing import Any
+from typing import Any, Callable
 
 from starlette.types import Receive, Scope, Send
 
-from lockgate.kernel import policy
 from lockgate.kernel.context import get_context
+from lockgate.kernel.policy import Policy, statuses_of
+from lockgate.middleware.budget import report_key, spend_report, spend_total
 from lockgate.kernel.errors import GatewayError, send_error, send_json
 from lockgate.kernel.store import Store, guard
 from lockgate.kernel.store.guard import StoreUnavailable
@@ -25,7 +26,8 @@ SPEND_PERIODS = ("day", "month", "total")
 
 
 def is_admin(scope: Scope) -> bool:
-    return bool((get_context(scope).identity or {}).get("admin"))
+    identity = get_context(scope).identity
+    return identity is not None and identity.admin
 
 
 async def refuse(send: Send) -> None:
@@ -52,8 +54,6 @@ def admin_only(handler: Any) -> Any:
 
 
 async def spend_rows(store: Store, by: str, period: str, now: dt.datetime | None = None) -> dict:
-    from lockgate.middleware.budget import report_key, spend_report, spend_total
-
     now = now or dt.datetime.now(dt.timezone.utc)
     key = report_key(period, now)
     counters = await store.counters(key)
@@ -61,8 +61,12 @@ async def spend_rows(store: Store, by: str, period: str, now: dt.datetime | None
 
 
 class Admin:
-    def __init__(self, store: Store) -> None:
+    """`policies` lists the gateway's policy files (gateway.yaml and each mounted
+    middleware's): what `/admin/policies` shows and `/admin/reload` reloads."""
+
+    def __init__(self, store: Store, policies: Callable[[], list[Policy[Any]]]) -> None:
         self.store = store
+        self.policies_in_force = policies
 
     async def spend(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not is_admin(scope):
@@ -79,10 +83,16 @@ class Admin:
     async def policies(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not is_admin(scope):
             return await refuse(send)
-        await send_json(send, 200, {"policies": policy.statuses()})
+        await send_json(send, 200, {"policies": statuses_of(self.policies_in_force())})
 
     async def reload(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not is_admin(scope):
             return await refuse(send)
         # parsing is CPU work: off the event loop, so requests in flight are not held up
-        await send_json(send, 200, {"policies": await asyncio.to_thread(policy.reload_all)})
+        await send_json(send, 200, {"policies": await asyncio.to_thread(self._reload)})
+
+    def _reload(self) -> list[dict[str, Any]]:
+        holders = self.policies_in_force()
+        for holder in holders:
+            holder.reload()
+        return statuses_of(holders)

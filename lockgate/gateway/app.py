@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Mapping
 
@@ -18,18 +16,23 @@ from starlette.routing import Router as StarletteRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lockgate.kernel import policy
+from lockgate.kernel.policy import Policy, statuses_of
 from lockgate.kernel import metrics
 from lockgate.gateway import tracing
 from lockgate.proxy.access import AccessLog
 from lockgate.gateway.admin import Admin
-from lockgate.gateway.checks import Layer, cross_check, layer_of
+from lockgate.gateway.checks import cross_check, layers_of
+from lockgate.gateway.config import GatewayConfig, load_config
+from lockgate.gateway.keys import RuntimeKeys
+from lockgate.gateway.stack import Mounted, Services, build
 from lockgate.kernel.parsing import ConfigError
-from lockgate.proxy.config import GatewayConfig, load_config
+from lockgate.proxy.models import ConfigCatalog
 from lockgate.proxy.dialect import AnthropicErrors
 from lockgate.gateway.console import TrafficHistory, admin_routes
 from lockgate.kernel.context import get_context, route_path
 from lockgate.kernel.errors import GatewayError, send_error, send_json
-from lockgate.proxy.handlers import Endpoint, Gateway, response_headers
+from lockgate.proxy.answers import response_headers
+from lockgate.proxy.handlers import Endpoint, Gateway
 from lockgate.gateway.live import Lifecycle, LiveConfig, drain_on_sigterm
 from lockgate.kernel.logs import configure as configure_logs
 from lockgate.kernel.logs import get_logger
@@ -82,54 +85,11 @@ class Routes(StarletteRouter):
         await super().app(scope, receive, send)
 
 
-def middleware_class(name: str) -> type:
-    module = importlib.import_module(f"lockgate.middleware.{name}")
-    return getattr(module, name.capitalize() + "Middleware")
-
-
-@dataclass
-class Built:
-    """The middleware stack gateway.yaml lists, each middleware made once (so each policy
-    file is parsed and watched once), with what the checks between files read."""
-
-    stack: list[Middleware] = field(default_factory=list)
-    mounted: list[tuple[str, Any]] = field(default_factory=list)  # (name, middleware instance)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def layers(self) -> list[Layer]:
-        return [layer_of(name, instance.policy) for name, instance in self.mounted]
-
-
 def attach(app: ASGIApp, instance: Any) -> Any:
     """Starlette's middleware factory for an instance made in advance: only the inner app
     is left to give it."""
     instance.app = app
     return instance
-
-
-def build_middleware(config: GatewayConfig, store: Store) -> Built:
-    """The stack gateway.yaml lists, outermost first (the access log goes outside it). Every
-    policy is parsed here, each file's problems collected, so a broken one stops start-up
-    (and `lockgate check` reports it) with its file:line, beside every other file's."""
-    built = Built()
-    for name, source in config.middleware:
-        try:
-            cls = middleware_class(name)
-        except (ImportError, AttributeError):
-            built.problems.append(f"{config.source}: middleware {name!r} is not available in this version")
-            continue
-        try:
-            instance = cls(None, policy=source, store=store)
-        except ConfigError as exc:
-            built.problems.extend(exc.problems)
-            continue
-        except Exception as exc:  # noqa: BLE001 - a parser's bug is reported, never a traceback
-            built.problems.append(f"{source}: cannot load the {name} policy: {exc!r}")
-            continue
-        built.mounted.append((name, instance))
-        built.stack.append(Middleware(attach, instance=instance))
-    return built
 
 
 async def release_dead_owners(store: Store) -> None:
@@ -165,28 +125,29 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     if tracing.enabled():
         store = tracing.TracedStore(store)
     lifecycle = Lifecycle()
-    built = build_middleware(config, store)
-    problems = built.problems or cross_check(config, built.layers)
+    cooldowns = SharedCooldowns(store, deployment_ids(config))
+    gateway = Gateway(config.models, Router(dict(config.models), cooldowns), upstream, store, config.server.max_upstream_body_bytes)
+    built = build(config.middleware, config.source, Services(store, ConfigCatalog(lambda: gateway.configured)))
+    mounted = built.mounted
+    problems = built.problems or cross_check(config, layers_of(mounted))
     if problems:
         raise ConfigError(problems)
-    cooldowns = SharedCooldowns(store, deployment_ids(config))
-    router = Router(dict(config.models), cooldowns)
-    gateway = Gateway(config, router, upstream, store)
-    admin = Admin(store)
+    admin = Admin(store, lambda: policies_in_force(live, mounted))
+    keys = RuntimeKeys(store, lambda: mounted.policy("auth"))
     history = TrafficHistory()
 
     def swap_models(edited: GatewayConfig) -> None:
-        # on the loop, between two steps of any request: router and config change together
+        # on the loop, between two steps of any request: router and models change together
         cooldowns.dep_ids = deployment_ids(edited)
         gateway.router = gateway.router.rebuilt(dict(edited.models))
-        gateway.config = edited
+        gateway.configured = edited.models
 
     async def readiness(scope: Scope, receive: Receive, send: Send) -> None:
         try:
             store_ok = await store.ping()
         except Exception:  # noqa: BLE001 - any failure means not ready
             store_ok = False
-        policies = policy.statuses()
+        policies = statuses_of(policies_in_force(live, mounted))
         ready = store_ok and not any(p["last_error"] for p in policies)
         status = "draining" if lifecycle.draining else "ready" if ready else "degraded"
         body = {"status": status, "store": {"backend": store.backend, "ok": store_ok}, "policies": policies}
@@ -224,7 +185,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         Route("/admin/spend", Endpoint(admin.spend), methods=["GET"]),
         Route("/admin/policies", Endpoint(admin.policies), methods=["GET"]),
         Route("/admin/reload", Endpoint(admin.reload), methods=["POST"]),
-        *admin_routes(store, gateway, history),
+        *admin_routes(store, gateway, mounted, keys, history),
     ]
     for path, (handler, methods) in MODEL_ROUTES.items():
         endpoint = Endpoint(getattr(gateway, handler))
@@ -236,21 +197,26 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
 
     known = frozenset(route.path for route in routes if "{" not in route.path)
-    access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.config.models, lifecycle=lifecycle)
+    access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.configured, lifecycle=lifecycle)
     # Anthropic's error shape on the Messages paths, whichever layer refused (proxy/dialect.py)
-    stack = [access, Middleware(AnthropicErrors), *built.stack]
+    stack = [access, Middleware(AnthropicErrors), *(Middleware(attach, instance=instance) for _, instance in mounted.entries)]
     if tracing.enabled():
-        stack = tracing.instrument(stack, lambda: gateway.config.models)
+        stack = tracing.instrument(stack, lambda: gateway.configured)
     app = Starlette(middleware=stack)
     app.router = Routes(routes, lifespan=lifespan)
-    live = LiveConfig(config, gateway, app.state, built.mounted, swap_models)
+    live = LiveConfig(config, gateway, app.state, mounted, swap_models)
     app.state.gateway = gateway
     app.state.config = config
     app.state.store = store
     app.state.lifecycle = lifecycle
     app.state.live = live
-    app.state.mounted = [name for name, _ in built.mounted]
+    app.state.mounted = mounted
     return app
+
+
+def policies_in_force(live: LiveConfig, mounted: Mounted) -> list[Policy[Any]]:
+    """The gateway's policy files: gateway.yaml (when it is a file) and each middleware's."""
+    return ([live.file] if live.file is not None else []) + mounted.holders()
 
 
 def deployment_ids(config: GatewayConfig) -> list[str]:

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator
 
+from lockgate.gateway.config import GatewayConfig, parse_config
+from lockgate.gateway.stack import Mounted, Services, build
 from lockgate.kernel.parsing import Checker, ConfigError, load_yaml
-from lockgate.proxy.config import GatewayConfig, parse_config
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.store.memory import MemoryStore
+from lockgate.middleware.budget import price_for
+from lockgate.proxy.models import ConfigCatalog
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +41,13 @@ class Layer:
     raw: Any = None  # the YAML as loaded, for line numbers; None: read from `source` when needed
 
 
-def layer_of(kind: str, policy: Any) -> Layer:
-    """The layer of a mounted middleware's `Policy` (middleware/policy.py), as in force."""
+def layer_of(kind: str, policy: Policy[Any]) -> Layer:
+    """The layer of a mounted middleware's `Policy` (kernel/policy.py), as in force."""
     return Layer(kind, policy.current, str(policy.path) if policy.path is not None else f"<{policy.kind} policy>")
+
+
+def layers_of(mounted: Mounted) -> list[Layer]:
+    return [layer_of(name, instance.policy) for name, instance in mounted.entries]
 
 
 def cross_check(config: GatewayConfig, layers: list[Layer], gateway_raw: Any = None, *, partial: bool = False) -> list[str]:
@@ -101,14 +109,12 @@ def named_models(layer: Layer, raw: Any) -> Iterator[tuple[Any, Any, str, str]]:
 
 
 def unpriced(config: GatewayConfig, layer: Layer, gateway_raw: Any) -> list[str]:
-    from lockgate.middleware.budget import price_for
-
-    # price_for reads the served models' prices where a request finds them: the gateway on the app
-    scope = {"app": SimpleNamespace(state=SimpleNamespace(gateway=SimpleNamespace(config=config)))}
+    # priced as a request is: by the budget's own price_for, with the gateway's catalog
+    models = ConfigCatalog(lambda: config.models)
     check = Checker(config.source)
     lines = model_nodes(gateway_raw)
     for name, model in config.models.items():
-        if model.deployments and price_for(layer.policy, scope, name) is None:
+        if model.deployments and price_for(layer.policy, models, name) is None:
             node = lines.get(name, {})
             check.fail(
                 node,
@@ -150,9 +156,6 @@ class Report:
 def inspect(path: str | Path) -> Report:
     """Every problem of gateway.yaml and of every policy file it names, each file parsed
     even when another one has problems; then the checks between them."""
-    from lockgate.gateway.app import build_middleware
-    from lockgate.kernel.store.memory import MemoryStore
-
     path = Path(path)
     try:
         raw = load_yaml(path)
@@ -168,7 +171,7 @@ def inspect(path: str | Path) -> Report:
         return Report(None, problems)
     partial = bool(problems)
     # the store is not opened to check: a memory store stands in for it
-    built = build_middleware(config, MemoryStore())
+    built = build(config.middleware, config.source, Services(MemoryStore(), ConfigCatalog(lambda: config.models)))
     problems.extend(built.problems)
-    problems.extend(cross_check(config, built.layers, raw, partial=partial))
+    problems.extend(cross_check(config, layers_of(built.mounted), raw, partial=partial))
     return Report(config if not problems else None, problems)

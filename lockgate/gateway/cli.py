@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lockgate.kernel.parsing import ConfigError
-from lockgate.proxy.config import GatewayConfig, StoreConfig
+from lockgate.gateway.config import GatewayConfig, StoreConfig
 
 
 CONFIG_CANDIDATES = ("gateway.yaml", "policies/gateway.yaml")
@@ -163,7 +163,7 @@ def store_or_exit(path: str) -> StoreConfig:
     """Only gateway.yaml's `store:`: a command that reads the store needs no provider key
     in its environment, nor policies that parse."""
     from lockgate.kernel.parsing import Checker, load_yaml
-    from lockgate.proxy.config import parse_store
+    from lockgate.gateway.config import parse_store
 
     try:
         raw = load_yaml(Path(path))

@@ -24,100 +24,39 @@ carry a secret or its hash.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from lockgate.middleware.auth import LIMIT_KEYS, MASTER_ID, AuthPolicy, Key, new_key, parse_key
+from lockgate.middleware.auth import LIMIT_KEYS, MASTER_ID, RUNTIME_ENTRY, RUNTIME_ID, AuthPolicy, BodyChecker, Key, new_key, parse_key, runtime_keys
 from lockgate.gateway.admin import admin_only
-from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.parsing import ConfigError
 from lockgate.kernel.context import load_json
 from lockgate.kernel.errors import GatewayError, bad_request, send_error, send_json
 from lockgate.kernel.logs import get_logger
-from lockgate.kernel.store import Store, attached, guard
+from lockgate.kernel.store import Store, guard
 from lockgate.kernel.store.guard import StoreUnavailable
 
-KNOWN_MAX = 10_000  # runtime keys remembered per process for `store_failure: open`; past it the memory starts afresh
 ADMIN_TIMEOUT_S = 2.0
-ENTRY = "runtime-key:"
-BY_ID = "runtime-key-id:"
 FIELDS = ("id", "user", "team", "tier", "models", "expires", "metadata", *LIMIT_KEYS)
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 MAX_TEXT = 128
 log = get_logger("lockgate.keys")
 
 
-class BodyChecker(Checker):
-    """auth.yaml's checks on a JSON body: problems without line numbers, and never a
-    `${VAR}` read from the gateway's environment."""
-
-    def expand(self, value: Any, node: Any, key: Any) -> Any:
-        return value
-
-
 class RuntimeKeys:
-    """One store's runtime keys, as one process sees them."""
+    """The admin API's side of runtime keys: make, revoke and list them. `auth_policy`
+    is the auth.yaml in force (its keys are listed, and their ids cannot be taken)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, auth_policy: Callable[[], AuthPolicy | None]) -> None:
         self.store = store
-        self.file_policy: Any = None  # auth's Policy (set by the auth middleware): the file's keys
-        # what each runtime key's entry last said, and the Key it made under which policy:
-        # parsed once, not per request, and the answer `store_failure: open` falls back on
-        self.known: dict[bytes, tuple[bytes, AuthPolicy, Key | None]] = {}
+        self.auth_policy = auth_policy
+        self.lookup = runtime_keys(store)
 
-    # -- auth's side ----------------------------------------------------------------------
-    async def find(self, presented: bytes, policy: AuthPolicy) -> Key | None:
-        """The runtime key presented, or None. Raises StoreUnavailable."""
-        digest = hashlib.sha256(presented).digest()
-        raw = await guard.call(self.store, self.store.get(ENTRY + digest.hex()), policy.store_failure.timeout_s)
-        if raw is None:
-            self.known.pop(digest, None)
-            return None
-        return self.key_of(digest, raw, policy)
-
-    def last_known(self, presented: bytes, policy: AuthPolicy) -> Key | None:
-        """What this process last heard of the key, however old (the store is down)."""
-        digest = hashlib.sha256(presented).digest()
-        known = self.known.get(digest)
-        return self.key_of(digest, known[0], policy) if known is not None else None
-
-    def key_of(self, digest: bytes, raw: bytes, policy: AuthPolicy) -> Key | None:
-        known = self.known.get(digest)
-        if known is not None and known[0] == raw and known[1] is policy:
-            return known[2]
-        try:
-            entry = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            entry = None
-        key = None
-        if not isinstance(entry, dict):
-            log.warning("runtime_key_unreadable")
-        elif entry.get("id") in policy.ids or entry.get("id") == MASTER_ID:
-            log.warning("runtime_key_shadowed", key=entry.get("id"), reason="auth.yaml names this id")
-        else:
-            check = BodyChecker("runtime key")
-            fields = {name: value for name, value in entry.items() if name != "created"}
-            try:
-                key = parse_key(check, fields, *policy.defaults)
-            except Exception:  # noqa: BLE001 - an entry written by another version: refused, not a 500
-                key = None
-            if check.problems or key is None or key.digest != digest:
-                log.warning("runtime_key_unreadable", key=entry.get("id"), problems=check.problems)
-                key = None
-        if len(self.known) >= KNOWN_MAX:
-            self.known.clear()
-        self.known[digest] = (raw, policy, key)
-        return key
-
-    def forget(self, digest: bytes) -> None:
-        self.known.pop(digest, None)
-
-    # -- the admin API's side ---------------------------------------------------------------
     def file_ids(self) -> set[str]:
-        policy = self.file_policy.current if self.file_policy is not None else None
+        policy = self.auth_policy()
         return set(policy.ids) if policy is not None else set()
 
     async def create(self, body: dict) -> dict:
@@ -129,33 +68,33 @@ class RuntimeKeys:
         secret, entry = new_key(key_id)
         digest = entry["sha256"]
         record = {**fields, "sha256": digest, "created": now_iso()}
-        if not await self._call(self.store.add(BY_ID + key_id, digest.encode())):
+        if not await self._call(self.store.add(RUNTIME_ID + key_id, digest.encode())):
             raise conflict(f"A runtime key with the id `{key_id}` exists already.")
         try:
-            await self._call(self.store.set(ENTRY + digest, orjson.dumps(record)))
+            await self._call(self.store.set(RUNTIME_ENTRY + digest, orjson.dumps(record)))
         except GatewayError:
-            await self._call(self.store.delete(BY_ID + key_id))
+            await self._call(self.store.delete(RUNTIME_ID + key_id))
             raise
         log.info("runtime_key_created", key=key_id)
         return {**listing(record, "runtime"), "key": secret}
 
     async def revoke(self, key_id: str) -> bool:
         """False when no runtime key has this id."""
-        digest = await self._call(self.store.get(BY_ID + key_id))
+        digest = await self._call(self.store.get(RUNTIME_ID + key_id))
         if digest is None:
             return False
-        await self._call(self.store.delete(ENTRY + digest.decode()))
-        await self._call(self.store.delete(BY_ID + key_id))
-        self.forget(bytes.fromhex(digest.decode()))
+        await self._call(self.store.delete(RUNTIME_ENTRY + digest.decode()))
+        await self._call(self.store.delete(RUNTIME_ID + key_id))
+        self.lookup.forget(bytes.fromhex(digest.decode()))
         log.info("runtime_key_revoked", key=key_id)
         return True
 
     async def listing(self) -> list[dict]:
         """Every key, the file's and the runtime ones, without secrets or hashes."""
-        policy = self.file_policy.current if self.file_policy is not None else None
+        policy = self.auth_policy()
         rows = [file_listing(key) for key in policy.keys.values()] if policy is not None else []
         file_ids = {row["id"] for row in rows}
-        names = await self._call(self.store.keys(ENTRY))
+        names = await self._call(self.store.keys(RUNTIME_ENTRY))
         for name in names:
             raw = await self._call(self.store.get(name))
             if raw is None:
@@ -173,10 +112,6 @@ class RuntimeKeys:
         except StoreUnavailable:
             raise guard.unavailable() from None
 
-
-def runtime_keys(store: Store) -> RuntimeKeys:
-    """The one RuntimeKeys of a store object, shared by auth and the admin API of a process."""
-    return attached(store, "_lockgate_runtime_keys", RuntimeKeys)
 
 
 def conflict(message: str) -> GatewayError:
@@ -213,7 +148,7 @@ def validate(body: dict) -> dict:
     except ConfigError as exc:
         check.problems.extend(exc.problems)
     if key is not None:
-        fields.update(key.limits or {})  # as parsed: numbers, and the default period
+        fields.update(key.limits.fields() if key.limits else {})  # as parsed: numbers, and the default period
         if key.expires is not None:
             if key.expires <= dt.datetime.now(dt.timezone.utc):
                 check.fail(body, "expires", "expires is in the past")
@@ -247,7 +182,8 @@ def file_listing(key: Key) -> dict:
         "expires": key.expires.isoformat() if key.expires else None,
         "metadata": dict(key.metadata),
     }
-    row.update({name: (key.limits or {}).get(name) for name in LIMIT_KEYS})
+    limits = key.limits.fields() if key.limits else {}
+    row.update({name: limits.get(name) for name in LIMIT_KEYS})
     row.update(source="file", created=None, status=status(row["expires"]))
     return row
 
@@ -261,10 +197,9 @@ def status(expires: str | None) -> str:
 class KeysAdmin:
     """`/admin/keys`: the HTTP side."""
 
-    def __init__(self, store: Store, mounted: Any) -> None:
-        self.store = store
-        self.runtime = runtime_keys(store)
-        self.mounted = mounted  # () -> names of the middlewares gateway.yaml mounts
+    def __init__(self, runtime: RuntimeKeys, mounted: Callable[[], Iterable[str]]) -> None:
+        self.runtime = runtime
+        self.mounted = mounted  # the names of the middlewares gateway.yaml mounts
 
     @admin_only
     async def list(self, scope: Scope, receive: Receive, send: Send) -> None:

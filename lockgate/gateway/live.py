@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lockgate.kernel.policy import Policy
-from lockgate.gateway.checks import Layer, cross_check, layer_of
+from lockgate.gateway.checks import Layer, cross_check, layers_of
+from lockgate.gateway.stack import Mounted
 from lockgate.kernel.parsing import ConfigError
-from lockgate.proxy.config import GatewayConfig, parse_config
+from lockgate.gateway.config import GatewayConfig, parse_config
 from lockgate.kernel.logs import get_logger
 
 log = get_logger("lockgate.config")
@@ -81,8 +82,9 @@ def restart_needed(running: GatewayConfig, edited: GatewayConfig) -> list[str]:
 class LiveConfig:
     """Applies gateway.yaml edits to a running gateway and guards the policies' edits."""
 
-    def __init__(self, config: GatewayConfig, gateway: Any, state: Any, mounted: list[tuple[str, Any]], on_models: Callable[[GatewayConfig], None]) -> None:
+    def __init__(self, config: GatewayConfig, gateway: Any, state: Any, mounted: Mounted, on_models: Callable[[GatewayConfig], None]) -> None:
         self.started = config  # what the process runs for everything that is not live
+        self.current = config  # what is in force
         self.gateway = gateway
         self.state = state
         self.mounted = mounted
@@ -92,7 +94,7 @@ class LiveConfig:
         self.file: ConfigFile | None = None
         if config.source and not config.source.startswith("<") and Path(config.source).is_file():
             self.file = ConfigFile(Path(config.source), self.parse, self.changed)
-        for index, (_, instance) in enumerate(mounted):
+        for index, (_, instance) in enumerate(mounted.entries):
             instance.policy.parse = self.guarded(index, instance.policy.parse)
 
     def start(self) -> None:
@@ -104,7 +106,7 @@ class LiveConfig:
         self.loop = None
 
     def layers(self) -> list[Layer]:
-        return [layer_of(name, instance.policy) for name, instance in self.mounted]
+        return layers_of(self.mounted)
 
     def parse(self, raw: Any, source: str) -> GatewayConfig:
         """gateway.yaml's parser, then the checks against the policies in force."""
@@ -122,7 +124,7 @@ class LiveConfig:
             layers = self.layers()
             layers[index] = Layer(layers[index].kind, policy, source, raw)
             # the gateway.yaml version in force for the checks, even before the loop applied it
-            problems = cross_check(self.file.current if self.file is not None else self.gateway.config, layers)
+            problems = cross_check(self.file.current if self.file is not None else self.current, layers)
             if problems:
                 raise ConfigError(problems)
             return policy
@@ -144,8 +146,9 @@ class LiveConfig:
     def apply(self, edited: GatewayConfig) -> None:
         pending = restart_needed(self.started, edited)
         config = dataclasses.replace(edited, server=self.started.server, store=self.started.store, middleware=self.started.middleware)
-        before = self.gateway.config.models
+        before = self.current.models
         self.on_models(config)
+        self.current = config
         self.state.config = config
         if self.file is not None:
             self.file.restart_needed = pending

@@ -30,9 +30,9 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from lockgate.proxy.config import ServerConfig
+from lockgate.gateway.config import ServerConfig
 from lockgate.kernel.logs import get_logger
-from lockgate.providers.base import error_body
+from lockgate.kernel.errors import error_body
 
 STATE_KEY = "lockgate.server"
 TICKER_KEY = "lockgate.deadlines"

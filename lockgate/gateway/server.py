@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from lockgate.proxy.config import GatewayConfig
+from lockgate.gateway.config import GatewayConfig
 from lockgate.kernel.logs import get_logger
 
 POLL_S = 0.05

@@ -164,7 +164,7 @@ def finish_reasons(event: Any) -> list[Any]:
 
 def describe(span: Any, ctx: Any, reader: AnswerReader, operation: str | None, models: Any, request_model: str | None) -> None:
     """The conventions' attributes and lockgate's own, once the answer is done."""
-    dep = genai.deployment_of(models, ctx.model_served, ctx.deployment)
+    dep = genai.deployment_of(models, ctx.attempt.model_served, ctx.attempt.deployment)
     attributes: dict[str, Any] = {"http.response.status_code": reader.status}
     if operation is not None:
         attributes["gen_ai.operation.name"] = operation
@@ -179,7 +179,7 @@ def describe(span: Any, ctx: Any, reader: AnswerReader, operation: str | None, m
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 attributes[name] = value
         attributes["gen_ai.request.stream"] = body.get("stream") is True
-        counted = genai.tokens(ctx.usage)
+        counted = genai.tokens(ctx.attempt.usage)
         for kind, name in (("input", "gen_ai.usage.input_tokens"), ("output", "gen_ai.usage.output_tokens"),
                            ("cache_read", "gen_ai.usage.cache_read.input_tokens"), ("cache_creation", "gen_ai.usage.cache_creation.input_tokens")):
             if kind in counted:
@@ -188,11 +188,11 @@ def describe(span: Any, ctx: Any, reader: AnswerReader, operation: str | None, m
             attributes["gen_ai.response.finish_reasons"] = tuple(dict.fromkeys(reader.reasons))
         if reader.first_chunk_s is not None:
             attributes["gen_ai.response.time_to_first_chunk"] = reader.first_chunk_s
-    failure = ctx.extra.get("stream_error") or ctx.extra.get("upstream_failure")
+    failure = ctx.attempt.stream_error or ctx.attempt.failure
     if failure or reader.status >= 400:
         attributes["error.type"] = failure or str(reader.status)
-    if ctx.deployment:
-        attributes["lockgate.deployment"] = ctx.deployment
+    if ctx.attempt.deployment:
+        attributes["lockgate.deployment"] = ctx.attempt.deployment
     span.set_attributes(attributes)
     if failure or reader.status >= 500:
         from opentelemetry.trace import Status, StatusCode
@@ -245,10 +245,10 @@ class TraceRequest:
             describe(span, ctx, reader, operation, models, ctx.model_requested)
             if operation is not None and ctx.model_requested:
                 span.update_name(f"{operation} {ctx.model_requested}")
-            identity = ctx.identity or {}
+            identity = ctx.identity.facts() if ctx.identity is not None else {}
             extra = {
                 "lockgate.key": identity.get("key"), "lockgate.user": identity.get("user"), "lockgate.team": identity.get("team"),
-                "lockgate.model.served": ctx.model_served, "lockgate.cache": ctx.cache, "lockgate.cost_usd": ctx.cost_usd,
+                "lockgate.model.served": ctx.attempt.model_served, "lockgate.cache": ctx.cache, "lockgate.cost_usd": ctx.cost_usd,
                 "lockgate.fallback.chain": tuple(ctx.fallback_chain) if ctx.fallback_chain else None,
             }
             span.set_attributes({k: v for k, v in extra.items() if v is not None})

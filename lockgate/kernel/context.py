@@ -1,23 +1,57 @@
-"""The per-request context that lockgate's middlewares and the proxy share.
+"""The request contract: what lockgate's middlewares and its proxy know of one request.
 
-It lives in `scope["lockgate"]`; whoever needs it first creates it. The body is read
-and parsed once, whoever asks first, and handed on to the inner app by `replay`.
-A middleware that changes the request edits `body` and calls `mark_changed`, so the
+It lives in `scope["lockgate"]`; whoever needs it first creates it (`get_context`). The
+body is read and parsed once, whoever asks first, and handed on to the inner app by
+`replay`. A layer that changes the request edits `body` and calls `mark_changed`, so the
 bytes are serialized again only when something really changed.
+
+Every field has its writers and its readers; nothing else passes between layers (no
+string-keyed bag, no `scope["app"].state`). A middleware never needs a field to be set:
+around an app that is not lockgate's proxy it reads the same facts off the wire, and a
+field is a shortcut (README "Use it as a library").
+
+| field | written by | read by |
+|---|---|---|
+| `request_id`, `started` | `get_context` (the client's `x-request-id` when it is a plain token) | everyone; logs, headers |
+| `body`, `raw_body`, `form`, `body_error` | `load_json` (once); rewrite and fallback change `body` (`set_model`) | every middleware, the proxy |
+| `model_requested` | `load_json`: the model the client named | budget (prices), access log, traces, Responses/Messages answers |
+| `websocket` | `load_json`: a realtime handshake | `replay` |
+| `identity` | auth (`Identity`) | throttle, budget, cache, rewrite (`identity_of`), the proxy (`/v1/models`), access log, traces, admin |
+| `model_check` | auth: may this caller be served a model? (`allows`) | rewrite, fallback, the proxy (the last word) |
+| `cache` | cache: `hit` / `miss` / `bypass` | budget and throttle (a hit costs nothing), access log, traces |
+| `cost_usd` | budget | access log, traces |
+| `rewrite_rule` | rewrite: the rule that chose the model | access log |
+| `fallback_chain` | fallback: the models tried, when more than one | access log, traces |
+| `upstream_s` | the proxy: time spent waiting on upstreams, every attempt | access log (lockgate's own overhead) |
+| `attempt` | fallback starts a fresh `Attempt` for each try (`new_attempt`) | see `Attempt` |
+
+An `Attempt` is one pass through the layers inside fallback; a retry gets a new one, so
+nothing of a failed try (its usage, its upstream's status) leaks into the next:
+
+| field | written by | read by |
+|---|---|---|
+| `proxied` | the proxy: lockgate's own proxy answered, so `usage` is its count | budget, throttle, cache (else they meter the answer's bytes) |
+| `model_served` | the proxy (the cache on a hit; rewrite, the model it chose) | budget (prices), cache, access log, traces, `x-lockgate-model` |
+| `deployment`, `upstream_model` | the proxy (the cache on a hit) | budget (a deployment's own price), cache, access log, traces, `x-lockgate-deployment` |
+| `usage` | the proxy (the cache on a hit; budget when it metered a foreign app's answer) | budget, throttle (tpm), cache, access log, traces |
+| `upstream_status`, `failure`, `stream_error` | the proxy: how the upstream failed | fallback (whether to try the next model), access log, traces, metrics |
+| `refusal` | whoever answered an error (`refuse`): its code | fallback (a caller's own refusal is never retried; a context-length error moves up) |
 """
 
 from __future__ import annotations
 
-import time
 import itertools
 import os
 import re
-from typing import Any, Callable
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import orjson
-from starlette.types import Message, Receive, Scope
+from starlette.types import Message, Receive, Scope, Send
 
-from lockgate.kernel.errors import GatewayError, bad_request
+from lockgate.kernel.errors import GatewayError, bad_request, send_error
 from lockgate.kernel.multipart import Form, FormError
 from lockgate.kernel.websocket import query_model
 
@@ -25,6 +59,72 @@ CONTEXT_KEY = "lockgate"
 _ID_PREFIX = os.urandom(6).hex()  # unique per process (and per host), so ids never collide in a shared store
 _ID_COUNTER = itertools.count()
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+ANONYMOUS = "anonymous"
+NO_METADATA: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """A key's own budget and rate limits (auth.yaml or a runtime key), enforced by the
+    budget and throttle middlewares as limits of that key alone."""
+
+    budget_usd: float | None = None
+    budget_period: str = "monthly"
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The limits set, as a key entry writes them (the period only with a budget)."""
+        values: dict[str, Any] = {"budget_usd": self.budget_usd, "budget_period": self.budget_period if self.budget_usd is not None else None}
+        values.update(rpm=self.rpm, tpm=self.tpm)
+        return {name: value for name, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is asking. Auth sets it from the key; without auth, `identity_of` (middleware/
+    identity.py) makes one from what a trusted client says, or `anonymous`. Frozen: a
+    layer cannot change what another layer, or the next request, sees."""
+
+    user: str = ANONYMOUS
+    key: str | None = None
+    team: str | None = None
+    tier: str | None = None
+    models: tuple[str, ...] | None = None  # the key's allow-list (globs); None: any model
+    metadata: Mapping[str, Any] = field(default_factory=lambda: NO_METADATA)
+    admin: bool = False  # the master key
+    source: str = "anonymous"  # auth | client | anonymous
+    limits: KeyLimits | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """The fields a policy's `match:` and a rewrite condition name."""
+        return {"key": self.key, "user": self.user, "team": self.team, "tier": self.tier, "source": self.source, "metadata": self.metadata}
+
+    def as_dict(self) -> dict[str, Any]:
+        """As JSON (an app behind auth showing who called; the key's limits only when set)."""
+        shown: dict[str, Any] = {
+            "key": self.key, "user": self.user, "team": self.team, "tier": self.tier,
+            "models": list(self.models) if self.models is not None else None,
+            "metadata": dict(self.metadata), "admin": self.admin, "source": self.source,
+        }
+        if self.limits is not None:
+            shown["limits"] = self.limits.fields()
+        return shown
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try at an answer (see the module docstring's second table)."""
+
+    proxied: bool = False
+    model_served: str | None = None
+    deployment: str | None = None
+    upstream_model: str | None = None
+    usage: dict[str, Any] | None = None
+    upstream_status: int | None = None
+    failure: str | None = None  # the upstream could not be used: timeout, connect_error, auth, ...
+    stream_error: str | None = None  # the upstream's stream broke after it started
+    refusal: str | None = None  # the code of the error answered for this try
 
 
 class RequestContext:
@@ -36,19 +136,17 @@ class RequestContext:
         "body_loaded",
         "identity",
         "model_requested",
-        "model_served",
-        "deployment",
-        "usage",
-        "proxied",
         "cost_usd",
         "cache",
         "fallback_chain",
+        "rewrite_rule",
         "model_check",
         "upstream_s",
         "max_body",
         "body_error",
         "form",
-        "extra",
+        "websocket",
+        "attempt",
     )
 
     def __init__(self, request_id: str) -> None:
@@ -57,15 +155,12 @@ class RequestContext:
         self.raw_body: bytes | None = None
         self.body: Any = None
         self.body_loaded = False
-        self.identity: dict[str, Any] | None = None
+        self.identity: Identity | None = None
         self.model_requested: str | None = None
-        self.model_served: str | None = None
-        self.deployment: str | None = None
-        self.usage: dict | None = None
-        self.proxied = False  # lockgate's proxy answered: `usage` is its count, not to be read off the wire
         self.cost_usd: float | None = None
         self.cache: str | None = None
         self.fallback_chain: list[str] | None = None
+        self.rewrite_rule: str | None = None
         # set by whoever admitted the request (auth): may this caller be served `model`?
         # Rewrite, fallback and the proxy ask it of the model they are about to use, so an
         # allow-list holds for the model actually served, however it was chosen.
@@ -74,7 +169,13 @@ class RequestContext:
         self.max_body = DEFAULT_MAX_BODY_BYTES  # the gateway sets server.max_body_bytes
         self.body_error: GatewayError | None = None  # the body was read and was bad: say so again
         self.form: Form | None = None  # a multipart body: `body` holds its text fields
-        self.extra: dict[str, Any] = {}
+        self.websocket = False  # a realtime handshake: no body, its model in the query string
+        self.attempt = Attempt()
+
+    def new_attempt(self) -> Attempt:
+        """A fresh try (fallback's next model, or a retry): nothing of the last one stays."""
+        self.attempt = Attempt()
+        return self.attempt
 
     @property
     def model(self) -> str | None:
@@ -82,6 +183,12 @@ class RequestContext:
         layers inside will see it; `model_requested` keeps what the client asked for."""
         model = self.body.get("model") if isinstance(self.body, dict) else None
         return model if isinstance(model, str) else self.model_requested
+
+    def set_model(self, model: str) -> None:
+        """Names another model in the body the layers inside will see."""
+        if isinstance(self.body, dict) and self.body.get("model") != model:
+            self.body = {**self.body, "model": model}
+            self.mark_changed()
 
     def allows(self, model: str) -> bool:
         return self.model_check is None or self.model_check(model)
@@ -105,6 +212,12 @@ class RequestContext:
         if self.form is not None:
             return self.form.pieces(self.body)
         return [self.body_bytes()]
+
+
+async def refuse(ctx: RequestContext, send: Send, error: GatewayError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answers `error` for this try, its code kept in the context for the layers outside."""
+    ctx.attempt.refusal = error.code
+    await send_error(send, error, headers)
 
 
 OWNER_CHARS = 12  # an id's first characters name the process that made it (its owner)
@@ -230,7 +343,7 @@ async def load_json(scope: Scope, receive: Receive, max_bytes: int | None = None
         model = query_model(scope)
         ctx.body = {"model": model} if model else {}
         ctx.body_loaded = True
-        ctx.extra["websocket"] = True
+        ctx.websocket = True
         ctx.model_requested = model
         return ctx
     try:
@@ -303,7 +416,7 @@ def replay(ctx: RequestContext, receive: Receive) -> Receive:
     """A `receive` for the inner app: the (possibly changed) body first, then the real one
     (so the inner app still hears about a disconnect). Before anyone read the body, the
     real one as it is."""
-    if (ctx.raw_body is None and not ctx.body_loaded) or ctx.extra.get("websocket"):
+    if (ctx.raw_body is None and not ctx.body_loaded) or ctx.websocket:
         return receive
     pending: list[bytes | memoryview] | None = None
 

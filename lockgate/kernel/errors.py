@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import orjson
+from typing import Any
 
-from lockgate.providers.base import error_body
+import orjson
 from starlette.types import Send
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": type_, "code": code, "param": param}}
 
 
 class GatewayError(Exception):
@@ -25,8 +30,16 @@ class GatewayError(Exception):
         self.body = error_body(message, type_, code, param)
         self.headers = headers or {}
 
+    @property
+    def code(self) -> str | None:
+        """The error's `code` (`budget_exceeded`, `context_length_exceeded`, ...): what a
+        layer outside reads to decide, never parsing it back out of the bytes sent."""
+        error = self.body.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        return code if isinstance(code, str) else None
+
     @classmethod
-    def from_body(cls, status: int, body: dict, headers: dict[str, str] | None = None) -> "GatewayError":
+    def from_body(cls, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> GatewayError:
         err = cls(status, "")
         err.body = body
         err.headers = headers or {}
@@ -41,7 +54,7 @@ def model_not_found(model: str) -> GatewayError:
     return GatewayError(404, f"The model `{model}` does not exist or you do not have access to it.", "invalid_request_error", "model_not_found", "model")
 
 
-async def send_json(send: Send, status: int, payload: dict, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(send: Send, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = orjson.dumps(payload)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if headers:

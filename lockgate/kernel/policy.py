@@ -202,7 +202,11 @@ def reload_all() -> list[dict[str, Any]]:
 
 
 def statuses() -> list[dict[str, Any]]:
-    return sorted((p.status() for p in registered()), key=lambda s: (s["kind"], s["file"] or ""))
+    return statuses_of(registered())
+
+
+def statuses_of(policies: list[Policy[Any]]) -> list[dict[str, Any]]:
+    return sorted((p.status() for p in policies), key=lambda s: (s["kind"], s["file"] or ""))
 
 
 def metrics() -> dict[str, Any]:

@@ -10,7 +10,7 @@ auth.yaml (every key optional except each key's `id` and `sha256`):
     ip_allow: ["127.0.0.0/8"]         # client CIDRs allowed (default: any)
     max_tokens: 4096                  # cap on max_tokens / max_completion_tokens / max_output_tokens
     max_messages: 200                 # cap on the length of `messages` (or the Responses API's `input`)
-    runtime_keys: true                # also accept keys made with POST /admin/keys (proxy/keys.py), kept in the store
+    runtime_keys: true                # also accept keys made with POST /admin/keys (gateway/keys.py), kept in the store
     store_failure: closed             # closed (503 store_unavailable) | open: see below and proxy/store/guard.py
     store_timeout_s: 0.5
     keys:
@@ -57,8 +57,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from types import MappingProxyType
 from typing import Any, Mapping
 
+import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lockgate.middleware.budget import PERIODS as BUDGET_PERIODS
@@ -68,11 +70,11 @@ from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.kernel.policy import Policy
 from lockgate.providers.tokens import ANSWER_LIMIT_FIELDS
 from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import get_context, load_json, replay
+from lockgate.kernel.context import Identity, KeyLimits, get_context, load_json, replay
 from lockgate.kernel.errors import GatewayError, send_error
 from lockgate.kernel.logs import get_logger
 from lockgate.kernel.websocket import refusals
-from lockgate.kernel.store import guard
+from lockgate.kernel.store import Store, attached, guard
 from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 
 TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths",
@@ -105,16 +107,13 @@ class Key:
     max_tokens: int | None
     max_messages: int | None
     admin: bool = False
-    limits: Mapping[str, Any] | None = None  # the key's own budget_usd / budget_period / rpm / tpm
+    limits: KeyLimits | None = None  # the key's own budget and rate limits, for budget and throttle
 
-    def identity(self) -> dict[str, Any]:
-        # fresh containers each request: a middleware that edits its identity must not edit the policy
-        models = list(self.models) if self.models is not None else None
-        identity = {"key": self.id, "user": self.user, "team": self.team, "tier": self.tier, "models": models,
-                    "metadata": dict(self.metadata), "admin": self.admin, "source": "auth"}
-        if self.limits:
-            identity["limits"] = self.limits  # the key's own budget and rate limits, for budget and throttle
-        return identity
+    def identity(self) -> Identity:
+        return Identity(
+            user=self.user, key=self.id, team=self.team, tier=self.tier, models=self.models,
+            metadata=MappingProxyType(dict(self.metadata)), admin=self.admin, source="auth", limits=self.limits,
+        )
 
     def needs_body(self) -> bool:
         return self.models is not None or self.max_tokens is not None or self.max_messages is not None
@@ -233,7 +232,7 @@ def parse_key(check: Checker, node: dict, ip_allow: Any, max_tokens: Any, max_me
     )
 
 
-def own_limits(check: Checker, node: dict) -> dict[str, Any] | None:
+def own_limits(check: Checker, node: dict[str, Any]) -> KeyLimits | None:
     """A key's own budget and rate limits, enforced by the budget and throttle middlewares."""
     limits: dict[str, Any] = {}
     if node.get("budget_usd") is not None:
@@ -247,7 +246,7 @@ def own_limits(check: Checker, node: dict) -> dict[str, Any] | None:
     for name in ("rpm", "tpm"):
         if node.get(name) is not None:
             limits[name] = check.number(node, name, 1, minimum=1, integer=True)
-    return limits or None
+    return KeyLimits(**limits) if limits else None
 
 
 def digest_field(check: Checker, node: dict, name: str, required: bool = False) -> bytes | None:
@@ -289,6 +288,82 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
+
+# -- runtime keys: made over the admin API (gateway/keys.py), kept in the store ----------
+RUNTIME_ENTRY = "runtime-key:"  # + the key's sha256 hex: its entry (JSON), as auth.yaml's fields
+RUNTIME_ID = "runtime-key-id:"  # + its id: the sha256 hex, so an id is taken once and a revocation finds it
+KNOWN_MAX = 10_000  # runtime keys remembered per process for `store_failure: open`; past it the memory starts afresh
+
+
+class BodyChecker(Checker):
+    """auth.yaml's checks on a JSON body: problems without line numbers, and never a
+    `${VAR}` read from the gateway's environment."""
+
+    def expand(self, value: Any, node: Any, key: Any) -> Any:
+        return value
+
+
+class RuntimeKeyLookup:
+    """One store's runtime keys, as auth in one process sees them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        # what each runtime key's entry last said, and the Key it made under which policy:
+        # parsed once, not per request, and the answer `store_failure: open` falls back on
+        self.known: dict[bytes, tuple[bytes, AuthPolicy, Key | None]] = {}
+
+    async def find(self, presented: bytes, policy: AuthPolicy) -> Key | None:
+        """The runtime key presented, or None. Raises StoreUnavailable."""
+        digest = hashlib.sha256(presented).digest()
+        raw = await guard.call(self.store, self.store.get(RUNTIME_ENTRY + digest.hex()), policy.store_failure.timeout_s)
+        if raw is None:
+            self.known.pop(digest, None)
+            return None
+        return self.key_of(digest, raw, policy)
+
+    def last_known(self, presented: bytes, policy: AuthPolicy) -> Key | None:
+        """What this process last heard of the key, however old (the store is down)."""
+        digest = hashlib.sha256(presented).digest()
+        known = self.known.get(digest)
+        return self.key_of(digest, known[0], policy) if known is not None else None
+
+    def key_of(self, digest: bytes, raw: bytes, policy: AuthPolicy) -> Key | None:
+        known = self.known.get(digest)
+        if known is not None and known[0] == raw and known[1] is policy:
+            return known[2]
+        try:
+            entry = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            entry = None
+        key = None
+        if not isinstance(entry, dict):
+            log.warning("runtime_key_unreadable")
+        elif entry.get("id") in policy.ids or entry.get("id") == MASTER_ID:
+            log.warning("runtime_key_shadowed", key=entry.get("id"), reason="auth.yaml names this id")
+        else:
+            check = BodyChecker("runtime key")
+            fields = {name: value for name, value in entry.items() if name != "created"}
+            try:
+                key = parse_key(check, fields, *policy.defaults)
+            except Exception:  # noqa: BLE001 - an entry written by another version: refused, not a 500
+                key = None
+            if check.problems or key is None or key.digest != digest:
+                log.warning("runtime_key_unreadable", key=entry.get("id"), problems=check.problems)
+                key = None
+        if len(self.known) >= KNOWN_MAX:
+            self.known.clear()
+        self.known[digest] = (raw, policy, key)
+        return key
+
+    def forget(self, digest: bytes) -> None:
+        self.known.pop(digest, None)
+
+
+def runtime_keys(store: Store) -> RuntimeKeyLookup:
+    """The one RuntimeKeyLookup of a store object, shared by the auth middlewares and the
+    admin API of a process (a revocation there is forgotten here at once)."""
+    return attached(store, "_lockgate_runtime_keys", RuntimeKeyLookup)
 
 
 # -- the request ----------------------------------------------------------------------
@@ -360,12 +435,7 @@ class AuthMiddleware:
     def __init__(self, app: ASGIApp, policy: Any, store: Any = None) -> None:
         self.app = app
         self.policy = Policy("auth", policy, parse_policy)
-        self.runtime = None
-        if store is not None:
-            from lockgate.gateway.keys import runtime_keys
-
-            self.runtime = runtime_keys(store)
-            self.runtime.file_policy = self.policy  # the console lists the file's keys and refuses their ids
+        self.runtime = runtime_keys(store) if store is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

@@ -65,7 +65,7 @@ from typing import Any, Mapping
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lockgate.middleware.identity import identity
+from lockgate.middleware.identity import identity_of
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.kernel.policy import Policy
@@ -73,13 +73,13 @@ from lockgate.providers import prices
 from lockgate.providers.base import Price
 from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
 from lockgate.providers.usage import TRANSCRIPT_DONE, UsageMeter, realtime_usage, transcription_usage, usage_bound
-from lockgate.providers import catalog
+from lockgate.providers.catalog import BUILTIN, Catalog
 from lockgate.kernel import metrics
 from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import model_request, new_id, route_path
+from lockgate.kernel.context import Identity, RequestContext, model_request, new_id, refuse, route_path
 from lockgate.providers.endpoints import FREE, kind_of
 from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
-from lockgate.kernel.errors import GatewayError, send_error
+from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.logs import get_logger
 from lockgate.kernel.store import Claim, Store, guard, open_store, owners
 from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
@@ -223,38 +223,30 @@ def report_key(period: str, now: dt.datetime) -> str:
     return report_key_for_day(period, now.date())
 
 
-def gateway_of(scope: Scope) -> Any:
-    """lockgate's own gateway under this middleware, when there is one (a shortcut to its
-    config: prices and output limits per deployment)."""
-    return getattr(getattr(scope.get("app"), "state", None), "gateway", None)
-
-
-def price_for(policy: BudgetPolicy, scope: Scope, *models: str | None) -> Price | None:
-    """The first price known for any of `models`: budget.yaml's `prices:`, then the
-    gateway's deployment price for that model name, then the built-in table."""
-    gateway = getattr(getattr(scope.get("app"), "state", None), "gateway", None)
-    for model in models:
-        if not model:
+def price_for(policy: BudgetPolicy, models: Catalog, *names: str | None) -> Price | None:
+    """The first price known for any of `names`: budget.yaml's `prices:`, then the
+    catalog's (lockgate's gateway: the deployment serving that name; else the built-in
+    table)."""
+    for name in names:
+        if not name:
             continue
-        if model in policy.prices:
-            return policy.prices[model]
-        configured = gateway.config.models.get(model) if gateway is not None else None
-        if configured is not None:
-            dep = configured.deployments[0]
-            price = dep.price or prices.lookup(dep.model)
-            if price is not None:
-                return price
-        price = prices.lookup(model)
+        if name in policy.prices:
+            return policy.prices[name]
+        price = models.price(name)
         if price is not None:
             return price
     return None
 
 
 class BudgetMiddleware:
-    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None) -> None:
+    """`catalog` prices the models (lockgate's gateway hands in gateway.yaml's; around
+    another app, the built-in tables price them)."""
+
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None, catalog: Catalog | None = None) -> None:
         self.app = app
         self.policy = Policy("budget", policy, parse_policy)
         self.store = open_store(store)
+        self.catalog = catalog or BUILTIN
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -270,18 +262,20 @@ class BudgetMiddleware:
             await self.app(scope, inner_receive, send)
             return
         budgeted = BudgetedSession if scope["type"] == "websocket" else BudgetedRequest
-        await budgeted(self.store, policy, ctx, scope)(self.app, inner_receive, send)
+        await budgeted(self.store, policy, self.catalog, ctx, scope)(self.app, inner_receive, send)
 
 
 class BudgetedRequest:
-    def __init__(self, store: Store, policy: BudgetPolicy, ctx, scope: Scope) -> None:
+    def __init__(self, store: Store, policy: BudgetPolicy, models: Catalog, ctx: RequestContext, scope: Scope) -> None:
         self.store = store
         self.policy = policy
+        self.models = models
         self.ctx = ctx
         self.scope = scope
         self.entry = new_id()
         self.now = dt.datetime.now(dt.timezone.utc)
-        self.who = identity(scope, ctx, policy.trust_client_user)
+        self.identity = identity_of(scope, ctx, policy.trust_client_user)
+        self.who = self.identity.facts()
         self.kind = kind_of(route_path(scope)) if "path" in scope else None
         self.applicable = self._applicable()
         self.keys = [self._key(b) for b in self.applicable]
@@ -296,7 +290,7 @@ class BudgetedRequest:
 
     def _applicable(self) -> list[Budget]:
         found = []
-        own = own_budget(self.who)
+        own = own_budget(self.identity)
         for dimension in DIMENSIONS:
             name = self.who.get(dimension)
             if not name:
@@ -315,20 +309,20 @@ class BudgetedRequest:
         """The price the request is reserved at, once admitted; False when it was refused
         (the refusal sent)."""
         ctx = self.ctx
-        price = FREE_PRICE if self.kind in FREE else price_for(self.policy, self.scope, ctx.model)
+        price = FREE_PRICE if self.kind in FREE else price_for(self.policy, self.models, ctx.model)
         if price is None:
             price = self._price_after_rewrite()
         if price is None and self.policy.unknown_price == "refuse":
             metrics.unpriced.inc()
             log.warning("unpriced_model_refused", model=ctx.model, request_id=ctx.request_id)
             message = f"No price is known for model `{ctx.model}`, and the budget policy refuses unpriced models."
-            await send_error(send, GatewayError(403, message, "invalid_request_error", "unknown_price", "model", {"x-request-id": ctx.request_id}))
+            await refuse(ctx, send, GatewayError(403, message, "invalid_request_error", "unknown_price", "model", {"x-request-id": ctx.request_id}))
             return False
         if self.applicable:
             refusal = await self._reserve(price)
             if refusal is not None:
                 refusal.headers["x-request-id"] = ctx.request_id
-                await send_error(send, refusal)
+                await refuse(ctx, send, refusal)
                 return False
         return price
 
@@ -390,10 +384,9 @@ class BudgetedRequest:
         """A name lockgate's gateway does not serve as such (an alias a rewrite resolves
         further in) is priced at the dearest model the gateway serves until it settles,
         so its reservation still bounds its cost."""
-        gateway = gateway_of(self.scope)
-        if gateway is None or self.ctx.model in gateway.config.models:
+        if self.models.serves(self.ctx.model or ""):
             return None
-        found = [price_for(self.policy, self.scope, name) for name in gateway.config.models]
+        found = [price_for(self.policy, self.models, name) for name in self.models.names()]
         priced = [p for p in found if p is not None]
         return max(priced, key=lambda p: (p.input_per_mtok + p.output_per_mtok)) if priced else None
 
@@ -407,16 +400,8 @@ class BudgetedRequest:
         if units is not None:
             return prices.cost(units, price)
         prompt = prompt_tokens_bound(body, self.ctx.body_size())
-        answer = answer_limit(body) or self.policy.reserve_max_tokens or self._output_limit()
+        answer = answer_limit(body) or self.policy.reserve_max_tokens or self.models.output_limit(self.ctx.model or "")
         return prices.cost({"prompt_tokens": prompt, "completion_tokens": answer}, price)
-
-    def _output_limit(self) -> int:
-        model = self.ctx.model or ""
-        gateway = gateway_of(self.scope)
-        configured = gateway.config.models.get(model) if gateway is not None else None
-        if configured is not None:
-            return max(catalog.output_limit(dep, configured.info) for dep in configured.deployments)
-        return catalog.family(model)[1] or catalog.DEFAULT[1]
 
     # -- the answer ---------------------------------------------------------------------
     def _send(self, send: Send) -> Send:
@@ -424,7 +409,7 @@ class BudgetedRequest:
             kind = message["type"]
             if kind == "http.response.start":
                 self.status = message["status"]
-                if not self.ctx.proxied and self.ctx.cache != "hit":
+                if not self.ctx.attempt.proxied and self.ctx.cache != "hit":
                     self.meter = UsageMeter(self.kind, self.ctx.body)
                     self.meter.start(message)
                 self.streaming = _is_stream(message)
@@ -469,19 +454,26 @@ class BudgetedRequest:
 
     def _usage(self) -> dict | None:
         ctx = self.ctx
-        if ctx.proxied or ctx.cache == "hit" or self.meter is None:
-            return ctx.usage
-        usage = self.meter.usage or ctx.usage  # an inner app may have recorded it in the context
+        attempt = ctx.attempt
+        if attempt.proxied or ctx.cache == "hit" or self.meter is None:
+            return attempt.usage
+        usage = self.meter.usage or attempt.usage  # an inner app may have recorded it in the context
         if usage is None and 200 <= self.status < 300:
             usage = self.meter.estimate(ctx.body)
             metrics.unmetered.inc()
             log.warning("answer_without_usage", request_id=ctx.request_id, model=self._served(), estimated=usage)
-        ctx.usage = usage
+        attempt.usage = usage
         return usage
 
     def _served(self) -> str | None:
         ctx = self.ctx
-        return ctx.model_served or ctx.model
+        return ctx.attempt.model_served or ctx.model
+
+    def _served_price(self, served: str | None) -> Price | None:
+        """The price of what was served: its deployment's own, else the first name priced."""
+        ctx = self.ctx
+        attempt = ctx.attempt
+        return self.models.deployment_price(attempt.deployment) or price_for(self.policy, self.models, served, attempt.upstream_model, ctx.model, ctx.model_requested)
 
     async def _settle(self) -> float | None:
         """Turns the reservation into the real cost; returns it (None when unpriced)."""
@@ -494,7 +486,7 @@ class BudgetedRequest:
             cost: float | None = 0.0
         else:
             served = self._served()
-            price = ctx.extra.get("price") or price_for(self.policy, self.scope, served, ctx.extra.get("upstream_model"), ctx.model, ctx.model_requested)
+            price = self._served_price(served)
             if price is None:
                 if usage:
                     metrics.unpriced.inc()
@@ -537,13 +529,13 @@ class BudgetedRequest:
         return [(report_key(period, self.now), field, amount) for period in REPORT_PERIODS for field in fields]
 
 
-def own_budget(who: Mapping[str, Any]) -> Budget | None:
+def own_budget(who: Identity) -> Budget | None:
     """A key's own budget (`budget_usd` of its auth.yaml entry or of a runtime key), which
     takes the place of budget.yaml's budget for that key."""
-    limits = who.get("limits")
-    if not limits or limits.get("budget_usd") is None:
+    limits = who.limits
+    if limits is None or limits.budget_usd is None:
         return None
-    return Budget("key", who.get("key"), limits["budget_usd"], limits.get("budget_period", "monthly"))
+    return Budget("key", who.key, limits.budget_usd, limits.budget_period)
 
 
 FREE_PRICE = Price(0.0, 0.0)
@@ -596,7 +588,7 @@ class BudgetedSession(BudgetedRequest):
         return self._response_bound(price, None, 0)[0]
 
     def _response_bound(self, price: Price | None, params: Any, size: int) -> tuple[float, int]:
-        limit = self._output_limit()
+        limit = self.models.output_limit(self.ctx.model or "")
         cap = answer_cap(params) or self.session_cap
         answer = min(cap, limit) if isinstance(cap, int) else self.policy.reserve_max_tokens or limit
         if price is None:
@@ -742,7 +734,7 @@ class BudgetedSession(BudgetedRequest):
     async def _charge(self, usage: dict | None, held: Held) -> None:
         self.last_input = max(self.last_input, (usage or {}).get("prompt_tokens", 0))
         ctx = self.ctx
-        price = ctx.extra.get("price") or price_for(self.policy, self.scope, self._served(), ctx.extra.get("upstream_model"), ctx.model, ctx.model_requested)
+        price = self._served_price(self._served())
         cost = prices.cost(usage, price) if price is not None and usage else 0.0
         if price is None and usage:
             metrics.unpriced.inc()

@@ -76,15 +76,14 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.middleware.auth import presented_key
-from lockgate.middleware.identity import identity
+from lockgate.middleware.identity import identity_of
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.kernel.policy import Policy
 from lockgate.providers.base import loads_or_none, usage_requested
 from lockgate.providers.sse import DONE, SSEDecoder
 from lockgate.providers.usage import from_answer
 from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import RequestContext, header, model_request, redacted, route_path
-from lockgate.kernel.errors import send_error
+from lockgate.kernel.context import RequestContext, header, model_request, redacted, refuse, route_path
 from lockgate.kernel.logs import get_logger
 from lockgate.kernel.store import Store, guard, open_store
 from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
@@ -192,10 +191,10 @@ def subject(policy: CachePolicy, scope: Scope, ctx: RequestContext) -> str:
     """Whose entries this request may read and write."""
     if policy.scope == "global":
         return "*"
-    who = identity(scope, ctx, policy.trust_client_user)
-    if who.get("source") != "anonymous":
-        value = who.get(policy.scope)
-        return f"{policy.scope}:{value}" if value else f"user:{who.get('user')}"
+    who = identity_of(scope, ctx, policy.trust_client_user)
+    if who.source != "anonymous":
+        value = who.facts().get(policy.scope)
+        return f"{policy.scope}:{value}" if value else f"user:{who.user}"
     credential = presented_key(scope)
     return "credential:" + hashlib.sha256(credential).hexdigest() if credential else "anonymous"
 
@@ -302,7 +301,7 @@ class CachedRequest:
                 failure = self.policy.store_failure
                 guard.failed("cache", failure, exc, self.ctx.request_id)
                 if failure.closed:
-                    await send_error(send, guard.unavailable(), [(b"x-request-id", self.ctx.request_id.encode("latin-1"))])
+                    await refuse(self.ctx, send, guard.unavailable(), [(b"x-request-id", self.ctx.request_id.encode("latin-1"))])
                     return
                 self.ctx.cache = "bypass"
                 await app(self.scope, receive, tagged(send, b"bypass"))
@@ -361,9 +360,10 @@ class CachedRequest:
         meta, payload = entry
         ctx = self.ctx
         ctx.cache = "hit"
-        ctx.usage = meta["usage"]
-        ctx.model_served = meta["model"]
-        ctx.deployment = meta["deployment"]
+        attempt = ctx.attempt
+        attempt.usage = meta["usage"]
+        attempt.model_served = meta["model"]
+        attempt.deployment = meta["deployment"]
         stored = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["headers"]]
         others = [(k, v) for k, v in stored if k != b"content-type"]
         wants_stream = bool(ctx.body.get("stream"))
@@ -413,17 +413,17 @@ class CachedRequest:
         payload = b"".join(self.parts)
         usage_chunk = None
         if self.stream:
-            recorded = complete_stream(payload, self.kind in USAGE_KINDS, ctx.usage)
+            recorded = complete_stream(payload, self.kind in USAGE_KINDS, ctx.attempt.usage)
             if recorded is None:
                 return
             payload, usage_chunk = recorded
-        usage = ctx.usage if ctx.proxied or self.stream else from_answer(loads_or_none(payload))
+        usage = ctx.attempt.usage if ctx.attempt.proxied or self.stream else from_answer(loads_or_none(payload))
         meta = {
             "stream": self.stream,
             "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers],
             "usage": usage,
-            "model": ctx.model_served,
-            "deployment": ctx.deployment,
+            "model": ctx.attempt.model_served,
+            "deployment": ctx.attempt.deployment,
             "usage_chunk": usage_chunk,
         }
         write = self.store.set(self.key, orjson.dumps(meta) + b"\n" + payload, self.ttl)

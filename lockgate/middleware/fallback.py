@@ -48,7 +48,6 @@ DEFAULT_ON = (429, 500, 502, 503, 504, "timeout", "connect_error")
 KINDS = ("timeout", "connect_error")
 # the caller's own refusals: another model would be refused the same way
 NEVER = frozenset({"budget_exceeded", "invalid_api_key", "model_not_allowed", "ip_not_allowed", "unknown_price"})
-PER_ATTEMPT = ("upstream_status", "upstream_failure", "stream_error", "price", "upstream_model")
 PREAMBLE_EVENTS = frozenset(
     {"ping", "message_start", "content_block_start", "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"}
 )
@@ -136,7 +135,7 @@ class FallbackMiddleware:
         await FallbackRequest(policy, ctx)(self.app, scope, receive, send)
 
 
-class Attempt:
+class HeldAnswer:
     """One try's answer, held back until it is known to be worth sending."""
 
     __slots__ = ("send", "start", "held", "committed", "streaming", "decoder", "failed_in_stream", "status")
@@ -197,6 +196,8 @@ class Attempt:
         self.held = []
 
     def error_code(self) -> str | None:
+        """The held error's code read off the wire: only for an inner app that is not
+        lockgate's (lockgate's layers say theirs in the context)."""
         try:
             error = orjson.loads(b"".join(self.held)).get("error") or {}
         except (orjson.JSONDecodeError, AttributeError):
@@ -233,7 +234,7 @@ class FallbackRequest:
         first = ctx.body["model"]
         queue = self.plan(first)
         tried: list[str] = []
-        last: Attempt | None = None
+        last: HeldAnswer | None = None
         while queue:
             model = queue.pop(0)
             for attempt_no in range(self.policy.retries_for(model) + 1):
@@ -258,34 +259,30 @@ class FallbackRequest:
         assert last is not None
         await self._deliver(last, send, tried)
 
-    async def _try(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, model: str, tried: list[str]) -> Attempt:
+    async def _try(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, model: str, tried: list[str]) -> HeldAnswer:
         ctx = self.ctx
-        if ctx.body.get("model") != model:
-            ctx.body = {**ctx.body, "model": model}
-            ctx.mark_changed()
-        ctx.model_served = None
-        ctx.deployment = None
-        ctx.usage = None
-        for key in PER_ATTEMPT:
-            ctx.extra.pop(key, None)
+        ctx.set_model(model)
+        ctx.new_attempt()  # nothing of the last try (its usage, its upstream's failure) carries over
         ctx.fallback_chain = list(tried) if len(tried) > 1 else None
-        attempt = Attempt(self._with_header(send, tried))
-        await app(scope, replay(ctx, receive), attempt)
-        return attempt
+        held = HeldAnswer(self._with_header(send, tried))
+        await app(scope, replay(ctx, receive), held)
+        return held
 
-    def _verdict(self, attempt: Attempt, model: str) -> str:
+    def _verdict(self, held: HeldAnswer, model: str) -> str:
         """`retry` (this model again or the next), `bigger` (the context-window model)
         or `final` (send this answer as it is)."""
-        code = attempt.error_code()
+        attempt = self.ctx.attempt
+        # lockgate's layers say why they refused; only a foreign app's answer is read for it
+        code = attempt.refusal if attempt.refusal or attempt.proxied else held.error_code()
         if code in NEVER:
             return "final"
-        if attempt.status == 400 and code == "context_length_exceeded" and model in self.policy.context_window:
+        if held.status == 400 and code == "context_length_exceeded" and model in self.policy.context_window:
             return "bigger"
-        kind = self.ctx.extra.get("stream_error") or self.ctx.extra.get("upstream_failure")
+        kind = attempt.stream_error or attempt.failure
         if kind in self.policy.kinds:
             return "retry"
-        statuses = {attempt.status, self.ctx.extra.get("upstream_status")}
-        if attempt.failed_in_stream or (attempt.streaming and not attempt.committed):
+        statuses = {held.status, attempt.upstream_status}
+        if held.failed_in_stream or (held.streaming and not held.committed):
             statuses.add(502)
         return "retry" if statuses & self.policy.statuses else "final"
 
@@ -298,7 +295,7 @@ class FallbackRequest:
 
         return stamped
 
-    async def _deliver(self, attempt: Attempt, send: Send, tried: list[str]) -> None:
+    async def _deliver(self, attempt: HeldAnswer, send: Send, tried: list[str]) -> None:
         """The last failure, as it came (its start held until now), or, for a stream
         that ended with nothing worth sending, what it sent."""
         if attempt.start is None:

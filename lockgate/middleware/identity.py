@@ -8,16 +8,19 @@ import ipaddress
 from fnmatch import fnmatchcase
 from typing import Any
 
-from lockgate.kernel.parsing import Checker
-from lockgate.kernel.context import RequestContext, header
 from starlette.types import Scope
 
-ANONYMOUS = "anonymous"
+from lockgate.kernel.context import Identity, RequestContext, header
+from lockgate.kernel.parsing import Checker
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def identity(scope: Scope, ctx: RequestContext, trust_client: bool = False) -> dict[str, Any]:
+ANONYMOUS_IDENTITY = Identity()
+
+
+def identity_of(scope: Scope, ctx: RequestContext, trust_client: bool = False) -> Identity:
     """`ctx.identity` when auth set it; otherwise a claimed user (from the
     `x-lockgate-user` header, then the body's `user` field) only if `trust_client`."""
     if ctx.identity is not None:
@@ -27,7 +30,7 @@ def identity(scope: Scope, ctx: RequestContext, trust_client: bool = False) -> d
         user = header(scope, b"x-lockgate-user")
         if not user and isinstance(ctx.body, dict) and isinstance(ctx.body.get("user"), str):
             user = ctx.body["user"]
-    return {"key": None, "user": user or ANONYMOUS, "team": None, "tier": None, "metadata": {}, "source": "client" if user else "anonymous"}
+    return Identity(user=user, source="client") if user else ANONYMOUS_IDENTITY
 
 
 def matches(spec: dict[str, Any], facts: dict[str, Any]) -> bool:

@@ -59,14 +59,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.middleware import expression
 from lockgate.middleware.expression import Expression, ExpressionError
-from lockgate.middleware.identity import identity, matches
+from lockgate.middleware.identity import identity_of, matches
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.kernel.policy import Policy
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import RequestContext, get_context, header, model_request, route_path
-from lockgate.kernel.errors import GatewayError, send_error
+from lockgate.kernel.context import Identity, RequestContext, get_context, header, model_request, refuse, route_path
+from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.websocket import refusals
 
 IDENTITY_NAMES = {"key": "key", "user": "user", "team": "team", "tier": "tier", "user_tier": "tier"}
@@ -285,7 +285,7 @@ class Facts:
         self.scope = scope
         self.ctx = ctx
         self.trust = trust
-        self.who: dict[str, Any] | None = None
+        self.who: Identity | None = None
         self.known: dict[str, Any] = {"model": model}
 
     def get(self, name: str) -> Any:
@@ -298,10 +298,10 @@ class Facts:
         body = self.ctx.body
         if name in IDENTITY_NAMES or name.startswith("metadata."):
             if self.who is None:
-                self.who = identity(self.scope, self.ctx, self.trust)
+                self.who = identity_of(self.scope, self.ctx, self.trust)
             if name.startswith("metadata."):
-                return (self.who.get("metadata") or {}).get(name[9:])
-            return self.who.get(name)
+                return self.who.metadata.get(name[9:])
+            return self.who.facts().get(name)
         if name == "hour":
             return utc_hour()
         if name == "input_length":
@@ -340,7 +340,7 @@ def rewrite(policy: RewritePolicy, scope: Scope, ctx: RequestContext) -> None:
             if target is None:
                 continue  # a model this caller may not use: the rule is not for them
             model = target
-            ctx.extra["rewrite_rule"] = rule.label
+            ctx.rewrite_rule = rule.label
             break
     changed = False
     for name in policy.client_fields:
@@ -349,7 +349,7 @@ def rewrite(policy: RewritePolicy, scope: Scope, ctx: RequestContext) -> None:
             changed = True
     if model != asked:
         body["model"] = model
-        ctx.model_served = model
+        ctx.attempt.model_served = model  # what the app inside is asked to serve (the proxy's word, when it is lockgate's)
         changed = True
     if changed:
         ctx.mark_changed()
@@ -384,7 +384,7 @@ class RewriteMiddleware:
             try:
                 rewrite(policy, scope, ctx)
             except GatewayError as exc:
-                await send_error(send, exc, [(b"x-request-id", ctx.request_id.encode("latin-1"))])
+                await refuse(ctx, send, exc, [(b"x-request-id", ctx.request_id.encode("latin-1"))])
                 return
         await self.app(scope, inner_receive, send)
 
@@ -409,7 +409,7 @@ async def alias_retrieval(app: ASGIApp, scope: Scope, receive: Receive, send: Se
     ctx = get_context(scope)
     if not ctx.allows(alias):
         error = GatewayError(404, f"The model `{alias}` does not exist or you do not have access to it.", "invalid_request_error", "model_not_found", "model")
-        await send_error(send, error, [(b"x-request-id", ctx.request_id.encode("latin-1"))])
+        await refuse(ctx, send, error, [(b"x-request-id", ctx.request_id.encode("latin-1"))])
         return
     path = scope["path"]
     inner_path = path[: len(path) - len(alias)] + target

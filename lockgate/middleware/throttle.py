@@ -43,13 +43,13 @@ from typing import Any, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lockgate.middleware.identity import Network, client_address, identity, matches, networks
+from lockgate.middleware.identity import Network, client_address, identity_of, matches, networks
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.kernel.policy import Policy
 from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import CONTEXT_KEY, model_request, new_id
-from lockgate.kernel.errors import GatewayError, send_error
+from lockgate.kernel.context import CONTEXT_KEY, Identity, RequestContext, model_request, new_id, refuse
+from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.store import Claim, Store, guard, open_store, owners
 from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 from lockgate.kernel.websocket import refusals
@@ -138,17 +138,17 @@ def parse_policy(raw: Any, source: str) -> ThrottlePolicy:
 
 def has_own_limits(scope: Scope) -> bool:
     ctx = scope.get(CONTEXT_KEY)
-    limits = (ctx.identity or {}).get("limits") if ctx is not None else None
-    return bool(limits and (limits.get("rpm") or limits.get("tpm")))
+    limits = ctx.identity.limits if ctx is not None and ctx.identity is not None else None
+    return bool(limits and (limits.rpm or limits.tpm))
 
 
-def own_limit(who: Mapping[str, Any]) -> Limit | None:
+def own_limit(who: Identity) -> Limit | None:
     """A key's own rpm / tpm (its auth.yaml entry's or a runtime key's), counted per key
     like a `per: key` limit, in ledgers of their own."""
-    limits = who.get("limits")
-    if not limits or not (limits.get("rpm") or limits.get("tpm")):
+    limits = who.limits
+    if limits is None or not (limits.rpm or limits.tpm):
         return None
-    return Limit(OWN_LIMIT_ID, "key", {}, limits.get("rpm"), limits.get("tpm"), None, False, 0.0, 256)
+    return Limit(OWN_LIMIT_ID, "key", {}, limits.rpm, limits.tpm, None, False, 0.0, 256)
 
 
 class ThrottleMiddleware:
@@ -177,7 +177,7 @@ class ThrottleMiddleware:
 class ThrottledRequest:
     """One request's claims: taken before the call, corrected and released after it."""
 
-    def __init__(self, store: Store, policy: ThrottlePolicy, ctx) -> None:
+    def __init__(self, store: Store, policy: ThrottlePolicy, ctx: RequestContext) -> None:
         self.store = store
         self.policy = policy
         self.ctx = ctx
@@ -191,8 +191,8 @@ class ThrottledRequest:
 
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ctx
-        who = identity(scope, ctx, self.policy.trust_client_user)
-        facts = {**who, "model": ctx.model, "client": str(client_address(scope, self.policy.trusted_proxies) or "")}
+        who = identity_of(scope, ctx, self.policy.trust_client_user)
+        facts = {**who.facts(), "model": ctx.model, "client": str(client_address(scope, self.policy.trusted_proxies) or "")}
         active = [limit for limit in self.policy.limits if matches(limit.match, facts)]
         own = own_limit(who)
         if own is not None:
@@ -218,7 +218,7 @@ class ThrottledRequest:
                 self._abandon()
                 guard.failed("throttle", failure, exc, self.ctx.request_id)
                 if failure.closed:
-                    await send_error(send, guard.unavailable())
+                    await refuse(self.ctx, send, guard.unavailable())
                 else:
                     await app(scope, receive, send)
                 return
@@ -230,7 +230,7 @@ class ThrottledRequest:
                 delay = result.retry_after_s if math.isfinite(result.retry_after_s) and result.retry_after_s > 0 else 0.05
                 await asyncio.sleep(min(delay, wait_until - now, 1.0))
                 continue
-            await send_error(send, self._refusal(result, limit))
+            await refuse(self.ctx, send, self._refusal(result, limit))
             return
         self._set_headers(result.used)
         try:
@@ -299,7 +299,7 @@ class ThrottledRequest:
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.status = message["status"]
-                if self.tpm_keys and not self.ctx.proxied and self.ctx.cache != "hit":
+                if self.tpm_keys and not self.ctx.attempt.proxied and self.ctx.cache != "hit":
                     self.meter = UsageMeter()
                     self.meter.start(message)
                 if self.headers:
@@ -319,7 +319,7 @@ class ThrottledRequest:
 
     def _used_tokens(self) -> float:
         """What the answer really used (nothing, when the upstream never answered)."""
-        usage = self.ctx.usage
+        usage = self.ctx.attempt.usage
         if self.meter is not None:
             usage = self.meter.usage or usage or (self.meter.estimate(self.ctx.body) if 200 <= self.status < 300 else None)
         if not isinstance(usage, dict):

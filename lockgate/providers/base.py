@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import orjson
 
+from lockgate.kernel.errors import error_body
+
 
 @dataclass(frozen=True, slots=True)
 class Price:
@@ -226,10 +228,6 @@ ERROR_TYPES = {
     422: ("invalid_request_error", None),
     429: ("rate_limit_exceeded", "rate_limit_exceeded"),
 }
-
-
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "code": code, "param": param}}
 
 
 def openai_error_from_upstream(status: int, body: bytes) -> dict:

@@ -1,15 +1,16 @@
-"""What `/v1/model/info` says about a model when `gateway.yaml` does not: context
-window, output limit, vision and reasoning support of the common model families.
-Matched by glob on the upstream model name, first match wins."""
+"""What lockgate knows of models beyond their names: context window, output limit, vision
+and reasoning support of the common model families (what `/v1/model/info` says when
+gateway.yaml does not; matched by glob on the upstream model name, first match wins), and
+the `Catalog` a budget prices with."""
 
 from __future__ import annotations
 
 import functools
 from fnmatch import fnmatchcase
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 
-from lockgate.providers.base import Deployment
-from lockgate.providers.prices import base_name
+from lockgate.providers.base import Deployment, Price
+from lockgate.providers.prices import base_name, lookup
 
 # (glob, max_input_tokens, max_tokens, supports_vision, supports_reasoning)
 FAMILIES: tuple[tuple[str, int, int, bool, bool], ...] = (
@@ -96,3 +97,46 @@ def model_info(deployment: Deployment, overrides: Mapping[str, Any]) -> dict:
     }
     info.update(overrides)
     return info
+
+
+class Catalog(Protocol):
+    """What a budget asks of the models it prices. lockgate's gateway answers from
+    gateway.yaml's deployments (proxy/config.py `ConfigCatalog`); around another app, the
+    built-in tables answer (`BUILTIN`)."""
+
+    def price(self, model: str) -> Price | None:
+        """The price of a model name: a served model's (its first deployment's), else the table's."""
+
+    def deployment_price(self, deployment: str | None) -> Price | None:
+        """A deployment's own configured `price`, by its id (None: it has none)."""
+
+    def output_limit(self, model: str) -> int:
+        """The most answer tokens the model's deployments give."""
+
+    def serves(self, model: str) -> bool:
+        """Whether the name is a model served as such (else an alias resolved further in)."""
+
+    def names(self) -> Iterable[str]:
+        """The model names served."""
+
+
+class BuiltinCatalog:
+    """The built-in price table and model families: every name is taken as it is."""
+
+    def price(self, model: str) -> Price | None:
+        return lookup(model)
+
+    def deployment_price(self, deployment: str | None) -> Price | None:
+        return None
+
+    def output_limit(self, model: str) -> int:
+        return family(model)[1] or DEFAULT[1]
+
+    def serves(self, model: str) -> bool:
+        return True
+
+    def names(self) -> Iterable[str]:
+        return ()
+
+
+BUILTIN: Catalog = BuiltinCatalog()

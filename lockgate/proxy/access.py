@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.proxy import genai
 from lockgate.kernel import metrics
-from lockgate.kernel.context import get_context, redacted, route_path
+from lockgate.kernel.context import RequestContext, get_context, redacted, route_path
 from lockgate.kernel.errors import GatewayError, send_error
 from lockgate.kernel.logs import get_logger, info_line
 from lockgate.kernel.websocket import refusals
@@ -53,14 +53,15 @@ class AccessLog:
         if self.max_body_bytes:
             ctx.max_body = self.max_body_bytes
         status = 0
+        first_chunk_s: float | None = None
         request_id = ctx.request_id.encode("latin-1", "replace")
 
         async def stamped(message: Message) -> None:
-            nonlocal status
+            nonlocal status, first_chunk_s
             if message["type"] == "http.response.body":
-                if "first_chunk_s" not in ctx.extra and message.get("body") and message.get("more_body"):
+                if first_chunk_s is None and message.get("body") and message.get("more_body"):
                     # a streamed answer's first bytes out: the time to first token as the client sees it
-                    ctx.extra["first_chunk_s"] = time.perf_counter() - ctx.started
+                    first_chunk_s = time.perf_counter() - ctx.started
             elif message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers") or ())
@@ -92,12 +93,12 @@ class AccessLog:
         finally:
             path = scope.get("path", "")
             if path not in QUIET_PATHS:
-                self.record(scope, ctx, status or 499)
+                self.record(scope, ctx, status or 499, first_chunk_s)
 
-    def record(self, scope: Scope, ctx, status: int) -> None:
+    def record(self, scope: Scope, ctx: RequestContext, status: int, first_chunk_s: float | None = None) -> None:
         elapsed = time.perf_counter() - ctx.started
-        usage = ctx.usage if isinstance(ctx.usage, dict) else {}
-        model = ctx.model_served or ctx.model_requested or ""
+        usage = ctx.attempt.usage if isinstance(ctx.attempt.usage, dict) else {}
+        model = ctx.attempt.model_served or ctx.model_requested or ""
         path = scope.get("path", "")
         path_label = route_path(scope)
         if path_label not in self.paths:
@@ -114,11 +115,11 @@ class AccessLog:
             metrics.child(metrics.cache_lookups, ctx.cache).inc()
         operation = genai.OPERATIONS.get(path_label)
         if operation is not None:
-            self.record_genai(ctx, operation, model_label, status, elapsed)
-        failure = ctx.extra.get("stream_error") or ctx.extra.get("upstream_failure")
+            self.record_genai(ctx, operation, model_label, status, elapsed, first_chunk_s)
+        failure = ctx.attempt.stream_error or ctx.attempt.failure
         if failure:
             metrics.upstream_failures.labels(failure).inc()
-        identity = ctx.identity or {}
+        identity = ctx.identity.facts() if ctx.identity is not None else {}
         info_line(
             "request",
             {
@@ -129,8 +130,8 @@ class AccessLog:
                 "key": identity.get("key"),
                 "user": identity.get("user"),
                 "model": ctx.model_requested,
-                "served": ctx.model_served,
-                "deployment": ctx.deployment,
+                "served": ctx.attempt.model_served,
+                "deployment": ctx.attempt.deployment,
                 "latency_ms": round(elapsed * 1000, 2),
                 "upstream_ms": round(ctx.upstream_s * 1000, 2),
                 "prompt_tokens": usage.get("prompt_tokens"),
@@ -142,17 +143,17 @@ class AccessLog:
         )
 
 
-    def record_genai(self, ctx, operation: str, model_label: str, status: int, elapsed: float) -> None:
+    def record_genai(self, ctx: RequestContext, operation: str, model_label: str, status: int, elapsed: float, first_chunk_s: float | None) -> None:
         """The GenAI conventions' metrics."""
-        dep = genai.deployment_of(self.models(), ctx.model_served, ctx.deployment)
+        dep = genai.deployment_of(self.models(), ctx.attempt.model_served, ctx.attempt.deployment)
         provider = genai.provider_name(dep.provider) if dep is not None else OTHER
         response_model = dep.model if dep is not None else OTHER
         labels = (operation, provider, model_label, response_model)
-        error = ctx.extra.get("stream_error") or ("" if status < 400 else ctx.extra.get("upstream_failure") or str(status))
+        error = ctx.attempt.stream_error or ("" if status < 400 else ctx.attempt.failure or str(status))
         metrics.child(metrics.genai_duration, *labels, error).observe(elapsed)
-        if "first_chunk_s" in ctx.extra:
-            metrics.child(metrics.genai_ttft, *labels).observe(ctx.extra["first_chunk_s"])
-        for kind, value in genai.tokens(ctx.usage).items():
+        if first_chunk_s is not None:
+            metrics.child(metrics.genai_ttft, *labels).observe(first_chunk_s)
+        for kind, value in genai.tokens(ctx.attempt.usage).items():
             if kind in ("input", "output"):
                 metrics.child(metrics.genai_tokens, *labels, kind).observe(value)
 

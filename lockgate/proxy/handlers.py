@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from fnmatch import fnmatchcase
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -22,10 +22,11 @@ from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data, enco
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.providers.usage import UsageMeter, answer_usage, delta_chars, rerank_usage
 from lockgate.providers import catalog
-from lockgate.proxy.config import GatewayConfig
-from lockgate.kernel.context import RequestContext, get_context, load_json
+from lockgate.proxy.models import ModelConfig
+from lockgate.kernel.context import RequestContext, get_context, load_json, refuse
 from lockgate.providers.endpoints import AUDIO_IN, IMAGES, MULTIPART
-from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_error, send_json
+from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_json
+from lockgate.proxy.answers import bad_stream, not_allowed, response_headers, upstream_failure
 from lockgate.proxy.items import ResponseItems
 from lockgate.proxy.access import log_internal_error
 from lockgate.kernel.logs import get_logger
@@ -33,7 +34,7 @@ from lockgate.proxy.realtime import Realtime
 from lockgate.proxy.router import Balancer, Router, sticky_key
 from lockgate.proxy.secrets import Secrets
 from lockgate.kernel.store import Store
-from lockgate.proxy.upstream import UpstreamBroken, UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse, UpstreamTimeout, UpstreamTooLarge
+from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse
 
 ADAPTERS: dict[str, Adapter] = {
     "openai": openai.ADAPTER,
@@ -72,24 +73,6 @@ class Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.handler(scope, receive, send)
-
-
-def upstream_failure(exc: UpstreamError) -> GatewayError:
-    if isinstance(exc, UpstreamTimeout):
-        return GatewayError(504, f"The upstream did not answer in time: {exc}.", "api_error", "upstream_timeout")
-    if isinstance(exc, UpstreamBroken):
-        return GatewayError(502, "The upstream broke off its answer before it was complete.", "api_error", "upstream_error")
-    if isinstance(exc, UpstreamTooLarge):
-        return GatewayError(502, f"The upstream's answer was refused: {exc}.", "api_error", "upstream_response_too_large")
-    return GatewayError(502, f"The upstream could not be reached: {exc}.", "api_error", "upstream_connect_error")
-
-
-def bad_stream() -> GatewayError:
-    return GatewayError(502, "The upstream sent a stream lockgate could not read.", "api_error", "upstream_bad_response")
-
-
-def not_allowed(model: str) -> GatewayError:
-    return GatewayError(403, f"This API key may not use the model `{model}`.", "invalid_request_error", "model_not_allowed", "model")
 
 
 # Fields lockgate reads, with the JSON types OpenAI's API gives them (null is always
@@ -133,24 +116,16 @@ def check_field_types(body: dict) -> None:
             raise bad_request(f"`{name}` must be an integer.", name, "invalid_type")
 
 
-def response_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
-    headers = [(b"x-request-id", ctx.request_id.encode("latin-1"))]
-    if ctx.model_served:
-        headers.append((b"x-lockgate-model", ctx.model_served.encode("latin-1", "replace")))
-    if ctx.deployment:
-        headers.append((b"x-lockgate-deployment", ctx.deployment.encode("latin-1", "replace")))
-    return headers
-
-
 class Gateway:
     """Holds what every request needs: the config, the router and the upstream client."""
 
-    def __init__(self, config: GatewayConfig, router: Router, client: UpstreamClient, store: Store) -> None:
-        self.config = config
+    def __init__(self, models: Mapping[str, ModelConfig], router: Router, client: UpstreamClient, store: Store, max_answer_bytes: int) -> None:
+        self.configured = models  # swapped whole by a hot reload of gateway.yaml
         self.router = router
         self.client = client
+        self.max_answer_bytes = max_answer_bytes  # a non-streamed upstream answer past this is a 502
         self.items = ResponseItems(store)
-        self.secrets = Secrets(d for m in config.models.values() for d in m.deployments)
+        self.secrets = Secrets(d for m in models.values() for d in m.deployments)
         self.realtime = Realtime(self)
 
     # -- endpoints ------------------------------------------------------------------
@@ -201,7 +176,7 @@ class Gateway:
         ctx = get_context(scope)
         name = scope.get("path_params", {}).get("model", "")
         if name not in self._visible_models(ctx) or not ctx.allows(name):
-            await send_error(send, model_not_found(name), response_headers(ctx))
+            await refuse(ctx, send, model_not_found(name), response_headers(ctx))
             return
         await send_json(send, 200, {"id": name, "object": "model", "created": 0, "owned_by": "lockgate"}, response_headers(ctx))
 
@@ -215,7 +190,7 @@ class Gateway:
         ctx = get_context(scope)
         data = []
         for name in self._visible_models(ctx):
-            model = self.config.models[name]
+            model = self.configured[name]
             first = model.deployments[0]
             data.append(
                 {
@@ -227,8 +202,8 @@ class Gateway:
         await send_json(send, 200, {"data": data}, response_headers(ctx))
 
     def _visible_models(self, ctx: RequestContext) -> list[str]:
-        allowed = (ctx.identity or {}).get("models")
-        names = list(self.config.models)
+        allowed = ctx.identity.models if ctx.identity is not None else None
+        names = list(self.configured)
         if not allowed:
             return names
         return [n for n in names if any(fnmatchcase(n, pattern) for pattern in allowed)]
@@ -344,7 +319,7 @@ class Gateway:
                 finished = True
             await send(message)
 
-        ctx.proxied = True
+        ctx.attempt.proxied = True
         finished = False
         try:
             await load_json(scope, receive)
@@ -358,16 +333,16 @@ class Gateway:
                 raise model_not_found(model)
             if not ctx.allows(model):
                 raise not_allowed(model)  # the last word on the model actually served
-            ctx.model_served = model
+            ctx.attempt.model_served = model
             await run_until_disconnect(self._dispatch(scope, receive, tracking_send, ctx, kind, balancer), receive, lambda: finished)
         except GatewayError as exc:
             if not sent_start:
-                await send_error(send, exc, response_headers(ctx))
+                await refuse(ctx, send, exc, response_headers(ctx))
         except Exception as exc:
             log_internal_error(scope, ctx, exc)
             if not sent_start:
                 error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
-                await send_error(send, error, response_headers(ctx))
+                await refuse(ctx, send, error, response_headers(ctx))
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: str, balancer: Balancer) -> None:
         body = ctx.body
@@ -382,7 +357,7 @@ class Gateway:
             mode, request = self._build(kind, adapter, dep, body, scope, ctx, references)
             if mode == "local":
                 # answered by lockgate itself (a token count): no upstream, no verdict on the deployment
-                ctx.deployment = dep.id
+                ctx.attempt.deployment = dep.id
                 await send_json(send, 200, request, response_headers(ctx))
                 return
             balancer.started(dep)
@@ -391,19 +366,19 @@ class Gateway:
                 upstream = await self._send(adapter, dep, request)
             except CredentialsError as exc:
                 balancer.finished(dep, ok=False)
-                ctx.extra["upstream_failure"] = "auth"
+                ctx.attempt.failure = "auth"
                 raise GatewayError(502, f"Deployment {dep.id}: {exc}", "api_error", "upstream_auth_failed") from None
             except UpstreamConnectError as exc:
                 ctx.upstream_s += time.perf_counter() - started
                 balancer.finished(dep, ok=False)
                 if attempt == 0 and len(candidates) > 1:
                     continue  # nothing reached the upstream: one more deployment of the same model
-                ctx.extra["upstream_failure"] = exc.kind
+                ctx.attempt.failure = exc.kind
                 raise upstream_failure(exc) from None
             except UpstreamError as exc:
                 ctx.upstream_s += time.perf_counter() - started
                 balancer.finished(dep, ok=False)
-                ctx.extra["upstream_failure"] = exc.kind
+                ctx.attempt.failure = exc.kind
                 raise upstream_failure(exc) from None
             except BaseException:
                 balancer.finished(dep, ok=False, counted=False)  # the client left: no verdict on the deployment
@@ -412,10 +387,8 @@ class Gateway:
             # the overhead figure leaves out
             first_byte_s = time.perf_counter() - started
             ctx.upstream_s += first_byte_s
-            ctx.deployment = dep.id
-            ctx.extra["upstream_model"] = dep.model
-            if dep.price is not None:
-                ctx.extra["price"] = dep.price
+            ctx.attempt.deployment = dep.id
+            ctx.attempt.upstream_model = dep.model
             ok = False
             try:
                 if upstream.status >= 400:
@@ -485,7 +458,7 @@ class Gateway:
         JSON array in input order, or, as soon as one is refused or fails, that failure
         alone (the calls still out are cancelled), so the request fails whole."""
         gate = asyncio.Semaphore(PER_INPUT_CONCURRENCY)
-        limit = self.config.server.max_upstream_body_bytes
+        limit = self.max_answer_bytes
 
         async def call(request: UpstreamRequest) -> bytes:
             async with gate:
@@ -518,7 +491,7 @@ class Gateway:
     async def _upstream_error(self, ctx: RequestContext, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> None:
         raw = self.secrets.scrub(await error_answer(upstream))
         status, error = adapter.error(upstream.status, raw)
-        ctx.extra["upstream_status"] = upstream.status
+        ctx.attempt.upstream_status = upstream.status
         if upstream.status in (401, 403):
             # the gateway's own provider credentials were refused: not the client's fault
             message = f"The upstream refused the gateway's credentials for deployment {dep.id}."
@@ -533,40 +506,40 @@ class Gateway:
         streaming = bool(ctx.body.get("stream")) and mode not in ("rerank", "embeddings", "per_input")
         if not streaming:
             reading = time.perf_counter()
-            raw = await self._read(upstream, self.config.server.max_upstream_body_bytes)
+            raw = await self._read(upstream, self.max_answer_bytes)
             ctx.upstream_s += time.perf_counter() - reading
             data = loads_or_none(raw)
             if not isinstance(data, list if mode == "per_input" else dict):
                 raise GatewayError(502, "The upstream answered with something that is not JSON.", "api_error", "upstream_bad_response")
             if mode == "chat":
                 answer = adapter.chat_response(dep, data)
-                ctx.usage = answer.get("usage")
+                ctx.attempt.usage = answer.get("usage")
             elif mode == "responses":
                 chat = adapter.chat_response(dep, data)
-                ctx.usage = chat.get("usage")
+                ctx.attempt.usage = chat.get("usage")
                 answer = responses.from_chat(chat, as_asked(ctx))
                 if self.items.keeps(scope, ctx.body):
                     await self.items.keep(ctx, answer["output"])
             elif mode == "embeddings":
                 answer = adapter.embeddings_response(dep, data, ctx.body)
-                ctx.usage = answer.get("usage")
+                ctx.attempt.usage = answer.get("usage")
             elif mode == "per_input":
                 inputs = ctx.body["input"]
                 answer = self._translated(ctx, dep, lambda: joined_embeddings([adapter.embeddings_response(dep, one, {**ctx.body, "input": item}) for one, item in zip(data, inputs)]))
-                ctx.usage = answer.get("usage")
+                ctx.attempt.usage = answer.get("usage")
             elif mode == "completions":
                 answer = data
-                ctx.usage = data.get("usage")
+                ctx.attempt.usage = data.get("usage")
             elif mode == "messages":
                 chat = adapter.chat_response(dep, data)
-                ctx.usage = chat.get("usage")
+                ctx.attempt.usage = chat.get("usage")
                 answer = messages.from_chat(chat, as_asked(ctx))
             elif mode == "rerank":
                 answer = self._translated(ctx, dep, lambda: adapter.rerank_response(dep, data, ctx.body))
-                ctx.usage = rerank_usage(answer)
+                ctx.attempt.usage = rerank_usage(answer)
             else:
                 answer = data
-                ctx.usage = adapter.passthrough_usage(kind, data)
+                ctx.attempt.usage = adapter.passthrough_usage(kind, data)
             payload = raw if answer is data else orjson.dumps(answer)
             headers = JSON_HEADERS + [(b"content-length", str(len(payload)).encode())] + response_headers(ctx)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -624,12 +597,12 @@ class Gateway:
         except StreamFailed as failed:
             yield self._encode_chunks([self._failed(ctx, failed)])
         except UpstreamError as exc:
-            ctx.extra["stream_error"] = exc.kind
+            ctx.attempt.stream_error = exc.kind
             yield encode_data(upstream_failure(exc).body)
         except STREAM_GARBAGE as exc:
             yield encode_data(self._garbled(ctx, exc).body)
         finally:
-            ctx.usage = usage_or_estimate(ctx, stream.usage, sent)
+            ctx.attempt.usage = usage_or_estimate(ctx, stream.usage, sent)
 
     def _encode_chunks(self, chunks: list[dict]) -> bytes:
         """Chunks as SSE; an upstream's in-stream error message is scrubbed of secrets."""
@@ -639,7 +612,7 @@ class Gateway:
     def _garbled(ctx: RequestContext, exc: Exception) -> GatewayError:
         """An upstream stream that broke a translation: ended with an error event, logged
         without its content."""
-        ctx.extra["stream_error"] = "bad_response"
+        ctx.attempt.stream_error = "bad_response"
         log.warning("upstream_stream_unreadable", request_id=ctx.request_id, error=type(exc).__name__)
         return bad_stream()
 
@@ -666,12 +639,12 @@ class Gateway:
         except StreamFailed as failed:
             yield b"".join(translator.feed(self._scrubbed(self._failed(ctx, failed))))
         except UpstreamError as exc:
-            ctx.extra["stream_error"] = exc.kind
+            ctx.attempt.stream_error = exc.kind
             yield b"".join(translator.feed(upstream_failure(exc).body))
         except STREAM_GARBAGE as exc:
             yield b"".join(translator.feed(self._garbled(ctx, exc).body))
         finally:
-            ctx.usage = usage_or_estimate(ctx, stream.usage, sent)
+            ctx.attempt.usage = usage_or_estimate(ctx, stream.usage, sent)
 
     async def _keeping_items(self, ctx: RequestContext, translator: responses.ResponsesStream, pump: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The stream, its output items kept before the piece that ends it goes out."""
@@ -686,7 +659,7 @@ class Gateway:
     @staticmethod
     def _failed(ctx: RequestContext, failed: StreamFailed) -> dict:
         """The upstream's own error event, which ended its stream: logged by its code only."""
-        ctx.extra["stream_error"] = "error_event"
+        ctx.attempt.stream_error = "error_event"
         error = failed.chunk.get("error")
         log.warning("upstream_stream_failed", request_id=ctx.request_id, code=str(error.get("code") if isinstance(error, dict) else None))
         return failed.chunk
@@ -714,16 +687,16 @@ class Gateway:
         content_type = upstream.content_type or "application/json"
         headers = [(b"content-type", content_type.encode("latin-1"))] + response_headers(ctx)
         if content_type.startswith(("application/json", "text/plain")):
-            raw = await self._read(upstream, self.config.server.max_upstream_body_bytes)
+            raw = await self._read(upstream, self.max_answer_bytes)
             meter = UsageMeter(kind, ctx.body)
             meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
             meter.feed(raw)
-            ctx.usage = meter.usage or (meter.estimate(ctx.body) if kind in AUDIO_IN else None)
+            ctx.attempt.usage = meter.usage or (meter.estimate(ctx.body) if kind in AUDIO_IN else None)
             await send({"type": "http.response.start", "status": 200, "headers": headers + [(b"content-length", str(len(raw)).encode())]})
             await send({"type": "http.response.body", "body": raw})
             return True
         if kind == "speech":
-            ctx.usage = answer_usage(kind, None, ctx.body)
+            ctx.attempt.usage = answer_usage(kind, None, ctx.body)
         meter = UsageMeter(kind, ctx.body)
         meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
         sse = content_type.startswith("text/event-stream")
@@ -737,7 +710,7 @@ class Gateway:
                     piece = self.secrets.scrub(piece)
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
         except UpstreamError as exc:
-            ctx.extra["stream_error"] = exc.kind
+            ctx.attempt.stream_error = exc.kind
             log.warning("upstream_media_broken", request_id=ctx.request_id, error=exc.kind)
             if not sse:
                 # audio cut short must not look whole: the response is left unfinished, and the
@@ -746,7 +719,7 @@ class Gateway:
             failure = upstream_failure(exc).body
             await send({"type": "http.response.body", "body": b"event: error\ndata: " + orjson.dumps({"type": "error", **failure}) + b"\n\n", "more_body": True})
         finally:
-            ctx.usage = meter.usage or meter.estimate(ctx.body)
+            ctx.attempt.usage = meter.usage or meter.estimate(ctx.body)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
@@ -770,17 +743,17 @@ class Gateway:
                 if out:
                     yield out
             if native.failure is not None:
-                ctx.extra["stream_error"] = "error_event"
+                ctx.attempt.stream_error = "error_event"
             if native.error is not None:
                 raise native.error
         except UpstreamError as exc:
-            ctx.extra["stream_error"] = exc.kind
+            ctx.attempt.stream_error = exc.kind
             yield native.fail(upstream_failure(exc).body["error"])
         except STREAM_GARBAGE as exc:
             yield native.fail(self._garbled(ctx, exc).body["error"])
         finally:
             complete = isinstance(native.usage, dict) and native.usage.get("completion_tokens")
-            ctx.usage = native.usage if complete else estimated_usage(ctx, native.sent, native.usage if isinstance(native.usage, dict) else None)
+            ctx.attempt.usage = native.usage if complete else estimated_usage(ctx, native.sent, native.usage if isinstance(native.usage, dict) else None)
 
 
 class StreamFailed(Exception):

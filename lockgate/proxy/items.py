@@ -37,7 +37,7 @@ log = get_logger("lockgate.proxy")
 
 def owner(ctx: RequestContext) -> str:
     """Whose items these are: the caller's key id (one shared owner without auth)."""
-    return str((ctx.identity or {}).get("key") or "")
+    return str(ctx.identity.key or "") if ctx.identity is not None else ""
 
 
 class ResponseItems:

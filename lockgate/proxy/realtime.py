@@ -12,7 +12,7 @@ to an openai or azure deployment.
 - Frames go through as they come, text as text and binary as binary, in both
   directions (an upstream's error event scrubbed of the gateway's secrets). Each server
   `response.done` event's usage is added to the session's
-  (`ctx.usage`, for the access log and the throttle's token count); the budget prices
+  (`ctx.attempt.usage`, for the access log and the throttle's token count); the budget prices
   and charges each one as it passes (middleware/budget.py).
 - A close on either side closes the other, with the same code where a close frame may
   carry it (1005 and 1006 are only ever observed: they become 1000 and 1011). When the
@@ -43,7 +43,7 @@ to an openai or azure deployment.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -54,10 +54,13 @@ from lockgate.providers.azure import DEFAULT_API_VERSION
 from lockgate.providers.base import Deployment, empty_key, join_url
 from lockgate.providers.openai import DEFAULT_BASE_URL
 from lockgate.providers.usage import add_usage, billed_usage
-from lockgate.kernel.context import RequestContext, get_context, header, load_json
-from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_error
+from lockgate.kernel.context import RequestContext, get_context, header, load_json, refuse
+from lockgate.kernel.errors import GatewayError, bad_request, model_not_found
 from lockgate.kernel.logs import get_logger
-from lockgate.proxy.upstream import UpstreamConnectError, UpstreamError, UpstreamRefused
+from lockgate.proxy.answers import not_allowed, response_headers, upstream_failure
+from lockgate.proxy.router import Router
+from lockgate.proxy.secrets import Secrets
+from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamRefused
 from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
 
 REALTIME_AZURE_VERSION = "2025-04-01-preview"
@@ -114,17 +117,24 @@ def with_model(event: dict, path: list[str], model: str) -> str:
 
 
 
-class Realtime:
-    """The realtime endpoint of one gateway (its router, client and handlers' helpers)."""
+class Upstreams(Protocol):
+    """What the relay uses of its gateway (proxy/handlers.py), read on every session: a
+    hot reload swaps the router."""
 
-    def __init__(self, gateway: Any) -> None:
+    router: Router
+    client: UpstreamClient
+    secrets: Secrets
+
+
+class Realtime:
+    """The realtime endpoint of one gateway."""
+
+    def __init__(self, gateway: Upstreams) -> None:
         self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from lockgate.proxy.handlers import not_allowed, response_headers, upstream_failure
-
         ctx = get_context(scope)
-        ctx.proxied = True
+        ctx.attempt.proxied = True
         send = refusals(scope, send)
         if (await receive())["type"] != "websocket.connect":
             return
@@ -157,7 +167,7 @@ class Realtime:
             if accepted:
                 await self._refuse_open(send, exc)
             else:
-                await send_error(send, exc, response_headers(ctx))
+                await refuse(ctx, send, exc, response_headers(ctx))
             return
         ok = False
         try:
@@ -174,7 +184,7 @@ class Realtime:
             raise model_not_found(model)
         if not ctx.allows(model):
             raise not_allowed(model)
-        ctx.model_served = model
+        ctx.attempt.model_served = model
         ctx.model_requested = ctx.model_requested or model
         return balancer
 
@@ -220,7 +230,7 @@ class Realtime:
         candidates = balancer.order("")
         for attempt, dep in enumerate(candidates[:2]):
             if dep.provider not in PROVIDERS:
-                raise bad_request(f"The realtime API is served by openai and azure deployments; `{ctx.model_served}` is {dep.provider}.", "model", "unsupported_request")
+                raise bad_request(f"The realtime API is served by openai and azure deployments; `{ctx.attempt.model_served}` is {dep.provider}.", "model", "unsupported_request")
             if (reason := empty_key(dep)) is not None:
                 raise GatewayError(502, f"Deployment {dep.id}: {reason}", "api_error", "upstream_auth_failed")
             url, headers = upstream_target(dep, scope, transcription)
@@ -231,26 +241,24 @@ class Realtime:
                 balancer.finished(dep, ok=False)
                 if attempt == 0 and len(candidates) > 1:
                     continue
-                ctx.extra["upstream_failure"] = exc.kind
+                ctx.attempt.failure = exc.kind
                 raise failure(exc) from None
             except UpstreamRefused as exc:
                 balancer.finished(dep, ok=exc.status < 500 and exc.status != 429)
-                ctx.extra["upstream_status"] = exc.status
+                ctx.attempt.upstream_status = exc.status
                 if exc.status in (401, 403):
                     raise GatewayError(502, f"The upstream refused the gateway's credentials for deployment {dep.id}.", "api_error", "upstream_auth_failed") from None
                 status = 502 if exc.status >= 500 else exc.status
                 raise GatewayError(status, f"The upstream refused the realtime session ({exc.status}).", "api_error" if status >= 500 else "invalid_request_error", "upstream_error") from None
             except UpstreamError as exc:
                 balancer.finished(dep, ok=False)
-                ctx.extra["upstream_failure"] = exc.kind
+                ctx.attempt.failure = exc.kind
                 raise failure(exc) from None
             except BaseException:
                 balancer.finished(dep, ok=False, counted=False)
                 raise
-            ctx.deployment = dep.id
-            ctx.extra["upstream_model"] = dep.model
-            if dep.price is not None:
-                ctx.extra["price"] = dep.price
+            ctx.attempt.deployment = dep.id
+            ctx.attempt.upstream_model = dep.model
             return upstream, dep
         raise AssertionError("a model has at least one deployment")
 
@@ -267,7 +275,7 @@ class Realtime:
                 if message.type == aiohttp.WSMsgType.TEXT:
                     text = message.data
                     if not streamed_delta(text):
-                        ctx.usage = add_usage(ctx.usage, billed_usage(text, transcription))
+                        ctx.attempt.usage = add_usage(ctx.attempt.usage, billed_usage(text, transcription))
                         started = flight.upstream_event(text)
                         if started is not None and flight.draining:
                             await flight.cancel(upstream, started)
@@ -277,7 +285,7 @@ class Realtime:
                 elif message.type == aiohttp.WSMsgType.BINARY:
                     await deliver({"type": "websocket.send", "bytes": message.data})
                 elif message.type == aiohttp.WSMsgType.ERROR:
-                    ctx.extra["stream_error"] = "broken"
+                    ctx.attempt.stream_error = "broken"
                     return
 
         async def deliver(message: Message) -> None:
@@ -316,12 +324,12 @@ class Realtime:
             await asyncio.gather(downstream, upstream_bound, return_exceptions=True)
         if client_left:
             if not downstream.cancelled() and downstream.exception() is not None:
-                ctx.extra["stream_error"] = "broken"  # the upstream broke while its last responses were awaited
+                ctx.attempt.stream_error = "broken"  # the upstream broke while its last responses were awaited
             await upstream.close(code=upstream_bound.result())
             return True
         failed = any(not task.cancelled() and task.exception() is not None for task in done)
         if failed:
-            ctx.extra["stream_error"] = ctx.extra.get("stream_error") or "broken"
+            ctx.attempt.stream_error = ctx.attempt.stream_error or "broken"
         code = 1011 if failed else sendable(upstream.close_code)
         try:
             await send({"type": "websocket.close", "code": code})

@@ -16,7 +16,7 @@ from typing import Protocol, Sequence
 
 from lockgate.providers.base import Deployment
 from lockgate.kernel import metrics
-from lockgate.proxy.config import ModelConfig
+from lockgate.proxy.models import ModelConfig
 
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the moving average
 

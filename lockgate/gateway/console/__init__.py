@@ -42,11 +42,14 @@ from prometheus_client import multiprocess
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from lockgate.kernel.policy import Policy
 from lockgate.kernel import metrics
 from lockgate.gateway.admin import SPEND_BY, admin_only, spend_rows
 from lockgate.kernel.errors import GatewayError, send_error, send_json
-from lockgate.gateway.keys import KeysAdmin, runtime_keys
+from lockgate.gateway.keys import KeysAdmin, RuntimeKeys
+from lockgate.gateway.stack import Mounted
+from lockgate.middleware.budget import budget_key, report_key_for_day, spend_report
+from lockgate.middleware.throttle import OWN_LIMIT_ID
+from lockgate.proxy.handlers import Endpoint, Gateway
 from lockgate.kernel.store import Store
 
 STATIC = Path(__file__).parent / "static"
@@ -101,12 +104,10 @@ def counted() -> dict:
     return {"time": time.time(), "requests": found["requests"], "cache": found["cache"]}
 
 
-def admin_routes(store: Store, gateway: Any, history: TrafficHistory | None = None) -> list[Route]:
+def admin_routes(store: Store, gateway: Gateway, mounted: Mounted, runtime: RuntimeKeys, history: TrafficHistory | None = None) -> list[Route]:
     """The console, its data and the runtime keys API."""
-    from lockgate.proxy.handlers import Endpoint
-
-    keys = KeysAdmin(store, lambda: [name for name, _ in gateway.config.middleware])
-    console = Console(store, gateway, history or TrafficHistory())
+    keys = KeysAdmin(runtime, mounted.names)
+    console = Console(store, gateway, mounted, runtime, history or TrafficHistory())
     return [
         Route("/admin/keys", Endpoint(keys.list), methods=["GET"]),
         Route("/admin/keys", Endpoint(keys.create), methods=["POST"]),
@@ -122,28 +123,16 @@ def admin_routes(store: Store, gateway: Any, history: TrafficHistory | None = No
     ]
 
 
-def mounted_policies(scope: Scope) -> dict[str, Any]:
-    """The policy in force of each middleware of this app's stack, by kind."""
-    found: dict[str, Any] = {}
-    layer = getattr(scope.get("app"), "middleware_stack", None)
-    for _ in range(64):
-        if layer is None:
-            break
-        holder = getattr(layer, "policy", None)
-        if isinstance(holder, Policy):
-            found.setdefault(holder.kind, holder.current)
-        layer = getattr(layer, "app", None)
-    return found
-
-
 def query(scope: Scope) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()}
 
 
 class Console:
-    def __init__(self, store: Store, gateway: Any, history: TrafficHistory) -> None:
+    def __init__(self, store: Store, gateway: Gateway, mounted: Mounted, runtime: RuntimeKeys, history: TrafficHistory) -> None:
         self.store = store
         self.gateway = gateway
+        self.mounted = mounted  # the policies in force, by middleware
+        self.runtime = runtime
         self.history = history
         self.files = load_static()
 
@@ -182,8 +171,6 @@ class Console:
     # -- spend --------------------------------------------------------------------------------
     @admin_only
     async def spend_daily(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from lockgate.middleware.budget import report_key_for_day, spend_report
-
         params = query(scope)
         by = params.get("by", "team")
         if by not in SPEND_BY:
@@ -204,10 +191,8 @@ class Console:
 
     @admin_only
     async def budgets(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from lockgate.middleware.budget import budget_key
-
         now = dt.datetime.now(dt.timezone.utc)
-        policy = mounted_policies(scope).get("budget")
+        policy = self.mounted.policy("budget")
         rows: list[dict] = []
         if policy is None:
             return await send_json(send, 200, {"mounted": False, "data": rows})
@@ -215,7 +200,7 @@ class Console:
         for (dimension, name), budget in policy.budgets.items():
             named.add((dimension, name))
             rows.append(await self._budget_row(dimension, name, budget.limit_usd, budget.period, "budget.yaml", now))
-        own = [k for k in await runtime_keys(self.store).listing() if k.get("budget_usd") is not None and k["status"] == "active"]
+        own = [k for k in await self.runtime.listing() if k.get("budget_usd") is not None and k["status"] == "active"]
         for key in own:
             named.add(("key", key["id"]))
             rows.append(await self._budget_row("key", key["id"], key["budget_usd"], key["budget_period"] or "monthly", f"{key['source']} key", now))
@@ -230,17 +215,13 @@ class Console:
         await send_json(send, 200, {"mounted": True, "data": rows})
 
     async def _budget_row(self, dimension: str, name: str, limit: float, period: str, source: str, now: dt.datetime) -> dict:
-        from lockgate.middleware.budget import budget_key
-
         spent = await self.store.spent(budget_key(dimension, name, period, now))
         return {"dimension": dimension, "name": name, "period": period, "limit_usd": limit, "spent_usd": round(spent, 8), "source": source}
 
     # -- limits -------------------------------------------------------------------------------
     @admin_only
     async def limits(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from lockgate.middleware.throttle import OWN_LIMIT_ID
-
-        policy = mounted_policies(scope).get("throttle")
+        policy = self.mounted.policy("throttle")
         if policy is None:
             return await send_json(send, 200, {"mounted": False, "data": []})
         rows = []
@@ -248,7 +229,7 @@ class Console:
             row = {"id": limit.id, "per": limit.per, "match": limit.match, "rpm": limit.rpm, "tpm": limit.tpm, "concurrent": limit.concurrent,
                    "on_limit": "queue" if limit.queue else "reject", "source": "throttle.yaml", "use": await self._use(limit.id)}
             rows.append(row)
-        for key in await runtime_keys(self.store).listing():
+        for key in await self.runtime.listing():
             if key.get("rpm") or key.get("tpm"):
                 use = [u for u in await self._use(OWN_LIMIT_ID) if u["subject"] == key["id"]]
                 rows.append({"id": f"key:{key['id']}", "per": "key", "match": {"key": key["id"]}, "rpm": key.get("rpm"), "tpm": key.get("tpm"),
