@@ -38,6 +38,7 @@ import orjson
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lockgate import __version__
 from lockgate.providers.sse import SSEDecoder, SSEError
 from lockgate.proxy import genai
 from lockgate.kernel.context import get_context, route_path
@@ -66,7 +67,6 @@ def tracer() -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from lockgate import __version__
 
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):

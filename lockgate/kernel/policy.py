@@ -31,6 +31,7 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from watchfiles import watch
 
+from lockgate.kernel import metrics as prometheus
 from lockgate.kernel.parsing import ConfigError, parse_yaml
 from lockgate.kernel.logs import get_logger
 
@@ -179,10 +180,8 @@ class Policy(Generic[T]):
 
 
 def publish() -> None:
-    """Hands this process's counts to `/metrics` (proxy/metrics.py), where the workers'
+    """Hands this process's counts to `/metrics` (kernel/metrics.py), where the workers'
     numbers meet."""
-    from lockgate.kernel import metrics as prometheus
-
     prometheus.record_policies(metrics())
 
 

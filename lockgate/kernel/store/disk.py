@@ -46,7 +46,7 @@ from typing import Callable, Sequence, TypeVar
 import diskcache
 
 from lockgate.kernel.context import OWNER_CHARS
-from lockgate.kernel.store import Claim, ClaimResult, Reservation, Store, fits
+from lockgate.kernel.store.base import Claim, ClaimResult, Reservation, Store, fits
 
 Execute = Callable[..., sqlite3.Cursor]
 T = TypeVar("T")

@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 from lockgate.kernel import metrics
 from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.logs import get_logger
-from lockgate.kernel.store import Claim, ClaimResult, Reservation, Store, attached
+from lockgate.kernel.store.base import Claim, ClaimResult, Reservation, Store, attached
 
 T = TypeVar("T")
 MODES = ("closed", "open")

@@ -49,7 +49,7 @@ from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
 from lockgate.kernel.context import new_id
 from lockgate.kernel.logs import get_logger
-from lockgate.kernel.store import Claim, ClaimResult, Reservation, Store
+from lockgate.kernel.store.base import Claim, ClaimResult, Reservation, Store
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ import heapq
 import time
 from typing import Sequence
 
-from lockgate.kernel.store import Claim, ClaimResult, Reservation, Store, fits
+from lockgate.kernel.store.base import Claim, ClaimResult, Reservation, Store, fits
 
 
 class Ledger:

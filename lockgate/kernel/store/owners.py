@@ -21,7 +21,7 @@ import socket
 
 from lockgate.kernel.context import owner_id
 from lockgate.kernel.logs import get_logger
-from lockgate.kernel.store import Store, attached
+from lockgate.kernel.store.base import Store, attached
 
 HEARTBEAT_S = 5.0
 TTL_S = 20.0  # a heartbeat lapses after this: four missed renewals

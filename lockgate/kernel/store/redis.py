@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from lockgate.kernel.context import OWNER_CHARS
-from lockgate.kernel.store import Claim, ClaimResult, Reservation, Store
+from lockgate.kernel.store.base import Claim, ClaimResult, Reservation, Store
 
 LEDGER_LUA = """
 local function now()
