@@ -44,9 +44,10 @@ import itertools
 import os
 import re
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import orjson
 from starlette.types import Message, Receive, Scope, Send
@@ -246,7 +247,8 @@ os.register_at_fork(after_in_child=_reseed)
 
 
 def header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
+    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return None
@@ -370,7 +372,7 @@ async def load_json(scope: Scope, receive: Receive, max_bytes: int | None = None
 MAX_DEPTH = 128  # nesting of a request body: no API needs more, and orjson writes no more than 254
 
 
-def parse_object(raw: bytes) -> dict:
+def parse_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError as exc:
@@ -435,7 +437,8 @@ def replay(ctx: RequestContext, receive: Receive) -> Receive:
 def route_path(scope: Scope) -> str:
     """The path as the app's own routes see it: a mounted app's prefix (root_path) taken
     off, by the rule Starlette's routes use."""
-    path, root = scope["path"], scope.get("root_path", "")
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
     if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
         return path[len(root) :]
     return path

@@ -19,13 +19,14 @@ import logging
 import os
 import select
 import sys
+from typing import Any
 
 import orjson
 import structlog
 
 _configured = False
 _min_level = logging.INFO
-UTC = dt.timezone.utc
+UTC = dt.UTC
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
 
 
@@ -98,10 +99,11 @@ def configure(level: str = "info") -> None:
 
 
 def get_logger(name: str = "lockgate") -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)  # what `configure` makes it
+    return logger
 
 
-def info_line(event: str, fields: dict) -> None:
+def info_line(event: str, fields: dict[str, Any]) -> None:
     """`get_logger().info(event, **fields)`, the same line, without structlog's processors."""
     if _min_level > logging.INFO:
         return

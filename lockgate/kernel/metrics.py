@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics import MetricWrapperBase
 
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # read once: prometheus-client chose its value class at import
 REGISTRY = None if MULTIPROCESS_DIR else CollectorRegistry(auto_describe=True)
+M = TypeVar("M", bound=MetricWrapperBase)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # the GenAI conventions' advised boundaries
 GENAI_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -44,10 +46,17 @@ tokens = Counter("lockgate_tokens", "Tokens reported by upstreams", ("model", "k
 spend = Counter("lockgate_spend_usd", "USD spent, priced from upstream usage", ("model",), registry=REGISTRY)
 cache_lookups = Counter("lockgate_cache_lookups", "Model requests the cache middleware looked at, by result", ("result",), registry=REGISTRY)
 deployment_attempts = Counter(
-    "lockgate_deployment_attempts", "Calls to each deployment, by outcome (failed: what counts toward its cooldown)", ("deployment", "outcome"), registry=REGISTRY
+    "lockgate_deployment_attempts",
+    "Calls to each deployment, by outcome (failed: what counts toward its cooldown)",
+    ("deployment", "outcome"),
+    registry=REGISTRY,
 )
 deployment_latency = Histogram(
-    "lockgate_deployment_first_byte_seconds", "Time to a deployment's answer headers, on calls that succeeded", ("deployment",), buckets=LATENCY_BUCKETS, registry=REGISTRY
+    "lockgate_deployment_first_byte_seconds",
+    "Time to a deployment's answer headers, on calls that succeeded",
+    ("deployment",),
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 store_failures = Counter(
     "lockgate_store_failures", "Requests that met a failed or slow state store, by policy and what was done", ("policy", "outcome"), registry=REGISTRY
@@ -61,7 +70,9 @@ upstream_failures = Counter("lockgate_upstream_failures", "Upstream timeouts, co
 # every worker reloads every policy file itself: the highest count is the number of reloads
 policy_reloads = Gauge("lockgate_policy_reloads_total", "Policy files reloaded", ("kind",), registry=REGISTRY, multiprocess_mode="max")
 policy_failures = Gauge("lockgate_policy_reload_failures_total", "Policy edits refused as invalid", ("kind",), registry=REGISTRY, multiprocess_mode="max")
-policy_invalid = Gauge("lockgate_policy_invalid", "Policies whose file holds a refused edit right now", ("kind",), registry=REGISTRY, multiprocess_mode="livemax")
+policy_invalid = Gauge(
+    "lockgate_policy_invalid", "Policies whose file holds a refused edit right now", ("kind",), registry=REGISTRY, multiprocess_mode="livemax"
+)
 
 genai_duration = Histogram(
     "gen_ai_server_request_duration_seconds",
@@ -86,18 +97,18 @@ genai_tokens = Histogram(
 )
 
 
-def child(metric, *values: str):
+def child(metric: M, *values: str) -> M:
     """`metric.labels(*values)`, remembered on the metric: the request path records about
     ten labelled samples, and prometheus-client checks and locks on every `labels()`
     (about a microsecond each). Label values are bounded sets (see above), so is this."""
-    children = metric.__dict__.setdefault("_lockgate_children", {})
+    children: dict[tuple[str, ...], M] = metric.__dict__.setdefault("_lockgate_children", {})
     found = children.get(values)
     if found is None:
         found = children[values] = metric.labels(*values)
     return found
 
 
-def record_policies(totals: dict) -> None:
+def record_policies(totals: dict[str, Any]) -> None:
     """The policy module's counts (middleware/policy.py `metrics()`), after each change."""
     for kind, count in totals["reloads"].items():
         policy_reloads.labels(kind).set(count)
@@ -108,12 +119,18 @@ def record_policies(totals: dict) -> None:
 
 
 def render() -> bytes:
+    return generate_latest(collected())
+
+
+def collected() -> CollectorRegistry:
+    """What a scrape reads: this process's registry, or one adding up every worker's files."""
     if REGISTRY is not None:
-        return generate_latest(REGISTRY)
+        return REGISTRY
+    assert MULTIPROCESS_DIR  # REGISTRY is None only then
     forget_dead_workers(MULTIPROCESS_DIR)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, MULTIPROCESS_DIR)
-    return generate_latest(registry)
+    return registry
 
 
 def forget_dead_workers(path: str) -> None:
@@ -137,9 +154,4 @@ def alive(pid: int) -> bool:
 
 def snapshot() -> dict[str, list[tuple[str, dict[str, str], float]]]:
     """Every sample by metric family name, across workers (the console's live figures)."""
-    if REGISTRY is not None:
-        families = REGISTRY.collect()
-    else:
-        forget_dead_workers(MULTIPROCESS_DIR)
-        families = multiprocess.MultiProcessCollector(None, MULTIPROCESS_DIR).collect()
-    return {family.name: [(s.name, s.labels, s.value) for s in family.samples] for family in families}
+    return {family.name: [(s.name, s.labels, s.value) for s in family.samples] for family in collected().collect()}

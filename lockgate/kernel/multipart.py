@@ -26,8 +26,9 @@ may repeat (several `image` files), since no middleware reads a file's content.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -90,16 +91,18 @@ class Form:
         self._headers: dict[bytes, bytes] = {}
         self._names: dict[str, bool] = {}  # each part's name, and whether it was a file
         self._ended = False
-        callbacks = {
-            "on_part_begin": self._begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-            "on_end": self._end,
-        }
-        self._parser = MultipartParser(boundary, callbacks)
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._data,
+                "on_end": self._end,
+            },
+        )
 
     # -- reading ----------------------------------------------------------------------
     def feed(self, piece: bytes) -> None:

@@ -6,16 +6,19 @@ start-up and hot reload alike.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 import yaml
 
 MAX_INTEGER = 2**53  # the largest whole number every store (Redis's Lua, JSON) holds exactly
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+D = TypeVar("D")
 
 
 class ConfigError(Exception):
@@ -29,14 +32,14 @@ class ConfigError(Exception):
 
 
 # -- YAML with line numbers -----------------------------------------------------------
-class LineDict(dict):
+class LineDict(dict[Any, Any]):
     line = 0
-    key_lines: dict
+    key_lines: dict[Any, int]
 
 
-class LineList(list):
+class LineList(list[Any]):
     line = 0
-    item_lines: list
+    item_lines: list[int]
 
 
 MAX_NODES = 100_000  # nodes of a document with its aliases expanded: a policy is a few hundred
@@ -186,7 +189,7 @@ class Checker:
         self.source = source
         self.problems: list[str] = []
         self.warnings: list[str] = []  # legal, but probably not meant: `check` and `serve` print them
-        self.shared: dict = {}  # what deployments of one config share (provider credentials)
+        self.shared: dict[str, Any] = {}  # what deployments of one config share (provider credentials)
 
     def fail(self, node: Any, key: Any, message: str) -> None:
         self.problems.append(self.where(node, key) + message)
@@ -202,8 +205,9 @@ class Checker:
         """`${VAR}` (or `${VAR:-default}`) from the environment; a missing one is an error."""
         if isinstance(value, str) and "${" in value:
 
-            def substitute(match: re.Match) -> str:
-                name, default = match.group(1), match.group(2)
+            def substitute(match: re.Match[str]) -> str:
+                name: str = match.group(1)
+                default: str | None = match.group(2)
                 if name in os.environ:
                     return os.environ[name]
                 if default is not None:
@@ -214,7 +218,7 @@ class Checker:
             return ENV_PATTERN.sub(substitute, value)
         return value
 
-    def mapping(self, node: Any, key: Any, what: str) -> dict:
+    def mapping(self, node: Any, key: Any, what: str) -> dict[Any, Any]:
         value = node.get(key) if isinstance(node, dict) else None
         if value is None:
             return LineDict()
@@ -223,20 +227,22 @@ class Checker:
             return LineDict()
         return value
 
-    def unknown(self, node: dict, allowed: set[str] | tuple[str, ...], what: str) -> None:
+    def unknown(self, node: dict[Any, Any], allowed: Collection[str], what: str) -> None:
         for key in node:
             if key not in allowed:
                 self.fail(node, key, f"unknown key {key!r} in {what} (expected one of: {', '.join(sorted(allowed))})")
 
-    def number(self, node: dict, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> Any:
+    @overload
+    def number(self, node: dict[Any, Any], key: str, default: int, *, minimum: float = 0, integer: Literal[True]) -> int: ...
+    @overload
+    def number(self, node: dict[Any, Any], key: str, default: float, *, minimum: float = 0, integer: bool = False) -> float: ...
+    def number(self, node: dict[Any, Any], key: str, default: float, *, minimum: float = 0, integer: bool = False) -> float:
         """A finite number of at least `minimum`; with `integer`, a whole one of at most
         MAX_INTEGER. Strings are read as numbers (`"NaN"` and `"1e999"` are no numbers here)."""
         value = self.expand(node.get(key, default), node, key)
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value) if not integer else int(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(node, key, f"{key} must be a number")
             return default
@@ -254,7 +260,12 @@ class Checker:
             return default
         return int(value) if integer else value
 
-    def string(self, node: dict, key: str, default: str | None = None, *, required: bool = False, what: str = "") -> Any:
+    @overload
+    def string(self, node: dict[Any, Any], key: str, default: None = None, *, required: bool = False, what: str = "") -> str | None: ...
+    @overload
+    def string(self, node: dict[Any, Any], key: str, default: D, *, required: bool = False, what: str = "") -> str | D: ...
+    def string(self, node: dict[Any, Any], key: str, default: D | None = None, *, required: bool = False, what: str = "") -> str | D | None:
+        """A string (a number given is read as its text), or `default` when it is missing or no string."""
         if key not in node or node[key] is None:
             if required:
                 self.fail(node, None, f"{what} needs {key!r}")

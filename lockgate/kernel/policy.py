@@ -25,15 +25,17 @@ import threading
 import time
 import weakref
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from types import FrameType
+from typing import Any, Generic, TypeVar
 
-from watchfiles import watch
+from watchfiles import Change, watch
 
 from lockgate.kernel import metrics as prometheus
-from lockgate.kernel.parsing import ConfigError, parse_yaml
 from lockgate.kernel.logs import get_logger
+from lockgate.kernel.parsing import ConfigError, parse_yaml
 
 T = TypeVar("T")
 PolicyError = ConfigError  # every problem as `file:line: message`
@@ -44,7 +46,7 @@ RECHECK_S = 1.0  # re-read without events too: inotify can overflow, network fil
 POLL_S = 0.5  # the interval when the platform has no file system events at all
 
 log = get_logger("lockgate.policy")
-REGISTRY: "weakref.WeakSet[Policy]" = weakref.WeakSet()
+REGISTRY: weakref.WeakSet[Policy[Any]] = weakref.WeakSet()
 _lock = threading.Lock()  # guards REGISTRY, the counters and the watcher's start; never taken per request
 _reloads: Counter[str] = Counter()  # by kind, per process, never going down (a policy dropped with its app keeps its count)
 _failures: Counter[str] = Counter()
@@ -68,7 +70,7 @@ class Policy(Generic[T]):
         self._refused: str | None = None  # what the last refusal was about, so a re-check does not count it again
         self._reload_lock = threading.Lock()  # the watcher, SIGHUP and /admin/reload may race; requests never take it
         self._watching = False
-        if self.path is None:
+        if isinstance(source, Mapping):
             self.current: T = self._checked(dict(source), f"<{kind} policy>")
             self.version = digest(repr(sorted(source.items())).encode())
             self.loaded_at = time.time()
@@ -189,7 +191,7 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def registered() -> list[Policy]:
+def registered() -> list[Policy[Any]]:
     with _lock:
         return list(REGISTRY)
 
@@ -260,11 +262,11 @@ class Targets:
     dirs: tuple[tuple[str, int, int], ...]
     names: frozenset[str]
 
-    def wanted(self, change: Any, path: str) -> bool:
+    def wanted(self, change: Change, path: str) -> bool:
         return os.path.basename(path) in self.names
 
 
-def watch_targets(policies: list[Policy]) -> Targets:
+def watch_targets(policies: list[Policy[Any]]) -> Targets:
     dirs: dict[str, tuple[int, int]] = {}
     names: set[str] = set()
     for policy in policies:
@@ -441,7 +443,7 @@ def request_reload() -> None:
     start_watching()
 
 
-def on_sighup(signum: int, frame: Any) -> None:
+def on_sighup(signum: int, frame: FrameType | None) -> None:
     # runs between two bytecodes of the main thread: set flags only, take no lock
     _watcher.hangups += 1
     _watcher.wake.set()

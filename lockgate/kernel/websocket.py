@@ -10,6 +10,7 @@ gets a close with code 1008 (policy violation) and the refusal's message as reas
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -68,7 +69,7 @@ def reason(body: bytes) -> str:
     return text.encode()[:MAX_REASON_BYTES].decode("utf-8", "ignore")
 
 
-def realtime_event(text: str) -> dict:
+def realtime_event(text: str) -> dict[str, Any]:
     """A realtime text frame as the event it holds; {} when it holds none."""
     try:
         event = orjson.loads(text)

@@ -7,7 +7,8 @@ Backends are imported when named: a disk store never loads the Redis client (160
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lockgate.kernel.store.base import Claim, ClaimResult, Reservation, Store, attached, fits
 

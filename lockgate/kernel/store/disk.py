@@ -40,8 +40,9 @@ import os
 import random
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import diskcache
 
@@ -132,7 +133,7 @@ class DiskStore(Store):
         self.checkpoint: Future[None] | None = None
         self.writes = 0
         self.batches = 0
-        self._queue: list[tuple[Callable[[Execute, float], object], asyncio.Future]] = []
+        self._queue: list[tuple[Callable[[Execute, float], object], asyncio.Future[Any]]] = []
         self._flushing = False
         self._nonblocking: sqlite3.Connection | None = None  # the connection set to busy_timeout 0
         with self.cache.transact():
@@ -143,7 +144,8 @@ class DiskStore(Store):
     def _connection(self) -> sqlite3.Connection:
         # diskcache's connection for this process and thread (it reconnects after a
         # fork); statements on it join the transaction `transact()` holds
-        return self.cache._con
+        connection: sqlite3.Connection = self.cache._con
+        return connection
 
     @property
     def _sql(self) -> Execute:
@@ -167,7 +169,7 @@ class DiskStore(Store):
     async def _run(self, op: Callable[[Execute, float], T]) -> T:
         """Runs `op(sql, now)` in the next batch's transaction; its result once committed."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         entry = (op, future)
         self._queue.append(entry)
         if not self._flushing:
@@ -208,7 +210,7 @@ class DiskStore(Store):
     def _commit(self, transaction: contextlib.ExitStack) -> None:
         """Runs every queued write in the open transaction, commits, then answers."""
         batch, self._queue, self._flushing = self._queue, [], False
-        outcomes: list[tuple[asyncio.Future, bool, object]] = []
+        outcomes: list[tuple[asyncio.Future[Any], object, Exception | None]] = []  # (its caller, result, failure)
         try:
             with transaction:
                 # read the clock holding the lock, so serialized writers see time move forward
@@ -219,28 +221,28 @@ class DiskStore(Store):
                 if len(batch) == 1:
                     # alone in its transaction: a failure rolls the whole of it back
                     op, future = batch[0]
-                    outcomes.append((future, True, op(sql, now)))
+                    outcomes.append((future, op(sql, now), None))
                 else:
                     for op, future in batch:
                         sql("SAVEPOINT op")
                         try:
-                            outcomes.append((future, True, op(sql, now)))
+                            outcomes.append((future, op(sql, now), None))
                         except Exception as exc:  # noqa: BLE001 - this caller's failure, not the batch's
                             sql("ROLLBACK TO op")
-                            outcomes.append((future, False, exc))
+                            outcomes.append((future, None, exc))
                         sql("RELEASE op")
         except Exception as exc:  # noqa: BLE001 - the transaction failed (its commit, or a lone write): nothing of it holds
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for future, ok, value in outcomes:
+        for future, value, failure in outcomes:
             if future.done():
                 continue  # its caller was cancelled; the write still happened
-            if ok:
+            if failure is None:
                 future.set_result(value)
             else:
-                future.set_exception(value)
+                future.set_exception(failure)
         self.batches += 1
         self.writes += len(batch)
         if self.writes >= CHECKPOINT_EVERY and (self.checkpoint is None or self.checkpoint.done()):
@@ -288,8 +290,8 @@ class DiskStore(Store):
         row = sql("SELECT total, expires FROM Ledger WHERE name = ?", (name,)).fetchone()
         if row is None:
             return 0.0
-        total, latest = row
-        if latest <= now:
+        total: float = row[0]
+        if row[1] <= now:
             self._drop_ledger(sql, name)
             return 0.0
         gone = sql("DELETE FROM Entry WHERE ledger = ? AND expires <= ? RETURNING amount", (name, now)).fetchall()
@@ -336,7 +338,8 @@ class DiskStore(Store):
             for expires, amount in rows:
                 excess -= amount
                 if excess <= 0:
-                    return max(0.0, expires - now)
+                    wait: float = expires - now
+                    return max(0.0, wait)
         return math.inf  # larger than the limit itself: it never fits
 
     async def claim(self, claims: Sequence[Claim], entry_id: str) -> ClaimResult:
@@ -344,11 +347,11 @@ class DiskStore(Store):
 
         def op(sql: Execute, now: float) -> ClaimResult:
             totals = {name: self._prune(sql, name, now) for name in names}
-            for i, (c, name) in enumerate(zip(claims, names)):
+            for i, (c, name) in enumerate(zip(claims, names, strict=True)):
                 if totals[name] + c.amount > c.limit:
                     retry = self._retry_after(sql, name, totals[name], c, now)
                     return ClaimResult(False, tuple(totals[n] for n in names), i, retry)
-            for c, name in zip(claims, names):
+            for c, name in zip(claims, names, strict=True):
                 totals[name] = self._put(sql, name, entry_id, c.amount, now + c.ttl_s, totals[name])
             return ClaimResult(True, tuple(totals[n] for n in names))
 
@@ -407,7 +410,8 @@ class DiskStore(Store):
         if row[1] is not None and row[1] <= now:
             self._drop_budget(sql, key)
             return 0.0
-        return row[0]
+        spent: float = row[0]
+        return spent
 
     async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
         keys = [c.key for c in claims]
@@ -529,7 +533,8 @@ class DiskStore(Store):
     # -- values -------------------------------------------------------------------------
     # diskcache's own writes join the batch's transaction instead of starting one
     async def get(self, key: str) -> bytes | None:
-        return self.cache.get(key)
+        value: bytes | None = self.cache.get(key)
+        return value
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         await self._run(lambda sql, now: self.cache.set(key, value, expire=ttl_s))

@@ -27,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from lockgate.kernel import metrics
 from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.logs import get_logger
+from lockgate.kernel.parsing import Checker
 from lockgate.kernel.store.base import Claim, ClaimResult, Reservation, Store, attached
 
 T = TypeVar("T")
@@ -58,7 +60,7 @@ class StoreFailure:
         return self.mode == "closed"
 
 
-def parse_store_failure(check: Any, raw: dict, default_mode: str) -> StoreFailure:
+def parse_store_failure(check: Checker, raw: dict[Any, Any], default_mode: str) -> StoreFailure:
     """`store_failure` and `store_timeout_s` of a policy file, problems reported to `check`."""
     mode = check.string(raw, "store_failure", default_mode)
     if mode not in MODES:
@@ -156,8 +158,8 @@ class Backlog:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.pending: deque[tuple[str, Callable[[], Awaitable[Any]], dict]] = deque()
-        self.task: asyncio.Task | None = None
+        self.pending: deque[tuple[str, Callable[[], Awaitable[Any]], dict[str, Any]]] = deque()
+        self.task: asyncio.Task[None] | None = None
 
     def add(self, what: str, write: Callable[[], Awaitable[Any]], **facts: Any) -> None:
         if len(self.pending) >= BACKLOG_MAX:
@@ -208,14 +210,14 @@ async def write_or_defer(store: Store, what: str, write: Callable[[], Awaitable[
     return False
 
 
-def spawn(store: Store, work: Awaitable[Any], failure: str, **facts: Any) -> None:
+def spawn(store: Store, work: Coroutine[Any, Any, Any], failure: str, **facts: Any) -> None:
     """Runs a write nobody waits for (a cache entry): kept alive on the store until done,
     a failure logged as `failure`, never raised."""
-    tasks: set[asyncio.Task] = attached(store, "_lockgate_spawned", lambda _: set())
+    tasks: set[asyncio.Task[Any]] = attached(store, "_lockgate_spawned", lambda _: set())
     task = asyncio.get_running_loop().create_task(work)
     tasks.add(task)
 
-    def done(finished: asyncio.Task) -> None:
+    def done(finished: asyncio.Task[Any]) -> None:
         tasks.discard(finished)
         if not finished.cancelled() and finished.exception() is not None:
             log.warning(failure, error=str(finished.exception()), **facts)

@@ -44,8 +44,9 @@ import asyncio
 import functools
 import math
 import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from lockgate.kernel.context import new_id
 from lockgate.kernel.logs import get_logger
@@ -149,8 +150,8 @@ class LeasedStore(Store):
         self.seen: dict[str, tuple[float, float]] = {}  # key -> (the store's total as last learnt: a refusal, a lease overdrawn; when)
         self.ratios: dict[str, tuple[float, float]] = {}  # token key -> (usage / estimate of its answers, when last seen)
         self.locks: dict[str, tuple[asyncio.Lock, int]] = {}  # key -> (lock, tasks using it)
-        self.tasks: set[asyncio.Task] = set()
-        self.janitor: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.janitor: asyncio.Task[None] | None = None
 
     # -- plumbing ----------------------------------------------------------------------
     async def _landed(self, key: str, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -161,21 +162,21 @@ class LeasedStore(Store):
         task = asyncio.get_running_loop().create_task(self._locked(key, work))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        result, failure = await asyncio.shield(task)
-        if failure is not None:
-            raise failure
-        return result
+        outcome = await asyncio.shield(task)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome[0]
 
-    async def _locked(self, key: str, work: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T | None, Exception | None]:
-        """`work`'s result or its failure (handed to the request that asked, if it still
-        waits: a task nobody awaits must not end in an exception)."""
+    async def _locked(self, key: str, work: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T] | Exception:
+        """`work`'s result (in a tuple) or its failure (handed to the request that asked, if
+        it still waits: a task nobody awaits must not end in an exception)."""
         lock, users = self.locks.get(key) or (asyncio.Lock(), 0)
         self.locks[key] = (lock, users + 1)
         try:
             async with lock:
-                return await work(), None
+                return (await work(),)
         except Exception as exc:  # noqa: BLE001 - re-raised in the request, see above
-            return None, exc
+            return exc
         finally:
             lock, users = self.locks[key]
             if users == 1:
@@ -270,7 +271,7 @@ class LeasedStore(Store):
             writes += self._cut_slots(key, leases, size)
             if not leases:
                 del self.slots[key]
-        returns = [(key, lease) for key, lease in self.retired if lease.held == 0]
+        returns: list[tuple[str, Lease]] = [(key, lease) for key, lease in self.retired if lease.held == 0]
         self.retired = [(key, lease) for key, lease in self.retired if lease.held != 0]
         for key, lease in list(self.budgets.items()):
             if lease.held == 0 and (everything or now - lease.last_used >= IDLE_RETURN_S or now - lease.born >= MAX_LEASE_AGE_S):
@@ -458,16 +459,16 @@ class LeasedStore(Store):
                 elif self.windows.get(key) is not lease:
                     self.closed.append((key, lease))  # closed already: the correction is written at the next tidy
             elif key in holding.slots and amount is None:
-                lease = holding.slots.pop(key)
-                lease.in_use -= 1
-                if lease.in_use == 0:
+                slot = holding.slots.pop(key)
+                slot.in_use -= 1
+                if slot.in_use == 0:
                     # nothing left in flight on it: back to the store with this release, so
                     # another process near the limit finds the slots free at once
                     leases = self.slots.get(key, [])
-                    if lease in leases:
-                        leases.remove(lease)
-                    lease.granted = 0
-                    emptied.append((key, lease))
+                    if slot in leases:
+                        leases.remove(slot)
+                    slot.granted = 0
+                    emptied.append((key, slot))
             if holding is not None and holding.empty():
                 del self.holdings[entry_id]
         if emptied or overdrawn:
@@ -530,11 +531,11 @@ class LeasedStore(Store):
                 return None
             leases.append(lease)
         holding = self.holdings.setdefault(entry_id, Holding())
-        for claim, lease in zip(claims, leases):
+        for claim, lease in zip(claims, leases, strict=True):
             lease.held += claim.amount
             lease.last_used = now
             holding.budgets[claim.key] = (lease, claim.amount)
-        return Reservation(True, tuple(l.spent for l in leases), tuple(l.reserved for l in leases))
+        return Reservation(True, tuple(lease.spent for lease in leases), tuple(lease.reserved for lease in leases))
 
     def _budget_room(self, claim: Claim, now: float | None = None) -> BudgetLease | None:
         lease = self.budgets.get(claim.key)
@@ -628,7 +629,7 @@ class LeasedStore(Store):
         try:
             return await self.inner.charge(translated, cost, ttl_s, counters)
         except BaseException:
-            for (key, entry_id, _), (_, entry, _) in zip(items, translated):
+            for (key, entry_id, _), (_, entry, _) in zip(items, translated, strict=True):
                 if entry != entry_id:
                     self.charged_to[(key, entry_id)] = entry
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from lockgate.kernel.store.base import Claim, ClaimResult, Reservation, Store, fits
 
@@ -102,12 +102,12 @@ class MemoryStore(Store):
     async def claim(self, claims: Sequence[Claim], entry_id: str) -> ClaimResult:
         now = self.now()
         ledgers = [self._ledger(c.key, now) for c in claims]
-        for i, (c, ledger) in enumerate(zip(claims, ledgers)):
+        for i, (c, ledger) in enumerate(zip(claims, ledgers, strict=True)):
             if ledger.total + c.amount > c.limit:
-                return ClaimResult(False, tuple(l.total for l in ledgers), i, ledger.retry_after(c.limit, c.amount, now))
-        for c, ledger in zip(claims, ledgers):
+                return ClaimResult(False, tuple(ledger.total for ledger in ledgers), i, ledger.retry_after(c.limit, c.amount, now))
+        for c, ledger in zip(claims, ledgers, strict=True):
             ledger.put(entry_id, now + c.ttl_s, c.amount)
-        return ClaimResult(True, tuple(l.total for l in ledgers))
+        return ClaimResult(True, tuple(ledger.total for ledger in ledgers))
 
     async def adjust(self, key: str, entry_id: str, amount: float | None) -> None:
         ledger = self.ledgers.get(key)
@@ -135,10 +135,10 @@ class MemoryStore(Store):
     async def reserve(self, claims: Sequence[Claim], entry_id: str) -> Reservation:
         now = self.now()
         budgets = [self._budget(c.key, now) for c in claims]
-        for i, (c, budget) in enumerate(zip(claims, budgets)):
+        for i, (c, budget) in enumerate(zip(claims, budgets, strict=True)):
             if not fits(budget.spent, budget.reservations.total, c):
                 return Reservation(False, tuple(b.spent for b in budgets), tuple(b.reservations.total for b in budgets), i)
-        for c, budget in zip(claims, budgets):
+        for c, budget in zip(claims, budgets, strict=True):
             budget.reservations.put(entry_id, now + c.ttl_s, c.amount)
         return Reservation(True, tuple(b.spent for b in budgets), tuple(b.reservations.total for b in budgets))
 

@@ -90,7 +90,7 @@ class Keeper:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
         self.owner = ""
 
     async def ensure(self, timeout_s: float) -> None:
@@ -101,10 +101,11 @@ class Keeper:
             return
         self.owner = owner_id()  # a forked worker is a new owner
         self.task = loop.create_task(self._run())
+        down: tuple[type[BaseException], ...] = (TimeoutError, *self.store.errors)  # the store being down is the guard's to report
         try:
             async with asyncio.timeout(timeout_s):
                 await self.store.heartbeat(self.owner, my_info(), TTL_S)
-        except (TimeoutError, *self.store.errors) as exc:  # the store being down is the guard's to report
+        except down as exc:
             log.warning("heartbeat_failed", error=type(exc).__name__)
 
     async def _run(self) -> None:

@@ -20,7 +20,8 @@ to an integer).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -280,6 +281,12 @@ end
 GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 
+def text(reply: bytes | str) -> str:
+    """A key or a value as text. This client leaves replies as bytes (no `decode_responses`),
+    which redis-py's types cannot tell: they allow str as well."""
+    return cast(bytes, reply).decode()
+
+
 def seconds_to_ms(ttl_s: float) -> int:
     """Redis refuses an expiry of 0: the shortest is one millisecond."""
     return max(1, math.ceil(ttl_s * 1000))
@@ -390,19 +397,19 @@ class RedisStore(Store):
 
     async def counters(self, key: str) -> dict[str, float]:
         fields = await self.redis.hgetall(f"{self.prefix}h:{key}")
-        return {field.decode(): float(value) for field, value in fields.items()}
+        return {text(field): float(value) for field, value in fields.items()}
 
     async def keys(self, prefix: str) -> list[str]:
         found: set[str] = set()
         for kind in ("h:", "v:", "b:"):
             head = self.prefix + kind
             async for name in self.redis.scan_iter(match=(head + prefix).translate(GLOB_SPECIAL) + "*", count=1000):
-                found.add(name.decode()[len(head) :])
+                found.add(text(name)[len(head) :])
         return sorted(found)
 
     # -- values -------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
-        return await self.redis.get(f"{self.prefix}v:{key}")
+        return cast("bytes | None", await self.redis.get(f"{self.prefix}v:{key}"))  # bytes: see `text`
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         await self.redis.set(f"{self.prefix}v:{key}", value, px=None if ttl_s is None else seconds_to_ms(ttl_s))
@@ -420,30 +427,33 @@ class RedisStore(Store):
 
     async def _lease_sets(self) -> list[tuple[str, str]]:
         """(zset, hash) of every lease ledger: budget reservations and `lease:` ledgers."""
-        found = []
+        found: list[tuple[str, str]] = []
         async for name in self.redis.scan_iter(match=(self.prefix + "bz:").translate(GLOB_SPECIAL) + "*", count=1000):
-            key = name.decode()[len(self.prefix) + 3 :]
-            found.append(tuple(self._budget(key)[::-1]))
+            budget, reservations = self._budget(text(name)[len(self.prefix) + 3 :])
+            found.append((reservations, budget))
         async for name in self.redis.scan_iter(match=(self.prefix + "l:lease:").translate(GLOB_SPECIAL) + "*", count=1000):
-            key = name.decode()[len(self.prefix) + 2 :]
-            found.append(tuple(self._ledger(key)))
+            zset, hash_key = self._ledger(text(name)[len(self.prefix) + 2 :])
+            found.append((zset, hash_key))
         return found
+
+    async def _members(self, zset: str) -> list[str]:
+        # asked without scores, every reply is a member (redis-py's types allow pairs too)
+        return [text(member) for member in cast("list[bytes]", await self.redis.zrange(zset, 0, -1))]
 
     async def lease_owners(self) -> dict[str, str | None]:
         owners: set[str] = set()
         for zset, _ in await self._lease_sets():
-            owners.update(member.decode()[:OWNER_CHARS] for member in await self.redis.zrange(zset, 0, -1))
+            owners.update(member[:OWNER_CHARS] for member in await self._members(zset))
         if not owners:
             return {}
         ordered = sorted(owners)
         infos = await self.redis.mget([f"{self.prefix}o:{owner}" for owner in ordered])
-        return {owner: None if info is None else info.decode() for owner, info in zip(ordered, infos)}
+        return {owner: None if info is None else text(info) for owner, info in zip(ordered, infos, strict=True)}
 
     async def release_owner(self, owner: str) -> int:
         released = 0
         for zset, hash_key in await self._lease_sets():
-            for member in await self.redis.zrange(zset, 0, -1):
-                entry = member.decode()
+            for entry in await self._members(zset):
                 if entry.startswith(owner):
                     await self._adjust([zset, hash_key], [entry, ""])
                     released += 1
