@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from lockgate.middleware.auth import AuthMiddleware
 from lockgate.gateway.app import create_app
-from lockgate.gateway.keys import runtime_keys
+from lockgate.gateway.keys import RuntimeKeys
 from lockgate.kernel.store.memory import MemoryStore
 from tests.conftest import ROOT, start_gateway
 
@@ -337,8 +337,9 @@ def test_store_failure_for_runtime_keys(mode):
         await send({"type": "http.response.body", "body": b"ok"})
 
     app = AuthMiddleware(inner_app, policy=auth, store=store)
-    seen = asyncio.run(runtime_keys(store).create({"id": "seen"}))["key"]
-    unseen = asyncio.run(runtime_keys(store).create({"id": "unseen"}))["key"]
+    keys = RuntimeKeys(store, lambda: app.policy.current)  # the admin API's side, as the gateway makes it
+    seen = asyncio.run(keys.create({"id": "seen"}))["key"]
+    unseen = asyncio.run(keys.create({"id": "unseen"}))["key"]
     client = TestClient(app)  # no lifespan: the inner app is a bare one
     ask = lambda key: client.post("/v1/chat/completions", json={}, headers={"Authorization": f"Bearer {key}"})
     assert ask(seen).status_code == 200
