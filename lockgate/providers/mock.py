@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator
 import orjson
 
 from lockgate.providers import rerank
-from lockgate.providers.base import Deployment, UnsupportedRequest, UpstreamRequest, text_of, usage_dict
+from lockgate.providers.base import Deployment, SettingError, UnsupportedRequest, UpstreamRequest, text_of, usage_dict
 from lockgate.providers.gemini import float32_base64
 from lockgate.providers.openai import MEDIA_PATHS, OpenAIAdapter
 from lockgate.providers.sse import DONE, encode_data
@@ -428,6 +428,16 @@ class MockAdapter(OpenAIAdapter):
         if path == "completions":
             return self.build(dep, "completions", body)
         return super(OpenAIAdapter, self).passthrough_request(dep, path, body)
+
+
+SETTINGS = ("latency_ms", "fail_rate")
+
+
+def deployment_options(values: dict, shared: dict) -> dict:
+    """`latency_ms` and `fail_rate` as gateway.yaml gave them (numbers). Raises `SettingError`."""
+    if values.get("fail_rate", 0) > 1:
+        raise SettingError("fail_rate", "fail_rate must be between 0 and 1")
+    return values
 
 
 ADAPTER = MockAdapter()

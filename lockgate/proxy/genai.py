@@ -7,7 +7,8 @@ Choices where lockgate's world and the conventions do not line up:
   their own for them); `/v1/completions` is `text_completion`. A route with no operation
   here (`/v1/models`, admin) gets no `gen_ai.*` attributes or metrics.
 - Providers the conventions list keep their names (`azure.ai.openai`, `gcp.gemini`,
-  `gcp.vertex_ai`, `aws.bedrock`, `x_ai`, `mistral_ai`); the others (`mock`, `ollama`,
+  `gcp.vertex_ai`, `aws.bedrock`, `x_ai`, `mistral_ai`: each entry's `semconv` in
+  providers/registry.py); the others (`mock`, `ollama`,
   `together`...) are lockgate's provider key, as the conventions allow for the unlisted.
 - `gen_ai.response.model` is the deployment's upstream model from gateway.yaml, not the
   name an upstream wrote in its answer: a metric label may only take values the operator
@@ -19,6 +20,8 @@ Choices where lockgate's world and the conventions do not line up:
 from __future__ import annotations
 
 from typing import Any, Mapping
+
+from lockgate.providers import registry
 
 OPERATIONS = {
     "/chat/completions": "chat",
@@ -33,18 +36,10 @@ OPERATIONS = {
     "/v1/messages": "chat",
 }
 
-PROVIDERS = {
-    "azure": "azure.ai.openai",
-    "gemini": "gcp.gemini",
-    "vertex": "gcp.vertex_ai",
-    "bedrock": "aws.bedrock",
-    "xai": "x_ai",
-    "mistral": "mistral_ai",
-}
 
 
 def provider_name(provider: str) -> str:
-    return PROVIDERS.get(provider, provider)
+    return registry.semconv_name(provider)
 
 
 def deployment_of(models: Any, served: str | None, deployment_id: str | None) -> Any:

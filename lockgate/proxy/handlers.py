@@ -16,7 +16,8 @@ from typing import AsyncIterator, Awaitable, Callable, Mapping
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, jina, messages, mock, openai, presets, responses, vertex, voyage
+from lockgate.providers import messages, responses
+from lockgate.providers.registry import PROVIDERS
 from lockgate.providers.base import Adapter, ChatStream, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none, usage_requested
 from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event, encode_raw
 from lockgate.providers.tokens import prompt_tokens
@@ -36,19 +37,6 @@ from lockgate.proxy.secrets import Secrets
 from lockgate.kernel.store import Store
 from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse
 
-ADAPTERS: dict[str, Adapter] = {
-    "openai": openai.ADAPTER,
-    "azure": azure.ADAPTER,
-    "anthropic": anthropic.ADAPTER,
-    "gemini": gemini.ADAPTER,
-    "mock": mock.ADAPTER,
-    "bedrock": bedrock.ADAPTER,
-    "vertex": vertex.ADAPTER,
-    "cohere": cohere.ADAPTER,
-    **presets.ADAPTERS,
-    "jina": jina.ADAPTER,
-    "voyage": voyage.ADAPTER,
-}
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 COOLDOWN_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -350,7 +338,7 @@ class Gateway:
         candidates = balancer.order(key)
         references: dict[str, dict] | None = None
         for attempt, dep in enumerate(candidates[:2]):
-            adapter = ADAPTERS[dep.provider]
+            adapter = PROVIDERS[dep.provider].adapter
             if kind == "responses" and not adapter.supports_responses and references is None:
                 # read once, and only for a deployment that cannot resolve them itself
                 references = await self.items.recall(ctx, responses.referenced_ids(body))
