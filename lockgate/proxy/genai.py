@@ -4,8 +4,9 @@ traces (proxy/tracing.py) and the `gen_ai_*` metrics (proxy/access.py) alike.
 
 Choices where lockgate's world and the conventions do not line up:
 - `/v1/responses` and `/v1/messages` are `chat` (the conventions have no operation of
-  their own for them); `/v1/completions` is `text_completion`. A route with no operation
-  here (`/v1/models`, admin) gets no `gen_ai.*` attributes or metrics.
+  their own for them); `/v1/completions` is `text_completion` (each endpoint kind's
+  `operation` in providers/endpoints.py). A route with no operation (`/v1/models`,
+  rerank, images, admin) gets no `gen_ai.*` attributes or metrics.
 - Providers the conventions list keep their names (`azure.ai.openai`, `gcp.gemini`,
   `gcp.vertex_ai`, `aws.bedrock`, `x_ai`, `mistral_ai`: each entry's `semconv` in
   providers/registry.py); the others (`mock`, `ollama`,
@@ -22,20 +23,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lockgate.providers import registry
+from lockgate.providers.endpoints import ENTRIES
 
-OPERATIONS = {
-    "/chat/completions": "chat",
-    "/v1/chat/completions": "chat",
-    "/completions": "text_completion",
-    "/v1/completions": "text_completion",
-    "/embeddings": "embeddings",
-    "/v1/embeddings": "embeddings",
-    "/responses": "chat",
-    "/v1/responses": "chat",
-    "/messages": "chat",
-    "/v1/messages": "chat",
-}
-
+OPERATIONS = {path: kind.operation for kind in ENTRIES if kind.operation for path in kind.paths}
 
 
 def provider_name(provider: str) -> str:

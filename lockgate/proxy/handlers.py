@@ -11,21 +11,23 @@ import asyncio
 import contextlib
 import time
 from fnmatch import fnmatchcase
-from typing import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from lockgate.providers import messages, responses
+from lockgate.providers import catalog, responses, translation, validation
 from lockgate.providers.registry import PROVIDERS
-from lockgate.providers.base import Adapter, ChatStream, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none, usage_requested
+from lockgate.providers.base import Adapter, ChatStream, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none
+from lockgate.providers.endpoints import EndpointKind
+from lockgate.providers.meter import UsageMeter, answer_usage
 from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event, encode_raw
 from lockgate.providers.tokens import prompt_tokens
-from lockgate.providers.usage import UsageMeter, answer_usage, delta_chars, rerank_usage
-from lockgate.providers import catalog
+from lockgate.providers.translation import Call, Events, Mode, Outbound
+from lockgate.providers.usage import delta_chars
 from lockgate.proxy.models import ModelConfig
 from lockgate.kernel.context import RequestContext, get_context, load_json, refuse
-from lockgate.providers.endpoints import AUDIO_IN, IMAGES, MULTIPART
 from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_json
 from lockgate.proxy.answers import bad_stream, not_allowed, response_headers, upstream_failure
 from lockgate.proxy.items import ResponseItems
@@ -40,13 +42,6 @@ from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, Upstre
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 COOLDOWN_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
-# client headers a native passthrough may carry upstream: feature flags, never credentials
-PASSTHROUGH_HEADERS = {
-    "messages": (b"anthropic-beta", b"anthropic-version"),
-    "count_tokens": (b"anthropic-beta", b"anthropic-version"),
-    "responses": (b"openai-beta",),
-}
-DEFAULT_MODERATION_MODEL = "omni-moderation-latest"  # what OpenAI uses when a request names none
 
 log = get_logger("lockgate.proxy")
 
@@ -63,47 +58,6 @@ class Endpoint:
         await self.handler(scope, receive, send)
 
 
-# Fields lockgate reads, with the JSON types OpenAI's API gives them (null is always
-# allowed: it means absent). Anything else in a known field is the client's mistake: a
-# 400 that names it, where a wrong type would otherwise fail deep inside a translation.
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "stream": (bool,),
-    "stream_options": (dict,),
-    "messages": (list,),
-    "tools": (list,),
-    "metadata": (dict,),
-    "user": (str,),
-    "temperature": (int, float),
-    "top_p": (int, float),
-    "presence_penalty": (int, float),
-    "frequency_penalty": (int, float),
-}
-INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed")
-JSON_TYPE_NAMES = {bool: "a boolean", dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
-
-
-def check_field_types(body: dict) -> None:
-    for name, types in FIELD_TYPES.items():
-        value = body.get(name)
-        if value is not None and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
-            raise bad_request(f"`{name}` must be {JSON_TYPE_NAMES[types[0]]}.", name, "invalid_type")
-    for name in ("messages", "tools"):
-        for i, item in enumerate(body.get(name) or ()):
-            if not isinstance(item, dict):
-                raise bad_request(f"`{name}[{i}]` must be an object.", f"{name}[{i}]", "invalid_type")
-            content = item.get("content")
-            if content is not None and not isinstance(content, (str, list)):
-                raise bad_request(f"`{name}[{i}].content` must be a string or an array of parts.", f"{name}[{i}].content", "invalid_type")
-            if isinstance(content, list) and not all(isinstance(part, (dict, str)) for part in content):
-                raise bad_request(f"`{name}[{i}].content` parts must be objects.", f"{name}[{i}].content", "invalid_type")
-    for name in INTEGER_FIELDS:
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) >= 2**53 or int(value) != value:
-            raise bad_request(f"`{name}` must be an integer.", name, "invalid_type")
-
-
 class Gateway:
     """Holds what every request needs: the config, the router and the upstream client."""
 
@@ -117,47 +71,9 @@ class Gateway:
         self.realtime = Realtime(self)
 
     # -- endpoints ------------------------------------------------------------------
-    async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "chat", self._validate_chat)
-
-    async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "completions", self._validate_completions)
-
-    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "embeddings", self._validate_embeddings)
-
-    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "responses", self._validate_responses)
-
-    async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "messages", self._validate_messages)
-
-    async def count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "count_tokens", self._validate_messages)
-
-    async def rerank(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "rerank", self._validate_rerank)
-
-    async def image_generation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "image_generation", self._validate_prompt)
-
-    async def image_edit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "image_edit", self._validate_prompt)
-
-    async def image_variation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "image_variation", self._require_model)
-
-    async def transcription(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "transcription", self._require_model)
-
-    async def translation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "translation", self._require_model)
-
-    async def speech(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "speech", self._validate_speech)
-
-    async def moderation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "moderation", self._validate_moderation)
+    async def serve(self, kind: EndpointKind, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request of an endpoint kind (providers/endpoints.py)."""
+        await self._serve(scope, receive, send, kind)
 
     async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`GET /v1/models/{model}`: OpenAI's model object, for models this caller may see."""
@@ -196,106 +112,8 @@ class Gateway:
             return names
         return [n for n in names if any(fnmatchcase(n, pattern) for pattern in allowed)]
 
-    # -- validation -------------------------------------------------------------------
-    @staticmethod
-    def _require_model(body: dict) -> None:
-        model = body.get("model")
-        if not model:
-            raise bad_request("You must provide a model parameter.", "model", "missing_required_parameter")
-        if not isinstance(model, str):
-            raise bad_request("`model` must be a string.", "model", "invalid_type")
-
-    def _validate_chat(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise bad_request("`messages` must be a non-empty array.", "messages", "missing_required_parameter")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise bad_request(f"messages[{i}] must be an object with a `role`.", f"messages[{i}]", "invalid_value")
-
-    def _validate_completions(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        if "prompt" not in body:
-            raise bad_request("You must provide a prompt parameter.", "prompt", "missing_required_parameter")
-
-    def _validate_embeddings(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        value = body.get("input")
-        if value is None or value == "" or value == []:
-            raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
-        if not isinstance(value, (str, list)) or not all(
-            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool)) or (isinstance(item, list) and all(type(i) is int for i in item))
-            for item in (value if isinstance(value, list) else ())
-        ):
-            raise bad_request("`input` must be a string, an array of strings, or token arrays.", "input", "invalid_type")
-
-    def _validate_responses(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        if "input" not in body and "instructions" not in body:
-            raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
-
-    def _validate_messages(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        if not isinstance(body.get("messages"), list):
-            raise bad_request("`messages` must be an array.", "messages", "missing_required_parameter")
-        if body.get("system") is not None and not isinstance(body["system"], (str, list)):
-            raise bad_request("`system` must be a string or an array of text blocks.", "system", "invalid_type")
-
-    def _validate_rerank(self, body: dict) -> None:
-        self._require_model(body)
-        if not isinstance(body.get("query"), str) or not body["query"]:
-            raise bad_request("You must provide a query parameter (a string).", "query", "missing_required_parameter")
-        documents = body.get("documents")
-        if not isinstance(documents, list) or not documents:
-            raise bad_request("`documents` must be a non-empty array.", "documents", "missing_required_parameter")
-        if not all(isinstance(d, (str, dict)) for d in documents):
-            raise bad_request("Each document must be a string or an object.", "documents", "invalid_type")
-        top_n = body.get("top_n")
-        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-            raise bad_request("`top_n` must be a positive integer.", "top_n", "invalid_type")
-
-    def _validate_prompt(self, body: dict) -> None:
-        self._require_model(body)
-        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
-            raise bad_request("You must provide a prompt parameter.", "prompt", "missing_required_parameter")
-        n = body.get("n")
-        if n is not None and not (str(n).isdigit() and 1 <= int(n) <= 10):
-            raise bad_request("`n` must be an integer from 1 to 10.", "n", "invalid_value")
-
-    def _validate_speech(self, body: dict) -> None:
-        self._require_model(body)
-        if not isinstance(body.get("input"), str) or not body["input"]:
-            raise bad_request("You must provide an input parameter (the text to speak).", "input", "missing_required_parameter")
-        if not isinstance(body.get("voice"), (str, dict)):
-            raise bad_request("You must provide a voice parameter.", "voice", "missing_required_parameter")
-
-    def _validate_moderation(self, body: dict) -> None:
-        if body.get("model") is None:
-            body["model"] = DEFAULT_MODERATION_MODEL
-        self._require_model(body)
-        if body.get("input") in (None, "", []):
-            raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
-
-    @staticmethod
-    def _check_body_form(kind: str, ctx: RequestContext) -> None:
-        """Uploads come as multipart/form-data, everything else as JSON."""
-        if kind in MULTIPART:
-            if ctx.form is None:
-                raise bad_request("This endpoint takes a multipart/form-data body (the file and its fields).", None, "invalid_content_type")
-            wanted = ("image", "image[]") if kind in IMAGES else ("file",)
-            if not any(part.name in wanted for part in ctx.form.files()):
-                raise bad_request(f"You must upload a file as the `{wanted[0]}` field.", wanted[0], "missing_required_parameter")
-        elif ctx.form is not None:
-            raise bad_request("Content-Type must be application/json for this endpoint.", None, "invalid_content_type")
-
     # -- the request cycle --------------------------------------------------------------
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: str, validate: Callable[[dict], None]) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: EndpointKind) -> None:
         ctx = get_context(scope)
         sent_start = False
 
@@ -312,8 +130,10 @@ class Gateway:
         try:
             await load_json(scope, receive)
             body = ctx.body
-            self._check_body_form(kind, ctx)
-            validate(body)
+            validation.body_form(kind.files, ctx.form)
+            if kind.default_model is not None and body.get("model") is None:
+                body["model"] = kind.default_model
+            kind.validate(body)
             model = body["model"]
             ctx.model_requested = ctx.model_requested or model
             balancer = self.router.get(model)
@@ -332,26 +152,30 @@ class Gateway:
                 error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
                 await refuse(ctx, send, error, response_headers(ctx))
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: str, balancer: Balancer) -> None:
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: EndpointKind, balancer: Balancer) -> None:
         body = ctx.body
         key = sticky_key(body) if balancer.model.balance == "sticky" else ""
         candidates = balancer.order(key)
-        references: dict[str, dict] | None = None
+        call = Call(kind.name, body, as_asked(ctx), ctx.form, client_headers(scope, kind.client_headers))
+        recalled = False
         for attempt, dep in enumerate(candidates[:2]):
             adapter = PROVIDERS[dep.provider].adapter
-            if kind == "responses" and not adapter.supports_responses and references is None:
+            wanted = kind.references(adapter, body) if kind.references is not None else []
+            if wanted and not recalled:
                 # read once, and only for a deployment that cannot resolve them itself
-                references = await self.items.recall(ctx, responses.referenced_ids(body))
-            mode, request = self._build(kind, adapter, dep, body, scope, ctx, references)
-            if mode == "local":
+                recalled = True
+                call = replace(call, references=await self.items.recall(ctx, wanted))
+            out = self._build(kind, adapter, dep, call, ctx)
+            if out.mode is translation.LOCAL:
                 # answered by lockgate itself (a token count): no upstream, no verdict on the deployment
                 ctx.attempt.deployment = dep.id
-                await send_json(send, 200, request, response_headers(ctx))
+                await send_json(send, 200, out.answer or {}, response_headers(ctx))
                 return
+            assert out.request is not None
             balancer.started(dep)
             started = time.perf_counter()
             try:
-                upstream = await self._send(adapter, dep, request)
+                upstream = await self._send(adapter, dep, out.request)
             except CredentialsError as exc:
                 balancer.finished(dep, ok=False)
                 ctx.attempt.failure = "auth"
@@ -381,46 +205,18 @@ class Gateway:
             try:
                 if upstream.status >= 400:
                     await self._upstream_error(ctx, adapter, dep, upstream)
-                ok = await self._answer(scope, receive, send, ctx, kind, mode, adapter, dep, upstream)
+                ok = await self._answer(scope, send, ctx, kind, out.mode, call, adapter, dep, upstream)
             finally:
                 upstream.close()
                 balancer.finished(dep, ok=ok or upstream.status not in COOLDOWN_STATUSES, latency_s=first_byte_s if ok else None)
             return
 
-    def _build(self, kind: str, adapter: Adapter, dep: Deployment, body: dict, scope: Scope, ctx: RequestContext, references: dict[str, dict] | None = None):
-        """The upstream request and how its answer is read: `native` (OpenAI-format
-        passthrough), `chat` (the adapter's chat translation), or `responses`
-        (chat translation wrapped in the Responses format, `references` the kept items
-        its `item_reference`s may name)."""
+    @staticmethod
+    def _build(kind: EndpointKind, adapter: Adapter, dep: Deployment, call: Call, ctx: RequestContext) -> Outbound:
+        """The upstream request of `kind` for this deployment, and how its answer is read."""
+        assert kind.build is not None
         try:
-            if kind == "chat":
-                return "chat", adapter.chat_request(dep, body)
-            if kind == "embeddings":
-                inputs = body.get("input")
-                if isinstance(inputs, list) and len(inputs) > 1 and adapter.embeds_one_input_per_call(dep):
-                    return "per_input", [adapter.embeddings_request(dep, {**body, "input": item}) for item in inputs]
-                return "embeddings", adapter.embeddings_request(dep, body)
-            if kind == "completions":
-                if not adapter.supports_completions:
-                    raise UnsupportedRequest(f"`/v1/completions` is served only by OpenAI-compatible deployments, not {dep.provider}.")
-                return "completions", adapter.passthrough_request(dep, "completions", body)
-            if kind == "responses":
-                if adapter.supports_responses:
-                    return "native", self._with_client_headers(adapter.passthrough_request(dep, "responses", body), scope, kind)
-                chat_body = responses.to_chat(body, references)
-                return "responses", adapter.chat_request(dep, chat_body)
-            if kind == "messages":
-                if adapter.native_messages(dep):
-                    return "native", self._with_client_headers(adapter.passthrough_request(dep, "messages", body), scope, kind)
-                return "messages", adapter.chat_request(dep, messages.to_chat(body))
-            if kind == "count_tokens":
-                if dep.provider == "anthropic":
-                    return "native", self._with_client_headers(adapter.passthrough_request(dep, "count_tokens", body), scope, kind)
-                return "local", {"input_tokens": messages.count_tokens(body)}
-            if kind == "rerank":
-                return "rerank", adapter.rerank_request(dep, body)
-            if kind in MEDIA_KINDS:
-                return "media", adapter.media_request(dep, kind, body, ctx.form)
+            return kind.build(adapter, dep, call)
         except UnsupportedRequest as exc:
             raise bad_request(exc.message, exc.param, "unsupported_request") from None
         except responses.UnknownItem as exc:
@@ -432,7 +228,6 @@ class Gateway:
             log.info("request_not_translatable", request_id=ctx.request_id, provider=dep.provider, error=type(exc).__name__)
             message = f"The request could not be translated for the {dep.provider} provider: one of its fields has a value of the wrong type or shape."
             raise bad_request(message, None, "invalid_value") from None
-        raise bad_request(f"unknown endpoint kind {kind}")
 
     async def _send(self, adapter: Adapter, dep: Deployment, request: UpstreamRequest | list[UpstreamRequest]) -> UpstreamResponse:
         """The request signed (or given its token) and sent; a list, one call per input."""
@@ -468,14 +263,6 @@ class Gateway:
             raise first from None
         return UpstreamResponse(200, single(b"[" + b",".join(c.result() for c in calls) + b"]"))
 
-    @staticmethod
-    def _with_client_headers(request, scope: Scope, kind: str):
-        allowed = PASSTHROUGH_HEADERS.get(kind, ())
-        for name, value in scope.get("headers", ()):
-            if name in allowed:
-                request.headers[name.decode()] = value.decode("latin-1")
-        return request
-
     async def _upstream_error(self, ctx: RequestContext, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> None:
         raw = self.secrets.scrub(await error_answer(upstream))
         status, error = adapter.error(upstream.status, raw)
@@ -488,52 +275,27 @@ class Gateway:
             status = 502  # the gateway worked; what is behind it failed
         raise GatewayError.from_body(status, error)
 
-    async def _answer(self, scope, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
-        if mode == "media":
+    async def _answer(self, scope: Scope, send: Send, ctx: RequestContext, kind: EndpointKind, mode: Mode, call: Call, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> bool:
+        if mode is translation.MEDIA:
             return await self._media(send, ctx, kind, upstream)
-        streaming = bool(ctx.body.get("stream")) and mode not in ("rerank", "embeddings", "per_input")
-        if not streaming:
-            reading = time.perf_counter()
-            raw = await self._read(upstream, self.max_answer_bytes)
-            ctx.upstream_s += time.perf_counter() - reading
-            data = loads_or_none(raw)
-            if not isinstance(data, list if mode == "per_input" else dict):
-                raise GatewayError(502, "The upstream answered with something that is not JSON.", "api_error", "upstream_bad_response")
-            if mode == "chat":
-                answer = adapter.chat_response(dep, data)
-                ctx.attempt.usage = answer.get("usage")
-            elif mode == "responses":
-                chat = adapter.chat_response(dep, data)
-                ctx.attempt.usage = chat.get("usage")
-                answer = responses.from_chat(chat, as_asked(ctx))
-                if self.items.keeps(scope, ctx.body):
-                    await self.items.keep(ctx, answer["output"])
-            elif mode == "embeddings":
-                answer = adapter.embeddings_response(dep, data, ctx.body)
-                ctx.attempt.usage = answer.get("usage")
-            elif mode == "per_input":
-                inputs = ctx.body["input"]
-                answer = self._translated(ctx, dep, lambda: joined_embeddings([adapter.embeddings_response(dep, one, {**ctx.body, "input": item}) for one, item in zip(data, inputs)]))
-                ctx.attempt.usage = answer.get("usage")
-            elif mode == "completions":
-                answer = data
-                ctx.attempt.usage = data.get("usage")
-            elif mode == "messages":
-                chat = adapter.chat_response(dep, data)
-                ctx.attempt.usage = chat.get("usage")
-                answer = messages.from_chat(chat, as_asked(ctx))
-            elif mode == "rerank":
-                answer = self._translated(ctx, dep, lambda: adapter.rerank_response(dep, data, ctx.body))
-                ctx.attempt.usage = rerank_usage(answer)
-            else:
-                answer = data
-                ctx.attempt.usage = adapter.passthrough_usage(kind, data)
-            payload = raw if answer is data else orjson.dumps(answer)
-            headers = JSON_HEADERS + [(b"content-length", str(len(payload)).encode())] + response_headers(ctx)
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": payload})
-            return True
-        return await self._stream(receive, send, ctx, kind, mode, adapter, dep, upstream, mode == "responses" and self.items.keeps(scope, ctx.body))
+        if ctx.body.get("stream") and (mode.native_stream or mode.events is not None):
+            return await self._stream(send, ctx, mode, call, adapter, dep, upstream, mode.keeps_items and self.items.keeps(scope, ctx.body))
+        assert mode.read is not None
+        read = mode.read
+        reading = time.perf_counter()
+        raw = await self._read(upstream, self.max_answer_bytes)
+        ctx.upstream_s += time.perf_counter() - reading
+        data = loads_or_none(raw)
+        if not isinstance(data, mode.whole):
+            raise GatewayError(502, "The upstream answered with something that is not JSON.", "api_error", "upstream_bad_response")
+        answer, ctx.attempt.usage = self._translated(ctx, dep, lambda: read(adapter, dep, data, call))
+        if mode.keeps_items and self.items.keeps(scope, ctx.body):
+            await self.items.keep(ctx, answer["output"])
+        payload = raw if answer is data else orjson.dumps(answer)
+        headers = JSON_HEADERS + [(b"content-length", str(len(payload)).encode())] + response_headers(ctx)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        return True
 
     @staticmethod
     async def _read(upstream: UpstreamResponse, max_bytes: int) -> bytes:
@@ -542,20 +304,19 @@ class Gateway:
         except UpstreamError as exc:
             raise upstream_failure(exc) from None
 
-    async def _stream(self, receive, send, ctx, kind, mode, adapter, dep, upstream, keep_items: bool = False) -> bool:
-        include_usage = usage_requested(ctx.body)
+    async def _stream(self, send: Send, ctx: RequestContext, mode: Mode, call: Call, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse, keep_items: bool) -> bool:
         pump: AsyncIterator[bytes]
-        if mode == "native":
-            pump = self._native_events(ctx, kind, adapter, upstream)
-        elif mode == "messages":
-            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), messages.MessagesStream(as_asked(ctx)), upstream)
-        elif mode == "responses":
-            translator = responses.ResponsesStream(as_asked(ctx))
-            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), translator, upstream)
-            if keep_items:
-                pump = self._keeping_items(ctx, translator, pump)
+        if mode.native_stream:
+            pump = self._native_events(ctx, call.kind, adapter, upstream)
         else:
-            pump = self._chat_events(ctx, adapter.chat_stream(dep, include_usage), upstream)
+            assert mode.events is not None
+            stream, events = mode.events(adapter, dep, call)
+            if isinstance(events, translation.ChatEvents):
+                pump = self._chat_events(ctx, stream, upstream)
+            else:
+                pump = self._translated_events(ctx, stream, events, upstream)
+                if keep_items:
+                    pump = self._keeping_items(ctx, events, pump)
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + response_headers(ctx)})
         return await self._forward(send, pump)
 
@@ -658,7 +419,7 @@ class Gateway:
             return chunk
         return orjson.loads(self.secrets.scrub(orjson.dumps(chunk)))
 
-    def _translated(self, ctx: RequestContext, dep: Deployment, translate: Callable[[], dict]) -> dict:
+    def _translated(self, ctx: RequestContext, dep: Deployment, translate: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         """An upstream answer translated; one the translation cannot read is the upstream's fault (502)."""
         try:
             return translate()
@@ -666,7 +427,7 @@ class Gateway:
             log.warning("upstream_answer_unreadable", request_id=ctx.request_id, provider=dep.provider, error=type(exc).__name__)
             raise GatewayError(502, "The upstream answered in a shape lockgate could not read.", "api_error", "upstream_bad_response") from None
 
-    async def _media(self, send: Send, ctx: RequestContext, kind: str, upstream: UpstreamResponse) -> bool:
+    async def _media(self, send: Send, ctx: RequestContext, kind: EndpointKind, upstream: UpstreamResponse) -> bool:
         """Images, audio and moderations as the upstream answered them, its content type
         kept: a JSON or text answer read whole (its usage is in it: a transcript's length
         says how long its audio was when nothing else does), anything else (speech, an
@@ -676,16 +437,17 @@ class Gateway:
         headers = [(b"content-type", content_type.encode("latin-1"))] + response_headers(ctx)
         if content_type.startswith(("application/json", "text/plain")):
             raw = await self._read(upstream, self.max_answer_bytes)
-            meter = UsageMeter(kind, ctx.body)
+            meter = UsageMeter(kind.name, ctx.body)
             meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
             meter.feed(raw)
-            ctx.attempt.usage = meter.usage or (meter.estimate(ctx.body) if kind in AUDIO_IN else None)
+            # a transcript that says no duration is measured by its length
+            ctx.attempt.usage = meter.usage or (meter.estimate(ctx.body) if kind.text_answer else None)
             await send({"type": "http.response.start", "status": 200, "headers": headers + [(b"content-length", str(len(raw)).encode())]})
             await send({"type": "http.response.body", "body": raw})
             return True
-        if kind == "speech":
-            ctx.attempt.usage = answer_usage(kind, None, ctx.body)
-        meter = UsageMeter(kind, ctx.body)
+        if kind.by_request:
+            ctx.attempt.usage = answer_usage(kind.name, None, ctx.body)
+        meter = UsageMeter(kind.name, ctx.body)
         meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
         sse = content_type.startswith("text/event-stream")
         if sse:
@@ -793,7 +555,6 @@ def joined_embeddings(parts: list[dict]) -> dict:
 
 
 PER_INPUT_CONCURRENCY = 8  # calls out at once for a request sent one input per call
-MEDIA_KINDS = frozenset({"image_generation", "image_edit", "image_variation", "transcription", "translation", "speech", "moderation"})
 TRANSLATION_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 # what an upstream's malformed stream can raise inside a translation (a number where text
 # belongs, a string where a list does): the stream ends with an error event, not silently
@@ -807,6 +568,11 @@ def as_asked(ctx: RequestContext) -> dict:
     deployment's own (often dated) model name."""
     asked = ctx.model_requested
     return ctx.body if not asked or asked == ctx.body.get("model") else {**ctx.body, "model": asked}
+
+
+def client_headers(scope: Scope, allowed: tuple[bytes, ...]) -> dict[str, str]:
+    """The client's headers among `allowed`, for a native request to carry upstream."""
+    return {name.decode(): value.decode("latin-1") for name, value in scope.get("headers", ()) if name in allowed}
 
 
 def usage_or_estimate(ctx: RequestContext, usage: object, sent: int) -> dict:
