@@ -8,7 +8,6 @@ upstream produces them, with nothing in between to buffer them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from fnmatch import fnmatchcase
 from dataclasses import replace
@@ -19,27 +18,24 @@ from starlette.types import Receive, Scope, Send
 
 from lockgate.providers import catalog, responses, translation, validation
 from lockgate.providers.registry import PROVIDERS
-from lockgate.providers.base import Adapter, ChatStream, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none
+from lockgate.providers.base import Adapter, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none
 from lockgate.providers.endpoints import EndpointKind
 from lockgate.providers.meter import UsageMeter, answer_usage
-from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event, encode_raw
-from lockgate.providers.tokens import prompt_tokens
-from lockgate.providers.translation import Call, Events, Mode, Outbound
-from lockgate.providers.usage import delta_chars
+from lockgate.providers.translation import Call, Mode, Outbound
 from lockgate.proxy.models import ModelConfig
 from lockgate.kernel.context import RequestContext, get_context, load_json, refuse
 from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_json
-from lockgate.proxy.answers import bad_stream, not_allowed, response_headers, upstream_failure
+from lockgate.proxy.answers import not_allowed, response_headers, upstream_failure
 from lockgate.proxy.items import ResponseItems
 from lockgate.proxy.access import log_internal_error
 from lockgate.kernel.logs import get_logger
 from lockgate.proxy.realtime import Realtime
 from lockgate.proxy.router import Balancer, Router, sticky_key
+from lockgate.proxy import streams
 from lockgate.proxy.secrets import Secrets
 from lockgate.kernel.store import Store
 from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse
 
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 COOLDOWN_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
@@ -307,117 +303,18 @@ class Gateway:
     async def _stream(self, send: Send, ctx: RequestContext, mode: Mode, call: Call, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse, keep_items: bool) -> bool:
         pump: AsyncIterator[bytes]
         if mode.native_stream:
-            pump = self._native_events(ctx, call.kind, adapter, upstream)
+            pump = streams.native(ctx, self.secrets, call.kind, adapter, upstream)
         else:
             assert mode.events is not None
             stream, events = mode.events(adapter, dep, call)
-            if isinstance(events, translation.ChatEvents):
-                pump = self._chat_events(ctx, stream, upstream)
-            else:
-                pump = self._translated_events(ctx, stream, events, upstream)
-                if keep_items:
-                    pump = self._keeping_items(ctx, events, pump)
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + response_headers(ctx)})
-        return await self._forward(send, pump)
+            pump = streams.translated(ctx, self.secrets, stream, events, upstream, self._keeper(ctx, events) if keep_items else None)
+        await send({"type": "http.response.start", "status": 200, "headers": streams.SSE_HEADERS + response_headers(ctx)})
+        return await streams.forward(send, pump)
 
-    @staticmethod
-    async def _forward(send: Send, pump: AsyncIterator[bytes]) -> bool:
-        """Sends each piece the moment it is ready; the last one closes the response."""
-        async for piece in pump:
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return True
-
-    async def _chat_events(self, ctx: RequestContext, stream: ChatStream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        sent = 0
-        try:
-            async for data in upstream.iter_bytes():
-                chunks, failure = until_failure(stream, stream.feed(data))
-                if chunks:
-                    sent += sum(map(delta_chars, chunks))
-                    yield self._encode_chunks(chunks)
-                if failure is not None:
-                    raise failure
-            chunks, failure = until_failure(stream, stream.finish())
-            if failure is not None:
-                yield self._encode_chunks(chunks)
-                raise failure
-            yield self._encode_chunks(chunks) + DONE
-        except StreamFailed as failed:
-            yield self._encode_chunks([self._failed(ctx, failed)])
-        except UpstreamError as exc:
-            ctx.attempt.stream_error = exc.kind
-            yield encode_data(upstream_failure(exc).body)
-        except STREAM_GARBAGE as exc:
-            yield encode_data(self._garbled(ctx, exc).body)
-        finally:
-            ctx.attempt.usage = usage_or_estimate(ctx, stream.usage, sent)
-
-    def _encode_chunks(self, chunks: list[dict]) -> bytes:
-        """Chunks as SSE; an upstream's in-stream error message is scrubbed of secrets."""
-        return b"".join(self.secrets.scrub(encode_data(c)) if "error" in c else encode_data(c) for c in chunks)
-
-    @staticmethod
-    def _garbled(ctx: RequestContext, exc: Exception) -> GatewayError:
-        """An upstream stream that broke a translation: ended with an error event, logged
-        without its content."""
-        ctx.attempt.stream_error = "bad_response"
-        log.warning("upstream_stream_unreadable", request_id=ctx.request_id, error=type(exc).__name__)
-        return bad_stream()
-
-    async def _translated_events(self, ctx: RequestContext, stream: ChatStream, translator, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        """A chat adapter's chunks in another API's event stream: the Responses API's
-        (providers/responses.py) or Anthropic's (providers/messages.py). Its failure
-        events are the translator's: it writes no end of answer after them."""
-        sent = 0
-        try:
-            async for data in upstream.iter_bytes():
-                chunks, failure = until_failure(stream, stream.feed(data))
-                sent += sum(map(delta_chars, chunks))
-                out = [event for c in chunks for event in translator.feed(c)]
-                if out:
-                    yield b"".join(out)
-                if failure is not None:
-                    raise failure
-            chunks, failure = until_failure(stream, stream.finish())
-            out = [event for c in chunks for event in translator.feed(c)]
-            if failure is not None:
-                yield b"".join(out)
-                raise failure
-            yield b"".join(out + translator.finish(stream.usage))
-        except StreamFailed as failed:
-            yield b"".join(translator.feed(self._scrubbed(self._failed(ctx, failed))))
-        except UpstreamError as exc:
-            ctx.attempt.stream_error = exc.kind
-            yield b"".join(translator.feed(upstream_failure(exc).body))
-        except STREAM_GARBAGE as exc:
-            yield b"".join(translator.feed(self._garbled(ctx, exc).body))
-        finally:
-            ctx.attempt.usage = usage_or_estimate(ctx, stream.usage, sent)
-
-    async def _keeping_items(self, ctx: RequestContext, translator: responses.ResponsesStream, pump: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The stream, its output items kept before the piece that ends it goes out."""
-        kept = False
-        async with contextlib.aclosing(pump):  # closed with this one, so its own cleanup runs then
-            async for piece in pump:
-                if translator.done and not kept:
-                    kept = True
-                    await self.items.keep(ctx, translator.output)
-                yield piece
-
-    @staticmethod
-    def _failed(ctx: RequestContext, failed: StreamFailed) -> dict:
-        """The upstream's own error event, which ended its stream: logged by its code only."""
-        ctx.attempt.stream_error = "error_event"
-        error = failed.chunk.get("error")
-        log.warning("upstream_stream_failed", request_id=ctx.request_id, code=str(error.get("code") if isinstance(error, dict) else None))
-        return failed.chunk
-
-    def _scrubbed(self, chunk: dict) -> dict:
-        """An upstream's in-stream error, scrubbed of the gateway's secrets."""
-        if "error" not in chunk:
-            return chunk
-        return orjson.loads(self.secrets.scrub(orjson.dumps(chunk)))
+    def _keeper(self, ctx: RequestContext, events: object) -> Callable[[], Awaitable[None]]:
+        """Keeps a Responses stream's output items, for a later `item_reference`."""
+        assert isinstance(events, responses.ResponsesStream)
+        return lambda: self.items.keep(ctx, events.output)
 
     def _translated(self, ctx: RequestContext, dep: Deployment, translate: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         """An upstream answer translated; one the translation cannot read is the upstream's fault (502)."""
@@ -447,82 +344,7 @@ class Gateway:
             return True
         if kind.by_request:
             ctx.attempt.usage = answer_usage(kind.name, None, ctx.body)
-        meter = UsageMeter(kind.name, ctx.body)
-        meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
-        sse = content_type.startswith("text/event-stream")
-        if sse:
-            headers += SSE_HEADERS[1:]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        try:
-            async for piece in upstream.iter_bytes():
-                meter.feed(piece)
-                if sse and b'"error"' in piece:
-                    piece = self.secrets.scrub(piece)
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-        except UpstreamError as exc:
-            ctx.attempt.stream_error = exc.kind
-            log.warning("upstream_media_broken", request_id=ctx.request_id, error=exc.kind)
-            if not sse:
-                # audio cut short must not look whole: the response is left unfinished, and the
-                # server closes the connection without the body's end
-                return False
-            failure = upstream_failure(exc).body
-            await send({"type": "http.response.body", "body": b"event: error\ndata: " + orjson.dumps({"type": "error", **failure}) + b"\n\n", "more_body": True})
-        finally:
-            ctx.attempt.usage = meter.usage or meter.estimate(ctx.body)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return True
-
-    async def _native_events(self, ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        """The upstream's own stream, each event passed on the moment it is whole (its
-        name and data as they came), read on the side for usage; it ends at the
-        upstream's own failure (NativeStream says where) or at one lockgate sees."""
-        decoder = SSEDecoder()
-        native = NativeStream(kind, adapter, self.secrets)
-        try:
-            async for data in upstream.iter_bytes():
-                out = native.feed(decoder.feed(data))
-                if out:
-                    yield out
-                if native.error is not None or native.ended:
-                    break
-            else:
-                # the body's end: the event it may hold, and a `response.failed` still owed
-                out = native.feed(decoder.finish())
-                out += b"" if native.error is not None else native.close()
-                if out:
-                    yield out
-            if native.failure is not None:
-                ctx.attempt.stream_error = "error_event"
-            if native.error is not None:
-                raise native.error
-        except UpstreamError as exc:
-            ctx.attempt.stream_error = exc.kind
-            yield native.fail(upstream_failure(exc).body["error"])
-        except STREAM_GARBAGE as exc:
-            yield native.fail(self._garbled(ctx, exc).body["error"])
-        finally:
-            complete = isinstance(native.usage, dict) and native.usage.get("completion_tokens")
-            ctx.attempt.usage = native.usage if complete else estimated_usage(ctx, native.sent, native.usage if isinstance(native.usage, dict) else None)
-
-
-class StreamFailed(Exception):
-    """The upstream's own error event (the adapter's `{"error": {...}}` chunk): it ends the stream."""
-
-    def __init__(self, chunk: dict) -> None:
-        super().__init__("the upstream reported an error in its stream")
-        self.chunk = chunk
-
-
-def until_failure(stream: ChatStream, chunks: list[dict]) -> tuple[list[dict], Exception | None]:
-    """What an adapter's chunks hold before the stream's end, and what ends it early, if
-    anything does: the upstream's error event among them (StreamFailed) or bytes after
-    them that are not the upstream's format (the adapter's `error`). The pumps send the
-    chunks, then raise it: nothing after it is read."""
-    for i, chunk in enumerate(chunks):
-        if "error" in chunk:
-            return chunks[:i], StreamFailed(chunk)
-    return chunks, stream.error
+        return await streams.media(send, ctx, self.secrets, kind.name, upstream, headers)
 
 
 class InputRefused(Exception):
@@ -546,19 +368,8 @@ async def single(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def joined_embeddings(parts: list[dict]) -> dict:
-    """Embeddings answers of one input each as the one list a batch gets: in input
-    order, indexed from 0, usage summed."""
-    items = [{**item, "index": i} for i, item in enumerate(item for part in parts for item in part["data"])]
-    tokens = sum(part["usage"]["prompt_tokens"] for part in parts)
-    return {"object": "list", "data": items, "model": parts[0]["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
-
 PER_INPUT_CONCURRENCY = 8  # calls out at once for a request sent one input per call
 TRANSLATION_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
-# what an upstream's malformed stream can raise inside a translation (a number where text
-# belongs, a string where a list does): the stream ends with an error event, not silently
-STREAM_GARBAGE = (SSEError, TypeError, ValueError, KeyError, AttributeError, IndexError)
 MAX_ERROR_BYTES = 1024 * 1024  # an upstream's error answer read past this is cut off
 
 
@@ -573,112 +384,6 @@ def as_asked(ctx: RequestContext) -> dict:
 def client_headers(scope: Scope, allowed: tuple[bytes, ...]) -> dict[str, str]:
     """The client's headers among `allowed`, for a native request to carry upstream."""
     return {name.decode(): value.decode("latin-1") for name, value in scope.get("headers", ()) if name in allowed}
-
-
-def usage_or_estimate(ctx: RequestContext, usage: object, sent: int) -> dict:
-    """The stream's reported usage when it is well formed, else the estimate."""
-    if isinstance(usage, dict) and all(isinstance(usage.get(k, 0), (int, float)) for k in ("prompt_tokens", "completion_tokens")):
-        return usage
-    return estimated_usage(ctx, sent)
-
-
-def estimated_usage(ctx: RequestContext, completion_chars: int, partial: dict | None = None) -> dict:
-    """Usage for a stream cut short: what the upstream reported, else an estimate, so
-    a broken or abandoned stream is still counted and charged."""
-    prompt = (partial or {}).get("prompt_tokens")
-    if not isinstance(prompt, int) or isinstance(prompt, bool):
-        prompt = prompt_tokens(ctx.body)
-    completion = (completion_chars + 3) // 4
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "estimated": True}
-
-
-class NativeStream:
-    """Follows a native stream (the upstream's own Responses or Messages events) for
-    what the proxy needs: usage, the last sequence number and response object, and
-    where it ends. It ends at the upstream's own failure: Messages' `error` event, or
-    Responses' `error` and the `response.failed` after it (lockgate's, if the upstream
-    sends anything else or nothing); or at a failure lockgate sees, written the same way.
-    `feed` returns the events to pass on, re-framed whole; data that is not a JSON object
-    sets `error` after the events before it."""
-
-    __slots__ = ("kind", "adapter", "secrets", "sequence", "sent", "usage", "response", "failure", "ended", "error")
-
-    def __init__(self, kind: str, adapter: Adapter, secrets: Secrets) -> None:
-        self.kind = kind
-        self.adapter = adapter
-        self.secrets = secrets
-        self.sequence = 0
-        self.sent = 0
-        self.usage: dict | None = None
-        self.response: dict = {}  # the last response object a Responses event carried
-        self.failure: dict | None = None  # the upstream's error event, once one came
-        self.ended = False
-        self.error: Exception | None = None
-
-    def feed(self, events: list[tuple[str, bytes]]) -> bytes:
-        out: list[bytes] = []
-        for event, payload in events:
-            if self.ended or self.error is not None:
-                break
-            if payload == b"[DONE]":  # not the Responses or Messages format, but harmless
-                out.append(encode_raw(event, payload))
-                continue
-            parsed = loads_or_none(payload)
-            if not isinstance(parsed, dict):
-                self.error = SSEError("the upstream sent a stream event that is not a JSON object")
-                break
-            kind = parsed.get("type") or event
-            if self.failure is not None:
-                self.ended = True
-                out.append(self._follow(kind, event, payload, parsed) if kind == "response.failed" else self._failed_response())
-                break
-            out.append(self._follow(kind, event, payload, parsed))
-            if kind == "error":
-                self.failure = parsed
-                self.ended = self.kind == "messages"
-        return b"".join(out)
-
-    def close(self) -> bytes:
-        """At the stream's end: lockgate's `response.failed` for an upstream `error` that came without one."""
-        if self.failure is None or self.ended:
-            return b""
-        self.ended = True
-        return self._failed_response()
-
-    def fail(self, error: dict) -> bytes:
-        """A failure lockgate saw (a break, a timeout, bytes that are not the format)."""
-        if self.ended:
-            return b""
-        if self.failure is not None:
-            return self.close()
-        self.failure = error
-        self.ended = True
-        if self.kind == "messages":
-            return encode_event("error", {"type": "error", "error": {"type": "api_error", "message": error["message"]}})
-        self.sequence += 1
-        payload = {"type": "error", "code": error["code"], "message": error["message"], "param": None, "sequence_number": self.sequence, "error": error}
-        return encode_event("error", payload) + self._failed_response()
-
-    def _follow(self, kind: str, event: str, payload: bytes, parsed: dict) -> bytes:
-        seq = parsed.get("sequence_number")
-        if isinstance(seq, int) and not isinstance(seq, bool):
-            self.sequence = seq
-        response = parsed.get("response")
-        if isinstance(response, dict):
-            self.response = response
-        self.sent += delta_chars(parsed)
-        self.usage = self.adapter.passthrough_stream_usage(self.kind, event, parsed, self.usage)
-        framed = encode_raw(event, payload)
-        return self.secrets.scrub(framed) if kind in ("error", "response.failed") else framed
-
-    def _failed_response(self) -> bytes:
-        failure = self.failure or {}
-        message = str(failure.get("message") or "upstream error")
-        # response.error.code is a closed set of OpenAI's own failure codes
-        code = "rate_limit_exceeded" if "rate_limit_exceeded" in (failure.get("code"), failure.get("type")) else "server_error"
-        response = {**self.response, "status": "failed", "error": {"code": code, "message": message}}
-        self.sequence += 1
-        return self.secrets.scrub(encode_event("response.failed", {"type": "response.failed", "sequence_number": self.sequence, "response": response}))
 
 
 WATCH_AFTER_S = 0.02  # how long an answer may take before anyone listens for the client leaving
