@@ -45,6 +45,9 @@ async def source(pieces: list[bytes], fault: Exception | None) -> AsyncIterator[
         raise fault
 
 
+bugs: list[Exception] = []
+
+
 async def pump(api: str, pieces: list[bytes], fault: Exception | None = None) -> tuple[RequestContext, list[bytes]]:
     ctx = RequestContext("req-pump")
     ctx.body = REQUEST
@@ -54,7 +57,8 @@ async def pump(api: str, pieces: list[bytes], fault: Exception | None = None) ->
     async def on_end() -> None:
         out.append(b"<kept>")
 
-    stream = streams.translated(ctx, secrets, OpenAIStream(True), ENCODINGS[api](), UpstreamResponse(200, source(pieces, fault)), on_end)
+    sink = streams.Sink(ctx, secrets, bugs.append)
+    stream = streams.translated(sink, OpenAIStream(True), ENCODINGS[api](), UpstreamResponse(200, source(pieces, fault)), on_end)
     async for piece in stream:
         out.append(piece)
     return ctx, out

@@ -113,7 +113,7 @@ def stream_usage(event: str, data: Any, usage: dict | None) -> dict | None:
 
 # -- the endpoints billed by other units (providers/endpoints.py names each kind's) -------------
 def _number(value: Any) -> float | None:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2**53 else None
 
 
 def rerank_usage(data: dict) -> dict | None:
@@ -138,7 +138,7 @@ def images_usage(data: dict, request: dict) -> dict | None:
     reports nothing, so its images are counted with the quality and size asked for."""
     usage = data.get("usage")
     if isinstance(usage, dict) and _number(usage.get("input_tokens")) is not None:
-        prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+        prompt, completion = int(_number(usage.get("input_tokens")) or 0), int(_number(usage.get("output_tokens")) or 0)
         given = usage.get("input_tokens_details") if isinstance(usage.get("input_tokens_details"), dict) else {}
         made = usage.get("output_tokens_details") if isinstance(usage.get("output_tokens_details"), dict) else None
         out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
@@ -162,7 +162,7 @@ def transcription_usage(data: dict) -> dict | None:
         if usage.get("type") == "duration" and _number(usage.get("seconds")) is not None:
             return {"audio_seconds": usage["seconds"]}
         if _number(usage.get("input_tokens")) is not None:
-            prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+            prompt, completion = int(_number(usage.get("input_tokens")) or 0), int(_number(usage.get("output_tokens")) or 0)
             details = usage.get("input_token_details") if isinstance(usage.get("input_token_details"), dict) else {}
             out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
             out["prompt_tokens_details"] = {"audio_tokens": int(_number(details.get("audio_tokens")) or 0)}
@@ -184,7 +184,7 @@ def realtime_usage(usage: Any) -> dict | None:
     given = usage.get("input_token_details") if isinstance(usage.get("input_token_details"), dict) else {}
     cached = given.get("cached_tokens_details") if isinstance(given.get("cached_tokens_details"), dict) else {}
     made = usage.get("output_token_details") if isinstance(usage.get("output_token_details"), dict) else {}
-    prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    prompt, completion = int(_number(usage.get("input_tokens")) or 0), int(_number(usage.get("output_tokens")) or 0)
     details = {
         "cached_tokens": int(_number(given.get("cached_tokens")) or 0),
         "audio_tokens": int(_number(given.get("audio_tokens")) or 0),

@@ -18,14 +18,14 @@ from starlette.types import Receive, Scope, Send
 
 from lockgate.providers import catalog, responses, translation, validation
 from lockgate.providers.registry import PROVIDERS
-from lockgate.providers.base import Adapter, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none
+from lockgate.providers.base import Adapter, CredentialsError, Deployment, TranslationError, UnsupportedRequest, UpstreamRequest, loads_or_none
 from lockgate.providers.endpoints import EndpointKind
 from lockgate.providers.meter import UsageMeter, answer_usage
 from lockgate.providers.translation import Call, Mode, Outbound
 from lockgate.proxy.models import ModelConfig
 from lockgate.kernel.context import RequestContext, get_context, load_json, refuse
 from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_json
-from lockgate.proxy.answers import not_allowed, response_headers, upstream_failure
+from lockgate.proxy.answers import internal_error, not_allowed, response_headers, upstream_failure
 from lockgate.proxy.items import ResponseItems
 from lockgate.proxy.access import log_internal_error
 from lockgate.kernel.logs import get_logger
@@ -67,10 +67,6 @@ class Gateway:
         self.realtime = Realtime(self)
 
     # -- endpoints ------------------------------------------------------------------
-    async def serve(self, kind: EndpointKind, scope: Scope, receive: Receive, send: Send) -> None:
-        """A request of an endpoint kind (providers/endpoints.py)."""
-        await self._serve(scope, receive, send, kind)
-
     async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`GET /v1/models/{model}`: OpenAI's model object, for models this caller may see."""
         ctx = get_context(scope)
@@ -109,7 +105,8 @@ class Gateway:
         return [n for n in names if any(fnmatchcase(n, pattern) for pattern in allowed)]
 
     # -- the request cycle --------------------------------------------------------------
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: EndpointKind) -> None:
+    async def serve(self, kind: EndpointKind, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request of an endpoint kind (providers/endpoints.py), whatever the kind."""
         ctx = get_context(scope)
         sent_start = False
 
@@ -145,8 +142,7 @@ class Gateway:
         except Exception as exc:
             log_internal_error(scope, ctx, exc)
             if not sent_start:
-                error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
-                await refuse(ctx, send, error, response_headers(ctx))
+                await refuse(ctx, send, internal_error(ctx), response_headers(ctx))
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: EndpointKind, balancer: Balancer) -> None:
         body = ctx.body
@@ -218,12 +214,11 @@ class Gateway:
         except responses.UnknownItem as exc:
             # OpenAI's own answer to a reference it does not hold
             raise GatewayError(404, f"Item with id '{exc.item_id}' not found.", "invalid_request_error", None, "input") from None
-        except TRANSLATION_ERRORS as exc:
+        except TranslationError as exc:
             # a shape the translation cannot read (a number where a list of parts belongs):
-            # the client's request is at fault, and is told so without Python's words
-            log.info("request_not_translatable", request_id=ctx.request_id, provider=dep.provider, error=type(exc).__name__)
-            message = f"The request could not be translated for the {dep.provider} provider: one of its fields has a value of the wrong type or shape."
-            raise bad_request(message, None, "invalid_value") from None
+            # the client's request is at fault, and is told which field
+            log.info("request_not_translatable", request_id=ctx.request_id, provider=dep.provider, param=exc.param)
+            raise bad_request(f"The request could not be translated for the {dep.provider} provider: {exc.message}", exc.param, "invalid_value") from None
 
     async def _send(self, adapter: Adapter, dep: Deployment, request: UpstreamRequest | list[UpstreamRequest]) -> UpstreamResponse:
         """The request signed (or given its token) and sent; a list, one call per input."""
@@ -273,9 +268,9 @@ class Gateway:
 
     async def _answer(self, scope: Scope, send: Send, ctx: RequestContext, kind: EndpointKind, mode: Mode, call: Call, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> bool:
         if mode is translation.MEDIA:
-            return await self._media(send, ctx, kind, upstream)
+            return await self._media(scope, send, ctx, kind, upstream)
         if ctx.body.get("stream") and (mode.native_stream or mode.events is not None):
-            return await self._stream(send, ctx, mode, call, adapter, dep, upstream, mode.keeps_items and self.items.keeps(scope, ctx.body))
+            return await self._stream(scope, send, ctx, mode, call, adapter, dep, upstream, mode.keeps_items and self.items.keeps(scope, ctx.body))
         assert mode.read is not None
         read = mode.read
         reading = time.perf_counter()
@@ -300,16 +295,20 @@ class Gateway:
         except UpstreamError as exc:
             raise upstream_failure(exc) from None
 
-    async def _stream(self, send: Send, ctx: RequestContext, mode: Mode, call: Call, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse, keep_items: bool) -> bool:
+    async def _stream(self, scope: Scope, send: Send, ctx: RequestContext, mode: Mode, call: Call, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse, keep_items: bool) -> bool:
         pump: AsyncIterator[bytes]
+        sink = self._sink(scope, ctx)
         if mode.native_stream:
-            pump = streams.native(ctx, self.secrets, call.kind, adapter, upstream)
+            pump = streams.native(sink, call.kind, adapter, upstream)
         else:
             assert mode.events is not None
             stream, events = mode.events(adapter, dep, call)
-            pump = streams.translated(ctx, self.secrets, stream, events, upstream, self._keeper(ctx, events) if keep_items else None)
+            pump = streams.translated(sink, stream, events, upstream, self._keeper(ctx, events) if keep_items else None)
         await send({"type": "http.response.start", "status": 200, "headers": streams.SSE_HEADERS + response_headers(ctx)})
         return await streams.forward(send, pump)
+
+    def _sink(self, scope: Scope, ctx: RequestContext) -> streams.Sink:
+        return streams.Sink(ctx, self.secrets, lambda exc: log_internal_error(scope, ctx, exc))
 
     def _keeper(self, ctx: RequestContext, events: object) -> Callable[[], Awaitable[None]]:
         """Keeps a Responses stream's output items, for a later `item_reference`."""
@@ -320,11 +319,11 @@ class Gateway:
         """An upstream answer translated; one the translation cannot read is the upstream's fault (502)."""
         try:
             return translate()
-        except (*TRANSLATION_ERRORS, UnsupportedRequest) as exc:
-            log.warning("upstream_answer_unreadable", request_id=ctx.request_id, provider=dep.provider, error=type(exc).__name__)
+        except TranslationError as exc:
+            log.warning("upstream_answer_unreadable", request_id=ctx.request_id, provider=dep.provider, param=exc.param)
             raise GatewayError(502, "The upstream answered in a shape lockgate could not read.", "api_error", "upstream_bad_response") from None
 
-    async def _media(self, send: Send, ctx: RequestContext, kind: EndpointKind, upstream: UpstreamResponse) -> bool:
+    async def _media(self, scope: Scope, send: Send, ctx: RequestContext, kind: EndpointKind, upstream: UpstreamResponse) -> bool:
         """Images, audio and moderations as the upstream answered them, its content type
         kept: a JSON or text answer read whole (its usage is in it: a transcript's length
         says how long its audio was when nothing else does), anything else (speech, an
@@ -344,7 +343,7 @@ class Gateway:
             return True
         if kind.by_request:
             ctx.attempt.usage = answer_usage(kind.name, None, ctx.body)
-        return await streams.media(send, ctx, self.secrets, kind.name, upstream, headers)
+        return await streams.media(send, self._sink(scope, ctx), kind.name, upstream, headers)
 
 
 class InputRefused(Exception):
@@ -369,7 +368,6 @@ async def single(data: bytes) -> AsyncIterator[bytes]:
 
 
 PER_INPUT_CONCURRENCY = 8  # calls out at once for a request sent one input per call
-TRANSLATION_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 MAX_ERROR_BYTES = 1024 * 1024  # an upstream's error answer read past this is cut off
 
 
@@ -383,6 +381,8 @@ def as_asked(ctx: RequestContext) -> dict:
 
 def client_headers(scope: Scope, allowed: tuple[bytes, ...]) -> dict[str, str]:
     """The client's headers among `allowed`, for a native request to carry upstream."""
+    if not allowed:
+        return {}
     return {name.decode(): value.decode("latin-1") for name, value in scope.get("headers", ()) if name in allowed}
 
 

@@ -4,7 +4,9 @@ a failure (the upstream's own error event, a break, a timeout, bytes that are no
 format) ends it with one error event in the client's API and nothing that claims a
 finished answer after it; its usage is what the upstream reported, else an estimate,
 so a stream cut short is still counted and charged; an upstream's error is scrubbed of
-the gateway's secrets.
+the gateway's secrets. A bug (any exception but the upstream's failures and a
+translator's deliberate `TranslationError`) ends it the same way, with an
+`internal_error`, its traceback in the log.
 
 Three pumps keep those rules:
 - `translated`: a chat adapter's chunks (providers/base.py `ChatStream`) as the client's
@@ -20,6 +22,7 @@ Three pumps keep those rules:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -28,22 +31,28 @@ from starlette.types import Send
 from lockgate.kernel.context import RequestContext
 from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.logs import get_logger
-from lockgate.providers.base import Adapter, ChatStream, loads_or_none
+from lockgate.providers.base import Adapter, ChatStream, TranslationError, loads_or_none
 from lockgate.providers.meter import UsageMeter
 from lockgate.providers.sse import SSEDecoder, SSEError, encode_event, encode_raw
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.providers.translation import Events
 from lockgate.providers.usage import delta_chars
-from lockgate.proxy.answers import bad_stream, upstream_failure
+from lockgate.proxy.answers import bad_stream, internal_error, upstream_failure
 from lockgate.proxy.secrets import Secrets
 from lockgate.proxy.upstream import UpstreamError, UpstreamResponse
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-# what an upstream's malformed stream can raise inside a translation (a number where text
-# belongs, a string where a list does): the stream ends with an error event, not silently
-STREAM_GARBAGE = (SSEError, TypeError, ValueError, KeyError, AttributeError, IndexError)
-
 log = get_logger("lockgate.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class Sink:
+    """What a pump writes for: the request's context (usage, how the stream failed), the
+    secrets to scrub, and how a bug's traceback is logged (proxy/access.py)."""
+
+    ctx: RequestContext
+    secrets: Secrets
+    bug: Callable[[Exception], None]
 
 
 async def forward(send: Send, pump: AsyncIterator[bytes]) -> bool:
@@ -54,14 +63,7 @@ async def forward(send: Send, pump: AsyncIterator[bytes]) -> bool:
     return True
 
 
-async def translated(
-    ctx: RequestContext,
-    secrets: Secrets,
-    stream: ChatStream,
-    events: Events,
-    upstream: UpstreamResponse,
-    on_end: Callable[[], Awaitable[None]] | None = None,
-) -> AsyncIterator[bytes]:
+async def translated(sink: Sink, stream: ChatStream, events: Events, upstream: UpstreamResponse, on_end: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
     """A chat adapter's chunks as `events` encode them for the client. `on_end` runs
     before the piece that ends the stream goes out, failed or not (the Responses output
     items are kept then, so the client's next request, sent the moment it has read
@@ -70,6 +72,7 @@ async def translated(
     def encode(chunks: list[dict]) -> bytes:
         return b"".join(event for chunk in chunks for event in events.feed(chunk))
 
+    ctx = sink.ctx
     sent = 0
     try:
         async for data in upstream.iter_bytes():
@@ -88,12 +91,14 @@ async def translated(
             raise failure
         last = encode(chunks) + b"".join(events.finish(stream.usage))
     except StreamFailed as exc:
-        last = encode([scrubbed(secrets, failed(ctx, exc))])
+        last = encode([scrubbed(sink.secrets, failed(ctx, exc))])
     except UpstreamError as exc:
         ctx.attempt.stream_error = exc.kind
         last = encode([upstream_failure(exc).body])
-    except STREAM_GARBAGE as exc:
+    except TranslationError as exc:
         last = encode([garbled(ctx, exc).body])
+    except Exception as exc:
+        last = encode([bug(sink, exc).body])
     finally:
         ctx.attempt.usage = usage_or_estimate(ctx, stream.usage, sent)
     if on_end is not None:
@@ -101,11 +106,12 @@ async def translated(
     yield last
 
 
-async def media(send: Send, ctx: RequestContext, secrets: Secrets, kind: str, upstream: UpstreamResponse, headers: list[tuple[bytes, bytes]]) -> bool:
+async def media(send: Send, sink: Sink, kind: str, upstream: UpstreamResponse, headers: list[tuple[bytes, bytes]]) -> bool:
     """An answer passed on as its bytes come (speech's audio, an SSE transcription
     stream), metered on the side. Apart from the pumps above because it is not always
     events: audio cut short cannot end with an error event, so its response is left
     unfinished (False) and the server closes the connection without the body's end."""
+    ctx = sink.ctx
     content_type = next(value for name, value in headers if name == b"content-type")
     meter = UsageMeter(kind, ctx.body)
     meter.start({"headers": [(b"content-type", content_type)]})
@@ -117,7 +123,7 @@ async def media(send: Send, ctx: RequestContext, secrets: Secrets, kind: str, up
         async for piece in upstream.iter_bytes():
             meter.feed(piece)
             if sse and b'"error"' in piece:
-                piece = secrets.scrub(piece)
+                piece = sink.secrets.scrub(piece)
             await send({"type": "http.response.body", "body": piece, "more_body": True})
     except UpstreamError as exc:
         ctx.attempt.stream_error = exc.kind
@@ -132,12 +138,13 @@ async def media(send: Send, ctx: RequestContext, secrets: Secrets, kind: str, up
     return True
 
 
-async def native(ctx: RequestContext, secrets: Secrets, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
+async def native(sink: Sink, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
     """The upstream's own stream, each event passed on the moment it is whole (its
     name and data as they came), read on the side for usage; it ends at the
     upstream's own failure (NativeStream says where) or at one lockgate sees."""
+    ctx = sink.ctx
     decoder = SSEDecoder()
-    follower = NativeStream(kind, adapter, secrets)
+    follower = NativeStream(kind, adapter, sink.secrets)
     try:
         async for data in upstream.iter_bytes():
             out = follower.feed(decoder.feed(data))
@@ -158,8 +165,10 @@ async def native(ctx: RequestContext, secrets: Secrets, kind: str, adapter: Adap
     except UpstreamError as exc:
         ctx.attempt.stream_error = exc.kind
         yield follower.fail(upstream_failure(exc).body["error"])
-    except STREAM_GARBAGE as exc:
+    except TranslationError as exc:
         yield follower.fail(garbled(ctx, exc).body["error"])
+    except Exception as exc:
+        yield follower.fail(bug(sink, exc).body["error"])
     finally:
         usage = follower.usage
         complete = isinstance(usage, dict) and usage.get("completion_tokens")
@@ -199,6 +208,13 @@ def garbled(ctx: RequestContext, exc: Exception) -> GatewayError:
     ctx.attempt.stream_error = "bad_response"
     log.warning("upstream_stream_unreadable", request_id=ctx.request_id, error=type(exc).__name__)
     return bad_stream()
+
+
+def bug(sink: Sink, exc: Exception) -> GatewayError:
+    """A bug while streaming: its traceback logged, the stream ended with an internal error."""
+    sink.ctx.attempt.stream_error = "internal_error"
+    sink.bug(exc)
+    return internal_error(sink.ctx)
 
 
 def scrubbed(secrets: Secrets, chunk: dict) -> dict:
