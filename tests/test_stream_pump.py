@@ -8,7 +8,7 @@ per provider and fault: tests/test_stream_faults.py."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest

@@ -13,9 +13,11 @@ swapped for any JSON value) and accept only a translation or a `TranslationError
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import random
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -25,10 +27,10 @@ from hypothesis import strategies as st
 
 from lockgate import create_app
 from lockgate.kernel.errors import GatewayError
-from lockgate.providers import messages, mock, registry, responses, validation
+from lockgate.providers import messages, mock, registry, responses, translation, validation
 from lockgate.providers.base import ChatStream, Deployment, TranslationError, UnsupportedRequest
 from lockgate.providers.sse import encode_data, encode_event
-from lockgate.providers.translation import ChatEvents
+from lockgate.providers.translation import ChatEvents, Events
 from tests.fakes import aws
 
 MOCK = registry.PROVIDERS["mock"].adapter
@@ -36,7 +38,7 @@ CONFIG = {
     "store": {"backend": "memory"},
     "models": [
         {"name": "demo", "deployments": [{"provider": "mock"}]},
-        {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet", "base_url": "http://127.0.0.1:9", "api_key": "sk-ant-test-KEY-00000001"}]},
+        {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude", "base_url": "http://127.0.0.1:9", "api_key": "sk-ant-test-KEY-0001"}]},
     ],
 }
 HELLO = [{"role": "user", "content": "hello"}]
@@ -158,15 +160,28 @@ def nodes(value: Any, path: tuple = ()) -> Any:
         yield from nodes(child, (*path, key))
 
 
-SCHEMA = {"type": "object", "properties": {"a": {"type": ["string", "null"], "enum": ["x"]}, "b": {"$ref": "#/$defs/b"}, "c": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}},
-          "required": ["a"], "$defs": {"b": {"type": "array", "items": {"type": "number"}, "minItems": 1}}, "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "a": {"type": ["string", "null"], "enum": ["x"]},
+        "b": {"$ref": "#/$defs/b"},
+        "c": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+    },
+    "required": ["a"],
+    "$defs": {"b": {"type": "array", "items": {"type": "number"}, "minItems": 1}},
+    "additionalProperties": False,
+}
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": "x"}'}, "extra_content": {"google": {"thought_signature": "s"}}}
 CHAT = {
     "model": "m", "stream": True, "n": 1, "temperature": 0.5, "stop": ["s"], "reasoning_effort": "low", "modalities": ["text"], "user": "u",
     "messages": [
         {"role": "system", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-                                     {"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA", "filename": "a.pdf"}}]},
-        {"role": "assistant", "content": "calling", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": "x"}'}, "extra_content": {"google": {"thought_signature": "s"}}}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA", "filename": "a.pdf"}},
+        ]},
+        {"role": "assistant", "content": "calling", "tool_calls": [CALL]},
         {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "18C"}]},
     ],
     "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": SCHEMA, "strict": True}}],
@@ -174,9 +189,12 @@ CHAT = {
     "response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": SCHEMA, "strict": True}},
 }
 RESPONSES = {
-    "model": "m", "instructions": "be brief", "stream": True, "reasoning": {"effort": "low"}, "text": {"format": {"type": "json_schema", "name": "o", "schema": SCHEMA}},
+    "model": "m", "instructions": "be brief", "stream": True, "reasoning": {"effort": "low"},
+    "text": {"format": {"type": "json_schema", "name": "o", "schema": SCHEMA}},
     "input": [
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}, {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "hi"}, {"type": "input_image", "image_url": "data:image/png;base64,AAAA"},
+        ]},
         {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "calling"}, {"type": "refusal", "refusal": "no"}]},
         {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": "18C"}]},
@@ -187,9 +205,14 @@ RESPONSES = {
 MESSAGES = {
     "model": "m", "max_tokens": 50, "stream": True, "system": [{"type": "text", "text": "be brief"}], "stop_sequences": ["s"], "metadata": {"user_id": "u"},
     "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
-                                     {"type": "document", "source": {"type": "text", "data": "doc"}}]},
-        {"role": "assistant", "content": [{"type": "thinking", "thinking": "t"}, {"type": "text", "text": "calling"}, {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": "x"}}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "hi"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}},
+            {"type": "document", "source": {"type": "text", "data": "doc"}},
+        ]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "t"}, {"type": "text", "text": "calling"}, {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": "x"}},
+        ]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "18C"}]}]},
     ],
     "tools": [{"name": "f", "description": "d", "input_schema": SCHEMA}],
@@ -199,19 +222,19 @@ MESSAGES = {
 REGION = {"region": "us-east-1"}
 DEPLOYMENTS = [
     Deployment("openai", "openai", "gpt-4o"), Deployment("azure", "azure", "d", base_url="https://x"), Deployment("anthropic", "anthropic", "claude"),
-    Deployment("gemini", "gemini", "gemini-2.5-flash"), Deployment("gemini3", "gemini", "gemini-3-pro"), Deployment("bedrock", "bedrock", "anthropic.claude-3", options=REGION),
+    Deployment("gemini", "gemini", "gemini-2.5-flash"), Deployment("gemini3", "gemini", "gemini-3-pro"),
+    Deployment("bedrock", "bedrock", "anthropic.claude-3", options=REGION),
     Deployment("vertex", "vertex", "gemini-2.0-flash", options={"project": "p", "location": "us-central1"}),
     Deployment("vertex-claude", "vertex", "claude-3-5-sonnet@20240620", options={"project": "p", "location": "us-east5"}),
     Deployment("cohere", "cohere", "command-r"), Deployment("groq", "groq", "llama"), Deployment("mistral", "mistral", "m"), Deployment("mock", "mock", "mock"),
 ]
 
 
-def translates(translate: Callable[[], Any]) -> Any:
-    """What `translate` makes, or None when it refused its input deliberately."""
-    try:
-        return translate()
-    except TranslationError:
-        return None
+@contextlib.contextmanager
+def deliberate() -> Iterator[None]:
+    """Lets a deliberate refusal (`TranslationError`) end the block; anything else fails the test."""
+    with contextlib.suppress(TranslationError):
+        yield
 
 
 def valid(check: Callable[[dict], None], body: dict) -> bool:
@@ -234,28 +257,50 @@ def test_every_request_translator_refuses_bad_shapes_deliberately(rnd):
         chats.append(chat)
     body = swapped(RESPONSES, rnd)
     if valid(validation.responses, body):
-        chats.append(translates(lambda: responses.to_chat(body, {})))
+        with deliberate():
+            chats.append(responses.to_chat(body, {}))
     body = swapped(MESSAGES, rnd)
     if valid(validation.messages, body):
-        chats.append(translates(lambda: messages.to_chat(body)))
-        translates(lambda: messages.count_tokens(body))
-    for chat in filter(None, chats):
+        with deliberate():
+            messages.count_tokens(body)
+        with deliberate():
+            chats.append(messages.to_chat(body))
+    for chat in chats:
         for dep in DEPLOYMENTS:
-            translates(lambda: registry.PROVIDERS[dep.provider].adapter.chat_request(dep, chat))
-        translates(lambda: mock.chat(chat, "m"))  # the mock upstream's own reading of what it is sent
+            with deliberate():
+                registry.PROVIDERS[dep.provider].adapter.chat_request(dep, chat)
+        with deliberate():
+            mock.chat(chat, "m")  # the mock upstream's own reading of what it is sent
 
 
 ANSWERS = {
-    "openai": {"id": "c", "object": "chat.completion", "created": 1, "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 0}},
-               "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi", "reasoning_content": "r", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]},
-    "anthropic": {"id": "msg_1", "type": "message", "model": "c", "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 2, "output_tokens_details": {"thinking_tokens": 1}},
-                  "content": [{"type": "text", "text": "hi"}, {"type": "thinking", "thinking": "t"}, {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}]},
-    "gemini": {"modelVersion": "g", "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 2, "thoughtsTokenCount": 1}, "promptFeedback": {"blockReason": "SAFETY"},
-               "candidates": [{"index": 0, "finishReason": "STOP", "content": {"parts": [{"text": "hi"}, {"thought": True, "text": "t"}, {"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "s"}]}}]},
-    "bedrock": {"stopReason": "end_turn", "usage": {"inputTokens": 1, "outputTokens": 2, "cacheReadInputTokens": 0},
-                "output": {"message": {"content": [{"text": "hi"}, {"toolUse": {"toolUseId": "t", "name": "f", "input": {"a": 1}}}, {"reasoningContent": {"reasoningText": {"text": "r"}}}]}}},
-    "cohere": {"id": "c", "finish_reason": "COMPLETE", "usage": {"billed_units": {"input_tokens": 1, "output_tokens": 2}},
-               "message": {"content": [{"type": "text", "text": "hi"}, {"type": "thinking", "thinking": "t"}], "tool_plan": "p", "tool_calls": [{"id": "t", "function": {"name": "f", "arguments": "{}"}}]}},
+    "openai": {
+        "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 0}},
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi", "reasoning_content": "r", "tool_calls": [CALL]}}],
+    },
+    "anthropic": {
+        "id": "msg_1", "type": "message", "model": "c", "stop_reason": "end_turn",
+        "usage": {"input_tokens": 1, "output_tokens": 2, "output_tokens_details": {"thinking_tokens": 1}},
+        "content": [{"type": "text", "text": "hi"}, {"type": "thinking", "thinking": "t"}, {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}],
+    },
+    "gemini": {
+        "modelVersion": "g", "promptFeedback": {"blockReason": "SAFETY"},
+        "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 2, "thoughtsTokenCount": 1},
+        "candidates": [{"index": 0, "finishReason": "STOP", "content": {"parts": [
+            {"text": "hi"}, {"thought": True, "text": "t"}, {"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "s"},
+        ]}}],
+    },
+    "bedrock": {
+        "stopReason": "end_turn", "usage": {"inputTokens": 1, "outputTokens": 2, "cacheReadInputTokens": 0},
+        "output": {"message": {"content": [
+            {"text": "hi"}, {"toolUse": {"toolUseId": "t", "name": "f", "input": {"a": 1}}}, {"reasoningContent": {"reasoningText": {"text": "r"}}},
+        ]}},
+    },
+    "cohere": {
+        "id": "c", "finish_reason": "COMPLETE", "usage": {"billed_units": {"input_tokens": 1, "output_tokens": 2}},
+        "message": {"content": [{"type": "text", "text": "hi"}, {"type": "thinking", "thinking": "t"}], "tool_plan": "p", "tool_calls": [CALL]},
+    },
 }
 EMBEDDINGS = {
     "gemini": {"embeddings": [{"values": [0.1, 0.2]}], "usageMetadata": {"promptTokenCount": 2}},
@@ -267,24 +312,39 @@ RERANKS = {
     "cohere": {"id": "r", "results": [{"index": 1, "relevance_score": 0.5}], "meta": {"billed_units": {"search_units": 1}}},
     "voyage": {"data": [{"index": 0, "relevance_score": 0.5, "document": "d"}], "usage": {"total_tokens": 3}},
 }
+OPENAI_CALL = {"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}
 EVENTS = {
-    "openai": [("message", {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi", "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}}]}),
-               ("message", {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})],
-    "anthropic": [("message_start", {"type": "message_start", "message": {"id": "msg_1", "model": "c", "usage": {"input_tokens": 1}}}),
-                  ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f"}}),
-                  ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
-                  ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "hi"}}),
-                  ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 2}}), ("message_stop", {"type": "message_stop"})],
+    "openai": [
+        ("message", {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi", "tool_calls": [OPENAI_CALL]}}]}),
+        ("message", {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
+    ],
+    "anthropic": [
+        ("message_start", {"type": "message_start", "message": {"id": "msg_1", "model": "c", "usage": {"input_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "hi"}}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 2}}),
+        ("message_stop", {"type": "message_stop"}),
+    ],
     "gemini": [("message", ANSWERS["gemini"])],
-    "cohere": [("message-start", {"type": "message-start", "id": "c"}), ("content-delta", {"type": "content-delta", "delta": {"message": {"content": {"text": "hi"}}}}),
-               ("tool-call-start", {"type": "tool-call-start", "delta": {"message": {"tool_calls": {"id": "t", "function": {"name": "f", "arguments": ""}}}}}),
-               ("tool-call-delta", {"type": "tool-call-delta", "delta": {"message": {"tool_calls": {"function": {"arguments": "{}"}}}}}),
-               ("message-end", {"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {"tokens": {"input_tokens": 1, "output_tokens": 1}}}})],
+    "cohere": [
+        ("message-start", {"type": "message-start", "id": "c"}),
+        ("content-delta", {"type": "content-delta", "delta": {"message": {"content": {"text": "hi"}}}}),
+        ("tool-call-start", {"type": "tool-call-start", "delta": {"message": {"tool_calls": {"id": "t", "function": {"name": "f", "arguments": ""}}}}}),
+        ("tool-call-delta", {"type": "tool-call-delta", "delta": {"message": {"tool_calls": {"function": {"arguments": "{}"}}}}}),
+        ("message-end", {"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {"tokens": {"input_tokens": 1, "output_tokens": 1}}}}),
+    ],
+    "bedrock": [
+        ("messageStart", {"role": "assistant"}),
+        ("contentBlockStart", {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t", "name": "f"}}}),
+        ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{}"}}}),
+        ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "hi"}}),
+        ("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"reasoningContent": {"text": "r"}}}),
+        ("contentBlockStop", {"contentBlockIndex": 1}),
+        ("messageStop", {"stopReason": "tool_use"}),
+        ("metadata", {"usage": {"inputTokens": 1, "outputTokens": 2}}),
+    ],
 }
-BEDROCK_EVENTS = [("messageStart", {"role": "assistant"}), ("contentBlockStart", {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t", "name": "f"}}}),
-                  ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{}"}}}), ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "hi"}}),
-                  ("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"reasoningContent": {"text": "r"}}}), ("contentBlockStop", {"contentBlockIndex": 1}),
-                  ("messageStop", {"stopReason": "tool_use"}), ("metadata", {"usage": {"inputTokens": 1, "outputTokens": 2}})]
 BODY = {"model": "m", "input": ["a"], "query": "q", "documents": ["d", {"text": "e"}], "return_documents": True, "messages": HELLO}
 
 
@@ -299,33 +359,37 @@ def deployment(provider: str) -> Deployment:
     return next(dep for dep in DEPLOYMENTS if dep.provider == provider) if provider != "voyage" else Deployment("voyage", "voyage", "rerank-2")
 
 
+def pump(stream: ChatStream, events: Events, raw: bytes) -> None:
+    """An adapter's chunks of `raw` through a client API's events, as the proxy's pump feeds them."""
+    for chunk in stream.feed(raw) + stream.finish():
+        events.feed(chunk)
+        if "error" in chunk:
+            return
+    if stream.error is None:
+        events.finish(stream.usage)
+
+
 @SETTINGS
 @given(rnd=st.randoms(use_true_random=False))
 def test_every_answer_and_stream_translator_refuses_bad_shapes_deliberately(rnd):
     for provider, sample in ANSWERS.items():
-        dep = deployment(provider)
-        chat = translates(lambda: registry.PROVIDERS[provider].adapter.chat_response(dep, swapped(sample, rnd)))
-        if chat is not None:
-            translates(lambda: responses.from_chat(chat, BODY))
-            translates(lambda: messages.from_chat(chat, BODY))
+        adapter = registry.PROVIDERS[provider].adapter
+        with deliberate():
+            chat = adapter.chat_response(deployment(provider), swapped(sample, rnd))
+            with deliberate():
+                responses.from_chat(chat, BODY)
+            messages.from_chat(chat, BODY)
     for provider, sample in EMBEDDINGS.items():
-        translates(lambda: registry.PROVIDERS[provider].adapter.embeddings_response(deployment(provider), swapped(sample, rnd), BODY))
+        with deliberate():
+            registry.PROVIDERS[provider].adapter.embeddings_response(deployment(provider), swapped(sample, rnd), BODY)
     for provider, sample in RERANKS.items():
-        translates(lambda: registry.PROVIDERS[provider].adapter.rerank_response(deployment(provider), swapped(sample, rnd), BODY))
-    for provider, events in [*EVENTS.items(), ("bedrock", BEDROCK_EVENTS)]:
-        raw = wire(provider, [(name, swapped(p, rnd)) for name, p in events])
+        with deliberate():
+            registry.PROVIDERS[provider].adapter.rerank_response(deployment(provider), swapped(sample, rnd), BODY)
+    for provider, events in EVENTS.items():
+        raw = wire(provider, [(name, swapped(payload, rnd)) for name, payload in events])
         for encoder in (ChatEvents(), responses.ResponsesStream(BODY), messages.MessagesStream(BODY)):
-            stream = registry.PROVIDERS[provider].adapter.chat_stream(deployment(provider), True)
-
-            def pump() -> None:
-                for chunk in stream.feed(raw) + stream.finish():
-                    encoder.feed(chunk)
-                    if "error" in chunk:
-                        return
-                if stream.error is None:
-                    encoder.finish(stream.usage)
-
-            translates(pump)
+            with deliberate():
+                pump(registry.PROVIDERS[provider].adapter.chat_stream(deployment(provider), True), encoder, raw)
 
 
 def test_the_property_inputs_translate_as_they_are():
@@ -344,6 +408,17 @@ def test_the_property_inputs_translate_as_they_are():
     for provider, sample in ANSWERS.items():
         chat = registry.PROVIDERS[provider].adapter.chat_response(deployment(provider), sample)
         assert responses.from_chat(chat, BODY)["output"] and messages.from_chat(chat, BODY)["content"]
-    for provider, events in [*EVENTS.items(), ("bedrock", BEDROCK_EVENTS)]:
+    for provider, events in EVENTS.items():
         stream = registry.PROVIDERS[provider].adapter.chat_stream(deployment(provider), True)
         assert stream.feed(wire(provider, events)) + stream.finish() and stream.error is None, provider
+
+
+def test_answers_of_one_input_each_must_be_one_object_per_input():
+    titan = Deployment("titan", "bedrock", "amazon.titan-embed-text-v2:0", options=REGION)
+    call = translation.Call("embeddings", {"model": "m", "input": ["a", "b"]}, {"model": "m", "input": ["a", "b"]})
+    one = {"embedding": [0.1], "inputTextTokenCount": 1}
+    answer, usage = translation.read_per_input(registry.PROVIDERS["bedrock"].adapter, titan, [one, one], call)
+    assert [item["index"] for item in answer["data"]] == [0, 1] and usage["prompt_tokens"] == 2
+    for answers in ([one], [one, one, one], [one, "x"]):
+        with pytest.raises(TranslationError):
+            translation.read_per_input(registry.PROVIDERS["bedrock"].adapter, titan, answers, call)

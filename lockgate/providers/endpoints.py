@@ -17,8 +17,9 @@ field); the realtime kind is a WebSocket whose handshake names it in the query s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from lockgate.providers import translation, usage, validation
 from lockgate.providers.base import Adapter
@@ -59,8 +60,23 @@ class EndpointKind:
 
 ANTHROPIC_HEADERS = (b"anthropic-beta", b"anthropic-version")
 IMAGE_FILES = ("image", "image[]")
-IMAGES = dict(usage=lambda data, request: usage.images_usage(data, request), bound=usage.images_bound, estimate=usage.images_estimate)
-AUDIO_IN = dict(usage=lambda data, request: usage.transcription_usage(data), bound=usage.audio_bound, estimate=usage.audio_estimate, text_answer=True)
+
+
+def images(name: str, path: str, validate: Callable[[dict], None] = validation.require_model, files: tuple[str, ...] = ()) -> EndpointKind:
+    """An images endpoint: billed by tokens where the answer says (gpt-image), else by image, quality and size."""
+    return EndpointKind(
+        name, path, translation.media, validate, files=files,
+        usage=lambda data, request: usage.images_usage(data, request), bound=usage.images_bound, estimate=usage.images_estimate,
+    )
+
+
+def audio_in(name: str, path: str) -> EndpointKind:
+    """An upload of audio to text: billed by its audio's tokens or seconds; its answer may be plain text."""
+    return EndpointKind(
+        name, path, translation.media, files=("file",),
+        usage=lambda data, request: usage.transcription_usage(data), bound=usage.audio_bound, estimate=usage.audio_estimate, text_answer=True,
+    )
+
 
 ENTRIES = (
     EndpointKind("chat", "/chat/completions", translation.chat, validation.chat, cacheable=True, usage_chunk=True, one_entry=True, operation="chat"),
@@ -70,17 +86,23 @@ ENTRIES = (
         "responses", "/responses", translation.responses_api, validation.responses, client_headers=(b"openai-beta",),
         references=translation.responses_references, cacheable=True, operation="chat",
     ),
-    EndpointKind("messages", "/messages", translation.messages_api, validation.messages, client_headers=ANTHROPIC_HEADERS, cacheable=True, operation="chat", dialect="anthropic"),
-    EndpointKind("count_tokens", "/messages/count_tokens", translation.count_tokens, validation.messages, client_headers=ANTHROPIC_HEADERS, free=True, dialect="anthropic"),
+    EndpointKind(
+        "messages", "/messages", translation.messages_api, validation.messages, client_headers=ANTHROPIC_HEADERS,
+        cacheable=True, operation="chat", dialect="anthropic",
+    ),
+    EndpointKind(
+        "count_tokens", "/messages/count_tokens", translation.count_tokens, validation.messages, client_headers=ANTHROPIC_HEADERS,
+        free=True, dialect="anthropic",
+    ),
     EndpointKind(
         "rerank", "/rerank", translation.rerank, validation.rerank, aliases=("/v2/rerank",),  # Cohere's v2 path
         usage=lambda data, request: usage.rerank_usage(data), bound=usage.rerank_bound, estimate=usage.rerank_estimate, cacheable=True,
     ),
-    EndpointKind("image_generation", "/images/generations", translation.media, validation.prompt, **IMAGES),
-    EndpointKind("image_edit", "/images/edits", translation.media, validation.prompt, files=IMAGE_FILES, **IMAGES),
-    EndpointKind("image_variation", "/images/variations", translation.media, files=IMAGE_FILES, **IMAGES),
-    EndpointKind("transcription", "/audio/transcriptions", translation.media, files=("file",), **AUDIO_IN),
-    EndpointKind("translation", "/audio/translations", translation.media, files=("file",), **AUDIO_IN),
+    images("image_generation", "/images/generations", validation.prompt),
+    images("image_edit", "/images/edits", validation.prompt, IMAGE_FILES),
+    images("image_variation", "/images/variations", files=IMAGE_FILES),
+    audio_in("transcription", "/audio/transcriptions"),
+    audio_in("translation", "/audio/translations"),
     EndpointKind(
         "speech", "/audio/speech", translation.media, validation.speech,
         usage=lambda data, request: usage.speech_usage(request), bound=usage.speech_bound, estimate=usage.speech_estimate, by_request=True,

@@ -12,8 +12,8 @@ service account (so one token serves them all).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, jina, mock, openai, vertex, voyage
 from lockgate.providers.base import Adapter, SettingError
@@ -69,7 +69,9 @@ def preset(name: str) -> ProviderEntry:
 
 ENTRIES = (
     ProviderEntry("openai", openai.ADAPTER),
-    ProviderEntry("azure", azure.ADAPTER, base_url_required="an azure deployment needs base_url (https://RESOURCE.openai.azure.com)", semconv="azure.ai.openai"),
+    ProviderEntry(
+        "azure", azure.ADAPTER, base_url_required="an azure deployment needs base_url (https://RESOURCE.openai.azure.com)", semconv="azure.ai.openai",
+    ),
     ProviderEntry("anthropic", anthropic.ADAPTER),
     ProviderEntry("gemini", gemini.ADAPTER, semconv="gcp.gemini"),
     ProviderEntry("mock", mock.ADAPTER, settings=dict.fromkeys(mock.SETTINGS, float), options=mock.deployment_options, model_required=False),

@@ -17,11 +17,12 @@ Modes:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
-from lockgate.providers import messages, responses
-from lockgate.providers.base import Adapter, ChatStream, Deployment, UnsupportedRequest, UpstreamRequest, usage_requested
+from lockgate.providers import messages, responses, shapes
+from lockgate.providers.base import Adapter, ChatStream, Deployment, TranslationError, UnsupportedRequest, UpstreamRequest, usage_requested
 from lockgate.providers.sse import DONE, encode_data
 from lockgate.providers.usage import rerank_usage
 
@@ -98,7 +99,10 @@ def read_embeddings(adapter: Adapter, dep: Deployment, data: Any, call: Call) ->
 
 def read_per_input(adapter: Adapter, dep: Deployment, data: Any, call: Call) -> tuple[Any, Any]:
     inputs = call.body["input"]
-    answer = joined_embeddings([adapter.embeddings_response(dep, one, {**call.body, "input": item}) for one, item in zip(data, inputs)])
+    answers = shapes.objects(data, "answers")
+    if len(answers) != len(inputs):
+        raise TranslationError("one answer per input was expected")
+    answer = joined_embeddings([adapter.embeddings_response(dep, one, {**call.body, "input": item}) for one, item in zip(answers, inputs, strict=True)])
     return answer, answer.get("usage")
 
 

@@ -9,31 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from fnmatch import fnmatchcase
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from fnmatch import fnmatchcase
+from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from lockgate.kernel.context import RequestContext, get_context, load_json, refuse
+from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_json
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.store import Store
 from lockgate.providers import catalog, responses, translation, validation
-from lockgate.providers.registry import PROVIDERS
 from lockgate.providers.base import Adapter, CredentialsError, Deployment, TranslationError, UnsupportedRequest, UpstreamRequest, loads_or_none
 from lockgate.providers.endpoints import EndpointKind
 from lockgate.providers.meter import UsageMeter, answer_usage
+from lockgate.providers.registry import PROVIDERS
 from lockgate.providers.translation import Call, Mode, Outbound
-from lockgate.proxy.models import ModelConfig
-from lockgate.kernel.context import RequestContext, get_context, load_json, refuse
-from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_json
+from lockgate.proxy import streams
+from lockgate.proxy.access import log_internal_error
 from lockgate.proxy.answers import internal_error, not_allowed, response_headers, upstream_failure
 from lockgate.proxy.items import ResponseItems
-from lockgate.proxy.access import log_internal_error
-from lockgate.kernel.logs import get_logger
+from lockgate.proxy.models import ModelConfig
 from lockgate.proxy.realtime import Realtime
 from lockgate.proxy.router import Balancer, Router, sticky_key
-from lockgate.proxy import streams
 from lockgate.proxy.secrets import Secrets
-from lockgate.kernel.store import Store
 from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -139,7 +140,7 @@ class Gateway:
         except GatewayError as exc:
             if not sent_start:
                 await refuse(ctx, send, exc, response_headers(ctx))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bug: its traceback logged, the client still answered in OpenAI's shape
             log_internal_error(scope, ctx, exc)
             if not sent_start:
                 await refuse(ctx, send, internal_error(ctx), response_headers(ctx))
@@ -266,7 +267,10 @@ class Gateway:
             status = 502  # the gateway worked; what is behind it failed
         raise GatewayError.from_body(status, error)
 
-    async def _answer(self, scope: Scope, send: Send, ctx: RequestContext, kind: EndpointKind, mode: Mode, call: Call, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> bool:
+    async def _answer(
+        self, scope: Scope, send: Send, ctx: RequestContext, kind: EndpointKind, mode: Mode, call: Call,
+        adapter: Adapter, dep: Deployment, upstream: UpstreamResponse,
+    ) -> bool:
         if mode is translation.MEDIA:
             return await self._media(scope, send, ctx, kind, upstream)
         if ctx.body.get("stream") and (mode.native_stream or mode.events is not None):
@@ -295,7 +299,10 @@ class Gateway:
         except UpstreamError as exc:
             raise upstream_failure(exc) from None
 
-    async def _stream(self, scope: Scope, send: Send, ctx: RequestContext, mode: Mode, call: Call, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse, keep_items: bool) -> bool:
+    async def _stream(
+        self, scope: Scope, send: Send, ctx: RequestContext, mode: Mode, call: Call,
+        adapter: Adapter, dep: Deployment, upstream: UpstreamResponse, keep_items: bool,
+    ) -> bool:
         pump: AsyncIterator[bytes]
         sink = self._sink(scope, ctx)
         if mode.native_stream:

@@ -22,8 +22,8 @@ Three pumps keep those rules:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
 
 import orjson
 from starlette.types import Send
@@ -63,7 +63,9 @@ async def forward(send: Send, pump: AsyncIterator[bytes]) -> bool:
     return True
 
 
-async def translated(sink: Sink, stream: ChatStream, events: Events, upstream: UpstreamResponse, on_end: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
+async def translated(
+    sink: Sink, stream: ChatStream, events: Events, upstream: UpstreamResponse, on_end: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[bytes]:
     """A chat adapter's chunks as `events` encode them for the client. `on_end` runs
     before the piece that ends the stream goes out, failed or not (the Responses output
     items are kept then, so the client's next request, sent the moment it has read
@@ -97,7 +99,7 @@ async def translated(sink: Sink, stream: ChatStream, events: Events, upstream: U
         last = encode([upstream_failure(exc).body])
     except TranslationError as exc:
         last = encode([garbled(ctx, exc).body])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, the stream ended as any failure ends it
         last = encode([bug(sink, exc).body])
     finally:
         ctx.attempt.usage = usage_or_estimate(ctx, stream.usage, sent)
@@ -167,7 +169,7 @@ async def native(sink: Sink, kind: str, adapter: Adapter, upstream: UpstreamResp
         yield follower.fail(upstream_failure(exc).body["error"])
     except TranslationError as exc:
         yield follower.fail(garbled(ctx, exc).body["error"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, the stream ended as any failure ends it
         yield follower.fail(bug(sink, exc).body["error"])
     finally:
         usage = follower.usage
