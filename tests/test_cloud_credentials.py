@@ -18,11 +18,13 @@ from botocore.exceptions import ClientError
 from lockgate.providers.base import CredentialsError
 from lockgate.kernel.parsing import ConfigError
 from lockgate.gateway.config import parse_config
-from lockgate.proxy.handlers import ADAPTERS
+from lockgate.providers.registry import PROVIDERS
 from lockgate.proxy.upstream import UpstreamClient
 from tests.cloud import AWS_ACCESS_KEY, AWS_SECRET_KEY, BEDROCK_CLAUDE, SA_EMAIL, service_account
 from tests.fakes.bedrock_api import WEB_IDENTITY_TOKEN
 from tests.fakes.vertex_api import GKE_ACCOUNT
+
+ADAPTERS = {name: entry.adapter for name, entry in PROVIDERS.items()}
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 

@@ -12,7 +12,9 @@ from lockgate.providers.presets import PRESETS
 from lockgate.providers.sse import encode_event
 from lockgate.kernel.parsing import ConfigError
 from lockgate.gateway.config import parse_config
-from lockgate.proxy.handlers import ADAPTERS
+from lockgate.providers.registry import PROVIDERS
+
+ADAPTERS = {name: entry.adapter for name, entry in PROVIDERS.items()}
 
 DEP = Deployment(id="cohere/command-r-plus", provider="cohere", model="command-r-plus")
 

@@ -14,7 +14,8 @@ import pytest
 from lockgate.providers import cohere, jina, messages, prices, rerank, voyage
 from lockgate.providers.base import Price, UnsupportedRequest
 from lockgate.providers.sse import SSEDecoder
-from lockgate.providers.usage import UsageMeter, answer_usage, realtime_usage, usage_bound
+from lockgate.providers.meter import UsageMeter, answer_usage, usage_bound
+from lockgate.providers.usage import realtime_usage
 from lockgate.providers.endpoints import kind_of
 from lockgate.kernel.multipart import Form, FormError
 

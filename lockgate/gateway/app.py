@@ -33,6 +33,7 @@ from lockgate.kernel.context import get_context, route_path
 from lockgate.kernel.errors import GatewayError, send_error, send_json
 from lockgate.proxy.answers import response_headers
 from lockgate.proxy.handlers import Endpoint, Gateway
+from lockgate.proxy.routes import proxy_routes
 from lockgate.gateway.live import Lifecycle, LiveConfig, drain_on_sigterm
 from lockgate.kernel.logs import configure as configure_logs
 from lockgate.kernel.logs import get_logger
@@ -41,27 +42,6 @@ from lockgate.gateway.protocol import STATE_KEY
 from lockgate.kernel.store import Store, open_store, owners
 from lockgate.proxy.upstream import UpstreamClient
 
-MODEL_ROUTES = {
-    "/chat/completions": ("chat", ["POST"]),
-    "/completions": ("completions", ["POST"]),
-    "/embeddings": ("embeddings", ["POST"]),
-    "/responses": ("responses", ["POST"]),
-    "/messages": ("messages", ["POST"]),
-    "/models": ("models", ["GET"]),
-    "/model/info": ("model_info", ["GET"]),
-    "/messages/count_tokens": ("count_tokens", ["POST"]),
-    "/rerank": ("rerank", ["POST"]),
-    "/images/generations": ("image_generation", ["POST"]),
-    "/images/edits": ("image_edit", ["POST"]),
-    "/images/variations": ("image_variation", ["POST"]),
-    "/audio/transcriptions": ("transcription", ["POST"]),
-    "/audio/translations": ("translation", ["POST"]),
-    "/audio/speech": ("speech", ["POST"]),
-    "/moderations": ("moderation", ["POST"]),
-}
-# served only as they are: Cohere's v2 path, a model by name (names hold `/`), the realtime WebSocket
-EXTRA_ROUTES = {"/v2/rerank": ("rerank", ["POST"]), "/v1/models/{model:path}": ("model", ["GET"]), "/models/{model:path}": ("model", ["GET"])}
-WEBSOCKET_ROUTES = ("/v1/realtime", "/realtime")
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 log = get_logger("lockgate.app")
 
@@ -187,13 +167,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         Route("/admin/reload", Endpoint(admin.reload), methods=["POST"]),
         *admin_routes(store, gateway, mounted, keys, history),
     ]
-    for path, (handler, methods) in MODEL_ROUTES.items():
-        endpoint = Endpoint(getattr(gateway, handler))
-        routes.append(Route("/v1" + path, endpoint, methods=methods))
-        routes.append(Route(path, endpoint, methods=methods))
-    for path, (handler, methods) in EXTRA_ROUTES.items():
-        routes.append(Route(path, Endpoint(getattr(gateway, handler)), methods=methods))
-    routes.extend(WebSocketRoute(path, gateway.realtime) for path in WEBSOCKET_ROUTES)
+    routes.extend(proxy_routes(gateway))
     routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
 
     known = frozenset(route.path for route in routes if "{" not in route.path)

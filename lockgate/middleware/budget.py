@@ -72,12 +72,13 @@ from lockgate.kernel.policy import Policy
 from lockgate.providers import prices
 from lockgate.providers.base import Price
 from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
-from lockgate.providers.usage import TRANSCRIPT_DONE, UsageMeter, realtime_usage, transcription_usage, usage_bound
+from lockgate.providers.meter import UsageMeter, usage_bound
+from lockgate.providers.usage import TRANSCRIPT_DONE, realtime_usage, transcription_usage
 from lockgate.providers.catalog import BUILTIN, Catalog
 from lockgate.kernel import metrics
 from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.context import Identity, RequestContext, model_request, new_id, refuse, route_path
-from lockgate.providers.endpoints import FREE, kind_of
+from lockgate.providers.endpoints import KINDS, kind_of
 from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
 from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.logs import get_logger
@@ -277,6 +278,7 @@ class BudgetedRequest:
         self.identity = identity_of(scope, ctx, policy.trust_client_user)
         self.who = self.identity.facts()
         self.kind = kind_of(route_path(scope)) if "path" in scope else None
+        self.free = self.kind is not None and KINDS[self.kind].free
         self.applicable = self._applicable()
         self.keys = [self._key(b) for b in self.applicable]
         self.reserved = False
@@ -309,7 +311,7 @@ class BudgetedRequest:
         """The price the request is reserved at, once admitted; False when it was refused
         (the refusal sent)."""
         ctx = self.ctx
-        price = FREE_PRICE if self.kind in FREE else price_for(self.policy, self.models, ctx.model)
+        price = FREE_PRICE if self.free else price_for(self.policy, self.models, ctx.model)
         if price is None:
             price = self._price_after_rewrite()
         if price is None and self.policy.unknown_price == "refuse":
@@ -482,7 +484,7 @@ class BudgetedRequest:
         self.settled = True
         ctx = self.ctx
         usage = self._usage()
-        if ctx.cache == "hit" or self.kind in FREE:
+        if ctx.cache == "hit" or self.free:
             cost: float | None = 0.0
         else:
             served = self._served()

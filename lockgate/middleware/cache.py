@@ -80,6 +80,7 @@ from lockgate.middleware.identity import identity_of
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.kernel.policy import Policy
 from lockgate.providers.base import loads_or_none, usage_requested
+from lockgate.providers.endpoints import ENTRIES, endpoint_of
 from lockgate.providers.sse import DONE, SSEDecoder
 from lockgate.providers.usage import from_answer
 from lockgate.kernel.parsing import Checker, ConfigError
@@ -89,8 +90,6 @@ from lockgate.kernel.store import Store, guard, open_store
 from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 
 SCOPES = ("key", "user", "team", "global")
-CHAT = "/chat/completions"
-USAGE_KINDS = frozenset({CHAT, "/completions"})  # OpenAI streams whose usage comes as a last chunk on request
 IGNORED_FIELDS = frozenset({"stream", "stream_options", "store", "prompt_cache_key"})
 USER_FIELDS = frozenset({"user", "safety_identifier"})
 ANSWER_HEADERS = frozenset({b"anthropic-beta", b"anthropic-version", b"openai-beta"})
@@ -105,10 +104,7 @@ HEADER = b"x-lockgate-cache"
 POLL_FIRST_S, POLL_MAX_S = 0.01, 0.1
 KEY_VERSION = 1  # bump when the key or entry layout changes: old entries are then never read
 # answers worth keeping: the same request gets the same answer (not images, audio or a session)
-DEFAULT_PATHS = Paths(
-    frozenset(p + k for p in ("/v1", "") for k in ("/chat/completions", "/completions", "/embeddings", "/responses", "/messages", "/rerank"))
-    | {"/v2/rerank"}
-)
+DEFAULT_PATHS = Paths(frozenset(path for kind in ENTRIES if kind.cacheable for path in kind.paths))
 log = get_logger("lockgate.cache")
 
 
@@ -199,14 +195,14 @@ def subject(policy: CachePolicy, scope: Scope, ctx: RequestContext) -> str:
     return "credential:" + hashlib.sha256(credential).hexdigest() if credential else "anonymous"
 
 
-def request_key(kind: str, body: dict, scope: Scope, who: str, per_user: bool) -> str:
+def request_key(endpoint: str, one_entry: bool, body: dict, scope: Scope, who: str, per_user: bool) -> str:
     fields = {
         name: int(value) if type(value) is float and value.is_integer() and abs(value) < 2**63 else value
         for name, value in body.items()
         if name not in IGNORED_FIELDS and (per_user or name not in USER_FIELDS)
     }
-    if kind == CHAT:
-        form = "*"  # one entry serves both: streams and answers convert into each other
+    if one_entry:
+        form = "*"
     else:
         form = "sse" if body.get("stream") else "json"
     headers = sorted(
@@ -214,7 +210,7 @@ def request_key(kind: str, body: dict, scope: Scope, who: str, per_user: bool) -
         for name, value in scope.get("headers", ())
         if name in ANSWER_HEADERS or (name.startswith(HINT_PREFIX) and name != b"x-lockgate-user")
     )
-    material = orjson.dumps([KEY_VERSION, kind, who, form, headers, fields], option=orjson.OPT_SORT_KEYS)
+    material = orjson.dumps([KEY_VERSION, endpoint, who, form, headers, fields], option=orjson.OPT_SORT_KEYS)
     return "cache:" + hashlib.sha256(material).hexdigest()
 
 
@@ -283,8 +279,12 @@ class CachedRequest:
         self.scope = scope
         self.read = read
         path = route_path(scope)
-        self.kind = path[3:] if path.startswith("/v1/") else path
-        self.key = request_key(self.kind, ctx.body, scope, subject(policy, scope, ctx), policy.scope == "user")
+        endpoint = endpoint_of(path)
+        # streams whose usage comes as a last chunk, on request
+        self.usage_chunk = endpoint is not None and endpoint.usage_chunk
+        # one entry serves a stream and a whole answer: they convert into each other
+        self.one_entry = endpoint is not None and endpoint.one_entry
+        self.key = request_key(path[3:] if path.startswith("/v1/") else path, self.one_entry, ctx.body, scope, subject(policy, scope, ctx), policy.scope == "user")
         self.ttl = policy.ttl_for(model)
         self.lock: str | None = None
         self.recording = False
@@ -368,13 +368,13 @@ class CachedRequest:
         others = [(k, v) for k, v in stored if k != b"content-type"]
         wants_stream = bool(ctx.body.get("stream"))
         include_usage = usage_requested(ctx.body)
-        if meta["stream"] and (wants_stream or self.kind != CHAT):
+        if meta["stream"] and (wants_stream or not self.one_entry):
             if include_usage and meta["usage_chunk"] and payload.endswith(DONE):
                 payload = payload[: -len(DONE)] + b"data: " + meta["usage_chunk"].encode() + b"\n\n" + DONE
             await replay_stream(send, payload, others)
         elif meta["stream"]:
             await replay_json(send, orjson.dumps(assemble_chat(payload, meta["usage"])), [JSON_TYPE, *others])
-        elif wants_stream and self.kind == CHAT:
+        elif wants_stream and self.one_entry:
             await replay_stream(send, chat_stream(orjson.loads(payload), include_usage), others)
         else:
             await replay_json(send, payload, stored)
@@ -413,7 +413,7 @@ class CachedRequest:
         payload = b"".join(self.parts)
         usage_chunk = None
         if self.stream:
-            recorded = complete_stream(payload, self.kind in USAGE_KINDS, ctx.attempt.usage)
+            recorded = complete_stream(payload, self.usage_chunk, ctx.attempt.usage)
             if recorded is None:
                 return
             payload, usage_chunk = recorded

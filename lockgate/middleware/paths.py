@@ -3,9 +3,10 @@
 
     paths: ["/v1/chat/completions", "/v1/embeddings", "/my-app/llm/*"]   # exact paths or globs
 
-The default is every model path lockgate serves (proxy/endpoints.py: chat, completions,
-embeddings, responses, messages and count_tokens, rerank, images, audio, moderations,
-the realtime WebSocket), with and without `/v1`. A path is
+The default is every model path lockgate serves (each endpoint kind's in
+providers/endpoints.py: chat, completions, embeddings, responses, messages and
+count_tokens, rerank, images, audio, moderations, the realtime WebSocket), with and
+without `/v1`. A path is
 matched after the app's `root_path`, by the rule Starlette's routes use, so a gateway or a
 middleware mounted under a prefix (`app.mount("/llm", create_app(...))`) matches the same
 paths it would at the root. Only POSTs are model calls, and WebSocket handshakes
@@ -21,9 +22,9 @@ from typing import Any
 from starlette.types import Scope
 
 from lockgate.kernel.context import route_path
-from lockgate.providers.endpoints import KINDS
+from lockgate.providers.endpoints import ENTRIES
 
-MODEL_PATHS = tuple(prefix + path for prefix in ("/v1", "") for path in KINDS if not (prefix and path.startswith("/v2/")))
+MODEL_PATHS = tuple(path for kind in ENTRIES for path in kind.paths)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ from lockgate.kernel.store import Claim, Store, guard, open_store, owners
 from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 from lockgate.kernel.websocket import refusals
 from lockgate.providers.tokens import answer_limit, prompt_tokens
-from lockgate.providers.usage import UsageMeter
+from lockgate.providers.meter import UsageMeter
 
 WINDOW_S = 60.0
 LEASE_S = 900.0  # a concurrency slot outlives any request; it only expires if its process died

@@ -24,7 +24,8 @@ import re
 
 import orjson
 
-from lockgate.providers.base import ERROR_TYPES, Adapter, ChatStream, Deployment, EventStream, UnsupportedRequest, UpstreamRequest, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, openai_error_from_upstream, text_of, usage_chunk, usage_dict
+from lockgate.providers import shapes
+from lockgate.providers.base import ERROR_TYPES, Adapter, TranslationError, ChatStream, Deployment, EventStream, UnsupportedRequest, UpstreamRequest, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, openai_error_from_upstream, text_of, usage_chunk, usage_dict
 from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -74,11 +75,11 @@ def request_to_anthropic(body: dict, model: str, default_max_tokens: int = DEFAU
     refuse_inexpressible(body)
     system, messages = split_messages(body.get("messages") or [])
     out: dict = {"model": model, "messages": messages}
-    response_format = body.get("response_format") or {}
+    response_format = shapes.mapping(body.get("response_format"), "response_format")
     if response_format.get("type") == "json_object":
         system.append({"type": "text", "text": JSON_OBJECT_INSTRUCTION})
     elif response_format.get("type") == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
+        schema = shapes.mapping(response_format.get("json_schema"), "response_format.json_schema").get("schema") or {"type": "object"}
         out["output_config"] = {"format": {"type": "json_schema", "schema": enforceable_schema(schema)}}
     if system:
         out["system"] = system
@@ -99,7 +100,7 @@ def refuse_inexpressible(body: dict) -> None:
         raise UnsupportedRequest("anthropic deployments return one choice; n must be 1", "n")
     if body.get("logprobs"):
         raise UnsupportedRequest("anthropic deployments do not return logprobs", "logprobs")
-    if "audio" in (body.get("modalities") or []):
+    if "audio" in shapes.array(body.get("modalities"), "modalities"):
         raise UnsupportedRequest("anthropic deployments do not produce audio", "modalities")
 
 
@@ -111,7 +112,7 @@ def sampling(body: dict) -> dict:
     elif body.get("top_p") is not None:
         out["top_p"] = body["top_p"]
     stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    stops = [stop] if isinstance(stop, str) else shapes.array(stop, "stop")
     # Anthropic rejects whitespace-only stop sequences
     stops = [s for s in stops if isinstance(s, str) and s.strip()]
     if stops:
@@ -156,7 +157,7 @@ def content_blocks(content: object) -> list[dict]:
     if not isinstance(content, list):
         raise UnsupportedRequest("message content must be a string or a list of parts", "messages")
     blocks = []
-    for part in content:
+    for part in shapes.objects(content, "messages.content"):
         block = content_block(part)
         if block is not None:
             blocks.append(with_cache_control(block, part))
@@ -174,7 +175,7 @@ def content_block(part: dict) -> dict | None:
         url = image.get("url") if isinstance(image, dict) else image
         return {"type": "image", "source": image_source(str(url or ""))}
     if kind == "file":
-        return document_block(part.get("file") or {})
+        return document_block(shapes.mapping(part.get("file"), "messages.content.file"))
     raise UnsupportedRequest(f"content part {kind!r} is not supported for anthropic deployments", "messages")
 
 
@@ -215,17 +216,18 @@ def with_cache_control(block: dict, part: dict) -> dict:
 
 def assistant_blocks(message: dict) -> list[dict]:
     blocks = content_blocks(message.get("content"))
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
+    for call in shapes.objects(message.get("tool_calls"), "messages.tool_calls"):
+        function = shapes.mapping(call.get("function"), "messages.tool_calls.function")
         arguments = loads_or_none(function.get("arguments") or "{}")
         if not isinstance(arguments, dict):
             raise UnsupportedRequest("tool call arguments must be a JSON object for anthropic deployments", "messages")
-        blocks.append({"type": "tool_use", "id": call.get("id") or "", "name": function.get("name") or "", "input": arguments})
+        name = shapes.string(function.get("name"), "messages.tool_calls.function.name")
+        blocks.append({"type": "tool_use", "id": shapes.string(call.get("id"), "messages.tool_calls.id"), "name": name, "input": arguments})
     return blocks
 
 
 def tool_result(message: dict) -> dict:
-    return {"type": "tool_result", "tool_use_id": message.get("tool_call_id") or "", "content": text_of(message.get("content"))}
+    return {"type": "tool_result", "tool_use_id": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"), "content": text_of(message.get("content"))}
 
 
 def tools_and_choice(body: dict) -> dict:
@@ -244,9 +246,9 @@ def tools_and_choice(body: dict) -> dict:
 def anthropic_tool(tool: dict) -> dict:
     if tool.get("type", "function") != "function":
         raise UnsupportedRequest(f"tool type {tool.get('type')!r} is not supported for anthropic deployments", "tools")
-    function = tool.get("function") or {}
+    function = shapes.mapping(tool.get("function"), "tools.function")
     schema = function.get("parameters") or {"type": "object", "properties": {}}
-    out = {"name": function.get("name") or "", "input_schema": enforceable_schema(schema) if function.get("strict") else schema}
+    out = {"name": shapes.string(function.get("name"), "tools.function.name"), "input_schema": enforceable_schema(schema) if function.get("strict") else schema}
     if function.get("description"):
         out["description"] = function["description"]
     if function.get("strict"):
@@ -290,7 +292,7 @@ def enforceable_schema(schema: object) -> object:
     for name in ("description", "title", "enum", "const"):
         if name in rest:
             out[name] = rest.pop(name)
-    kinds = set(kind) if isinstance(kind, list) else {kind}
+    kinds = {k for k in kind if isinstance(k, str)} if isinstance(kind, list) else {kind} if isinstance(kind, str) else set()
     if "object" in kinds:
         properties = rest.pop("properties", None)
         out["properties"] = {name: enforceable_schema(sub) for name, sub in properties.items()} if isinstance(properties, dict) else {}
@@ -298,7 +300,7 @@ def enforceable_schema(schema: object) -> object:
         out["additionalProperties"] = False
         if "required" in rest:
             out["required"] = rest.pop("required")
-    if "string" in kinds and rest.get("format") in STRING_FORMATS:
+    if "string" in kinds and isinstance(rest.get("format"), str) and rest["format"] in STRING_FORMATS:
         out["format"] = rest.pop("format")
     if "array" in kinds:
         if "items" in rest:
@@ -319,7 +321,7 @@ def anthropic_tool_choice(choice: object) -> dict:
     if choice == "required":
         return {"type": "any"}
     if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "tool", "name": (choice.get("function") or {}).get("name") or ""}
+        return {"type": "tool", "name": shapes.string(shapes.mapping(choice.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")}
     raise UnsupportedRequest(f"tool_choice {choice!r} is not supported for anthropic deployments", "tool_choice")
 
 
@@ -330,27 +332,28 @@ def message_to_chat(data: dict) -> dict:
     texts: list[str] = []
     reasoning: list[str] = []
     tool_calls: list[dict] = []
-    for block in data.get("content") or []:
+    for block in shapes.objects(data.get("content"), "content"):
         kind = block.get("type")
         if kind == "text":
-            texts.append(block.get("text") or "")
+            texts.append(shapes.string(block.get("text"), "content.text"))
         elif kind == "thinking":
-            reasoning.append(block.get("thinking") or "")
+            reasoning.append(shapes.string(block.get("thinking"), "content.thinking"))
         elif kind == "tool_use":
             arguments = orjson.dumps(block.get("input") or {}).decode()
-            tool_calls.append({"id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": arguments}})
+            function = {"name": shapes.string(block.get("name"), "content.name"), "arguments": arguments}
+            tool_calls.append({"id": shapes.string(block.get("id"), "content.id"), "type": "function", "function": function})
     message: dict = {"role": "assistant", "content": "".join(texts) if texts or not tool_calls else None, "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
     if reasoning:
         message["reasoning_content"] = "".join(reasoning)
     return {
-        "id": chat_id(data.get("id")),
+        "id": chat_id(shapes.string(data.get("id"), "id")),
         "object": "chat.completion",
         "created": now(),
-        "model": data.get("model") or "",
+        "model": shapes.string(data.get("model"), "model"),
         "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(data.get("stop_reason")), "logprobs": None}],
-        "usage": usage_to_openai(data.get("usage") or {}),
+        "usage": usage_to_openai(data.get("usage")),
     }
 
 
@@ -361,42 +364,43 @@ def chat_id(message_id: str | None) -> str:
     return "chatcmpl-" + message_id.removeprefix("msg_")
 
 
-def finish_reason(stop_reason: str | None) -> str:
-    return FINISH_REASONS.get(stop_reason or "", "stop")
+def finish_reason(stop_reason: object) -> str:
+    return FINISH_REASONS.get(shapes.string(stop_reason, "stop_reason"), "stop")
 
 
-def usage_to_openai(usage: dict) -> dict:
+def usage_to_openai(usage: object) -> dict:
     """Anthropic counts cache reads and writes apart from `input_tokens`; OpenAI's prompt
-    count includes them."""
-    cached = usage.get("cache_read_input_tokens") or 0
-    written = usage.get("cache_creation_input_tokens") or 0
-    prompt = (usage.get("input_tokens") or 0) + cached + written
-    reasoning = (usage.get("output_tokens_details") or {}).get("thinking_tokens") or 0
-    return usage_dict(prompt, usage.get("output_tokens") or 0, cached, written, reasoning)
+    count includes them. Counts that are not numbers count nothing."""
+    usage = shapes.part(usage)
+    cached = shapes.count(usage.get("cache_read_input_tokens"))
+    written = shapes.count(usage.get("cache_creation_input_tokens"))
+    prompt = shapes.count(usage.get("input_tokens")) + cached + written
+    reasoning = shapes.count(shapes.part(usage.get("output_tokens_details")).get("thinking_tokens"))
+    return usage_dict(prompt, shapes.count(usage.get("output_tokens")), cached, written, reasoning)
 
 
-def usage_from_openai(usage: dict | None) -> dict:
+def usage_from_openai(usage: object) -> dict:
     """The inverse of `usage_to_openai`, so stream usage can be updated event by event."""
-    if not usage:
+    if not usage or not isinstance(usage, dict):
         return {}
-    details = usage.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens", 0)
-    written = details.get("cache_write_tokens", 0)
+    details = shapes.part(usage.get("prompt_tokens_details"))
+    cached = shapes.count(details.get("cached_tokens"))
+    written = shapes.count(details.get("cache_write_tokens"))
     out = {
-        "input_tokens": usage.get("prompt_tokens", 0) - cached - written,
-        "output_tokens": usage.get("completion_tokens", 0),
+        "input_tokens": shapes.count(usage.get("prompt_tokens")) - cached - written,
+        "output_tokens": shapes.count(usage.get("completion_tokens")),
         "cache_read_input_tokens": cached,
         "cache_creation_input_tokens": written,
     }
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    reasoning = shapes.count(shapes.part(usage.get("completion_tokens_details")).get("reasoning_tokens"))
     if reasoning:
         out["output_tokens_details"] = {"thinking_tokens": reasoning}
     return out
 
 
-def merge_usage(usage: dict, update: dict | None) -> dict:
+def merge_usage(usage: dict, update: object) -> dict:
     """message_delta's counts are cumulative and may leave fields out (or null)."""
-    return {**usage, **{k: v for k, v in (update or {}).items() if v is not None}}
+    return {**usage, **{k: v for k, v in shapes.part(update).items() if v is not None}}
 
 
 # -- streams: Anthropic SSE -> OpenAI chat.completion.chunk -------------------------------
@@ -422,56 +426,65 @@ class AnthropicStream(EventStream):
 
     def _event(self, kind: str, payload: dict) -> list[dict]:
         if kind == "message_start":
-            message = payload.get("message") or {}
-            self._id = chat_id(message.get("id"))
-            self._model = message.get("model") or self._model
+            message = shapes.mapping(payload.get("message"), "message")
+            self._id = chat_id(shapes.string(message.get("id"), "message.id"))
+            self._model = shapes.string(message.get("model"), "message.model") or self._model
             self._update_usage(message.get("usage"))
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
-            return self._block_start(payload.get("index", 0), payload.get("content_block") or {})
+            return self._block_start(block_index(payload), shapes.mapping(payload.get("content_block"), "content_block"))
         if kind == "content_block_delta":
-            return self._block_delta(payload.get("index", 0), payload.get("delta") or {})
+            return self._block_delta(block_index(payload), shapes.mapping(payload.get("delta"), "delta"))
         if kind == "content_block_stop":
-            index = payload.get("index", 0)
+            index = block_index(payload)
             if index in self._tool_index and index not in self._tool_args_sent:
                 # a call without arguments still needs valid JSON for OpenAI clients
                 return [self._chunk({"tool_calls": [{"index": self._tool_index[index], "function": {"arguments": "{}"}}]})]
             return []
         if kind == "message_delta":
             self._update_usage(payload.get("usage"))
-            stop_reason = (payload.get("delta") or {}).get("stop_reason")
+            stop_reason = shapes.mapping(payload.get("delta"), "delta").get("stop_reason")
             return [self._chunk({}, finish_reason(stop_reason))] if stop_reason else []
         if kind == "message_stop":
             if self._include_usage and self.usage is not None:
                 return [usage_chunk(self._id, self._model, self._created, self.usage)]
             return []
         if kind == "error":
-            return [error_from_anthropic(payload.get("error") or {}, None)]
+            return [error_from_anthropic(shapes.part(payload.get("error")), None)]
         return []
 
     def _block_start(self, index: int, block: dict) -> list[dict]:
         kind = block.get("type")
         if kind == "tool_use":
             position = self._tool_index[index] = len(self._tool_index)
-            call = {"index": position, "id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": ""}}
+            function = {"name": shapes.string(block.get("name"), "content_block.name"), "arguments": ""}
+            call = {"index": position, "id": shapes.string(block.get("id"), "content_block.id"), "type": "function", "function": function}
             return [self._chunk({"tool_calls": [call]})]
         if kind == "text" and block.get("text"):
-            return [self._chunk({"content": block["text"]})]
+            return [self._chunk({"content": shapes.string(block["text"], "content_block.text")})]
         if kind == "thinking" and block.get("thinking"):
-            return [self._chunk({"reasoning_content": block["thinking"]})]
+            return [self._chunk({"reasoning_content": shapes.string(block["thinking"], "content_block.thinking")})]
         return []
 
     def _block_delta(self, index: int, delta: dict) -> list[dict]:
         kind = delta.get("type")
         if kind == "text_delta" and delta.get("text"):
-            return [self._chunk({"content": delta["text"]})]
+            return [self._chunk({"content": shapes.string(delta["text"], "delta.text")})]
         if kind == "thinking_delta" and delta.get("thinking"):
-            return [self._chunk({"reasoning_content": delta["thinking"]})]
+            return [self._chunk({"reasoning_content": shapes.string(delta["thinking"], "delta.thinking")})]
         if kind == "input_json_delta" and delta.get("partial_json") and index in self._tool_index:
             self._tool_args_sent.add(index)
-            call = {"index": self._tool_index[index], "function": {"arguments": delta["partial_json"]}}
+            call = {"index": self._tool_index[index], "function": {"arguments": shapes.string(delta["partial_json"], "delta.partial_json")}}
             return [self._chunk({"tool_calls": [call]})]
         return []
+
+
+def block_index(payload: dict) -> int:
+    """A stream event's content block index (0 when it names none)."""
+    index = payload.get("index", 0)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise TranslationError("a content block event's `index` must be an integer", "index")
+    return index
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -552,7 +565,7 @@ class AnthropicAdapter(Adapter):
             return usage
         kind = data.get("type") or event
         if kind == "message_start":
-            return usage_to_openai((data.get("message") or {}).get("usage") or {})
+            return usage_to_openai(shapes.part(data.get("message")).get("usage"))
         if kind == "message_delta":
             return usage_to_openai(merge_usage(usage_from_openai(usage), data.get("usage")))
         return usage

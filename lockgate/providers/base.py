@@ -77,13 +77,21 @@ class UpstreamRequest:
     local: Any = field(default=None, repr=False)
 
 
-class UnsupportedRequest(Exception):
-    """The request cannot be expressed in this provider's format (a 400 for the client)."""
+class TranslationError(ValueError):
+    """What a translator raises on purpose for input it cannot translate: a request field
+    of a shape it cannot read (the client's 400 `invalid_value`, naming `param`), or an
+    upstream answer or stream event that is not its provider's format (a 502
+    `upstream_bad_response`). Any other exception out of a translator is a bug: a
+    traceback in the log and a 500."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+class UnsupportedRequest(TranslationError):
+    """A well-formed request this provider's format cannot express (a 400 `unsupported_request`)."""
 
 
 class SettingError(Exception):
@@ -140,7 +148,7 @@ class EventStream(ChatStream):
                 continue  # OpenAI's end marker, which some hosts add: it carries nothing
             payload = loads_or_none(data)
             if not isinstance(payload, dict):
-                self.error = ValueError("the upstream sent a stream event that is not a JSON object")
+                self.error = TranslationError("the upstream sent a stream event that is not a JSON object")
                 break
             out.extend(self._event(payload.get("type") or event, payload))
         return out
@@ -319,5 +327,8 @@ def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text"))
+        texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text")]
+        if not all(isinstance(text, str) for text in texts):
+            raise TranslationError("A text part's `text` must be a string.", "content")
+        return "".join(texts)
     return str(content)

@@ -38,9 +38,10 @@ from urllib.parse import quote
 import orjson
 from botocore.eventstream import EventStreamBuffer, ParserError
 
+from lockgate.providers import shapes
 from lockgate.providers.aws_auth import AwsCredentials, default_region, sign
-from lockgate.providers.base import ERROR_TYPES, Adapter, ChatStream, CredentialsError, Deployment, SettingError, UnsupportedRequest, UpstreamRequest, chunk, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, text_of, usage_chunk, usage_dict
-from lockgate.providers.gemini import float32_base64
+from lockgate.providers.base import ERROR_TYPES, Adapter, TranslationError, ChatStream, CredentialsError, Deployment, SettingError, UnsupportedRequest, UpstreamRequest, chunk, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, text_of, usage_chunk, usage_dict
+from lockgate.providers.gemini import float32_base64, vector
 from lockgate.providers.tokens import text_tokens
 
 SETTINGS = ("region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "aws_profile")
@@ -94,9 +95,9 @@ def request_to_converse(body: dict) -> dict:
     if body.get("logprobs"):
         raise UnsupportedRequest("bedrock deployments do not return logprobs", "logprobs")
     system, messages = split_messages(body.get("messages") or [])
-    fmt = (body.get("response_format") or {}).get("type")
-    if fmt in ("json_object", "json_schema"):
-        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+    response_format = shapes.mapping(body.get("response_format"), "response_format")
+    if response_format.get("type") in ("json_object", "json_schema"):
+        schema = shapes.mapping(response_format.get("json_schema"), "response_format.json_schema").get("schema")
         instruction = JSON_INSTRUCTION + (" It must match this JSON Schema: " + orjson.dumps(schema).decode() if schema else "")
         system.append({"text": instruction})
     out: dict = {"messages": messages}
@@ -112,7 +113,7 @@ def request_to_converse(body: dict) -> dict:
         config["topP"] = body["top_p"]
     stop = body.get("stop")
     if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+        config["stopSequences"] = [stop] if isinstance(stop, str) else shapes.array(stop, "stop")
     if config:
         out["inferenceConfig"] = config
     if body.get("top_k") is not None:
@@ -142,9 +143,9 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
         elif role == "user":
             add("user", content_blocks(message.get("content")))
         elif role == "assistant":
-            add("assistant", content_blocks(message.get("content")) + tool_uses(message.get("tool_calls") or []))
+            add("assistant", content_blocks(message.get("content")) + tool_uses(shapes.objects(message.get("tool_calls"), "messages.tool_calls")))
         elif role == "tool":
-            result = {"toolUseId": message.get("tool_call_id") or "", "content": [tool_result_content(message.get("content"))], "status": "success"}
+            result = {"toolUseId": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"), "content": [tool_result_content(message.get("content"))], "status": "success"}
             add("user", [{"toolResult": result}])
         else:
             raise UnsupportedRequest(f"message role {role!r} is not supported for bedrock deployments", "messages")
@@ -187,7 +188,7 @@ def content_block(part: dict) -> dict | None:
             raise UnsupportedRequest("bedrock takes images as base64 data URLs of png, jpeg, gif or webp (it does not fetch URLs)", "messages")
         return {"image": {"format": IMAGE_FORMATS[media_type], "source": {"bytes": data}}}
     if kind == "file":
-        file = part.get("file") or {}
+        file = shapes.mapping(part.get("file"), "messages.content.file")
         media_type, data = data_url(str(file.get("file_data") or ""))
         if media_type != "application/pdf":
             raise UnsupportedRequest("bedrock deployments take files only as PDF data in file_data", "messages")
@@ -212,11 +213,12 @@ def document_name(filename: object) -> str:
 def tool_uses(calls: list[dict]) -> list[dict]:
     blocks = []
     for call in calls:
-        function = call.get("function") or {}
+        function = shapes.mapping(call.get("function"), "messages.tool_calls.function")
         arguments = loads_or_none(function.get("arguments") or "{}")
         if not isinstance(arguments, dict):
             raise UnsupportedRequest("tool call arguments must be a JSON object for bedrock deployments", "messages")
-        blocks.append({"toolUse": {"toolUseId": call.get("id") or "", "name": function.get("name") or "", "input": arguments}})
+        name = shapes.string(function.get("name"), "messages.tool_calls.function.name")
+        blocks.append({"toolUse": {"toolUseId": shapes.string(call.get("id"), "messages.tool_calls.id"), "name": name, "input": arguments}})
     return blocks
 
 
@@ -229,7 +231,7 @@ def converse_tools(body: dict, messages: list[dict]) -> dict:
     choice = body.get("tool_choice")
     if choice == "none" and not used:
         return {}
-    specs = [tool_spec(t.get("function") or {}) for t in tools]
+    specs = [tool_spec(shapes.mapping(t.get("function"), "tools.function")) for t in tools]
     named = {s["toolSpec"]["name"] for s in specs}
     for name in dict.fromkeys(used):
         if name not in named:
@@ -242,12 +244,12 @@ def converse_tools(body: dict, messages: list[dict]) -> dict:
     elif choice == "auto":
         out["toolChoice"] = {"auto": {}}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        out["toolChoice"] = {"tool": {"name": (choice.get("function") or {}).get("name") or ""}}
+        out["toolChoice"] = {"tool": {"name": shapes.string(shapes.mapping(choice.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")}}
     return out
 
 
 def tool_spec(function: dict) -> dict:
-    spec: dict = {"name": function.get("name") or "", "inputSchema": {"json": function.get("parameters") or {"type": "object", "properties": {}}}}
+    spec: dict = {"name": shapes.string(function.get("name"), "tools.function.name"), "inputSchema": {"json": function.get("parameters") or {"type": "object", "properties": {}}}}
     if function.get("description"):
         spec["description"] = function["description"]
     return {"toolSpec": spec}
@@ -256,44 +258,50 @@ def tool_spec(function: dict) -> dict:
 # -- answers: Converse -> OpenAI --------------------------------------------------------
 
 
-def usage_from(usage: dict | None) -> dict | None:
-    if not usage:
+def usage_from(usage: object) -> dict | None:
+    if not usage or not isinstance(usage, dict):
         return None
-    cached = usage.get("cacheReadInputTokens") or 0
-    written = usage.get("cacheWriteInputTokens") or 0
-    return usage_dict((usage.get("inputTokens") or 0) + cached + written, usage.get("outputTokens") or 0, cached, written)
+    cached = shapes.count(usage.get("cacheReadInputTokens"))
+    written = shapes.count(usage.get("cacheWriteInputTokens"))
+    return usage_dict(shapes.count(usage.get("inputTokens")) + cached + written, shapes.count(usage.get("outputTokens")), cached, written)
 
 
-def finish_reason(stop_reason: str | None) -> str:
-    return FINISH_REASONS.get(stop_reason or "", "stop")
+def finish_reason(stop_reason: object) -> str:
+    return FINISH_REASONS.get(shapes.string(stop_reason, "stopReason"), "stop")
 
 
 def converse_to_chat(data: dict, model: str) -> dict:
     texts: list[str] = []
     reasoning: list[str] = []
     calls: list[dict] = []
-    for block in ((data.get("output") or {}).get("message") or {}).get("content") or []:
+    message = shapes.mapping(shapes.mapping(data.get("output"), "output").get("message"), "output.message")
+    for block in shapes.objects(message.get("content"), "output.message.content"):
         if "text" in block:
-            texts.append(block["text"] or "")
+            texts.append(shapes.string(block["text"], "content.text"))
         elif "toolUse" in block:
-            use = block["toolUse"]
+            use = shapes.mapping(block["toolUse"], "content.toolUse")
             arguments = orjson.dumps(use.get("input") or {}).decode()
-            calls.append({"id": use.get("toolUseId") or "", "type": "function", "function": {"name": use.get("name") or "", "arguments": arguments}})
+            function = {"name": shapes.string(use.get("name"), "toolUse.name"), "arguments": arguments}
+            calls.append({"id": shapes.string(use.get("toolUseId"), "toolUse.toolUseId"), "type": "function", "function": function})
         elif "reasoningContent" in block:
-            reasoning.append(((block["reasoningContent"] or {}).get("reasoningText") or {}).get("text") or "")
-    message: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None, "refusal": None}
+            reasoning.append(reasoning_text(block["reasoningContent"]))
+    out: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None, "refusal": None}
     if calls:
-        message["tool_calls"] = calls
+        out["tool_calls"] = calls
     if reasoning:
-        message["reasoning_content"] = "".join(reasoning)
+        out["reasoning_content"] = "".join(reasoning)
     return {
         "id": completion_id(),
         "object": "chat.completion",
         "created": now(),
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(data.get("stopReason")), "logprobs": None}],
+        "choices": [{"index": 0, "message": out, "finish_reason": finish_reason(data.get("stopReason")), "logprobs": None}],
         "usage": usage_from(data.get("usage")) or usage_dict(0, 0),
     }
+
+
+def reasoning_text(content: object) -> str:
+    return shapes.string(shapes.mapping(shapes.mapping(content, "reasoningContent").get("reasoningText"), "reasoningContent.reasoningText").get("text"), "reasoningText.text")
 
 
 class BedrockStream(ChatStream):
@@ -327,16 +335,16 @@ class BedrockStream(ChatStream):
                 self._pending -= message.prelude.total_length
                 out.extend(self._message(message.headers, message.payload))
         except ParserError as exc:
-            self.error = ValueError(f"bedrock sent a malformed event-stream message ({type(exc).__name__})")
-        except ValueError as exc:
+            self.error = TranslationError(f"bedrock sent a malformed event-stream message ({type(exc).__name__})")
+        except TranslationError as exc:
             self.error = exc
         return out
 
     def finish(self) -> list[dict]:
         if self.error is None and self._pending:
-            self.error = ValueError("bedrock's stream ended inside an event-stream message")
+            self.error = TranslationError("bedrock's stream ended inside an event-stream message")
         elif self.error is None and not self._stopped:
-            self.error = ValueError("bedrock's stream ended before messageStop")
+            self.error = TranslationError("bedrock's stream ended before messageStop")
         return []
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
@@ -350,21 +358,22 @@ class BedrockStream(ChatStream):
             message = str(data.get("message") or data.get("Message") or headers.get(":error-message") or kind)
             return [bedrock_error(kind, message)[1]]
         if not isinstance(data, dict):
-            raise ValueError("bedrock sent an event whose payload is not a JSON object")
+            raise TranslationError("bedrock sent an event whose payload is not a JSON object")
         kind = headers.get(":event-type")
         if kind == "messageStart":
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "contentBlockStart":
-            use = (data.get("start") or {}).get("toolUse")
+            use = shapes.mapping(shapes.mapping(data.get("start"), "start").get("toolUse"), "start.toolUse")
             if not use:
                 return []
-            index = self._tools[data.get("contentBlockIndex", 0)] = len(self._tools)
-            call = {"index": index, "id": use.get("toolUseId") or "", "type": "function", "function": {"name": use.get("name") or "", "arguments": ""}}
+            index = self._tools[block_index(data)] = len(self._tools)
+            function = {"name": shapes.string(use.get("name"), "toolUse.name"), "arguments": ""}
+            call = {"index": index, "id": shapes.string(use.get("toolUseId"), "toolUse.toolUseId"), "type": "function", "function": function}
             return [self._chunk({"tool_calls": [call]})]
         if kind == "contentBlockDelta":
-            return self._delta(data.get("contentBlockIndex", 0), data.get("delta") or {})
+            return self._delta(block_index(data), shapes.mapping(data.get("delta"), "delta"))
         if kind == "contentBlockStop":
-            block = data.get("contentBlockIndex", 0)
+            block = block_index(data)
             if block in self._tools and block not in self._args_sent:
                 return [self._chunk({"tool_calls": [{"index": self._tools[block], "function": {"arguments": "{}"}}]})]
             return []
@@ -379,17 +388,25 @@ class BedrockStream(ChatStream):
 
     def _delta(self, block: int, delta: dict) -> list[dict]:
         if delta.get("text"):
-            return [self._chunk({"content": delta["text"]})]
+            return [self._chunk({"content": shapes.string(delta["text"], "delta.text")})]
         if "toolUse" in delta and block in self._tools:
-            arguments = (delta["toolUse"] or {}).get("input") or ""
+            arguments = shapes.string(shapes.mapping(delta["toolUse"], "delta.toolUse").get("input"), "delta.toolUse.input")
             if not arguments:
                 return []
             self._args_sent.add(block)
             return [self._chunk({"tool_calls": [{"index": self._tools[block], "function": {"arguments": arguments}}]})]
-        text = (delta.get("reasoningContent") or {}).get("text")
+        text = shapes.string(shapes.mapping(delta.get("reasoningContent"), "delta.reasoningContent").get("text"), "delta.reasoningContent.text")
         if text:
             return [self._chunk({"reasoning_content": text})]
         return []
+
+
+def block_index(data: dict) -> int:
+    """An event's `contentBlockIndex` (0 when it names none)."""
+    index = data.get("contentBlockIndex", 0)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise TranslationError("an event's `contentBlockIndex` must be an integer", "contentBlockIndex")
+    return index
 
 
 # -- embeddings -------------------------------------------------------------------------
@@ -426,10 +443,11 @@ def embeddings_list(dep: Deployment, data: dict, body: dict | None) -> dict:
         vectors = data.get("embeddings") or []
         if isinstance(vectors, dict):  # Cohere's embeddings_by_type
             vectors = vectors.get("float") or []
+    vectors = [vector(v, "embeddings") for v in shapes.array(vectors, "embeddings")]
     encode = (body or {}).get("encoding_format") == "base64"
     items = [{"object": "embedding", "index": i, "embedding": float32_base64(v) if encode else v} for i, v in enumerate(vectors)]
     tokens = data.get("inputTextTokenCount")
-    if tokens is None:
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
         inputs = (body or {}).get("input")
         tokens = sum(text_tokens(t) for t in ([inputs] if isinstance(inputs, str) else inputs or []) if isinstance(t, str))
     return {"object": "list", "data": items, "model": dep.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -26,8 +26,8 @@ from __future__ import annotations
 import orjson
 
 from lockgate.providers.base import ERROR_TYPES, Adapter, ChatStream, Deployment, EventStream, UnsupportedRequest, UpstreamRequest, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, text_of, usage_chunk, usage_dict
-from lockgate.providers import rerank
-from lockgate.providers.gemini import float32_base64
+from lockgate.providers import rerank, shapes
+from lockgate.providers.gemini import float32_base64, vector
 from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.cohere.com"
@@ -63,12 +63,12 @@ def request_to_cohere(body: dict, model: str) -> dict:
         out["max_tokens"] = max_tokens
     stop = body.get("stop")
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    fmt = body.get("response_format") or {}
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else shapes.array(stop, "stop")
+    fmt = shapes.mapping(body.get("response_format"), "response_format")
     if fmt.get("type") == "json_object":
         out["response_format"] = {"type": "json_object"}
     elif fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        schema = shapes.mapping(fmt.get("json_schema"), "response_format.json_schema").get("schema")
         out["response_format"] = {"type": "json_object", **({"json_schema": schema} if schema else {})}
     out.update(tools_and_choice(body))
     if body.get("stream"):
@@ -87,16 +87,20 @@ def cohere_message(message: dict) -> dict:
         text = text_of(message.get("content"))
         if text:
             out["content"] = text
-        calls = [
-            {"id": c.get("id") or "", "type": "function", "function": {"name": (c.get("function") or {}).get("name") or "", "arguments": (c.get("function") or {}).get("arguments") or "{}"}}
-            for c in message.get("tool_calls") or []
-        ]
+        calls = [tool_call(c) for c in shapes.objects(message.get("tool_calls"), "messages.tool_calls")]
         if calls:
             out["tool_calls"] = calls
         return out
     if role == "tool":
-        return {"role": "tool", "tool_call_id": message.get("tool_call_id") or "", "content": text_of(message.get("content"))}
+        return {"role": "tool", "tool_call_id": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"), "content": text_of(message.get("content"))}
     raise UnsupportedRequest(f"message role {role!r} is not supported for cohere deployments", "messages")
+
+
+def tool_call(call: dict) -> dict:
+    function = shapes.mapping(call.get("function"), "messages.tool_calls.function")
+    name = shapes.string(function.get("name"), "messages.tool_calls.function.name")
+    arguments = shapes.string(function.get("arguments"), "messages.tool_calls.function.arguments") or "{}"
+    return {"id": shapes.string(call.get("id"), "messages.tool_calls.id"), "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def user_content(content: object) -> object:
@@ -106,7 +110,7 @@ def user_content(content: object) -> object:
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("text", "input_text"):
-            parts.append({"type": "text", "text": part.get("text") or ""})
+            parts.append({"type": "text", "text": shapes.string(part.get("text"), "messages.content.text")})
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
@@ -126,19 +130,19 @@ def tools_and_choice(body: dict) -> dict:
     choice = body.get("tool_choice")
     out: dict = {}
     if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
-        tools = [t for t in tools if (t.get("function") or {}).get("name") == name]
+        name = shapes.mapping(choice.get("function"), "tool_choice.function").get("name")
+        tools = [t for t in tools if shapes.mapping(t.get("function"), "tools.function").get("name") == name]
         out["tool_choice"] = "REQUIRED"
     elif choice == "required":
         out["tool_choice"] = "REQUIRED"
     elif choice == "none":
         out["tool_choice"] = "NONE"
-    out["tools"] = [{"type": "function", "function": cohere_function(t.get("function") or {})} for t in tools]
+    out["tools"] = [{"type": "function", "function": cohere_function(shapes.mapping(t.get("function"), "tools.function"))} for t in tools]
     return out
 
 
 def cohere_function(function: dict) -> dict:
-    out = {"name": function.get("name") or "", "parameters": function.get("parameters") or {"type": "object", "properties": {}}}
+    out = {"name": shapes.string(function.get("name"), "tools.function.name"), "parameters": function.get("parameters") or {"type": "object", "properties": {}}}
     if function.get("description"):
         out["description"] = function["description"]
     return out
@@ -147,33 +151,30 @@ def cohere_function(function: dict) -> dict:
 # -- answers -----------------------------------------------------------------------
 
 
-def usage_from(usage: dict | None) -> dict | None:
-    if not usage:
+def usage_from(usage: object) -> dict | None:
+    if not usage or not isinstance(usage, dict):
         return None
-    counts = usage.get("tokens") or usage.get("billed_units") or {}
-    return usage_dict(int(counts.get("input_tokens") or 0), int(counts.get("output_tokens") or 0))
+    counts = shapes.part(usage.get("tokens") or usage.get("billed_units"))
+    return usage_dict(int(shapes.count(counts.get("input_tokens"))), int(shapes.count(counts.get("output_tokens"))))
 
 
-def finish_reason(reason: str | None) -> str:
-    return FINISH_REASONS.get(reason or "", "stop")
+def finish_reason(reason: object) -> str:
+    return FINISH_REASONS.get(shapes.string(reason, "finish_reason"), "stop")
 
 
 def message_to_chat(data: dict, model: str) -> dict:
-    message = data.get("message") or {}
+    message = shapes.mapping(data.get("message"), "message")
     texts, thoughts = [], []
-    for block in message.get("content") or []:
+    for block in shapes.objects(message.get("content"), "message.content"):
         if block.get("type") == "text":
-            texts.append(block.get("text") or "")
+            texts.append(shapes.string(block.get("text"), "message.content.text"))
         elif block.get("type") == "thinking":
-            thoughts.append(block.get("thinking") or "")
-    calls = [
-        {"id": c.get("id") or "", "type": "function", "function": {"name": (c.get("function") or {}).get("name") or "", "arguments": (c.get("function") or {}).get("arguments") or "{}"}}
-        for c in message.get("tool_calls") or []
-    ]
+            thoughts.append(shapes.string(block.get("thinking"), "message.content.thinking"))
+    calls = [tool_call(c) for c in shapes.objects(message.get("tool_calls"), "message.tool_calls")]
     out: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None, "refusal": None}
     if calls:
         out["tool_calls"] = calls
-    reasoning = "".join(thoughts) or message.get("tool_plan")
+    reasoning = "".join(thoughts) or shapes.string(message.get("tool_plan"), "message.tool_plan")
     if reasoning:
         out["reasoning_content"] = reasoning
     return {
@@ -202,33 +203,34 @@ class CohereStream(EventStream):
         self.usage: dict | None = None
 
     def _event(self, kind: str, payload: dict) -> list[dict]:
-        message = (payload.get("delta") or {}).get("message") or {}
+        delta = shapes.mapping(payload.get("delta"), "delta")
+        message = shapes.mapping(delta.get("message"), "delta.message")
         if kind == "message-start":
             if payload.get("id"):
                 self._id = "chatcmpl-" + str(payload["id"])
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content-delta":
-            content = message.get("content") or {}
+            content = shapes.mapping(message.get("content"), "delta.message.content")
             if content.get("text"):
-                return [self._chunk({"content": content["text"]})]
+                return [self._chunk({"content": shapes.string(content["text"], "content.text")})]
             if content.get("thinking"):
-                return [self._chunk({"reasoning_content": content["thinking"]})]
+                return [self._chunk({"reasoning_content": shapes.string(content["thinking"], "content.thinking")})]
             return []
         if kind == "tool-plan-delta" and message.get("tool_plan"):
-            return [self._chunk({"reasoning_content": message["tool_plan"]})]
+            return [self._chunk({"reasoning_content": shapes.string(message["tool_plan"], "message.tool_plan")})]
         if kind == "tool-call-start":
-            call = message.get("tool_calls") or {}
-            function = call.get("function") or {}
+            call = shapes.mapping(message.get("tool_calls"), "message.tool_calls")
+            function = shapes.mapping(call.get("function"), "tool_calls.function")
             index, self._calls = self._calls, self._calls + 1
-            delta = {"index": index, "id": call.get("id") or "", "type": "function", "function": {"name": function.get("name") or "", "arguments": function.get("arguments") or ""}}
-            return [self._chunk({"tool_calls": [delta]})]
+            started = {"name": shapes.string(function.get("name"), "function.name"), "arguments": shapes.string(function.get("arguments"), "function.arguments")}
+            return [self._chunk({"tool_calls": [{"index": index, "id": shapes.string(call.get("id"), "tool_calls.id"), "type": "function", "function": started}]})]
         if kind == "tool-call-delta":
-            arguments = ((message.get("tool_calls") or {}).get("function") or {}).get("arguments")
+            call = shapes.mapping(message.get("tool_calls"), "message.tool_calls")
+            arguments = shapes.string(shapes.mapping(call.get("function"), "tool_calls.function").get("arguments"), "function.arguments")
             if arguments and self._calls:
                 return [self._chunk({"tool_calls": [{"index": self._calls - 1, "function": {"arguments": arguments}}]})]
             return []
         if kind == "message-end":
-            delta = payload.get("delta") or {}
             self.usage = usage_from(delta.get("usage")) or self.usage
             if delta.get("error"):
                 return [error_body(str(delta["error"]), "api_error", "upstream_error")]
@@ -257,9 +259,10 @@ def embeddings_list(dep: Deployment, data: dict, body: dict | None) -> dict:
     vectors = data.get("embeddings")
     if isinstance(vectors, dict):  # embeddings_by_type
         vectors = vectors.get("float") or []
+    vectors = [vector(v, "embeddings") for v in shapes.array(vectors, "embeddings")]
     base64 = (body or {}).get("encoding_format") == "base64"
-    items = [{"object": "embedding", "index": i, "embedding": float32_base64(v) if base64 else v} for i, v in enumerate(vectors or [])]
-    tokens = int((((data.get("meta") or {}).get("billed_units") or {}).get("input_tokens")) or 0)
+    items = [{"object": "embedding", "index": i, "embedding": float32_base64(v) if base64 else v} for i, v in enumerate(vectors)]
+    tokens = int(shapes.count(shapes.part(shapes.part(data.get("meta")).get("billed_units")).get("input_tokens")))
     return {"object": "list", "data": items, "model": dep.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 

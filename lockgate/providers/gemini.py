@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 import orjson
 
-from lockgate.providers.base import ERROR_TYPES, Adapter, ChatStream, Deployment, UnsupportedRequest, UpstreamRequest, chunk, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, openai_error_from_upstream, text_of, usage_chunk, usage_dict
+from lockgate.providers import shapes
+from lockgate.providers.base import ERROR_TYPES, TranslationError, Adapter, ChatStream, Deployment, UnsupportedRequest, UpstreamRequest, chunk, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, openai_error_from_upstream, text_of, usage_chunk, usage_dict
 from lockgate.providers.sse import SSEDecoder
 from lockgate.providers.tokens import text_tokens
 
@@ -82,20 +83,20 @@ def content_part(part: Any) -> dict | None:
         return {"text": text} if text else None
     if kind == "image_url":
         image = part.get("image_url")
-        url = image.get("url") if isinstance(image, dict) else image
+        url = shapes.string(image.get("url") if isinstance(image, dict) else image, "messages.content.image_url")
         return url_part(url, "image/jpeg") if url else None
     if kind == "input_audio":
-        audio = part.get("input_audio") or {}
-        return {"inlineData": {"mimeType": "audio/" + (audio.get("format") or "wav"), "data": audio.get("data", "")}}
+        audio = shapes.mapping(part.get("input_audio"), "messages.content.input_audio")
+        return {"inlineData": {"mimeType": "audio/" + (shapes.string(audio.get("format"), "input_audio.format") or "wav"), "data": audio.get("data", "")}}
     if kind == "file":
-        file = part.get("file") or {}
-        data = file.get("file_data")
+        file = shapes.mapping(part.get("file"), "messages.content.file")
+        data = shapes.string(file.get("file_data"), "messages.content.file.file_data")
         if not data:
             raise UnsupportedRequest("Gemini cannot read OpenAI file ids; send the file as file_data", "messages")
         inline = data_url_part(data)
         if inline is not None:
             return inline
-        mime = mimetypes.guess_type(file.get("filename") or "")[0] or "application/pdf"
+        mime = mimetypes.guess_type(shapes.string(file.get("filename"), "messages.content.file.filename"))[0] or "application/pdf"
         return {"inlineData": {"mimeType": mime, "data": data}}
     return None
 
@@ -108,11 +109,12 @@ def content_parts(content: Any) -> list[dict]:
 def function_call_parts(tool_calls: Iterable[dict], sign: bool) -> list[dict]:
     parts = []
     for call in tool_calls:
-        function = call.get("function") or {}
+        function = shapes.mapping(call.get("function"), "messages.tool_calls.function")
         raw = function.get("arguments") or "{}"
         args = raw if isinstance(raw, dict) else loads_or_none(raw)
-        part: dict = {"functionCall": {"name": function.get("name", ""), "args": args if isinstance(args, dict) else {}}}
-        signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+        part: dict = {"functionCall": {"name": shapes.string(function.get("name"), "messages.tool_calls.function.name"), "args": args if isinstance(args, dict) else {}}}
+        extra = shapes.mapping(call.get("extra_content"), "messages.tool_calls.extra_content")
+        signature = shapes.mapping(extra.get("google"), "messages.tool_calls.extra_content.google").get("thought_signature")
         if signature:
             part["thoughtSignature"] = signature
         parts.append(part)
@@ -150,12 +152,13 @@ def contents_from_messages(messages: list[dict], sign: bool) -> tuple[dict | Non
         elif role == "user":
             add("user", content_parts(message.get("content")))
         elif role == "assistant":
-            tool_calls = message.get("tool_calls") or []
-            for call in tool_calls:
-                call_names[call.get("id", "")] = (call.get("function") or {}).get("name", "")
-            add("model", content_parts(message.get("content")) + function_call_parts(tool_calls, sign))
+            tool_calls = shapes.objects(message.get("tool_calls"), "messages.tool_calls")
+            parts = function_call_parts(tool_calls, sign)
+            for call, part in zip(tool_calls, parts):
+                call_names[shapes.string(call.get("id"), "messages.tool_calls.id")] = part["functionCall"]["name"]
+            add("model", content_parts(message.get("content")) + parts)
         elif role in ("tool", "function"):
-            name = message.get("name") or call_names.get(message.get("tool_call_id", ""))
+            name = shapes.string(message.get("name"), "messages.name") or call_names.get(shapes.string(message.get("tool_call_id"), "messages.tool_call_id"))
             if not name:
                 # Gemini matches a result to its call by function name, so it needs one
                 raise UnsupportedRequest("a tool message must answer a tool call of an earlier assistant message", "messages")
@@ -184,7 +187,7 @@ def gemini_schema(schema: Any, defs: dict | None = None, seen: frozenset[str] = 
     if not isinstance(schema, dict):
         return {}
     if defs is None:
-        defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+        defs = {name: sub for key in ("definitions", "$defs") for name, sub in shapes.part(schema.get(key)).items() if isinstance(sub, dict)}
     ref = schema.get("$ref")
     if isinstance(ref, str):
         name = ref.rsplit("/", 1)[-1]
@@ -193,16 +196,18 @@ def gemini_schema(schema: Any, defs: dict | None = None, seen: frozenset[str] = 
         return gemini_schema({**defs[name], **{k: v for k, v in schema.items() if k != "$ref"}}, defs, seen | {name})
     if isinstance(schema.get("allOf"), list):
         merged: dict = {k: v for k, v in schema.items() if k != "allOf"}
+        merged["properties"] = dict(shapes.part(merged.get("properties")))
+        merged["required"] = [r for r in merged.get("required") or () if isinstance(r, str)] if isinstance(merged.get("required"), list) else []
         for sub in schema["allOf"]:
             sub = gemini_schema(sub, defs, seen)
-            merged.setdefault("properties", {}).update(sub.pop("properties", {}))
-            merged["required"] = merged.get("required", []) + sub.pop("required", [])
+            merged["properties"].update(sub.pop("properties", {}))
+            merged["required"] = merged["required"] + sub.pop("required", [])
             merged.update({k: v for k, v in sub.items() if k not in merged})
         return gemini_schema(merged, defs, seen)
 
     out: dict = {k: schema[k] for k in SCHEMA_KEYS if k in schema}
     types = schema.get("type")
-    types = list(types) if isinstance(types, list) else ([types] if isinstance(types, str) else [])
+    types = [t for t in types if isinstance(t, str)] if isinstance(types, list) else ([types] if isinstance(types, str) else [])
     if "null" in types:
         out["nullable"] = True
         types.remove("null")
@@ -240,7 +245,7 @@ def gemini_schema(schema: Any, defs: dict | None = None, seen: frozenset[str] = 
         out["format"] = fmt
     if isinstance(schema.get("properties"), dict):
         out["properties"] = {name: gemini_schema(sub, defs, seen) for name, sub in schema["properties"].items()}
-        required = [r for r in schema.get("required") or () if r in out["properties"]]
+        required = [r for r in schema["required"] if isinstance(r, str) and r in out["properties"]] if isinstance(schema.get("required"), list) else []
         if required:
             out["required"] = required
     items = schema.get("items")
@@ -252,7 +257,7 @@ def gemini_schema(schema: Any, defs: dict | None = None, seen: frozenset[str] = 
 
 
 def function_declaration(function: dict) -> dict:
-    declaration: dict = {"name": function.get("name", "")}
+    declaration: dict = {"name": shapes.string(function.get("name"), "tools.function.name")}
     if function.get("description"):
         declaration["description"] = function["description"]
     parameters = gemini_schema(function.get("parameters"))
@@ -263,13 +268,13 @@ def function_declaration(function: dict) -> dict:
 
 
 def allowed_names(choice: dict) -> list[str]:
-    tools = (choice.get("allowed_tools") or {}).get("tools") or []
-    return [(t.get("function") or {}).get("name", "") for t in tools if isinstance(t, dict)]
+    tools = shapes.objects(shapes.mapping(choice.get("allowed_tools"), "tool_choice.allowed_tools").get("tools"), "tool_choice.allowed_tools.tools")
+    return [shapes.string(shapes.mapping(t.get("function"), "tool_choice.allowed_tools.tools.function").get("name"), "tool_choice.allowed_tools.tools.function.name") for t in tools]
 
 
 def tools_and_config(body: dict) -> dict:
     """`tools` and `toolConfig` for the request (empty when no function tools)."""
-    functions = [t.get("function") or {} for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
+    functions = [shapes.mapping(t.get("function"), "tools.function") for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
     if not functions:
         return {}
     choice = body.get("tool_choice")
@@ -277,10 +282,10 @@ def tools_and_config(body: dict) -> dict:
     if choice in ("auto", "none", "required"):
         calling["mode"] = {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice]
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        calling = {"mode": "ANY", "allowedFunctionNames": [(choice.get("function") or {}).get("name", "")]}
+        calling = {"mode": "ANY", "allowedFunctionNames": [shapes.string(shapes.mapping(choice.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")]}
     elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         names = allowed_names(choice)
-        if (choice.get("allowed_tools") or {}).get("mode") == "required":
+        if shapes.mapping(choice.get("allowed_tools"), "tool_choice.allowed_tools").get("mode") == "required":
             calling = {"mode": "ANY", "allowedFunctionNames": names}
         else:
             # AUTO takes no name list, so the other tools are simply not offered
@@ -309,16 +314,16 @@ def generation_config(body: dict) -> dict:
         config["maxOutputTokens"] = max_tokens
     stop = body.get("stop")
     if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
-    response_format = body.get("response_format") or {}
+        config["stopSequences"] = [stop] if isinstance(stop, str) else shapes.array(stop, "stop")
+    response_format = shapes.mapping(body.get("response_format"), "response_format")
     if response_format.get("type") in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        schema = shapes.mapping(response_format.get("json_schema"), "response_format.json_schema").get("schema")
         if response_format.get("type") == "json_schema" and schema:
             # responseSchema (not responseJsonSchema) works on every Gemini generation
             config["responseSchema"] = gemini_schema(schema)
     effort = body.get("reasoning_effort")
-    if effort in THINKING_BUDGETS:
+    if isinstance(effort, str) and effort in THINKING_BUDGETS:
         config["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS[effort]}
     return config
 
@@ -346,7 +351,8 @@ FILTERED = frozenset(
 )
 
 
-def finish_reason(reason: str | None, has_calls: bool) -> str:
+def finish_reason(reason: object, has_calls: bool) -> str:
+    reason = shapes.string(reason, "finishReason")
     if reason == "MAX_TOKENS":
         return "length"
     if reason in FILTERED:
@@ -355,11 +361,11 @@ def finish_reason(reason: str | None, has_calls: bool) -> str:
 
 
 def tool_call(part: dict) -> dict:
-    function = part["functionCall"]
+    function = shapes.mapping(part["functionCall"], "functionCall")
     call = {
         "id": "call_" + uuid.uuid4().hex[:24],
         "type": "function",
-        "function": {"name": function.get("name", ""), "arguments": orjson.dumps(function.get("args") or {}).decode()},
+        "function": {"name": shapes.string(function.get("name"), "functionCall.name"), "arguments": orjson.dumps(function.get("args") or {}).decode()},
     }
     if part.get("thoughtSignature"):
         # where Google's own OpenAI endpoint puts it, so clients that keep it send it back
@@ -369,36 +375,43 @@ def tool_call(part: dict) -> dict:
 
 def visible_parts(candidate: dict) -> list[dict]:
     """The candidate's parts without its thoughts, which OpenAI's format has no place for."""
-    parts = (candidate.get("content") or {}).get("parts") or []
+    parts = shapes.array(shapes.mapping(candidate.get("content"), "candidates.content").get("parts"), "candidates.content.parts")
     return [p for p in parts if isinstance(p, dict) and not p.get("thought")]
 
 
-def usage_from(metadata: dict | None) -> dict | None:
-    if not metadata:
+def usage_from(metadata: object) -> dict | None:
+    if not metadata or not isinstance(metadata, dict):
         return None
-    thoughts = metadata.get("thoughtsTokenCount", 0)
+    thoughts = shapes.count(metadata.get("thoughtsTokenCount"))
     return usage_dict(
         # tool-use prompt tokens (search results and the like) are billed as input
-        prompt=metadata.get("promptTokenCount", 0) + metadata.get("toolUsePromptTokenCount", 0),
-        completion=metadata.get("candidatesTokenCount", 0) + thoughts,
-        cached=metadata.get("cachedContentTokenCount", 0),
+        prompt=shapes.count(metadata.get("promptTokenCount")) + shapes.count(metadata.get("toolUsePromptTokenCount")),
+        completion=shapes.count(metadata.get("candidatesTokenCount")) + thoughts,
+        cached=shapes.count(metadata.get("cachedContentTokenCount")),
         reasoning=thoughts,
     )
 
 
 def choice_from_candidate(candidate: dict, position: int) -> dict:
     parts = visible_parts(candidate)
-    text = "".join(p["text"] for p in parts if "text" in p)
+    text = "".join(shapes.string(p["text"], "parts.text") for p in parts if "text" in p)
     calls = [tool_call(p) for p in parts if "functionCall" in p]
     message: dict = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
     if calls:
         message["tool_calls"] = calls
     return {
-        "index": candidate.get("index", position),
+        "index": candidate_index(candidate, position),
         "message": message,
         "finish_reason": finish_reason(candidate.get("finishReason"), bool(calls)),
         "logprobs": None,
     }
+
+
+def candidate_index(candidate: dict, position: int) -> int:
+    index = candidate.get("index", position)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise TranslationError("a candidate's `index` must be an integer", "candidates.index")
+    return index
 
 
 def blocked_choice() -> dict:
@@ -407,13 +420,13 @@ def blocked_choice() -> dict:
 
 
 def chat_completion(dep: Deployment, data: dict) -> dict:
-    candidates = data.get("candidates") or []
+    candidates = shapes.objects(data.get("candidates"), "candidates")
     choices = [choice_from_candidate(c, i) for i, c in enumerate(candidates)] or [blocked_choice()]
     return {
         "id": completion_id(),
         "object": "chat.completion",
         "created": now(),
-        "model": data.get("modelVersion") or dep.model,
+        "model": shapes.string(data.get("modelVersion"), "modelVersion") or dep.model,
         "choices": choices,
         "usage": usage_from(data.get("usageMetadata")) or usage_dict(0, 0),
     }
@@ -461,7 +474,7 @@ class GeminiStream(ChatStream):
         for _, data in events:
             payload = loads_or_none(data)
             if not isinstance(payload, dict):
-                self.error = ValueError("gemini sent a stream event that is not a JSON object")
+                self.error = TranslationError("gemini sent a stream event that is not a JSON object")
                 return out
             out.extend(self._response(payload))
         self.error = self._decoder.error
@@ -471,19 +484,19 @@ class GeminiStream(ChatStream):
         if isinstance(payload.get("error"), dict):
             code = payload["error"].get("code")
             return [google_error(code if isinstance(code, int) else 500, payload["error"])[1]]
-        self._model = payload.get("modelVersion") or self._model
+        self._model = shapes.string(payload.get("modelVersion"), "modelVersion") or self._model
         self.usage = usage_from(payload.get("usageMetadata")) or self.usage
         out: list[dict] = []
-        candidates = payload.get("candidates") or []
-        if not candidates and (payload.get("promptFeedback") or {}).get("blockReason"):
+        candidates = shapes.objects(payload.get("candidates"), "candidates")
+        if not candidates and shapes.mapping(payload.get("promptFeedback"), "promptFeedback").get("blockReason"):
             out.extend(self._start(0))
             out.append(self._chunk(0, {}, "content_filter"))
         for position, candidate in enumerate(candidates):
-            index = candidate.get("index", position)
+            index = candidate_index(candidate, position)
             out.extend(self._start(index))
             for part in visible_parts(candidate):
                 if part.get("text"):
-                    out.append(self._chunk(index, {"content": part["text"]}))
+                    out.append(self._chunk(index, {"content": shapes.string(part["text"], "parts.text")}))
                 elif "functionCall" in part:
                     n = self._calls.get(index, 0)
                     self._calls[index] = n + 1
@@ -525,6 +538,14 @@ def batch_embed_body(dep: Deployment, body: dict) -> dict:
     return {"requests": requests}
 
 
+def vector(values: object, where: str) -> list:
+    """An embedding: a list of numbers."""
+    items = shapes.array(values, where)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+        raise TranslationError(f"`{where}` must be an array of numbers.", where)
+    return items
+
+
 def float32_base64(values: list[float]) -> str:
     """What OpenAI sends for encoding_format=base64: little-endian float32s."""
     return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
@@ -534,11 +555,12 @@ def embeddings_list(dep: Deployment, data: dict, body: dict | None = None) -> di
     """`body` is the client's OpenAI request: its encoding_format and inputs matter here."""
     encoding = (body or {}).get("encoding_format")
     items = []
-    for index, embedding in enumerate(data.get("embeddings") or ([data["embedding"]] if "embedding" in data else [])):
-        values = embedding.get("values") or []
+    embeddings = shapes.objects(data.get("embeddings") or ([data["embedding"]] if "embedding" in data else []), "embeddings")
+    for index, embedding in enumerate(embeddings):
+        values = vector(embedding.get("values"), "embeddings.values")
         items.append({"object": "embedding", "index": index, "embedding": float32_base64(values) if encoding == "base64" else values})
-    tokens = (data.get("usageMetadata") or {}).get("promptTokenCount")
-    if tokens is None:
+    tokens = shapes.part(data.get("usageMetadata")).get("promptTokenCount")
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
         # Gemini's embedding answers usually carry no token count: estimate from the text.
         inputs = (body or {}).get("input")
         texts = [inputs] if isinstance(inputs, str) else [t for t in inputs or () if isinstance(t, str)]
@@ -566,7 +588,8 @@ TOKEN_LIMIT = re.compile(r"input token count.*exceeds the maximum", re.IGNORECAS
 
 
 def error_reasons(err: dict) -> set[str]:
-    return {d.get("reason", "") for d in err.get("details") or () if isinstance(d, dict)}
+    details = err.get("details")
+    return {str(d.get("reason", "")) for d in details if isinstance(d, dict)} if isinstance(details, list) else set()
 
 
 def google_error(status: int, err: dict) -> tuple[int, dict]:

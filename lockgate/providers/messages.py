@@ -45,7 +45,8 @@ from typing import Any
 
 import orjson
 
-from lockgate.providers.base import UnsupportedRequest, loads_or_none
+from lockgate.providers import shapes
+from lockgate.providers.base import UnsupportedRequest, loads_or_none, text_of
 from lockgate.providers.sse import encode_event
 from lockgate.providers.tokens import prompt_tokens, text_tokens
 
@@ -76,16 +77,16 @@ def to_chat(body: dict) -> dict:
     system = body.get("system")
     if system:
         messages.append({"role": "system", "content": system if isinstance(system, str) else "\n\n".join(blocks_text(system))})
-    for i, message in enumerate(body.get("messages") or []):
+    for i, message in enumerate(shapes.objects(body.get("messages"), "messages")):
         role, content = message.get("role"), message.get("content")
         if role not in ("user", "assistant"):
             raise UnsupportedRequest(f"messages[{i}].role must be user or assistant", f"messages[{i}].role")
         if isinstance(content, str):
             messages.append({"role": role, "content": content})
         elif role == "user":
-            messages.extend(user_messages(content or []))
+            messages.extend(user_messages(shapes.objects(content, f"messages[{i}].content")))
         else:
-            messages.append(assistant_message(content or []))
+            messages.append(assistant_message(shapes.objects(content, f"messages[{i}].content")))
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     if body.get("max_tokens") is not None:
         chat["max_tokens"] = body["max_tokens"]
@@ -93,8 +94,8 @@ def to_chat(body: dict) -> dict:
         if body.get(name) is not None:
             chat[name] = body[name]
     if body.get("stop_sequences"):
-        chat["stop"] = list(body["stop_sequences"])
-    user = (body.get("metadata") or {}).get("user_id")
+        chat["stop"] = shapes.array(body["stop_sequences"], "stop_sequences")
+    user = shapes.mapping(body.get("metadata"), "metadata").get("user_id")
     if user:
         chat["user"] = str(user)
     chat.update(chat_tools(body))
@@ -125,7 +126,10 @@ def strict_compatible(schema: Any) -> bool:
     properties = schema.get("properties")
     if isinstance(properties, dict) or schema.get("type") == "object":
         properties = properties if isinstance(properties, dict) else {}
-        if schema.get("additionalProperties") is not False or set(schema.get("required") or ()) != set(properties):
+        required = schema.get("required") or []
+        if schema.get("additionalProperties") is not False or not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            return False
+        if set(required) != set(properties):
             return False
     return all(map(strict_compatible, subschemas(schema)))
 
@@ -146,7 +150,7 @@ def subschemas(schema: dict) -> list:
 def blocks_text(blocks: Any) -> list[str]:
     if not isinstance(blocks, list):
         raise UnsupportedRequest("`system` must be a string or an array of text blocks", "system")
-    return [b.get("text") or "" for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
+    return [shapes.string(b.get("text"), "system.text") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
 
 
 def user_messages(blocks: list) -> list[dict]:
@@ -166,11 +170,11 @@ def user_messages(blocks: list) -> list[dict]:
 def user_part(block: dict) -> dict:
     kind = block.get("type")
     if kind == "text":
-        return {"type": "text", "text": block.get("text") or ""}
+        return {"type": "text", "text": shapes.string(block.get("text"), "messages.content.text")}
     if kind == "image":
-        return {"type": "image_url", "image_url": {"url": source_url(block.get("source") or {})}}
+        return {"type": "image_url", "image_url": {"url": source_url(shapes.mapping(block.get("source"), "messages.content.source"))}}
     if kind == "document":
-        source = block.get("source") or {}
+        source = shapes.mapping(block.get("source"), "messages.content.source")
         if source.get("type") == "text":
             return {"type": "text", "text": source.get("data") or ""}
         if source.get("type") == "base64" and source.get("media_type") == "application/pdf":
@@ -191,11 +195,11 @@ def tool_result_content(content: Any) -> tuple[str, list[dict]]:
     if content is None or isinstance(content, str):
         return content or "", []
     texts, images = [], []
-    for block in content:
+    for block in shapes.objects(content, "messages.content.content"):
         if block.get("type") == "image":
             images.append(user_part(block))
         elif block.get("type") == "text":
-            texts.append(block.get("text") or "")
+            texts.append(shapes.string(block.get("text"), "messages.content.text"))
     return "\n".join(texts), images
 
 
@@ -205,10 +209,11 @@ def assistant_message(blocks: list) -> dict:
     for block in blocks:
         kind = block.get("type")
         if kind == "text":
-            texts.append(block.get("text") or "")
+            texts.append(shapes.string(block.get("text"), "messages.content.text"))
         elif kind == "tool_use":
             arguments = orjson.dumps(block.get("input") if block.get("input") is not None else {}).decode()
-            calls.append({"id": block.get("id") or "", "type": "function", "function": {"name": block.get("name") or "", "arguments": arguments}})
+            function = {"name": shapes.string(block.get("name"), "messages.content.name"), "arguments": arguments}
+            calls.append({"id": shapes.string(block.get("id"), "messages.content.id"), "type": "function", "function": function})
         elif kind not in ("thinking", "redacted_thinking"):
             raise UnsupportedRequest(f"assistant content blocks of type {kind!r} cannot be sent to this model", "messages")
     message: dict = {"role": "assistant", "content": "".join(texts) or None}
@@ -218,15 +223,15 @@ def assistant_message(blocks: list) -> dict:
 
 
 def chat_tools(body: dict) -> dict:
-    tools = body.get("tools") or []
+    tools = shapes.objects(body.get("tools"), "tools")
     if not tools:
         return {}
     out: dict[str, Any] = {"tools": [chat_tool(t) for t in tools]}
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
-        kind = choice.get("type")
+        kind = shapes.string(choice.get("type"), "tool_choice.type")
         if kind == "tool":
-            out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name") or ""}}
+            out["tool_choice"] = {"type": "function", "function": {"name": shapes.string(choice.get("name"), "tool_choice.name")}}
         elif kind in TOOL_CHOICES:
             out["tool_choice"] = TOOL_CHOICES[kind]
         if choice.get("disable_parallel_tool_use") and kind != "none":
@@ -237,7 +242,7 @@ def chat_tools(body: dict) -> dict:
 def chat_tool(tool: dict) -> dict:
     if tool.get("type") not in (None, "custom") or "input_schema" not in tool:
         raise UnsupportedRequest(f"tool {tool.get('name')!r} is one of Anthropic's server tools, which only Anthropic can run", "tools")
-    function: dict = {"name": tool.get("name") or "", "parameters": tool.get("input_schema") or {"type": "object", "properties": {}}}
+    function: dict = {"name": shapes.string(tool.get("name"), "tools.name"), "parameters": tool.get("input_schema") or {"type": "object", "properties": {}}}
     if tool.get("description"):
         function["description"] = tool["description"]
     return {"type": "function", "function": function}
@@ -264,41 +269,43 @@ def message_id(chat_id: Any) -> str:
 
 
 def usage_from_chat(usage: Any) -> dict:
-    usage = usage if isinstance(usage, dict) else {}
-    details = usage.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens") or 0
-    written = details.get("cache_write_tokens") or 0
+    usage = shapes.part(usage)
+    details = shapes.part(usage.get("prompt_tokens_details"))
+    cached = shapes.count(details.get("cached_tokens"))
+    written = shapes.count(details.get("cache_write_tokens"))
     return {
-        "input_tokens": max(0, (usage.get("prompt_tokens") or 0) - cached - written),
-        "output_tokens": usage.get("completion_tokens") or 0,
+        "input_tokens": max(0, shapes.count(usage.get("prompt_tokens")) - cached - written),
+        "output_tokens": shapes.count(usage.get("completion_tokens")),
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     }
 
 
 def tool_input(arguments: Any) -> dict:
-    parsed = loads_or_none(arguments or "{}")
+    parsed = loads_or_none(shapes.string(arguments, "function.arguments") or "{}")
     return parsed if isinstance(parsed, dict) else {}
 
 
 def from_chat(chat: dict, request: dict) -> dict:
-    choice = (chat.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+    choice, message = shapes.first_choice(chat)
     content: list[dict] = []
-    if message.get("reasoning_content"):
-        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
-    if message.get("content"):
-        content.append({"type": "text", "text": message["content"]})
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
-        content.append({"type": "tool_use", "id": call.get("id") or "", "name": function.get("name") or "", "input": tool_input(function.get("arguments"))})
+    reasoning = shapes.string(message.get("reasoning_content"), "message.reasoning_content")
+    if reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    text = text_of(message.get("content"))
+    if text:
+        content.append({"type": "text", "text": text})
+    for call in shapes.objects(message.get("tool_calls"), "message.tool_calls"):
+        function = shapes.mapping(call.get("function"), "tool_calls.function")
+        name = shapes.string(function.get("name"), "function.name")
+        content.append({"type": "tool_use", "id": shapes.string(call.get("id"), "tool_calls.id"), "name": name, "input": tool_input(function.get("arguments"))})
     return {
         "id": message_id(chat.get("id")),
         "type": "message",
         "role": "assistant",
         "model": request.get("model") or chat.get("model") or "",
         "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "", "end_turn"),
+        "stop_reason": STOP_REASONS.get(shapes.string(choice.get("finish_reason"), "finish_reason"), "end_turn"),
         "stop_sequence": None,
         "usage": usage_from_chat(chat.get("usage")),
     }
@@ -340,7 +347,7 @@ class MessagesStream:
             return events + [encode_event("error", {"type": "error", "error": {"type": "api_error", "message": str(error.get("message") or "upstream error")}})]
         if chunk.get("usage"):
             self._usage = chunk["usage"]
-        for choice in (chunk.get("choices") or [])[:1]:
+        for choice in shapes.objects(chunk.get("choices"), "choices")[:1]:
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content"):
                 events += self._delta("thinking", {"type": "thinking", "thinking": "", "signature": ""}, {"type": "thinking_delta", "thinking": delta["reasoning_content"]})
@@ -369,7 +376,7 @@ class MessagesStream:
         self._started = True
         if chat_id:
             self._id = message_id(chat_id)
-        usage = {"input_tokens": prompt_tokens(to_chat_safe(self._request)), "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        usage = {"input_tokens": prompt_tokens(to_chat(self._request)), "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         message = {
             "id": self._id,
             "type": "message",
@@ -413,14 +420,3 @@ class MessagesStream:
             delta = {"type": "input_json_delta", "partial_json": function["arguments"]}
             events.append(encode_event("content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}))
         return events
-
-
-def to_chat_safe(request: dict) -> dict:
-    try:
-        return to_chat(request)
-    except (UnsupportedRequest, TypeError, AttributeError, ValueError):
-        return {}
-
-
-def stream_error(message: str) -> bytes:
-    return encode_event("error", {"type": "error", "error": {"type": "api_error", "message": message}})

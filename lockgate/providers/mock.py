@@ -30,8 +30,8 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from lockgate.providers import rerank
-from lockgate.providers.base import Deployment, UnsupportedRequest, UpstreamRequest, text_of, usage_dict
+from lockgate.providers import rerank, shapes
+from lockgate.providers.base import Deployment, SettingError, TranslationError, UpstreamRequest, text_of, usage_dict
 from lockgate.providers.gemini import float32_base64
 from lockgate.providers.openai import MEDIA_PATHS, OpenAIAdapter
 from lockgate.providers.sse import DONE, encode_data
@@ -54,38 +54,37 @@ def reply_text(body: dict) -> str:
 def tool_results(messages: list) -> list[tuple[str, str]]:
     """The tool results the conversation ends with, each with the name of its call."""
     names = {
-        call.get("id"): (call.get("function") or {}).get("name") or "tool"
+        shapes.string(call.get("id"), "messages.tool_calls.id"): shapes.string(shapes.mapping(call.get("function"), "messages.tool_calls.function").get("name"), "name") or "tool"
         for message in messages
         if isinstance(message, dict) and message.get("role") == "assistant"
-        for call in message.get("tool_calls") or ()
-        if isinstance(call, dict)
+        for call in shapes.objects(message.get("tool_calls"), "messages.tool_calls")
     }
     results: list[tuple[str, str]] = []
     for message in reversed(messages):
         if not isinstance(message, dict) or message.get("role") != "tool":
             break
-        results.insert(0, (names.get(message.get("tool_call_id"), "tool"), text_of(message.get("content"))))
+        results.insert(0, (names.get(shapes.string(message.get("tool_call_id"), "messages.tool_call_id"), "tool"), text_of(message.get("content"))))
     return results
 
 
 def tool_call(body: dict) -> dict | None:
     """The call a model makes to the tools offered, as `tool_choice` allows; None: it answers text."""
-    tools = [t.get("function") or {} for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
+    tools = [shapes.mapping(t.get("function"), "tools.function") for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
     choice = body.get("tool_choice") or "auto"
     forced = choice == "required"
     if isinstance(choice, dict) and choice.get("type") == "function":
-        wanted = (choice.get("function") or {}).get("name")
+        wanted = shapes.mapping(choice.get("function"), "tool_choice.function").get("name")
         tools, forced = [t for t in tools if t.get("name") == wanted], True
     elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") or {}
-        names = {(t.get("function") or {}).get("name") for t in allowed.get("tools") or () if isinstance(t, dict)}
+        allowed = shapes.mapping(choice.get("allowed_tools"), "tool_choice.allowed_tools")
+        names = [shapes.mapping(t.get("function"), "allowed_tools.tools.function").get("name") for t in shapes.objects(allowed.get("tools"), "allowed_tools.tools")]
         tools, forced = [t for t in tools if t.get("name") in names], allowed.get("mode") == "required"
     if not tools or choice == "none" or (tool_results(body.get("messages") or []) and not forced):
         return None
     asked = last_user_text(body.get("messages") or []).lower()
     tool = next((t for t in tools if t.get("name") and str(t["name"]).lower() in asked), tools[0])
     arguments = example(tool.get("parameters") or {"type": "object", "properties": {}})
-    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": tool.get("name") or "", "arguments": orjson.dumps(arguments).decode()}}
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": shapes.string(tool.get("name"), "tools.function.name"), "arguments": orjson.dumps(arguments).decode()}}
 
 
 def last_user_text(messages: list) -> str:
@@ -109,6 +108,9 @@ STRING_FORMATS = {
     "uuid": "00000000-0000-4000-8000-000000000000",
 }
 MAX_DEPTH = 8  # a recursive schema is written out this deep, then cut to what it requires
+MAX_COUNT = 1000  # the most items (or characters) an example writes, whatever the schema asks
+MAX_DIMENSIONS = 3072  # OpenAI's largest embedding
+MAX_SAFE = 2**53  # the largest integer a JSON number holds exactly
 
 
 def example(schema: Any, root: Any = None, depth: int = 0) -> Any:
@@ -132,13 +134,13 @@ def example(schema: Any, root: Any = None, depth: int = 0) -> Any:
     if isinstance(schema.get("allOf"), list):
         merged = {k: v for k, v in schema.items() if k != "allOf"}
         for part in schema["allOf"]:
-            part = part if isinstance(part, dict) else {}
-            merged = {**merged, **part, "properties": {**merged.get("properties", {}), **part.get("properties", {})},
-                      "required": [*merged.get("required", []), *part.get("required", [])]}
+            part = shapes.part(part)
+            merged = {**merged, **part, "properties": {**shapes.part(merged.get("properties")), **shapes.part(part.get("properties"))},
+                      "required": [*listed(merged.get("required")), *listed(part.get("required"))]}
         return example(merged, root, depth)
     variants = schema.get("anyOf") or schema.get("oneOf")
     if isinstance(variants, list) and variants:
-        chosen = next((v for v in variants if isinstance(v, dict) and v.get("type") != "null"), variants[0])
+        chosen = next((v for v in variants if isinstance(v, dict) and v.get("type") != "null"), shapes.part(variants[0]))
         return example({**{k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}, **chosen}, root, depth)
     kind = schema.get("type")
     if isinstance(kind, list):
@@ -147,13 +149,13 @@ def example(schema: Any, root: Any = None, depth: int = 0) -> Any:
         kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
     if kind == "object":
         properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-        required = set(schema.get("required") or ())
+        required = set(r for r in listed(schema.get("required")) if isinstance(r, str))
         names = [n for n in properties if depth < MAX_DEPTH or n in required]
         return {name: example(properties[name], root, depth + 1) for name in names}
     if kind == "array":
         items = schema.get("items")
-        count = max(int(schema.get("minItems") or 0), 1 if depth < MAX_DEPTH else 0)
-        count = min(count, int(schema.get("maxItems", count)))
+        count = max(whole(schema.get("minItems"), 0), 1 if depth < MAX_DEPTH else 0)
+        count = min(count, whole(schema.get("maxItems"), count))
         if isinstance(items, list):  # a tuple: each place its own schema
             return [example(item, root, depth + 1) for item in items]
         return [example(items, root, depth + 1) for _ in range(count)]
@@ -182,6 +184,8 @@ def number(schema: dict, integer: bool) -> int | float:
         value = math.ceil(value / multiple) * multiple
         if highs and value > min(highs):
             value -= multiple
+    if integer and not -MAX_SAFE <= value <= MAX_SAFE:
+        raise TranslationError("an integer schema's bounds are past what a JSON integer holds", "tools")
     return int(value) if integer else value
 
 
@@ -202,9 +206,18 @@ def numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def whole(value: Any, default: int) -> int:
+    """A schema's count (`minItems`, `minLength`), up to MAX_COUNT; `default` when it is not a number."""
+    return min(int(value), MAX_COUNT) if numeric(value) and value >= 0 else default
+
+
+def listed(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
 def string(schema: dict) -> str:
     text = STRING_FORMATS.get(str(schema.get("format")), "mock")
-    low = int(schema.get("minLength") or 0)
+    low = whole(schema.get("minLength"), 0)
     text = text + "x" * max(0, low - len(text))
     return text[: int(schema["maxLength"])] if isinstance(schema.get("maxLength"), int) else text
 
@@ -279,8 +292,10 @@ def vector(text: str, dimensions: int) -> list[float]:
 
 def embeddings(body: dict, model: str) -> tuple[int, AsyncIterator[bytes]]:
     inputs = body.get("input")
-    inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
-    dimensions = int(body.get("dimensions") or 16)
+    inputs = [inputs] if isinstance(inputs, str) else shapes.array(inputs, "input")
+    dimensions = body.get("dimensions") or 16
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= MAX_DIMENSIONS:
+        raise TranslationError(f"`dimensions` must be an integer from 1 to {MAX_DIMENSIONS}.", "dimensions")
     encode = body.get("encoding_format") == "base64"
     data = []
     for i, item in enumerate(inputs):
@@ -300,7 +315,11 @@ PIXEL = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQV
 
 
 def images(body: dict, model: str) -> tuple[int, AsyncIterator[bytes]]:
-    count = int(body.get("n") or 1)
+    count = body.get("n") or 1
+    if isinstance(count, str) and count.isdigit():
+        count = int(count)  # a form field
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 10:
+        raise TranslationError("`n` must be an integer from 1 to 10.", "n")
     prompt = str(body.get("prompt") or "")
     data = []
     for i in range(count):
@@ -344,7 +363,7 @@ def speech(body: dict, model: str) -> tuple[int, AsyncIterator[bytes], dict]:
     audio = (seed * (size // len(seed) + 1))[:size]
     if fmt == "wav":
         audio = b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 24000, 48000, 2, 16) + b"data" + struct.pack("<I", size) + audio
-    return 200, paced([audio[i : i + 4096] for i in range(0, len(audio), 4096)]), {"content-type": AUDIO_TYPES.get(fmt, "audio/mpeg")}
+    return 200, paced([audio[i : i + 4096] for i in range(0, len(audio), 4096)]), {"content-type": AUDIO_TYPES.get(str(fmt), "audio/mpeg")}
 
 
 MODERATION_CATEGORIES = (
@@ -406,9 +425,9 @@ class MockAdapter(OpenAIAdapter):
                 return 500, once(orjson.dumps(error))
             try:
                 return handle(request, model)
-            except (TypeError, AttributeError, KeyError, ValueError, IndexError, UnsupportedRequest):
+            except TranslationError as exc:
                 # what OpenAI answers a request whose fields have shapes it cannot read
-                error = {"error": {"message": "Invalid request: a field has the wrong type.", "type": "invalid_request_error", "param": None, "code": None}}
+                error = {"error": {"message": f"Invalid request: {exc.message}", "type": "invalid_request_error", "param": exc.param, "code": None}}
                 return 400, once(orjson.dumps(error))
 
         return UpstreamRequest(f"mock://{model}/{path}", {}, body, local=answer)
@@ -428,6 +447,16 @@ class MockAdapter(OpenAIAdapter):
         if path == "completions":
             return self.build(dep, "completions", body)
         return super(OpenAIAdapter, self).passthrough_request(dep, path, body)
+
+
+SETTINGS = ("latency_ms", "fail_rate")
+
+
+def deployment_options(values: dict, shared: dict) -> dict:
+    """`latency_ms` and `fail_rate` as gateway.yaml gave them (numbers). Raises `SettingError`."""
+    if values.get("fail_rate", 0) > 1:
+        raise SettingError("fail_rate", "fail_rate must be between 0 and 1")
+    return values
 
 
 ADAPTER = MockAdapter()

@@ -13,7 +13,7 @@ import orjson
 from typing import Any
 
 from lockgate.providers import rerank, responses
-from lockgate.providers.base import Adapter, ChatStream, Deployment, UpstreamRequest, join_url, loads_or_none
+from lockgate.providers.base import Adapter, ChatStream, Deployment, TranslationError, UpstreamRequest, join_url, loads_or_none
 from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -56,7 +56,7 @@ class OpenAIStream(ChatStream):
             payload = loads_or_none(data)
             if not isinstance(payload, dict) or malformed(payload):
                 # what came before goes out; the proxy then ends the stream with an error
-                self.error = ValueError("the upstream sent a stream chunk that is not OpenAI's shape")
+                self.error = TranslationError("the upstream sent a stream chunk that is not OpenAI's shape")
                 break
             usage = payload.get("usage")
             if usage:
@@ -70,24 +70,47 @@ class OpenAIStream(ChatStream):
 
 
 def malformed(chunk: dict) -> bool:
-    """Whether a chat or completions chunk breaks the fields clients read (a number for
-    text, a string for a list): such a stream is not passed on as if it were fine."""
+    """Whether a chat or completions chunk breaks the fields clients and the Responses and
+    Messages translations read (a number for text, a string for a list): such a stream
+    is not passed on as if it were fine."""
     choices = chunk.get("choices")
     if choices is not None and not isinstance(choices, list):
         return True
     for choice in choices or ():
-        if not isinstance(choice, dict):
+        if not isinstance(choice, dict) or not optional(choice, "text", str) or not optional(choice, "finish_reason", str):
             return True
         delta = choice.get("delta")
-        if delta is not None:
-            if not isinstance(delta, dict):
-                return True
-            if not isinstance(delta.get("content") or "", str) or not isinstance(delta.get("tool_calls") or [], list):
-                return True
-        if not isinstance(choice.get("text") or "", str):
+        if delta is not None and (not isinstance(delta, dict) or not all(optional(delta, name, str) for name in TEXT_FIELDS) or bad_calls(delta.get("tool_calls"))):
             return True
     usage = chunk.get("usage")
     return usage is not None and not isinstance(usage, dict)
+
+
+TEXT_FIELDS = ("role", "content", "reasoning_content", "refusal")
+
+
+def optional(node: dict, name: str, kind: type) -> bool:
+    value = node.get(name)
+    return value is None or isinstance(value, kind)
+
+
+def bad_calls(calls: object) -> bool:
+    """Whether a delta's `tool_calls` are not a list of calls, each with an integer
+    `index` and text for its id, name and arguments."""
+    if calls is None:
+        return False
+    if not isinstance(calls, list):
+        return True
+    for call in calls:
+        if not isinstance(call, dict) or not optional(call, "id", str) or not optional(call, "function", dict):
+            return True
+        index = call.get("index")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            return True
+        function = call.get("function") or {}
+        if not optional(function, "name", str) or not optional(function, "arguments", str):
+            return True
+    return False
 
 
 def with_stream_usage(body: dict) -> dict:

@@ -25,16 +25,17 @@ class Preset:
     key_env: str
     key_required: bool = True
     stream_usage: bool = True  # ask for stream_options.include_usage
+    semconv: str | None = None  # its name in OpenTelemetry's GenAI conventions, where they list it
 
 
 PRESETS: dict[str, Preset] = {
     "groq": Preset("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
-    "mistral": Preset("https://api.mistral.ai/v1", "MISTRAL_API_KEY", stream_usage=False),
+    "mistral": Preset("https://api.mistral.ai/v1", "MISTRAL_API_KEY", stream_usage=False, semconv="mistral_ai"),
     "deepseek": Preset("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
     "together": Preset("https://api.together.xyz/v1", "TOGETHER_API_KEY"),
     "fireworks": Preset("https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY"),
     "openrouter": Preset("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
-    "xai": Preset("https://api.x.ai/v1", "XAI_API_KEY"),
+    "xai": Preset("https://api.x.ai/v1", "XAI_API_KEY", semconv="x_ai"),
     "perplexity": Preset("https://api.perplexity.ai", "PERPLEXITY_API_KEY", stream_usage=False),
     "ollama": Preset("http://127.0.0.1:11434/v1", "OLLAMA_API_KEY", key_required=False),
     "vllm": Preset("http://127.0.0.1:8000/v1", "VLLM_API_KEY", key_required=False),
@@ -59,5 +60,3 @@ class PresetAdapter(OpenAIAdapter):
             return super().chat_request(dep, body)
         return self.build(dep, "chat/completions", body)
 
-
-ADAPTERS = {name: PresetAdapter(name, preset) for name, preset in PRESETS.items()}

@@ -22,7 +22,8 @@ import re
 import uuid
 from typing import Any
 
-from lockgate.providers.base import UnsupportedRequest
+from lockgate.providers import shapes
+from lockgate.providers.base import TranslationError, UnsupportedRequest
 from lockgate.providers.tokens import text_tokens
 
 API_VERSION = {"version": "2"}
@@ -78,13 +79,15 @@ def scored_results(items: Any) -> tuple[list[tuple[int, float]], dict[int, Any]]
     """(index, score) pairs and returned documents of a results list (`relevance_score`, or
     TEI's `score`); anything malformed is the upstream's fault and raises."""
     if not isinstance(items, list):
-        raise ValueError("the upstream's rerank answer has no results list")
+        raise TranslationError("the upstream's rerank answer has no results list")
     scored, documents = [], {}
     for item in items:
+        if not isinstance(item, dict):
+            raise TranslationError("a rerank result that is not an object")
         index = item.get("index")
         score = item.get("relevance_score", item.get("score"))
-        if not isinstance(index, int) or isinstance(index, bool) or not isinstance(score, (int, float)):
-            raise ValueError("a rerank result without an index and a score")
+        if not isinstance(index, int) or isinstance(index, bool) or not isinstance(score, (int, float)) or isinstance(score, bool):
+            raise TranslationError("a rerank result without an index and a score")
         scored.append((index, float(score)))
         if "document" in item:
             documents[index] = item["document"]
@@ -92,9 +95,9 @@ def scored_results(items: Any) -> tuple[list[tuple[int, float]], dict[int, Any]]
 
 
 def token_billing(data: dict) -> dict:
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    tokens = usage.get("total_tokens") or usage.get("prompt_tokens") or 0
-    return {"input_tokens": int(tokens)} if isinstance(tokens, (int, float)) else {}
+    usage = shapes.part(data.get("usage"))
+    tokens = shapes.count(usage.get("total_tokens")) or shapes.count(usage.get("prompt_tokens"))
+    return {"input_tokens": int(tokens)}
 
 
 # -- servers that speak Cohere's shape (vLLM, TEI, Infinity) ---------------------------

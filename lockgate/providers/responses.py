@@ -22,7 +22,8 @@ from __future__ import annotations
 import secrets
 from typing import Any, Mapping
 
-from lockgate.providers.base import UnsupportedRequest, now, text_of, usage_dict
+from lockgate.providers import shapes
+from lockgate.providers.base import TranslationError, UnsupportedRequest, now, text_of, usage_dict
 from lockgate.providers.sse import encode_event
 
 # settings with the same name and meaning in both APIs
@@ -60,7 +61,8 @@ def to_chat(body: dict, items: Mapping[str, dict] | None = None) -> dict:
     for field, message in STATEFUL.items():
         if body.get(field):
             raise UnsupportedRequest(message, param=field)
-    messages = [{"role": "system", "content": body["instructions"]}] if body.get("instructions") else []
+    instructions = shapes.string(body.get("instructions"), "instructions")
+    messages = [{"role": "system", "content": instructions}] if instructions else []
     messages.extend(input_messages(body.get("input"), items or {}))
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     for name in SAME_SETTINGS:
@@ -69,13 +71,13 @@ def to_chat(body: dict, items: Mapping[str, dict] | None = None) -> dict:
     if body.get("max_output_tokens") is not None:
         chat["max_tokens"] = body["max_output_tokens"]
     if body.get("tools"):
-        chat["tools"] = [chat_tool(tool) for tool in body["tools"]]
+        chat["tools"] = [chat_tool(tool, f"tools[{i}]") for i, tool in enumerate(shapes.objects(body["tools"], "tools"))]
     if body.get("tool_choice") is not None:
         chat["tool_choice"] = chat_tool_choice(body["tool_choice"])
-    response_format = chat_response_format((body.get("text") or {}).get("format"))
+    response_format = chat_response_format(shapes.mapping(shapes.mapping(body.get("text"), "text").get("format"), "text.format"))
     if response_format:
         chat["response_format"] = response_format
-    effort = (body.get("reasoning") or {}).get("effort")
+    effort = shapes.mapping(body.get("reasoning"), "reasoning").get("effort")
     if effort:
         chat["reasoning_effort"] = effort
     if body.get("stream"):
@@ -99,16 +101,18 @@ def input_messages(input_: Any, items: Mapping[str, dict]) -> list[dict]:
     if isinstance(input_, str):
         return [{"role": "user", "content": input_}]
     messages: list[dict] = []
-    for item in input_:
+    for i, item in enumerate(shapes.objects(input_, "input")):
+        where = f"input[{i}]"
         if item.get("type") == "item_reference":
             item = referenced(item, items)
         kind = item.get("type", "message")
         if kind == "message":
-            messages.append(chat_message(item))
+            messages.append(chat_message(item, where))
         elif kind == "function_call":
-            add_tool_call(messages, item)
+            add_tool_call(messages, item, where)
         elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": tool_output(item.get("output"))})
+            call_id = shapes.name(item.get("call_id"), f"{where}.call_id")
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": tool_output(item.get("output"), f"{where}.output")})
         elif kind != "reasoning":
             # reasoning items are OpenAI's own state and mean nothing to another model
             raise UnsupportedRequest(f"input items of type {kind!r} cannot be sent to this model", param="input")
@@ -128,28 +132,33 @@ def kept_item(item: dict) -> dict | None:
     """An output item as it is kept for a later `item_reference`: only what replaying it
     as input needs (what the client would have sent in its place), None for the rest."""
     if item.get("type") == "message":
-        return {"type": "message", "role": "assistant", "content": assistant_text(item.get("content"))}
+        return {"type": "message", "role": "assistant", "content": assistant_text(item.get("content"), "output.content")}
     if item.get("type") == "function_call":
         return {"type": "function_call", "call_id": item["call_id"], "name": item["name"], "arguments": item.get("arguments") or ""}
     return None
 
 
-def chat_message(item: dict) -> dict:
+def chat_message(item: dict, where: str) -> dict:
     role, content = item.get("role"), item.get("content")
     if role == "assistant":
-        return {"role": "assistant", "content": assistant_text(content)}
+        return {"role": "assistant", "content": assistant_text(content, f"{where}.content")}
     if role not in ("user", "system", "developer"):
         raise UnsupportedRequest(f"unknown message role {role!r}", param="input")
     # the chat adapters behind this path speak providers where developer instructions are system ones
     chat_role = "system" if role == "developer" else role
-    return {"role": chat_role, "content": content if isinstance(content, str) else [chat_part(p) for p in content]}
+    if isinstance(content, str):
+        return {"role": chat_role, "content": content}
+    if not isinstance(content, list):
+        raise TranslationError(f"`{where}.content` must be a string or an array of parts.", f"{where}.content")
+    return {"role": chat_role, "content": [chat_part(p) for p in shapes.objects(content, f"{where}.content")]}
 
 
-def assistant_text(content: Any) -> str:
+def assistant_text(content: Any, where: str) -> str:
     """Earlier assistant output as plain text; a refusal stays in the history as what was said."""
     if isinstance(content, str):
         return content
-    return "".join(p.get("refusal", "") if p.get("type") == "refusal" else text_of([p]) for p in content or [])
+    parts = shapes.objects(content, where)
+    return "".join(shapes.string(p.get("refusal"), f"{where}.refusal") if p.get("type") == "refusal" else text_of([p]) for p in parts)
 
 
 def chat_part(part: dict) -> dict:
@@ -163,7 +172,7 @@ def chat_part(part: dict) -> dict:
                 "(an https or data: URL)",
                 param="input",
             )
-        return {"type": "image_url", "image_url": {"url": part["image_url"], "detail": part.get("detail") or "auto"}}
+        return {"type": "image_url", "image_url": {"url": shapes.string(part["image_url"], "input.content.image_url"), "detail": part.get("detail") or "auto"}}
     if kind == "input_file" and part.get("file_data"):
         file = {"file_data": part["file_data"]}
         if part.get("filename"):
@@ -174,50 +183,53 @@ def chat_part(part: dict) -> dict:
     raise UnsupportedRequest(f"content parts of type {kind!r} cannot be sent to this model", param="input")
 
 
-def add_tool_call(messages: list[dict], item: dict) -> None:
+def add_tool_call(messages: list[dict], item: dict, where: str) -> None:
     """Chat puts one turn's calls, and the text before them, in a single assistant message."""
     if messages and messages[-1]["role"] == "assistant":
         turn = messages[-1]
     else:
         turn = {"role": "assistant", "content": None}
         messages.append(turn)
-    call = {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item.get("arguments") or ""}}
+    function = {"name": shapes.name(item.get("name"), f"{where}.name"), "arguments": shapes.string(item.get("arguments"), f"{where}.arguments")}
+    call = {"id": shapes.name(item.get("call_id"), f"{where}.call_id"), "type": "function", "function": function}
     turn.setdefault("tool_calls", []).append(call)
 
 
-def tool_output(output: Any) -> str:
+def tool_output(output: Any, where: str) -> str:
     if isinstance(output, str):
         return output
-    kinds = {p.get("type") for p in output or []} - {"input_text"}
+    kinds = {str(p.get("type")) for p in shapes.objects(output, where)} - {"input_text"}
     if kinds:
         raise UnsupportedRequest(f"function_call_output parts of type {sorted(kinds)} cannot be sent to this model", param="input")
     return text_of(output)
 
 
-def chat_tool(tool: dict) -> dict:
+def chat_tool(tool: dict, where: str) -> dict:
     if tool.get("type") != "function":
         raise UnsupportedRequest(
             f"the {tool.get('type')!r} tool runs inside OpenAI and is not available for this model; "
             "only function tools are supported",
             param="tools",
         )
-    function = {"name": tool["name"]}
+    function = {"name": shapes.name(tool.get("name"), f"{where}.name")}
     for key in ("description", "parameters", "strict"):
         if tool.get(key) is not None:
             function[key] = tool[key]
     return {"type": "function", "function": function}
 
 
-def chat_tool_choice(choice: str | dict) -> str | dict:
+def chat_tool_choice(choice: Any) -> str | dict:
     if isinstance(choice, str):
         return choice
+    if not isinstance(choice, dict):
+        raise TranslationError("`tool_choice` must be a string or an object.", "tool_choice")
     if choice.get("type") == "function":
-        return {"type": "function", "function": {"name": choice["name"]}}
+        return {"type": "function", "function": {"name": shapes.name(choice.get("name"), "tool_choice.name")}}
     raise UnsupportedRequest(f"tool_choice of type {choice.get('type')!r} is not supported for this model", param="tool_choice")
 
 
-def chat_response_format(fmt: dict | None) -> dict | None:
-    kind = (fmt or {}).get("type", "text")
+def chat_response_format(fmt: dict) -> dict | None:
+    kind = fmt.get("type", "text")
     if kind == "text":
         return None
     if kind == "json_object":
@@ -233,19 +245,18 @@ def chat_response_format(fmt: dict | None) -> dict | None:
 
 def from_chat(chat: dict, request: dict) -> dict:
     """A `chat.completion` as the Response object OpenAI would have returned."""
-    choice = (chat.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
-    reason = INCOMPLETE_REASONS.get(choice.get("finish_reason") or "")
+    choice, message = shapes.first_choice(chat)
+    reason = INCOMPLETE_REASONS.get(shapes.string(choice.get("finish_reason"), "finish_reason"))
     status = "incomplete" if reason else "completed"
     text = text_of(message.get("content"))
-    calls = message.get("tool_calls") or []
+    calls = shapes.objects(message.get("tool_calls"), "message.tool_calls")
     output = []
     if text or not calls:
         output.append(message_item(status, text))
     for call in calls:
-        function = call.get("function") or {}
-        item = function_call_item(call.get("id") or new_call_id(), function.get("name", ""), "completed")
-        item["arguments"] = function.get("arguments") or ""
+        function = shapes.mapping(call.get("function"), "tool_calls.function")
+        item = function_call_item(shapes.string(call.get("id"), "tool_calls.id") or new_call_id(), shapes.string(function.get("name"), "function.name"), "completed")
+        item["arguments"] = shapes.string(function.get("arguments"), "function.arguments")
         output.append(item)
     shell = response_shell(request, new_id("resp"), chat.get("created") or now(), request.get("model") or chat.get("model"))
     return finished(shell, output, reason, usage_from_chat(chat.get("usage")))
@@ -340,36 +351,36 @@ def new_call_id() -> str:
 
 def usage_from_chat(usage: dict | None) -> dict | None:
     """OpenAI chat usage in the Responses shape."""
-    if not usage:
+    if not usage or not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
+    prompt = shapes.count(usage.get("prompt_tokens"))
+    completion = shapes.count(usage.get("completion_tokens"))
+    prompt_details = shapes.part(usage.get("prompt_tokens_details"))
+    completion_details = shapes.part(usage.get("completion_tokens_details"))
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
-            "cached_tokens": prompt_details.get("cached_tokens") or 0,
-            "cache_write_tokens": prompt_details.get("cache_write_tokens") or 0,
+            "cached_tokens": shapes.count(prompt_details.get("cached_tokens")),
+            "cache_write_tokens": shapes.count(prompt_details.get("cache_write_tokens")),
         },
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": completion_details.get("reasoning_tokens") or 0},
-        "total_tokens": usage.get("total_tokens") or prompt + completion,
+        "output_tokens_details": {"reasoning_tokens": shapes.count(completion_details.get("reasoning_tokens"))},
+        "total_tokens": shapes.count(usage.get("total_tokens")) or prompt + completion,
     }
 
 
 def usage_to_chat(usage: dict | None) -> dict | None:
     """Responses usage in OpenAI's chat shape, the one budgets and logs read."""
-    if not usage:
+    if not usage or not isinstance(usage, dict):
         return None
-    input_details = usage.get("input_tokens_details") or {}
-    output_details = usage.get("output_tokens_details") or {}
+    input_details = shapes.part(usage.get("input_tokens_details"))
+    output_details = shapes.part(usage.get("output_tokens_details"))
     return usage_dict(
-        usage.get("input_tokens") or 0,
-        usage.get("output_tokens") or 0,
-        cached=input_details.get("cached_tokens") or 0,
-        cache_write=input_details.get("cache_write_tokens") or 0,
-        reasoning=output_details.get("reasoning_tokens") or 0,
+        shapes.count(usage.get("input_tokens")),
+        shapes.count(usage.get("output_tokens")),
+        cached=shapes.count(input_details.get("cached_tokens")),
+        cache_write=shapes.count(input_details.get("cache_write_tokens")),
+        reasoning=shapes.count(output_details.get("reasoning_tokens")),
     )
 
 
@@ -382,7 +393,7 @@ def passthrough_stream_usage(event: str, data: dict, usage: dict | None) -> dict
     """Chat-shaped usage once a native stream's terminal event carries it, else `usage`."""
     if (data.get("type") or event) not in TERMINAL_EVENTS:
         return usage
-    return usage_to_chat((data.get("response") or {}).get("usage")) or usage
+    return usage_to_chat(shapes.part(data.get("response")).get("usage")) or usage
 
 
 # -- stream ------------------------------------------------------------------------

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import orjson
 
+from lockgate.providers.base import TranslationError
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # one event (or one unfinished line) past this is not an LLM stream
 
 
-class SSEError(ValueError):
+class SSEError(TranslationError):
     """The bytes are not a usable event stream (an event larger than MAX_EVENT_BYTES)."""
 
 

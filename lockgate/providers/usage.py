@@ -1,7 +1,9 @@
-"""Usage read off an answer's bytes as they pass: what a middleware mounted around an app
-that is not lockgate's proxy (a FastAPI route calling a model, a vLLM server, another
-proxy) charges and counts. lockgate's own proxy records usage in the request context;
-this is for when nothing did.
+"""The readers of usage, and the bounds and estimates of the endpoints billed by units
+other than tokens (each endpoint kind in providers/endpoints.py names its own).
+providers/meter.py applies them to an answer's bytes as they pass: what a middleware
+mounted around an app that is not lockgate's proxy (a FastAPI route calling a model, a
+vLLM server, another proxy) charges and counts. lockgate's own proxy records usage in
+the request context; this is for when nothing did.
 
 What is read, in OpenAI's usage shape (`prompt_tokens`, `completion_tokens`, details):
 - a JSON answer's `usage`: chat, completions, embeddings as they are; an Anthropic
@@ -11,7 +13,7 @@ What is read, in OpenAI's usage shape (`prompt_tokens`, `completion_tokens`, det
 - Anthropic's `message_start` and `message_delta` events (input, cache reads and
   writes, then the cumulative output);
 - the Responses API's `response.completed` / `response.incomplete` event;
-- for the endpoints billed by other units (`answer_usage`, by endpoint kind): a rerank
+- for the endpoints billed by other units (each endpoint kind's `usage`): a rerank
   answer's Cohere `meta.billed_units` (search units, tokens) or Jina's / Voyage's /
   vLLM's `usage.total_tokens`; an images answer's token usage (gpt-image models), else
   its images by quality and size; a transcription's token usage, its duration
@@ -23,17 +25,15 @@ still be estimated (`estimate`) instead of charged nothing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import orjson
 
 from lockgate.providers.anthropic import merge_usage, usage_from_openai, usage_to_openai
 from lockgate.providers.responses import TERMINAL_EVENTS, usage_to_chat
-from lockgate.providers.sse import SSEDecoder
 from lockgate.providers.tokens import prompt_tokens
 
 SPEECH_CHARS_PER_SECOND = 15  # ~150 words a minute: a transcript's length says about how long the audio was
-MAX_JSON_BYTES = 32 * 1024 * 1024  # past this an answer is not read for usage (it is estimated)
 
 
 def from_answer(data: Any) -> dict | None:
@@ -111,121 +111,9 @@ def stream_usage(event: str, data: Any, usage: dict | None) -> dict | None:
     return usage
 
 
-class UsageMeter:
-    """Watches one answer go by: `start` with its response-start message, `feed` each
-    body piece, then `usage` (what the answer said, or None) and `estimate`. `kind` is
-    the endpoint's (proxy/endpoints.py) and `request` its body, for the answers whose
-    units the request says (speech, images)."""
-
-    __slots__ = ("kind", "request", "streaming", "json", "parts", "size", "decoder", "found", "chars")
-
-    def __init__(self, kind: str | None = None, request: Any = None) -> None:
-        self.kind = kind
-        self.request = request if isinstance(request, dict) else {}
-        self.streaming = False
-        self.json = False
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.decoder: SSEDecoder | None = None
-        self.found: dict | None = None
-        self.chars = 0
-
-    def start(self, message: dict) -> None:
-        content_type = b""
-        for name, value in message.get("headers", ()):
-            if name.lower() == b"content-type":
-                content_type = value.lower()
-                break
-        self.streaming = content_type.startswith(b"text/event-stream")
-        self.json = not self.streaming and (b"json" in content_type or not content_type)
-        if self.streaming:
-            self.decoder = SSEDecoder()
-
-    def feed(self, body: bytes) -> None:
-        if not body:
-            return
-        if self.decoder is not None:
-            for event, payload in self.decoder.feed(body):
-                self._event(event, payload)
-        elif (self.json or self.kind in ("transcription", "translation")) and self.size <= MAX_JSON_BYTES:
-            self.size += len(body)
-            self.parts.append(body)
-
-    def _event(self, event: str, payload: bytes) -> None:
-        if payload == b"[DONE]":
-            return
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return
-        self.chars += delta_chars(data)
-        self.found = stream_usage(event, data, self.found)
-
-    @property
-    def usage(self) -> dict | None:
-        if self.kind == "speech":
-            return speech_usage(self.request)
-        if self.decoder is not None:
-            return self.found
-        if self.parts and self.size <= MAX_JSON_BYTES:
-            raw = b"".join(self.parts)
-            self.parts = [raw]
-            try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                return None
-            if self.kind in UNIT_KINDS:
-                return answer_usage(self.kind, data, self.request)
-            return from_answer(data)
-        return None
-
-    def _transcript(self) -> str:
-        """The text of a whole transcript answer (JSON's `text`, or plain text)."""
-        raw = b"".join(self.parts)
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return raw.decode("utf-8", "replace").strip()
-        return data["text"] if isinstance(data, dict) and isinstance(data.get("text"), str) else ""
-
-    def estimate(self, request: dict) -> dict:
-        """Usage for an answer that reported none: the prompt as estimated, the text that
-        went by at four characters a token (for a transcript: its length in seconds of
-        speech)."""
-        if self.kind in ("transcription", "translation"):
-            seconds = -(-(self.chars + len(self._transcript())) // SPEECH_CHARS_PER_SECOND)
-            return {"audio_seconds": seconds, "estimated": True}
-        units = unit_estimate(self.kind, request)
-        if units is not None:
-            return units
-        prompt = prompt_tokens(request)
-        completion = (self.chars + 3) // 4
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "estimated": True}
-
-
-# -- the endpoints billed by other units --------------------------------------------------
-UNIT_KINDS = frozenset({"rerank", "image_generation", "image_edit", "image_variation", "transcription", "translation", "speech"})
-
-
-def answer_usage(kind: str | None, data: Any, request: dict | None = None) -> dict | None:
-    """The usage of a whole answer of an endpoint billed by units, in the shape
-    providers/prices.py prices; None when the answer does not say."""
-    request = request if isinstance(request, dict) else {}
-    if kind == "speech":
-        return speech_usage(request)
-    if not isinstance(data, dict):
-        return None
-    if kind == "rerank":
-        return rerank_usage(data)
-    if kind in ("image_generation", "image_edit", "image_variation"):
-        return images_usage(data, request)
-    if kind in ("transcription", "translation"):
-        return transcription_usage(data)
-    return from_answer(data)
-
-
+# -- the endpoints billed by other units (providers/endpoints.py names each kind's) -------------
 def _number(value: Any) -> float | None:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2**53 else None
 
 
 def rerank_usage(data: dict) -> dict | None:
@@ -250,7 +138,7 @@ def images_usage(data: dict, request: dict) -> dict | None:
     reports nothing, so its images are counted with the quality and size asked for."""
     usage = data.get("usage")
     if isinstance(usage, dict) and _number(usage.get("input_tokens")) is not None:
-        prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+        prompt, completion = int(_number(usage.get("input_tokens")) or 0), int(_number(usage.get("output_tokens")) or 0)
         given = usage.get("input_tokens_details") if isinstance(usage.get("input_tokens_details"), dict) else {}
         made = usage.get("output_tokens_details") if isinstance(usage.get("output_tokens_details"), dict) else None
         out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
@@ -274,7 +162,7 @@ def transcription_usage(data: dict) -> dict | None:
         if usage.get("type") == "duration" and _number(usage.get("seconds")) is not None:
             return {"audio_seconds": usage["seconds"]}
         if _number(usage.get("input_tokens")) is not None:
-            prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+            prompt, completion = int(_number(usage.get("input_tokens")) or 0), int(_number(usage.get("output_tokens")) or 0)
             details = usage.get("input_token_details") if isinstance(usage.get("input_token_details"), dict) else {}
             out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
             out["prompt_tokens_details"] = {"audio_tokens": int(_number(details.get("audio_tokens")) or 0)}
@@ -296,7 +184,7 @@ def realtime_usage(usage: Any) -> dict | None:
     given = usage.get("input_token_details") if isinstance(usage.get("input_token_details"), dict) else {}
     cached = given.get("cached_tokens_details") if isinstance(given.get("cached_tokens_details"), dict) else {}
     made = usage.get("output_token_details") if isinstance(usage.get("output_token_details"), dict) else {}
-    prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    prompt, completion = int(_number(usage.get("input_tokens")) or 0), int(_number(usage.get("output_tokens")) or 0)
     details = {
         "cached_tokens": int(_number(given.get("cached_tokens")) or 0),
         "audio_tokens": int(_number(given.get("audio_tokens")) or 0),
@@ -356,46 +244,58 @@ TRANSCRIPT_TOKENS_PER_SECOND_BOUND = 10
 IMAGE_INPUT_TOKENS_BOUND = 6_500  # the most image tokens gpt-image models bill an input image (high fidelity)
 
 
-def usage_bound(kind: str | None, request: dict, size: int, files: list[tuple[str, int]] = ()) -> dict | None:
-    """The most a request of `kind` (its body `request`, `size` bytes, `files` as
-    (field name, bytes)) can be billed, in units; None for kinds billed by tokens
-    (providers/tokens.py bounds those)."""
-    if kind == "rerank":
-        documents = request.get("documents") if isinstance(request.get("documents"), list) else []
-        # Cohere splits a query and document past 500 tokens into chunks, each a document; 100 a unit
-        query = len(str(request.get("query") or "").encode())
-        chunks = sum(max(1, -(-(query + len(str(doc).encode())) // 500)) for doc in documents) or 1
-        return {"prompt_tokens": size, "completion_tokens": 0, "search_units": -(-chunks // 100)}
-    if kind in ("image_generation", "image_edit", "image_variation"):
-        n = request.get("n")
-        count = int(n) if isinstance(n, (int, str)) and str(n).isdigit() and int(n) > 0 else 1
-        inputs = sum(1 for name, _ in files if name.startswith("image"))
-        prompt = len(str(request.get("prompt") or "").encode())
-        out = {"prompt_tokens": prompt + inputs * IMAGE_INPUT_TOKENS_BOUND, "prompt_tokens_details": {"image_tokens": inputs * IMAGE_INPUT_TOKENS_BOUND}}
-        return {**out, "completion_tokens": 0, "images": count, "image_quality": request.get("quality"), "image_size": request.get("size")}
-    if kind in ("transcription", "translation"):
-        audio = sum(nbytes for _, nbytes in files)
-        seconds = -(-audio // MIN_AUDIO_BYTES_PER_SECOND)
-        prompt = seconds * AUDIO_TOKENS_PER_SECOND_BOUND + len(str(request.get("prompt") or "").encode())
-        details = {"audio_tokens": seconds * AUDIO_TOKENS_PER_SECOND_BOUND}
-        return {"audio_seconds": seconds, "prompt_tokens": prompt, "prompt_tokens_details": details, "completion_tokens": seconds * TRANSCRIPT_TOKENS_PER_SECOND_BOUND}
-    if kind == "speech":
-        return speech_usage(request)
-    return None
+Files = Sequence[tuple[str, int]]  # an upload's files, as (field name, bytes)
 
 
-def unit_estimate(kind: str | None, request: dict) -> dict | None:
-    """Units a request of `kind` is billed when its answer said nothing (a rerank by its
-    documents, images by count asked for)."""
-    if kind == "rerank":
-        documents = request.get("documents")
-        count = len(documents) if isinstance(documents, list) else 0
-        tokens = prompt_tokens(request)
-        return {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens, "search_units": max(1, -(-count // 100)), "estimated": True}
-    if kind in ("image_generation", "image_edit", "image_variation"):
-        n = request.get("n")
-        count = int(n) if isinstance(n, (int, str)) and str(n).isdigit() and int(n) > 0 else 1
-        return {"images": count, "image_quality": str(request.get("quality") or "standard"), "image_size": str(request.get("size") or "1024x1024"), "estimated": True}
-    if kind == "speech":
-        return speech_usage(request)
-    return None
+def rerank_bound(request: dict, size: int, files: Files) -> dict:
+    documents = request.get("documents") if isinstance(request.get("documents"), list) else []
+    # Cohere splits a query and document past 500 tokens into chunks, each a document; 100 a unit
+    query = len(str(request.get("query") or "").encode())
+    chunks = sum(max(1, -(-(query + len(str(doc).encode())) // 500)) for doc in documents) or 1
+    return {"prompt_tokens": size, "completion_tokens": 0, "search_units": -(-chunks // 100)}
+
+
+def images_bound(request: dict, size: int, files: Files) -> dict:
+    count = images_asked(request)
+    inputs = sum(1 for name, _ in files if name.startswith("image"))
+    prompt = len(str(request.get("prompt") or "").encode())
+    out = {"prompt_tokens": prompt + inputs * IMAGE_INPUT_TOKENS_BOUND, "prompt_tokens_details": {"image_tokens": inputs * IMAGE_INPUT_TOKENS_BOUND}}
+    return {**out, "completion_tokens": 0, "images": count, "image_quality": request.get("quality"), "image_size": request.get("size")}
+
+
+def audio_bound(request: dict, size: int, files: Files) -> dict:
+    audio = sum(nbytes for _, nbytes in files)
+    seconds = -(-audio // MIN_AUDIO_BYTES_PER_SECOND)
+    prompt = seconds * AUDIO_TOKENS_PER_SECOND_BOUND + len(str(request.get("prompt") or "").encode())
+    details = {"audio_tokens": seconds * AUDIO_TOKENS_PER_SECOND_BOUND}
+    return {"audio_seconds": seconds, "prompt_tokens": prompt, "prompt_tokens_details": details, "completion_tokens": seconds * TRANSCRIPT_TOKENS_PER_SECOND_BOUND}
+
+
+def speech_bound(request: dict, size: int, files: Files) -> dict:
+    return speech_usage(request)
+
+
+def images_asked(request: dict) -> int:
+    n = request.get("n")
+    return int(n) if isinstance(n, (int, str)) and str(n).isdigit() and int(n) > 0 else 1
+
+
+# Units billed for an answer that said nothing, from its request and the characters of
+# text it held (a transcript's length in seconds of speech).
+def rerank_estimate(request: dict, chars: int) -> dict:
+    documents = request.get("documents")
+    count = len(documents) if isinstance(documents, list) else 0
+    tokens = prompt_tokens(request)
+    return {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens, "search_units": max(1, -(-count // 100)), "estimated": True}
+
+
+def images_estimate(request: dict, chars: int) -> dict:
+    return {"images": images_asked(request), "image_quality": str(request.get("quality") or "standard"), "image_size": str(request.get("size") or "1024x1024"), "estimated": True}
+
+
+def audio_estimate(request: dict, chars: int) -> dict:
+    return {"audio_seconds": -(-chars // SPEECH_CHARS_PER_SECOND), "estimated": True}
+
+
+def speech_estimate(request: dict, chars: int) -> dict:
+    return speech_usage(request)

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import orjson
 
-from lockgate.providers import anthropic, gemini
+from lockgate.providers import anthropic, gemini, shapes
 from lockgate.providers.base import Adapter, ChatStream, CredentialsError, Deployment, SettingError, UnsupportedRequest, UpstreamRequest, join_url, loads_or_none
 from lockgate.providers.google_auth import GoogleToken
 from lockgate.providers.tokens import text_tokens
@@ -74,13 +74,13 @@ def predictions_to_embeddings(dep: Deployment, data: dict, body: dict | None) ->
     items = []
     tokens = 0
     counted = True
-    for index, prediction in enumerate(data.get("predictions") or []):
-        embedding = prediction.get("embeddings") or {}
-        values = embedding.get("values") or []
+    for index, prediction in enumerate(shapes.objects(data.get("predictions"), "predictions")):
+        embedding = shapes.mapping(prediction.get("embeddings"), "predictions.embeddings")
+        values = gemini.vector(embedding.get("values"), "predictions.embeddings.values")
         items.append({"object": "embedding", "index": index, "embedding": gemini.float32_base64(values) if encode else values})
-        count = (embedding.get("statistics") or {}).get("token_count")
+        count = shapes.part(embedding.get("statistics")).get("token_count")
         counted = counted and count is not None
-        tokens += int(count or 0)
+        tokens += int(shapes.count(count))
     if not counted:
         tokens = sum(text_tokens(t) for t in gemini.embedding_inputs(body or {"input": ""}) if t)
     return {"object": "list", "data": items, "model": dep.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -17,9 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lockgate.proxy import genai
 from lockgate.kernel import metrics
 from lockgate.kernel.context import RequestContext, get_context, redacted, route_path
-from lockgate.kernel.errors import GatewayError, send_error
+from lockgate.kernel.errors import send_error
 from lockgate.kernel.logs import get_logger, info_line
 from lockgate.kernel.websocket import refusals
+from lockgate.proxy.answers import internal_error
 
 log = get_logger("lockgate.access")
 
@@ -86,8 +87,7 @@ class AccessLog:
             # a bug in any layer: the client still gets OpenAI's error shape, never a bare 500
             log_internal_error(scope, ctx, exc)
             if not status:
-                error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
-                await send_error(stamped, error)
+                await send_error(stamped, internal_error(ctx))
             else:
                 raise
         finally:

@@ -18,6 +18,11 @@ def upstream_failure(exc: UpstreamError) -> GatewayError:
     return GatewayError(502, f"The upstream could not be reached: {exc}.", "api_error", "upstream_connect_error")
 
 
+def internal_error(ctx: RequestContext) -> GatewayError:
+    """A bug in the gateway (its traceback is in the log): OpenAI's error shape all the same."""
+    return GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
+
+
 def bad_stream() -> GatewayError:
     return GatewayError(502, "The upstream sent a stream lockgate could not read.", "api_error", "upstream_bad_response")
 

@@ -14,9 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.providers.messages import error_body
 from lockgate.kernel.context import route_path
-from lockgate.providers.endpoints import kind_of
-
-ANTHROPIC_KINDS = frozenset({"messages", "count_tokens"})
+from lockgate.providers.endpoints import endpoint_of
 
 
 class AnthropicErrors:
@@ -24,7 +22,8 @@ class AnthropicErrors:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or kind_of(route_path(scope)) not in ANTHROPIC_KINDS:
+        kind = endpoint_of(route_path(scope)) if scope["type"] == "http" else None
+        if kind is None or kind.dialect != "anthropic":
             await self.app(scope, receive, send)
             return
         start: Message | None = None

@@ -4,10 +4,12 @@ traces (proxy/tracing.py) and the `gen_ai_*` metrics (proxy/access.py) alike.
 
 Choices where lockgate's world and the conventions do not line up:
 - `/v1/responses` and `/v1/messages` are `chat` (the conventions have no operation of
-  their own for them); `/v1/completions` is `text_completion`. A route with no operation
-  here (`/v1/models`, admin) gets no `gen_ai.*` attributes or metrics.
+  their own for them); `/v1/completions` is `text_completion` (each endpoint kind's
+  `operation` in providers/endpoints.py). A route with no operation (`/v1/models`,
+  rerank, images, admin) gets no `gen_ai.*` attributes or metrics.
 - Providers the conventions list keep their names (`azure.ai.openai`, `gcp.gemini`,
-  `gcp.vertex_ai`, `aws.bedrock`, `x_ai`, `mistral_ai`); the others (`mock`, `ollama`,
+  `gcp.vertex_ai`, `aws.bedrock`, `x_ai`, `mistral_ai`: each entry's `semconv` in
+  providers/registry.py); the others (`mock`, `ollama`,
   `together`...) are lockgate's provider key, as the conventions allow for the unlisted.
 - `gen_ai.response.model` is the deployment's upstream model from gateway.yaml, not the
   name an upstream wrote in its answer: a metric label may only take values the operator
@@ -20,31 +22,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-OPERATIONS = {
-    "/chat/completions": "chat",
-    "/v1/chat/completions": "chat",
-    "/completions": "text_completion",
-    "/v1/completions": "text_completion",
-    "/embeddings": "embeddings",
-    "/v1/embeddings": "embeddings",
-    "/responses": "chat",
-    "/v1/responses": "chat",
-    "/messages": "chat",
-    "/v1/messages": "chat",
-}
+from lockgate.providers import registry
+from lockgate.providers.endpoints import ENTRIES
 
-PROVIDERS = {
-    "azure": "azure.ai.openai",
-    "gemini": "gcp.gemini",
-    "vertex": "gcp.vertex_ai",
-    "bedrock": "aws.bedrock",
-    "xai": "x_ai",
-    "mistral": "mistral_ai",
-}
+OPERATIONS = {path: kind.operation for kind in ENTRIES if kind.operation for path in kind.paths}
 
 
 def provider_name(provider: str) -> str:
-    return PROVIDERS.get(provider, provider)
+    return registry.semconv_name(provider)
 
 
 def deployment_of(models: Any, served: str | None, deployment_id: str | None) -> Any:

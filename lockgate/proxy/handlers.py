@@ -8,57 +8,37 @@ upstream produces them, with nothing in between to buffer them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from fnmatch import fnmatchcase
-from typing import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from lockgate.providers import anthropic, azure, bedrock, cohere, gemini, jina, messages, mock, openai, presets, responses, vertex, voyage
-from lockgate.providers.base import Adapter, ChatStream, CredentialsError, Deployment, UnsupportedRequest, UpstreamRequest, loads_or_none, usage_requested
-from lockgate.providers.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event, encode_raw
-from lockgate.providers.tokens import prompt_tokens
-from lockgate.providers.usage import UsageMeter, answer_usage, delta_chars, rerank_usage
-from lockgate.providers import catalog
-from lockgate.proxy.models import ModelConfig
 from lockgate.kernel.context import RequestContext, get_context, load_json, refuse
-from lockgate.providers.endpoints import AUDIO_IN, IMAGES, MULTIPART
 from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_json
-from lockgate.proxy.answers import bad_stream, not_allowed, response_headers, upstream_failure
-from lockgate.proxy.items import ResponseItems
-from lockgate.proxy.access import log_internal_error
 from lockgate.kernel.logs import get_logger
+from lockgate.kernel.store import Store
+from lockgate.providers import catalog, responses, translation, validation
+from lockgate.providers.base import Adapter, CredentialsError, Deployment, TranslationError, UnsupportedRequest, UpstreamRequest, loads_or_none
+from lockgate.providers.endpoints import EndpointKind
+from lockgate.providers.meter import UsageMeter, answer_usage
+from lockgate.providers.registry import PROVIDERS
+from lockgate.providers.translation import Call, Mode, Outbound
+from lockgate.proxy import streams
+from lockgate.proxy.access import log_internal_error
+from lockgate.proxy.answers import internal_error, not_allowed, response_headers, upstream_failure
+from lockgate.proxy.items import ResponseItems
+from lockgate.proxy.models import ModelConfig
 from lockgate.proxy.realtime import Realtime
 from lockgate.proxy.router import Balancer, Router, sticky_key
 from lockgate.proxy.secrets import Secrets
-from lockgate.kernel.store import Store
 from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamResponse
 
-ADAPTERS: dict[str, Adapter] = {
-    "openai": openai.ADAPTER,
-    "azure": azure.ADAPTER,
-    "anthropic": anthropic.ADAPTER,
-    "gemini": gemini.ADAPTER,
-    "mock": mock.ADAPTER,
-    "bedrock": bedrock.ADAPTER,
-    "vertex": vertex.ADAPTER,
-    "cohere": cohere.ADAPTER,
-    **presets.ADAPTERS,
-    "jina": jina.ADAPTER,
-    "voyage": voyage.ADAPTER,
-}
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 COOLDOWN_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
-# client headers a native passthrough may carry upstream: feature flags, never credentials
-PASSTHROUGH_HEADERS = {
-    "messages": (b"anthropic-beta", b"anthropic-version"),
-    "count_tokens": (b"anthropic-beta", b"anthropic-version"),
-    "responses": (b"openai-beta",),
-}
-DEFAULT_MODERATION_MODEL = "omni-moderation-latest"  # what OpenAI uses when a request names none
 
 log = get_logger("lockgate.proxy")
 
@@ -75,47 +55,6 @@ class Endpoint:
         await self.handler(scope, receive, send)
 
 
-# Fields lockgate reads, with the JSON types OpenAI's API gives them (null is always
-# allowed: it means absent). Anything else in a known field is the client's mistake: a
-# 400 that names it, where a wrong type would otherwise fail deep inside a translation.
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "stream": (bool,),
-    "stream_options": (dict,),
-    "messages": (list,),
-    "tools": (list,),
-    "metadata": (dict,),
-    "user": (str,),
-    "temperature": (int, float),
-    "top_p": (int, float),
-    "presence_penalty": (int, float),
-    "frequency_penalty": (int, float),
-}
-INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed")
-JSON_TYPE_NAMES = {bool: "a boolean", dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number"}
-
-
-def check_field_types(body: dict) -> None:
-    for name, types in FIELD_TYPES.items():
-        value = body.get(name)
-        if value is not None and (not isinstance(value, types) or (bool not in types and isinstance(value, bool))):
-            raise bad_request(f"`{name}` must be {JSON_TYPE_NAMES[types[0]]}.", name, "invalid_type")
-    for name in ("messages", "tools"):
-        for i, item in enumerate(body.get(name) or ()):
-            if not isinstance(item, dict):
-                raise bad_request(f"`{name}[{i}]` must be an object.", f"{name}[{i}]", "invalid_type")
-            content = item.get("content")
-            if content is not None and not isinstance(content, (str, list)):
-                raise bad_request(f"`{name}[{i}].content` must be a string or an array of parts.", f"{name}[{i}].content", "invalid_type")
-            if isinstance(content, list) and not all(isinstance(part, (dict, str)) for part in content):
-                raise bad_request(f"`{name}[{i}].content` parts must be objects.", f"{name}[{i}].content", "invalid_type")
-    for name in INTEGER_FIELDS:
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) >= 2**53 or int(value) != value:
-            raise bad_request(f"`{name}` must be an integer.", name, "invalid_type")
-
-
 class Gateway:
     """Holds what every request needs: the config, the router and the upstream client."""
 
@@ -129,48 +68,6 @@ class Gateway:
         self.realtime = Realtime(self)
 
     # -- endpoints ------------------------------------------------------------------
-    async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "chat", self._validate_chat)
-
-    async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "completions", self._validate_completions)
-
-    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "embeddings", self._validate_embeddings)
-
-    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "responses", self._validate_responses)
-
-    async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "messages", self._validate_messages)
-
-    async def count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "count_tokens", self._validate_messages)
-
-    async def rerank(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "rerank", self._validate_rerank)
-
-    async def image_generation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "image_generation", self._validate_prompt)
-
-    async def image_edit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "image_edit", self._validate_prompt)
-
-    async def image_variation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "image_variation", self._require_model)
-
-    async def transcription(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "transcription", self._require_model)
-
-    async def translation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "translation", self._require_model)
-
-    async def speech(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "speech", self._validate_speech)
-
-    async def moderation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._serve(scope, receive, send, "moderation", self._validate_moderation)
-
     async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
         """`GET /v1/models/{model}`: OpenAI's model object, for models this caller may see."""
         ctx = get_context(scope)
@@ -208,106 +105,9 @@ class Gateway:
             return names
         return [n for n in names if any(fnmatchcase(n, pattern) for pattern in allowed)]
 
-    # -- validation -------------------------------------------------------------------
-    @staticmethod
-    def _require_model(body: dict) -> None:
-        model = body.get("model")
-        if not model:
-            raise bad_request("You must provide a model parameter.", "model", "missing_required_parameter")
-        if not isinstance(model, str):
-            raise bad_request("`model` must be a string.", "model", "invalid_type")
-
-    def _validate_chat(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise bad_request("`messages` must be a non-empty array.", "messages", "missing_required_parameter")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise bad_request(f"messages[{i}] must be an object with a `role`.", f"messages[{i}]", "invalid_value")
-
-    def _validate_completions(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        if "prompt" not in body:
-            raise bad_request("You must provide a prompt parameter.", "prompt", "missing_required_parameter")
-
-    def _validate_embeddings(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        value = body.get("input")
-        if value is None or value == "" or value == []:
-            raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
-        if not isinstance(value, (str, list)) or not all(
-            isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool)) or (isinstance(item, list) and all(type(i) is int for i in item))
-            for item in (value if isinstance(value, list) else ())
-        ):
-            raise bad_request("`input` must be a string, an array of strings, or token arrays.", "input", "invalid_type")
-
-    def _validate_responses(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        if "input" not in body and "instructions" not in body:
-            raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
-
-    def _validate_messages(self, body: dict) -> None:
-        self._require_model(body)
-        check_field_types(body)
-        if not isinstance(body.get("messages"), list):
-            raise bad_request("`messages` must be an array.", "messages", "missing_required_parameter")
-        if body.get("system") is not None and not isinstance(body["system"], (str, list)):
-            raise bad_request("`system` must be a string or an array of text blocks.", "system", "invalid_type")
-
-    def _validate_rerank(self, body: dict) -> None:
-        self._require_model(body)
-        if not isinstance(body.get("query"), str) or not body["query"]:
-            raise bad_request("You must provide a query parameter (a string).", "query", "missing_required_parameter")
-        documents = body.get("documents")
-        if not isinstance(documents, list) or not documents:
-            raise bad_request("`documents` must be a non-empty array.", "documents", "missing_required_parameter")
-        if not all(isinstance(d, (str, dict)) for d in documents):
-            raise bad_request("Each document must be a string or an object.", "documents", "invalid_type")
-        top_n = body.get("top_n")
-        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-            raise bad_request("`top_n` must be a positive integer.", "top_n", "invalid_type")
-
-    def _validate_prompt(self, body: dict) -> None:
-        self._require_model(body)
-        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
-            raise bad_request("You must provide a prompt parameter.", "prompt", "missing_required_parameter")
-        n = body.get("n")
-        if n is not None and not (str(n).isdigit() and 1 <= int(n) <= 10):
-            raise bad_request("`n` must be an integer from 1 to 10.", "n", "invalid_value")
-
-    def _validate_speech(self, body: dict) -> None:
-        self._require_model(body)
-        if not isinstance(body.get("input"), str) or not body["input"]:
-            raise bad_request("You must provide an input parameter (the text to speak).", "input", "missing_required_parameter")
-        if not isinstance(body.get("voice"), (str, dict)):
-            raise bad_request("You must provide a voice parameter.", "voice", "missing_required_parameter")
-
-    def _validate_moderation(self, body: dict) -> None:
-        if body.get("model") is None:
-            body["model"] = DEFAULT_MODERATION_MODEL
-        self._require_model(body)
-        if body.get("input") in (None, "", []):
-            raise bad_request("You must provide an input parameter.", "input", "missing_required_parameter")
-
-    @staticmethod
-    def _check_body_form(kind: str, ctx: RequestContext) -> None:
-        """Uploads come as multipart/form-data, everything else as JSON."""
-        if kind in MULTIPART:
-            if ctx.form is None:
-                raise bad_request("This endpoint takes a multipart/form-data body (the file and its fields).", None, "invalid_content_type")
-            wanted = ("image", "image[]") if kind in IMAGES else ("file",)
-            if not any(part.name in wanted for part in ctx.form.files()):
-                raise bad_request(f"You must upload a file as the `{wanted[0]}` field.", wanted[0], "missing_required_parameter")
-        elif ctx.form is not None:
-            raise bad_request("Content-Type must be application/json for this endpoint.", None, "invalid_content_type")
-
     # -- the request cycle --------------------------------------------------------------
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, kind: str, validate: Callable[[dict], None]) -> None:
+    async def serve(self, kind: EndpointKind, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request of an endpoint kind (providers/endpoints.py), whatever the kind."""
         ctx = get_context(scope)
         sent_start = False
 
@@ -324,8 +124,10 @@ class Gateway:
         try:
             await load_json(scope, receive)
             body = ctx.body
-            self._check_body_form(kind, ctx)
-            validate(body)
+            validation.body_form(kind.files, ctx.form)
+            if kind.default_model is not None and body.get("model") is None:
+                body["model"] = kind.default_model
+            kind.validate(body)
             model = body["model"]
             ctx.model_requested = ctx.model_requested or model
             balancer = self.router.get(model)
@@ -338,32 +140,35 @@ class Gateway:
         except GatewayError as exc:
             if not sent_start:
                 await refuse(ctx, send, exc, response_headers(ctx))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a bug: its traceback logged, the client still answered in OpenAI's shape
             log_internal_error(scope, ctx, exc)
             if not sent_start:
-                error = GatewayError(500, f"Internal error in the gateway (request {ctx.request_id}).", "api_error", "internal_error")
-                await refuse(ctx, send, error, response_headers(ctx))
+                await refuse(ctx, send, internal_error(ctx), response_headers(ctx))
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: str, balancer: Balancer) -> None:
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: EndpointKind, balancer: Balancer) -> None:
         body = ctx.body
         key = sticky_key(body) if balancer.model.balance == "sticky" else ""
         candidates = balancer.order(key)
-        references: dict[str, dict] | None = None
+        call = Call(kind.name, body, as_asked(ctx), ctx.form, client_headers(scope, kind.client_headers))
+        recalled = False
         for attempt, dep in enumerate(candidates[:2]):
-            adapter = ADAPTERS[dep.provider]
-            if kind == "responses" and not adapter.supports_responses and references is None:
+            adapter = PROVIDERS[dep.provider].adapter
+            wanted = kind.references(adapter, body) if kind.references is not None else []
+            if wanted and not recalled:
                 # read once, and only for a deployment that cannot resolve them itself
-                references = await self.items.recall(ctx, responses.referenced_ids(body))
-            mode, request = self._build(kind, adapter, dep, body, scope, ctx, references)
-            if mode == "local":
+                recalled = True
+                call = replace(call, references=await self.items.recall(ctx, wanted))
+            out = self._build(kind, adapter, dep, call, ctx)
+            if out.mode is translation.LOCAL:
                 # answered by lockgate itself (a token count): no upstream, no verdict on the deployment
                 ctx.attempt.deployment = dep.id
-                await send_json(send, 200, request, response_headers(ctx))
+                await send_json(send, 200, out.answer or {}, response_headers(ctx))
                 return
+            assert out.request is not None
             balancer.started(dep)
             started = time.perf_counter()
             try:
-                upstream = await self._send(adapter, dep, request)
+                upstream = await self._send(adapter, dep, out.request)
             except CredentialsError as exc:
                 balancer.finished(dep, ok=False)
                 ctx.attempt.failure = "auth"
@@ -393,58 +198,28 @@ class Gateway:
             try:
                 if upstream.status >= 400:
                     await self._upstream_error(ctx, adapter, dep, upstream)
-                ok = await self._answer(scope, receive, send, ctx, kind, mode, adapter, dep, upstream)
+                ok = await self._answer(scope, send, ctx, kind, out.mode, call, adapter, dep, upstream)
             finally:
                 upstream.close()
                 balancer.finished(dep, ok=ok or upstream.status not in COOLDOWN_STATUSES, latency_s=first_byte_s if ok else None)
             return
 
-    def _build(self, kind: str, adapter: Adapter, dep: Deployment, body: dict, scope: Scope, ctx: RequestContext, references: dict[str, dict] | None = None):
-        """The upstream request and how its answer is read: `native` (OpenAI-format
-        passthrough), `chat` (the adapter's chat translation), or `responses`
-        (chat translation wrapped in the Responses format, `references` the kept items
-        its `item_reference`s may name)."""
+    @staticmethod
+    def _build(kind: EndpointKind, adapter: Adapter, dep: Deployment, call: Call, ctx: RequestContext) -> Outbound:
+        """The upstream request of `kind` for this deployment, and how its answer is read."""
+        assert kind.build is not None
         try:
-            if kind == "chat":
-                return "chat", adapter.chat_request(dep, body)
-            if kind == "embeddings":
-                inputs = body.get("input")
-                if isinstance(inputs, list) and len(inputs) > 1 and adapter.embeds_one_input_per_call(dep):
-                    return "per_input", [adapter.embeddings_request(dep, {**body, "input": item}) for item in inputs]
-                return "embeddings", adapter.embeddings_request(dep, body)
-            if kind == "completions":
-                if not adapter.supports_completions:
-                    raise UnsupportedRequest(f"`/v1/completions` is served only by OpenAI-compatible deployments, not {dep.provider}.")
-                return "completions", adapter.passthrough_request(dep, "completions", body)
-            if kind == "responses":
-                if adapter.supports_responses:
-                    return "native", self._with_client_headers(adapter.passthrough_request(dep, "responses", body), scope, kind)
-                chat_body = responses.to_chat(body, references)
-                return "responses", adapter.chat_request(dep, chat_body)
-            if kind == "messages":
-                if adapter.native_messages(dep):
-                    return "native", self._with_client_headers(adapter.passthrough_request(dep, "messages", body), scope, kind)
-                return "messages", adapter.chat_request(dep, messages.to_chat(body))
-            if kind == "count_tokens":
-                if dep.provider == "anthropic":
-                    return "native", self._with_client_headers(adapter.passthrough_request(dep, "count_tokens", body), scope, kind)
-                return "local", {"input_tokens": messages.count_tokens(body)}
-            if kind == "rerank":
-                return "rerank", adapter.rerank_request(dep, body)
-            if kind in MEDIA_KINDS:
-                return "media", adapter.media_request(dep, kind, body, ctx.form)
+            return kind.build(adapter, dep, call)
         except UnsupportedRequest as exc:
             raise bad_request(exc.message, exc.param, "unsupported_request") from None
         except responses.UnknownItem as exc:
             # OpenAI's own answer to a reference it does not hold
             raise GatewayError(404, f"Item with id '{exc.item_id}' not found.", "invalid_request_error", None, "input") from None
-        except TRANSLATION_ERRORS as exc:
+        except TranslationError as exc:
             # a shape the translation cannot read (a number where a list of parts belongs):
-            # the client's request is at fault, and is told so without Python's words
-            log.info("request_not_translatable", request_id=ctx.request_id, provider=dep.provider, error=type(exc).__name__)
-            message = f"The request could not be translated for the {dep.provider} provider: one of its fields has a value of the wrong type or shape."
-            raise bad_request(message, None, "invalid_value") from None
-        raise bad_request(f"unknown endpoint kind {kind}")
+            # the client's request is at fault, and is told which field
+            log.info("request_not_translatable", request_id=ctx.request_id, provider=dep.provider, param=exc.param)
+            raise bad_request(f"The request could not be translated for the {dep.provider} provider: {exc.message}", exc.param, "invalid_value") from None
 
     async def _send(self, adapter: Adapter, dep: Deployment, request: UpstreamRequest | list[UpstreamRequest]) -> UpstreamResponse:
         """The request signed (or given its token) and sent; a list, one call per input."""
@@ -480,14 +255,6 @@ class Gateway:
             raise first from None
         return UpstreamResponse(200, single(b"[" + b",".join(c.result() for c in calls) + b"]"))
 
-    @staticmethod
-    def _with_client_headers(request, scope: Scope, kind: str):
-        allowed = PASSTHROUGH_HEADERS.get(kind, ())
-        for name, value in scope.get("headers", ()):
-            if name in allowed:
-                request.headers[name.decode()] = value.decode("latin-1")
-        return request
-
     async def _upstream_error(self, ctx: RequestContext, adapter: Adapter, dep: Deployment, upstream: UpstreamResponse) -> None:
         raw = self.secrets.scrub(await error_answer(upstream))
         status, error = adapter.error(upstream.status, raw)
@@ -500,52 +267,30 @@ class Gateway:
             status = 502  # the gateway worked; what is behind it failed
         raise GatewayError.from_body(status, error)
 
-    async def _answer(self, scope, receive, send, ctx, kind, mode, adapter, dep, upstream) -> bool:
-        if mode == "media":
-            return await self._media(send, ctx, kind, upstream)
-        streaming = bool(ctx.body.get("stream")) and mode not in ("rerank", "embeddings", "per_input")
-        if not streaming:
-            reading = time.perf_counter()
-            raw = await self._read(upstream, self.max_answer_bytes)
-            ctx.upstream_s += time.perf_counter() - reading
-            data = loads_or_none(raw)
-            if not isinstance(data, list if mode == "per_input" else dict):
-                raise GatewayError(502, "The upstream answered with something that is not JSON.", "api_error", "upstream_bad_response")
-            if mode == "chat":
-                answer = adapter.chat_response(dep, data)
-                ctx.attempt.usage = answer.get("usage")
-            elif mode == "responses":
-                chat = adapter.chat_response(dep, data)
-                ctx.attempt.usage = chat.get("usage")
-                answer = responses.from_chat(chat, as_asked(ctx))
-                if self.items.keeps(scope, ctx.body):
-                    await self.items.keep(ctx, answer["output"])
-            elif mode == "embeddings":
-                answer = adapter.embeddings_response(dep, data, ctx.body)
-                ctx.attempt.usage = answer.get("usage")
-            elif mode == "per_input":
-                inputs = ctx.body["input"]
-                answer = self._translated(ctx, dep, lambda: joined_embeddings([adapter.embeddings_response(dep, one, {**ctx.body, "input": item}) for one, item in zip(data, inputs)]))
-                ctx.attempt.usage = answer.get("usage")
-            elif mode == "completions":
-                answer = data
-                ctx.attempt.usage = data.get("usage")
-            elif mode == "messages":
-                chat = adapter.chat_response(dep, data)
-                ctx.attempt.usage = chat.get("usage")
-                answer = messages.from_chat(chat, as_asked(ctx))
-            elif mode == "rerank":
-                answer = self._translated(ctx, dep, lambda: adapter.rerank_response(dep, data, ctx.body))
-                ctx.attempt.usage = rerank_usage(answer)
-            else:
-                answer = data
-                ctx.attempt.usage = adapter.passthrough_usage(kind, data)
-            payload = raw if answer is data else orjson.dumps(answer)
-            headers = JSON_HEADERS + [(b"content-length", str(len(payload)).encode())] + response_headers(ctx)
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": payload})
-            return True
-        return await self._stream(receive, send, ctx, kind, mode, adapter, dep, upstream, mode == "responses" and self.items.keeps(scope, ctx.body))
+    async def _answer(
+        self, scope: Scope, send: Send, ctx: RequestContext, kind: EndpointKind, mode: Mode, call: Call,
+        adapter: Adapter, dep: Deployment, upstream: UpstreamResponse,
+    ) -> bool:
+        if mode is translation.MEDIA:
+            return await self._media(scope, send, ctx, kind, upstream)
+        if ctx.body.get("stream") and (mode.native_stream or mode.events is not None):
+            return await self._stream(scope, send, ctx, mode, call, adapter, dep, upstream, mode.keeps_items and self.items.keeps(scope, ctx.body))
+        assert mode.read is not None
+        read = mode.read
+        reading = time.perf_counter()
+        raw = await self._read(upstream, self.max_answer_bytes)
+        ctx.upstream_s += time.perf_counter() - reading
+        data = loads_or_none(raw)
+        if not isinstance(data, mode.whole):
+            raise GatewayError(502, "The upstream answered with something that is not JSON.", "api_error", "upstream_bad_response")
+        answer, ctx.attempt.usage = self._translated(ctx, dep, lambda: read(adapter, dep, data, call))
+        if mode.keeps_items and self.items.keeps(scope, ctx.body):
+            await self.items.keep(ctx, answer["output"])
+        payload = raw if answer is data else orjson.dumps(answer)
+        headers = JSON_HEADERS + [(b"content-length", str(len(payload)).encode())] + response_headers(ctx)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        return True
 
     @staticmethod
     async def _read(upstream: UpstreamResponse, max_bytes: int) -> bytes:
@@ -554,131 +299,38 @@ class Gateway:
         except UpstreamError as exc:
             raise upstream_failure(exc) from None
 
-    async def _stream(self, receive, send, ctx, kind, mode, adapter, dep, upstream, keep_items: bool = False) -> bool:
-        include_usage = usage_requested(ctx.body)
+    async def _stream(
+        self, scope: Scope, send: Send, ctx: RequestContext, mode: Mode, call: Call,
+        adapter: Adapter, dep: Deployment, upstream: UpstreamResponse, keep_items: bool,
+    ) -> bool:
         pump: AsyncIterator[bytes]
-        if mode == "native":
-            pump = self._native_events(ctx, kind, adapter, upstream)
-        elif mode == "messages":
-            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), messages.MessagesStream(as_asked(ctx)), upstream)
-        elif mode == "responses":
-            translator = responses.ResponsesStream(as_asked(ctx))
-            pump = self._translated_events(ctx, adapter.chat_stream(dep, True), translator, upstream)
-            if keep_items:
-                pump = self._keeping_items(ctx, translator, pump)
+        sink = self._sink(scope, ctx)
+        if mode.native_stream:
+            pump = streams.native(sink, call.kind, adapter, upstream)
         else:
-            pump = self._chat_events(ctx, adapter.chat_stream(dep, include_usage), upstream)
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + response_headers(ctx)})
-        return await self._forward(send, pump)
+            assert mode.events is not None
+            stream, events = mode.events(adapter, dep, call)
+            pump = streams.translated(sink, stream, events, upstream, self._keeper(ctx, events) if keep_items else None)
+        await send({"type": "http.response.start", "status": 200, "headers": streams.SSE_HEADERS + response_headers(ctx)})
+        return await streams.forward(send, pump)
 
-    @staticmethod
-    async def _forward(send: Send, pump: AsyncIterator[bytes]) -> bool:
-        """Sends each piece the moment it is ready; the last one closes the response."""
-        async for piece in pump:
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return True
+    def _sink(self, scope: Scope, ctx: RequestContext) -> streams.Sink:
+        return streams.Sink(ctx, self.secrets, lambda exc: log_internal_error(scope, ctx, exc))
 
-    async def _chat_events(self, ctx: RequestContext, stream: ChatStream, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        sent = 0
-        try:
-            async for data in upstream.iter_bytes():
-                chunks, failure = until_failure(stream, stream.feed(data))
-                if chunks:
-                    sent += sum(map(delta_chars, chunks))
-                    yield self._encode_chunks(chunks)
-                if failure is not None:
-                    raise failure
-            chunks, failure = until_failure(stream, stream.finish())
-            if failure is not None:
-                yield self._encode_chunks(chunks)
-                raise failure
-            yield self._encode_chunks(chunks) + DONE
-        except StreamFailed as failed:
-            yield self._encode_chunks([self._failed(ctx, failed)])
-        except UpstreamError as exc:
-            ctx.attempt.stream_error = exc.kind
-            yield encode_data(upstream_failure(exc).body)
-        except STREAM_GARBAGE as exc:
-            yield encode_data(self._garbled(ctx, exc).body)
-        finally:
-            ctx.attempt.usage = usage_or_estimate(ctx, stream.usage, sent)
+    def _keeper(self, ctx: RequestContext, events: object) -> Callable[[], Awaitable[None]]:
+        """Keeps a Responses stream's output items, for a later `item_reference`."""
+        assert isinstance(events, responses.ResponsesStream)
+        return lambda: self.items.keep(ctx, events.output)
 
-    def _encode_chunks(self, chunks: list[dict]) -> bytes:
-        """Chunks as SSE; an upstream's in-stream error message is scrubbed of secrets."""
-        return b"".join(self.secrets.scrub(encode_data(c)) if "error" in c else encode_data(c) for c in chunks)
-
-    @staticmethod
-    def _garbled(ctx: RequestContext, exc: Exception) -> GatewayError:
-        """An upstream stream that broke a translation: ended with an error event, logged
-        without its content."""
-        ctx.attempt.stream_error = "bad_response"
-        log.warning("upstream_stream_unreadable", request_id=ctx.request_id, error=type(exc).__name__)
-        return bad_stream()
-
-    async def _translated_events(self, ctx: RequestContext, stream: ChatStream, translator, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        """A chat adapter's chunks in another API's event stream: the Responses API's
-        (providers/responses.py) or Anthropic's (providers/messages.py). Its failure
-        events are the translator's: it writes no end of answer after them."""
-        sent = 0
-        try:
-            async for data in upstream.iter_bytes():
-                chunks, failure = until_failure(stream, stream.feed(data))
-                sent += sum(map(delta_chars, chunks))
-                out = [event for c in chunks for event in translator.feed(c)]
-                if out:
-                    yield b"".join(out)
-                if failure is not None:
-                    raise failure
-            chunks, failure = until_failure(stream, stream.finish())
-            out = [event for c in chunks for event in translator.feed(c)]
-            if failure is not None:
-                yield b"".join(out)
-                raise failure
-            yield b"".join(out + translator.finish(stream.usage))
-        except StreamFailed as failed:
-            yield b"".join(translator.feed(self._scrubbed(self._failed(ctx, failed))))
-        except UpstreamError as exc:
-            ctx.attempt.stream_error = exc.kind
-            yield b"".join(translator.feed(upstream_failure(exc).body))
-        except STREAM_GARBAGE as exc:
-            yield b"".join(translator.feed(self._garbled(ctx, exc).body))
-        finally:
-            ctx.attempt.usage = usage_or_estimate(ctx, stream.usage, sent)
-
-    async def _keeping_items(self, ctx: RequestContext, translator: responses.ResponsesStream, pump: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The stream, its output items kept before the piece that ends it goes out."""
-        kept = False
-        async with contextlib.aclosing(pump):  # closed with this one, so its own cleanup runs then
-            async for piece in pump:
-                if translator.done and not kept:
-                    kept = True
-                    await self.items.keep(ctx, translator.output)
-                yield piece
-
-    @staticmethod
-    def _failed(ctx: RequestContext, failed: StreamFailed) -> dict:
-        """The upstream's own error event, which ended its stream: logged by its code only."""
-        ctx.attempt.stream_error = "error_event"
-        error = failed.chunk.get("error")
-        log.warning("upstream_stream_failed", request_id=ctx.request_id, code=str(error.get("code") if isinstance(error, dict) else None))
-        return failed.chunk
-
-    def _scrubbed(self, chunk: dict) -> dict:
-        """An upstream's in-stream error, scrubbed of the gateway's secrets."""
-        if "error" not in chunk:
-            return chunk
-        return orjson.loads(self.secrets.scrub(orjson.dumps(chunk)))
-
-    def _translated(self, ctx: RequestContext, dep: Deployment, translate: Callable[[], dict]) -> dict:
+    def _translated(self, ctx: RequestContext, dep: Deployment, translate: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
         """An upstream answer translated; one the translation cannot read is the upstream's fault (502)."""
         try:
             return translate()
-        except (*TRANSLATION_ERRORS, UnsupportedRequest) as exc:
-            log.warning("upstream_answer_unreadable", request_id=ctx.request_id, provider=dep.provider, error=type(exc).__name__)
+        except TranslationError as exc:
+            log.warning("upstream_answer_unreadable", request_id=ctx.request_id, provider=dep.provider, param=exc.param)
             raise GatewayError(502, "The upstream answered in a shape lockgate could not read.", "api_error", "upstream_bad_response") from None
 
-    async def _media(self, send: Send, ctx: RequestContext, kind: str, upstream: UpstreamResponse) -> bool:
+    async def _media(self, scope: Scope, send: Send, ctx: RequestContext, kind: EndpointKind, upstream: UpstreamResponse) -> bool:
         """Images, audio and moderations as the upstream answered them, its content type
         kept: a JSON or text answer read whole (its usage is in it: a transcript's length
         says how long its audio was when nothing else does), anything else (speech, an
@@ -688,91 +340,17 @@ class Gateway:
         headers = [(b"content-type", content_type.encode("latin-1"))] + response_headers(ctx)
         if content_type.startswith(("application/json", "text/plain")):
             raw = await self._read(upstream, self.max_answer_bytes)
-            meter = UsageMeter(kind, ctx.body)
+            meter = UsageMeter(kind.name, ctx.body)
             meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
             meter.feed(raw)
-            ctx.attempt.usage = meter.usage or (meter.estimate(ctx.body) if kind in AUDIO_IN else None)
+            # a transcript that says no duration is measured by its length
+            ctx.attempt.usage = meter.usage or (meter.estimate(ctx.body) if kind.text_answer else None)
             await send({"type": "http.response.start", "status": 200, "headers": headers + [(b"content-length", str(len(raw)).encode())]})
             await send({"type": "http.response.body", "body": raw})
             return True
-        if kind == "speech":
-            ctx.attempt.usage = answer_usage(kind, None, ctx.body)
-        meter = UsageMeter(kind, ctx.body)
-        meter.start({"headers": [(b"content-type", content_type.encode("latin-1"))]})
-        sse = content_type.startswith("text/event-stream")
-        if sse:
-            headers += SSE_HEADERS[1:]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        try:
-            async for piece in upstream.iter_bytes():
-                meter.feed(piece)
-                if sse and b'"error"' in piece:
-                    piece = self.secrets.scrub(piece)
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-        except UpstreamError as exc:
-            ctx.attempt.stream_error = exc.kind
-            log.warning("upstream_media_broken", request_id=ctx.request_id, error=exc.kind)
-            if not sse:
-                # audio cut short must not look whole: the response is left unfinished, and the
-                # server closes the connection without the body's end
-                return False
-            failure = upstream_failure(exc).body
-            await send({"type": "http.response.body", "body": b"event: error\ndata: " + orjson.dumps({"type": "error", **failure}) + b"\n\n", "more_body": True})
-        finally:
-            ctx.attempt.usage = meter.usage or meter.estimate(ctx.body)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return True
-
-    async def _native_events(self, ctx: RequestContext, kind: str, adapter: Adapter, upstream: UpstreamResponse) -> AsyncIterator[bytes]:
-        """The upstream's own stream, each event passed on the moment it is whole (its
-        name and data as they came), read on the side for usage; it ends at the
-        upstream's own failure (NativeStream says where) or at one lockgate sees."""
-        decoder = SSEDecoder()
-        native = NativeStream(kind, adapter, self.secrets)
-        try:
-            async for data in upstream.iter_bytes():
-                out = native.feed(decoder.feed(data))
-                if out:
-                    yield out
-                if native.error is not None or native.ended:
-                    break
-            else:
-                # the body's end: the event it may hold, and a `response.failed` still owed
-                out = native.feed(decoder.finish())
-                out += b"" if native.error is not None else native.close()
-                if out:
-                    yield out
-            if native.failure is not None:
-                ctx.attempt.stream_error = "error_event"
-            if native.error is not None:
-                raise native.error
-        except UpstreamError as exc:
-            ctx.attempt.stream_error = exc.kind
-            yield native.fail(upstream_failure(exc).body["error"])
-        except STREAM_GARBAGE as exc:
-            yield native.fail(self._garbled(ctx, exc).body["error"])
-        finally:
-            complete = isinstance(native.usage, dict) and native.usage.get("completion_tokens")
-            ctx.attempt.usage = native.usage if complete else estimated_usage(ctx, native.sent, native.usage if isinstance(native.usage, dict) else None)
-
-
-class StreamFailed(Exception):
-    """The upstream's own error event (the adapter's `{"error": {...}}` chunk): it ends the stream."""
-
-    def __init__(self, chunk: dict) -> None:
-        super().__init__("the upstream reported an error in its stream")
-        self.chunk = chunk
-
-
-def until_failure(stream: ChatStream, chunks: list[dict]) -> tuple[list[dict], Exception | None]:
-    """What an adapter's chunks hold before the stream's end, and what ends it early, if
-    anything does: the upstream's error event among them (StreamFailed) or bytes after
-    them that are not the upstream's format (the adapter's `error`). The pumps send the
-    chunks, then raise it: nothing after it is read."""
-    for i, chunk in enumerate(chunks):
-        if "error" in chunk:
-            return chunks[:i], StreamFailed(chunk)
-    return chunks, stream.error
+        if kind.by_request:
+            ctx.attempt.usage = answer_usage(kind.name, None, ctx.body)
+        return await streams.media(send, self._sink(scope, ctx), kind.name, upstream, headers)
 
 
 class InputRefused(Exception):
@@ -796,20 +374,7 @@ async def single(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def joined_embeddings(parts: list[dict]) -> dict:
-    """Embeddings answers of one input each as the one list a batch gets: in input
-    order, indexed from 0, usage summed."""
-    items = [{**item, "index": i} for i, item in enumerate(item for part in parts for item in part["data"])]
-    tokens = sum(part["usage"]["prompt_tokens"] for part in parts)
-    return {"object": "list", "data": items, "model": parts[0]["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
-
 PER_INPUT_CONCURRENCY = 8  # calls out at once for a request sent one input per call
-MEDIA_KINDS = frozenset({"image_generation", "image_edit", "image_variation", "transcription", "translation", "speech", "moderation"})
-TRANSLATION_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
-# what an upstream's malformed stream can raise inside a translation (a number where text
-# belongs, a string where a list does): the stream ends with an error event, not silently
-STREAM_GARBAGE = (SSEError, TypeError, ValueError, KeyError, AttributeError, IndexError)
 MAX_ERROR_BYTES = 1024 * 1024  # an upstream's error answer read past this is cut off
 
 
@@ -821,110 +386,11 @@ def as_asked(ctx: RequestContext) -> dict:
     return ctx.body if not asked or asked == ctx.body.get("model") else {**ctx.body, "model": asked}
 
 
-def usage_or_estimate(ctx: RequestContext, usage: object, sent: int) -> dict:
-    """The stream's reported usage when it is well formed, else the estimate."""
-    if isinstance(usage, dict) and all(isinstance(usage.get(k, 0), (int, float)) for k in ("prompt_tokens", "completion_tokens")):
-        return usage
-    return estimated_usage(ctx, sent)
-
-
-def estimated_usage(ctx: RequestContext, completion_chars: int, partial: dict | None = None) -> dict:
-    """Usage for a stream cut short: what the upstream reported, else an estimate, so
-    a broken or abandoned stream is still counted and charged."""
-    prompt = (partial or {}).get("prompt_tokens")
-    if not isinstance(prompt, int) or isinstance(prompt, bool):
-        prompt = prompt_tokens(ctx.body)
-    completion = (completion_chars + 3) // 4
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "estimated": True}
-
-
-class NativeStream:
-    """Follows a native stream (the upstream's own Responses or Messages events) for
-    what the proxy needs: usage, the last sequence number and response object, and
-    where it ends. It ends at the upstream's own failure: Messages' `error` event, or
-    Responses' `error` and the `response.failed` after it (lockgate's, if the upstream
-    sends anything else or nothing); or at a failure lockgate sees, written the same way.
-    `feed` returns the events to pass on, re-framed whole; data that is not a JSON object
-    sets `error` after the events before it."""
-
-    __slots__ = ("kind", "adapter", "secrets", "sequence", "sent", "usage", "response", "failure", "ended", "error")
-
-    def __init__(self, kind: str, adapter: Adapter, secrets: Secrets) -> None:
-        self.kind = kind
-        self.adapter = adapter
-        self.secrets = secrets
-        self.sequence = 0
-        self.sent = 0
-        self.usage: dict | None = None
-        self.response: dict = {}  # the last response object a Responses event carried
-        self.failure: dict | None = None  # the upstream's error event, once one came
-        self.ended = False
-        self.error: Exception | None = None
-
-    def feed(self, events: list[tuple[str, bytes]]) -> bytes:
-        out: list[bytes] = []
-        for event, payload in events:
-            if self.ended or self.error is not None:
-                break
-            if payload == b"[DONE]":  # not the Responses or Messages format, but harmless
-                out.append(encode_raw(event, payload))
-                continue
-            parsed = loads_or_none(payload)
-            if not isinstance(parsed, dict):
-                self.error = SSEError("the upstream sent a stream event that is not a JSON object")
-                break
-            kind = parsed.get("type") or event
-            if self.failure is not None:
-                self.ended = True
-                out.append(self._follow(kind, event, payload, parsed) if kind == "response.failed" else self._failed_response())
-                break
-            out.append(self._follow(kind, event, payload, parsed))
-            if kind == "error":
-                self.failure = parsed
-                self.ended = self.kind == "messages"
-        return b"".join(out)
-
-    def close(self) -> bytes:
-        """At the stream's end: lockgate's `response.failed` for an upstream `error` that came without one."""
-        if self.failure is None or self.ended:
-            return b""
-        self.ended = True
-        return self._failed_response()
-
-    def fail(self, error: dict) -> bytes:
-        """A failure lockgate saw (a break, a timeout, bytes that are not the format)."""
-        if self.ended:
-            return b""
-        if self.failure is not None:
-            return self.close()
-        self.failure = error
-        self.ended = True
-        if self.kind == "messages":
-            return encode_event("error", {"type": "error", "error": {"type": "api_error", "message": error["message"]}})
-        self.sequence += 1
-        payload = {"type": "error", "code": error["code"], "message": error["message"], "param": None, "sequence_number": self.sequence, "error": error}
-        return encode_event("error", payload) + self._failed_response()
-
-    def _follow(self, kind: str, event: str, payload: bytes, parsed: dict) -> bytes:
-        seq = parsed.get("sequence_number")
-        if isinstance(seq, int) and not isinstance(seq, bool):
-            self.sequence = seq
-        response = parsed.get("response")
-        if isinstance(response, dict):
-            self.response = response
-        self.sent += delta_chars(parsed)
-        self.usage = self.adapter.passthrough_stream_usage(self.kind, event, parsed, self.usage)
-        framed = encode_raw(event, payload)
-        return self.secrets.scrub(framed) if kind in ("error", "response.failed") else framed
-
-    def _failed_response(self) -> bytes:
-        failure = self.failure or {}
-        message = str(failure.get("message") or "upstream error")
-        # response.error.code is a closed set of OpenAI's own failure codes
-        code = "rate_limit_exceeded" if "rate_limit_exceeded" in (failure.get("code"), failure.get("type")) else "server_error"
-        response = {**self.response, "status": "failed", "error": {"code": code, "message": message}}
-        self.sequence += 1
-        return self.secrets.scrub(encode_event("response.failed", {"type": "response.failed", "sequence_number": self.sequence, "response": response}))
+def client_headers(scope: Scope, allowed: tuple[bytes, ...]) -> dict[str, str]:
+    """The client's headers among `allowed`, for a native request to carry upstream."""
+    if not allowed:
+        return {}
+    return {name.decode(): value.decode("latin-1") for name, value in scope.get("headers", ()) if name in allowed}
 
 
 WATCH_AFTER_S = 0.02  # how long an answer may take before anyone listens for the client leaving

@@ -13,16 +13,10 @@ from lockgate.providers import catalog, registry
 from lockgate.providers.base import Deployment, Price, SettingError
 from lockgate.providers.prices import lookup, parse_price
 
-PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mock", *registry.PROVIDERS)
 BALANCES = ("round_robin", "weighted", "least_busy", "lowest_latency", "sticky")
-DEPLOYMENT_KEYS = {
-    "provider", "model", "base_url", "api_key", "api_version", "timeout_s", "weight", "price", "headers", "id",
-    "latency_ms", "fail_rate",
-} | registry.KEYS
-MOCK_OPTIONS = ("latency_ms", "fail_rate")
+DEPLOYMENT_KEYS = {"provider", "model", "base_url", "api_key", "api_version", "timeout_s", "weight", "price", "headers", "id"} | registry.SETTING_KEYS
 INFO_KEYS = {"max_input_tokens", "max_tokens", "supports_vision", "supports_reasoning", "mode"}
 CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog-api-key"})
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,31 +110,25 @@ def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment 
     provider = check.string(node, "provider", required=True, what="a deployment")
     if provider is None:
         return None
-    if provider not in PROVIDERS:
-        check.fail(node, "provider", f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+    entry = registry.PROVIDERS.get(provider)
+    if entry is None:
+        check.fail(node, "provider", f"provider must be one of {', '.join(registry.PROVIDERS)}, not {provider!r}")
         return None
-    model = check.string(node, "model", model_name if provider == "mock" else None, required=provider != "mock", what=f"a {provider} deployment")
-    base_url = check.string(node, "base_url", "") or registry.default_base_url(provider)
-    if provider == "azure" and not base_url:
-        check.fail(node, None, "an azure deployment needs base_url (https://RESOURCE.openai.azure.com)")
+    required = entry.model_required
+    model = check.string(node, "model", None if required else model_name, required=required, what=f"a {provider} deployment")
+    base_url = check.string(node, "base_url", "") or entry.base_url
+    if entry.base_url_required and not base_url:
+        check.fail(node, None, entry.base_url_required)
     if base_url and not base_url.startswith(("http://", "https://")):
         check.fail(node, "base_url", f"base_url must start with http:// or https://, not {base_url!r}")
     headers_node = check.mapping(node, "headers", "headers")
     headers = {str(k).lower(): str(check.expand(v, headers_node, k)) for k, v in headers_node.items()}
     price = parse_price(check, check.mapping(node, "price", "price")) if "price" in node else None
-    options = {}
-    for key in MOCK_OPTIONS:
-        if key in node:
-            if provider != "mock":
-                check.fail(node, key, f"{key} applies only to mock deployments")
-            options[key] = check.number(node, key, 0)
-    if options.get("fail_rate", 0) > 1:
-        check.fail(node, "fail_rate", "fail_rate must be between 0 and 1")
-    options.update(provider_options(check, node, provider))
+    options = provider_options(check, node, entry)
     api_key = check.string(node, "api_key")
     if api_key is None:
         try:
-            api_key = registry.default_api_key(provider)
+            api_key = entry.default_api_key()
         except SettingError as exc:
             check.fail(node, exc.key, exc.message)
     dep_id = check.string(node, "id") or f"{provider}/{model}"
@@ -175,19 +163,19 @@ def empty_key_variable(node: dict, api_key: str | None, headers: Mapping[str, st
     return " / ".join(names) if names else None
 
 
-def provider_options(check: Checker, node: dict, provider: str) -> dict:
-    """Settings only some providers take (bedrock's region and AWS keys, vertex's project...)."""
-    allowed = registry.SETTINGS.get(provider, ())
-    if provider in registry.KEYLESS and "api_key" in node:
-        check.fail(node, "api_key", f"a {provider} deployment takes no api_key: it authenticates with {registry.KEYLESS[provider]}")
+def provider_options(check: Checker, node: dict, entry: registry.ProviderEntry) -> dict:
+    """Settings only some providers take (bedrock's region and AWS keys, vertex's project, the mock's latency...)."""
+    if entry.keyless is not None and "api_key" in node:
+        check.fail(node, "api_key", f"a {entry.name} deployment takes no api_key: it authenticates with {entry.keyless}")
     values = {}
-    for key in registry.KEYS & node.keys():
-        if key not in allowed:
+    for key in registry.SETTING_KEYS & node.keys():
+        kind = entry.settings.get(key)
+        if kind is None:
             check.fail(node, key, f"{key} applies only to {registry.providers_with(key)} deployments")
         else:
-            values[key] = check.string(node, key)
+            values[key] = check.number(node, key, 0) if kind is float else check.string(node, key)
     try:
-        return registry.options(provider, values, check.shared)
+        return entry.options(values, check.shared)
     except SettingError as exc:
         check.fail(node, exc.key, exc.message)
         return {}
