@@ -5,6 +5,7 @@ for `store_timeout_s` (or a call kept waiting BUSY_LIMIT_S) is unavailable."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -122,3 +123,42 @@ def test_a_thousand_connections_on_the_disk_store_are_all_served(fake, upstream,
     finally:
         gw.stop()
     assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
+
+
+class Busy(MemoryStore):
+    """A store holding its calls while it does work of its own (a disk checkpoint)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = asyncio.Event()
+
+    def working(self) -> bool:
+        return not self.busy.is_set()
+
+    async def claim(self, claims, entry_id):
+        await self.busy.wait()
+        return await super().claim(claims, entry_id)
+
+
+async def test_a_call_held_by_the_stores_own_work_waits_for_it():
+    store = Busy()
+    asyncio.get_running_loop().call_later(0.4, store.busy.set)  # its checkpoint takes four deadlines
+    result = await guard.claim(store, CLAIM, "r", 0.1)
+    assert result.ok
+
+
+async def test_an_answer_that_arrives_while_the_loop_stalls_is_taken_not_mistaken_for_silence():
+    """The loop blocked (a slow synchronous step elsewhere) past the deadline while the
+    store's answer came in: the answer is used, not a 503."""
+    store = Queued(0.0)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.01, time.sleep, 0.3)  # the loop stalls for three deadlines
+    real = store.claim
+
+    async def answered_during_the_stall(claims, entry_id):
+        await asyncio.sleep(0.05)  # due while the loop stalls
+        return await real(claims, entry_id)
+
+    store.claim = answered_during_the_stall
+    result = await guard.claim(store, CLAIM, "r", 0.1)
+    assert result.ok

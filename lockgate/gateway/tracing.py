@@ -381,6 +381,9 @@ class TracedStore(Store):
     async def release_owner(self, owner):
         return await self.inner.release_owner(owner)
 
+    def working(self) -> bool:
+        return self.inner.working()
+
     async def ping(self):
         return await self.inner.ping()
 

@@ -183,6 +183,11 @@ class Store:
         return 0
 
     # -- life cycle -----------------------------------------------------------------------
+    def working(self) -> bool:
+        """Whether the backend is busy with work of its own that holds calls up for a while
+        (a disk checkpoint): calls wait for it rather than take its silence for an outage."""
+        return False
+
     async def ping(self) -> bool:
         return True
 

@@ -249,6 +249,9 @@ class DiskStore(Store):
             self.writes = 0
             self.checkpoint = self.checkpointer.submit(self._checkpoint)
 
+    def working(self) -> bool:
+        return self.checkpoint is not None and not self.checkpoint.done()
+
     def _checkpoint(self) -> None:
         """Copies the WAL into the database, in the checkpoint thread (on its own
         connection). PASSIVE: never waits for, nor blocks, readers and writers; a failed

@@ -92,20 +92,32 @@ class Progress:
 class Watch:
     """Expires a call's deadline once the store has answered nothing for `timeout_s` (or
     the call has waited BUSY_LIMIT_S): checked when the last answer turns that old, so a
-    call queued behind others that are being answered goes on waiting."""
+    call queued behind others that are being answered goes on waiting, and so does one held
+    up by the store's own work (`Store.working`: a disk checkpoint). Before expiring it lets
+    the loop run what is ready once more: after a stall of the loop itself, an answer that
+    arrived meanwhile is taken, not mistaken for silence."""
 
-    __slots__ = ("loop", "deadline", "progress", "timeout_s", "started", "handle")
+    __slots__ = ("loop", "deadline", "store", "progress", "timeout_s", "started", "handle", "last_look")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: asyncio.Timeout, progress: Progress, timeout_s: float) -> None:
-        self.loop, self.deadline, self.progress, self.timeout_s = loop, deadline, progress, timeout_s
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: asyncio.Timeout, store: Store, progress: Progress, timeout_s: float) -> None:
+        self.loop, self.deadline, self.store, self.progress, self.timeout_s = loop, deadline, store, progress, timeout_s
         self.started = loop.time()
-        self.handle = loop.call_at(self.started + timeout_s, self.check)
+        self.last_look = False
+        self.handle: asyncio.Handle = loop.call_at(self.started + timeout_s, self.check)
 
     def check(self) -> None:
         now = self.loop.time()
         stale = self.progress.last + self.timeout_s
-        if stale > now and now - self.started < BUSY_LIMIT_S:
-            self.handle = self.loop.call_at(min(stale, self.started + BUSY_LIMIT_S), self.check)
+        limit = self.started + BUSY_LIMIT_S
+        if now < limit and stale > now:
+            self.last_look = False
+            self.handle = self.loop.call_at(min(stale, limit), self.check)
+        elif now < limit and self.store.working():
+            self.last_look = False
+            self.handle = self.loop.call_at(min(now + self.timeout_s / 4, limit), self.check)
+        elif not self.last_look:
+            self.last_look = True
+            self.handle = self.loop.call_soon(self.check)
         else:
             self.deadline.reschedule(now)
 
@@ -120,7 +132,7 @@ async def call(store: Store, work: Awaitable[T], timeout_s: float) -> T:
     progress: Progress = attached(store, "_lockgate_progress", Progress)
     try:
         async with asyncio.timeout(None) as deadline:
-            watch = Watch(loop, deadline, progress, timeout_s)
+            watch = Watch(loop, deadline, store, progress, timeout_s)
             try:
                 result = await work
             finally:

@@ -671,6 +671,9 @@ class LeasedStore(Store):
     async def release_owner(self, owner: str) -> int:
         return await self.inner.release_owner(owner)
 
+    def working(self) -> bool:
+        return self.inner.working()
+
     async def ping(self) -> bool:
         return await self.inner.ping()
 
