@@ -18,9 +18,10 @@ these same checks through `cross_check`; a reload they refuse keeps what is in f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lockgate.gateway.config import GatewayConfig, parse_config
 from lockgate.gateway.stack import Mounted, Services, build

@@ -7,9 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from lockgate.kernel.parsing import ConfigError
 from lockgate.gateway.config import GatewayConfig, StoreConfig
-
+from lockgate.kernel.parsing import ConfigError
 
 CONFIG_CANDIDATES = ("gateway.yaml", "policies/gateway.yaml")
 
@@ -162,8 +161,8 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 def store_or_exit(path: str) -> StoreConfig:
     """Only gateway.yaml's `store:`: a command that reads the store needs no provider key
     in its environment, nor policies that parse."""
-    from lockgate.kernel.parsing import Checker, load_yaml
     from lockgate.gateway.config import parse_store
+    from lockgate.kernel.parsing import Checker, load_yaml
 
     try:
         raw = load_yaml(Path(path))
@@ -249,7 +248,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
                      (key.get("expires") or "never")[:10], key["status"]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

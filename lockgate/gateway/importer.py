@@ -47,6 +47,7 @@ Choices where LiteLLM and lockgate do not line up:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -274,10 +275,8 @@ class Draft:
                 return env_ref(value)
             if VARIABLE.fullmatch(value.strip()):
                 return value.strip()
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value.strip())
-            except ValueError:
-                pass
         whole = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (not integer or value == int(value))
         if not whole or value < minimum:
             self.note(f"{where}: not {'a whole number' if integer else 'a number'} of at least {minimum:g}; not carried over")
@@ -604,7 +603,7 @@ def import_litellm(raw: Any, source: str) -> Result:
         shape = "empty" if raw is None else f"a {type(raw).__name__}"
         raise ImportRefused([f"{source}: a LiteLLM config is a mapping (model_list:, router_settings:, litellm_settings:, general_settings:), not {shape}"])
     router, settings, general = (raw.get(name) or {} for name in LITELLM_SECTIONS)
-    for name, node in zip(LITELLM_SECTIONS, (router, settings, general)):
+    for name, node in zip(LITELLM_SECTIONS, (router, settings, general), strict=True):
         if not isinstance(node, dict):
             draft.problems.append(f"{source}: {name} must be a mapping")
     entries = raw.get("model_list") or []
@@ -1044,11 +1043,10 @@ def add_rule(draft: Draft, rule: dict) -> None:
     if rule.get("id") and any(r.get("id") == rule["id"] for r in rules):
         rule["id"] = f"{rule['id']}-{len(rules) + 1}"
     rules.append(rule)
-    if needs_trust(rule.get("condition", "")):
-        if not policy.get("trust_client_fields"):
-            draft.policies["rewrite"] = {"trust_client_fields": True, **policy}
-            draft.note("routing rules read fields the client sends (x-lockgate-<name> headers, e.g. x-lockgate-task-type: simple_qa, "
-                       "x-lockgate-feature: search_qa): trust_client_fields is on, so clients can pick them")
+    if needs_trust(rule.get("condition", "")) and not policy.get("trust_client_fields"):
+        draft.policies["rewrite"] = {"trust_client_fields": True, **policy}
+        draft.note("routing rules read fields the client sends (x-lockgate-<name> headers, e.g. x-lockgate-task-type: simple_qa, "
+                   "x-lockgate-feature: search_qa): trust_client_fields is on, so clients can pick them")
 
 
 def needs_trust(condition: str) -> bool:

@@ -24,8 +24,9 @@ import asyncio
 import errno
 import signal
 import socket
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn

@@ -9,8 +9,9 @@ and the gateway's services. gateway.yaml's `middleware:` takes exactly these nam
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from lockgate.kernel.parsing import ConfigError
 from lockgate.kernel.policy import Policy

@@ -57,33 +57,34 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import functools
 import datetime as dt
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lockgate.kernel import metrics
+from lockgate.kernel.context import Identity, RequestContext, model_request, new_id, refuse, route_path
+from lockgate.kernel.errors import GatewayError
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.store import Claim, Store, guard, open_store, owners
+from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
+from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
 from lockgate.middleware.identity import identity_of
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
-from lockgate.kernel.policy import Policy
 from lockgate.providers import prices
 from lockgate.providers.base import Price
-from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
-from lockgate.providers.meter import UsageMeter, usage_bound
-from lockgate.providers.usage import TRANSCRIPT_DONE, realtime_usage, transcription_usage
 from lockgate.providers.catalog import BUILTIN, Catalog
-from lockgate.kernel import metrics
-from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import Identity, RequestContext, model_request, new_id, refuse, route_path
 from lockgate.providers.endpoints import KINDS, kind_of
-from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
-from lockgate.kernel.errors import GatewayError
-from lockgate.kernel.logs import get_logger
-from lockgate.kernel.store import Claim, Store, guard, open_store, owners
-from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
+from lockgate.providers.meter import UsageMeter, usage_bound
+from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
+from lockgate.providers.usage import TRANSCRIPT_DONE, realtime_usage, transcription_usage
 
 PERIODS = ("daily", "weekly", "monthly", "total")
 DIMENSIONS = ("key", "user", "team")
@@ -206,7 +207,7 @@ def period_of_day(period: str, day: dt.date) -> tuple[str, dt.datetime]:
     else:
         end = day.replace(day=1) + dt.timedelta(days=calendar.monthrange(day.year, day.month)[1])
         label = day.strftime("%Y-%m")
-    return label, dt.datetime.combine(end, dt.time(), tzinfo=dt.timezone.utc)
+    return label, dt.datetime.combine(end, dt.time(), tzinfo=dt.UTC)
 
 
 def budget_key(dimension: str, name: Any, period: str, now: dt.datetime) -> str:
@@ -274,7 +275,7 @@ class BudgetedRequest:
         self.ctx = ctx
         self.scope = scope
         self.entry = new_id()
-        self.now = dt.datetime.now(dt.timezone.utc)
+        self.now = dt.datetime.now(dt.UTC)
         self.identity = identity_of(scope, ctx, policy.trust_client_user)
         self.who = self.identity.facts()
         self.kind = kind_of(route_path(scope)) if "path" in scope else None
@@ -345,7 +346,7 @@ class BudgetedRequest:
 
     async def _reserve_amount(self, amount: float, entry: str) -> GatewayError | None:
         self.exhausted = False
-        claims = [Claim(key, b.limit_usd, amount, RESERVATION_TTL_S) for key, b in zip(self.keys, self.applicable)]
+        claims = [Claim(key, b.limit_usd, amount, RESERVATION_TTL_S) for key, b in zip(self.keys, self.applicable, strict=True)]
         failure = self.policy.store_failure
         await owners.keeper(self.store).ensure(failure.timeout_s)  # a reservation of a process that dies is released
         try:
@@ -510,7 +511,7 @@ class BudgetedRequest:
                 await guard.write_or_defer(self.store, "spend_report", lambda: self.store.incr(report), self.policy.store_failure.timeout_s)
             return
         by_ttl: dict[float | None, list[str]] = {}
-        for key, budget in zip(self.keys, self.applicable):
+        for key, budget in zip(self.keys, self.applicable, strict=True):
             by_ttl.setdefault(period_window(budget.period, self.now)[1], []).append(key)
         for ttl, keys in by_ttl.items():
             # the report lines go with the first settle: recorded together, durably

@@ -68,26 +68,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lockgate.kernel.context import RequestContext, header, model_request, redacted, refuse, route_path
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.store import Store, guard, open_store
+from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 from lockgate.middleware.auth import presented_key
 from lockgate.middleware.identity import identity_of
 from lockgate.middleware.paths import Paths, parse_paths
-from lockgate.kernel.policy import Policy
 from lockgate.providers.base import loads_or_none, usage_requested
 from lockgate.providers.endpoints import ENTRIES, endpoint_of
 from lockgate.providers.sse import DONE, SSEDecoder
 from lockgate.providers.usage import from_answer
-from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import RequestContext, header, model_request, redacted, refuse, route_path
-from lockgate.kernel.logs import get_logger
-from lockgate.kernel.store import Store, guard, open_store
-from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 
 SCOPES = ("key", "user", "team", "global")
 IGNORED_FIELDS = frozenset({"stream", "stream_options", "store", "prompt_cache_key"})

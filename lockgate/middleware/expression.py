@@ -23,7 +23,8 @@ an error. A value used as a condition on its own is true unless it is null, fals
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 MAX_LENGTH = 4096  # characters in one condition
 MAX_DEPTH = 32  # nesting of parentheses and `not`

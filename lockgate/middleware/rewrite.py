@@ -51,23 +51,24 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lockgate.kernel.context import Identity, RequestContext, get_context, header, model_request, refuse, route_path
+from lockgate.kernel.errors import GatewayError
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.websocket import refusals
 from lockgate.middleware import expression
 from lockgate.middleware.expression import Expression, ExpressionError
 from lockgate.middleware.identity import identity_of, matches
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
-from lockgate.kernel.policy import Policy
 from lockgate.providers.tokens import prompt_tokens
-from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import Identity, RequestContext, get_context, header, model_request, refuse, route_path
-from lockgate.kernel.errors import GatewayError
-from lockgate.kernel.websocket import refusals
 
 IDENTITY_NAMES = {"key": "key", "user": "user", "team": "team", "tier": "tier", "user_tier": "tier"}
 COMPUTED_NAMES = frozenset({"model", "hour", "input_length"})
@@ -98,10 +99,10 @@ class Rule:
     model: str | None
     split: tuple[tuple[str, float], ...]  # (model, cumulative weight)
 
-    def applies(self, facts: "Facts") -> bool:
+    def applies(self, facts: Facts) -> bool:
         return matches(self.when, facts) and (self.condition is None or self.condition.test(facts))
 
-    def target(self, facts: "Facts", allows: Callable[[str], bool]) -> str | None:
+    def target(self, facts: Facts, allows: Callable[[str], bool]) -> str | None:
         """The model this rule serves the caller, None when the caller may use none of them."""
         if self.model is not None:
             return self.model if allows(self.model) else None

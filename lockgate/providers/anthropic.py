@@ -25,7 +25,26 @@ import re
 import orjson
 
 from lockgate.providers import shapes
-from lockgate.providers.base import ERROR_TYPES, Adapter, TranslationError, ChatStream, Deployment, EventStream, UnsupportedRequest, UpstreamRequest, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, openai_error_from_upstream, text_of, usage_chunk, usage_dict
+from lockgate.providers.base import (
+    ERROR_TYPES,
+    Adapter,
+    ChatStream,
+    Deployment,
+    EventStream,
+    TranslationError,
+    UnsupportedRequest,
+    UpstreamRequest,
+    completion_id,
+    error_body,
+    join_url,
+    loads_or_none,
+    looks_like_context_error,
+    now,
+    openai_error_from_upstream,
+    text_of,
+    usage_chunk,
+    usage_dict,
+)
 from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -227,7 +246,8 @@ def assistant_blocks(message: dict) -> list[dict]:
 
 
 def tool_result(message: dict) -> dict:
-    return {"type": "tool_result", "tool_use_id": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"), "content": text_of(message.get("content"))}
+    return {"type": "tool_result", "tool_use_id": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"),
+            "content": text_of(message.get("content"))}
 
 
 def tools_and_choice(body: dict) -> dict:

@@ -40,7 +40,27 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 
 from lockgate.providers import shapes
 from lockgate.providers.aws_auth import AwsCredentials, default_region, sign
-from lockgate.providers.base import ERROR_TYPES, Adapter, TranslationError, ChatStream, CredentialsError, Deployment, SettingError, UnsupportedRequest, UpstreamRequest, chunk, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, text_of, usage_chunk, usage_dict
+from lockgate.providers.base import (
+    ERROR_TYPES,
+    Adapter,
+    ChatStream,
+    CredentialsError,
+    Deployment,
+    SettingError,
+    TranslationError,
+    UnsupportedRequest,
+    UpstreamRequest,
+    chunk,
+    completion_id,
+    error_body,
+    join_url,
+    loads_or_none,
+    looks_like_context_error,
+    now,
+    text_of,
+    usage_chunk,
+    usage_dict,
+)
 from lockgate.providers.gemini import float32_base64, vector
 from lockgate.providers.tokens import text_tokens
 
@@ -145,7 +165,8 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
         elif role == "assistant":
             add("assistant", content_blocks(message.get("content")) + tool_uses(shapes.objects(message.get("tool_calls"), "messages.tool_calls")))
         elif role == "tool":
-            result = {"toolUseId": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"), "content": [tool_result_content(message.get("content"))], "status": "success"}
+            result = {"toolUseId": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"),
+                      "content": [tool_result_content(message.get("content"))], "status": "success"}
             add("user", [{"toolResult": result}])
         else:
             raise UnsupportedRequest(f"message role {role!r} is not supported for bedrock deployments", "messages")
@@ -244,12 +265,14 @@ def converse_tools(body: dict, messages: list[dict]) -> dict:
     elif choice == "auto":
         out["toolChoice"] = {"auto": {}}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        out["toolChoice"] = {"tool": {"name": shapes.string(shapes.mapping(choice.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")}}
+        out["toolChoice"] = {"tool": {"name": shapes.string(shapes.mapping(choice.get("function"), "tool_choice.function").get("name"),
+                                                            "tool_choice.function.name")}}
     return out
 
 
 def tool_spec(function: dict) -> dict:
-    spec: dict = {"name": shapes.string(function.get("name"), "tools.function.name"), "inputSchema": {"json": function.get("parameters") or {"type": "object", "properties": {}}}}
+    spec: dict = {"name": shapes.string(function.get("name"), "tools.function.name"),
+                  "inputSchema": {"json": function.get("parameters") or {"type": "object", "properties": {}}}}
     if function.get("description"):
         spec["description"] = function["description"]
     return {"toolSpec": spec}
@@ -301,7 +324,8 @@ def converse_to_chat(data: dict, model: str) -> dict:
 
 
 def reasoning_text(content: object) -> str:
-    return shapes.string(shapes.mapping(shapes.mapping(content, "reasoningContent").get("reasoningText"), "reasoningContent.reasoningText").get("text"), "reasoningText.text")
+    return shapes.string(shapes.mapping(shapes.mapping(content, "reasoningContent").get("reasoningText"), "reasoningContent.reasoningText").get("text"),
+                         "reasoningText.text")
 
 
 class BedrockStream(ChatStream):

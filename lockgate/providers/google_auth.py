@@ -44,7 +44,7 @@ class GoogleToken:
             return None
         expiry = creds.expiry
         if expiry is not None:
-            remaining = expiry.replace(tzinfo=dt.timezone.utc) - dt.datetime.now(dt.timezone.utc)
+            remaining = expiry.replace(tzinfo=dt.UTC) - dt.datetime.now(dt.UTC)
             if remaining.total_seconds() < REFRESH_MARGIN_S:
                 return None
         return creds.token

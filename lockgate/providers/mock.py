@@ -26,7 +26,8 @@ import random
 import struct
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
@@ -54,7 +55,8 @@ def reply_text(body: dict) -> str:
 def tool_results(messages: list) -> list[tuple[str, str]]:
     """The tool results the conversation ends with, each with the name of its call."""
     names = {
-        shapes.string(call.get("id"), "messages.tool_calls.id"): shapes.string(shapes.mapping(call.get("function"), "messages.tool_calls.function").get("name"), "name") or "tool"
+        shapes.string(call.get("id"), "messages.tool_calls.id"):
+            shapes.string(shapes.mapping(call.get("function"), "messages.tool_calls.function").get("name"), "name") or "tool"
         for message in messages
         if isinstance(message, dict) and message.get("role") == "assistant"
         for call in shapes.objects(message.get("tool_calls"), "messages.tool_calls")
@@ -69,7 +71,8 @@ def tool_results(messages: list) -> list[tuple[str, str]]:
 
 def tool_call(body: dict) -> dict | None:
     """The call a model makes to the tools offered, as `tool_choice` allows; None: it answers text."""
-    tools = [shapes.mapping(t.get("function"), "tools.function") for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
+    tools = [shapes.mapping(t.get("function"), "tools.function")
+             for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
     choice = body.get("tool_choice") or "auto"
     forced = choice == "required"
     if isinstance(choice, dict) and choice.get("type") == "function":
@@ -77,14 +80,16 @@ def tool_call(body: dict) -> dict | None:
         tools, forced = [t for t in tools if t.get("name") == wanted], True
     elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         allowed = shapes.mapping(choice.get("allowed_tools"), "tool_choice.allowed_tools")
-        names = [shapes.mapping(t.get("function"), "allowed_tools.tools.function").get("name") for t in shapes.objects(allowed.get("tools"), "allowed_tools.tools")]
+        names = [shapes.mapping(t.get("function"), "allowed_tools.tools.function").get("name")
+                 for t in shapes.objects(allowed.get("tools"), "allowed_tools.tools")]
         tools, forced = [t for t in tools if t.get("name") in names], allowed.get("mode") == "required"
     if not tools or choice == "none" or (tool_results(body.get("messages") or []) and not forced):
         return None
     asked = last_user_text(body.get("messages") or []).lower()
     tool = next((t for t in tools if t.get("name") and str(t["name"]).lower() in asked), tools[0])
     arguments = example(tool.get("parameters") or {"type": "object", "properties": {}})
-    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": shapes.string(tool.get("name"), "tools.function.name"), "arguments": orjson.dumps(arguments).decode()}}
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": shapes.string(tool.get("name"), "tools.function.name"),
+                                                                                    "arguments": orjson.dumps(arguments).decode()}}
 
 
 def last_user_text(messages: list) -> str:
@@ -362,7 +367,8 @@ def speech(body: dict, model: str) -> tuple[int, AsyncIterator[bytes], dict]:
     seed = hashlib.sha256(str(body.get("input") or "").encode()).digest()
     audio = (seed * (size // len(seed) + 1))[:size]
     if fmt == "wav":
-        audio = b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 24000, 48000, 2, 16) + b"data" + struct.pack("<I", size) + audio
+        fmt_chunk = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 24000, 48000, 2, 16)
+        audio = b"RIFF" + struct.pack("<I", 36 + size) + b"WAVE" + fmt_chunk + b"data" + struct.pack("<I", size) + audio
     return 200, paced([audio[i : i + 4096] for i in range(0, len(audio), 4096)]), {"content-type": AUDIO_TYPES.get(str(fmt), "audio/mpeg")}
 
 

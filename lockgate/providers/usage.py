@@ -25,7 +25,8 @@ still be estimated (`estimate`) instead of charged nothing.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -268,7 +269,8 @@ def audio_bound(request: dict, size: int, files: Files) -> dict:
     seconds = -(-audio // MIN_AUDIO_BYTES_PER_SECOND)
     prompt = seconds * AUDIO_TOKENS_PER_SECOND_BOUND + len(str(request.get("prompt") or "").encode())
     details = {"audio_tokens": seconds * AUDIO_TOKENS_PER_SECOND_BOUND}
-    return {"audio_seconds": seconds, "prompt_tokens": prompt, "prompt_tokens_details": details, "completion_tokens": seconds * TRANSCRIPT_TOKENS_PER_SECOND_BOUND}
+    return {"audio_seconds": seconds, "prompt_tokens": prompt, "prompt_tokens_details": details,
+            "completion_tokens": seconds * TRANSCRIPT_TOKENS_PER_SECOND_BOUND}
 
 
 def speech_bound(request: dict, size: int, files: Files) -> dict:
@@ -290,7 +292,8 @@ def rerank_estimate(request: dict, chars: int) -> dict:
 
 
 def images_estimate(request: dict, chars: int) -> dict:
-    return {"images": images_asked(request), "image_quality": str(request.get("quality") or "standard"), "image_size": str(request.get("size") or "1024x1024"), "estimated": True}
+    return {"images": images_asked(request), "image_quality": str(request.get("quality") or "standard"), "image_size": str(request.get("size") or "1024x1024"),
+            "estimated": True}
 
 
 def audio_estimate(request: dict, chars: int) -> dict:

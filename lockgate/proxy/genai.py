@@ -20,7 +20,8 @@ Choices where lockgate's world and the conventions do not line up:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lockgate.providers import registry
 from lockgate.providers.endpoints import ENTRIES

@@ -5,8 +5,9 @@ problem as `file:line`; the result is frozen and swapped whole by a hot reload.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from lockgate.kernel.parsing import ENV_PATTERN, Checker
 from lockgate.providers import catalog, registry

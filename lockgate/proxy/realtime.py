@@ -43,6 +43,7 @@ to an openai or azure deployment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -50,18 +51,18 @@ import aiohttp
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
+from lockgate.kernel.context import RequestContext, get_context, header, load_json, refuse
+from lockgate.kernel.errors import GatewayError, bad_request, model_not_found
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
 from lockgate.providers.azure import DEFAULT_API_VERSION
 from lockgate.providers.base import Deployment, empty_key, join_url
 from lockgate.providers.openai import DEFAULT_BASE_URL
 from lockgate.providers.usage import add_usage, billed_usage
-from lockgate.kernel.context import RequestContext, get_context, header, load_json, refuse
-from lockgate.kernel.errors import GatewayError, bad_request, model_not_found
-from lockgate.kernel.logs import get_logger
 from lockgate.proxy.answers import not_allowed, response_headers, upstream_failure
 from lockgate.proxy.router import Router
 from lockgate.proxy.secrets import Secrets
 from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamRefused
-from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
 
 REALTIME_AZURE_VERSION = "2025-04-01-preview"
 FIRST_EVENT_TIMEOUT_S = 30.0  # a transcription session must name its model this soon
@@ -331,10 +332,8 @@ class Realtime:
         if failed:
             ctx.attempt.stream_error = ctx.attempt.stream_error or "broken"
         code = 1011 if failed else sendable(upstream.close_code)
-        try:
+        with contextlib.suppress(Exception):  # blind: the client is gone already, nothing left to tell it
             await send({"type": "websocket.close", "code": code})
-        except Exception:  # noqa: BLE001 - the client is gone already: nothing left to tell it
-            pass
         return not failed
 
 
@@ -384,10 +383,8 @@ class InFlight:
         return started
 
     async def cancel(self, upstream: aiohttp.ClientWebSocketResponse, response_id: str) -> None:
-        try:
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the upstream closed: nothing is running there any more
             await upstream.send_str(orjson.dumps({"type": "response.cancel", "event_id": "lockgate_cancel", "response_id": response_id}).decode())
-        except (ConnectionError, RuntimeError):
-            pass  # the upstream closed: nothing is running there any more
 
     async def drain(self, upstream: aiohttp.ClientWebSocketResponse, reading: asyncio.Task) -> None:
         """With the client gone: cancels the responses running (and each that starts from

@@ -42,15 +42,15 @@ from prometheus_client import multiprocess
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from lockgate.kernel import metrics
 from lockgate.gateway.admin import SPEND_BY, admin_only, spend_rows
-from lockgate.kernel.errors import GatewayError, send_error, send_json
 from lockgate.gateway.keys import KeysAdmin, RuntimeKeys
 from lockgate.gateway.stack import Mounted
+from lockgate.kernel import metrics
+from lockgate.kernel.errors import GatewayError, send_error, send_json
+from lockgate.kernel.store import Store
 from lockgate.middleware.budget import budget_key, report_key_for_day, spend_report
 from lockgate.middleware.throttle import OWN_LIMIT_ID
 from lockgate.proxy.handlers import Endpoint, Gateway
-from lockgate.kernel.store import Store
 
 STATIC = Path(__file__).parent / "static"
 MAX_DAYS = 90
@@ -178,7 +178,7 @@ class Console:
         days = params.get("days", "30")
         if not days.isdigit() or not 1 <= int(days) <= MAX_DAYS:
             return await send_error(send, GatewayError(400, f"`days` must be a whole number from 1 to {MAX_DAYS}.", param="days"))
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(dt.UTC).date()
         dates = [today - dt.timedelta(days=n) for n in reversed(range(int(days)))]
         series: dict[str, list[float]] = {}
         for i, day in enumerate(dates):
@@ -191,7 +191,7 @@ class Console:
 
     @admin_only
     async def budgets(self, scope: Scope, receive: Receive, send: Send) -> None:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         policy = self.mounted.policy("budget")
         rows: list[dict] = []
         if policy is None:
