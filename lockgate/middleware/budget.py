@@ -476,7 +476,8 @@ class BudgetedRequest:
         """The price of what was served: its deployment's own, else the first name priced."""
         ctx = self.ctx
         attempt = ctx.attempt
-        return self.models.deployment_price(attempt.deployment) or price_for(self.policy, self.models, served, attempt.upstream_model, ctx.model, ctx.model_requested)
+        return self.models.deployment_price(attempt.deployment) or price_for(self.policy, self.models, served, attempt.upstream_model, ctx.model,
+                                                                             ctx.model_requested)
 
     async def _settle(self) -> float | None:
         """Turns the reservation into the real cost; returns it (None when unpriced)."""
@@ -598,7 +599,8 @@ class BudgetedSession(BudgetedRequest):
             return 0.0, answer
         new_input = max(REALTIME_TURN_TOKENS, size)  # a create carrying its own input may bring more
         given = self.last_input + new_input + sum(held.answer for held in (*self.queued, *self.running.values()))
-        usage = {"prompt_tokens": given, "prompt_tokens_details": {"audio_tokens": given}, "completion_tokens": answer, "completion_tokens_details": {"audio_tokens": answer}}
+        usage = {"prompt_tokens": given, "prompt_tokens_details": {"audio_tokens": given}, "completion_tokens": answer,
+                 "completion_tokens_details": {"audio_tokens": answer}}
         return prices.cost(usage, price), answer
 
     async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
@@ -767,7 +769,8 @@ class BudgetedSession(BudgetedRequest):
         if self.closed:
             return
         body = refusal.body["error"]
-        error = {"type": "error", "event_id": "event_" + new_id(), "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": None, "event_id": event_id}}
+        error = {"type": "error", "event_id": "event_" + new_id(), "error": {"type": body["type"], "code": body["code"], "message": body["message"],
+                                                                             "param": None, "event_id": event_id}}
         self.closed = close
         try:
             await send({"type": "websocket.send", "text": orjson.dumps(error).decode()})

@@ -285,7 +285,8 @@ class CachedRequest:
         self.usage_chunk = endpoint is not None and endpoint.usage_chunk
         # one entry serves a stream and a whole answer: they convert into each other
         self.one_entry = endpoint is not None and endpoint.one_entry
-        self.key = request_key(path[3:] if path.startswith("/v1/") else path, self.one_entry, ctx.body, scope, subject(policy, scope, ctx), policy.scope == "user")
+        self.key = request_key(path[3:] if path.startswith("/v1/") else path, self.one_entry, ctx.body, scope, subject(policy, scope, ctx),
+                               policy.scope == "user")
         self.ttl = policy.ttl_for(model)
         self.lock: str | None = None
         self.recording = False

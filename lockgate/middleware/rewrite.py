@@ -333,7 +333,8 @@ def rewrite(policy: RewritePolicy, scope: Scope, ctx: RequestContext) -> None:
         return
     model = policy.aliases.get(asked, asked)
     if model != asked and not ctx.allows(model):
-        raise GatewayError(403, f"This API key may not use the model `{model}` (what `{asked}` stands for).", "invalid_request_error", "model_not_allowed", "model")
+        raise GatewayError(403, f"This API key may not use the model `{model}` (what `{asked}` stands for).", "invalid_request_error", "model_not_allowed",
+                           "model")
     facts = Facts(scope, ctx, model, policy.trust_client_fields)
     for rule in policy.rules:
         if rule.applies(facts):
