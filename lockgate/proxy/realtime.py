@@ -201,7 +201,8 @@ class Realtime:
                     if message.get("text") is not None:
                         break
         except TimeoutError:
-            raise bad_request(f"A transcription session names its model in its first event, within {FIRST_EVENT_TIMEOUT_S:g}s.", "session", "missing_required_parameter") from None
+            raise bad_request(f"A transcription session names its model in its first event, within {FIRST_EVENT_TIMEOUT_S:g}s.", "session",
+                              "missing_required_parameter") from None
         try:
             event = orjson.loads(message["text"])
         except orjson.JSONDecodeError:
@@ -220,18 +221,21 @@ class Realtime:
     async def _refuse_open(send: Send, error: GatewayError) -> None:
         """A refusal on an accepted socket: OpenAI's realtime `error` event, then a close (1008)."""
         body = error.body["error"]
-        event = {"type": "error", "event_id": None, "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": body["param"], "event_id": None}}
+        event = {"type": "error", "event_id": None, "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": body["param"],
+                                                              "event_id": None}}
         try:
             await send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
             await send({"type": "websocket.close", "code": 1008, "reason": "refused"})
         except Exception:  # noqa: BLE001 - the client left already
             pass
 
-    async def _connect(self, scope: Scope, ctx: RequestContext, balancer: Any, failure: Any, transcription: bool) -> tuple[aiohttp.ClientWebSocketResponse, Deployment]:
+    async def _connect(self, scope: Scope, ctx: RequestContext, balancer: Any, failure: Any,
+                       transcription: bool) -> tuple[aiohttp.ClientWebSocketResponse, Deployment]:
         candidates = balancer.order("")
         for attempt, dep in enumerate(candidates[:2]):
             if dep.provider not in PROVIDERS:
-                raise bad_request(f"The realtime API is served by openai and azure deployments; `{ctx.attempt.model_served}` is {dep.provider}.", "model", "unsupported_request")
+                raise bad_request(f"The realtime API is served by openai and azure deployments; `{ctx.attempt.model_served}` is {dep.provider}.", "model",
+                                  "unsupported_request")
             if (reason := empty_key(dep)) is not None:
                 raise GatewayError(502, f"Deployment {dep.id}: {reason}", "api_error", "upstream_auth_failed")
             url, headers = upstream_target(dep, scope, transcription)
@@ -248,9 +252,11 @@ class Realtime:
                 balancer.finished(dep, ok=exc.status < 500 and exc.status != 429)
                 ctx.attempt.upstream_status = exc.status
                 if exc.status in (401, 403):
-                    raise GatewayError(502, f"The upstream refused the gateway's credentials for deployment {dep.id}.", "api_error", "upstream_auth_failed") from None
+                    raise GatewayError(502, f"The upstream refused the gateway's credentials for deployment {dep.id}.", "api_error",
+                                       "upstream_auth_failed") from None
                 status = 502 if exc.status >= 500 else exc.status
-                raise GatewayError(status, f"The upstream refused the realtime session ({exc.status}).", "api_error" if status >= 500 else "invalid_request_error", "upstream_error") from None
+                raise GatewayError(status, f"The upstream refused the realtime session ({exc.status}).",
+                                   "api_error" if status >= 500 else "invalid_request_error", "upstream_error") from None
             except UpstreamError as exc:
                 balancer.finished(dep, ok=False)
                 ctx.attempt.failure = exc.kind
