@@ -192,7 +192,12 @@ def admin_call(args: argparse.Namespace, method: str, path: str, body: dict | No
     try:
         response = httpx.request(method, url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     except httpx.HTTPError as exc:
-        reason = "no answer in 30 s" if isinstance(exc, httpx.TimeoutException) else "could not connect" if isinstance(exc, httpx.ConnectError) else "the connection failed"
+        if isinstance(exc, httpx.TimeoutException):
+            reason = "no answer in 30 s"
+        elif isinstance(exc, httpx.ConnectError):
+            reason = "could not connect"
+        else:
+            reason = "the connection failed"
         raise SystemExit(f"{command}: cannot reach the gateway at {url} ({reason}): is it running there? "
                          "Name it with --url or LOCKGATE_URL") from None
     try:
@@ -243,7 +248,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     header = ("id", "source", "user", "team", "models", "limits", "expires", "status")
     rows = [header]
     for key in keys:
-        limits = ", ".join(f"{v} {k}" for k, v in (("usd/" + (key.get("budget_period") or ""), key.get("budget_usd")), ("rpm", key.get("rpm")), ("tpm", key.get("tpm"))) if v is not None)
+        named = (("usd/" + (key.get("budget_period") or ""), key.get("budget_usd")), ("rpm", key.get("rpm")), ("tpm", key.get("tpm")))
+        limits = ", ".join(f"{v} {k}" for k, v in named if v is not None)
         rows.append((key["id"], key["source"], key.get("user") or "-", key.get("team") or "-", ",".join(key.get("models") or ["*"]), limits or "-",
                      (key.get("expires") or "never")[:10], key["status"]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]

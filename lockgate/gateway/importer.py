@@ -329,12 +329,14 @@ class Draft:
             if deployment["provider"] in KEY_ENV:
                 deployment["api_key"] = "${" + KEY_ENV[deployment["provider"]] + "}"
             self.add_deployment(name, deployment)
-            self.note(f"{why} names the provider {name!r} where a model is needed: imported as a model {name!r} served by {deployment['model']} (a guess: edit it)")
+            self.note(f"{why} names the provider {name!r} where a model is needed: "
+                      f"imported as a model {name!r} served by {deployment['model']} (a guess: edit it)")
             return
         provider = next((p for pattern, p in NAME_PROVIDERS if pattern.search(name.lower())), None)
         if provider is None:
             self.add_deployment(name, {"provider": "openai", "model": name, "base_url": "${OPENAI_COMPATIBLE_BASE_URL}"})
-            self.note(f"{why} names {name!r}, which no provider's naming matches: served by an OpenAI-compatible server at ${{OPENAI_COMPATIBLE_BASE_URL}} (edit it)")
+            self.note(f"{why} names {name!r}, which no provider's naming matches: "
+                      "served by an OpenAI-compatible server at ${OPENAI_COMPATIBLE_BASE_URL} (edit it)")
             return
         deployment = {"provider": provider, "model": name}
         if provider in KEY_ENV:
@@ -372,7 +374,8 @@ class Draft:
         files["gateway.yaml"] = "\n".join(header) + "\n" + dump(gateway)
         for name in POLICY_ORDER:
             if name in policies:
-                files[f"{name}.yaml"] = f"# {name} policy imported from {self.source} (see gateway.yaml for what was not carried over).\n" + dump(policies[name])
+                heading = f"# {name} policy imported from {self.source} (see gateway.yaml for what was not carried over).\n"
+                files[f"{name}.yaml"] = heading + dump(policies[name])
         env = sorted({m for text in files.values() for m in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)})
         return Result(files, list(self.notes), env, list(self.skipped))
 
