@@ -21,6 +21,7 @@ Choices where the two formats do not line up:
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -406,7 +407,7 @@ def usage_from_openai(usage: object) -> dict:
     details = shapes.part(usage.get("prompt_tokens_details"))
     cached = shapes.count(details.get("cached_tokens"))
     written = shapes.count(details.get("cache_write_tokens"))
-    out = {
+    out: dict[str, Any] = {
         "input_tokens": shapes.count(usage.get("prompt_tokens")) - cached - written,
         "output_tokens": shapes.count(usage.get("completion_tokens")),
         "cache_read_input_tokens": cached,

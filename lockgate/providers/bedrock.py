@@ -356,8 +356,10 @@ class BedrockStream(ChatStream):
         out: list[dict] = []
         try:
             for message in self._buffer:
-                self._pending -= message.prelude.total_length
-                out.extend(self._message(message.headers, message.payload))
+                # botocore-stubs types a message's prelude and headers as int; botocore sets
+                # them to a MessagePrelude and the decoded headers dict
+                self._pending -= message.prelude.total_length  # type: ignore[attr-defined]
+                out.extend(self._message(message.headers, message.payload))  # type: ignore[arg-type]
         except ParserError as exc:
             self.error = TranslationError(f"bedrock sent a malformed event-stream message ({type(exc).__name__})")
         except TranslationError as exc:
@@ -378,9 +380,9 @@ class BedrockStream(ChatStream):
         data = loads_or_none(payload) if payload else {}
         if headers.get(":message-type") != "event":
             data = data if isinstance(data, dict) else {}
-            kind = str(headers.get(":exception-type") or headers.get(":error-code") or "internalServerException")
-            message = str(data.get("message") or data.get("Message") or headers.get(":error-message") or kind)
-            return [bedrock_error(kind, message)[1]]
+            error_kind = str(headers.get(":exception-type") or headers.get(":error-code") or "internalServerException")
+            message = str(data.get("message") or data.get("Message") or headers.get(":error-message") or error_kind)
+            return [bedrock_error(error_kind, message)[1]]
         if not isinstance(data, dict):
             raise TranslationError("bedrock sent an event whose payload is not a JSON object")
         kind = headers.get(":event-type")

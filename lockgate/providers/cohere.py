@@ -23,6 +23,8 @@ Choices where the two formats do not line up:
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from lockgate.providers import rerank, shapes
@@ -124,7 +126,7 @@ def tool_call(call: dict) -> dict:
 def user_content(content: object) -> object:
     if not isinstance(content, list):
         return text_of(content)
-    parts = []
+    parts: list[dict[str, Any]] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("text", "input_text"):

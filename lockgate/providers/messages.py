@@ -379,7 +379,7 @@ class MessagesStream:
         if chat_id:
             self._id = message_id(chat_id)
         usage = {"input_tokens": prompt_tokens(to_chat(self._request)), "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        message = {
+        message: dict[str, Any] = {
             "id": self._id,
             "type": "message",
             "role": "assistant",
@@ -416,7 +416,8 @@ class MessagesStream:
             if position in self._tools_opened:
                 return []  # a late fragment of a call already closed: Anthropic cannot reopen a block
             self._tools_opened.add(position)
-            block = {"type": "tool_use", "id": call.get("id") or "toolu_" + secrets.token_hex(12), "name": function.get("name") or "", "input": {}}
+            block: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or "toolu_" + secrets.token_hex(12),
+                                     "name": function.get("name") or "", "input": {}}
             events = self._open_block(name, block)
         if function.get("arguments"):
             delta = {"type": "input_json_delta", "partial_json": function["arguments"]}

@@ -27,7 +27,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -35,6 +35,7 @@ from lockgate.providers import rerank, shapes
 from lockgate.providers.base import Deployment, SettingError, TranslationError, UpstreamRequest, text_of, usage_dict
 from lockgate.providers.gemini import float32_base64
 from lockgate.providers.openai import MEDIA_PATHS, OpenAIAdapter
+from lockgate.providers.shapes import listed
 from lockgate.providers.sse import DONE, encode_data
 from lockgate.providers.tokens import prompt_tokens, text_tokens
 
@@ -138,10 +139,10 @@ def example(schema: Any, root: Any = None, depth: int = 0) -> Any:
         return schema["enum"][0]
     if isinstance(schema.get("allOf"), list):
         merged = {k: v for k, v in schema.items() if k != "allOf"}
-        for part in schema["allOf"]:
-            part = shapes.part(part)
-            merged = {**merged, **part, "properties": {**shapes.part(merged.get("properties")), **shapes.part(part.get("properties"))},
-                      "required": [*listed(merged.get("required")), *listed(part.get("required"))]}
+        for given in schema["allOf"]:
+            branch = shapes.part(given)
+            merged = {**merged, **branch, "properties": {**shapes.part(merged.get("properties")), **shapes.part(branch.get("properties"))},
+                      "required": [*listed(merged.get("required")), *listed(branch.get("required"))]}
         return example(merged, root, depth)
     variants = schema.get("anyOf") or schema.get("oneOf")
     if isinstance(variants, list) and variants:
@@ -153,7 +154,7 @@ def example(schema: Any, root: Any = None, depth: int = 0) -> Any:
     if kind is None:
         kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
     if kind == "object":
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        properties = shapes.part(schema.get("properties"))
         required = set(r for r in listed(schema.get("required")) if isinstance(r, str))
         names = [n for n in properties if depth < MAX_DEPTH or n in required]
         return {name: example(properties[name], root, depth + 1) for name in names}
@@ -207,17 +208,13 @@ def integer_bounds(schema: dict) -> tuple[float, float]:
     return low, high
 
 
-def numeric(value: Any) -> bool:
+def numeric(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def whole(value: Any, default: int) -> int:
     """A schema's count (`minItems`, `minLength`), up to MAX_COUNT; `default` when it is not a number."""
     return min(int(value), MAX_COUNT) if numeric(value) and value >= 0 else default
-
-
-def listed(value: Any) -> list:
-    return value if isinstance(value, list) else []
 
 
 def string(schema: dict) -> str:
