@@ -203,7 +203,7 @@ def parse_policy(raw: Any, source: str) -> AuthPolicy:
     return AuthPolicy(keys, master, trusted, tuple(public), paths, runtime is not False, failure, (ip_allow, max_tokens, max_messages), frozenset(ids))
 
 
-def parse_key(check: Checker, node: dict, ip_allow: Any, max_tokens: Any, max_messages: Any) -> Key | None:
+def parse_key(check: Checker, node: dict[str, Any], ip_allow: Any, max_tokens: Any, max_messages: Any) -> Key | None:
     check.unknown(node, KEY_KEYS, "a key")
     key_id = check.string(node, "id", required=True, what="a key")
     digest = digest_field(check, node, "sha256", required=True)
@@ -250,7 +250,7 @@ def own_limits(check: Checker, node: dict[str, Any]) -> KeyLimits | None:
     return KeyLimits(**limits) if limits else None
 
 
-def digest_field(check: Checker, node: dict, name: str, required: bool = False) -> bytes | None:
+def digest_field(check: Checker, node: dict[str, Any], name: str, required: bool = False) -> bytes | None:
     value = check.string(node, name, required=required, what="a key")
     if value is None:
         return None
@@ -260,11 +260,11 @@ def digest_field(check: Checker, node: dict, name: str, required: bool = False) 
     return bytes.fromhex(value)
 
 
-def cap(check: Checker, node: dict, name: str) -> int | None:
+def cap(check: Checker, node: dict[str, Any], name: str) -> int | None:
     return check.number(node, name, 0, minimum=1, integer=True) if node.get(name) is not None else None
 
 
-def expiry(check: Checker, node: dict) -> dt.datetime | None:
+def expiry(check: Checker, node: dict[str, Any]) -> dt.datetime | None:
     value = node.get("expires")
     if value is None:
         return None
@@ -379,7 +379,8 @@ def presented_key(scope: Scope) -> bytes | None:
     header = (found.get(b"x-api-key") or found.get(b"api-key") or b"").strip()
     if header:
         return header
-    for protocol in scope.get("subprotocols", ()) if scope["type"] == "websocket" else ():
+    protocols: list[str] = scope.get("subprotocols", []) if scope["type"] == "websocket" else []
+    for protocol in protocols:
         if protocol.startswith(KEY_SUBPROTOCOL) and len(protocol) > len(KEY_SUBPROTOCOL):
             return protocol[len(KEY_SUBPROTOCOL) :].encode("latin-1", "replace")
     return None
@@ -408,7 +409,7 @@ def admit(policy: AuthPolicy, scope: Scope, key: Key | None) -> Key:
     return key
 
 
-def check_body(key: Key, body: dict) -> None:
+def check_body(key: Key, body: dict[str, Any]) -> None:
     model = body.get("model")
     if isinstance(model, str) and not key.allows(model):
         raise refusal(403, "model_not_allowed", f"This API key may not use the model `{model}`.", "model")

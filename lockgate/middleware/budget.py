@@ -61,7 +61,7 @@ import datetime as dt
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -244,7 +244,7 @@ class BudgetMiddleware:
     """`catalog` prices the models (lockgate's gateway hands in gateway.yaml's; around
     another app, the built-in tables price them)."""
 
-    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None, catalog: Catalog | None = None) -> None:
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None, catalog: Catalog | None = None) -> None:
         self.app = app
         self.policy = Policy("budget", policy, parse_policy)
         self.store = open_store(store)
@@ -308,7 +308,7 @@ class BudgetedRequest:
     def _key(self, budget: Budget) -> str:
         return budget_key(budget.dimension, self.who.get(budget.dimension), budget.period, self.now)
 
-    async def _admit(self, send: Send) -> Price | None | bool:
+    async def _admit(self, send: Send) -> Price | None | Literal[False]:
         """The price the request is reserved at, once admitted; False when it was refused
         (the refusal sent)."""
         ctx = self.ctx
@@ -364,6 +364,7 @@ class BudgetedRequest:
             self.reserved = True
             return None
         i = reservation.failed
+        assert i is not None  # not ok: the store names the budget that did not fit
         budget, spent, reserved = self.applicable[i], reservation.spent[i], reservation.reserved[i]
         who = f"{budget.dimension} `{self.who.get(budget.dimension)}`"
         self.exhausted = spent >= budget.limit_usd
@@ -455,7 +456,7 @@ class BudgetedRequest:
             return start
         return {**start, "headers": [*start.get("headers", ()), (b"x-lockgate-cost-usd", f"{cost:.8f}".encode())]}
 
-    def _usage(self) -> dict | None:
+    def _usage(self) -> dict[str, Any] | None:
         ctx = self.ctx
         attempt = ctx.attempt
         if attempt.proxied or ctx.cache == "hit" or self.meter is None:
@@ -645,7 +646,7 @@ class BudgetedSession(BudgetedRequest):
 
         return wrapped
 
-    async def _admit_response(self, event: dict, size: int, send: Send) -> bool:
+    async def _admit_response(self, event: dict[str, Any], size: int, send: Send) -> bool:
         """Reserves for one create; False when refused (the client told)."""
         amount, answer = self._response_bound(self.price, event.get("response"), size)
         event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
@@ -684,14 +685,14 @@ class BudgetedSession(BudgetedRequest):
 
         return wrapped
 
-    def _followed(self, text: str) -> dict | None:
+    def _followed(self, text: str) -> dict[str, Any] | None:
         if streamed_delta(text):
             return None
         if not any(marker in text for marker in SESSION_EVENTS) and not (self.transcription and TRANSCRIPT_DONE in text):
             return None
         return realtime_event(text) or None
 
-    async def _before(self, event: dict, send: Send) -> bool:
+    async def _before(self, event: dict[str, Any], send: Send) -> bool:
         """Follows one upstream event before it goes out; True when it was charged."""
         kind, response = event.get("type"), event.get("response")
         response_id = response.get("id") if isinstance(response, dict) else None
@@ -736,7 +737,7 @@ class BudgetedSession(BudgetedRequest):
             self.queued.remove(held)
             await asyncio.shield(self._record(0.0, held.entry))
 
-    async def _charge(self, usage: dict | None, held: Held) -> None:
+    async def _charge(self, usage: dict[str, Any] | None, held: Held) -> None:
         self.last_input = max(self.last_input, (usage or {}).get("prompt_tokens", 0))
         ctx = self.ctx
         price = self._served_price(self._served())

@@ -133,7 +133,7 @@ class CachePolicy:
 DEFAULT = CachePolicy()
 
 
-def positive(check: Checker, node: dict, key: str, default: float) -> float:
+def positive(check: Checker, node: dict[str, Any], key: str, default: float) -> float:
     value = float(check.number(node, key, default))
     if value <= 0:
         check.fail(node, key, f"{key} must be more than 0")
@@ -196,7 +196,7 @@ def subject(policy: CachePolicy, scope: Scope, ctx: RequestContext) -> str:
     return "credential:" + hashlib.sha256(credential).hexdigest() if credential else "anonymous"
 
 
-def request_key(endpoint: str, one_entry: bool, body: dict, scope: Scope, who: str, per_user: bool) -> str:
+def request_key(endpoint: str, one_entry: bool, body: dict[str, Any], scope: Scope, who: str, per_user: bool) -> str:
     fields = {
         name: int(value) if type(value) is float and value.is_integer() and abs(value) < 2**63 else value
         for name, value in body.items()
@@ -237,7 +237,7 @@ async def replay_json(send: Send, payload: bytes, headers: list[tuple[bytes, byt
 
 
 class CacheMiddleware:
-    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None) -> None:
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None) -> None:
         self.app = app
         self.policy = Policy("cache", policy, parse_policy)
         self.store = open_store(store)
@@ -321,14 +321,14 @@ class CachedRequest:
                 await asyncio.shield(self._release(self.lock))
 
     # -- reading --------------------------------------------------------------------------
-    async def _get(self, key: str) -> tuple[dict, bytes] | None:
+    async def _get(self, key: str) -> tuple[dict[str, Any], bytes] | None:
         raw = await guard.call(self.store, self.store.get(key), self.policy.store_failure.timeout_s)
         if raw is None:
             return None
         meta, _, payload = raw.partition(b"\n")
         return orjson.loads(meta), payload
 
-    async def _coalesce(self) -> tuple[dict, bytes] | None:
+    async def _coalesce(self) -> tuple[dict[str, Any], bytes] | None:
         """Another request's answer, when one is on its way; None when this request
         should go upstream (holding the lock when it took it)."""
         lock = self.key + ":lock"
@@ -358,7 +358,7 @@ class CachedRequest:
         except StoreUnavailable as exc:  # the lock expires by itself
             log.warning("cache_unlock_failed", error=str(exc), request_id=self.ctx.request_id)
 
-    async def _replay(self, entry: tuple[dict, bytes], send: Send) -> None:
+    async def _replay(self, entry: tuple[dict[str, Any], bytes], send: Send) -> None:
         meta, payload = entry
         ctx = self.ctx
         ctx.cache = "hit"
@@ -448,7 +448,7 @@ def encode(event: str, data: bytes) -> bytes:
     return head + b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
 
 
-def complete_stream(raw: bytes, usage_kind: bool, usage: dict | None) -> tuple[bytes, str | None] | None:
+def complete_stream(raw: bytes, usage_kind: bool, usage: dict[str, Any] | None) -> tuple[bytes, str | None] | None:
     """A recorded stream as it will be replayed (comments dropped, and the usage chunk
     kept apart, to be sent only to clients that ask for it), or None when it did not
     end properly."""
@@ -485,11 +485,11 @@ def complete_stream(raw: bytes, usage_kind: bool, usage: dict | None) -> tuple[b
     return b"".join(out), usage_chunk.decode("utf-8", "replace") if usage_chunk is not None else None
 
 
-def assemble_chat(raw: bytes, usage: dict | None) -> dict:
+def assemble_chat(raw: bytes, usage: dict[str, Any] | None) -> dict[str, Any]:
     """The chat.completion a recorded chat stream amounts to."""
     decoder = SSEDecoder()
     answer: dict[str, Any] = {}
-    choices: dict[int, dict] = {}
+    choices: dict[int, dict[str, Any]] = {}
     for _, data in decoder.feed(raw) + decoder.finish():
         chunk = loads_or_none(data)
         if not isinstance(chunk, dict):
@@ -525,7 +525,7 @@ def assemble_chat(raw: bytes, usage: dict | None) -> dict:
     return answer
 
 
-def chat_stream(answer: dict, include_usage: bool) -> bytes:
+def chat_stream(answer: dict[str, Any], include_usage: bool) -> bytes:
     """A stored chat.completion as the stream of chunks that would have produced it."""
     base = {"id": answer.get("id"), "object": "chat.completion.chunk", "created": answer.get("created"), "model": answer.get("model")}
     out = []

@@ -130,7 +130,7 @@ class FallbackMiddleware:
             return
         ctx, inner_receive = await model_request(scope, receive)
         model = ctx.body.get("model") if ctx is not None else None
-        if not isinstance(model, str) or not (policy.chain(model) or policy.retries_for(model) or model in policy.context_window):
+        if ctx is None or not isinstance(model, str) or not (policy.chain(model) or policy.retries_for(model) or model in policy.context_window):
             await self.app(scope, inner_receive, send)
             return
         await FallbackRequest(policy, ctx)(self.app, scope, receive, send)

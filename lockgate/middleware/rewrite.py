@@ -186,7 +186,7 @@ def parse_policy(raw: Any, source: str) -> RewritePolicy:
     return RewritePolicy(aliases, tuple(rules), trust, frozenset(names.client_fields), paths)
 
 
-def parse_aliases(check: Checker, node: dict) -> dict[str, str]:
+def parse_aliases(check: Checker, node: dict[str, Any]) -> dict[str, str]:
     aliases: dict[str, str] = {}
     for name, target in node.items():
         if not isinstance(target, str) or not target:
@@ -210,7 +210,7 @@ def parse_aliases(check: Checker, node: dict) -> dict[str, str]:
     return aliases
 
 
-def parse_rule(check: Checker, node: dict, index: int, names: Names) -> Rule | None:
+def parse_rule(check: Checker, node: dict[str, Any], index: int, names: Names) -> Rule | None:
     check.unknown(node, RULE_KEYS, "a rule")
     label = check.string(node, "id", index) if "id" in node else index
     when = parse_when(check, node, names)
@@ -233,7 +233,7 @@ def parse_rule(check: Checker, node: dict, index: int, names: Names) -> Rule | N
     return Rule(label, when, condition, None, parse_split(check, node))
 
 
-def parse_when(check: Checker, node: dict, names: Names) -> dict[str, Any]:
+def parse_when(check: Checker, node: dict[str, Any], names: Names) -> dict[str, Any]:
     spec = node.get("when")
     if spec is None:
         return {}
@@ -261,7 +261,7 @@ def parse_when(check: Checker, node: dict, names: Names) -> dict[str, Any]:
     return flat
 
 
-def parse_split(check: Checker, node: dict) -> tuple[tuple[str, float], ...]:
+def parse_split(check: Checker, node: dict[str, Any]) -> tuple[tuple[str, float], ...]:
     weights = check.mapping(node, "split", "split")
     edges: list[tuple[str, float]] = []
     total = 0.0

@@ -48,7 +48,7 @@ from lockgate.kernel.context import CONTEXT_KEY, Identity, RequestContext, model
 from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.policy import Policy
-from lockgate.kernel.store import Claim, Store, guard, open_store, owners
+from lockgate.kernel.store import Claim, ClaimResult, Store, guard, open_store, owners
 from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 from lockgate.kernel.websocket import refusals
 from lockgate.middleware.identity import Network, client_address, identity_of, matches, networks
@@ -153,7 +153,7 @@ def own_limit(who: Identity) -> Limit | None:
 
 
 class ThrottleMiddleware:
-    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None) -> None:
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None) -> None:
         self.app = app
         self.policy = Policy("throttle", policy, parse_policy)
         self.store = open_store(store)
@@ -225,6 +225,7 @@ class ThrottledRequest:
                 return
             if result.ok:
                 break
+            assert result.failed is not None  # not ok: the store names the claim that did not fit
             limit = self.limit_of[result.failed]
             now = asyncio.get_running_loop().time()
             if limit.queue and now < wait_until:
@@ -239,7 +240,7 @@ class ThrottledRequest:
         finally:
             await self._settle()
 
-    def _plan(self, active: list[Limit], facts: dict, estimate: int) -> None:
+    def _plan(self, active: list[Limit], facts: dict[str, Any], estimate: int) -> None:
         self.limit_of: list[Limit] = []
         self.kind_of: list[str] = []
         for limit in active:
@@ -263,7 +264,8 @@ class ThrottledRequest:
                 elif kind == "concurrent":
                     self.concurrent_keys.append(key)
 
-    def _refusal(self, result, limit: Limit) -> GatewayError:
+    def _refusal(self, result: ClaimResult, limit: Limit) -> GatewayError:
+        assert result.failed is not None  # a refusal: the store named the claim that did not fit
         kind = self.kind_of[result.failed]
         claim = self.claims[result.failed]
         retry = result.retry_after_s if math.isfinite(result.retry_after_s) else WINDOW_S
