@@ -106,7 +106,9 @@ def parse_model(check: Checker, node: dict, failures: int, cooldown_s: float) ->
     )
 
 
-def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment | None:
+def parse_deployment(check: Checker, node: dict, model_name: str | None) -> Deployment | None:
+    """One deployment of the model `model_name` (None when the model has no name: that is
+    reported, and its deployments are still checked)."""
     check.unknown(node, DEPLOYMENT_KEYS, "a deployment")
     provider = check.string(node, "provider", required=True, what="a deployment")
     if provider is None:
