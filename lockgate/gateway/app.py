@@ -75,10 +75,11 @@ def attach(app: ASGIApp, instance: Any) -> Any:
 async def release_dead_owners(store: Store) -> None:
     """At start-up, before the first request: leases and reservations of processes that
     died (a `kill -9`, a restart) stop holding slots and budget headroom at once."""
+    failures: tuple[type[BaseException], ...] = (TimeoutError, *store.errors)
     try:
         async with asyncio.timeout(5):
             await owners.sweep(store)
-    except (TimeoutError, *store.errors) as exc:
+    except failures as exc:
         log.warning("dead_owner_sweep_failed", error=type(exc).__name__)
 
 
@@ -157,7 +158,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
             await upstream.close()
             await store.close()
 
-    routes = [
+    routes: list[Route | WebSocketRoute] = [
         Route("/health", Endpoint(health), methods=["GET"]),
         Route("/health/liveness", Endpoint(liveness), methods=["GET"]),
         Route("/health/readiness", Endpoint(readiness), methods=["GET"]),

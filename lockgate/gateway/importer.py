@@ -472,11 +472,11 @@ def provider_and_model(model: str, custom: Any, where: str, draft: Draft) -> tup
         draft.note(f"{where}: {model!r} is a Bedrock model id: served by bedrock, as LiteLLM reads it")
         return "bedrock", model
     if not sep:
-        provider = next((p for pattern, p in NAME_PROVIDERS if pattern.search(model.lower())), None)
-        if provider is None:
+        guessed = next((p for pattern, p in NAME_PROVIDERS if pattern.search(model.lower())), None)
+        if guessed is None:
             return f"model {model!r} names no provider: write it as openai/{model} with api_base for an OpenAI-compatible server"
-        draft.note(f"{where}: {model!r} has no provider prefix: served by {provider}, as LiteLLM guesses from the name")
-        return provider, model
+        draft.note(f"{where}: {model!r} has no provider prefix: served by {guessed}, as LiteLLM guesses from the name")
+        return guessed, model
     return (f"unknown provider prefix {prefix + '/'!r}: lockgate has no such provider (it serves {', '.join(sorted(set(PREFIXES.values())))}); "
             "an OpenAI-compatible server can be written as openai/MODEL with api_base")
 
@@ -497,7 +497,7 @@ def litellm_deployment(entry: dict, where: str, draft: Draft, default_timeout: A
     provider, model = found
     at = f"{where}: litellm_params."
     dep: dict[str, Any] = {"provider": provider, "model": model}
-    info = entry.get("model_info") if isinstance(entry.get("model_info"), dict) else {}
+    info = entry["model_info"] if isinstance(entry.get("model_info"), dict) else {}
     if info.get("id") is not None:
         dep["id"] = str(info["id"])
     base = params.get("api_base") or params.get("base_url")
@@ -648,7 +648,7 @@ def import_models(draft: Draft, entries: list, default_timeout: Any) -> None:
             draft.skip(f"{where}: model_name is missing")
             continue
         where = f"{where} ({name})"
-        params = entry.get("litellm_params") if isinstance(entry.get("litellm_params"), dict) else {}
+        params = entry["litellm_params"] if isinstance(entry.get("litellm_params"), dict) else {}
         if "*" in name or "*" in str(params.get("model", "")):
             draft.skip(f"{where}: a wildcard route passes any model name through; lockgate serves the models it lists, so add each one you use", name)
             continue
@@ -788,10 +788,11 @@ def import_fallbacks(draft: Draft, router: dict, settings: dict) -> None:
     for model, targets in fallback_pairs(draft, *found) if found else []:
         draft.chain(model, targets)
     found = setting(router, settings, "context_window_fallbacks")
-    for model, targets in fallback_pairs(draft, *found) if found else []:
-        draft.policy("fallback").setdefault("context_window", {})[model] = targets[0]
-        if len(targets) > 1:
-            draft.note(f"{found[1]} of {model}: lockgate moves to one bigger model; {', '.join(targets[1:])} not carried over")
+    if found:
+        for model, targets in fallback_pairs(draft, *found):
+            draft.policy("fallback").setdefault("context_window", {})[model] = targets[0]
+            if len(targets) > 1:
+                draft.note(f"{found[1]} of {model}: lockgate moves to one bigger model; {', '.join(targets[1:])} not carried over")
     found = setting(router, settings, "content_policy_fallbacks")
     if found and found[0]:
         draft.note(f"{found[1]} not carried over (lockgate does not fall back on a content-policy refusal)")

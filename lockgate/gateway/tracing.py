@@ -156,7 +156,7 @@ def finish_reasons(event: Any) -> list[Any]:
     for holder in (event, event.get("delta")):
         if isinstance(holder, dict) and holder.get("stop_reason"):
             found.append(holder["stop_reason"])
-    response = event.get("response") if isinstance(event.get("response"), dict) else event
+    response = event["response"] if isinstance(event.get("response"), dict) else event
     if response.get("object") == "response" and response.get("status") in ("completed", "incomplete", "failed"):
         details = response.get("incomplete_details")
         found.append(details.get("reason") if isinstance(details, dict) and details.get("reason") else response["status"])
