@@ -39,4 +39,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --duration $(or $(DURATION),10) --peers '$(PEERS)'
 
 clean:
-	rm -rf $(VENV) .lockgate policies/.lockgate .pytest_cache
+	rm -rf $(VENV) .lockgate policies/.lockgate .pytest_cache .mypy_cache .ruff_cache

@@ -29,15 +29,15 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
-    from lockgate.middleware.auth import AuthMiddleware
-    from lockgate.middleware.budget import BudgetMiddleware
-    from lockgate.middleware.cache import CacheMiddleware
-    from lockgate.middleware.fallback import FallbackMiddleware
-    from lockgate.middleware.rewrite import RewriteMiddleware
-    from lockgate.middleware.throttle import ThrottleMiddleware
-    from lockgate.gateway.app import create_app
-    from lockgate.kernel.store import open_store
+if TYPE_CHECKING:  # the names type checkers and IDEs see; `as` marks each a re-export
+    from lockgate.gateway.app import create_app as create_app
+    from lockgate.kernel.store import open_store as open_store
+    from lockgate.middleware.auth import AuthMiddleware as AuthMiddleware
+    from lockgate.middleware.budget import BudgetMiddleware as BudgetMiddleware
+    from lockgate.middleware.cache import CacheMiddleware as CacheMiddleware
+    from lockgate.middleware.fallback import FallbackMiddleware as FallbackMiddleware
+    from lockgate.middleware.rewrite import RewriteMiddleware as RewriteMiddleware
+    from lockgate.middleware.throttle import ThrottleMiddleware as ThrottleMiddleware
 
 
 def __getattr__(name: str) -> Any:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs
-
-from typing import Any, Callable
 
 from starlette.types import Receive, Scope, Send
 
 from lockgate.kernel.context import get_context
-from lockgate.kernel.policy import Policy, statuses_of
-from lockgate.middleware.budget import report_key, spend_report, spend_total
 from lockgate.kernel.errors import GatewayError, send_error, send_json
+from lockgate.kernel.policy import Policy, statuses_of
 from lockgate.kernel.store import Store, guard
 from lockgate.kernel.store.guard import StoreUnavailable
+from lockgate.middleware.budget import report_key, spend_report, spend_total
 
 SPEND_BY = ("key", "user", "team", "model")
 SPEND_PERIODS = ("day", "month", "total")
@@ -54,7 +54,7 @@ def admin_only(handler: Any) -> Any:
 
 
 async def spend_rows(store: Store, by: str, period: str, now: dt.datetime | None = None) -> dict:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     key = report_key(period, now)
     counters = await store.counters(key)
     return {"by": by, "period": period, "key": key.split(":", 2)[2], "total_usd": spend_total(counters), "data": spend_report(counters, by)}

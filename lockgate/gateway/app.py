@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -15,31 +16,30 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.routing import Router as StarletteRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lockgate.kernel import policy
-from lockgate.kernel.policy import Policy, statuses_of
-from lockgate.kernel import metrics
 from lockgate.gateway import tracing
-from lockgate.proxy.access import AccessLog
 from lockgate.gateway.admin import Admin
 from lockgate.gateway.checks import cross_check, layers_of
 from lockgate.gateway.config import GatewayConfig, load_config
-from lockgate.gateway.keys import RuntimeKeys
-from lockgate.gateway.stack import Mounted, Services, build
-from lockgate.kernel.parsing import ConfigError
-from lockgate.proxy.models import ConfigCatalog
-from lockgate.proxy.dialect import AnthropicErrors
 from lockgate.gateway.console import TrafficHistory, admin_routes
+from lockgate.gateway.keys import RuntimeKeys
+from lockgate.gateway.live import Lifecycle, LiveConfig, drain_on_sigterm
+from lockgate.gateway.protocol import STATE_KEY
+from lockgate.gateway.stack import Mounted, Services, build
+from lockgate.kernel import metrics, policy
 from lockgate.kernel.context import get_context, route_path
 from lockgate.kernel.errors import GatewayError, send_error, send_json
-from lockgate.proxy.answers import response_headers
-from lockgate.proxy.handlers import Endpoint, Gateway
-from lockgate.proxy.routes import proxy_routes
-from lockgate.gateway.live import Lifecycle, LiveConfig, drain_on_sigterm
 from lockgate.kernel.logs import configure as configure_logs
 from lockgate.kernel.logs import get_logger
-from lockgate.proxy.router import Router, SharedCooldowns
-from lockgate.gateway.protocol import STATE_KEY
+from lockgate.kernel.parsing import ConfigError
+from lockgate.kernel.policy import Policy, statuses_of
 from lockgate.kernel.store import Store, open_store, owners
+from lockgate.proxy.access import AccessLog
+from lockgate.proxy.answers import response_headers
+from lockgate.proxy.dialect import AnthropicErrors
+from lockgate.proxy.handlers import Endpoint, Gateway
+from lockgate.proxy.models import ConfigCatalog
+from lockgate.proxy.router import Router, SharedCooldowns
+from lockgate.proxy.routes import proxy_routes
 from lockgate.proxy.upstream import UpstreamClient
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -75,10 +75,11 @@ def attach(app: ASGIApp, instance: Any) -> Any:
 async def release_dead_owners(store: Store) -> None:
     """At start-up, before the first request: leases and reservations of processes that
     died (a `kill -9`, a restart) stop holding slots and budget headroom at once."""
+    failures: tuple[type[BaseException], ...] = (TimeoutError, *store.errors)
     try:
         async with asyncio.timeout(5):
             await owners.sweep(store)
-    except (TimeoutError, *store.errors) as exc:
+    except failures as exc:
         log.warning("dead_owner_sweep_failed", error=type(exc).__name__)
 
 
@@ -157,7 +158,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
             await upstream.close()
             await store.close()
 
-    routes = [
+    routes: list[Route | WebSocketRoute] = [
         Route("/health", Endpoint(health), methods=["GET"]),
         Route("/health/liveness", Endpoint(liveness), methods=["GET"]),
         Route("/health/readiness", Endpoint(readiness), methods=["GET"]),

@@ -18,9 +18,10 @@ these same checks through `cross_check`; a reload they refuse keeps what is in f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lockgate.gateway.config import GatewayConfig, parse_config
 from lockgate.gateway.stack import Mounted, Services, build
@@ -74,7 +75,8 @@ def cross_check(config: GatewayConfig, layers: list[Layer], gateway_raw: Any = N
                 continue
             hint = ""
             if name in outer_aliases:
-                hint = f" ({name!r} is an alias of the rewrite mounted outside {layer.kind}, which a {layer.kind} never goes back through: name the model itself)"
+                hint = (f" ({name!r} is an alias of the rewrite mounted outside {layer.kind}, which a {layer.kind} never goes back through: "
+                        "name the model itself)")
             check.fail(node, key, f"{what} names model {name!r}, which no model in {config.source} serves{hint}")
         if layer.kind == "budget" and layer.policy.unknown_price == "refuse":
             problems.extend(unpriced(config, layer, gateway_raw))

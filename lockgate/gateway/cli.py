@@ -7,9 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from lockgate.kernel.parsing import ConfigError
 from lockgate.gateway.config import GatewayConfig, StoreConfig
-
+from lockgate.kernel.parsing import ConfigError
 
 CONFIG_CANDIDATES = ("gateway.yaml", "policies/gateway.yaml")
 
@@ -162,8 +161,8 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 def store_or_exit(path: str) -> StoreConfig:
     """Only gateway.yaml's `store:`: a command that reads the store needs no provider key
     in its environment, nor policies that parse."""
-    from lockgate.kernel.parsing import Checker, load_yaml
     from lockgate.gateway.config import parse_store
+    from lockgate.kernel.parsing import Checker, load_yaml
 
     try:
         raw = load_yaml(Path(path))
@@ -193,7 +192,12 @@ def admin_call(args: argparse.Namespace, method: str, path: str, body: dict | No
     try:
         response = httpx.request(method, url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     except httpx.HTTPError as exc:
-        reason = "no answer in 30 s" if isinstance(exc, httpx.TimeoutException) else "could not connect" if isinstance(exc, httpx.ConnectError) else "the connection failed"
+        if isinstance(exc, httpx.TimeoutException):
+            reason = "no answer in 30 s"
+        elif isinstance(exc, httpx.ConnectError):
+            reason = "could not connect"
+        else:
+            reason = "the connection failed"
         raise SystemExit(f"{command}: cannot reach the gateway at {url} ({reason}): is it running there? "
                          "Name it with --url or LOCKGATE_URL") from None
     try:
@@ -244,12 +248,13 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     header = ("id", "source", "user", "team", "models", "limits", "expires", "status")
     rows = [header]
     for key in keys:
-        limits = ", ".join(f"{v} {k}" for k, v in (("usd/" + (key.get("budget_period") or ""), key.get("budget_usd")), ("rpm", key.get("rpm")), ("tpm", key.get("tpm"))) if v is not None)
+        named = (("usd/" + (key.get("budget_period") or ""), key.get("budget_usd")), ("rpm", key.get("rpm")), ("tpm", key.get("tpm")))
+        limits = ", ".join(f"{v} {k}" for k, v in named if v is not None)
         rows.append((key["id"], key["source"], key.get("user") or "-", key.get("team") or "-", ",".join(key.get("models") or ["*"]), limits or "-",
                      (key.get("expires") or "never")[:10], key["status"]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

@@ -6,9 +6,10 @@ hot reload of gateway.yaml (gateway/live.py). Relative paths name places next to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from lockgate.gateway.stack import KINDS as MIDDLEWARES
 from lockgate.kernel.parsing import Checker, ConfigError, load_yaml

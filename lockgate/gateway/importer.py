@@ -47,6 +47,7 @@ Choices where LiteLLM and lockgate do not line up:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -274,10 +275,8 @@ class Draft:
                 return env_ref(value)
             if VARIABLE.fullmatch(value.strip()):
                 return value.strip()
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value.strip())
-            except ValueError:
-                pass
         whole = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (not integer or value == int(value))
         if not whole or value < minimum:
             self.note(f"{where}: not {'a whole number' if integer else 'a number'} of at least {minimum:g}; not carried over")
@@ -330,12 +329,14 @@ class Draft:
             if deployment["provider"] in KEY_ENV:
                 deployment["api_key"] = "${" + KEY_ENV[deployment["provider"]] + "}"
             self.add_deployment(name, deployment)
-            self.note(f"{why} names the provider {name!r} where a model is needed: imported as a model {name!r} served by {deployment['model']} (a guess: edit it)")
+            self.note(f"{why} names the provider {name!r} where a model is needed: "
+                      f"imported as a model {name!r} served by {deployment['model']} (a guess: edit it)")
             return
         provider = next((p for pattern, p in NAME_PROVIDERS if pattern.search(name.lower())), None)
         if provider is None:
             self.add_deployment(name, {"provider": "openai", "model": name, "base_url": "${OPENAI_COMPATIBLE_BASE_URL}"})
-            self.note(f"{why} names {name!r}, which no provider's naming matches: served by an OpenAI-compatible server at ${{OPENAI_COMPATIBLE_BASE_URL}} (edit it)")
+            self.note(f"{why} names {name!r}, which no provider's naming matches: "
+                      "served by an OpenAI-compatible server at ${OPENAI_COMPATIBLE_BASE_URL} (edit it)")
             return
         deployment = {"provider": provider, "model": name}
         if provider in KEY_ENV:
@@ -373,7 +374,8 @@ class Draft:
         files["gateway.yaml"] = "\n".join(header) + "\n" + dump(gateway)
         for name in POLICY_ORDER:
             if name in policies:
-                files[f"{name}.yaml"] = f"# {name} policy imported from {self.source} (see gateway.yaml for what was not carried over).\n" + dump(policies[name])
+                heading = f"# {name} policy imported from {self.source} (see gateway.yaml for what was not carried over).\n"
+                files[f"{name}.yaml"] = heading + dump(policies[name])
         env = sorted({m for text in files.values() for m in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)})
         return Result(files, list(self.notes), env, list(self.skipped))
 
@@ -470,11 +472,11 @@ def provider_and_model(model: str, custom: Any, where: str, draft: Draft) -> tup
         draft.note(f"{where}: {model!r} is a Bedrock model id: served by bedrock, as LiteLLM reads it")
         return "bedrock", model
     if not sep:
-        provider = next((p for pattern, p in NAME_PROVIDERS if pattern.search(model.lower())), None)
-        if provider is None:
+        guessed = next((p for pattern, p in NAME_PROVIDERS if pattern.search(model.lower())), None)
+        if guessed is None:
             return f"model {model!r} names no provider: write it as openai/{model} with api_base for an OpenAI-compatible server"
-        draft.note(f"{where}: {model!r} has no provider prefix: served by {provider}, as LiteLLM guesses from the name")
-        return provider, model
+        draft.note(f"{where}: {model!r} has no provider prefix: served by {guessed}, as LiteLLM guesses from the name")
+        return guessed, model
     return (f"unknown provider prefix {prefix + '/'!r}: lockgate has no such provider (it serves {', '.join(sorted(set(PREFIXES.values())))}); "
             "an OpenAI-compatible server can be written as openai/MODEL with api_base")
 
@@ -495,7 +497,7 @@ def litellm_deployment(entry: dict, where: str, draft: Draft, default_timeout: A
     provider, model = found
     at = f"{where}: litellm_params."
     dep: dict[str, Any] = {"provider": provider, "model": model}
-    info = entry.get("model_info") if isinstance(entry.get("model_info"), dict) else {}
+    info = entry["model_info"] if isinstance(entry.get("model_info"), dict) else {}
     if info.get("id") is not None:
         dep["id"] = str(info["id"])
     base = params.get("api_base") or params.get("base_url")
@@ -604,7 +606,7 @@ def import_litellm(raw: Any, source: str) -> Result:
         shape = "empty" if raw is None else f"a {type(raw).__name__}"
         raise ImportRefused([f"{source}: a LiteLLM config is a mapping (model_list:, router_settings:, litellm_settings:, general_settings:), not {shape}"])
     router, settings, general = (raw.get(name) or {} for name in LITELLM_SECTIONS)
-    for name, node in zip(LITELLM_SECTIONS, (router, settings, general)):
+    for name, node in zip(LITELLM_SECTIONS, (router, settings, general), strict=True):
         if not isinstance(node, dict):
             draft.problems.append(f"{source}: {name} must be a mapping")
     entries = raw.get("model_list") or []
@@ -646,7 +648,7 @@ def import_models(draft: Draft, entries: list, default_timeout: Any) -> None:
             draft.skip(f"{where}: model_name is missing")
             continue
         where = f"{where} ({name})"
-        params = entry.get("litellm_params") if isinstance(entry.get("litellm_params"), dict) else {}
+        params = entry["litellm_params"] if isinstance(entry.get("litellm_params"), dict) else {}
         if "*" in name or "*" in str(params.get("model", "")):
             draft.skip(f"{where}: a wildcard route passes any model name through; lockgate serves the models it lists, so add each one you use", name)
             continue
@@ -786,10 +788,11 @@ def import_fallbacks(draft: Draft, router: dict, settings: dict) -> None:
     for model, targets in fallback_pairs(draft, *found) if found else []:
         draft.chain(model, targets)
     found = setting(router, settings, "context_window_fallbacks")
-    for model, targets in fallback_pairs(draft, *found) if found else []:
-        draft.policy("fallback").setdefault("context_window", {})[model] = targets[0]
-        if len(targets) > 1:
-            draft.note(f"{found[1]} of {model}: lockgate moves to one bigger model; {', '.join(targets[1:])} not carried over")
+    if found:
+        for model, targets in fallback_pairs(draft, *found):
+            draft.policy("fallback").setdefault("context_window", {})[model] = targets[0]
+            if len(targets) > 1:
+                draft.note(f"{found[1]} of {model}: lockgate moves to one bigger model; {', '.join(targets[1:])} not carried over")
     found = setting(router, settings, "content_policy_fallbacks")
     if found and found[0]:
         draft.note(f"{found[1]} not carried over (lockgate does not fall back on a content-policy refusal)")
@@ -1044,11 +1047,10 @@ def add_rule(draft: Draft, rule: dict) -> None:
     if rule.get("id") and any(r.get("id") == rule["id"] for r in rules):
         rule["id"] = f"{rule['id']}-{len(rules) + 1}"
     rules.append(rule)
-    if needs_trust(rule.get("condition", "")):
-        if not policy.get("trust_client_fields"):
-            draft.policies["rewrite"] = {"trust_client_fields": True, **policy}
-            draft.note("routing rules read fields the client sends (x-lockgate-<name> headers, e.g. x-lockgate-task-type: simple_qa, "
-                       "x-lockgate-feature: search_qa): trust_client_fields is on, so clients can pick them")
+    if needs_trust(rule.get("condition", "")) and not policy.get("trust_client_fields"):
+        draft.policies["rewrite"] = {"trust_client_fields": True, **policy}
+        draft.note("routing rules read fields the client sends (x-lockgate-<name> headers, e.g. x-lockgate-task-type: simple_qa, "
+                   "x-lockgate-feature: search_qa): trust_client_fields is on, so clients can pick them")
 
 
 def needs_trust(condition: str) -> bool:

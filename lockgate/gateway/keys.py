@@ -25,19 +25,20 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from lockgate.middleware.auth import LIMIT_KEYS, MASTER_ID, RUNTIME_ENTRY, RUNTIME_ID, AuthPolicy, BodyChecker, Key, new_key, parse_key, runtime_keys
 from lockgate.gateway.admin import admin_only
-from lockgate.kernel.parsing import ConfigError
 from lockgate.kernel.context import load_json
 from lockgate.kernel.errors import GatewayError, bad_request, send_error, send_json
 from lockgate.kernel.logs import get_logger
+from lockgate.kernel.parsing import ConfigError
 from lockgate.kernel.store import Store, guard
 from lockgate.kernel.store.guard import StoreUnavailable
+from lockgate.middleware.auth import LIMIT_KEYS, MASTER_ID, RUNTIME_ENTRY, RUNTIME_ID, AuthPolicy, BodyChecker, Key, new_key, parse_key, runtime_keys
 
 ADMIN_TIMEOUT_S = 2.0
 FIELDS = ("id", "user", "team", "tier", "models", "expires", "metadata", *LIMIT_KEYS)
@@ -119,7 +120,7 @@ def conflict(message: str) -> GatewayError:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
 def validate(body: dict) -> dict:
@@ -150,7 +151,7 @@ def validate(body: dict) -> dict:
     if key is not None:
         fields.update(key.limits.fields() if key.limits else {})  # as parsed: numbers, and the default period
         if key.expires is not None:
-            if key.expires <= dt.datetime.now(dt.timezone.utc):
+            if key.expires <= dt.datetime.now(dt.UTC):
                 check.fail(body, "expires", "expires is in the past")
             fields["expires"] = key.expires.isoformat()
     if check.problems:
@@ -189,7 +190,7 @@ def file_listing(key: Key) -> dict:
 
 
 def status(expires: str | None) -> str:
-    if expires and dt.datetime.fromisoformat(expires) <= dt.datetime.now(dt.timezone.utc):
+    if expires and dt.datetime.fromisoformat(expires) <= dt.datetime.now(dt.UTC):
         return "expired"
     return "active"
 

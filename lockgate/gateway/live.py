@@ -26,15 +26,16 @@ import asyncio
 import dataclasses
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from lockgate.kernel.policy import Policy
 from lockgate.gateway.checks import Layer, cross_check, layers_of
-from lockgate.gateway.stack import Mounted
-from lockgate.kernel.parsing import ConfigError
 from lockgate.gateway.config import GatewayConfig, parse_config
+from lockgate.gateway.stack import Mounted
 from lockgate.kernel.logs import get_logger
+from lockgate.kernel.parsing import ConfigError
+from lockgate.kernel.policy import Policy
 
 log = get_logger("lockgate.config")
 LIVE_SECTIONS = ("models",)  # what a reload applies; the rest waits for a restart

@@ -31,8 +31,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from lockgate.gateway.config import ServerConfig
-from lockgate.kernel.logs import get_logger
 from lockgate.kernel.errors import error_body
+from lockgate.kernel.logs import get_logger
 
 STATE_KEY = "lockgate.server"
 TICKER_KEY = "lockgate.deadlines"

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import signal
 import socket
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
@@ -89,7 +91,8 @@ class GracefulServer(uvicorn.Server):
         for sock in sockets or []:
             sock.close()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.timeout_graceful_shutdown
+        grace = self.config.timeout_graceful_shutdown  # run() always sets it; None is uvicorn's "no limit"
+        deadline = loop.time() + (grace if grace is not None else math.inf)
         while self.server_state.tasks and loop.time() < deadline and not self.force_exit:
             await asyncio.sleep(POLL_S)
         for connection in list(self.server_state.connections):
@@ -116,7 +119,9 @@ def run(app: Any, *, config: GatewayConfig, config_path: str, workers: int = 1, 
     factory for several. With the start-up line and, for one worker, the draining
     shutdown above. Returns the exit status; raises `ListenError`."""
     factory = isinstance(app, str)
-    server_config = uvicorn.Config(app, factory=factory, workers=workers, timeout_graceful_shutdown=config.server.shutdown_grace_s, **options)
+    # uvicorn annotates timeout_graceful_shutdown as int, but uses it as an asyncio timeout: any seconds
+    grace = config.server.shutdown_grace_s
+    server_config = uvicorn.Config(app, factory=factory, workers=workers, timeout_graceful_shutdown=grace, **options)  # type: ignore[arg-type]
     sock = listen(server_config.host, server_config.port, config_path)
 
     def announce(sockets: list[socket.socket]) -> None:

@@ -9,8 +9,11 @@ and the gateway's services. gateway.yaml's `middleware:` takes exactly these nam
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
 
 from lockgate.kernel.parsing import ConfigError
 from lockgate.kernel.policy import Policy
@@ -33,14 +36,20 @@ class Services:
     catalog: Catalog
 
 
+async def unattached(scope: Scope, receive: Receive, send: Send) -> None:
+    """The inner app a middleware is built with: gateway/app.py's `attach` gives it its
+    real one when Starlette builds the stack, before any request."""
+    raise RuntimeError("a middleware built by the gateway was called before it was attached")
+
+
 # name -> how to build it (its inner app is given later, by Starlette's stack)
 KINDS: Mapping[str, Callable[[Any, Services], Any]] = {
-    "auth": lambda policy, s: AuthMiddleware(None, policy=policy, store=s.store),
-    "throttle": lambda policy, s: ThrottleMiddleware(None, policy=policy, store=s.store),
-    "budget": lambda policy, s: BudgetMiddleware(None, policy=policy, store=s.store, catalog=s.catalog),
-    "cache": lambda policy, s: CacheMiddleware(None, policy=policy, store=s.store),
-    "rewrite": lambda policy, s: RewriteMiddleware(None, policy=policy, store=s.store),
-    "fallback": lambda policy, s: FallbackMiddleware(None, policy=policy, store=s.store),
+    "auth": lambda policy, s: AuthMiddleware(unattached, policy=policy, store=s.store),
+    "throttle": lambda policy, s: ThrottleMiddleware(unattached, policy=policy, store=s.store),
+    "budget": lambda policy, s: BudgetMiddleware(unattached, policy=policy, store=s.store, catalog=s.catalog),
+    "cache": lambda policy, s: CacheMiddleware(unattached, policy=policy, store=s.store),
+    "rewrite": lambda policy, s: RewriteMiddleware(unattached, policy=policy, store=s.store),
+    "fallback": lambda policy, s: FallbackMiddleware(unattached, policy=policy, store=s.store),
 }
 
 

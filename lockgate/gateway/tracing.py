@@ -32,17 +32,18 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import orjson
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate import __version__
-from lockgate.providers.sse import SSEDecoder, SSEError
-from lockgate.proxy import genai
 from lockgate.kernel.context import get_context, route_path
 from lockgate.kernel.store import Store
+from lockgate.providers.sse import SSEDecoder, SSEError
+from lockgate.proxy import genai
 
 QUIET_PATHS = frozenset({"/health", "/health/liveness", "/health/readiness", "/metrics"})
 MAX_JSON_BYTES = 4 * 1024 * 1024  # a JSON answer read past this is not parsed for finish reasons
@@ -155,7 +156,7 @@ def finish_reasons(event: Any) -> list[Any]:
     for holder in (event, event.get("delta")):
         if isinstance(holder, dict) and holder.get("stop_reason"):
             found.append(holder["stop_reason"])
-    response = event.get("response") if isinstance(event.get("response"), dict) else event
+    response = event["response"] if isinstance(event.get("response"), dict) else event
     if response.get("object") == "response" and response.get("status") in ("completed", "incomplete", "failed"):
         details = response.get("incomplete_details")
         found.append(details.get("reason") if isinstance(details, dict) and details.get("reason") else response["status"])

@@ -20,7 +20,7 @@ field is a shortcut (README "Use it as a library").
 | `model_check` | auth: may this caller be served a model? (`allows`) | rewrite, fallback, the proxy (the last word) |
 | `cache` | cache: `hit` / `miss` / `bypass` | budget and throttle (a hit costs nothing), access log, traces |
 | `cost_usd` | budget | access log, traces |
-| `rewrite_rule` | rewrite: the rule that chose the model | access log |
+| `rewrite_rule` | rewrite: the rule that chose the model (its id, else its index) | access log |
 | `fallback_chain` | fallback: the models tried, when more than one | access log, traces |
 | `upstream_s` | the proxy: time spent waiting on upstreams, every attempt | access log (lockgate's own overhead) |
 | `attempt` | fallback starts a fresh `Attempt` for each try (`new_attempt`) | see `Attempt` |
@@ -161,7 +161,7 @@ class RequestContext:
         self.cost_usd: float | None = None
         self.cache: str | None = None
         self.fallback_chain: list[str] | None = None
-        self.rewrite_rule: str | None = None
+        self.rewrite_rule: str | int | None = None
         # set by whoever admitted the request (auth): may this caller be served `model`?
         # Rewrite, fallback and the proxy ask it of the model they are about to use, so an
         # allow-list holds for the model actually served, however it was chosen.

@@ -55,27 +55,28 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from lockgate.kernel.context import Identity, KeyLimits, get_context, load_json, replay
+from lockgate.kernel.errors import GatewayError, send_error
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.store import Store, attached, guard
+from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
+from lockgate.kernel.websocket import refusals
 from lockgate.middleware.budget import PERIODS as BUDGET_PERIODS
 from lockgate.middleware.identity import Network, client_address, networks, within
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
-from lockgate.kernel.policy import Policy
 from lockgate.providers.tokens import ANSWER_LIMIT_FIELDS
-from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import Identity, KeyLimits, get_context, load_json, replay
-from lockgate.kernel.errors import GatewayError, send_error
-from lockgate.kernel.logs import get_logger
-from lockgate.kernel.websocket import refusals
-from lockgate.kernel.store import Store, attached, guard
-from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 
 TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths",
             "runtime_keys", "store_failure", "store_timeout_s"}
@@ -152,7 +153,7 @@ class AuthPolicy:
 
 
 def segments_match(parts: list[str], pattern: list[str]) -> bool:
-    return len(parts) == len(pattern) and all(fnmatchcase(p, q) for p, q in zip(parts, pattern))
+    return len(parts) == len(pattern) and all(fnmatchcase(p, q) for p, q in zip(parts, pattern, strict=True))
 
 
 # -- policy parsing -------------------------------------------------------------------
@@ -202,7 +203,7 @@ def parse_policy(raw: Any, source: str) -> AuthPolicy:
     return AuthPolicy(keys, master, trusted, tuple(public), paths, runtime is not False, failure, (ip_allow, max_tokens, max_messages), frozenset(ids))
 
 
-def parse_key(check: Checker, node: dict, ip_allow: Any, max_tokens: Any, max_messages: Any) -> Key | None:
+def parse_key(check: Checker, node: dict[str, Any], ip_allow: Any, max_tokens: Any, max_messages: Any) -> Key | None:
     check.unknown(node, KEY_KEYS, "a key")
     key_id = check.string(node, "id", required=True, what="a key")
     digest = digest_field(check, node, "sha256", required=True)
@@ -249,7 +250,7 @@ def own_limits(check: Checker, node: dict[str, Any]) -> KeyLimits | None:
     return KeyLimits(**limits) if limits else None
 
 
-def digest_field(check: Checker, node: dict, name: str, required: bool = False) -> bytes | None:
+def digest_field(check: Checker, node: dict[str, Any], name: str, required: bool = False) -> bytes | None:
     value = check.string(node, name, required=required, what="a key")
     if value is None:
         return None
@@ -259,11 +260,11 @@ def digest_field(check: Checker, node: dict, name: str, required: bool = False) 
     return bytes.fromhex(value)
 
 
-def cap(check: Checker, node: dict, name: str) -> int | None:
+def cap(check: Checker, node: dict[str, Any], name: str) -> int | None:
     return check.number(node, name, 0, minimum=1, integer=True) if node.get(name) is not None else None
 
 
-def expiry(check: Checker, node: dict) -> dt.datetime | None:
+def expiry(check: Checker, node: dict[str, Any]) -> dt.datetime | None:
     value = node.get("expires")
     if value is None:
         return None
@@ -278,7 +279,7 @@ def expiry(check: Checker, node: dict) -> dt.datetime | None:
             check.fail(node, "expires", "expires must be a date (2027-01-01) or an ISO datetime")
             return None
         value = dt.datetime(value.year, value.month, value.day)
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def plain(value: Any) -> Any:
@@ -378,7 +379,8 @@ def presented_key(scope: Scope) -> bytes | None:
     header = (found.get(b"x-api-key") or found.get(b"api-key") or b"").strip()
     if header:
         return header
-    for protocol in scope.get("subprotocols", ()) if scope["type"] == "websocket" else ():
+    protocols: list[str] = scope.get("subprotocols", []) if scope["type"] == "websocket" else []
+    for protocol in protocols:
         if protocol.startswith(KEY_SUBPROTOCOL) and len(protocol) > len(KEY_SUBPROTOCOL):
             return protocol[len(KEY_SUBPROTOCOL) :].encode("latin-1", "replace")
     return None
@@ -395,7 +397,7 @@ def admit(policy: AuthPolicy, scope: Scope, key: Key | None) -> Key:
         if presented_key(scope) is None:
             raise refusal(401, "invalid_api_key", "You didn't provide an API key. Send it as `Authorization: Bearer YOUR_KEY`.")
         raise refusal(401, "invalid_api_key", "Incorrect API key provided.")
-    if key.expires is not None and dt.datetime.now(dt.timezone.utc) >= key.expires:
+    if key.expires is not None and dt.datetime.now(dt.UTC) >= key.expires:
         raise refusal(401, "invalid_api_key", f"This API key expired at {key.expires.isoformat()}.")
     path = scope.get("path", "")
     if (path == "/admin" or path.startswith("/admin/")) and not key.admin:
@@ -407,7 +409,7 @@ def admit(policy: AuthPolicy, scope: Scope, key: Key | None) -> Key:
     return key
 
 
-def check_body(key: Key, body: dict) -> None:
+def check_body(key: Key, body: dict[str, Any]) -> None:
     model = body.get("model")
     if isinstance(model, str) and not key.allows(model):
         raise refusal(403, "model_not_allowed", f"This API key may not use the model `{model}`.", "model")

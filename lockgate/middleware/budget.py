@@ -57,33 +57,34 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import functools
 import datetime as dt
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lockgate.kernel import metrics
+from lockgate.kernel.context import Identity, RequestContext, model_request, new_id, refuse, route_path
+from lockgate.kernel.errors import GatewayError
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.store import Claim, Store, guard, open_store, owners
+from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
+from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
 from lockgate.middleware.identity import identity_of
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
-from lockgate.kernel.policy import Policy
 from lockgate.providers import prices
 from lockgate.providers.base import Price
-from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
-from lockgate.providers.meter import UsageMeter, usage_bound
-from lockgate.providers.usage import TRANSCRIPT_DONE, realtime_usage, transcription_usage
 from lockgate.providers.catalog import BUILTIN, Catalog
-from lockgate.kernel import metrics
-from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import Identity, RequestContext, model_request, new_id, refuse, route_path
 from lockgate.providers.endpoints import KINDS, kind_of
-from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
-from lockgate.kernel.errors import GatewayError
-from lockgate.kernel.logs import get_logger
-from lockgate.kernel.store import Claim, Store, guard, open_store, owners
-from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
+from lockgate.providers.meter import UsageMeter, usage_bound
+from lockgate.providers.tokens import answer_limit, prompt_tokens_bound
+from lockgate.providers.usage import TRANSCRIPT_DONE, realtime_usage, transcription_usage
 
 PERIODS = ("daily", "weekly", "monthly", "total")
 DIMENSIONS = ("key", "user", "team")
@@ -206,7 +207,7 @@ def period_of_day(period: str, day: dt.date) -> tuple[str, dt.datetime]:
     else:
         end = day.replace(day=1) + dt.timedelta(days=calendar.monthrange(day.year, day.month)[1])
         label = day.strftime("%Y-%m")
-    return label, dt.datetime.combine(end, dt.time(), tzinfo=dt.timezone.utc)
+    return label, dt.datetime.combine(end, dt.time(), tzinfo=dt.UTC)
 
 
 def budget_key(dimension: str, name: Any, period: str, now: dt.datetime) -> str:
@@ -243,7 +244,7 @@ class BudgetMiddleware:
     """`catalog` prices the models (lockgate's gateway hands in gateway.yaml's; around
     another app, the built-in tables price them)."""
 
-    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None, catalog: Catalog | None = None) -> None:
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None, catalog: Catalog | None = None) -> None:
         self.app = app
         self.policy = Policy("budget", policy, parse_policy)
         self.store = open_store(store)
@@ -274,7 +275,7 @@ class BudgetedRequest:
         self.ctx = ctx
         self.scope = scope
         self.entry = new_id()
-        self.now = dt.datetime.now(dt.timezone.utc)
+        self.now = dt.datetime.now(dt.UTC)
         self.identity = identity_of(scope, ctx, policy.trust_client_user)
         self.who = self.identity.facts()
         self.kind = kind_of(route_path(scope)) if "path" in scope else None
@@ -307,7 +308,7 @@ class BudgetedRequest:
     def _key(self, budget: Budget) -> str:
         return budget_key(budget.dimension, self.who.get(budget.dimension), budget.period, self.now)
 
-    async def _admit(self, send: Send) -> Price | None | bool:
+    async def _admit(self, send: Send) -> Price | None | Literal[False]:
         """The price the request is reserved at, once admitted; False when it was refused
         (the refusal sent)."""
         ctx = self.ctx
@@ -345,7 +346,7 @@ class BudgetedRequest:
 
     async def _reserve_amount(self, amount: float, entry: str) -> GatewayError | None:
         self.exhausted = False
-        claims = [Claim(key, b.limit_usd, amount, RESERVATION_TTL_S) for key, b in zip(self.keys, self.applicable)]
+        claims = [Claim(key, b.limit_usd, amount, RESERVATION_TTL_S) for key, b in zip(self.keys, self.applicable, strict=True)]
         failure = self.policy.store_failure
         await owners.keeper(self.store).ensure(failure.timeout_s)  # a reservation of a process that dies is released
         try:
@@ -363,6 +364,7 @@ class BudgetedRequest:
             self.reserved = True
             return None
         i = reservation.failed
+        assert i is not None  # not ok: the store names the budget that did not fit
         budget, spent, reserved = self.applicable[i], reservation.spent[i], reservation.reserved[i]
         who = f"{budget.dimension} `{self.who.get(budget.dimension)}`"
         self.exhausted = spent >= budget.limit_usd
@@ -454,7 +456,7 @@ class BudgetedRequest:
             return start
         return {**start, "headers": [*start.get("headers", ()), (b"x-lockgate-cost-usd", f"{cost:.8f}".encode())]}
 
-    def _usage(self) -> dict | None:
+    def _usage(self) -> dict[str, Any] | None:
         ctx = self.ctx
         attempt = ctx.attempt
         if attempt.proxied or ctx.cache == "hit" or self.meter is None:
@@ -475,7 +477,8 @@ class BudgetedRequest:
         """The price of what was served: its deployment's own, else the first name priced."""
         ctx = self.ctx
         attempt = ctx.attempt
-        return self.models.deployment_price(attempt.deployment) or price_for(self.policy, self.models, served, attempt.upstream_model, ctx.model, ctx.model_requested)
+        return self.models.deployment_price(attempt.deployment) or price_for(self.policy, self.models, served, attempt.upstream_model, ctx.model,
+                                                                             ctx.model_requested)
 
     async def _settle(self) -> float | None:
         """Turns the reservation into the real cost; returns it (None when unpriced)."""
@@ -510,7 +513,7 @@ class BudgetedRequest:
                 await guard.write_or_defer(self.store, "spend_report", lambda: self.store.incr(report), self.policy.store_failure.timeout_s)
             return
         by_ttl: dict[float | None, list[str]] = {}
-        for key, budget in zip(self.keys, self.applicable):
+        for key, budget in zip(self.keys, self.applicable, strict=True):
             by_ttl.setdefault(period_window(budget.period, self.now)[1], []).append(key)
         for ttl, keys in by_ttl.items():
             # the report lines go with the first settle: recorded together, durably
@@ -597,7 +600,8 @@ class BudgetedSession(BudgetedRequest):
             return 0.0, answer
         new_input = max(REALTIME_TURN_TOKENS, size)  # a create carrying its own input may bring more
         given = self.last_input + new_input + sum(held.answer for held in (*self.queued, *self.running.values()))
-        usage = {"prompt_tokens": given, "prompt_tokens_details": {"audio_tokens": given}, "completion_tokens": answer, "completion_tokens_details": {"audio_tokens": answer}}
+        usage = {"prompt_tokens": given, "prompt_tokens_details": {"audio_tokens": given}, "completion_tokens": answer,
+                 "completion_tokens_details": {"audio_tokens": answer}}
         return prices.cost(usage, price), answer
 
     async def __call__(self, app: ASGIApp, receive: Receive, send: Send) -> None:
@@ -642,7 +646,7 @@ class BudgetedSession(BudgetedRequest):
 
         return wrapped
 
-    async def _admit_response(self, event: dict, size: int, send: Send) -> bool:
+    async def _admit_response(self, event: dict[str, Any], size: int, send: Send) -> bool:
         """Reserves for one create; False when refused (the client told)."""
         amount, answer = self._response_bound(self.price, event.get("response"), size)
         event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
@@ -681,14 +685,14 @@ class BudgetedSession(BudgetedRequest):
 
         return wrapped
 
-    def _followed(self, text: str) -> dict | None:
+    def _followed(self, text: str) -> dict[str, Any] | None:
         if streamed_delta(text):
             return None
         if not any(marker in text for marker in SESSION_EVENTS) and not (self.transcription and TRANSCRIPT_DONE in text):
             return None
         return realtime_event(text) or None
 
-    async def _before(self, event: dict, send: Send) -> bool:
+    async def _before(self, event: dict[str, Any], send: Send) -> bool:
         """Follows one upstream event before it goes out; True when it was charged."""
         kind, response = event.get("type"), event.get("response")
         response_id = response.get("id") if isinstance(response, dict) else None
@@ -733,7 +737,7 @@ class BudgetedSession(BudgetedRequest):
             self.queued.remove(held)
             await asyncio.shield(self._record(0.0, held.entry))
 
-    async def _charge(self, usage: dict | None, held: Held) -> None:
+    async def _charge(self, usage: dict[str, Any] | None, held: Held) -> None:
         self.last_input = max(self.last_input, (usage or {}).get("prompt_tokens", 0))
         ctx = self.ctx
         price = self._served_price(self._served())
@@ -766,7 +770,8 @@ class BudgetedSession(BudgetedRequest):
         if self.closed:
             return
         body = refusal.body["error"]
-        error = {"type": "error", "event_id": "event_" + new_id(), "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": None, "event_id": event_id}}
+        error = {"type": "error", "event_id": "event_" + new_id(), "error": {"type": body["type"], "code": body["code"], "message": body["message"],
+                                                                             "param": None, "event_id": event_id}}
         self.closed = close
         try:
             await send({"type": "websocket.send", "text": orjson.dumps(error).decode()})

@@ -68,26 +68,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lockgate.kernel.context import RequestContext, header, model_request, redacted, refuse, route_path
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.store import Store, guard, open_store
+from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 from lockgate.middleware.auth import presented_key
 from lockgate.middleware.identity import identity_of
 from lockgate.middleware.paths import Paths, parse_paths
-from lockgate.kernel.policy import Policy
 from lockgate.providers.base import loads_or_none, usage_requested
 from lockgate.providers.endpoints import ENTRIES, endpoint_of
 from lockgate.providers.sse import DONE, SSEDecoder
 from lockgate.providers.usage import from_answer
-from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import RequestContext, header, model_request, redacted, refuse, route_path
-from lockgate.kernel.logs import get_logger
-from lockgate.kernel.store import Store, guard, open_store
-from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 
 SCOPES = ("key", "user", "team", "global")
 IGNORED_FIELDS = frozenset({"stream", "stream_options", "store", "prompt_cache_key"})
@@ -132,7 +133,7 @@ class CachePolicy:
 DEFAULT = CachePolicy()
 
 
-def positive(check: Checker, node: dict, key: str, default: float) -> float:
+def positive(check: Checker, node: dict[str, Any], key: str, default: float) -> float:
     value = float(check.number(node, key, default))
     if value <= 0:
         check.fail(node, key, f"{key} must be more than 0")
@@ -195,7 +196,7 @@ def subject(policy: CachePolicy, scope: Scope, ctx: RequestContext) -> str:
     return "credential:" + hashlib.sha256(credential).hexdigest() if credential else "anonymous"
 
 
-def request_key(endpoint: str, one_entry: bool, body: dict, scope: Scope, who: str, per_user: bool) -> str:
+def request_key(endpoint: str, one_entry: bool, body: dict[str, Any], scope: Scope, who: str, per_user: bool) -> str:
     fields = {
         name: int(value) if type(value) is float and value.is_integer() and abs(value) < 2**63 else value
         for name, value in body.items()
@@ -236,7 +237,7 @@ async def replay_json(send: Send, payload: bytes, headers: list[tuple[bytes, byt
 
 
 class CacheMiddleware:
-    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None) -> None:
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None) -> None:
         self.app = app
         self.policy = Policy("cache", policy, parse_policy)
         self.store = open_store(store)
@@ -284,7 +285,8 @@ class CachedRequest:
         self.usage_chunk = endpoint is not None and endpoint.usage_chunk
         # one entry serves a stream and a whole answer: they convert into each other
         self.one_entry = endpoint is not None and endpoint.one_entry
-        self.key = request_key(path[3:] if path.startswith("/v1/") else path, self.one_entry, ctx.body, scope, subject(policy, scope, ctx), policy.scope == "user")
+        self.key = request_key(path[3:] if path.startswith("/v1/") else path, self.one_entry, ctx.body, scope, subject(policy, scope, ctx),
+                               policy.scope == "user")
         self.ttl = policy.ttl_for(model)
         self.lock: str | None = None
         self.recording = False
@@ -319,14 +321,14 @@ class CachedRequest:
                 await asyncio.shield(self._release(self.lock))
 
     # -- reading --------------------------------------------------------------------------
-    async def _get(self, key: str) -> tuple[dict, bytes] | None:
+    async def _get(self, key: str) -> tuple[dict[str, Any], bytes] | None:
         raw = await guard.call(self.store, self.store.get(key), self.policy.store_failure.timeout_s)
         if raw is None:
             return None
         meta, _, payload = raw.partition(b"\n")
         return orjson.loads(meta), payload
 
-    async def _coalesce(self) -> tuple[dict, bytes] | None:
+    async def _coalesce(self) -> tuple[dict[str, Any], bytes] | None:
         """Another request's answer, when one is on its way; None when this request
         should go upstream (holding the lock when it took it)."""
         lock = self.key + ":lock"
@@ -356,7 +358,7 @@ class CachedRequest:
         except StoreUnavailable as exc:  # the lock expires by itself
             log.warning("cache_unlock_failed", error=str(exc), request_id=self.ctx.request_id)
 
-    async def _replay(self, entry: tuple[dict, bytes], send: Send) -> None:
+    async def _replay(self, entry: tuple[dict[str, Any], bytes], send: Send) -> None:
         meta, payload = entry
         ctx = self.ctx
         ctx.cache = "hit"
@@ -446,7 +448,7 @@ def encode(event: str, data: bytes) -> bytes:
     return head + b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
 
 
-def complete_stream(raw: bytes, usage_kind: bool, usage: dict | None) -> tuple[bytes, str | None] | None:
+def complete_stream(raw: bytes, usage_kind: bool, usage: dict[str, Any] | None) -> tuple[bytes, str | None] | None:
     """A recorded stream as it will be replayed (comments dropped, and the usage chunk
     kept apart, to be sent only to clients that ask for it), or None when it did not
     end properly."""
@@ -483,11 +485,11 @@ def complete_stream(raw: bytes, usage_kind: bool, usage: dict | None) -> tuple[b
     return b"".join(out), usage_chunk.decode("utf-8", "replace") if usage_chunk is not None else None
 
 
-def assemble_chat(raw: bytes, usage: dict | None) -> dict:
+def assemble_chat(raw: bytes, usage: dict[str, Any] | None) -> dict[str, Any]:
     """The chat.completion a recorded chat stream amounts to."""
     decoder = SSEDecoder()
     answer: dict[str, Any] = {}
-    choices: dict[int, dict] = {}
+    choices: dict[int, dict[str, Any]] = {}
     for _, data in decoder.feed(raw) + decoder.finish():
         chunk = loads_or_none(data)
         if not isinstance(chunk, dict):
@@ -523,7 +525,7 @@ def assemble_chat(raw: bytes, usage: dict | None) -> dict:
     return answer
 
 
-def chat_stream(answer: dict, include_usage: bool) -> bytes:
+def chat_stream(answer: dict[str, Any], include_usage: bool) -> bytes:
     """A stored chat.completion as the stream of chunks that would have produced it."""
     base = {"id": answer.get("id"), "object": "chat.completion.chunk", "created": answer.get("created"), "model": answer.get("model")}
     out = []

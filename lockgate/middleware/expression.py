@@ -23,7 +23,8 @@ an error. A value used as a condition on its own is true unless it is null, fals
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 MAX_LENGTH = 4096  # characters in one condition
 MAX_DEPTH = 32  # nesting of parentheses and `not`
@@ -126,13 +127,14 @@ def compare(op: str, left: Any, right: Any) -> bool:
     ok, left, right = aligned(left, right)
     if not ok or type_of(left) not in ("number", "string") or left != left or right != right:
         return False  # NaN is unordered too
+    # both numbers or both strings (aligned above): each comparison is a bool
     if op == "<":
-        return left < right
+        return bool(left < right)
     if op == "<=":
-        return left <= right
+        return bool(left <= right)
     if op == ">":
-        return left > right
-    return left >= right
+        return bool(left > right)
+    return bool(left >= right)
 
 
 # -- the tree ------------------------------------------------------------------------
@@ -181,10 +183,16 @@ class Not:
         return not truth(self.operand.value(facts))
 
 
+class Node(Protocol):
+    """A parsed expression's node: Const, Name, Compare, Not, AllOf or AnyOf."""
+
+    def value(self, facts: Facts) -> Any: ...
+
+
 class AllOf:
     __slots__ = ("operands",)
 
-    def __init__(self, operands: list) -> None:
+    def __init__(self, operands: list[Node]) -> None:
         self.operands = tuple(operands)
 
     def value(self, facts: Facts) -> bool:
@@ -194,7 +202,7 @@ class AllOf:
 class AnyOf:
     __slots__ = ("operands",)
 
-    def __init__(self, operands: list) -> None:
+    def __init__(self, operands: list[Node]) -> None:
         self.operands = tuple(operands)
 
     def value(self, facts: Facts) -> bool:
@@ -226,6 +234,7 @@ def tokenize(text: str) -> list[tuple[str, Any, int]]:
             hint = {"=": "; compare with ==", "&": "; use && or and", "|": "; use || or or"}.get(char, "")
             raise ExpressionError(f"unexpected character {char!r}{hint}", position)
         group = match.lastgroup
+        assert group is not None  # every alternative of TOKEN is a named group
         raw = match.group()
         if group == "string":
             if tokens and tokens[-1][0] == "name" and tokens[-1][2] + len(tokens[-1][1]) == position:
@@ -325,6 +334,7 @@ class Parser:
         if token is None:
             return None
         kind, text, _ = token
+        op: str
         if kind == "op" and text in COMPARISONS:
             op, width = text, 1
         elif kind == "name" and text == "in":
@@ -371,7 +381,7 @@ class Parser:
             raise ExpressionError(f"names starting with '_' are not allowed: {text}", position)
         return Name(self.resolve(text, position))
 
-    def list_literal(self, start: int) -> tuple:
+    def list_literal(self, start: int) -> tuple[Any, ...]:
         items: list[Any] = []
         while not self.at("]"):
             kind, value, position = self.take()

@@ -29,20 +29,21 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
-from lockgate.middleware.paths import Paths, parse_paths
-from lockgate.kernel.policy import Policy
-from lockgate.providers.sse import SSEDecoder
-from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.context import RequestContext, model_request, replay
 from lockgate.kernel.errors import GatewayError
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
+from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
+from lockgate.middleware.paths import Paths, parse_paths
+from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_ON = (429, 500, 502, 503, 504, "timeout", "connect_error")
 KINDS = ("timeout", "connect_error")
@@ -129,7 +130,7 @@ class FallbackMiddleware:
             return
         ctx, inner_receive = await model_request(scope, receive)
         model = ctx.body.get("model") if ctx is not None else None
-        if not isinstance(model, str) or not (policy.chain(model) or policy.retries_for(model) or model in policy.context_window):
+        if ctx is None or not isinstance(model, str) or not (policy.chain(model) or policy.retries_for(model) or model in policy.context_window):
             await self.app(scope, inner_receive, send)
             return
         await FallbackRequest(policy, ctx)(self.app, scope, receive, send)
@@ -166,9 +167,7 @@ class HeldAnswer:
         body = message.get("body", b"")
         if body:
             self.held.append(body)
-        if self.status == 200 and not self.streaming:
-            await self.commit(message.get("more_body", False))
-        elif self.streaming and body and self._content_arrived(body):
+        if (self.status == 200 and not self.streaming) or (self.streaming and body and self._content_arrived(body)):
             await self.commit(message.get("more_body", False))
 
     def _content_arrived(self, data: bytes) -> bool:

@@ -5,6 +5,7 @@ the peer's unless the peer is a proxy the policy trusts to say (X-Forwarded-For)
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -12,6 +13,7 @@ from starlette.types import Scope
 
 from lockgate.kernel.context import Identity, RequestContext, header
 from lockgate.kernel.parsing import Checker
+from lockgate.middleware.expression import Facts
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -33,7 +35,7 @@ def identity_of(scope: Scope, ctx: RequestContext, trust_client: bool = False) -
     return Identity(user=user, source="client") if user else ANONYMOUS_IDENTITY
 
 
-def matches(spec: dict[str, Any], facts: dict[str, Any]) -> bool:
+def matches(spec: Mapping[str, Any], facts: Facts) -> bool:
     """Every field of `spec` matches `facts`: a value, a glob, or a list of either."""
     for name, wanted in spec.items():
         actual = facts.get(name)
@@ -49,7 +51,7 @@ def matches(spec: dict[str, Any], facts: dict[str, Any]) -> bool:
 
 
 # -- client addresses ---------------------------------------------------------------------
-def networks(check: Checker, node: dict, name: str) -> tuple[Network, ...] | None:
+def networks(check: Checker, node: dict[str, Any], name: str) -> tuple[Network, ...] | None:
     values = node.get(name)
     if values is None:
         return None

@@ -42,7 +42,7 @@ class Paths:
 DEFAULT = Paths(frozenset(MODEL_PATHS))
 
 
-def parse_paths(check: Any, raw: dict, default: Paths = DEFAULT) -> Paths:
+def parse_paths(check: Any, raw: dict[str, Any], default: Paths = DEFAULT) -> Paths:
     """A policy's `paths:`, problems reported to `check` (proxy.config.Checker)."""
     if "paths" not in raw:
         return default

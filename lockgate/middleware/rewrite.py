@@ -51,23 +51,24 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lockgate.kernel.context import Identity, RequestContext, get_context, header, model_request, refuse, route_path
+from lockgate.kernel.errors import GatewayError
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.websocket import refusals
 from lockgate.middleware import expression
 from lockgate.middleware.expression import Expression, ExpressionError
 from lockgate.middleware.identity import identity_of, matches
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
-from lockgate.kernel.policy import Policy
 from lockgate.providers.tokens import prompt_tokens
-from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import Identity, RequestContext, get_context, header, model_request, refuse, route_path
-from lockgate.kernel.errors import GatewayError
-from lockgate.kernel.websocket import refusals
 
 IDENTITY_NAMES = {"key": "key", "user": "user", "team": "team", "tier": "tier", "user_tier": "tier"}
 COMPUTED_NAMES = frozenset({"model", "hour", "input_length"})
@@ -98,10 +99,10 @@ class Rule:
     model: str | None
     split: tuple[tuple[str, float], ...]  # (model, cumulative weight)
 
-    def applies(self, facts: "Facts") -> bool:
+    def applies(self, facts: Facts) -> bool:
         return matches(self.when, facts) and (self.condition is None or self.condition.test(facts))
 
-    def target(self, facts: "Facts", allows: Callable[[str], bool]) -> str | None:
+    def target(self, facts: Facts, allows: Callable[[str], bool]) -> str | None:
         """The model this rule serves the caller, None when the caller may use none of them."""
         if self.model is not None:
             return self.model if allows(self.model) else None
@@ -185,7 +186,7 @@ def parse_policy(raw: Any, source: str) -> RewritePolicy:
     return RewritePolicy(aliases, tuple(rules), trust, frozenset(names.client_fields), paths)
 
 
-def parse_aliases(check: Checker, node: dict) -> dict[str, str]:
+def parse_aliases(check: Checker, node: dict[str, Any]) -> dict[str, str]:
     aliases: dict[str, str] = {}
     for name, target in node.items():
         if not isinstance(target, str) or not target:
@@ -209,7 +210,7 @@ def parse_aliases(check: Checker, node: dict) -> dict[str, str]:
     return aliases
 
 
-def parse_rule(check: Checker, node: dict, index: int, names: Names) -> Rule | None:
+def parse_rule(check: Checker, node: dict[str, Any], index: int, names: Names) -> Rule | None:
     check.unknown(node, RULE_KEYS, "a rule")
     label = check.string(node, "id", index) if "id" in node else index
     when = parse_when(check, node, names)
@@ -232,7 +233,7 @@ def parse_rule(check: Checker, node: dict, index: int, names: Names) -> Rule | N
     return Rule(label, when, condition, None, parse_split(check, node))
 
 
-def parse_when(check: Checker, node: dict, names: Names) -> dict[str, Any]:
+def parse_when(check: Checker, node: dict[str, Any], names: Names) -> dict[str, Any]:
     spec = node.get("when")
     if spec is None:
         return {}
@@ -260,7 +261,7 @@ def parse_when(check: Checker, node: dict, names: Names) -> dict[str, Any]:
     return flat
 
 
-def parse_split(check: Checker, node: dict) -> tuple[tuple[str, float], ...]:
+def parse_split(check: Checker, node: dict[str, Any]) -> tuple[tuple[str, float], ...]:
     weights = check.mapping(node, "split", "split")
     edges: list[tuple[str, float]] = []
     total = 0.0
@@ -332,7 +333,8 @@ def rewrite(policy: RewritePolicy, scope: Scope, ctx: RequestContext) -> None:
         return
     model = policy.aliases.get(asked, asked)
     if model != asked and not ctx.allows(model):
-        raise GatewayError(403, f"This API key may not use the model `{model}` (what `{asked}` stands for).", "invalid_request_error", "model_not_allowed", "model")
+        raise GatewayError(403, f"This API key may not use the model `{model}` (what `{asked}` stands for).", "invalid_request_error", "model_not_allowed",
+                           "model")
     facts = Facts(scope, ctx, model, policy.trust_client_fields)
     for rule in policy.rules:
         if rule.applies(facts):

@@ -38,23 +38,24 @@ import asyncio
 import functools
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lockgate.kernel.context import CONTEXT_KEY, Identity, RequestContext, model_request, new_id, refuse
+from lockgate.kernel.errors import GatewayError
+from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
+from lockgate.kernel.store import Claim, ClaimResult, Store, guard, open_store, owners
+from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
+from lockgate.kernel.websocket import refusals
 from lockgate.middleware.identity import Network, client_address, identity_of, matches, networks
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
-from lockgate.kernel.policy import Policy
-from lockgate.kernel.parsing import Checker, ConfigError
-from lockgate.kernel.context import CONTEXT_KEY, Identity, RequestContext, model_request, new_id, refuse
-from lockgate.kernel.errors import GatewayError
-from lockgate.kernel.store import Claim, Store, guard, open_store, owners
-from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
-from lockgate.kernel.websocket import refusals
-from lockgate.providers.tokens import answer_limit, prompt_tokens
 from lockgate.providers.meter import UsageMeter
+from lockgate.providers.tokens import answer_limit, prompt_tokens
 
 WINDOW_S = 60.0
 LEASE_S = 900.0  # a concurrency slot outlives any request; it only expires if its process died
@@ -152,7 +153,7 @@ def own_limit(who: Identity) -> Limit | None:
 
 
 class ThrottleMiddleware:
-    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping | None = None) -> None:
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None) -> None:
         self.app = app
         self.policy = Policy("throttle", policy, parse_policy)
         self.store = open_store(store)
@@ -201,7 +202,7 @@ class ThrottledRequest:
             await app(scope, receive, send)
             return
         estimate = prompt_tokens(ctx.body)
-        wait_until = asyncio.get_running_loop().time() + max((l.max_wait_s for l in active if l.queue), default=0.0)
+        wait_until = asyncio.get_running_loop().time() + max((limit.max_wait_s for limit in active if limit.queue), default=0.0)
         self._plan(active, facts, estimate)
         failure = self.policy.store_failure
         if self.concurrent_keys:
@@ -224,6 +225,7 @@ class ThrottledRequest:
                 return
             if result.ok:
                 break
+            assert result.failed is not None  # not ok: the store names the claim that did not fit
             limit = self.limit_of[result.failed]
             now = asyncio.get_running_loop().time()
             if limit.queue and now < wait_until:
@@ -238,7 +240,7 @@ class ThrottledRequest:
         finally:
             await self._settle()
 
-    def _plan(self, active: list[Limit], facts: dict, estimate: int) -> None:
+    def _plan(self, active: list[Limit], facts: dict[str, Any], estimate: int) -> None:
         self.limit_of: list[Limit] = []
         self.kind_of: list[str] = []
         for limit in active:
@@ -262,7 +264,8 @@ class ThrottledRequest:
                 elif kind == "concurrent":
                     self.concurrent_keys.append(key)
 
-    def _refusal(self, result, limit: Limit) -> GatewayError:
+    def _refusal(self, result: ClaimResult, limit: Limit) -> GatewayError:
+        assert result.failed is not None  # a refusal: the store named the claim that did not fit
         kind = self.kind_of[result.failed]
         claim = self.claims[result.failed]
         retry = result.retry_after_s if math.isfinite(result.retry_after_s) else WINDOW_S
@@ -282,7 +285,7 @@ class ThrottledRequest:
     def _set_headers(self, used: tuple[float, ...]) -> None:
         """OpenAI's x-ratelimit-* for the tightest rpm and tpm limit that applied."""
         best: dict[str, tuple[float, float]] = {}
-        for claim, kind, total in zip(self.claims, self.kind_of, used):
+        for claim, kind, total in zip(self.claims, self.kind_of, used, strict=True):
             if kind in ("rpm", "tpm"):
                 remaining = claim.limit - total
                 if kind not in best or remaining < best[kind][1]:

@@ -21,11 +21,31 @@ Choices where the two formats do not line up:
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
 from lockgate.providers import shapes
-from lockgate.providers.base import ERROR_TYPES, Adapter, TranslationError, ChatStream, Deployment, EventStream, UnsupportedRequest, UpstreamRequest, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, openai_error_from_upstream, text_of, usage_chunk, usage_dict
+from lockgate.providers.base import (
+    ERROR_TYPES,
+    Adapter,
+    ChatStream,
+    Deployment,
+    EventStream,
+    TranslationError,
+    UnsupportedRequest,
+    UpstreamRequest,
+    completion_id,
+    error_body,
+    join_url,
+    loads_or_none,
+    looks_like_context_error,
+    now,
+    openai_error_from_upstream,
+    text_of,
+    usage_chunk,
+    usage_dict,
+)
 from lockgate.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -227,7 +247,8 @@ def assistant_blocks(message: dict) -> list[dict]:
 
 
 def tool_result(message: dict) -> dict:
-    return {"type": "tool_result", "tool_use_id": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"), "content": text_of(message.get("content"))}
+    return {"type": "tool_result", "tool_use_id": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"),
+            "content": text_of(message.get("content"))}
 
 
 def tools_and_choice(body: dict) -> dict:
@@ -386,7 +407,7 @@ def usage_from_openai(usage: object) -> dict:
     details = shapes.part(usage.get("prompt_tokens_details"))
     cached = shapes.count(details.get("cached_tokens"))
     written = shapes.count(details.get("cache_write_tokens"))
-    out = {
+    out: dict[str, Any] = {
         "input_tokens": shapes.count(usage.get("prompt_tokens")) - cached - written,
         "output_tokens": shapes.count(usage.get("completion_tokens")),
         "cache_read_input_tokens": cached,

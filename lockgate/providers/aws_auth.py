@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import TYPE_CHECKING
 
 from yarl import URL
 
 from lockgate.providers.base import CredentialsError, UpstreamRequest
+
+if TYPE_CHECKING:  # botocore itself is imported on first use
+    from botocore.credentials import Credentials, ReadOnlyCredentials
 
 # botocore's signer and credential chain cost ~20 MB and 0.2 s to import: they are
 # imported on first use, so a gateway without bedrock deployments never loads them.
@@ -44,15 +48,15 @@ class AwsCredentials:
 
     def __init__(self, access_key: str | None = None, secret_key: str | None = None, token: str | None = None, profile: str | None = None) -> None:
         self._fixed_keys = (access_key, secret_key, token) if access_key and secret_key else None
-        self._fixed = None
+        self._fixed: ReadOnlyCredentials | None = None
         self._profile = profile
-        self._chain = None  # botocore Credentials, once resolved
+        self._chain: Credentials | None = None  # once resolved
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return "AwsCredentials(fixed)" if self._fixed_keys else f"AwsCredentials(chain, profile={self._profile!r})"
 
-    async def current(self):
+    async def current(self) -> ReadOnlyCredentials:
         """Frozen (access key, secret, token) good for signing now."""
         from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
         from botocore.exceptions import BotoCoreError, ClientError
@@ -74,7 +78,7 @@ class AwsCredentials:
                 self._chain = None
                 raise CredentialsError(f"AWS credentials could not be loaded: {type(exc).__name__}") from None
 
-    def _resolve(self):
+    def _resolve(self) -> Credentials:
         from botocore.session import Session
 
         credentials = Session(profile=self._profile).get_credentials()

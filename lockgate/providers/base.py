@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
@@ -268,15 +269,16 @@ def loads_or_none(data: bytes | str) -> Any:
 
 
 def usage_dict(
-    prompt: int,
-    completion: int,
-    cached: int = 0,
-    cache_write: int = 0,
-    reasoning: int = 0,
+    prompt: int | float,
+    completion: int | float,
+    cached: int | float = 0,
+    cache_write: int | float = 0,
+    reasoning: int | float = 0,
 ) -> dict:
-    """OpenAI's usage shape. `prompt` counts every input token, cached ones included."""
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    details: dict[str, int] = {}
+    """OpenAI's usage shape. `prompt` counts every input token, cached ones included.
+    Counts are as an upstream reported them (shapes.count): a float stays a float."""
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    details: dict[str, int | float] = {}
     if cached:
         details["cached_tokens"] = cached
     if cache_write:

@@ -40,7 +40,27 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 
 from lockgate.providers import shapes
 from lockgate.providers.aws_auth import AwsCredentials, default_region, sign
-from lockgate.providers.base import ERROR_TYPES, Adapter, TranslationError, ChatStream, CredentialsError, Deployment, SettingError, UnsupportedRequest, UpstreamRequest, chunk, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, text_of, usage_chunk, usage_dict
+from lockgate.providers.base import (
+    ERROR_TYPES,
+    Adapter,
+    ChatStream,
+    CredentialsError,
+    Deployment,
+    SettingError,
+    TranslationError,
+    UnsupportedRequest,
+    UpstreamRequest,
+    chunk,
+    completion_id,
+    error_body,
+    join_url,
+    loads_or_none,
+    looks_like_context_error,
+    now,
+    text_of,
+    usage_chunk,
+    usage_dict,
+)
 from lockgate.providers.gemini import float32_base64, vector
 from lockgate.providers.tokens import text_tokens
 
@@ -145,7 +165,8 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
         elif role == "assistant":
             add("assistant", content_blocks(message.get("content")) + tool_uses(shapes.objects(message.get("tool_calls"), "messages.tool_calls")))
         elif role == "tool":
-            result = {"toolUseId": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"), "content": [tool_result_content(message.get("content"))], "status": "success"}
+            result = {"toolUseId": shapes.string(message.get("tool_call_id"), "messages.tool_call_id"),
+                      "content": [tool_result_content(message.get("content"))], "status": "success"}
             add("user", [{"toolResult": result}])
         else:
             raise UnsupportedRequest(f"message role {role!r} is not supported for bedrock deployments", "messages")
@@ -244,12 +265,14 @@ def converse_tools(body: dict, messages: list[dict]) -> dict:
     elif choice == "auto":
         out["toolChoice"] = {"auto": {}}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        out["toolChoice"] = {"tool": {"name": shapes.string(shapes.mapping(choice.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")}}
+        out["toolChoice"] = {"tool": {"name": shapes.string(shapes.mapping(choice.get("function"), "tool_choice.function").get("name"),
+                                                            "tool_choice.function.name")}}
     return out
 
 
 def tool_spec(function: dict) -> dict:
-    spec: dict = {"name": shapes.string(function.get("name"), "tools.function.name"), "inputSchema": {"json": function.get("parameters") or {"type": "object", "properties": {}}}}
+    spec: dict = {"name": shapes.string(function.get("name"), "tools.function.name"),
+                  "inputSchema": {"json": function.get("parameters") or {"type": "object", "properties": {}}}}
     if function.get("description"):
         spec["description"] = function["description"]
     return {"toolSpec": spec}
@@ -301,7 +324,8 @@ def converse_to_chat(data: dict, model: str) -> dict:
 
 
 def reasoning_text(content: object) -> str:
-    return shapes.string(shapes.mapping(shapes.mapping(content, "reasoningContent").get("reasoningText"), "reasoningContent.reasoningText").get("text"), "reasoningText.text")
+    return shapes.string(shapes.mapping(shapes.mapping(content, "reasoningContent").get("reasoningText"), "reasoningContent.reasoningText").get("text"),
+                         "reasoningText.text")
 
 
 class BedrockStream(ChatStream):
@@ -332,8 +356,10 @@ class BedrockStream(ChatStream):
         out: list[dict] = []
         try:
             for message in self._buffer:
-                self._pending -= message.prelude.total_length
-                out.extend(self._message(message.headers, message.payload))
+                # botocore-stubs types a message's prelude and headers as int; botocore sets
+                # them to a MessagePrelude and the decoded headers dict
+                self._pending -= message.prelude.total_length  # type: ignore[attr-defined]
+                out.extend(self._message(message.headers, message.payload))  # type: ignore[arg-type]
         except ParserError as exc:
             self.error = TranslationError(f"bedrock sent a malformed event-stream message ({type(exc).__name__})")
         except TranslationError as exc:
@@ -354,9 +380,9 @@ class BedrockStream(ChatStream):
         data = loads_or_none(payload) if payload else {}
         if headers.get(":message-type") != "event":
             data = data if isinstance(data, dict) else {}
-            kind = str(headers.get(":exception-type") or headers.get(":error-code") or "internalServerException")
-            message = str(data.get("message") or data.get("Message") or headers.get(":error-message") or kind)
-            return [bedrock_error(kind, message)[1]]
+            error_kind = str(headers.get(":exception-type") or headers.get(":error-code") or "internalServerException")
+            message = str(data.get("message") or data.get("Message") or headers.get(":error-message") or error_kind)
+            return [bedrock_error(error_kind, message)[1]]
         if not isinstance(data, dict):
             raise TranslationError("bedrock sent an event whose payload is not a JSON object")
         kind = headers.get(":event-type")

@@ -6,8 +6,9 @@ the `Catalog` a budget prices with."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 from lockgate.providers.base import Deployment, Price
 from lockgate.providers.prices import base_name, lookup

@@ -23,10 +23,29 @@ Choices where the two formats do not line up:
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
-from lockgate.providers.base import ERROR_TYPES, Adapter, ChatStream, Deployment, EventStream, UnsupportedRequest, UpstreamRequest, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, text_of, usage_chunk, usage_dict
 from lockgate.providers import rerank, shapes
+from lockgate.providers.base import (
+    ERROR_TYPES,
+    Adapter,
+    ChatStream,
+    Deployment,
+    EventStream,
+    UnsupportedRequest,
+    UpstreamRequest,
+    completion_id,
+    error_body,
+    join_url,
+    loads_or_none,
+    looks_like_context_error,
+    now,
+    text_of,
+    usage_chunk,
+    usage_dict,
+)
 from lockgate.providers.gemini import float32_base64, vector
 from lockgate.providers.sse import SSEDecoder
 
@@ -41,7 +60,8 @@ FINISH_REASONS = {
     "ERROR_TOXIC": "content_filter",
     "ERROR_LIMIT": "length",
 }
-SAMPLING = (("temperature", "temperature"), ("top_p", "p"), ("top_k", "k"), ("seed", "seed"), ("frequency_penalty", "frequency_penalty"), ("presence_penalty", "presence_penalty"))
+SAMPLING = (("temperature", "temperature"), ("top_p", "p"), ("top_k", "k"), ("seed", "seed"),
+            ("frequency_penalty", "frequency_penalty"), ("presence_penalty", "presence_penalty"))
 # 498 is Cohere's "invalid token"; 499 is a request the client cancelled
 STATUS_MAP = {498: 401, 499: 408}
 
@@ -106,7 +126,7 @@ def tool_call(call: dict) -> dict:
 def user_content(content: object) -> object:
     if not isinstance(content, list):
         return text_of(content)
-    parts = []
+    parts: list[dict[str, Any]] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("text", "input_text"):
@@ -222,8 +242,10 @@ class CohereStream(EventStream):
             call = shapes.mapping(message.get("tool_calls"), "message.tool_calls")
             function = shapes.mapping(call.get("function"), "tool_calls.function")
             index, self._calls = self._calls, self._calls + 1
-            started = {"name": shapes.string(function.get("name"), "function.name"), "arguments": shapes.string(function.get("arguments"), "function.arguments")}
-            return [self._chunk({"tool_calls": [{"index": index, "id": shapes.string(call.get("id"), "tool_calls.id"), "type": "function", "function": started}]})]
+            started = {"name": shapes.string(function.get("name"), "function.name"),
+                       "arguments": shapes.string(function.get("arguments"), "function.arguments")}
+            call_id = shapes.string(call.get("id"), "tool_calls.id")
+            return [self._chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function", "function": started}]})]
         if kind == "tool-call-delta":
             call = shapes.mapping(message.get("tool_calls"), "message.tool_calls")
             arguments = shapes.string(shapes.mapping(call.get("function"), "tool_calls.function").get("arguments"), "function.arguments")

@@ -12,12 +12,32 @@ import mimetypes
 import re
 import struct
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
 from lockgate.providers import shapes
-from lockgate.providers.base import ERROR_TYPES, TranslationError, Adapter, ChatStream, Deployment, UnsupportedRequest, UpstreamRequest, chunk, completion_id, error_body, join_url, loads_or_none, looks_like_context_error, now, openai_error_from_upstream, text_of, usage_chunk, usage_dict
+from lockgate.providers.base import (
+    ERROR_TYPES,
+    Adapter,
+    ChatStream,
+    Deployment,
+    TranslationError,
+    UnsupportedRequest,
+    UpstreamRequest,
+    chunk,
+    completion_id,
+    error_body,
+    join_url,
+    loads_or_none,
+    looks_like_context_error,
+    now,
+    openai_error_from_upstream,
+    text_of,
+    usage_chunk,
+    usage_dict,
+)
 from lockgate.providers.sse import SSEDecoder
 from lockgate.providers.tokens import text_tokens
 
@@ -112,7 +132,8 @@ def function_call_parts(tool_calls: Iterable[dict], sign: bool) -> list[dict]:
         function = shapes.mapping(call.get("function"), "messages.tool_calls.function")
         raw = function.get("arguments") or "{}"
         args = raw if isinstance(raw, dict) else loads_or_none(raw)
-        part: dict = {"functionCall": {"name": shapes.string(function.get("name"), "messages.tool_calls.function.name"), "args": args if isinstance(args, dict) else {}}}
+        part: dict = {"functionCall": {"name": shapes.string(function.get("name"), "messages.tool_calls.function.name"),
+                                       "args": args if isinstance(args, dict) else {}}}
         extra = shapes.mapping(call.get("extra_content"), "messages.tool_calls.extra_content")
         signature = shapes.mapping(extra.get("google"), "messages.tool_calls.extra_content.google").get("thought_signature")
         if signature:
@@ -154,7 +175,7 @@ def contents_from_messages(messages: list[dict], sign: bool) -> tuple[dict | Non
         elif role == "assistant":
             tool_calls = shapes.objects(message.get("tool_calls"), "messages.tool_calls")
             parts = function_call_parts(tool_calls, sign)
-            for call, part in zip(tool_calls, parts):
+            for call, part in zip(tool_calls, parts, strict=True):
                 call_names[shapes.string(call.get("id"), "messages.tool_calls.id")] = part["functionCall"]["name"]
             add("model", content_parts(message.get("content")) + parts)
         elif role in ("tool", "function"):
@@ -171,7 +192,8 @@ def contents_from_messages(messages: list[dict], sign: bool) -> tuple[dict | Non
 
 
 SCHEMA_KEYS = frozenset(
-    ("description", "title", "nullable", "maxItems", "minItems", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "default", "minimum", "maximum")
+    ("description", "title", "nullable", "maxItems", "minItems", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "default",
+     "minimum", "maximum")
 )
 SCHEMA_FORMATS = {"STRING": ("enum", "date-time"), "NUMBER": ("float", "double"), "INTEGER": ("int32", "int64")}
 
@@ -269,12 +291,14 @@ def function_declaration(function: dict) -> dict:
 
 def allowed_names(choice: dict) -> list[str]:
     tools = shapes.objects(shapes.mapping(choice.get("allowed_tools"), "tool_choice.allowed_tools").get("tools"), "tool_choice.allowed_tools.tools")
-    return [shapes.string(shapes.mapping(t.get("function"), "tool_choice.allowed_tools.tools.function").get("name"), "tool_choice.allowed_tools.tools.function.name") for t in tools]
+    return [shapes.string(shapes.mapping(t.get("function"), "tool_choice.allowed_tools.tools.function").get("name"),
+                          "tool_choice.allowed_tools.tools.function.name") for t in tools]
 
 
 def tools_and_config(body: dict) -> dict:
     """`tools` and `toolConfig` for the request (empty when no function tools)."""
-    functions = [shapes.mapping(t.get("function"), "tools.function") for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
+    functions = [shapes.mapping(t.get("function"), "tools.function")
+                 for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
     if not functions:
         return {}
     choice = body.get("tool_choice")
@@ -282,7 +306,8 @@ def tools_and_config(body: dict) -> dict:
     if choice in ("auto", "none", "required"):
         calling["mode"] = {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice]
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        calling = {"mode": "ANY", "allowedFunctionNames": [shapes.string(shapes.mapping(choice.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")]}
+        calling = {"mode": "ANY", "allowedFunctionNames": [shapes.string(shapes.mapping(choice.get("function"), "tool_choice.function").get("name"),
+                                                                         "tool_choice.function.name")]}
     elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         names = allowed_names(choice)
         if shapes.mapping(choice.get("allowed_tools"), "tool_choice.allowed_tools").get("mode") == "required":

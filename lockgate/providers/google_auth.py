@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import google.auth.exceptions
 
 from lockgate.providers.base import CredentialsError
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
 
 # google-auth's service-account signer and HTTP transport cost ~28 MB to import: they
 # are imported on the first refresh, so a gateway without vertex deployments never loads them.
@@ -32,7 +36,7 @@ REFRESH_MARGIN_S = 300
 class GoogleToken:
     def __init__(self, credentials_path: str | None = None) -> None:
         self._path = credentials_path
-        self._credentials = None
+        self._credentials: Credentials | None = None
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -44,7 +48,7 @@ class GoogleToken:
             return None
         expiry = creds.expiry
         if expiry is not None:
-            remaining = expiry.replace(tzinfo=dt.timezone.utc) - dt.datetime.now(dt.timezone.utc)
+            remaining = expiry.replace(tzinfo=dt.UTC) - dt.datetime.now(dt.UTC)
             if remaining.total_seconds() < REFRESH_MARGIN_S:
                 return None
         return creds.token

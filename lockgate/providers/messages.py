@@ -178,7 +178,8 @@ def user_part(block: dict) -> dict:
         if source.get("type") == "text":
             return {"type": "text", "text": source.get("data") or ""}
         if source.get("type") == "base64" and source.get("media_type") == "application/pdf":
-            return {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{source.get('data') or ''}", "filename": block.get("title") or "document.pdf"}}
+            return {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{source.get('data') or ''}",
+                                             "filename": block.get("title") or "document.pdf"}}
         raise UnsupportedRequest("documents are sent to this model only as base64 PDF or plain text", "messages")
     raise UnsupportedRequest(f"content blocks of type {kind!r} cannot be sent to this model", "messages")
 
@@ -350,7 +351,8 @@ class MessagesStream:
         for choice in shapes.objects(chunk.get("choices"), "choices")[:1]:
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content"):
-                events += self._delta("thinking", {"type": "thinking", "thinking": "", "signature": ""}, {"type": "thinking_delta", "thinking": delta["reasoning_content"]})
+                events += self._delta("thinking", {"type": "thinking", "thinking": "", "signature": ""},
+                                      {"type": "thinking_delta", "thinking": delta["reasoning_content"]})
             if delta.get("content"):
                 events += self._delta("text", {"type": "text", "text": ""}, {"type": "text_delta", "text": delta["content"]})
             for call in delta.get("tool_calls") or []:
@@ -377,7 +379,7 @@ class MessagesStream:
         if chat_id:
             self._id = message_id(chat_id)
         usage = {"input_tokens": prompt_tokens(to_chat(self._request)), "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        message = {
+        message: dict[str, Any] = {
             "id": self._id,
             "type": "message",
             "role": "assistant",
@@ -414,7 +416,8 @@ class MessagesStream:
             if position in self._tools_opened:
                 return []  # a late fragment of a call already closed: Anthropic cannot reopen a block
             self._tools_opened.add(position)
-            block = {"type": "tool_use", "id": call.get("id") or "toolu_" + secrets.token_hex(12), "name": function.get("name") or "", "input": {}}
+            block: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or "toolu_" + secrets.token_hex(12),
+                                     "name": function.get("name") or "", "input": {}}
             events = self._open_block(name, block)
         if function.get("arguments"):
             delta = {"type": "input_json_delta", "partial_json": function["arguments"]}

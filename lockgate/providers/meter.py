@@ -6,6 +6,7 @@ audio). The readers themselves are in providers/usage.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -59,7 +60,7 @@ class UsageMeter:
         self.found: dict | None = None
         self.chars = 0
 
-    def start(self, message: dict) -> None:
+    def start(self, message: Mapping[str, Any]) -> None:  # the ASGI response start
         content_type = b""
         for name, value in message.get("headers", ()):
             if name.lower() == b"content-type":

@@ -26,7 +26,8 @@ import random
 import struct
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -34,6 +35,7 @@ from lockgate.providers import rerank, shapes
 from lockgate.providers.base import Deployment, SettingError, TranslationError, UpstreamRequest, text_of, usage_dict
 from lockgate.providers.gemini import float32_base64
 from lockgate.providers.openai import MEDIA_PATHS, OpenAIAdapter
+from lockgate.providers.shapes import listed
 from lockgate.providers.sse import DONE, encode_data
 from lockgate.providers.tokens import prompt_tokens, text_tokens
 
@@ -54,7 +56,8 @@ def reply_text(body: dict) -> str:
 def tool_results(messages: list) -> list[tuple[str, str]]:
     """The tool results the conversation ends with, each with the name of its call."""
     names = {
-        shapes.string(call.get("id"), "messages.tool_calls.id"): shapes.string(shapes.mapping(call.get("function"), "messages.tool_calls.function").get("name"), "name") or "tool"
+        shapes.string(call.get("id"), "messages.tool_calls.id"):
+            shapes.string(shapes.mapping(call.get("function"), "messages.tool_calls.function").get("name"), "name") or "tool"
         for message in messages
         if isinstance(message, dict) and message.get("role") == "assistant"
         for call in shapes.objects(message.get("tool_calls"), "messages.tool_calls")
@@ -69,7 +72,8 @@ def tool_results(messages: list) -> list[tuple[str, str]]:
 
 def tool_call(body: dict) -> dict | None:
     """The call a model makes to the tools offered, as `tool_choice` allows; None: it answers text."""
-    tools = [shapes.mapping(t.get("function"), "tools.function") for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
+    tools = [shapes.mapping(t.get("function"), "tools.function")
+             for t in body.get("tools") or () if isinstance(t, dict) and t.get("type", "function") == "function"]
     choice = body.get("tool_choice") or "auto"
     forced = choice == "required"
     if isinstance(choice, dict) and choice.get("type") == "function":
@@ -77,14 +81,16 @@ def tool_call(body: dict) -> dict | None:
         tools, forced = [t for t in tools if t.get("name") == wanted], True
     elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         allowed = shapes.mapping(choice.get("allowed_tools"), "tool_choice.allowed_tools")
-        names = [shapes.mapping(t.get("function"), "allowed_tools.tools.function").get("name") for t in shapes.objects(allowed.get("tools"), "allowed_tools.tools")]
+        names = [shapes.mapping(t.get("function"), "allowed_tools.tools.function").get("name")
+                 for t in shapes.objects(allowed.get("tools"), "allowed_tools.tools")]
         tools, forced = [t for t in tools if t.get("name") in names], allowed.get("mode") == "required"
     if not tools or choice == "none" or (tool_results(body.get("messages") or []) and not forced):
         return None
     asked = last_user_text(body.get("messages") or []).lower()
     tool = next((t for t in tools if t.get("name") and str(t["name"]).lower() in asked), tools[0])
     arguments = example(tool.get("parameters") or {"type": "object", "properties": {}})
-    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": shapes.string(tool.get("name"), "tools.function.name"), "arguments": orjson.dumps(arguments).decode()}}
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": shapes.string(tool.get("name"), "tools.function.name"),
+                                                                                    "arguments": orjson.dumps(arguments).decode()}}
 
 
 def last_user_text(messages: list) -> str:
@@ -133,10 +139,10 @@ def example(schema: Any, root: Any = None, depth: int = 0) -> Any:
         return schema["enum"][0]
     if isinstance(schema.get("allOf"), list):
         merged = {k: v for k, v in schema.items() if k != "allOf"}
-        for part in schema["allOf"]:
-            part = shapes.part(part)
-            merged = {**merged, **part, "properties": {**shapes.part(merged.get("properties")), **shapes.part(part.get("properties"))},
-                      "required": [*listed(merged.get("required")), *listed(part.get("required"))]}
+        for given in schema["allOf"]:
+            branch = shapes.part(given)
+            merged = {**merged, **branch, "properties": {**shapes.part(merged.get("properties")), **shapes.part(branch.get("properties"))},
+                      "required": [*listed(merged.get("required")), *listed(branch.get("required"))]}
         return example(merged, root, depth)
     variants = schema.get("anyOf") or schema.get("oneOf")
     if isinstance(variants, list) and variants:
@@ -148,7 +154,7 @@ def example(schema: Any, root: Any = None, depth: int = 0) -> Any:
     if kind is None:
         kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
     if kind == "object":
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        properties = shapes.part(schema.get("properties"))
         required = set(r for r in listed(schema.get("required")) if isinstance(r, str))
         names = [n for n in properties if depth < MAX_DEPTH or n in required]
         return {name: example(properties[name], root, depth + 1) for name in names}
@@ -202,17 +208,13 @@ def integer_bounds(schema: dict) -> tuple[float, float]:
     return low, high
 
 
-def numeric(value: Any) -> bool:
+def numeric(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def whole(value: Any, default: int) -> int:
     """A schema's count (`minItems`, `minLength`), up to MAX_COUNT; `default` when it is not a number."""
     return min(int(value), MAX_COUNT) if numeric(value) and value >= 0 else default
-
-
-def listed(value: Any) -> list:
-    return value if isinstance(value, list) else []
 
 
 def string(schema: dict) -> str:
@@ -362,7 +364,8 @@ def speech(body: dict, model: str) -> tuple[int, AsyncIterator[bytes], dict]:
     seed = hashlib.sha256(str(body.get("input") or "").encode()).digest()
     audio = (seed * (size // len(seed) + 1))[:size]
     if fmt == "wav":
-        audio = b"RIFF" + struct.pack("<I", 36 + size) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 24000, 48000, 2, 16) + b"data" + struct.pack("<I", size) + audio
+        fmt_chunk = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 24000, 48000, 2, 16)
+        audio = b"RIFF" + struct.pack("<I", 36 + size) + b"WAVE" + fmt_chunk + b"data" + struct.pack("<I", size) + audio
     return 200, paced([audio[i : i + 4096] for i in range(0, len(audio), 4096)]), {"content-type": AUDIO_TYPES.get(str(fmt), "audio/mpeg")}
 
 

@@ -8,9 +8,9 @@ asked for it.
 
 from __future__ import annotations
 
-import orjson
-
 from typing import Any
+
+import orjson
 
 from lockgate.providers import rerank, responses
 from lockgate.providers.base import Adapter, ChatStream, Deployment, TranslationError, UpstreamRequest, join_url, loads_or_none
@@ -80,7 +80,8 @@ def malformed(chunk: dict) -> bool:
         if not isinstance(choice, dict) or not optional(choice, "text", str) or not optional(choice, "finish_reason", str):
             return True
         delta = choice.get("delta")
-        if delta is not None and (not isinstance(delta, dict) or not all(optional(delta, name, str) for name in TEXT_FIELDS) or bad_calls(delta.get("tool_calls"))):
+        if delta is not None and (not isinstance(delta, dict) or not all(optional(delta, name, str) for name in TEXT_FIELDS)
+                                  or bad_calls(delta.get("tool_calls"))):
             return True
     usage = chunk.get("usage")
     return usage is not None and not isinstance(usage, dict)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from fnmatch import fnmatchcase
-
 from typing import Any
 
 from lockgate.providers.base import Price

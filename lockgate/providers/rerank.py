@@ -61,7 +61,7 @@ def answer(body: dict, scored: list[tuple[int, float]], billed: dict, rid: str |
     if limit is not None:
         ranked = ranked[:limit]
     with_documents = body.get("return_documents") is True
-    sources = body.get("documents") if isinstance(body.get("documents"), list) else []
+    sources = shapes.listed(body.get("documents"))
     results = []
     for index, score in ranked:
         result: dict = {"index": index, "relevance_score": score}

@@ -20,7 +20,8 @@ model the request named, never the deployment's own (often dated) model name.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lockgate.providers import shapes
 from lockgate.providers.base import TranslationError, UnsupportedRequest, now, text_of, usage_dict
@@ -255,7 +256,8 @@ def from_chat(chat: dict, request: dict) -> dict:
         output.append(message_item(status, text))
     for call in calls:
         function = shapes.mapping(call.get("function"), "tool_calls.function")
-        item = function_call_item(shapes.string(call.get("id"), "tool_calls.id") or new_call_id(), shapes.string(function.get("name"), "function.name"), "completed")
+        item = function_call_item(shapes.string(call.get("id"), "tool_calls.id") or new_call_id(), shapes.string(function.get("name"), "function.name"),
+                                  "completed")
         item["arguments"] = shapes.string(function.get("arguments"), "function.arguments")
         output.append(item)
     shell = response_shell(request, new_id("resp"), chat.get("created") or now(), request.get("model") or chat.get("model"))

@@ -83,6 +83,11 @@ def part(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def listed(value: Any) -> list:
+    """A list read leniently: [] for anything else."""
+    return value if isinstance(value, list) else []
+
+
 def first_choice(chat: dict) -> tuple[dict, dict]:
     """A `chat.completion`'s first choice and its message ({} for none)."""
     choices = objects(chat.get("choices"), "choices")

@@ -25,10 +25,12 @@ still be estimated (`estimate`) instead of charged nothing.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
+from lockgate.providers import shapes
 from lockgate.providers.anthropic import merge_usage, usage_from_openai, usage_to_openai
 from lockgate.providers.responses import TERMINAL_EVENTS, usage_to_chat
 from lockgate.providers.tokens import prompt_tokens
@@ -122,7 +124,7 @@ def rerank_usage(data: dict) -> dict | None:
     meta = data.get("meta")
     billed = meta.get("billed_units") if isinstance(meta, dict) else None
     billed = billed if isinstance(billed, dict) else {}
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    usage = shapes.part(data.get("usage"))
     units = _number(billed.get("search_units"))
     tokens = _number(billed.get("input_tokens")) or _number(usage.get("total_tokens")) or _number(usage.get("prompt_tokens"))
     if units is None and tokens is None:
@@ -139,8 +141,8 @@ def images_usage(data: dict, request: dict) -> dict | None:
     usage = data.get("usage")
     if isinstance(usage, dict) and _number(usage.get("input_tokens")) is not None:
         prompt, completion = int(_number(usage.get("input_tokens")) or 0), int(_number(usage.get("output_tokens")) or 0)
-        given = usage.get("input_tokens_details") if isinstance(usage.get("input_tokens_details"), dict) else {}
-        made = usage.get("output_tokens_details") if isinstance(usage.get("output_tokens_details"), dict) else None
+        given = shapes.part(usage.get("input_tokens_details"))
+        made = shapes.part(usage.get("output_tokens_details"))
         out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         out["prompt_tokens_details"] = {"image_tokens": int(_number(given.get("image_tokens")) or 0)}
         # without output details every output token is an image token (gpt-image-1)
@@ -163,8 +165,8 @@ def transcription_usage(data: dict) -> dict | None:
             return {"audio_seconds": usage["seconds"]}
         if _number(usage.get("input_tokens")) is not None:
             prompt, completion = int(_number(usage.get("input_tokens")) or 0), int(_number(usage.get("output_tokens")) or 0)
-            details = usage.get("input_token_details") if isinstance(usage.get("input_token_details"), dict) else {}
-            out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+            details = shapes.part(usage.get("input_token_details"))
+            out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
             out["prompt_tokens_details"] = {"audio_tokens": int(_number(details.get("audio_tokens")) or 0)}
             return out
     duration = _number(data.get("duration"))
@@ -181,9 +183,9 @@ def realtime_usage(usage: Any) -> dict | None:
     many of each were read from the session's cache."""
     if not isinstance(usage, dict) or _number(usage.get("input_tokens")) is None:
         return None
-    given = usage.get("input_token_details") if isinstance(usage.get("input_token_details"), dict) else {}
-    cached = given.get("cached_tokens_details") if isinstance(given.get("cached_tokens_details"), dict) else {}
-    made = usage.get("output_token_details") if isinstance(usage.get("output_token_details"), dict) else {}
+    given = shapes.part(usage.get("input_token_details"))
+    cached = shapes.part(given.get("cached_tokens_details"))
+    made = shapes.part(usage.get("output_token_details"))
     prompt, completion = int(_number(usage.get("input_tokens")) or 0), int(_number(usage.get("output_tokens")) or 0)
     details = {
         "cached_tokens": int(_number(given.get("cached_tokens")) or 0),
@@ -192,7 +194,7 @@ def realtime_usage(usage: Any) -> dict | None:
         "cached_audio_tokens": int(_number(cached.get("audio_tokens")) or 0),
         "cached_image_tokens": int(_number(cached.get("image_tokens")) or 0),
     }
-    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     out["prompt_tokens_details"] = {k: v for k, v in details.items() if v}
     out["completion_tokens_details"] = {"audio_tokens": int(_number(made.get("audio_tokens")) or 0)}
     return out
@@ -248,7 +250,7 @@ Files = Sequence[tuple[str, int]]  # an upload's files, as (field name, bytes)
 
 
 def rerank_bound(request: dict, size: int, files: Files) -> dict:
-    documents = request.get("documents") if isinstance(request.get("documents"), list) else []
+    documents = shapes.listed(request.get("documents"))
     # Cohere splits a query and document past 500 tokens into chunks, each a document; 100 a unit
     query = len(str(request.get("query") or "").encode())
     chunks = sum(max(1, -(-(query + len(str(doc).encode())) // 500)) for doc in documents) or 1
@@ -268,7 +270,8 @@ def audio_bound(request: dict, size: int, files: Files) -> dict:
     seconds = -(-audio // MIN_AUDIO_BYTES_PER_SECOND)
     prompt = seconds * AUDIO_TOKENS_PER_SECOND_BOUND + len(str(request.get("prompt") or "").encode())
     details = {"audio_tokens": seconds * AUDIO_TOKENS_PER_SECOND_BOUND}
-    return {"audio_seconds": seconds, "prompt_tokens": prompt, "prompt_tokens_details": details, "completion_tokens": seconds * TRANSCRIPT_TOKENS_PER_SECOND_BOUND}
+    return {"audio_seconds": seconds, "prompt_tokens": prompt, "prompt_tokens_details": details,
+            "completion_tokens": seconds * TRANSCRIPT_TOKENS_PER_SECOND_BOUND}
 
 
 def speech_bound(request: dict, size: int, files: Files) -> dict:
@@ -290,7 +293,8 @@ def rerank_estimate(request: dict, chars: int) -> dict:
 
 
 def images_estimate(request: dict, chars: int) -> dict:
-    return {"images": images_asked(request), "image_quality": str(request.get("quality") or "standard"), "image_size": str(request.get("size") or "1024x1024"), "estimated": True}
+    return {"images": images_asked(request), "image_quality": str(request.get("quality") or "standard"), "image_size": str(request.get("size") or "1024x1024"),
+            "estimated": True}
 
 
 def audio_estimate(request: dict, chars: int) -> dict:

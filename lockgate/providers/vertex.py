@@ -22,12 +22,23 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from urllib.parse import quote
 
 import orjson
 
 from lockgate.providers import anthropic, gemini, shapes
-from lockgate.providers.base import Adapter, ChatStream, CredentialsError, Deployment, SettingError, UnsupportedRequest, UpstreamRequest, join_url, loads_or_none
+from lockgate.providers.base import (
+    Adapter,
+    ChatStream,
+    CredentialsError,
+    Deployment,
+    SettingError,
+    UnsupportedRequest,
+    UpstreamRequest,
+    join_url,
+    loads_or_none,
+)
 from lockgate.providers.google_auth import GoogleToken
 from lockgate.providers.tokens import text_tokens
 
@@ -163,7 +174,7 @@ def deployment_options(values: dict, tokens: dict) -> dict:
     project = values.get("project")
     if path:
         try:
-            info = json.loads(open(path, encoding="utf-8").read())
+            info = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise SettingError("credentials", f"cannot read the service account file {path}: {exc.strerror}") from None
         except ValueError:

@@ -11,7 +11,7 @@ Choices where the formats do not line up:
 
 from __future__ import annotations
 
-from lockgate.providers import rerank
+from lockgate.providers import rerank, shapes
 from lockgate.providers.base import Deployment, UnsupportedRequest, UpstreamRequest
 from lockgate.providers.presets import PRESETS, PresetAdapter
 
@@ -35,7 +35,7 @@ class VoyageAdapter(PresetAdapter):
         raise UnsupportedRequest(f"{self.name} deployments serve embeddings and rerank, not chat")
 
     def embeddings_response(self, dep: Deployment, data: dict, body: dict | None = None) -> dict:
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        usage = shapes.part(data.get("usage"))
         tokens = usage.get("total_tokens") or 0
         return {**data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 

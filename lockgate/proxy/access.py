@@ -10,16 +10,17 @@ was asked)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Container
+from collections.abc import Callable, Container
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lockgate.proxy import genai
 from lockgate.kernel import metrics
 from lockgate.kernel.context import RequestContext, get_context, redacted, route_path
 from lockgate.kernel.errors import send_error
 from lockgate.kernel.logs import get_logger, info_line
 from lockgate.kernel.websocket import refusals
+from lockgate.proxy import genai
 from lockgate.proxy.answers import internal_error
 
 log = get_logger("lockgate.access")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lockgate.providers.messages import error_body
 from lockgate.kernel.context import route_path
 from lockgate.providers.endpoints import endpoint_of
+from lockgate.providers.messages import error_body
 
 
 class AnthropicErrors:

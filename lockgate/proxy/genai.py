@@ -20,7 +20,8 @@ Choices where lockgate's world and the conventions do not line up:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lockgate.providers import registry
 from lockgate.providers.endpoints import ENTRIES
@@ -48,15 +49,17 @@ def tokens(usage: Any) -> dict[str, int]:
     ones it reports (anything malformed counts as not reported)."""
     if not isinstance(usage, dict):
         return {}
-    found = {}
+    found: dict[str, int] = {}
     for kind, value in (("input", usage.get("prompt_tokens")), ("output", usage.get("completion_tokens"))):
-        if count(value) is not None:
-            found[kind] = count(value)
+        tokens = count(value)
+        if tokens is not None:
+            found[kind] = tokens
     details = usage.get("prompt_tokens_details")
     if isinstance(details, dict):
         for kind, name in (("cache_read", "cached_tokens"), ("cache_creation", "cache_write_tokens")):
-            if count(details.get(name)):
-                found[kind] = count(details.get(name))
+            tokens = count(details.get(name))
+            if tokens:
+                found[kind] = tokens
     return found
 
 

@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from lockgate.kernel.context import RequestContext, get_context, load_json, refuse
 from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_json
@@ -110,8 +110,9 @@ class Gateway:
         """A request of an endpoint kind (providers/endpoints.py), whatever the kind."""
         ctx = get_context(scope)
         sent_start = False
+        finished = False
 
-        async def tracking_send(message: dict) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal sent_start, finished
             if message["type"] == "http.response.start":
                 sent_start = True
@@ -120,7 +121,6 @@ class Gateway:
             await send(message)
 
         ctx.attempt.proxied = True
-        finished = False
         try:
             await load_json(scope, receive)
             body = ctx.body

@@ -17,16 +17,16 @@ them back from a store that fails is a 503 `store_unavailable`, not a "not found
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+from collections.abc import Iterable
 
 import orjson
 from starlette.types import Scope
 
-from lockgate.providers.responses import kept_item
 from lockgate.kernel.context import RequestContext, redacted
 from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.logs import get_logger
 from lockgate.kernel.store import Store, guard
+from lockgate.providers.responses import kept_item
 
 TTL_S = 3600.0  # an agent's next step comes within seconds; a conversation resumed later resends its history
 TIMEOUT_S = 0.5  # as long as a policy waits on the store by default (store_timeout_s)
@@ -73,7 +73,7 @@ class ResponseItems:
             log.warning("response_items_unreadable", request_id=ctx.request_id, error=str(exc))
             message = "The gateway's state store is unavailable, so the items this request references cannot be read. Try again shortly."
             raise GatewayError(503, message, "api_error", "store_unavailable", headers={"retry-after": "1"}) from None
-        return {item_id: orjson.loads(value) for item_id, value in zip(unique, values) if value is not None}
+        return {item_id: orjson.loads(value) for item_id, value in zip(unique, values, strict=True) if value is not None}
 
     @staticmethod
     def _key(ctx: RequestContext, item_id: str) -> str:

@@ -5,8 +5,9 @@ problem as `file:line`; the result is frozen and swapped whole by a hot reload.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from lockgate.kernel.parsing import ENV_PATTERN, Checker
 from lockgate.providers import catalog, registry
@@ -105,7 +106,9 @@ def parse_model(check: Checker, node: dict, failures: int, cooldown_s: float) ->
     )
 
 
-def parse_deployment(check: Checker, node: dict, model_name: str) -> Deployment | None:
+def parse_deployment(check: Checker, node: dict, model_name: str | None) -> Deployment | None:
+    """One deployment of the model `model_name` (None when the model has no name: that is
+    reported, and its deployments are still checked)."""
     check.unknown(node, DEPLOYMENT_KEYS, "a deployment")
     provider = check.string(node, "provider", required=True, what="a deployment")
     if provider is None:

@@ -43,6 +43,7 @@ to an openai or azure deployment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -50,18 +51,18 @@ import aiohttp
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
+from lockgate.kernel.context import RequestContext, get_context, header, load_json, refuse
+from lockgate.kernel.errors import GatewayError, bad_request, model_not_found
+from lockgate.kernel.logs import get_logger
+from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
 from lockgate.providers.azure import DEFAULT_API_VERSION
 from lockgate.providers.base import Deployment, empty_key, join_url
 from lockgate.providers.openai import DEFAULT_BASE_URL
 from lockgate.providers.usage import add_usage, billed_usage
-from lockgate.kernel.context import RequestContext, get_context, header, load_json, refuse
-from lockgate.kernel.errors import GatewayError, bad_request, model_not_found
-from lockgate.kernel.logs import get_logger
 from lockgate.proxy.answers import not_allowed, response_headers, upstream_failure
 from lockgate.proxy.router import Router
 from lockgate.proxy.secrets import Secrets
 from lockgate.proxy.upstream import UpstreamClient, UpstreamConnectError, UpstreamError, UpstreamRefused
-from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
 
 REALTIME_AZURE_VERSION = "2025-04-01-preview"
 FIRST_EVENT_TIMEOUT_S = 30.0  # a transcription session must name its model this soon
@@ -200,7 +201,8 @@ class Realtime:
                     if message.get("text") is not None:
                         break
         except TimeoutError:
-            raise bad_request(f"A transcription session names its model in its first event, within {FIRST_EVENT_TIMEOUT_S:g}s.", "session", "missing_required_parameter") from None
+            raise bad_request(f"A transcription session names its model in its first event, within {FIRST_EVENT_TIMEOUT_S:g}s.", "session",
+                              "missing_required_parameter") from None
         try:
             event = orjson.loads(message["text"])
         except orjson.JSONDecodeError:
@@ -219,18 +221,21 @@ class Realtime:
     async def _refuse_open(send: Send, error: GatewayError) -> None:
         """A refusal on an accepted socket: OpenAI's realtime `error` event, then a close (1008)."""
         body = error.body["error"]
-        event = {"type": "error", "event_id": None, "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": body["param"], "event_id": None}}
+        event = {"type": "error", "event_id": None, "error": {"type": body["type"], "code": body["code"], "message": body["message"], "param": body["param"],
+                                                              "event_id": None}}
         try:
             await send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
             await send({"type": "websocket.close", "code": 1008, "reason": "refused"})
         except Exception:  # noqa: BLE001 - the client left already
             pass
 
-    async def _connect(self, scope: Scope, ctx: RequestContext, balancer: Any, failure: Any, transcription: bool) -> tuple[aiohttp.ClientWebSocketResponse, Deployment]:
+    async def _connect(self, scope: Scope, ctx: RequestContext, balancer: Any, failure: Any,
+                       transcription: bool) -> tuple[aiohttp.ClientWebSocketResponse, Deployment]:
         candidates = balancer.order("")
         for attempt, dep in enumerate(candidates[:2]):
             if dep.provider not in PROVIDERS:
-                raise bad_request(f"The realtime API is served by openai and azure deployments; `{ctx.attempt.model_served}` is {dep.provider}.", "model", "unsupported_request")
+                raise bad_request(f"The realtime API is served by openai and azure deployments; `{ctx.attempt.model_served}` is {dep.provider}.", "model",
+                                  "unsupported_request")
             if (reason := empty_key(dep)) is not None:
                 raise GatewayError(502, f"Deployment {dep.id}: {reason}", "api_error", "upstream_auth_failed")
             url, headers = upstream_target(dep, scope, transcription)
@@ -247,9 +252,11 @@ class Realtime:
                 balancer.finished(dep, ok=exc.status < 500 and exc.status != 429)
                 ctx.attempt.upstream_status = exc.status
                 if exc.status in (401, 403):
-                    raise GatewayError(502, f"The upstream refused the gateway's credentials for deployment {dep.id}.", "api_error", "upstream_auth_failed") from None
+                    raise GatewayError(502, f"The upstream refused the gateway's credentials for deployment {dep.id}.", "api_error",
+                                       "upstream_auth_failed") from None
                 status = 502 if exc.status >= 500 else exc.status
-                raise GatewayError(status, f"The upstream refused the realtime session ({exc.status}).", "api_error" if status >= 500 else "invalid_request_error", "upstream_error") from None
+                raise GatewayError(status, f"The upstream refused the realtime session ({exc.status}).",
+                                   "api_error" if status >= 500 else "invalid_request_error", "upstream_error") from None
             except UpstreamError as exc:
                 balancer.finished(dep, ok=False)
                 ctx.attempt.failure = exc.kind
@@ -331,10 +338,8 @@ class Realtime:
         if failed:
             ctx.attempt.stream_error = ctx.attempt.stream_error or "broken"
         code = 1011 if failed else sendable(upstream.close_code)
-        try:
+        with contextlib.suppress(Exception):  # blind: the client is gone already, nothing left to tell it
             await send({"type": "websocket.close", "code": code})
-        except Exception:  # noqa: BLE001 - the client is gone already: nothing left to tell it
-            pass
         return not failed
 
 
@@ -384,10 +389,8 @@ class InFlight:
         return started
 
     async def cancel(self, upstream: aiohttp.ClientWebSocketResponse, response_id: str) -> None:
-        try:
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the upstream closed: nothing is running there any more
             await upstream.send_str(orjson.dumps({"type": "response.cancel", "event_id": "lockgate_cancel", "response_id": response_id}).decode())
-        except (ConnectionError, RuntimeError):
-            pass  # the upstream closed: nothing is running there any more
 
     async def drain(self, upstream: aiohttp.ClientWebSocketResponse, reading: asyncio.Task) -> None:
         """With the client gone: cancels the responses running (and each that starts from

@@ -8,14 +8,16 @@ cools down soonest is still tried rather than failing outright).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import random
 import time
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
-from lockgate.providers.base import Deployment
 from lockgate.kernel import metrics
+from lockgate.providers.base import Deployment
 from lockgate.proxy.models import ModelConfig
 
 LATENCY_ALPHA = 0.2  # weight of the newest sample in the moving average
@@ -98,10 +100,8 @@ class SharedCooldowns(LocalCooldowns):
 
     async def run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(Exception):  # blind: a store hiccup must not stop the loop
                 await self.sync()
-            except Exception:  # noqa: BLE001 - a store hiccup must not stop the loop
-                pass
             await asyncio.sleep(self.SYNC_S)
 
 
@@ -214,7 +214,7 @@ class Router:
     def get(self, model: str) -> Balancer | None:
         return self.balancers.get(model)
 
-    def rebuilt(self, models: dict[str, ModelConfig]) -> "Router":
+    def rebuilt(self, models: dict[str, ModelConfig]) -> Router:
         """A router for an edited gateway.yaml: a model whose config is unchanged keeps its
         balancer (round-robin position, latency averages, requests in flight); cooldowns
         are kept by deployment id."""

@@ -4,7 +4,7 @@ message must not hand the gateway's key to the client."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from lockgate.providers.base import Deployment
 

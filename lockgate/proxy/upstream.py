@@ -10,7 +10,7 @@ can be swapped: `send` a request, get a status and an async stream of body bytes
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 
@@ -70,7 +70,7 @@ class UpstreamResponse:
             async for chunk in self._chunks:
                 if chunk:
                     yield chunk
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout("the upstream stopped sending") from None
         except (aiohttp.ClientError, ConnectionError):
             raise UpstreamBroken("the upstream broke off its answer before it was complete") from None
@@ -156,7 +156,7 @@ class UpstreamClient:
         if request.local is not None:
             try:
                 status, chunks, *headers = await asyncio.wait_for(request.local(request), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise UpstreamTimeout(f"no answer within {timeout_s:g}s") from None
             return UpstreamResponse(status, chunks, content_type=headers[0].get("content-type") if headers else "application/json")
         if self._session is None:
@@ -167,7 +167,7 @@ class UpstreamClient:
         data = request.body if isinstance(request.body, bytes) else pieces(request.body)
         try:
             response = await self._session.request(request.method, request.url, data=data, headers=request.headers, timeout=timeout, allow_redirects=False)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(f"no answer within {timeout_s:g}s") from None
         except aiohttp.ClientConnectorError as exc:
             reason = exc.os_error.strerror or "connection failed"

@@ -35,28 +35,29 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import parse_qs
 
 from prometheus_client import multiprocess
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from lockgate.kernel import metrics
 from lockgate.gateway.admin import SPEND_BY, admin_only, spend_rows
-from lockgate.kernel.errors import GatewayError, send_error, send_json
 from lockgate.gateway.keys import KeysAdmin, RuntimeKeys
 from lockgate.gateway.stack import Mounted
+from lockgate.kernel import metrics
+from lockgate.kernel.errors import GatewayError, send_error, send_json
+from lockgate.kernel.store import Store
 from lockgate.middleware.budget import budget_key, report_key_for_day, spend_report
 from lockgate.middleware.throttle import OWN_LIMIT_ID
 from lockgate.proxy.handlers import Endpoint, Gateway
-from lockgate.kernel.store import Store
 
 STATIC = Path(__file__).parent / "static"
 MAX_DAYS = 90
 HISTORY_S = 60  # the console's "last minute"
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+                                 b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
@@ -178,20 +179,20 @@ class Console:
         days = params.get("days", "30")
         if not days.isdigit() or not 1 <= int(days) <= MAX_DAYS:
             return await send_error(send, GatewayError(400, f"`days` must be a whole number from 1 to {MAX_DAYS}.", param="days"))
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(dt.UTC).date()
         dates = [today - dt.timedelta(days=n) for n in reversed(range(int(days)))]
         series: dict[str, list[float]] = {}
         for i, day in enumerate(dates):
             for row in spend_report(await self.store.counters(report_key_for_day("day", day)), by):
                 series.setdefault(row[by], [0.0] * len(dates))[i] += row["spend_usd"]
-        rows = [{"name": name, "values": [round(v, 8) for v in values], "total_usd": round(sum(values), 8)} for name, values in series.items()]
+        rows = [SpendSeries(name=name, values=[round(v, 8) for v in values], total_usd=round(sum(values), 8)) for name, values in series.items()]
         rows.sort(key=lambda r: -r["total_usd"])
         body = {"by": by, "days": [d.isoformat() for d in dates], "series": rows, "total_usd": round(sum(r["total_usd"] for r in rows), 8)}
         await send_json(send, 200, body)
 
     @admin_only
     async def budgets(self, scope: Scope, receive: Receive, send: Send) -> None:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         policy = self.mounted.policy("budget")
         rows: list[dict] = []
         if policy is None:
@@ -282,6 +283,14 @@ class Console:
         await send_json(send, 200, {"data": data})
 
 
+class SpendSeries(TypedDict):
+    """One team's (or user's, key's, model's) daily spend in the console's chart."""
+
+    name: str
+    values: list[float]
+    total_usd: float
+
+
 def traffic(samples: dict) -> dict:
     """Cumulative counters of the model traffic (the admin API's own calls left out)."""
     requests = {"total": 0.0, "errors": 0.0, "refused": 0.0}
@@ -294,14 +303,15 @@ def traffic(samples: dict) -> dict:
             requests["errors"] += value
         elif status >= 400:
             requests["refused"] += value
-    latency = {"buckets": {}, "count": 0.0, "sum": 0.0}
+    by_bound: dict[str, float] = {}  # a latency bucket's upper bound (`le`) -> its count
+    latency_count = latency_sum = 0.0
     for hist_path, hist in histograms(samples.get("lockgate_request_duration_seconds", ()), "path").items():
         if hist_path.startswith("/admin"):
             continue
-        latency["count"] += hist["count"]
-        latency["sum"] += hist["sum"]
+        latency_count += hist["count"]
+        latency_sum += hist["sum"]
         for le, count in hist["buckets"]:
-            latency["buckets"][le] = latency["buckets"].get(le, 0.0) + count
+            by_bound[le] = by_bound.get(le, 0.0) + count
     cache = {"hit": 0.0, "miss": 0.0, "bypass": 0.0}
     for name, labels, value in samples.get("lockgate_cache_lookups", ()):
         if name.endswith("_total") and labels.get("result") in cache:
@@ -310,8 +320,8 @@ def traffic(samples: dict) -> dict:
     for name, labels, value in samples.get("gen_ai_client_token_usage", ()):
         if name.endswith("_sum") and labels.get("gen_ai_token_type") in tokens:
             tokens[labels["gen_ai_token_type"]] += value
-    buckets = sorted(latency["buckets"].items(), key=lambda item: float(item[0]))
-    return {"requests": requests, "latency": {"buckets": buckets, "count": latency["count"], "sum": latency["sum"]}, "cache": cache, "tokens": tokens}
+    buckets = sorted(by_bound.items(), key=lambda item: float(item[0]))
+    return {"requests": requests, "latency": {"buckets": buckets, "count": latency_count, "sum": latency_sum}, "cache": cache, "tokens": tokens}
 
 
 def histograms(samples: Any, label: str) -> dict[str, dict]:
