@@ -28,6 +28,7 @@ from lockgate.gateway.stack import Mounted, Services, build
 from lockgate.kernel.parsing import ConfigError
 from lockgate.proxy.models import ConfigCatalog
 from lockgate.proxy.dialect import AnthropicErrors
+from lockgate.proxy.ingress import DialectIngress
 from lockgate.gateway.console import TrafficHistory, admin_routes
 from lockgate.kernel.context import get_context, route_path
 from lockgate.kernel.errors import GatewayError, send_error, send_json
@@ -173,7 +174,8 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     known = frozenset(route.path for route in routes if "{" not in route.path)
     access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.configured, lifecycle=lifecycle)
     # Anthropic's error shape on the Messages paths, whichever layer refused (proxy/dialect.py)
-    stack = [access, Middleware(AnthropicErrors), *(Middleware(attach, instance=instance) for _, instance in mounted.entries)]
+    # Gemini, Cohere and Bedrock clients: translated in and out around everything else (proxy/ingress.py)
+    stack = [access, Middleware(DialectIngress), Middleware(AnthropicErrors), *(Middleware(attach, instance=instance) for _, instance in mounted.entries)]
     if tracing.enabled():
         stack = tracing.instrument(stack, lambda: gateway.configured)
     app = Starlette(middleware=stack)
