@@ -16,12 +16,14 @@ import copy
 from functools import lru_cache
 from typing import Any, Iterator
 
+import cohere
 import httpx
 import orjson
 import pydantic
 import pytest
 from anthropic.types import Message as AnthropicMessage
 from anthropic.types import RawMessageStreamEvent
+from google.genai import types as genai_types
 from jsonschema import Draft202012Validator
 from anthropic.types import MessageTokensCount
 from openai.types import Completion, CreateEmbeddingResponse, ImagesResponse, Model, ModerationCreateResponse
@@ -105,6 +107,18 @@ class Error(pydantic.BaseModel):
 
 
 TYPES["Error"] = Error
+# the other client dialects (proxy/ingress.py): google-genai's and cohere's own response
+# models where they are the wire's shape (google-genai's forbid undeclared fields; the
+# check above reports cohere's); google-genai's Model is its own, converted from the wire's
+TYPES.update({
+    "GeminiResponse": genai_types.GenerateContentResponse,
+    "GeminiEmbeddings": genai_types.EmbedContentResponse,
+    "GeminiCount": genai_types.CountTokensResponse,
+    "CohereChat": cohere.V2ChatResponse,
+    "CohereStreamEvent": pydantic.TypeAdapter(cohere.V2ChatStreamResponse),
+    "CohereEmbed": cohere.EmbedByTypeResponse,
+    "CohereRerank": cohere.V2RerankResponse,
+})
 TYPES["CompletionChunk"] = Completion
 TYPES["CreateEmbeddingResponseBase64"] = CreateEmbeddingResponse
 

@@ -41,6 +41,30 @@ STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSIO
 METHODS = ("generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents")
 
 
+# values the client wrote that are not the API's own fields (a call's arguments, a schema's
+# property names): their keys are never renamed
+OPAQUE = frozenset(("args", "response", "parameters", "parametersJsonSchema", "responseSchema", "responseJsonSchema", "metadata", "labels"))
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word[:1].upper() + word[1:] for word in rest)
+
+
+def normalized(value: Any) -> Any:
+    """A request with its field names in lowerCamelCase: Google's JSON takes a proto's
+    snake_case names too, and google-genai sends some (`parameters_json_schema`)."""
+    if isinstance(value, list):
+        return [normalized(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        name = camel(key) if isinstance(key, str) and "_" in key else key
+        out[name] = item if name in OPAQUE else normalized(item)
+    return out
+
+
 def model_name(name: str) -> str:
     """The lockgate model a path's `models/{name}` (or a request's `model`) names."""
     return name.removeprefix("models/")
@@ -76,8 +100,9 @@ def user_content(parts: list[dict]) -> str | list[dict]:
 
 def to_chat(body: dict, model: str, stream: bool) -> dict:
     """A GenerateContentRequest as an OpenAI chat request for `model`."""
+    body = normalized(body)
     messages: list[dict] = []
-    system = body.get("systemInstruction") or body.get("system_instruction")
+    system = body.get("systemInstruction")
     if isinstance(system, str):
         system = {"parts": [{"text": system}]}
     if system:
@@ -141,7 +166,7 @@ def to_chat(body: dict, model: str, stream: bool) -> dict:
     if not messages:
         raise TranslationError("`contents` must hold at least one content", "contents")
     chat: dict = {"model": model, "messages": messages}
-    config = shapes.mapping(body.get("generationConfig") or body.get("generation_config"), "generationConfig")
+    config = shapes.mapping(body.get("generationConfig"), "generationConfig")
     for source, target in GENERATION_FIELDS:
         if config.get(source) is not None:
             chat[target] = config[source]
@@ -189,6 +214,7 @@ def tools(body: dict) -> dict:
 
 def count_request(body: dict, model: str) -> dict:
     """A countTokens request as an Anthropic Messages count request."""
+    body = normalized(body)
     inner = body.get("generateContentRequest")
     source = inner if isinstance(inner, dict) else body
     chat = to_chat(source, model, False)
@@ -203,6 +229,7 @@ def content_text(content: Any, where: str) -> str:
 
 def embed_request(body: dict, model: str, batch: bool) -> dict:
     """`embedContent` (one input) or `batchEmbedContents` (one per request) as OpenAI embeddings."""
+    body = normalized(body)
     requests = shapes.objects(body.get("requests"), "requests") if batch else [body]
     if not requests:
         raise TranslationError("`requests` must hold at least one request", "requests")
