@@ -64,6 +64,10 @@ EXTENSIONS: dict[tuple[str, str], str] = {
     ("ResponseStreamEvent", "error"): "an in-stream error also nested under `error`, as OpenAI sends it and the openai SDK reads it",
     ("Response", "store"): "false: nothing is kept (OpenAI's own answers carry `store` too)",
     ("ResponseStreamEvent", "response.store"): "the same, streamed",
+    ("CohereStreamEvent", "delta.message.content"): "message-start as Cohere's API sends it (its docs' example); the SDK declares `role` only",
+    ("CohereStreamEvent", "delta.message.tool_plan"): "the same",
+    ("CohereStreamEvent", "delta.message.tool_calls"): "the same",
+    ("CohereStreamEvent", "delta.message.citations"): "the same",
     # not lockgate's: OpenAI's own fields in native streams, passed through untouched
     ("ResponseStreamEvent", "obfuscation"): "OpenAI's stream padding, passed through from a native upstream",
 }
