@@ -25,7 +25,8 @@ def start(fake, workdir: Path) -> Gateway:
     extra = [
         {"name": "embed", "deployments": [{"provider": "openai", "model": "text-embedding-3-small", "base_url": v1, "api_key": SECRETS["openai"]}]},
         {"name": "gemini-embed", "deployments": [{"provider": "gemini", "model": "text-embedding-004", "base_url": fake.url, "api_key": SECRETS["gemini"]}]},
-        {"name": "flaky-chat", "deployments": [{"provider": "openai", "model": "flaky-chat", "base_url": v1, "api_key": SECRETS["openai"], "price": {"input_per_mtok": 1, "output_per_mtok": 2}}]},
+        {"name": "flaky-chat", "deployments": [{"provider": "openai", "model": "flaky-chat", "base_url": v1, "api_key": SECRETS["openai"],
+                                                "price": {"input_per_mtok": 1, "output_per_mtok": 2}}]},
     ]
     policies = copy.deepcopy(POLICIES)
     policies["fallback"]["chains"]["flaky-chat"] = ["gpt-4o-mini"]

@@ -74,7 +74,8 @@ def test_tools_round_trip(co, upstream, model, stream):
         events = list(co.chat_stream(model=model, messages=[question], tools=TOOLS))
         start = next(e for e in events if e.type == "tool-call-start")
         arguments = "".join(e.delta.message.tool_calls.function.arguments or "" for e in events if e.type == "tool-call-delta")
-        call = {"id": start.delta.message.tool_calls.id, "type": "function", "function": {"name": start.delta.message.tool_calls.function.name, "arguments": arguments}}
+        started = start.delta.message.tool_calls
+        call = {"id": started.id, "type": "function", "function": {"name": started.function.name, "arguments": arguments}}
         assert events[-1].delta.finish_reason == "TOOL_CALL"
     else:
         answer = co.chat(model=model, messages=[question], tools=TOOLS)

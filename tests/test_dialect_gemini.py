@@ -55,7 +55,8 @@ def valid(name: str, payload: dict) -> None:
 @pytest.mark.parametrize("version", ["v1", "v1beta"])
 def test_generate_content(gw, upstream, model, version):
     answer = client(gw, version=version).models.generate_content(
-        model=model, contents=f"hello gemini {version}", config=types.GenerateContentConfig(system_instruction="Be brief.", max_output_tokens=50, temperature=0.2)
+        model=model, contents=f"hello gemini {version}", config=types.GenerateContentConfig(system_instruction="Be brief.", max_output_tokens=50,
+                                                                                          temperature=0.2)
     )
     assert answer.text == f"echo: hello gemini {version}"
     assert answer.candidates[0].finish_reason == types.FinishReason.STOP
@@ -175,7 +176,8 @@ def test_key_in_query_and_refusals_in_googles_shape(gw, upstream):
     assert unknown.value.code == 404 and unknown.value.status == "NOT_FOUND"
     bad = post(gw, "/v1beta/models/demo:generateContent", {"contents": "not a list"})
     assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT" and set(bad.json()) == {"error"}
-    broken = httpx.post(gw.url + "/v1beta/models/demo:generateContent", headers={"x-goog-api-key": FULL, "content-type": "application/json"}, content=b"{", timeout=10)
+    broken = httpx.post(gw.url + "/v1beta/models/demo:generateContent", headers={"x-goog-api-key": FULL, "content-type": "application/json"},
+                        content=b"{", timeout=10)
     assert broken.status_code == 400 and broken.json()["error"]["status"] == "INVALID_ARGUMENT"
 
 
