@@ -153,6 +153,17 @@ def test_invoke_anthropic_body(br, upstream, model):
     assert "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta") == "echo: stream invoke"
 
 
+def test_count_tokens(br, upstream):
+    native = br.count_tokens(modelId="claude", input={"converse": {"messages": [{"role": "user", "content": [{"text": "count these words"}]}]}})
+    sent = upstream.requests[-1]
+    assert sent.path == "/v1/messages/count_tokens" and sent.body["model"] == "claude-3-5-sonnet-20241022" and native["inputTokens"] > 0
+    before = len(upstream.requests)
+    body = json.dumps({**CLAUDE_BODY, "messages": [{"role": "user", "content": "count these words too " * 20}]}).encode()
+    local = br.count_tokens(modelId="gpt-4o-mini", input={"invokeModel": {"body": body}})
+    assert local["inputTokens"] > native["inputTokens"] and len(upstream.requests) == before, "lockgate's own count: nothing sent upstream"
+    check_output("CountTokens", {"inputTokens": local["inputTokens"]})
+
+
 def test_invoke_embeddings(br, upstream):
     titan = json.loads(br.invoke_model(modelId="embed", body=json.dumps({"inputText": "embed me", "dimensions": 8}))["body"].read())
     assert len(titan["embedding"]) == 8 and titan["inputTextTokenCount"] > 0

@@ -22,6 +22,7 @@ serves it. The answer comes back through here: whole, its stream event by event
 | Bedrock | `POST /model/{modelId}/converse`, `/converse-stream` (event-stream framing) | chat |
 | | `POST /model/{modelId}/invoke`, `/invoke-with-response-stream` (Anthropic body) | Messages |
 | | `POST /model/{modelId}/invoke` (Titan or Cohere embeddings body) | embeddings |
+| | `POST /model/{modelId}/count-tokens` | Messages count_tokens |
 
 The request as the client sent it is kept in the context (`ctx.wire`) for auth, which
 checks a SigV4 signature over it. Gemini's `?key=` goes in as an `x-goog-api-key`
@@ -51,7 +52,7 @@ log = get_logger("lockgate.ingress")
 
 GEMINI_CALL = re.compile(r"/(v1beta|v1)/models/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)")
 GEMINI_MODEL = re.compile(r"/(v1beta|v1)/models/(?P<model>[^/:]+)")
-BEDROCK = re.compile(r"/model/(?P<model>[^/]+)/(?P<action>converse|converse-stream|invoke|invoke-with-response-stream)")
+BEDROCK = re.compile(r"/model/(?P<model>[^/]+)/(?P<action>converse|converse-stream|invoke|invoke-with-response-stream|count-tokens)")
 GOOGLE_HEADERS = (b"x-goog-api-key", b"x-goog-api-client")
 EVENTSTREAM = b"application/vnd.amazon.eventstream"
 
@@ -156,6 +157,8 @@ def bedrock_plan(scope: Scope, body: dict) -> Plan:
         started = time.perf_counter()
         return Plan("bedrock", "/v1/chat/completions", bedrock.to_chat(body, model, False), model,
                     lambda data: bedrock.from_chat(data, int((time.perf_counter() - started) * 1000)))
+    if action == "count-tokens":
+        return Plan("bedrock", "/v1/messages/count_tokens", bedrock.count_request(body, model), model, bedrock.count_answer)
     kind = bedrock.invoke_kind(body)
     streamed = action == "invoke-with-response-stream"
     if kind == "messages":

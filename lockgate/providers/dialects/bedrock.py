@@ -1,7 +1,8 @@
 """AWS Bedrock Runtime as a client dialect (boto3's `bedrock-runtime` with
 `endpoint_url=`): `/model/{modelId}/converse`, `/converse-stream`, and `/invoke`,
 `/invoke-with-response-stream` for the Anthropic Messages body (and Titan's and Cohere's
-embeddings bodies on `/invoke`).
+embeddings bodies on `/invoke`), and `/count-tokens` (a Messages count: Anthropic's own
+for a Claude deployment, lockgate's estimate elsewhere).
 
 Choices:
 - Converse content blocks become chat parts: `image` and `document` bytes (base64 in
@@ -33,7 +34,8 @@ from typing import Any
 import orjson
 
 from lockgate.providers import shapes
-from lockgate.providers.base import TranslationError, UnsupportedRequest
+from lockgate.providers.anthropic import request_to_anthropic
+from lockgate.providers.base import TranslationError, UnsupportedRequest, loads_or_none
 from lockgate.providers.dialects.common import ChunkReader, error_message, read_chat, tokens
 
 STOP = {"stop": "end_turn", "tool_calls": "tool_use", "function_call": "tool_use", "length": "max_tokens", "content_filter": "content_filtered"}
@@ -194,6 +196,29 @@ def messages_request(body: dict, model: str, stream: bool) -> dict:
     return out
 
 
+COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+
+
+def count_request(body: dict, model: str) -> dict:
+    """A CountTokens request (a Converse input, or an InvokeModel body of Anthropic's
+    shape) as a Messages count_tokens request."""
+    source = shapes.mapping(body.get("input"), "input")
+    if "converse" in source:
+        messages = request_to_anthropic(to_chat(shapes.mapping(source["converse"], "input.converse"), model, False), model)
+    elif "invokeModel" in source:
+        encoded = shapes.string(shapes.mapping(source["invokeModel"], "input.invokeModel").get("body"), "input.invokeModel.body")
+        try:
+            inner = loads_or_none(base64.b64decode(encoded, validate=True))
+        except ValueError:
+            inner = None
+        if not isinstance(inner, dict) or invoke_kind(inner) != "messages":
+            raise UnsupportedRequest("`input.invokeModel.body` must be an Anthropic Messages body (base64 JSON)", "input.invokeModel.body")
+        messages = messages_request(inner, model, False)
+    else:
+        raise TranslationError("`input` must hold `converse` or `invokeModel`", "input")
+    return {key: value for key, value in messages.items() if key in COUNT_FIELDS}
+
+
 def embed_request(body: dict, model: str, kind: str) -> dict:
     if kind == "titan":
         text = shapes.name(body.get("inputText"), "inputText")
@@ -246,6 +271,10 @@ def embed_answer(data: Any, kind: str) -> dict:
 
 CODES = {"invalid_signature": "InvalidSignatureException", "invalid_api_key": "UnrecognizedClientException",
          "model_not_allowed": "AccessDeniedException", "model_not_found": "ResourceNotFoundException"}
+
+
+def count_answer(data: Any) -> dict:
+    return {"inputTokens": int(shapes.count(shapes.mapping(data, "answer").get("input_tokens")))}
 
 
 def error_type(status: int, body: Any = None) -> str:
