@@ -164,6 +164,14 @@ def test_count_tokens(br, upstream):
     check_output("CountTokens", {"inputTokens": local["inputTokens"]})
 
 
+def test_model_id_with_a_slash(br, upstream):
+    """An id holding `/` (an ARN, a name like `team/model`) reaches the model it names."""
+    with pytest.raises(ClientError) as unknown:
+        br.converse(modelId="arn:aws:bedrock:us-east-1:123456789012:inference-profile/no-such", messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert unknown.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    assert "inference-profile/no-such" in unknown.value.response["Error"]["Message"]
+
+
 def test_invoke_embeddings(br, upstream):
     titan = json.loads(br.invoke_model(modelId="embed", body=json.dumps({"inputText": "embed me", "dimensions": 8}))["body"].read())
     assert len(titan["embedding"]) == 8 and titan["inputTextTokenCount"] > 0

@@ -122,6 +122,12 @@ def test_refusals_in_coheres_shape(gw, upstream):
     assert grounded.status_code == 400 and "documents" in grounded.json()["message"]
 
 
+def test_a_stream_failing_midway(co, upstream):
+    upstream.set("gpt-4o-mini", stream_fault="error")
+    events = list(co.chat_stream(model="gpt-4o-mini", messages=[{"role": "user", "content": "this stream fails midway"}]))
+    assert events[-1].type == "message-end" and events[-1].delta.finish_reason == "ERROR" and events[-1].delta.error
+
+
 def test_budget_charged(co, gw, upstream):
     before = spent(gw, "alice")
     response = post(gw, "/v2/chat", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "priced cohere call"}]})

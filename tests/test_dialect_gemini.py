@@ -181,6 +181,19 @@ def test_key_in_query_and_refusals_in_googles_shape(gw, upstream):
     assert broken.status_code == 400 and broken.json()["error"]["status"] == "INVALID_ARGUMENT"
 
 
+def test_failures_in_googles_shape(gw, upstream):
+    upstream.set("gpt-4o-mini", status=429, error_message="slow down")
+    with pytest.raises(genai_errors.ClientError) as limited:
+        client(gw).models.generate_content(model="gpt-4o-mini", contents="rate limited please")
+    assert limited.value.code == 429 and limited.value.status == "RESOURCE_EXHAUSTED"
+    upstream.set("gpt-4o-mini", stream_fault="error")
+    streamed = post(gw, "/v1beta/models/gpt-4o-mini:streamGenerateContent", {"contents": [{"parts": [{"text": "this stream fails midway"}]}]}, alt="sse")
+    events = [orjson.loads(data) for _, data in SSEDecoder().feed(streamed.content)]
+    assert "candidates" in events[0] and set(events[-1]) == {"error"} and events[-1]["error"]["status"]
+    with pytest.raises(genai_errors.APIError):
+        list(client(gw).models.generate_content_stream(model="gpt-4o-mini", contents="this stream fails midway too"))
+
+
 def test_budget_rewrite_fallback_and_cache_apply(gw, upstream):
     genai_client = client(gw)
     before = spent(gw, "alice")

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, unquote
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -79,6 +79,17 @@ class Plan:
 # -- which requests are a dialect's ---------------------------------------------------------
 
 
+def bedrock_match(scope: Scope) -> re.Match[str] | None:
+    """A Bedrock path, read from the raw path: a model id may be an ARN whose `/` the
+    client sent as `%2F`, which the decoded path no longer tells from a separator."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return BEDROCK.fullmatch(path.split("?", 1)[0])
+
+
 def google_client(scope: Scope) -> bool:
     return any(name in GOOGLE_HEADERS for name, _ in scope.get("headers", ())) or b"key=" in scope.get("query_string", b"")
 
@@ -92,7 +103,7 @@ def dialect_of(scope: Scope) -> str | None:
             return "gemini"
         if path in ("/v2/chat", "/v2/embed", "/v2/rerank"):
             return "cohere"
-        if BEDROCK.fullmatch(path):
+        if bedrock_match(scope):
             return "bedrock"
     elif method == "GET" and (path in ("/v1beta/models", "/v1/models") or GEMINI_MODEL.fullmatch(path)):
         return "gemini" if path.startswith("/v1beta/") or google_client(scope) else None
@@ -148,9 +159,9 @@ def cohere_plan(path: str, body: dict) -> Plan:
 
 
 def bedrock_plan(scope: Scope, body: dict) -> Plan:
-    match = BEDROCK.fullmatch(route_path(scope))
+    match = bedrock_match(scope)
     assert match is not None
-    model, action = match["model"], match["action"]
+    model, action = unquote(match["model"]), match["action"]
     if action in ("converse", "converse-stream"):
         if action == "converse-stream":
             return Plan("bedrock", "/v1/chat/completions", bedrock.to_chat(body, model, True), model, stream="converse", events=bedrock.ConverseEvents())
