@@ -166,6 +166,7 @@ def test_models(gw, upstream):
 def test_key_in_query_and_refusals_in_googles_shape(gw, upstream):
     body = {"contents": [{"parts": [{"text": "hi"}]}]}
     assert httpx.post(gw.url + "/v1beta/models/demo:generateContent", params={"key": FULL}, json=body, timeout=10).status_code == 200
+    assert FULL not in gw.log(), "a key in the query string is never logged"
     missing = httpx.post(gw.url + "/v1beta/models/demo:generateContent", json=body, timeout=10)
     assert missing.status_code == 401 and missing.json()["error"]["status"] == "UNAUTHENTICATED" and missing.json()["error"]["code"] == 401
     with pytest.raises(genai_errors.ClientError) as refused:
