@@ -18,6 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
 from tests.dialects import CHAT_MODELS, FULL, TOOL_SCHEMA, admin, spent, start
+from tests.test_conformance import bedrock_shape_problems
 
 TOOL_CONFIG = {"tools": [{"toolSpec": {"name": "get_weather", "description": "Weather in a city", "inputSchema": {"json": TOOL_SCHEMA}}}]}
 CLAUDE_BODY = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100, "messages": [{"role": "user", "content": "hello invoke"}]}
@@ -48,42 +49,14 @@ def br(gw, pair):
     return runtime(gw, pair["aws_access_key_id"], pair["aws_secret_access_key"])
 
 
-def shape_problems(shape, value, path: str = "") -> list[str]:
-    """Where `value` (parsed JSON) differs from a botocore output shape: undeclared or
-    missing required members, wrong JSON types."""
-    kind = shape.type_name
-    if getattr(shape, "is_document_type", False):
-        return []  # free JSON (a tool's input)
-    if kind == "structure":
-        if not isinstance(value, dict):
-            return [f"{path}: not an object"]
-        found = [f"{path}.{name}: undeclared" for name in value if name not in shape.members]
-        found += [f"{path}.{name}: required" for name in shape.required_members if name not in value]
-        for name, item in value.items():
-            if name in shape.members:
-                found += shape_problems(shape.members[name], item, f"{path}.{name}")
-        if shape.metadata.get("union") and len(value) != 1:
-            found.append(f"{path}: a union holds exactly one member")
-        return found
-    if kind == "list":
-        if not isinstance(value, list):
-            return [f"{path}: not a list"]
-        return [p for i, item in enumerate(value) for p in shape_problems(shape.member, item, f"{path}[{i}]")]
-    if kind in ("integer", "long"):
-        return [] if isinstance(value, int) and not isinstance(value, bool) else [f"{path}: not an integer"]
-    if kind == "string":
-        return [] if isinstance(value, str) else [f"{path}: not a string"]
-    return []
-
-
 def check_output(operation: str, payload: dict) -> None:
-    found = shape_problems(SERVICE.operation_model(operation).output_shape, payload)
+    found = bedrock_shape_problems(SERVICE.operation_model(operation).output_shape, payload)
     assert not found, found
 
 
 def check_event(event_name: str, payload: dict) -> None:
     stream = SERVICE.operation_model("ConverseStream").output_shape.members["stream"]
-    found = shape_problems(stream.members[event_name], payload, event_name)
+    found = bedrock_shape_problems(stream.members[event_name], payload, event_name)
     assert not found, found
 
 
@@ -247,9 +220,9 @@ def test_secret_never_stored(gw, pair):
 def test_the_shape_check_bites():
     good = {"output": {"message": {"role": "assistant", "content": [{"text": "hi"}]}}, "stopReason": "end_turn",
             "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2}, "metrics": {"latencyMs": 1}}
-    assert shape_problems(SERVICE.operation_model("Converse").output_shape, good) == []
+    assert bedrock_shape_problems(SERVICE.operation_model("Converse").output_shape, good) == []
     bad = {**good, "extra": 1, "usage": {"inputTokens": "1", "outputTokens": 1, "totalTokens": 2}}
-    assert shape_problems(SERVICE.operation_model("Converse").output_shape, bad) == [".extra: undeclared", ".usage.inputTokens: not an integer"]
+    assert bedrock_shape_problems(SERVICE.operation_model("Converse").output_shape, bad) == [".extra: undeclared", ".usage.inputTokens: not an integer"]
 
 
 def test_cli_prints_the_pair_once(gw):
