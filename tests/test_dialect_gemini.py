@@ -195,6 +195,14 @@ def test_failures_in_googles_shape(gw, upstream):
         list(client(gw).models.generate_content_stream(model="gpt-4o-mini", contents="this stream fails midway too"))
 
 
+def test_metrics_name_the_route_not_the_model(gw, upstream):
+    client(gw).models.generate_content(model="gemini-flash", contents="measured")
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    assert 'lockgate_requests_total{model="gemini-flash",path="/v1/models/{model}:generateContent",status="200"}' in text
+    assert 'gen_ai_server_request_duration_seconds_count{error_type="",gen_ai_operation_name="chat",gen_ai_provider_name="gcp.gemini",' \
+           'gen_ai_request_model="gemini-flash"' in text
+
+
 def test_budget_rewrite_fallback_and_cache_apply(gw, upstream):
     genai_client = client(gw)
     before = spent(gw, "alice")

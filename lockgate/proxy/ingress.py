@@ -110,6 +110,32 @@ def dialect_of(scope: Scope) -> str | None:
     return None
 
 
+GEMINI_OPERATIONS = {"generateContent": "chat", "streamGenerateContent": "chat", "embedContent": "embeddings", "batchEmbedContents": "embeddings"}
+BEDROCK_OPERATIONS = {"converse": "chat", "converse-stream": "chat", "invoke": "chat", "invoke-with-response-stream": "chat"}
+COHERE_OPERATIONS = {"/v2/chat": "chat", "/v2/embed": "embeddings", "/v2/rerank": None}
+
+
+def route_label(scope: Scope) -> tuple[str, str | None] | None:
+    """A dialect request's route as a metric label (its model a placeholder, so the
+    label's values stay few) and its GenAI operation; None for any other request."""
+    dialect = dialect_of(scope) if scope.get("type") == "http" else None
+    path = route_path(scope)
+    if dialect == "cohere":
+        return path, COHERE_OPERATIONS.get(path)
+    if dialect == "bedrock":
+        match = bedrock_match(scope)
+        assert match is not None
+        return f"/model/{{modelId}}/{match['action']}", BEDROCK_OPERATIONS.get(match["action"])
+    if dialect == "gemini":
+        call = GEMINI_CALL.fullmatch(path)
+        version = path.split("/", 2)[1]
+        if call is None:
+            return (f"/{version}/models" if path.endswith("/models") else f"/{version}/models/{{model}}"), None
+        method = call["method"] if call["method"] in gemini.METHODS else "other"
+        return f"/{version}/models/{{model}}:{method}", GEMINI_OPERATIONS.get(method)
+    return None
+
+
 def plan(dialect: str, scope: Scope, raw: bytes) -> Plan:
     """The translation of a dialect request (raises GatewayError or TranslationError)."""
     path = route_path(scope)
