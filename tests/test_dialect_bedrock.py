@@ -240,3 +240,37 @@ def test_cli_prints_the_pair_once(gw):
     answer = runtime(gw, created["aws_access_key_id"], created["aws_secret_access_key"]).converse(
         modelId="demo", messages=[{"role": "user", "content": [{"text": "from the cli"}]}])
     assert answer["output"]["message"]["content"] == [{"text": "mock: from the cli"}]
+
+
+def test_signature_check_unit():
+    """check_signature itself: botocore's own signer accepted, a late date, a header
+    changed after signing and a signed header dropped refused."""
+    import time
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from lockgate.providers.aws_auth import SignatureError, check_signature, issued_secret, signed_by
+
+    secret = issued_secret("LGAKUNITTEST00000000", "gateway-secret")
+    assert secret == issued_secret("LGAKUNITTEST00000000", "gateway-secret") != issued_secret("LGAKUNITTEST00000000", "another-secret")
+    body = b'{"messages": []}'
+    request = AWSRequest(method="POST", url="http://gw.example:4000/model/anthropic.claude-3%3A0/converse", data=body,
+                         headers={"content-type": "application/json", "host": "gw.example:4000"})
+    SigV4Auth(Credentials("LGAKUNITTEST00000000", secret), "bedrock", "eu-west-1").add_auth(request)
+    headers = tuple((k.lower().encode(), v.encode()) for k, v in request.headers.items())
+    signer = signed_by(request.headers["Authorization"])
+    assert (signer.access_key, signer.region, signer.service) == ("LGAKUNITTEST00000000", "eu-west-1", "bedrock")
+    raw_path = b"/model/anthropic.claude-3%3A0/converse"
+    check_signature(signer, secret, "POST", raw_path, b"", headers, body)
+    with pytest.raises(SignatureError, match="expired"):
+        check_signature(signer, secret, "POST", raw_path, b"", headers, body, now=time.time() + 600)
+    changed = tuple((k, b"text/plain" if k == b"content-type" else v) for k, v in headers)
+    with pytest.raises(SignatureError) as mismatch:
+        check_signature(signer, secret, "POST", raw_path, b"", changed, body)
+    assert mismatch.value.kind == "SignatureDoesNotMatch"
+    with pytest.raises(SignatureError, match="missing"):
+        check_signature(signer, secret, "POST", raw_path, b"", tuple(h for h in headers if h[0] != b"content-type"), body)
+    with pytest.raises(SignatureError):
+        check_signature(signer, secret, "POST", b"/model/other/converse", b"", headers, body)

@@ -148,8 +148,9 @@ def check_signature(signer: SignedBy, secret: str, method: str, raw_path: bytes,
     """Checks a client's SigV4 signature over the request as it arrived (raises
     SignatureError). The canonical request is botocore's own (SigV4Auth, the code that
     signs lockgate's Bedrock calls), fed the signed headers alone and the date the
-    client signed at; the body's hash, or UNSIGNED-PAYLOAD where the client said so
-    (payload signing is optional over https). Compared in constant time."""
+    client signed at; the body's own hash always (UNSIGNED-PAYLOAD only where the client
+    signed an `X-Amz-Content-SHA256` saying so: an unsigned body could be swapped).
+    Compared in constant time."""
     import datetime as dt
     import hashlib
     import hmac
@@ -183,15 +184,8 @@ def check_signature(signer: SignedBy, secret: str, method: str, raw_path: bytes,
         raise SignatureError("InvalidSignatureException", "The body does not match its X-Amz-Content-SHA256.")
     signer_v4 = SigV4Auth(ReadOnlyCredentials(signer.access_key, secret, None), signer.service, signer.region)
     canonical = signer_v4.canonical_request(request)
-    candidates = [canonical]
-    if not declared:
-        # signed over https without the payload: the same request with UNSIGNED-PAYLOAD
-        candidates.append(canonical.rsplit("\n", 1)[0] + "\n" + UNSIGNED)
-    matched = False
-    for candidate in candidates:
-        expected = signer_v4.signature(signer_v4.string_to_sign(request, candidate), request)
-        matched |= hmac.compare_digest(expected.encode(), signer.signature.encode())
-    if not matched:
+    expected = signer_v4.signature(signer_v4.string_to_sign(request, canonical), request)
+    if not hmac.compare_digest(expected.encode(), signer.signature.encode()):
         raise SignatureError("SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided.")
 
 
