@@ -67,6 +67,7 @@ def test_converse(br, upstream, model):
     assert answer["output"]["message"]["content"] == [{"text": "echo: hello converse"}]
     assert answer["stopReason"] == "end_turn" and answer["usage"]["inputTokens"] > 0 and answer["usage"]["outputTokens"] > 0
     assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert answer["ResponseMetadata"]["RequestId"] == answer["ResponseMetadata"]["HTTPHeaders"]["x-request-id"], "lockgate's request id as AWS's"
     check_output("Converse", {k: v for k, v in answer.items() if k != "ResponseMetadata"})
     if model == "gpt-4o-mini":
         sent = upstream.requests[-1]

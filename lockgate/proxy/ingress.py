@@ -263,6 +263,8 @@ class DialectIngress:
             if planned.model is not None:
                 ctx.model_requested = planned.model
             receive = replay(ctx, receive)
+        if planned.dialect == "bedrock":
+            send = with_request_id(send, ctx)
         await self.app(inner, receive, Answer(send, planned, ctx).send)
 
     @staticmethod
@@ -281,9 +283,22 @@ class DialectIngress:
     @staticmethod
     async def refuse(send: Send, dialect: str, status: int, body: Any, ctx: RequestContext) -> None:
         payload, extra = error_answer(dialect, status, body)
-        headers = json_headers(len(payload)) + extra + [(b"x-request-id", ctx.request_id.encode("latin-1", "replace"))]
+        request_id = ctx.request_id.encode("latin-1", "replace")
+        headers = json_headers(len(payload)) + extra + [(b"x-request-id", request_id)]
+        if dialect == "bedrock":
+            headers.append((b"x-amzn-requestid", request_id))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def with_request_id(send: Send, ctx: RequestContext) -> Send:
+    """AWS's `x-amzn-RequestId` on every answer (botocore's ResponseMetadata.RequestId)."""
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"x-amzn-requestid", ctx.request_id.encode("latin-1", "replace"))]}
+        await send(message)
+
+    return sending
 
 
 class Answer:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -321,7 +322,8 @@ def exception(status: int, body: Any) -> bytes:
 class ConverseEvents:
     """Chat chunks as ConverseStream's events, framed."""
 
-    def __init__(self) -> None:
+    def __init__(self, started_at: float | None = None) -> None:
+        self.started_at = time.perf_counter() if started_at is None else started_at  # for metadata's latencyMs
         self.reader = ChunkReader()
         self.started = False
         self.block = -1
@@ -370,7 +372,8 @@ class ConverseEvents:
         self.ended = True
         out = self._start() + self._close()
         out.append(event("messageStop", {"stopReason": STOP.get(self.reader.finish or "stop", "end_turn")}))
-        out.append(event("metadata", {"usage": usage(self.reader.usage), "metrics": {"latencyMs": 0}}))
+        latency = int((time.perf_counter() - self.started_at) * 1000)
+        out.append(event("metadata", {"usage": usage(self.reader.usage), "metrics": {"latencyMs": latency}}))
         return out
 
 
