@@ -14,6 +14,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from lockgate.providers.dialects import gemini
 from lockgate.providers.sse import SSEDecoder
 from tests.dialects import CHAT_MODELS, FULL, LIMITED, TOOL_SCHEMA, spent, start
 from tests.test_conformance import problems
@@ -70,6 +71,19 @@ def test_generate_content(gw, upstream, model, version):
     raw = post(gw, f"/{version}/models/{model}:generateContent", {"contents": [{"role": "user", "parts": [{"text": "schema check"}]}]})
     assert raw.status_code == 200
     valid("GeminiResponse", raw.json())
+
+
+def test_candidate_count():
+    """`candidateCount` is chat's `n`; each choice of the answer is a candidate."""
+    assert gemini.to_chat({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": 2}}, "m", False)["n"] == 2
+    message = {"role": "assistant", "content": "one"}
+    chat = {"id": "chatcmpl-1", "choices": [{"index": 0, "message": message, "finish_reason": "stop"},
+                                            {"index": 1, "message": {**message, "content": "two"}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+    answer = gemini.from_chat(chat, "m")
+    valid("GeminiResponse", answer)
+    parsed = types.GenerateContentResponse.model_validate(answer)
+    assert [(c.index, c.content.parts[0].text, c.finish_reason) for c in parsed.candidates] == [(0, "one", "STOP"), (1, "two", "MAX_TOKENS")]
 
 
 @pytest.mark.parametrize("model", CHAT_MODELS)

@@ -38,6 +38,19 @@ def read_chat(chat: Any) -> Answer:
     if not isinstance(chat, dict):
         raise TranslationError("the answer is not a chat completion")
     choice, message = shapes.first_choice(chat)
+    return read_choice(chat, choice, message)
+
+
+def read_choices(chat: Any) -> list[Answer]:
+    """Every choice of a whole `chat.completion` (n > 1), in order."""
+    if not isinstance(chat, dict):
+        raise TranslationError("the answer is not a chat completion")
+    choices = shapes.objects(chat.get("choices"), "choices")
+    answers = [read_choice(chat, choice, shapes.mapping(choice.get("message"), "choices.message")) for choice in choices]
+    return answers or [read_chat(chat)]
+
+
+def read_choice(chat: dict, choice: dict, message: dict) -> Answer:
     calls = []
     for call in shapes.objects(message.get("tool_calls"), "message.tool_calls"):
         function = shapes.mapping(call.get("function"), "tool_calls.function")

@@ -10,7 +10,7 @@ Choices:
 - `generationConfig` maps to chat's sampling fields; `topK` and the safety settings
   have no chat equivalent and are dropped; a `responseSchema` / `responseJsonSchema`
   becomes a `json_schema` response format.
-- The answer's `finishReason`: `STOP` (tool calls too, as Gemini says), `MAX_TOKENS`,
+- Each choice of the answer is a candidate (`candidateCount` is `n`). `finishReason`: `STOP` (tool calls too, as Gemini says), `MAX_TOKENS`,
   `SAFETY` for a filtered answer. `usageMetadata` counts from the chat usage.
 - A stream's text goes out as it comes; each function call goes out whole, with the
   last event (Gemini sends calls whole), which also carries `finishReason` and usage.
@@ -30,7 +30,7 @@ import orjson
 from lockgate.providers import shapes
 from lockgate.providers.anthropic import request_to_anthropic
 from lockgate.providers.base import TranslationError, UnsupportedRequest
-from lockgate.providers.dialects.common import Answer, ChunkReader, error_message, json_schema, read_chat, tokens
+from lockgate.providers.dialects.common import Answer, ChunkReader, error_message, json_schema, read_choices, tokens
 
 GENERATION_FIELDS = (("temperature", "temperature"), ("topP", "top_p"), ("candidateCount", "n"), ("seed", "seed"),
                      ("presencePenalty", "presence_penalty"), ("frequencyPenalty", "frequency_penalty"), ("maxOutputTokens", "max_tokens"))
@@ -260,17 +260,22 @@ def response_id(chat_id: str) -> str:
     return chat_id.removeprefix("chatcmpl-") or secrets.token_hex(12)
 
 
-def from_chat(chat: Any, model: str) -> dict:
-    """A chat completion as a GenerateContentResponse."""
-    answer: Answer = read_chat(chat)
+def candidate(answer: Answer, index: int) -> dict:
     parts: list[dict] = []
     if answer.reasoning:
         parts.append({"text": answer.reasoning, "thought": True})
     if answer.text:
         parts.append({"text": answer.text})
     parts.extend(call_part(call) for call in answer.calls)
-    candidate = {"content": {"role": "model", "parts": parts}, "finishReason": FINISH.get(answer.finish, "OTHER"), "index": 0}
-    return {"candidates": [candidate], "usageMetadata": usage_metadata(answer.usage), "modelVersion": model, "responseId": response_id(answer.id)}
+    return {"content": {"role": "model", "parts": parts}, "finishReason": FINISH.get(answer.finish, "OTHER"), "index": index}
+
+
+def from_chat(chat: Any, model: str) -> dict:
+    """A chat completion as a GenerateContentResponse, a candidate per choice (`candidateCount`)."""
+    answers = read_choices(chat)
+    first = answers[0]
+    return {"candidates": [candidate(answer, i) for i, answer in enumerate(answers)], "usageMetadata": usage_metadata(first.usage),
+            "modelVersion": model, "responseId": response_id(first.id)}
 
 
 def embeddings_answer(data: Any, batch: bool) -> dict:
