@@ -10,8 +10,8 @@ Choices:
 - `generationConfig` maps to chat's sampling fields; `topK` and the safety settings
   have no chat equivalent and are dropped; a `responseSchema` / `responseJsonSchema`
   becomes a `json_schema` response format.
-- Each choice of the answer is a candidate (`candidateCount` is `n`). `finishReason`: `STOP` (tool calls too, as Gemini says), `MAX_TOKENS`,
-  `SAFETY` for a filtered answer. `usageMetadata` counts from the chat usage.
+- Each choice of the answer is a candidate (`candidateCount` is `n`). `finishReason`:
+  `STOP` (tool calls too, as Gemini says), `MAX_TOKENS`, `SAFETY` for a filtered answer. `usageMetadata` counts from the chat usage.
 - A stream's text goes out as it comes; each function call goes out whole, with the
   last event (Gemini sends calls whole), which also carries `finishReason` and usage.
 - Embeddings: a content's text parts joined by a newline are one input;
