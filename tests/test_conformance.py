@@ -1,8 +1,9 @@
 """Every answer lockgate writes, checked against the published API types: for each
 provider x endpoint x streamed or not, every JSON body and every SSE event.
 
-The schemas are generated from the installed `openai` and `anthropic` SDKs' models
-(pydantic's JSON Schema, with each model's required fields), then tightened with
+The schemas are generated from the installed `openai`, `anthropic`, `google-genai` and
+`cohere` SDKs' models (pydantic's JSON Schema, with each model's required fields;
+Bedrock's answers are checked against botocore's service model instead), then tightened with
 the fields OpenAI's OpenAPI spec requires where the SDK, which must also parse older
 servers, declares them optional (`SPEC_REQUIRED`). Two checks per payload:
 - JSON Schema validation: required fields, types, enums and constants;
@@ -16,12 +17,14 @@ import copy
 from functools import lru_cache
 from typing import Any, Iterator
 
+import cohere
 import httpx
 import orjson
 import pydantic
 import pytest
 from anthropic.types import Message as AnthropicMessage
 from anthropic.types import RawMessageStreamEvent
+from google.genai import types as genai_types
 from jsonschema import Draft202012Validator
 from anthropic.types import MessageTokensCount
 from openai.types import Completion, CreateEmbeddingResponse, ImagesResponse, Model, ModerationCreateResponse
@@ -62,6 +65,10 @@ EXTENSIONS: dict[tuple[str, str], str] = {
     ("ResponseStreamEvent", "error"): "an in-stream error also nested under `error`, as OpenAI sends it and the openai SDK reads it",
     ("Response", "store"): "false: nothing is kept (OpenAI's own answers carry `store` too)",
     ("ResponseStreamEvent", "response.store"): "the same, streamed",
+    ("CohereStreamEvent", "delta.message.content"): "message-start as Cohere's API sends it (its docs' example); the SDK declares `role` only",
+    ("CohereStreamEvent", "delta.message.tool_plan"): "the same",
+    ("CohereStreamEvent", "delta.message.tool_calls"): "the same",
+    ("CohereStreamEvent", "delta.message.citations"): "the same",
     # not lockgate's: OpenAI's own fields in native streams, passed through untouched
     ("ResponseStreamEvent", "obfuscation"): "OpenAI's stream padding, passed through from a native upstream",
 }
@@ -105,6 +112,18 @@ class Error(pydantic.BaseModel):
 
 
 TYPES["Error"] = Error
+# the other client dialects (proxy/ingress.py): google-genai's and cohere's own response
+# models where they are the wire's shape (google-genai's forbid undeclared fields; the
+# check above reports cohere's); google-genai's Model is its own, converted from the wire's
+TYPES.update({
+    "GeminiResponse": genai_types.GenerateContentResponse,
+    "GeminiEmbeddings": genai_types.EmbedContentResponse,
+    "GeminiCount": genai_types.CountTokensResponse,
+    "CohereChat": cohere.V2ChatResponse,
+    "CohereStreamEvent": pydantic.TypeAdapter(cohere.V2ChatStreamResponse),
+    "CohereEmbed": cohere.EmbedByTypeResponse,
+    "CohereRerank": cohere.V2RerankResponse,
+})
 TYPES["CompletionChunk"] = Completion
 TYPES["CreateEmbeddingResponseBase64"] = CreateEmbeddingResponse
 
@@ -274,6 +293,103 @@ def test_count_tokens(gw, upstream, model):
     status, payloads = collect(gw, "/v1/messages/count_tokens", {"model": model, "messages": [{"role": "user", "content": "conform"}]})
     assert status == 200
     check_all("MessageTokensCount", "", status, payloads)
+
+
+# -- the other client dialects (proxy/ingress.py), on every provider ------------------------
+
+GEMINI_TOOLS = [{"functionDeclarations": [{"name": "get_weather", "parameters": {"type": "OBJECT", "properties": {"location": {"type": "STRING"}}}}]}]
+CONVERSE_TOOLS = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object", "properties": {"location": {"type": "string"}}}}}}]}
+
+
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tools"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_gemini_dialect(gw, upstream, model, stream, tools):
+    body: dict = {"contents": [{"role": "user", "parts": [{"text": "conform"}]}], "systemInstruction": {"parts": [{"text": "be brief"}]}}
+    if tools:
+        body["tools"] = GEMINI_TOOLS
+    method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+    status, payloads = collect(gw, f"/v1beta/models/{model}:{method}", body)
+    assert status == 200 and payloads and all("error" not in payload for _, payload in payloads)
+    check_all("GeminiResponse", "GeminiResponse", status, payloads)
+
+
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tools"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_cohere_dialect(gw, upstream, model, stream, tools):
+    body: dict = {"model": model, "stream": stream, "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "conform"}]}
+    if tools:
+        body["tools"] = TOOLS
+    status, payloads = collect(gw, "/v2/chat", body)
+    assert status == 200 and payloads
+    check_all("CohereChat", "CohereStreamEvent", status, payloads)
+
+
+@pytest.mark.parametrize("model", EMBEDDING_MODELS)
+def test_dialect_embeddings(gw, upstream, model):
+    status, payloads = collect(gw, f"/v1beta/models/{model}:batchEmbedContents", {"requests": [{"content": {"parts": [{"text": "conform"}]}}]})
+    check_all("GeminiEmbeddings", "", status, payloads)
+    status, payloads = collect(gw, "/v2/embed", {"model": model, "texts": ["conform"], "input_type": "search_document", "embedding_types": ["float"]})
+    check_all("CohereEmbed", "", status, payloads)
+
+
+def bedrock_shape_problems(shape: Any, value: Any, path: str = "") -> list[str]:
+    """Where `value` differs from a botocore output shape (Bedrock has no pydantic types:
+    its service model is the schema): undeclared or missing required members, JSON types."""
+    kind = shape.type_name
+    if getattr(shape, "is_document_type", False):
+        return []  # free JSON (a tool's input)
+    if kind == "structure":
+        if not isinstance(value, dict):
+            return [f"{path}: not an object"]
+        found = [f"{path}.{name}: undeclared" for name in value if name not in shape.members]
+        found += [f"{path}.{name}: required" for name in shape.required_members if name not in value]
+        for name, item in value.items():
+            if name in shape.members:
+                found += bedrock_shape_problems(shape.members[name], item, f"{path}.{name}")
+        if shape.metadata.get("union") and len(value) != 1:
+            found.append(f"{path}: a union holds exactly one member")
+        return found
+    if kind == "list":
+        if not isinstance(value, list):
+            return [f"{path}: not a list"]
+        return [p for i, item in enumerate(value) for p in bedrock_shape_problems(shape.member, item, f"{path}[{i}]")]
+    if kind in ("integer", "long"):
+        return [] if isinstance(value, int) and not isinstance(value, bool) else [f"{path}: not an integer"]
+    if kind == "string":
+        return [] if isinstance(value, str) else [f"{path}: not a string"]
+    return []
+
+
+@pytest.mark.parametrize("tools", [False, True], ids=["text", "tools"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "eventstream"])
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_bedrock_dialect(gw, upstream, model, stream, tools):
+    """Converse and ConverseStream on every provider, against botocore's service model;
+    the event-stream frames decoded by botocore's own parser, CRCs checked."""
+    from botocore.eventstream import EventStreamBuffer
+    from botocore.session import get_session
+
+    service = get_session().get_service_model("bedrock-runtime")
+    body: dict = {"system": [{"text": "be brief"}], "messages": [{"role": "user", "content": [{"text": "conform"}]}]}
+    if tools:
+        body["toolConfig"] = CONVERSE_TOOLS
+    response = httpx.post(gw.url + f"/model/{model}/{'converse-stream' if stream else 'converse'}", json=body, timeout=20)
+    assert response.status_code == 200, response.text
+    if not stream:
+        found = bedrock_shape_problems(service.operation_model("Converse").output_shape, response.json())
+    else:
+        assert response.headers["content-type"] == "application/vnd.amazon.eventstream"
+        events = service.operation_model("ConverseStream").output_shape.members["stream"]
+        frames = EventStreamBuffer()
+        frames.add_data(response.content)
+        found = []
+        for message in frames:
+            assert message.headers[":message-type"] == "event", message.payload
+            name = message.headers[":event-type"]
+            found += bedrock_shape_problems(events.members[name], orjson.loads(message.payload), name)
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.parametrize("model", ["dall-e-3", "gpt-image-1", "azure-dalle", "demo"])

@@ -210,7 +210,7 @@ def test_tracing_off_adds_nothing(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     off = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
-    assert off.stdout.split("\n")[0] == "['AccessLog', 'AnthropicErrors', 'BudgetMiddleware', 'ThrottleMiddleware'] False MemoryStore", off.stderr
+    assert off.stdout.split("\n")[0] == "['AccessLog', 'AnthropicErrors', 'BudgetMiddleware', 'DialectIngress', 'ThrottleMiddleware'] False MemoryStore", off.stderr
     on = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
                         env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_BSP_SCHEDULE_DELAY": "60000"})
     assert "TraceAttempt" in on.stdout and "TracedStore" in on.stdout and " True " in on.stdout, on.stderr

@@ -37,6 +37,7 @@ from lockgate.proxy.access import AccessLog
 from lockgate.proxy.answers import response_headers
 from lockgate.proxy.dialect import AnthropicErrors
 from lockgate.proxy.handlers import Endpoint, Gateway
+from lockgate.proxy.ingress import DialectIngress
 from lockgate.proxy.models import ConfigCatalog
 from lockgate.proxy.router import Router, SharedCooldowns
 from lockgate.proxy.routes import proxy_routes
@@ -174,7 +175,8 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     known = frozenset(route.path for route in routes if "{" not in route.path)
     access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.configured, lifecycle=lifecycle)
     # Anthropic's error shape on the Messages paths, whichever layer refused (proxy/dialect.py)
-    stack = [access, Middleware(AnthropicErrors), *(Middleware(attach, instance=instance) for _, instance in mounted.entries)]
+    # Gemini, Cohere and Bedrock clients: translated in and out around everything else (proxy/ingress.py)
+    stack = [access, Middleware(DialectIngress), Middleware(AnthropicErrors), *(Middleware(attach, instance=instance) for _, instance in mounted.entries)]
     if tracing.enabled():
         stack = tracing.instrument(stack, lambda: gateway.configured)
     app = Starlette(middleware=stack)

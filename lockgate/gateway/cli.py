@@ -228,6 +228,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         body["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.metadata:
         body["metadata"] = dict(args.metadata)
+    if args.aws:
+        body["aws"] = True
     created = admin_call(args, "POST", "/admin/keys", body)
     if args.json:
         print(json.dumps(created, indent=2))
@@ -235,6 +237,11 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     print(f"New API key for {created['id']!r} (it will not be shown again; the gateway keeps only its sha256):")
     print()
     print(f"    {created['key']}")
+    if created.get("aws_access_key_id"):
+        print()
+        print("AWS access key pair for SigV4 clients (boto3 bedrock-runtime), also shown once:")
+        print(f"    aws_access_key_id     = {created['aws_access_key_id']}")
+        print(f"    aws_secret_access_key = {created['aws_secret_access_key']}")
     return 0
 
 
@@ -383,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     keys_create.add_argument("--budget-period", choices=["daily", "weekly", "monthly", "total"])
     keys_create.add_argument("--rpm")
     keys_create.add_argument("--tpm")
+    keys_create.add_argument(
+        "--aws", action="store_true",
+        help="also issue an AWS access key pair for SigV4 clients (the Bedrock dialect; needs LOCKGATE_AWS_KEY_SECRET on the gateway)",
+    )
     keys_create.add_argument("--json", action="store_true", help="print the answer as JSON")
     keys_create.set_defaults(run=cmd_keys_create)
     keys_list = remote("list", "list a running gateway's keys (auth.yaml's and runtime ones; never a secret)")

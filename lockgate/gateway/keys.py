@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
+import string
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,7 +40,20 @@ from lockgate.kernel.logs import get_logger
 from lockgate.kernel.parsing import ConfigError
 from lockgate.kernel.store import Store, guard
 from lockgate.kernel.store.guard import StoreUnavailable
-from lockgate.middleware.auth import LIMIT_KEYS, MASTER_ID, RUNTIME_ENTRY, RUNTIME_ID, AuthPolicy, BodyChecker, Key, new_key, parse_key, runtime_keys
+from lockgate.middleware.auth import (
+    LIMIT_KEYS,
+    MASTER_ID,
+    RUNTIME_AWS,
+    RUNTIME_ENTRY,
+    RUNTIME_ID,
+    AuthPolicy,
+    BodyChecker,
+    Key,
+    new_key,
+    parse_key,
+    runtime_keys,
+)
+from lockgate.providers.aws_auth import GATEWAY_SECRET_ENV, gateway_secret, issued_secret
 
 ADMIN_TIMEOUT_S = 2.0
 FIELDS = ("id", "user", "team", "tier", "models", "expires", "metadata", *LIMIT_KEYS)
@@ -61,30 +76,48 @@ class RuntimeKeys:
         return set(policy.ids) if policy is not None else set()
 
     async def create(self, body: dict) -> dict:
-        """Stores a new key; returns its listing entry with the key itself under `key`."""
+        """Stores a new key; returns its listing entry with the key itself under `key`
+        (and, asked `aws: true`, an AWS access key pair for SigV4 clients)."""
         fields = validate(body)
+        aws = fields.pop("aws", False)
+        seed = gateway_secret()
+        if aws and seed is None:
+            message = f"`aws` keys are derived from the gateway's secret: set {GATEWAY_SECRET_ENV} (the same on every replica) and restart."
+            raise bad_request(message, "aws", "aws_keys_disabled")
         key_id = fields["id"]
         if key_id == MASTER_ID or key_id in self.file_ids():
             raise conflict(f"The key id `{key_id}` is " + ("reserved for the master key." if key_id == MASTER_ID else "defined in auth.yaml."))
         secret, entry = new_key(key_id)
         digest = entry["sha256"]
         record = {**fields, "sha256": digest, "created": now_iso()}
+        if aws:
+            record["aws_access_key_id"] = access_key_id()
         if not await self._call(self.store.add(RUNTIME_ID + key_id, digest.encode())):
             raise conflict(f"A runtime key with the id `{key_id}` exists already.")
         try:
+            if aws and not await self._call(self.store.add(RUNTIME_AWS + record["aws_access_key_id"], digest.encode())):
+                raise GatewayError(500, "An AWS access key id was drawn twice; try again.", "api_error", "key_collision")
             await self._call(self.store.set(RUNTIME_ENTRY + digest, orjson.dumps(record)))
         except GatewayError:
             await self._call(self.store.delete(RUNTIME_ID + key_id))
             raise
         log.info("runtime_key_created", key=key_id)
-        return {**listing(record, "runtime"), "key": secret}
+        created = {**listing(record, "runtime"), "key": secret}
+        if aws:
+            assert seed is not None
+            created["aws_secret_access_key"] = issued_secret(record["aws_access_key_id"], seed)
+        return created
 
     async def revoke(self, key_id: str) -> bool:
         """False when no runtime key has this id."""
         digest = await self._call(self.store.get(RUNTIME_ID + key_id))
         if digest is None:
             return False
+        raw = await self._call(self.store.get(RUNTIME_ENTRY + digest.decode()))
+        record = orjson.loads(raw) if raw else {}
         await self._call(self.store.delete(RUNTIME_ENTRY + digest.decode()))
+        if isinstance(record, dict) and isinstance(record.get("aws_access_key_id"), str):
+            await self._call(self.store.delete(RUNTIME_AWS + record["aws_access_key_id"]))
         await self._call(self.store.delete(RUNTIME_ID + key_id))
         self.lookup.forget(bytes.fromhex(digest.decode()))
         log.info("runtime_key_revoked", key=key_id)
@@ -115,6 +148,11 @@ class RuntimeKeys:
 
 
 
+def access_key_id() -> str:
+    """An AWS-style access key id: `LGAK` and 16 random upper-case letters and digits."""
+    return "LGAK" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+
+
 def conflict(message: str) -> GatewayError:
     return GatewayError(409, message, "invalid_request_error", "key_exists", "id")
 
@@ -126,7 +164,9 @@ def now_iso() -> str:
 def validate(body: dict) -> dict:
     """The fields of a new key, checked as auth.yaml's are; a 400 naming every problem."""
     check = BodyChecker("request body")
-    check.unknown(body, set(FIELDS), "a key")
+    check.unknown(body, {*FIELDS, "aws"}, "a key")
+    if not isinstance(body.get("aws", False), bool):
+        check.fail(body, "aws", "aws must be true or false")
     key_id = body.get("id")
     if not isinstance(key_id, str) or not ID_PATTERN.fullmatch(key_id):
         check.fail(body, "id", "id must be 1-64 letters, digits and . _ @ - (starting with a letter or digit)")
@@ -156,6 +196,8 @@ def validate(body: dict) -> dict:
             fields["expires"] = key.expires.isoformat()
     if check.problems:
         raise bad_request("; ".join(p.removeprefix("request body: ") for p in check.problems), check_param(check.problems), "invalid_key")
+    if body.get("aws") is True:
+        fields["aws"] = True
     return fields
 
 
@@ -169,6 +211,8 @@ def check_param(problems: list[str]) -> str | None:
 def listing(record: dict, source: str) -> dict:
     row = {name: record.get(name) for name in FIELDS}
     row["user"] = row["user"] or row["id"]
+    if record.get("aws_access_key_id"):
+        row["aws_access_key_id"] = record["aws_access_key_id"]
     row.update(source=source, created=record.get("created"), status=status(record.get("expires")))
     return row
 

@@ -24,6 +24,7 @@ field is a shortcut (README "Use it as a library").
 | `fallback_chain` | fallback: the models tried, when more than one | access log, traces |
 | `upstream_s` | the proxy: time spent waiting on upstreams, every attempt | access log (lockgate's own overhead) |
 | `attempt` | fallback starts a fresh `Attempt` for each try (`new_attempt`) | see `Attempt` |
+| `wire` | the dialect ingress (proxy/ingress.py): the request as the client sent and signed it, before it was translated | auth (a SigV4 signature covers it) |
 
 An `Attempt` is one pass through the layers inside fallback; a retry gets a new one, so
 nothing of a failed try (its usage, its upstream's status) leaks into the next:
@@ -128,8 +129,21 @@ class Attempt:
     refusal: str | None = None  # the code of the error answered for this try
 
 
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """A request as it came over the wire, before a dialect's translation (what a SigV4
+    signature covers): the raw path and query, the headers, the body."""
+
+    method: str
+    raw_path: bytes
+    query: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
 class RequestContext:
     __slots__ = (
+        "wire",
         "request_id",
         "started",
         "raw_body",
@@ -172,6 +186,7 @@ class RequestContext:
         self.form: Form | None = None  # a multipart body: `body` holds its text fields
         self.websocket = False  # a realtime handshake: no body, its model in the query string
         self.attempt = Attempt()
+        self.wire: Wire | None = None
 
     def new_attempt(self) -> Attempt:
         """A fresh try (fallback's next model, or a retry): nothing of the last one stays."""

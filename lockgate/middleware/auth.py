@@ -64,7 +64,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lockgate.kernel.context import Identity, KeyLimits, get_context, load_json, replay
+from lockgate.kernel.context import Identity, KeyLimits, RequestContext, get_context, header, load_json, replay
 from lockgate.kernel.errors import GatewayError, send_error
 from lockgate.kernel.logs import get_logger
 from lockgate.kernel.parsing import Checker, ConfigError
@@ -76,6 +76,7 @@ from lockgate.middleware.budget import PERIODS as BUDGET_PERIODS
 from lockgate.middleware.identity import Network, client_address, networks, within
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
+from lockgate.providers.aws_auth import SIGV4, SignatureError, check_signature, gateway_secret, issued_secret, signed_by
 from lockgate.providers.tokens import ANSWER_LIMIT_FIELDS
 
 TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths",
@@ -85,7 +86,7 @@ KEY_KEYS = {"id", "sha256", "user", "team", "tier", "models", "expires", "metada
 DEFAULT_PUBLIC_PATHS = ("/health", "/health/*", "/metrics")
 # the console's page and scripts hold no data: the master key is asked for by the page itself
 CONSOLE_PATHS = ("/admin/ui", "/admin/ui/*")
-CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key"})
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"})
 KEY_SUBPROTOCOL = "openai-insecure-api-key."  # how OpenAI's browser clients send a key on a WebSocket
 MASTER_ID = "master"
 HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
@@ -294,6 +295,7 @@ def plain(value: Any) -> Any:
 # -- runtime keys: made over the admin API (gateway/keys.py), kept in the store ----------
 RUNTIME_ENTRY = "runtime-key:"  # + the key's sha256 hex: its entry (JSON), as auth.yaml's fields
 RUNTIME_ID = "runtime-key-id:"  # + its id: the sha256 hex, so an id is taken once and a revocation finds it
+RUNTIME_AWS = "runtime-key-aws:"  # + an AWS access key id issued with a key: the key's sha256 hex (SigV4 clients)
 KNOWN_MAX = 10_000  # runtime keys remembered per process for `store_failure: open`; past it the memory starts afresh
 
 
@@ -344,7 +346,7 @@ class RuntimeKeyLookup:
             log.warning("runtime_key_shadowed", key=entry.get("id"), reason="auth.yaml names this id")
         else:
             check = BodyChecker("runtime key")
-            fields = {name: value for name, value in entry.items() if name != "created"}
+            fields = {name: value for name, value in entry.items() if name not in ("created", "aws_access_key_id")}
             try:
                 key = parse_key(check, fields, *policy.defaults)
             except Exception:  # noqa: BLE001 - an entry written by another version: refused, not a 500
@@ -356,6 +358,20 @@ class RuntimeKeyLookup:
             self.known.clear()
         self.known[digest] = (raw, policy, key)
         return key
+
+    async def find_aws(self, access_key: str, policy: AuthPolicy) -> Key | None:
+        """The runtime key an AWS access key id was issued with, or None. Raises StoreUnavailable."""
+        timeout = policy.store_failure.timeout_s
+        digest = await guard.call(self.store, self.store.get(RUNTIME_AWS + access_key), timeout)
+        if digest is None or not HEX_DIGEST.fullmatch(digest.decode("latin-1")):
+            return None
+        raw = await guard.call(self.store, self.store.get(RUNTIME_ENTRY + digest.decode()), timeout)
+        if raw is None:
+            return None
+        entry = orjson.loads(raw) if raw.startswith(b"{") else None
+        if not isinstance(entry, dict) or entry.get("aws_access_key_id") != access_key:
+            return None
+        return self.key_of(bytes.fromhex(digest.decode()), raw, policy)
 
     def forget(self, digest: bytes) -> None:
         self.known.pop(digest, None)
@@ -376,7 +392,7 @@ def presented_key(scope: Scope) -> bytes | None:
     bearer = found.get(b"authorization", b"").split(None, 1)
     if len(bearer) == 2 and bearer[0].lower() == b"bearer" and bearer[1].strip():
         return bearer[1].strip()
-    header = (found.get(b"x-api-key") or found.get(b"api-key") or b"").strip()
+    header = (found.get(b"x-api-key") or found.get(b"api-key") or found.get(b"x-goog-api-key") or b"").strip()
     if header:
         return header
     protocols: list[str] = scope.get("subprotocols", []) if scope["type"] == "websocket" else []
@@ -471,6 +487,9 @@ class AuthMiddleware:
         """The key presented: the file's, else a runtime key from the store."""
         presented = presented_key(scope)
         if presented is None:
+            authorization = header(scope, b"authorization")
+            if authorization is not None and authorization.startswith(SIGV4 + " "):
+                return await self.find_signed(policy, authorization, get_context(scope))
             return None
         key = policy.find(presented)
         if key is not None or self.runtime is None or not policy.runtime_keys:
@@ -484,6 +503,32 @@ class AuthMiddleware:
             if known is None:
                 raise guard.unavailable() from None
             return known
+
+
+    async def find_signed(self, policy: AuthPolicy, authorization: str, ctx: RequestContext) -> Key:
+        """The runtime key whose AWS access key signed this request (SigV4, the Bedrock
+        dialect), its signature checked over the request as the client sent it."""
+        try:
+            signer = signed_by(authorization)
+        except SignatureError as exc:
+            raise refusal(403, "invalid_signature", exc.message) from None
+        secret = gateway_secret()
+        if ctx.wire is None or secret is None or self.runtime is None or not policy.runtime_keys:
+            raise refusal(403, "invalid_api_key", "The security token included in the request is invalid: this gateway takes SigV4 signatures "
+                          "on the Bedrock paths only, from AWS keys it issued (runtime keys, with LOCKGATE_AWS_KEY_SECRET set).")
+        try:
+            key = await self.runtime.find_aws(signer.access_key, policy)
+        except StoreUnavailable as exc:
+            guard.failed("auth", StoreFailure("closed", policy.store_failure.timeout_s), exc, ctx.request_id)
+            raise guard.unavailable() from None
+        if key is None:
+            raise refusal(403, "invalid_api_key", "The security token included in the request is invalid.")
+        wire = ctx.wire
+        try:
+            check_signature(signer, issued_secret(signer.access_key, secret), wire.method, wire.raw_path, wire.query, wire.headers, wire.body)
+        except SignatureError as exc:
+            raise refusal(403, "invalid_signature", exc.message) from None
+        return key
 
 
 def new_key(id: str, user: str | None = None, team: str | None = None, tier: str | None = None) -> tuple[str, dict[str, str]]:

@@ -22,6 +22,7 @@ from lockgate.kernel.logs import get_logger, info_line
 from lockgate.kernel.websocket import refusals
 from lockgate.proxy import genai
 from lockgate.proxy.answers import internal_error
+from lockgate.proxy.ingress import route_label
 
 log = get_logger("lockgate.access")
 
@@ -102,8 +103,10 @@ class AccessLog:
         model = ctx.attempt.model_served or ctx.model_requested or ""
         path = scope.get("path", "")
         path_label = route_path(scope)
+        operation = genai.OPERATIONS.get(path_label)
         if path_label not in self.paths:
-            path_label = OTHER
+            dialect = route_label(scope)  # a Gemini, Cohere or Bedrock route (proxy/ingress.py)
+            path_label, operation = dialect if dialect is not None else (OTHER, None)
         model_label = model if model in self.models() else OTHER
         metrics.child(metrics.requests, path_label, model_label, str(status)).inc()
         metrics.child(metrics.latency, path_label).observe(elapsed)
@@ -114,7 +117,6 @@ class AccessLog:
             metrics.child(metrics.spend, model_label).inc(ctx.cost_usd)
         if ctx.cache:
             metrics.child(metrics.cache_lookups, ctx.cache).inc()
-        operation = genai.OPERATIONS.get(path_label)
         if operation is not None:
             self.record_genai(ctx, operation, model_label, status, elapsed, first_chunk_s)
         failure = ctx.attempt.stream_error or ctx.attempt.failure
