@@ -2,21 +2,33 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# serving needs the package alone; the test suite adds the dev extra (SDKs, browser driver,
+# linters) on top of it
+SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed
+# the suite on two processes (pytest-xdist), a file per process at a time: the tests wait on
+# subprocesses and sockets far more than they compute, so two halves overlap well even on
+# a busy 2-core machine. `make test JOBS=0` runs it in one process.
+JOBS ?= 2
 
-.PHONY: install run test check bench clean
+.PHONY: install run test check bench screenshots clean
+
+$(SERVE_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $(SERVE_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(SERVE_STAMP)
 	$(BIN)/lockgate serve --config policies/gateway.yaml
 
-check: $(STAMP)
+check: $(SERVE_STAMP)
 	$(BIN)/lockgate check --config policies/gateway.yaml
 
 # kubectl renders deploy/kubernetes and Debian's chromium drives the console's browser test
@@ -26,7 +38,12 @@ test: $(STAMP)
 		|| echo "kubectl could not be installed: the kustomize tests will be skipped"
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the console's browser test will be skipped"
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile $(PYTEST_ARGS)
+
+# the console's screenshots in README (bench/results/console/*.png), taken again on purpose;
+# `make test` writes its own to the ignored tests/screenshots/
+screenshots: $(STAMP)
+	LOCKGATE_SCREENSHOTS=bench/results/console $(BIN)/python -m pytest -q tests/test_console.py
 
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
@@ -39,4 +56,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --duration $(or $(DURATION),10) --peers '$(PEERS)'
 
 clean:
-	rm -rf $(VENV) .lockgate policies/.lockgate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .lockgate policies/.lockgate .pytest_cache

@@ -10,8 +10,8 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
@@ -56,16 +56,24 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, int]:
     return process, port
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The shared server's test database starts empty: flushed once, by the process that
+    runs the session (under pytest-xdist, the controller, before any worker runs a test;
+    a worker flushing it would wipe its siblings' keys mid-test)."""
+    if not hasattr(session.config, "workerinput") and answers_ping(6379):
+        with redis.Redis(host="127.0.0.1", port=6379, db=TEST_DB) as client:
+            client.flushdb()
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process = None
     if answers_ping(6379):
-        port = 6379
+        port = 6379  # its test database was flushed at the session's start
     else:
+        # a throwaway server of this process's own (one per xdist worker), empty
         process, port = start_server(tmp_path_factory.mktemp("redis"))
     url = f"redis://127.0.0.1:{port}/{TEST_DB}"
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
     yield url
     if process is not None:
         process.terminate()

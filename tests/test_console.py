@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import os
 import shutil
 import threading
 import time
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `apt-get 
 MASTER = "sk-master-console-0001"
 ALICE = "sk-alice-console-0002"
 BOB = "sk-bob-console-0003"
-SHOTS = ROOT / "bench" / "results" / "console"
+# where the screenshots go: an ignored folder, so a test run changes no tracked file;
+# `make screenshots` sets LOCKGATE_SCREENSHOTS=bench/results/console to renew README's
+SHOTS = ROOT / os.environ.get("LOCKGATE_SCREENSHOTS", "tests/screenshots")
 PRICE = {"input_per_mtok": 2.5, "output_per_mtok": 10}
 VIEWPORT = {"width": 1440, "height": 900}
 
@@ -54,11 +57,25 @@ def gw(fake, tmp_path_factory):
         middleware.append({name: str(workdir / f"{name}.yaml")})
     url = fake.url
     models = [
-        {"name": "gpt-4o", "deployments": [{"provider": "openai", "model": "cn-4o", "base_url": url + "/v1", "price": PRICE},
-                                            {"provider": "openai", "model": "cn-4o-eu", "base_url": url + "/v1", "price": PRICE}],
-         "cooldown_failures": 1, "cooldown_s": 120},
-        {"name": "gpt-4o-mini", "deployments": [{"provider": "openai", "model": "cn-mini", "base_url": url + "/v1", "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}}]},
-        {"name": "claude-sonnet", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": url, "price": {"input_per_mtok": 3, "output_per_mtok": 15}}]},
+        {
+            "name": "gpt-4o",
+            "deployments": [
+                {"provider": "openai", "model": "cn-4o", "base_url": url + "/v1", "price": PRICE},
+                {"provider": "openai", "model": "cn-4o-eu", "base_url": url + "/v1", "price": PRICE},
+            ],
+            "cooldown_failures": 1,
+            "cooldown_s": 120,
+        },
+        {
+            "name": "gpt-4o-mini",
+            "deployments": [{"provider": "openai", "model": "cn-mini", "base_url": url + "/v1", "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}}],
+        },
+        {
+            "name": "claude-sonnet",
+            "deployments": [
+                {"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": url, "price": {"input_per_mtok": 3, "output_per_mtok": 15}}
+            ],
+        },
     ]
     gateway = start_gateway({"models": models, "middleware": middleware}, workdir)
     gateway.workdir = workdir
@@ -75,10 +92,17 @@ def traffic(gw, fake):
             body = {"model": model, "messages": [{"role": "user", "content": f"question {i} " * (20 * (i + 1))}], "stream": i % 2 == 1}
             assert httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200
     store = open_store({"backend": "disk", "path": str(gw.workdir / "state")})
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     past = []
-    for back, (team, user, key, model, usd) in enumerate([("search", "alice", "alice-laptop", "gpt-4o", 0.31), ("platform", "bob", "bob-ci", "gpt-4o-mini", 0.12),
-                                                         ("search", "alice", "alice-laptop", "claude-sonnet", 0.44), ("platform", "bob", "bob-ci", "gpt-4o-mini", 0.27)], 3):
+    for back, (team, user, key, model, usd) in enumerate(
+        [
+            ("search", "alice", "alice-laptop", "gpt-4o", 0.31),
+            ("platform", "bob", "bob-ci", "gpt-4o-mini", 0.12),
+            ("search", "alice", "alice-laptop", "claude-sonnet", 0.44),
+            ("platform", "bob", "bob-ci", "gpt-4o-mini", 0.27),
+        ],
+        3,
+    ):
         day = today - dt.timedelta(days=back * 4)
         fields = [f"team:{team}", f"user:{user}", f"key:{key}", f"model:{model}"]
         for report in (f"spend:day:{day.isoformat()}", f"spend:month:{day.strftime('%Y-%m')}", "spend:total:total"):
@@ -208,7 +232,7 @@ def test_overview_is_live(tab, gw):
     finally:
         stop.set()
         loader.join()
-    tiles = dict(zip(page.locator("#tiles .label").all_inner_texts(), page.locator("#tiles .value").all_inner_texts()))
+    tiles = dict(zip(page.locator("#tiles .label").all_inner_texts(), page.locator("#tiles .value").all_inner_texts(), strict=False))
     assert set(tiles) == {"Requests per second", "Error rate (5xx)", "Latency p50", "Latency p99", "Spend today", "Cache hit rate"}
     assert float(tiles["Requests per second"]) >= 0 and tiles["Latency p50"].endswith(" ms") and tiles["Latency p99"].endswith(" ms")
     assert tiles["Error rate (5xx)"] == "0.0%"
@@ -225,7 +249,12 @@ def test_overview_shows_the_last_minute_as_it_opens(tab, gw):
     first reading brings the gateway's last minute (not counted from the opening on)."""
     with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {BOB}"}) as client:
         for i in range(5):
-            assert client.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"before {i}"}]}).status_code == 200
+            assert (
+                client.post(
+                    gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"before {i}"}]}
+                ).status_code
+                == 200
+            )
     until_stats = time.monotonic() + 10
     while admin(gw, "/admin/stats?history=1")["history"][-1]["requests"]["total"] < admin(gw, "/admin/stats")["requests"]["total"] - 1:
         assert time.monotonic() < until_stats, "the gateway's readings catch up"
@@ -247,11 +276,16 @@ def test_spend_matches_the_admin_api(tab, gw):
     page = tab.page
     for by in ("team", "user", "key", "model"):
         page.select_option("#spend-by", by)
-        until(page, f"document.querySelector('#spend-by-label').textContent === '{by}' && document.querySelectorAll('#spend-table tbody tr[data-name]').length > 0")
+        until(
+            page,
+            f"document.querySelector('#spend-by-label').textContent === '{by}' && document.querySelectorAll('#spend-table tbody tr[data-name]').length > 0",
+        )
         page.wait_for_timeout(300)
         shown = {}
         for row in page.locator("#spend-table tbody tr").all():
-            shown[row.get_attribute("data-name")] = {cell.get_attribute("data-column"): float(cell.get_attribute("data-usd")) for cell in row.locator("td").all()}
+            shown[row.get_attribute("data-name")] = {
+                cell.get_attribute("data-column"): float(cell.get_attribute("data-usd")) for cell in row.locator("td").all()
+            }
         for period, column in (("day", "day"), ("month", "month"), ("total", "total")):
             report = admin(gw, f"/admin/spend?by={by}&period={period}")["data"]
             assert {r[by]: r["spend_usd"] for r in report if r["spend_usd"]} == {name: v[column] for name, v in shown.items() if v[column]}, (by, period)
@@ -295,8 +329,9 @@ def test_a_key_created_in_the_form_works(tab, gw):
     page.wait_for_selector("#keys-table tbody tr[data-key=console-made]")
     row = page.inner_text("#keys-table tbody tr[data-key=console-made]")
     assert "runtime" in row and "carol" in row and "$2.500 weekly, 30 rpm" in row
-    ask = lambda model: httpx.post(gw.url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "made in the console"}]},
-                                   headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    def ask(model):
+        return httpx.post(gw.url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "made in the console"}]},
+                                       headers={"Authorization": f"Bearer {secret}"}, timeout=30)
     assert ask("gpt-4o-mini").status_code == 200
     assert ask("gpt-4o").json()["error"]["code"] == "model_not_allowed"
     created = next(k for k in admin(gw, "/admin/keys")["data"] if k["id"] == "console-made")
@@ -320,7 +355,7 @@ def test_limits_models_and_policies(tab, gw, fake):
     page = tab.page
     page.wait_for_selector("#limits table")
     limits = admin(gw, "/admin/limits")["data"]
-    per_user = next(l for l in limits if l["per"] == "user")
+    per_user = next(lim for lim in limits if lim["per"] == "user")
     assert page.locator(f"table[data-limit='{per_user['id']}'] tbody tr[data-subject]").count() == len(per_user["use"]) > 0
     assert "Per user: 60 rpm · 200000 tpm · 4 in flight" in page.inner_text("#limits")
     assert "bob-ci" in page.inner_text("#limits")  # a key's own rpm
@@ -377,5 +412,7 @@ def test_static_files_load_without_a_key_but_no_data_does(gw):
         assert httpx.get(gw.url + path, timeout=10).status_code == 401, path
         assert httpx.get(gw.url + path, headers={"Authorization": f"Bearer {ALICE}"}, timeout=10).status_code == 403, path
     assert httpx.post(gw.url + "/admin/ui/", timeout=10).status_code == 401  # only GET and HEAD are public
-    text = (Path(ROOT) / "lockgate" / "gateway" / "console" / "static" / "index.html").read_text() + (Path(ROOT) / "lockgate" / "gateway" / "console" / "static" / "console.js").read_text()
+    text = (Path(ROOT) / "lockgate" / "gateway" / "console" / "static" / "index.html").read_text() + (
+        Path(ROOT) / "lockgate" / "gateway" / "console" / "static" / "console.js"
+    ).read_text()
     assert "http://" not in text and "https://" not in text  # nothing fetched from elsewhere
