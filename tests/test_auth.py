@@ -20,8 +20,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import lockgate.middleware.auth as auth
-from lockgate.middleware.auth import AuthMiddleware, new_key, parse_policy
 from lockgate.kernel.parsing import ConfigError
+from lockgate.middleware.auth import AuthMiddleware, new_key, parse_policy
 from tests.conftest import ROOT, start_gateway
 
 GOOD, GOOD_ENTRY = new_key("onyx-prod", user="onyx", team="platform", tier="premium")
@@ -389,7 +389,10 @@ def gateway(fake, tmp_path_factory):
     path.write_text(yaml.safe_dump(policy(trusted_proxies=["127.0.0.0/8"])))
     models = [
         {"name": "gpt-4o-mini", "deployments": [{"provider": "openai", "model": "auth-4o-mini", "base_url": fake.url + "/v1", "api_key": "sk-upstream"}]},
-        {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": fake.url, "api_key": "sk-ant-upstream"}]},
+        {
+            "name": "claude",
+            "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": fake.url, "api_key": "sk-ant-upstream"}],
+        },
         {"name": "secret-model", "deployments": [{"provider": "openai", "model": "auth-secret", "base_url": fake.url + "/v1", "api_key": "sk-upstream"}]},
     ]
     # auth keeps no state: the memory store keeps this test independent of the store backends
@@ -484,7 +487,12 @@ def test_a_key_added_to_the_file_is_accepted_without_a_restart(fake, upstream, t
             time.sleep(0.1)
         assert chat(gw, bearer(GOOD)).status_code == 200
         path.write_text("keys: [oops")
-        time.sleep(2.5)
+        # until the gateway has seen (and refused) the broken edit, rather than a fixed wait
+        refused = re.compile(r'^lockgate_policy_reload_failures_total\{kind="auth"\} [1-9]', re.M)
+        deadline = time.monotonic() + 10
+        while not refused.search(httpx.get(gw.url + "/metrics", timeout=10).text):
+            assert time.monotonic() < deadline, "the broken edit was not seen"
+            time.sleep(0.05)
         assert chat(gw, bearer(GOOD)).status_code == 200, "a broken edit leaves the old keys in force"
     finally:
         gw.stop()

@@ -8,6 +8,7 @@ is configured."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import socket
 import threading
@@ -95,6 +96,19 @@ def gw(fake, tmp_path_factory):
     cut.close()
 
 
+@pytest.fixture(scope="module")
+def roomy(fake, tmp_path_factory):
+    """A gateway with the default header and body timeouts, for the tests whose point is not
+    a timeout: `gw`'s 1 s ones would answer 408 to a burst that a busy machine reads late."""
+    config = {
+        "server": {"max_header_bytes": 16_384},
+        "models": [{"name": "healthy", "deployments": [{"provider": "openai", "model": "flt-ok", "base_url": fake.url + "/v1"}]}],
+    }
+    gateway = start_gateway(config, tmp_path_factory.mktemp("faults-roomy"))
+    yield gateway
+    gateway.stop()
+
+
 def chat(gw, model: str, timeout: float = 20, **extra) -> httpx.Response:
     return httpx.post(gw.url + "/v1/chat/completions", json={"model": model, "messages": MESSAGES, **extra}, timeout=timeout)
 
@@ -119,7 +133,11 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
         ({"hang": True}, 504, "upstream_timeout"),
         ({"raw_answer": b"<html>not json</html>", "raw_headers": {"content-type": "text/html"}}, 502, "upstream_bad_response"),
         ({"raw_answer": b"x" * 2_000_000}, 502, "upstream_response_too_large"),
-        ({"raw_answer": gzip.compress(b" " * 64_000_000, 1), "raw_headers": {"content-encoding": "gzip", "content-type": "application/json"}}, 502, "upstream_response_too_large"),
+        (
+            {"raw_answer": gzip.compress(b" " * 64_000_000, 1), "raw_headers": {"content-encoding": "gzip", "content-type": "application/json"}},
+            502,
+            "upstream_response_too_large",
+        ),
     ],
     ids=["429", "500", "503", "hang", "not-json", "huge", "gzip-bomb"],
 )
@@ -217,10 +235,8 @@ def raw_exchange(gw, data: bytes, wait: float = 5.0) -> bytes:
     port = int(gw.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.settimeout(wait)
-        try:
+        with contextlib.suppress(OSError):
             sock.sendall(data)
-        except OSError:
-            pass
         chunks = []
         try:
             while True:
@@ -228,7 +244,7 @@ def raw_exchange(gw, data: bytes, wait: float = 5.0) -> bytes:
                 if not piece:
                     break
                 chunks.append(piece)
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
     return b"".join(chunks)
 
@@ -238,7 +254,8 @@ def status_and_error(raw: bytes) -> tuple[int, dict]:
     return int(head.split(b" ")[1]), orjson.loads(body)["error"]
 
 
-def test_oversized_headers_are_refused_before_they_are_read(gw):
+def test_oversized_headers_are_refused_before_they_are_read(roomy):
+    gw = roomy
     def rss() -> int:
         with open(f"/proc/{gw.process.pid}/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
@@ -260,15 +277,19 @@ def test_slow_senders_are_timed_out(gw):
     socks = []
     for i in range(100):
         sock = socket.create_connection(("127.0.0.1", port))
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" if i % 2 else b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nContent-Type: application/json\r\n\r\n{")
-        sock.settimeout(5)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            if i % 2
+            else b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nContent-Type: application/json\r\n\r\n{"
+        )
+        sock.settimeout(30)  # the 408 comes after header_timeout_s (1 s); the wait only bounds a broken server
         socks.append(sock)
     answers = []
     for sock in socks:
         with sock:
             try:
                 answers.append(sock.recv(65536))
-            except socket.timeout:
+            except TimeoutError:
                 answers.append(b"still open")
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers), {a[:30] for a in answers}
     assert httpx.get(gw.url + "/health", timeout=5).status_code == 200
@@ -288,7 +309,10 @@ def test_bodies_that_lie_about_their_length(gw):
     assert status == 400 and error["code"] == "invalid_http"
 
 
-def test_a_thousand_connections_at_once(gw):
+def test_a_thousand_connections_at_once(roomy):
+    """Every one of them answered 200, however long a busy machine takes (the suite's
+    timeout bounds a hang)."""
+    gw = roomy
     port = int(gw.url.rsplit(":", 1)[1])
     request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
     body = orjson.dumps({"model": "healthy", "messages": MESSAGES})
@@ -302,7 +326,7 @@ def test_a_thousand_connections_at_once(gw):
         return status
 
     async def all_of_them() -> list[int]:
-        return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(1000))), 60)
+        return await asyncio.gather(*(one() for _ in range(1000)))
 
     statuses = asyncio.run(all_of_them())
     assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}

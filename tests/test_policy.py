@@ -10,9 +10,10 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -20,8 +21,8 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.kernel import policy
-from lockgate.kernel.policy import Policy
 from lockgate.kernel.parsing import Checker, ConfigError
+from lockgate.kernel.policy import Policy
 from tests.conftest import free_port
 
 DEADLINE_S = 2.0  # DESIGN.md: a new policy applies to new requests within 2 s
@@ -48,6 +49,9 @@ def fresh_watcher(monkeypatch: pytest.MonkeyPatch):
     """Each test starts its own watcher and leaves no thread behind. The safety re-read
     is pushed out of reach, so what these tests see came through file system events."""
     policy.stop_watching()
+    # `armed` is the stopped thread's until the next one starts: cleared, so that `armed()`
+    # waits for this test's watcher, not the last test's (a busy machine starts it late)
+    policy._watcher.armed = False
     monkeypatch.setattr(policy, "RECHECK_S", 60.0)
     yield
     policy.stop_watching()
@@ -87,7 +91,7 @@ def test_edit_in_place_applies_within_2s(tmp_path: Path) -> None:
     holder = watched(tmp_path / "limit.yaml", 1)
     for value in (2, 3, 4):
         (tmp_path / "limit.yaml").write_text(f"value: {value}\n")
-        wait_for(lambda: holder.current.value == value)
+        wait_for(lambda value=value: holder.current.value == value)
     assert holder.reloads == 3 and holder.failures == 0 and holder.last_error is None
     assert policy.metrics()["watch"] == "events"
 
@@ -97,7 +101,7 @@ def test_rename_over_is_seen(tmp_path: Path) -> None:
     holder = watched(path, 1)
     for value in (2, 3):
         replace(path, f"value: {value}\n")
-        wait_for(lambda: holder.current.value == value)
+        wait_for(lambda value=value: holder.current.value == value)
 
 
 def test_deleted_then_recreated(tmp_path: Path) -> None:
@@ -146,7 +150,7 @@ def test_configmap_symlink_swap_is_seen(tmp_path: Path, remove_old: bool) -> Non
     assert holder.current.value == 1
     for generation, value in ((1, 2), (2, 3), (3, 4)):
         configmap(tmp_path, "limit.yaml", f"value: {value}\n", generation, remove_old=remove_old)
-        wait_for(lambda: holder.current.value == value)
+        wait_for(lambda value=value: holder.current.value == value)
     assert holder.failures == 0
 
 
@@ -358,7 +362,7 @@ def test_no_request_fails_while_the_file_is_rewritten(tmp_path: Path) -> None:
                 replace(path, f"value: {value}\n")
             else:
                 path.write_text(f"value: {value}\n")
-            wait_for(lambda: all(value in client.seen_at for client in clients))
+            wait_for(lambda value=value: all(value in client.seen_at for client in clients))
             assert max(client.seen_at[value] for client in clients) - written_at < DEADLINE_S
             time.sleep(0.1)
     finally:

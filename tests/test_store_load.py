@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import pytest
 
@@ -88,10 +89,15 @@ async def test_redis_calls_past_the_pool_wait_for_a_connection(redis_url, redis_
 
 def test_a_thousand_connections_on_the_disk_store_are_all_served(fake, upstream, tmp_path):
     """What the hostile probe saw: 1,000 connections at once through throttle and budget on
-    the disk store got 667 x 503 `store_unavailable` from a healthy store."""
+    the disk store got 667 x 503 `store_unavailable` from a healthy store. What the server
+    guarantees, however slow the machine: every connection is answered, none is refused
+    for load (no 503, no 429: the limits are far above 1,000), each reaches the upstream
+    once, and the budget counts exactly what the answers were charged. How long it takes
+    is the machine's business (the suite's timeout bounds a hang)."""
     import orjson
     import yaml
 
+    from lockgate.kernel.store import open_store
     from tests.conftest import start_gateway
 
     (tmp_path / "throttle.yaml").write_text(yaml.safe_dump({"limits": [{"per": "global", "rpm": 100_000, "tpm": 100_000_000, "concurrent": 5_000}]}))
@@ -105,24 +111,46 @@ def test_a_thousand_connections_on_the_disk_store_are_all_served(fake, upstream,
     gw = start_gateway(config, tmp_path)
     port = int(gw.url.rsplit(":", 1)[1])
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
-    async def one() -> int:
+    async def one() -> tuple[int, dict[str, str], bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request)
-        await writer.drain()
-        status = int((await reader.readline()).split()[1])
-        writer.close()
-        return status
+        try:
+            writer.write(request)
+            await writer.drain()
+            head, _, payload = (await reader.read()).partition(b"\r\n\r\n")  # the server closes after answering
+        finally:
+            writer.close()
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines)
+        return int(status_line.split()[1]), headers, payload
 
-    async def all_of_them() -> list[int]:
+    async def all_of_them() -> list[tuple[int, dict[str, str], bytes]]:
         return await asyncio.gather(*(one() for _ in range(1000)))
 
     try:
-        statuses = asyncio.run(all_of_them())
+        answers = asyncio.run(all_of_them())
     finally:
         gw.stop()
-    assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
+    errors = [(status, orjson.loads(payload)["error"]) for status, _, payload in answers if status != 200]
+    refused = Counter(f"{status} {error['code']}" for status, error in errors)
+    said = {f"{status} {error['code']}": error["message"] for status, error in errors}
+    assert not refused, f"{len(errors)} of 1,000 refused by a healthy store: {dict(refused)}, saying {said}"
+    assert len(upstream.seen("/chat/completions")) == 1000, "each request reaches the upstream exactly once"
+    charged = sum(float(headers["x-lockgate-cost-usd"]) for _, headers, _ in answers)
+    assert charged > 0
+
+    async def spent() -> float:
+        store = open_store(config["store"])
+        try:
+            return sum([await store.spent(key) for key in await store.keys("budget:")])
+        finally:
+            await store.close()
+
+    assert asyncio.run(spent()) == pytest.approx(charged), "the budget counts exactly what was charged"
 
 
 class Busy(MemoryStore):
