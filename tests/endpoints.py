@@ -36,10 +36,21 @@ def models(url: str) -> list[dict]:
         openai("gpt-4o-mini", "gpt-4o-mini"),
         {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": url, "api_key": SECRETS["anthropic"]}]},
         {"name": "gemini-flash", "deployments": [{"provider": "gemini", "model": "gemini-1.5-flash", "base_url": url, "api_key": SECRETS["gemini"]}]},
-        {"name": "demo", "deployments": [{"provider": "mock", "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.6, "per_search_unit": 0.001, "per_mchar": 10}}]},
+        {
+            "name": "demo",
+            "deployments": [{"provider": "mock", "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.6, "per_search_unit": 0.001, "per_mchar": 10}}],
+        },
         {"name": "cohere-rerank", "deployments": [{"provider": "cohere", "model": "rerank-v3.5", "base_url": url, "api_key": RERANK_SECRETS["cohere"]}]},
-        {"name": "jina-rerank", "deployments": [{"provider": "jina", "model": "jina-reranker-v2-base-multilingual", "base_url": url + "/jina/v1", "api_key": RERANK_SECRETS["jina"]}]},
-        {"name": "voyage-rerank", "deployments": [{"provider": "voyage", "model": "rerank-2", "base_url": url + "/voyage/v1", "api_key": RERANK_SECRETS["voyage"]}]},
+        {
+            "name": "jina-rerank",
+            "deployments": [
+                {"provider": "jina", "model": "jina-reranker-v2-base-multilingual", "base_url": url + "/jina/v1", "api_key": RERANK_SECRETS["jina"]}
+            ],
+        },
+        {
+            "name": "voyage-rerank",
+            "deployments": [{"provider": "voyage", "model": "rerank-2", "base_url": url + "/voyage/v1", "api_key": RERANK_SECRETS["voyage"]}],
+        },
         openai("bge-rerank", "BAAI/bge-reranker-v2-m3", price={"input_per_mtok": 0.1, "output_per_mtok": 0}),
         openai("flaky-rerank", "flaky-rerank", price={"input_per_mtok": 0.1, "output_per_mtok": 0}),
         openai("dall-e-3", "dall-e-3"),
@@ -91,10 +102,20 @@ def headers(key: str = FULL, **extra: str) -> dict[str, str]:
 def wav(seconds: float, rate: int = 8000) -> bytes:
     """A silent 16-bit mono WAV of `seconds` (what the fake's duration is computed from)."""
     frames = int(seconds * rate)
-    return b"RIFF" + struct.pack("<I", 36 + frames * 2) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", frames * 2) + b"\0" * (frames * 2)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + frames * 2)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", frames * 2)
+        + b"\0" * (frames * 2)
+    )
 
 
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8ffff3f0005fe02fea7d605a00000000049454e44ae426082")
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8ffff3f0005fe02fea7d605a00000000049454e44ae426082"
+)
 
 
 def png_file(name: str = "cat.png") -> io.BytesIO:

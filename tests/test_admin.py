@@ -46,7 +46,11 @@ def spend(gw, key: str, **params) -> httpx.Response:
 
 def test_spend_report_by_every_dimension(gw):
     for _ in range(2):
-        r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]}, headers={"Authorization": f"Bearer {ALICE}"})
+        r = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {ALICE}"},
+        )
         assert r.status_code == 200
     for by, name in (("key", "alice-key"), ("user", "alice"), ("team", "search"), ("model", "priced")):
         for period in ("day", "month", "total"):
@@ -63,7 +67,9 @@ def test_admin_needs_the_master_key(gw):
 
 
 def test_spend_cli_reads_the_store(gw):
-    httpx.post(gw.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]}, headers={"Authorization": f"Bearer {ALICE}"})
+    httpx.post(
+        gw.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]}, headers={"Authorization": f"Bearer {ALICE}"}
+    )
     result = subprocess.run(
         [sys.executable, "-m", "lockgate.gateway.cli", "spend", "--config", str(gw.config_path), "--by", "team", "--period", "month", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
@@ -72,7 +78,11 @@ def test_spend_cli_reads_the_store(gw):
     report = json.loads(result.stdout)
     assert report["data"] == [{"team": "search", "spend_usd": pytest.approx(0.004)}]
     table = subprocess.run(
-        [sys.executable, "-m", "lockgate.gateway.cli", "spend", "--config", str(gw.config_path), "--by", "team"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "lockgate.gateway.cli", "spend", "--config", str(gw.config_path), "--by", "team"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "search" in table.stdout and "0.004000" in table.stdout
 
@@ -92,7 +102,9 @@ def test_policies_reload_and_readiness(gw, tmp_path):
     metrics = httpx.get(gw.url + "/metrics").text
     assert 'lockgate_policy_reload_failures_total{kind="budget"} 1.0' in metrics
     # the old budget policy is still in force
-    ok = httpx.post(gw.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]}, headers={"Authorization": f"Bearer {ALICE}"})
+    ok = httpx.post(
+        gw.url + "/v1/chat/completions", json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]}, headers={"Authorization": f"Bearer {ALICE}"}
+    )
     assert ok.status_code == 200 and float(ok.headers["x-lockgate-cost-usd"]) > 0
 
 

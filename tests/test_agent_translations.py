@@ -17,14 +17,14 @@ import openai
 import pydantic
 import pytest
 
+from lockgate.kernel.context import Identity, RequestContext
+from lockgate.kernel.errors import GatewayError
+from lockgate.kernel.store import open_store
+from lockgate.kernel.store.memory import MemoryStore
 from lockgate.providers import messages, mock, vertex
 from lockgate.providers.anthropic import enforceable_schema
 from lockgate.providers.base import Deployment
-from lockgate.kernel.context import Identity, RequestContext
-from lockgate.kernel.errors import GatewayError
 from lockgate.proxy.items import ResponseItems
-from lockgate.kernel.store import open_store
-from lockgate.kernel.store.memory import MemoryStore
 from tests.conftest import SECRETS, start_gateway
 
 KEY_A = "sk-agents-alice-KEY-0001"
@@ -110,7 +110,9 @@ def test_a_schema_openai_cannot_hold_strictly_is_sent_loose(claude, upstream):
 
 def test_a_bad_output_format_is_an_anthropic_shaped_400(claude, upstream):
     with pytest.raises(anthropic.BadRequestError) as refused:
-        claude.messages.create(model="gpt-4o-mini", max_tokens=50, output_config={"format": {"type": "json_object"}}, messages=[{"role": "user", "content": "x"}])
+        claude.messages.create(
+            model="gpt-4o-mini", max_tokens=50, output_config={"format": {"type": "json_object"}}, messages=[{"role": "user", "content": "x"}]
+        )
     assert refused.value.body["error"]["type"] == "invalid_request_error" and "output_config.format" in refused.value.body["error"]["message"]
     assert upstream.requests == []
 
@@ -231,11 +233,27 @@ def test_responses_name_the_model_asked_for(client, upstream, asked):
 
 
 CHAT_TOOLS = [
-    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}}}},
-    {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "required": ["location", "days", "when"], "additionalProperties": False,
-        "properties": {"location": {"type": "string", "minLength": 6}, "days": {"type": "integer", "minimum": 3, "maximum": 7},
-                       "when": {"type": "string", "format": "date"}, "units": {"anyOf": [{"type": "null"}, {"type": "string", "enum": ["c", "f"]}]}}}}},
+    {
+        "type": "function",
+        "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}}},
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "required": ["location", "days", "when"],
+                "additionalProperties": False,
+                "properties": {
+                    "location": {"type": "string", "minLength": 6},
+                    "days": {"type": "integer", "minimum": 3, "maximum": 7},
+                    "when": {"type": "string", "format": "date"},
+                    "units": {"anyOf": [{"type": "null"}, {"type": "string", "enum": ["c", "f"]}]},
+                },
+            },
+        },
+    },
 ]
 
 
@@ -258,8 +276,10 @@ def test_mock_calls_the_tool_the_user_names_then_answers_with_its_result(client,
         finish, name, call_id, arguments = [answer.choices[0].finish_reason], call.function.name, call.id, call.function.arguments
     assert finish == ["tool_calls"] and name == "get_weather"
     jsonschema.validate(json.loads(arguments), tool_schema("get_weather"), format_checker=jsonschema.FormatChecker())
-    history = ask + [{"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]},
-                     {"role": "tool", "tool_call_id": call_id, "content": "18C"}]
+    history = ask + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "18C"},
+    ]
     final = client.chat.completions.create(model="demo", messages=history, tools=CHAT_TOOLS)
     assert final.choices[0].finish_reason == "stop" and final.choices[0].message.content == "mock: get_weather returned 18C"
 
@@ -273,7 +293,10 @@ def test_mock_respects_tool_choice(client):
     first = client.chat.completions.create(model="demo", messages=ask, tools=CHAT_TOOLS)
     assert first.choices[0].message.tool_calls[0].function.name == "get_time", "the first tool when none is named"
     call = first.choices[0].message.tool_calls[0]
-    after = ask + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]}, {"role": "tool", "tool_call_id": call.id, "content": "noon"}]
+    after = ask + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]},
+        {"role": "tool", "tool_call_id": call.id, "content": "noon"},
+    ]
     required = client.chat.completions.create(model="demo", messages=after, tools=CHAT_TOOLS, tool_choice="required")
     assert required.choices[0].finish_reason == "tool_calls", "required calls again, even after a result"
     plain = client.chat.completions.create(model="demo", messages=ask)
@@ -301,14 +324,28 @@ def test_mock_calls_tools_through_the_responses_and_messages_translations(client
 # -- pure parts ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schema", [
-    {"type": "object", "properties": {"a": ZOD_INT}, "required": ["a"]},
-    {"type": "object", "properties": {"xs": {"type": "array", "items": {"$ref": "#/$defs/X"}, "minItems": 2, "maxItems": 4}},
-     "$defs": {"X": {"type": "object", "properties": {"when": {"type": "string", "format": "date-time"}, "n": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0.5}}}}},
-    {"type": "object", "properties": {"v": {"oneOf": [{"type": "string", "maxLength": 2}, {"type": "integer", "multipleOf": 5, "minimum": 11}]}}},
-    {"type": "object", "properties": {"tags": {"type": ["array", "null"], "items": {"type": "string", "enum": ["x", "y"]}}, "k": {"const": 3}},
-     "allOf": [{"properties": {"z": {"type": "boolean"}}, "required": ["z"]}]},
-])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"a": ZOD_INT}, "required": ["a"]},
+        {
+            "type": "object",
+            "properties": {"xs": {"type": "array", "items": {"$ref": "#/$defs/X"}, "minItems": 2, "maxItems": 4}},
+            "$defs": {
+                "X": {
+                    "type": "object",
+                    "properties": {"when": {"type": "string", "format": "date-time"}, "n": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0.5}},
+                }
+            },
+        },
+        {"type": "object", "properties": {"v": {"oneOf": [{"type": "string", "maxLength": 2}, {"type": "integer", "multipleOf": 5, "minimum": 11}]}}},
+        {
+            "type": "object",
+            "properties": {"tags": {"type": ["array", "null"], "items": {"type": "string", "enum": ["x", "y"]}}, "k": {"const": 3}},
+            "allOf": [{"properties": {"z": {"type": "boolean"}}, "required": ["z"]}],
+        },
+    ],
+)
 def test_mock_examples_are_valid_against_their_schema(schema):
     jsonschema.validate(mock.example(schema), schema, format_checker=jsonschema.FormatChecker())
 
@@ -348,7 +385,9 @@ def test_enforceable_schema_moves_what_anthropic_refuses_into_descriptions():
 
 def test_output_config_becomes_response_format():
     strict = Person.model_json_schema() | {"additionalProperties": False}
-    chat = messages.to_chat({"model": "m", "messages": [{"role": "user", "content": "x"}], "output_config": {"effort": "low", "format": {"type": "json_schema", "schema": strict}}})
+    chat = messages.to_chat(
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "output_config": {"effort": "low", "format": {"type": "json_schema", "schema": strict}}}
+    )
     assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": strict, "strict": True}}
     legacy = messages.to_chat({"model": "m", "messages": [], "output_format": {"type": "json_schema", "schema": {"type": "object", "properties": {}}}})
     assert legacy["response_format"]["json_schema"]["strict"] is False, "an object that is not closed cannot be strict at OpenAI"
@@ -403,7 +442,13 @@ async def test_a_store_that_fails_costs_no_answer_and_never_passes_for_not_found
     items = ResponseItems(store)
     ctx = RequestContext("r1")
     ctx.identity = Identity(key="alice")
-    issued = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "hi", "annotations": []}]}
+    issued = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": "hi", "annotations": []}],
+    }
     await items.keep(ctx, [issued])  # does not raise: the answer goes out
     with pytest.raises(GatewayError) as unavailable:
         await items.recall(ctx, ["msg_1"])

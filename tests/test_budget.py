@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from lockgate.middleware.budget import BudgetMiddleware, period_window
 from lockgate.kernel.store import Claim, open_store
+from lockgate.middleware.budget import BudgetMiddleware, period_window
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -28,7 +28,7 @@ REQUEST_COST = 0.004
 
 
 def budget_key(user: str, period: str = "daily") -> str:
-    label, _ = period_window(period, dt.datetime.now(dt.timezone.utc))
+    label, _ = period_window(period, dt.datetime.now(dt.UTC))
     return f"budget:user:{user}:{period}:{label}"
 
 
@@ -157,7 +157,7 @@ def test_streamed_responses_are_priced(fake, upstream, tmp_path):
             "POST", gw.url + "/v1/chat/completions", json={"model": "priced", "messages": MESSAGES, "stream": True}, headers={"x-lockgate-user": "dave"}
         ) as response:
             body = response.read().decode()
-        assert "echo: hi".split()[1] in body
+        assert ["echo:", "hi"][1] in body
         assert ": x-lockgate-cost-usd=0.00400000" in body
         store = open_store({"backend": "disk", "path": str(tmp_path / "state")})
         assert asyncio.run(store.spent(budget_key("dave", "monthly"))) == pytest.approx(REQUEST_COST)
@@ -230,7 +230,11 @@ async def test_mounted_into_an_existing_app(kind):
     policy = {"trust_client_user": True, "budgets": [{"user": "fay", "limit_usd": 0.005, "period": "total"}], "prices": {"house-model": PRICE}}
     app.add_middleware(BudgetMiddleware, policy=policy)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-        post = lambda: client.post("/v1/chat/completions", json={"model": "house-model", "messages": MESSAGES, "max_tokens": 1}, headers={"x-lockgate-user": "fay"})  # noqa: E731
+        body = {"model": "house-model", "messages": MESSAGES, "max_tokens": 1}
+
+        def post():
+            return client.post("/v1/chat/completions", json=body, headers={"x-lockgate-user": "fay"})
+
         first = await post()
         assert first.status_code == 200
         assert float(first.headers["x-lockgate-cost-usd"]) == pytest.approx(2.0)  # 2,000 tokens at $0.001
@@ -239,10 +243,10 @@ async def test_mounted_into_an_existing_app(kind):
 
 
 async def test_a_reservation_cancelled_in_flight_is_dropped(tmp_path):
+    from lockgate.kernel.context import RequestContext
+    from lockgate.kernel.store import guard
     from lockgate.middleware.budget import BudgetedRequest, parse_policy
     from lockgate.providers.catalog import BUILTIN
-    from lockgate.kernel.store import guard
-    from lockgate.kernel.context import RequestContext
 
     store = open_store({"backend": "disk", "path": str(tmp_path / "state"), "leases": False})  # the middleware alone, not leases
     policy = parse_policy({"trust_client_user": True, "budgets": [{"user": "gus", "limit_usd": 1, "period": "total"}], "prices": {"m": PRICE}}, "<test>")

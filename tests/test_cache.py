@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import httpx
 import orjson
@@ -19,10 +19,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from lockgate.middleware.cache import CacheMiddleware
-from lockgate.providers.sse import SSEDecoder
 from lockgate.gateway.app import create_app
 from lockgate.kernel.parsing import ConfigError
+from lockgate.middleware.cache import CacheMiddleware
+from lockgate.providers.sse import SSEDecoder
 from tests.conftest import start_gateway
 
 
@@ -42,9 +42,8 @@ POLICY = {"ttl_s": 60, "ttl_by_model": {"short": 0.3}, "models": ["m", "short", 
 async def gateway(fake_url: str, policy: dict | None = None) -> AsyncIterator[httpx.AsyncClient]:
     """The whole gateway in-process (lifespan included) with only the cache in front."""
     app = create_app({"store": {"backend": "memory"}, "models": models(fake_url), "middleware": [{"cache": {**POLICY, **(policy or {})}}]})
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=30) as client:
-            yield client
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=30) as client:
+        yield client
 
 
 def chat_body(prompt: str, model: str = "m", **extra) -> dict:
@@ -92,7 +91,9 @@ async def test_key_ignores_order_whitespace_and_user_but_not_sampling(fake, upst
         hit = await client.post("/v1/chat/completions", content=reordered, headers={"content-type": "application/json"})
         assert hit.headers["x-lockgate-cache"] == "hit"
         assert (await client.post("/v1/chat/completions", json={**body, "user": "someone", "store": True})).headers["x-lockgate-cache"] == "hit"
-        assert (await client.post("/v1/chat/completions", json={**body, "think": False})).headers["x-lockgate-cache"] == "miss", "an unknown field may change the answer"
+        assert (await client.post("/v1/chat/completions", json={**body, "think": False})).headers["x-lockgate-cache"] == "miss", (
+            "an unknown field may change the answer"
+        )
         assert (await client.post("/v1/chat/completions", json={**body, "temperature": 0.7})).headers["x-lockgate-cache"] == "miss"
         assert (await client.post("/v1/chat/completions", json={**body, "max_tokens": 2.0e1})).headers["x-lockgate-cache"] == "hit"
         assert (await client.post("/v1/chat/completions", json={**body, "seed": 1})).headers["x-lockgate-cache"] == "miss"

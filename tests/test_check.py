@@ -90,7 +90,7 @@ def readme_case(tmp_path: Path, fake_url: str) -> Path:
     for name in order:
         # the master key first, then a key of its own for each other `<hex>`
         digests = iter([MASTER] + [f"sk-lg-test-key-{i}" for i in range(10)])
-        text = re.sub('"<hex>"', lambda _: '"' + hashlib.sha256(next(digests).encode()).hexdigest() + '"', blocks[name])
+        text = re.sub('"<hex>"', lambda _, digests=digests: '"' + hashlib.sha256(next(digests).encode()).hexdigest() + '"', blocks[name])
         (tmp_path / f"{name}.yaml").write_text(text)
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return tmp_path / "gateway.yaml"
@@ -168,7 +168,7 @@ EMPTY = "LOCKGATE_TEST_EMPTY_KEY"
 
 
 def empty_key_models(fake_url: str) -> list[dict]:
-    key = {"api_key": "${%s:-}" % EMPTY}
+    key = {"api_key": f"${{{EMPTY}:-}}"}
     return [
         {"name": "gpt-4o", "deployments": [{"provider": "openai", "model": "gpt-4o", "base_url": fake_url + "/v1", **key}]},
         {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": fake_url, **key}]},
@@ -182,12 +182,16 @@ def test_check_warns_of_an_empty_key_naming_model_deployment_and_variable(value,
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump({"models": empty_key_models("http://127.0.0.1:9")}, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != EMPTY} | ({EMPTY: value} if value is not None else {})
-    result = subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", "check", "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "lockgate.gateway.cli", "check", "--config", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 0, result.stderr
     warnings = result.stderr.strip().splitlines()
     assert len(warnings) == 3, "one for each deployment whose key is empty, none for the one that sets no key"
     lines = {i for i, text in enumerate(path.read_text().splitlines(), 1) if EMPTY in text}
-    for warning, (model, dep) in zip(warnings, [("gpt-4o", "openai/gpt-4o"), ("claude", "anthropic/claude-3-5-sonnet-20241022"), ("gpt-rt", "openai/gpt-4o-realtime-preview")]):
+    for warning, (model, dep) in zip(
+        warnings, [("gpt-4o", "openai/gpt-4o"), ("claude", "anthropic/claude-3-5-sonnet-20241022"), ("gpt-rt", "openai/gpt-4o-realtime-preview")], strict=False
+    ):
         where, _, message = warning.partition(": warning: ")
         assert where.startswith(f"{path}:") and int(where.rsplit(":", 1)[1]) in lines, warning
         assert f"model '{model}'" in message and f"deployment {dep}" in message and f"api_key is empty ({EMPTY} is not set or empty)" in message

@@ -15,9 +15,9 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
-from lockgate.providers.base import CredentialsError
-from lockgate.kernel.parsing import ConfigError
 from lockgate.gateway.config import parse_config
+from lockgate.kernel.parsing import ConfigError
+from lockgate.providers.base import CredentialsError
 from lockgate.providers.registry import PROVIDERS
 from lockgate.proxy.upstream import UpstreamClient
 from tests.cloud import AWS_ACCESS_KEY, AWS_SECRET_KEY, BEDROCK_CLAUDE, SA_EMAIL, service_account
@@ -170,8 +170,9 @@ async def test_application_default_credentials_file_in_home(fake, upstream, home
 def test_gke_workload_identity_through_the_metadata_server(fake, upstream, home):
     """No key anywhere: the token comes from the metadata server GKE workload identity
     answers on (google-auth reads its address once, at import: hence a real process)."""
-    from tests.conftest import start_gateway
     import httpx
+
+    from tests.conftest import start_gateway
 
     models = [{"name": "wi", "deployments": [{"provider": "vertex", "model": "gemini-1.5-pro", "project": "proj-test", "base_url": fake.url}]}]
     host = fake.url.removeprefix("http://")
@@ -219,7 +220,7 @@ async def test_google_token_fetched_once_and_refreshed_before_expiry(fake, upstr
     assert len(set(tokens)) == 1 and fake.google.issued.count(SA_EMAIL) == before + 1
     assert await source.token() == tokens[0]
     # four minutes left: inside the refresh margin, so the next caller gets a new token
-    source._credentials.expiry = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(minutes=4)
+    source._credentials.expiry = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=4)
     fresh = await source.token()
     assert fresh != tokens[0] and fake.google.issued.count(SA_EMAIL) == before + 2
     assert await source.token() == fresh
@@ -285,8 +286,17 @@ def test_the_readme_provider_example_is_a_valid_config(fake, home, monkeypatch):
     readme = (ROOT / "README.md").read_text().split("### Providers", 1)[1]
     block = re.search(r"```yaml\n(.*?)```", readme, re.DOTALL).group(1)
     sa = service_account(fake, home)
-    for name in set(re.findall(r"\$\{([A-Z_0-9]+)\}", block)) | {"COHERE_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY", "DEEPSEEK_API_KEY",
-                                                                 "TOGETHER_API_KEY", "FIREWORKS_API_KEY", "OPENROUTER_API_KEY", "XAI_API_KEY", "PERPLEXITY_API_KEY"}:
+    for name in set(re.findall(r"\$\{([A-Z_0-9]+)\}", block)) | {
+        "COHERE_API_KEY",
+        "GROQ_API_KEY",
+        "MISTRAL_API_KEY",
+        "DEEPSEEK_API_KEY",
+        "TOGETHER_API_KEY",
+        "FIREWORKS_API_KEY",
+        "OPENROUTER_API_KEY",
+        "XAI_API_KEY",
+        "PERPLEXITY_API_KEY",
+    }:
         monkeypatch.setenv(name, "x")
     (home / ".aws").mkdir()
     (home / ".aws" / "config").write_text("[profile prod]\nregion = us-east-1\n")

@@ -15,6 +15,7 @@ import openai
 import pytest
 import yaml
 
+from lockgate.proxy.handlers import PER_INPUT_CONCURRENCY
 from tests.cloud import (
     AWS_ACCESS_KEY,
     AWS_SECRET_KEY,
@@ -25,7 +26,6 @@ from tests.cloud import (
     cloud_models,
     service_account,
 )
-from lockgate.proxy.handlers import PER_INPUT_CONCURRENCY
 from tests.conftest import start_gateway
 from tests.fakes.openai_api import vector_for
 from tests.fakes.upstream import count_tokens
@@ -79,7 +79,9 @@ def test_chat(client, upstream, model):
 @pytest.mark.parametrize("model", CHAT)
 def test_stream(client, upstream, model):
     chunks = list(
-        client.chat.completions.create(model=model, stream=True, stream_options={"include_usage": True}, messages=[{"role": "user", "content": "stream from the cloud"}])
+        client.chat.completions.create(
+            model=model, stream=True, stream_options={"include_usage": True}, messages=[{"role": "user", "content": "stream from the cloud"}]
+        )
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: stream from the cloud"
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
@@ -232,7 +234,9 @@ def test_bedrock_in_stream_exception_ends_the_stream_with_an_error(client, upstr
 
 def test_bedrock_stream_cut_by_the_upstream_is_not_called_unreachable(cloud, upstream):
     upstream.set(BEDROCK_CLAUDE, reply="one two three four five", break_after=5)
-    with httpx.stream("POST", cloud.url + "/v1/chat/completions", json={"model": "bedrock-claude", "stream": True, "messages": [{"role": "user", "content": "x"}]}, timeout=10) as r:
+    with httpx.stream(
+        "POST", cloud.url + "/v1/chat/completions", json={"model": "bedrock-claude", "stream": True, "messages": [{"role": "user", "content": "x"}]}, timeout=10
+    ) as r:
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     last = json.loads(lines[-1][len("data: "):])
     assert "error" in last and "could not be reached" not in last["error"]["message"]
@@ -335,7 +339,10 @@ def cross_cloud(fake, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cross-cloud")
     sa = service_account(fake, workdir, email="cross-cloud@proj-test.iam.gserviceaccount.com")
     models = {m["name"]: m for m in cloud_models(fake, sa.path)}
-    models["claude"] = {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": fake.url, "api_key": "sk-ant-x"}]}
+    models["claude"] = {
+        "name": "claude",
+        "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": fake.url, "api_key": "sk-ant-x"}],
+    }
     policies = {
         "throttle": {"limits": [{"per": "global", "rpm": 1000}]},
         "budget": {"budgets": [{"user": "anonymous", "limit_usd": 100, "period": "daily"}], "default": {"per": "user", "limit_usd": 100, "period": "daily"}},

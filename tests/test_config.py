@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from lockgate.gateway.app import create_app
-from lockgate.kernel.parsing import ConfigError
 from lockgate.gateway.config import load_config
+from lockgate.kernel.parsing import ConfigError
 from tests.conftest import ROOT
 
 
@@ -158,8 +158,8 @@ def test_serve_refuses_a_broken_config(tmp_path):
 
 
 def test_example_policies_parse_and_the_example_auth_accepts_no_key_until_one_is_added():
-    from lockgate.middleware import auth, budget, throttle
     from lockgate.kernel.parsing import load_yaml
+    from lockgate.middleware import auth, budget, throttle
 
     policies = ROOT / "policies"
     keys = auth.parse_policy(load_yaml(policies / "auth.yaml"), "auth.yaml")
@@ -170,8 +170,8 @@ def test_example_policies_parse_and_the_example_auth_accepts_no_key_until_one_is
 
 
 def test_yaml_reads_on_and_yes_as_strings_not_booleans(tmp_path):
-    from lockgate.middleware.fallback import parse_policy
     from lockgate.kernel.parsing import load_yaml
+    from lockgate.middleware.fallback import parse_policy
 
     path = tmp_path / "fallback.yaml"
     path.write_text("chains: {a: [b]}\non: [429, timeout]\n")
@@ -182,7 +182,9 @@ def test_yaml_reads_on_and_yes_as_strings_not_booleans(tmp_path):
 def test_an_empty_models_list_is_accepted_with_a_warning(tmp_path):
     path = write(tmp_path, "store: {backend: memory}\nmodels: []\n")
     config = load_config(path)
-    assert config.models == {} and config.warnings == (f"{path}:2: warning: `models:` is empty: every model request answers 404 model_not_found until one is added",)
+    assert config.models == {} and config.warnings == (
+        f"{path}:2: warning: `models:` is empty: every model request answers 404 model_not_found until one is added",
+    )
     result = run_cli("check", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert "warning: `models:` is empty" in result.stderr and "ok (0 models" in result.stdout

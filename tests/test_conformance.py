@@ -14,8 +14,9 @@ servers, declares them optional (`SPEC_REQUIRED`). Two checks per payload:
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
-from typing import Any, Iterator
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
 
 import cohere
 import httpx
@@ -23,10 +24,9 @@ import orjson
 import pydantic
 import pytest
 from anthropic.types import Message as AnthropicMessage
-from anthropic.types import RawMessageStreamEvent
+from anthropic.types import MessageTokensCount, RawMessageStreamEvent
 from google.genai import types as genai_types
 from jsonschema import Draft202012Validator
-from anthropic.types import MessageTokensCount
 from openai.types import Completion, CreateEmbeddingResponse, ImagesResponse, Model, ModerationCreateResponse
 from openai.types.audio import Transcription, TranscriptionVerbose, Translation, TranslationVerbose
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -128,7 +128,7 @@ TYPES["CompletionChunk"] = Completion
 TYPES["CreateEmbeddingResponseBase64"] = CreateEmbeddingResponse
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_of(name: str) -> dict:
     kind = TYPES[name]
     schema = copy.deepcopy(kind.json_schema() if isinstance(kind, pydantic.TypeAdapter) else kind.model_json_schema())

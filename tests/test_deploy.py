@@ -314,7 +314,7 @@ def test_every_readme_deploy_command_that_can_run_here_runs(workspace, redis_url
     assert {reason for _, reason in not_here} <= {"no container engine", "needs root, /opt, /etc and systemd", "needs an OpenShift cluster",
                                                   "needs a cluster", "kubectl is not installed here"}
     if KUBECTL is None:
-        warnings.warn("kubectl is not installed: the README's kubectl commands were not run")
+        warnings.warn("kubectl is not installed: the README's kubectl commands were not run", stacklevel=1)
 
 
 def fill_env_file(path: Path, digests: dict[str, str], redis_url: str) -> None:

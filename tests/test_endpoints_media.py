@@ -134,7 +134,9 @@ def test_litellm_image_generation_as_onyx_calls_it(gw, upstream, base):
 
 def test_litellm_dall_e_url_and_image_edit(gw, upstream):
     # Onyx sets litellm.drop_params: this litellm takes no response_format for DALL-E 3 (its default is url)
-    generated = litellm.image_generation(prompt="a cat", model="openai/dall-e-3", api_key=FULL, api_base=gw.url, size="1792x1024", n=1, response_format="url", drop_params=True)
+    generated = litellm.image_generation(
+        prompt="a cat", model="openai/dall-e-3", api_key=FULL, api_base=gw.url, size="1792x1024", n=1, response_format="url", drop_params=True
+    )
     assert generated.data[0]["url"].startswith("https://") and generated.data[0]["revised_prompt"] == "revised: a cat"
     edited = litellm.image_edit(image=png_file(), prompt="add a hat", model="gpt-image-1", api_key=FULL, api_base=gw.url)
     assert edited.data[0]["b64_json"]
@@ -282,7 +284,9 @@ async def test_onyx_voice_speech_call(gw, upstream):
 
     async with aiohttp.ClientSession() as session:
         payload = {"model": "tts-1", "voice": "alloy", "input": "Onyx speaks", "speed": 1.0, "response_format": "mp3"}
-        async with session.post(gw.url + "/v1/audio/speech", headers={"Authorization": f"Bearer {FULL}", "Content-Type": "application/json"}, json=payload) as response:
+        async with session.post(
+            gw.url + "/v1/audio/speech", headers={"Authorization": f"Bearer {FULL}", "Content-Type": "application/json"}, json=payload
+        ) as response:
             assert response.status == 200 and response.headers["content-type"] == "audio/mpeg"
             audio = b"".join([chunk async for chunk in response.content.iter_chunked(8192)])
     assert len(audio) == 100 * len("Onyx speaks")

@@ -17,7 +17,13 @@ import pytest
 from tests.conftest import SECRETS
 from tests.endpoints import FULL, LIMITED, PNG, cost, headers, start
 
-TOOLS = [{"name": "get_weather", "description": "Weather in a city", "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}]
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    }
+]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +135,10 @@ def test_count_tokens_native_and_local(claude, upstream):
 def test_errors_come_in_anthropics_shape(gw, claude, upstream):
     with pytest.raises(anthropic.NotFoundError) as unknown:
         claude.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
-    assert unknown.value.body == {"type": "error", "error": {"type": "not_found_error", "message": "The model `no-such-model` does not exist or you do not have access to it."}}
+    assert unknown.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "The model `no-such-model` does not exist or you do not have access to it."},
+    }
     limited = anthropic.Anthropic(base_url=gw.url, api_key=LIMITED, max_retries=0)
     with pytest.raises(anthropic.PermissionDeniedError) as refused:
         limited.messages.create(model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}])
@@ -137,13 +146,17 @@ def test_errors_come_in_anthropics_shape(gw, claude, upstream):
     with pytest.raises(anthropic.PermissionDeniedError):
         limited.messages.count_tokens(model="claude", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(anthropic.AuthenticationError) as no_key:
-        anthropic.Anthropic(base_url=gw.url, api_key="wrong", max_retries=0).messages.create(model="demo", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        anthropic.Anthropic(base_url=gw.url, api_key="wrong", max_retries=0).messages.create(
+            model="demo", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     assert no_key.value.body["error"]["type"] == "authentication_error"
     upstream.set("gpt-4o-mini", status=400, error_message="bad things")
     with pytest.raises(anthropic.BadRequestError) as bad:
         claude.messages.create(model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "x"}])
     assert bad.value.body["error"] == {"type": "invalid_request_error", "message": "bad things"}
-    assert httpx.post(gw.url + "/v1/chat/completions", json={"model": "nope", "messages": []}, headers=headers()).json()["error"]["code"], "other paths keep OpenAI's"
+    assert httpx.post(gw.url + "/v1/chat/completions", json={"model": "nope", "messages": []}, headers=headers()).json()["error"]["code"], (
+        "other paths keep OpenAI's"
+    )
 
 
 def test_a_stream_broken_upstream_ends_with_an_error_event(gw, upstream):

@@ -67,7 +67,14 @@ def test_bodies_of_the_wrong_kind_get_clean_400s(gw, upstream):
         ("/v1/audio/transcriptions", {"json": {"model": "whisper-1"}}, "invalid_content_type"),
         ("/v1/chat/completions", {"data": {"model": "gpt-4o-mini"}, "files": {"file": ("a.wav", b"x", "audio/wav")}}, "invalid_content_type"),
         ("/v1/audio/transcriptions", {"data": {"model": "whisper-1"}, "files": {"audio": ("a.wav", b"x", "audio/wav")}}, "missing_required_parameter"),
-        ("/v1/audio/transcriptions", {"content": b"--zz\r\nContent-Disposition: form-data; name=model\r\n\r\nwhisper-1", "headers": {"content-type": "multipart/form-data; boundary=zz"}}, "invalid_multipart"),
+        (
+            "/v1/audio/transcriptions",
+            {
+                "content": b"--zz\r\nContent-Disposition: form-data; name=model\r\n\r\nwhisper-1",
+                "headers": {"content-type": "multipart/form-data; boundary=zz"},
+            },
+            "invalid_multipart",
+        ),
         ("/v1/audio/transcriptions", {"content": b"whatever", "headers": {"content-type": "multipart/form-data"}}, "invalid_multipart"),
         ("/v1/images/edits", {"data": {"model": "gpt-image-1"}, "files": {"image": ("a.png", PNG, "image/png")}}, "missing_required_parameter"),
         ("/v1/images/generations", {"json": {"model": "dall-e-3", "prompt": "p", "n": 11}}, "invalid_value"),
@@ -83,7 +90,9 @@ def test_bodies_of_the_wrong_kind_get_clean_400s(gw, upstream):
 
 def test_a_rewrite_cannot_lift_a_form_to_a_forbidden_model(gw, upstream):
     """The alias `fast` is allowed; a form naming an allowed model keeps it (the proxy has the last word)."""
-    response = httpx.post(gw.url + "/v1/audio/transcriptions", headers=headers(LIMITED), data={"model": "demo"}, files={"file": ("a.wav", wav(0.5), "audio/wav")})
+    response = httpx.post(
+        gw.url + "/v1/audio/transcriptions", headers=headers(LIMITED), data={"model": "demo"}, files={"file": ("a.wav", wav(0.5), "audio/wav")}
+    )
     assert response.status_code == 200 and response.json()["text"].startswith("mock transcribe of a.wav")
 
 
@@ -91,12 +100,20 @@ def test_costs_on_every_new_endpoint(gw, upstream):
     calls = {
         "rerank": httpx.post(gw.url + "/v1/rerank", json={"model": "cohere-rerank", "query": "cost q", "documents": ["a"]}, headers=headers()),
         "image": httpx.post(gw.url + "/v1/images/generations", json={"model": "dall-e-3", "prompt": "cost"}, headers=headers()),
-        "edit": httpx.post(gw.url + "/v1/images/edits", data={"model": "gpt-image-1", "prompt": "cost"}, files={"image": ("a.png", PNG, "image/png")}, headers=headers()),
-        "transcription": httpx.post(gw.url + "/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": ("a.wav", wav(6.0), "audio/wav")}, headers=headers()),
+        "edit": httpx.post(
+            gw.url + "/v1/images/edits", data={"model": "gpt-image-1", "prompt": "cost"}, files={"image": ("a.png", PNG, "image/png")}, headers=headers()
+        ),
+        "transcription": httpx.post(
+            gw.url + "/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": ("a.wav", wav(6.0), "audio/wav")}, headers=headers()
+        ),
         "speech": httpx.post(gw.url + "/v1/audio/speech", json={"model": "tts-1", "input": "x" * 1000, "voice": "alloy"}, headers=headers()),
         "moderation": httpx.post(gw.url + "/v1/moderations", json={"model": "omni-moderation-latest", "input": "hi"}, headers=headers()),
-        "messages": httpx.post(gw.url + "/v1/messages", json={"model": "gpt-4o-mini", "max_tokens": 9, "messages": [{"role": "user", "content": "cost"}]}, headers=headers()),
-        "count_tokens": httpx.post(gw.url + "/v1/messages/count_tokens", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "c"}]}, headers=headers()),
+        "messages": httpx.post(
+            gw.url + "/v1/messages", json={"model": "gpt-4o-mini", "max_tokens": 9, "messages": [{"role": "user", "content": "cost"}]}, headers=headers()
+        ),
+        "count_tokens": httpx.post(
+            gw.url + "/v1/messages/count_tokens", json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "c"}]}, headers=headers()
+        ),
         "demo speech": httpx.post(gw.url + "/v1/audio/speech", json={"model": "demo", "input": "y" * 500, "voice": "alloy"}, headers=headers()),
     }
     costs = {name: cost(response) for name, response in calls.items()}
@@ -116,10 +133,7 @@ def test_costs_on_every_new_endpoint(gw, upstream):
 
 # -- incognito -------------------------------------------------------------------------------
 def store_holds(gw, text: str) -> bool:
-    for path in Path(gw.workdir / "state").rglob("*"):
-        if path.is_file() and text.encode() in path.read_bytes():
-            return True
-    return False
+    return any(path.is_file() and text.encode() in path.read_bytes() for path in Path(gw.workdir / "state").rglob("*"))
 
 
 def test_incognito_leaves_no_trace(gw, upstream):
@@ -131,7 +145,11 @@ def test_incognito_leaves_no_trace(gw, upstream):
         assert first.json()["choices"][0]["message"]["content"] == "echo: " + secret
         assert (first.headers["x-lockgate-cache"], again.headers["x-lockgate-cache"]) == ("bypass", "bypass")
         assert cost(first) > 0, "spend is still recorded"
-        streamed = httpx.post(gw.url + "/v1/messages", json={"model": "gpt-4o-mini", "max_tokens": 20, "stream": True, "messages": body["messages"]}, headers=headers(**{header: "true"}))
+        streamed = httpx.post(
+            gw.url + "/v1/messages",
+            json={"model": "gpt-4o-mini", "max_tokens": 20, "stream": True, "messages": body["messages"]},
+            headers=headers(**{header: "true"}),
+        )
         assert secret in streamed.text
         assert all(header not in r.headers for r in upstream.requests), "the header never goes upstream"
     control = f"{PHRASE}-control"
@@ -160,17 +178,35 @@ def test_an_upload_near_max_body_bytes_is_held_once(fake, upstream, tmp_path):
     gateway = start(fake, tmp_path, server={"max_body_bytes": limit})
     try:
         audio = os.urandom(limit - 64 * 1024)
-        small = httpx.post(gateway.url + "/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": ("w.wav", audio[:100_000], "audio/wav")}, headers=headers(), timeout=60)
+        small = httpx.post(
+            gateway.url + "/v1/audio/transcriptions",
+            data={"model": "whisper-1"},
+            files={"file": ("w.wav", audio[:100_000], "audio/wav")},
+            headers=headers(),
+            timeout=60,
+        )
         assert small.status_code == 200  # code paths warm
         Path(f"/proc/{gateway.process.pid}/clear_refs").write_text("5")  # peak RSS := RSS now
         before = status(gateway.process.pid)["VmRSS"]
-        response = httpx.post(gateway.url + "/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": ("big.wav", audio, "audio/wav")}, headers=headers(), timeout=60)
+        response = httpx.post(
+            gateway.url + "/v1/audio/transcriptions",
+            data={"model": "whisper-1"},
+            files={"file": ("big.wav", audio, "audio/wav")},
+            headers=headers(),
+            timeout=60,
+        )
         assert response.status_code == 200, response.text
         assert upstream.uploads[-1]["file"][2] == len(audio), "the whole upload reached the upstream"
         growth = status(gateway.process.pid)["VmHWM"] - before
         print(f"upload {len(audio)} bytes, peak RSS grew {growth} bytes ({growth / len(audio):.2f}x)")
         assert growth < 2 * len(audio), f"peak memory grew {growth / len(audio):.2f}x the upload"
-        over = httpx.post(gateway.url + "/v1/audio/transcriptions", data={"model": "whisper-1"}, files={"file": ("w.wav", audio + os.urandom(128 * 1024), "audio/wav")}, headers=headers(), timeout=60)
+        over = httpx.post(
+            gateway.url + "/v1/audio/transcriptions",
+            data={"model": "whisper-1"},
+            files={"file": ("w.wav", audio + os.urandom(128 * 1024), "audio/wav")},
+            headers=headers(),
+            timeout=60,
+        )
         assert over.status_code == 413 and over.json()["error"]["code"] == "request_too_large"
     finally:
         gateway.stop()
@@ -181,7 +217,10 @@ def foreign_app() -> Starlette:
     """An app answering like the providers do, with no lockgate inside."""
 
     async def rerank(request):
-        return Response(orjson.dumps({"id": "r", "results": [{"index": 0, "relevance_score": 0.9}], "meta": {"billed_units": {"search_units": 2}}}), media_type="application/json")
+        return Response(
+            orjson.dumps({"id": "r", "results": [{"index": 0, "relevance_score": 0.9}], "meta": {"billed_units": {"search_units": 2}}}),
+            media_type="application/json",
+        )
 
     async def images(request):
         return Response(orjson.dumps({"created": 1, "data": [{"url": "https://x/1.png"}, {"url": "https://x/2.png"}]}), media_type="application/json")

@@ -6,6 +6,7 @@ closes carried across both ways."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -154,8 +155,8 @@ def test_a_session_that_spends_its_budget_is_closed(gw, upstream):
 
 
 def test_a_session_holds_a_concurrency_slot(fake, upstream, tmp_path):
-    from tests.endpoints import POLICIES, models
     from tests.conftest import start_gateway
+    from tests.endpoints import POLICIES, models
 
     policies = {**POLICIES, "throttle": {"limits": [{"per": "key", "concurrent": 1}]}}
     gateway = start_gateway({"models": models(fake.url), "middleware": [{k: v} for k, v in policies.items()]}, tmp_path)
@@ -285,7 +286,10 @@ def budget_gw(fake, tmp_path_factory):
         return hashlib.sha256(key.encode()).hexdigest()
 
     models = [
-        {"name": f"rt-{user}", "deployments": [{"provider": "openai", "model": f"rt-{user}-model", "base_url": fake.url + "/v1", "api_key": SECRETS["openai"], "price": FLAT}]}
+        {
+            "name": f"rt-{user}",
+            "deployments": [{"provider": "openai", "model": f"rt-{user}-model", "base_url": fake.url + "/v1", "api_key": SECRETS["openai"], "price": FLAT}],
+        }
         for user in BUDGET_KEYS
     ]
     policies = {
@@ -355,10 +359,8 @@ def test_pipelined_creates_reserve_before_they_go_upstream(budget_gw, upstream):
                         refused.append(event)
                 if answered == sent and sent < 20:  # all answered, the session still open: ask again
                     sent += 1
-                    try:
+                    with contextlib.suppress(ConnectionClosed):  # closed meanwhile: what came before the close is still read
                         ws.send(out_of_band(sent - 1))
-                    except ConnectionClosed:
-                        pass  # closed meanwhile: what came before the close is still read
     assert closed.value.rcvd.code == 1008
     assert len(refused) >= 5 and all(e["error"]["code"] == "budget_exceeded" for e in refused)
     assert {e["error"]["event_id"] for e in refused[:5]} == {f"client_{i}" for i in range(1, 6)}, "each refusal names the create it refuses"

@@ -96,7 +96,9 @@ def test_health_endpoints(gw):
 
 
 @pytest.mark.parametrize("status,expected_status,expected_code", [(429, 429, "rate_limit_exceeded"), (400, 400, None), (500, 502, None), (503, 502, None)])
-@pytest.mark.parametrize("model,upstream_model", [("gpt-4o-mini", "gpt-4o-mini"), ("claude", "claude-3-5-sonnet-20241022"), ("gemini-flash", "gemini-1.5-flash")])
+@pytest.mark.parametrize(
+    "model,upstream_model", [("gpt-4o-mini", "gpt-4o-mini"), ("claude", "claude-3-5-sonnet-20241022"), ("gemini-flash", "gemini-1.5-flash")]
+)
 def test_upstream_errors_are_mapped(gw, upstream, model, upstream_model, status, expected_status, expected_code):
     upstream.set(upstream_model, status=status, error_message="upstream said no")
     r = httpx.post(gw.url + CHAT, json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
@@ -104,7 +106,9 @@ def test_upstream_errors_are_mapped(gw, upstream, model, upstream_model, status,
     assert "upstream said no" in error["message"]
 
 
-@pytest.mark.parametrize("model,upstream_model", [("gpt-4o-mini", "gpt-4o-mini"), ("claude", "claude-3-5-sonnet-20241022"), ("gemini-flash", "gemini-1.5-flash")])
+@pytest.mark.parametrize(
+    "model,upstream_model", [("gpt-4o-mini", "gpt-4o-mini"), ("claude", "claude-3-5-sonnet-20241022"), ("gemini-flash", "gemini-1.5-flash")]
+)
 def test_context_length_errors_keep_their_code(gw, upstream, model, upstream_model):
     upstream.set(upstream_model, status=400, error_message="This model's maximum context length is 8192 tokens")
     r = httpx.post(gw.url + CHAT, json={"model": model, "messages": [{"role": "user", "content": "hi"}]})

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from lockgate.gateway.app import create_app
 from lockgate.middleware import rewrite as rewrite_module
 from lockgate.middleware.auth import new_key
-from lockgate.gateway.app import create_app
 from tests.conftest import ROOT, start_gateway
 from tests.examples import commands, examples_on, readme_block, repoint
 
@@ -136,7 +136,9 @@ def test_the_example_rules_turned_on_do_reroute(fake, upstream, tmp_path, monkey
         assert served(client, "gpt-4o-mini", {"Authorization": f"Bearer {premium}"}).headers["x-lockgate-model"] == "gpt-4o"
         assert served(client, "gpt-4", {"Authorization": f"Bearer {premium}"}).headers["x-lockgate-model"] == "gpt-4o-mini"  # alias, then off-hours
         upstream.set("gpt-4o-mini", status=500)
-        assert served(client, "gpt-4o-mini", {"Authorization": f"Bearer {premium}", "x-lockgate-task": "simple_qa"}).headers["x-lockgate-model"] == "gemini-flash"
+        assert (
+            served(client, "gpt-4o-mini", {"Authorization": f"Bearer {premium}", "x-lockgate-task": "simple_qa"}).headers["x-lockgate-model"] == "gemini-flash"
+        )
 
 
 def test_a_failing_model_of_the_demo_answers_its_error_not_another_model(fake, upstream, tmp_path):

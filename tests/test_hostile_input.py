@@ -34,8 +34,23 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.sampled_from(HUGE), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=40), st.sampled_from(["", "x", "user", "assistant", "system", "tool", "text", "image_url", "function"]),
 )
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(["role", "content", "type", "text", "name", "image_url", "url", "function", "arguments", "id", "tool_calls", "x"]) | st.text(max_size=8), inner, max_size=4)), max_leaves=25)
-message = st.fixed_dictionaries({"role": st.one_of(st.sampled_from(["user", "assistant", "system", "tool", "developer"]), json_values)}, optional={"content": json_values, "tool_calls": json_values, "name": json_values})
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.sampled_from(["role", "content", "type", "text", "name", "image_url", "url", "function", "arguments", "id", "tool_calls", "x"])
+            | st.text(max_size=8),
+            inner,
+            max_size=4,
+        ),
+    ),
+    max_leaves=25,
+)
+message = st.fixed_dictionaries(
+    {"role": st.one_of(st.sampled_from(["user", "assistant", "system", "tool", "developer"]), json_values)},
+    optional={"content": json_values, "tool_calls": json_values, "name": json_values},
+)
 bodies = st.fixed_dictionaries(
     {"model": st.one_of(st.sampled_from(MODELS), json_values)},
     optional={"messages": st.one_of(st.lists(message, max_size=3), json_values), **{f: json_values for f in FIELDS if f != "messages"}},
@@ -72,7 +87,9 @@ def client(fake, loop):
     }
     app = create_app(config)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fuzz", timeout=30)
-    yield lambda path, raw: loop.run_until_complete(http.post(path, content=raw, headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"}))
+    yield lambda path, raw: loop.run_until_complete(
+        http.post(path, content=raw, headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    )
     loop.run_until_complete(http.aclose())
     loop.run_until_complete(app.state.gateway.client.close())
     for task in asyncio.all_tasks(loop):  # the store's heartbeat: no lifespan here to stop it
@@ -106,10 +123,25 @@ def test_any_json_body_gets_a_clean_answer(client, body, endpoint):
 @pytest.mark.parametrize(
     "extra",
     [
-        {"max_tokens": 1e308}, {"max_tokens": -1e308}, {"max_tokens": 1e30}, {"temperature": 1e308}, {"n": 2.0**64},
-        {"stream_options": "x"}, {"stream_options": {"include_usage": "x"}}, {"stream": "x"}, {"stream": True, "stream_options": 7},
-        {"messages": 5}, {"messages": [5]}, {"messages": [{"role": "user", "content": 12345}]}, {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-        {"tools": "x"}, {"tools": [5]}, {"metadata": [1]}, {"user": {"a": 1}}, {"input": {"a": 1}}, {"prompt": [[1, 2], "x"]},
+        {"max_tokens": 1e308},
+        {"max_tokens": -1e308},
+        {"max_tokens": 1e30},
+        {"temperature": 1e308},
+        {"n": 2.0**64},
+        {"stream_options": "x"},
+        {"stream_options": {"include_usage": "x"}},
+        {"stream": "x"},
+        {"stream": True, "stream_options": 7},
+        {"messages": 5},
+        {"messages": [5]},
+        {"messages": [{"role": "user", "content": 12345}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        {"tools": "x"},
+        {"tools": [5]},
+        {"metadata": [1]},
+        {"user": {"a": 1}},
+        {"input": {"a": 1}},
+        {"prompt": [[1, 2], "x"]},
     ],
 )
 @pytest.mark.parametrize("model", ["demo", "fz-claude", "fz-gemini", "fz-openai"])
@@ -197,7 +229,9 @@ def test_a_form_naming_a_field_twice_is_refused_before_the_upstream(stt, upstrea
 
 
 def test_array_fields_may_repeat_and_the_model_sent_is_the_one_checked(stt, upstream):
-    raw, content_type = form(("model", b"stt-cheap", None), AUDIO, ("timestamp_granularities[]", b"word", None), ("timestamp_granularities[]", b"segment", None))
+    raw, content_type = form(
+        ("model", b"stt-cheap", None), AUDIO, ("timestamp_granularities[]", b"word", None), ("timestamp_granularities[]", b"segment", None)
+    )
     answer = stt(raw, content_type)
     assert answer.status_code == 200, answer.text
     sent = upstream.seen("/audio/transcriptions")[-1].body

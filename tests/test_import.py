@@ -18,9 +18,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockgate.middleware import auth, budget, cache, fallback, rewrite, throttle
 from lockgate.gateway.config import load_config
 from lockgate.kernel.parsing import load_yaml
+from lockgate.middleware import auth, budget, cache, fallback, rewrite, throttle
 from tests.conftest import ROOT, start_gateway
 
 DATA = ROOT / "tests" / "data"
@@ -107,7 +107,7 @@ def test_load_balancing(tmp_path):
     assert model.balance == "weighted"
     assert len({d.id for d in model.deployments}) == 3
     limits = out.policy(throttle).limits
-    assert [(l.per, l.rpm, l.tpm) for l in limits] == [("model", 2000, 200000)]
+    assert [(lim.per, lim.rpm, lim.tpm) for lim in limits] == [("model", 2000, 200000)]
     assert out.config.store.backend == "redis" and out.config.store.url == f"redis://:{ENV['REDIS_PASSWORD']}@127.0.0.1:6379/0"
     assert "enable_pre_call_checks" in out.text and "usage-based-routing-v2" in out.output
 
@@ -139,7 +139,7 @@ def test_budgets_and_a_master_key_from_the_environment(tmp_path):
     assert [(b.dimension, b.name, b.limit_usd, b.period) for b in policy.budgets.values()] == [("key", "master", 10.0, "monthly")]
     assert (policy.default.dimension, policy.default.limit_usd, policy.default.period) == ("user", 2.5, "daily")
     assert out.policy(auth).master.digest == hashlib.sha256(b"sk-from-env").digest()
-    assert [(l.per, l.concurrent) for l in out.policy(throttle).limits] == [("global", 100)]
+    assert [(lim.per, lim.concurrent) for lim in out.policy(throttle).limits] == [("global", 100)]
     assert "general_settings.database_url" in out.output and "postgresql://" not in out.output + out.text
     unset = litellm("05-budgets.yaml", tmp_path / "unset", env={"LITELLM_MASTER_KEY": ""})
     assert unset.policy(auth).master is None and "LITELLM_MASTER_KEY, which was not set" in unset.output
@@ -149,7 +149,12 @@ def test_local_models(tmp_path):
     out = litellm("06-local-models.yaml", tmp_path)
     got = {name: out.deployments(name)[0] for name in out.config.models}
     assert (got["llama3"].provider, got["llama3"].model, got["llama3"].base_url) == ("ollama", "llama3.1:8b", "http://localhost:11434/v1")
-    assert (got["qwen"].provider, got["qwen"].model, got["qwen"].base_url, got["qwen"].timeout_s) == ("vllm", "Qwen/Qwen2.5-7B-Instruct", "http://vllm.internal:8000/v1", 120)
+    assert (got["qwen"].provider, got["qwen"].model, got["qwen"].base_url, got["qwen"].timeout_s) == (
+        "vllm",
+        "Qwen/Qwen2.5-7B-Instruct",
+        "http://vllm.internal:8000/v1",
+        120,
+    )
     assert (got["phi"].provider, got["phi"].base_url) == ("lmstudio", "http://localhost:1234/v1")
     assert (got["tgi"].provider, got["tgi"].api_key) == ("openai", None), "an OpenAI-compatible server gets no OpenAI key"
     assert (got["tgi"].price.input_per_mtok, got["tgi"].price.output_per_mtok) == (0.2, 0.6)
@@ -161,7 +166,12 @@ def test_clouds(tmp_path):
     sa.write_text('{"type": "service_account", "project_id": "p", "private_key": "(not read by check)", "client_email": "a@p.iam.gserviceaccount.com"}')
     out = litellm("07-clouds.yaml", tmp_path, env={"VERTEX_SA_FILE": str(sa)})
     gemini, claude = out.deployments("gemini-1.5-pro")[0], out.deployments("claude-vertex")[0]
-    assert (gemini.provider, gemini.model, gemini.options["project"], gemini.options["location"]) == ("vertex", "gemini-1.5-pro", "my-gcp-project", "us-central1")
+    assert (gemini.provider, gemini.model, gemini.options["project"], gemini.options["location"]) == (
+        "vertex",
+        "gemini-1.5-pro",
+        "my-gcp-project",
+        "us-central1",
+    )
     assert (claude.model, claude.options["location"]) == ("claude-3-5-sonnet-v2@20241022", "us-east5")
     bedrock = out.deployments("claude-bedrock")[0]
     assert (bedrock.provider, bedrock.model, bedrock.options["region"]) == ("bedrock", "anthropic.claude-3-5-sonnet-20240620-v1:0", "us-east-1")
@@ -407,7 +417,7 @@ def test_a_whole_guide_at_once(tmp_path):
     )
     out = do_import("guide", source, tmp_path / "out", env={"OPENAI_KEY_A": "a", "OPENAI_KEY_B": "b"})
     assert [d.api_key for d in out.config.models["gpt-4o"].deployments] == ["a", "b"] and out.config.models["gpt-4o"].balance == "least_busy"
-    assert [(l.per, l.rpm, l.tpm) for l in out.policy(throttle).limits] == [("user", 30, None), ("model", None, 100000)]
+    assert [(lim.per, lim.rpm, lim.tpm) for lim in out.policy(throttle).limits] == [("user", 30, None), ("model", None, 100000)]
     assert [(b.name, b.period) for b in out.policy(budget).budgets.values()] == [("research", "daily")]
     for note in ("monthly_limit not carried over", "currency EUR", "monitoring"):
         assert note in out.output and note in out.text
@@ -608,11 +618,11 @@ def test_no_value_in_any_setting_crashes_the_import_or_shows_in_the_report(secti
     try:
         result = importer.import_litellm(raw, "config.yaml")
     except importer.ImportRefused as exc:
-        assert False, f"a setting's value refused the whole import: {exc.problems}"
+        raise AssertionError(f"a setting's value refused the whole import: {exc.problems}") from exc
     header = result.files["gateway.yaml"].split("\nstore:", 1)[0]
     for text in (*result.notes, *result.skipped, header):
         assert "SECRET-" not in text, text
-    for name, text in result.files.items():
+    for text in result.files.values():
         yaml.safe_load(text)
 
 
@@ -793,7 +803,7 @@ load_balancing:
     assert (policy.ttl_s, policy.scope, policy.trust_client_user) == (3600, "user", True)
     assert (out.dir / "cache.yaml").read_text().count("ttl_by_model") == 1
     assert yaml.safe_load((out.dir / "cache.yaml").read_text())["ttl_by_model"] == {"gpt-4o": 7200, "claude-3-5-sonnet": 1800}
-    limits = [(l.per, l.rpm, l.tpm, dict(l.match)) for l in out.policy(throttle).limits]
+    limits = [(lim.per, lim.rpm, lim.tpm, dict(lim.match)) for lim in out.policy(throttle).limits]
     assert limits == [("global", 1000, 500000, {}), ("user", 60, None, {}), ("model", None, 200000, {"model": "gpt-4o"})]
     pool = out.config.models["gpt-4o"]
     assert [(d.api_key, d.weight) for d in pool.deployments] == [("a", 1), ("b", 1), ("c", 2)] and pool.balance == "least_busy"

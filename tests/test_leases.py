@@ -7,6 +7,7 @@ process starts again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -398,7 +399,11 @@ def test_kill_9_with_budget_leases_loses_no_spend_and_frees_the_lease(fake, upst
         "middleware": [{"budget": "budget.yaml"}],
     }
     gw = start_gateway(config, tmp_path)
-    chat = lambda g: httpx.post(g.url + "/v1/chat/completions", json={"model": "priced", "messages": MESSAGES, "max_tokens": 2}, headers={"x-lockgate-user": "lea"}, timeout=10)  # noqa: E731
+
+    def chat(g):
+        body = {"model": "priced", "messages": MESSAGES, "max_tokens": 2}
+        return httpx.post(g.url + "/v1/chat/completions", json=body, headers={"x-lockgate-user": "lea"}, timeout=10)
+
     costs = []
     try:
         for _ in range(20):
@@ -439,10 +444,8 @@ def test_kill_9_with_budget_leases_loses_no_spend_and_frees_the_lease(fake, upst
 
 
 def _swallow(call) -> None:
-    try:
+    with contextlib.suppress(httpx.HTTPError):
         call()
-    except httpx.HTTPError:
-        pass
 
 
 async def test_a_dead_process_strands_at_most_its_open_window_lease_until_the_window_ends(two_workers, monkeypatch):

@@ -53,7 +53,11 @@ def model_app(calls: list[str]) -> FastAPI:
 
         async def events():
             for piece in ("served ", "by ", model):
-                yield b"data: " + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}) + b"\n\n"
+                yield (
+                    b"data: "
+                    + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                    + b"\n\n"
+                )
             if with_usage:
                 yield b"data: " + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": USAGE}) + b"\n\n"
             yield b"data: [DONE]\n\n"
@@ -87,7 +91,14 @@ def wrap(app, *names: str, store=None):
     policies = {
         "auth": (AuthMiddleware, {"keys": [{"id": "lib", "user": "lib", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}),
         "throttle": (ThrottleMiddleware, {"limits": [{"per": "user", "tpm": 5000}], "trust_client_user": True}),
-        "budget": (BudgetMiddleware, {"budgets": [{"user": "lib", "limit_usd": 5, "period": "total"}], "prices": {"house": PRICE, "bad": PRICE, "quiet": PRICE}, "trust_client_user": True}),
+        "budget": (
+            BudgetMiddleware,
+            {
+                "budgets": [{"user": "lib", "limit_usd": 5, "period": "total"}],
+                "prices": {"house": PRICE, "bad": PRICE, "quiet": PRICE},
+                "trust_client_user": True,
+            },
+        ),
         "cache": (CacheMiddleware, {"ttl_s": 60, "scope": "global"}),
         "rewrite": (RewriteMiddleware, {"aliases": {"nice-name": "house"}}),
         "fallback": (FallbackMiddleware, {"chains": {"bad": ["house"]}, "backoff_s": 0.001}),
@@ -114,7 +125,9 @@ async def test_budget_around_a_foreign_app_charges_its_usage_and_refuses_when_sp
     async with client(app) as c:
         first = await c.post("/v1/chat/completions", json=chat())
         assert first.status_code == 200 and float(first.headers["x-lockgate-cost-usd"]) == pytest.approx(2.0)
-        assert (await c.post("/v1/messages", json={"model": "house", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})).headers["x-lockgate-cost-usd"] == "2.00000000"
+        assert (await c.post("/v1/messages", json={"model": "house", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})).headers[
+            "x-lockgate-cost-usd"
+        ] == "2.00000000"
         refused = await c.post("/v1/responses", json={"model": "house", "input": "hi"})
         assert refused.status_code == 200, "$4 of $5 spent: one more is let past the edge, alone"
         spent_out = await c.post("/v1/chat/completions", json=chat())
@@ -167,7 +180,9 @@ async def test_cache_rewrite_fallback_and_auth_around_a_foreign_app():
         assert calls == []
 
 
-@pytest.mark.parametrize("names", [("auth",), ("throttle",), ("budget",), ("cache",), ("rewrite",), ("fallback",), ("auth", "throttle", "budget", "rewrite", "cache", "fallback")])
+@pytest.mark.parametrize(
+    "names", [("auth",), ("throttle",), ("budget",), ("cache",), ("rewrite",), ("fallback",), ("auth", "throttle", "budget", "rewrite", "cache", "fallback")]
+)
 async def test_a_route_that_is_not_a_model_call_passes_untouched(names):
     app = wrap(model_app([]), *names)
     async with client(app) as c:
@@ -274,7 +289,9 @@ app.add_middleware(ThrottleMiddleware, policy={"limits": [{"per": "global", "rpm
 
 
 def site_packages(python: Path) -> str:
-    return subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_the_wheel_is_one_package_beside_a_users_own_middleware_and_proxy(tmp_path):
@@ -287,7 +304,13 @@ def test_the_wheel_is_one_package_beside_a_users_own_middleware_and_proxy(tmp_pa
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     Path(site_packages(python), "deps.pth").write_text(site_packages(Path(sys.executable)) + "\n")
-    environment = {**os.environ, "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "PIP_NO_DEPS": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "VIRTUAL_ENV": str(env_dir)}
+    environment = {
+        **os.environ,
+        "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}",
+        "PIP_NO_DEPS": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "VIRTUAL_ENV": str(env_dir),
+    }
     pip = [sys.executable, "-m", "pip", "--python", str(python)]
     sh_blocks = readme_blocks("sh")
     assert sh_blocks and "pip wheel" in sh_blocks[0]

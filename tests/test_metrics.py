@@ -74,7 +74,9 @@ def test_counters_move_by_exactly_the_requests_sent_across_two_workers(fake, ups
         assert moved("lockgate_request_duration_seconds_count", **chat_path) == CHATS + STREAMS + REFUSED
         assert moved("lockgate_cache_lookups_total", result="miss") == CHATS + STREAMS + EMBEDDINGS + REFUSED  # every model request it looked at
         chat_op = {"gen_ai_operation_name": "chat", "gen_ai_request_model": "chatty"}
-        assert moved("gen_ai_server_request_duration_seconds_count", **chat_op, gen_ai_provider_name="openai", gen_ai_response_model="mt-model") == CHATS + STREAMS
+        assert (
+            moved("gen_ai_server_request_duration_seconds_count", **chat_op, gen_ai_provider_name="openai", gen_ai_response_model="mt-model") == CHATS + STREAMS
+        )
         assert moved("gen_ai_server_request_duration_seconds_count", **chat_op, error_type="400") == REFUSED
         assert moved("gen_ai_server_time_to_first_token_seconds_count", **chat_op) == STREAMS
         assert moved("gen_ai_client_token_usage_count", **chat_op, gen_ai_token_type="input") == CHATS + STREAMS
@@ -82,7 +84,11 @@ def test_counters_move_by_exactly_the_requests_sent_across_two_workers(fake, ups
         assert moved("lockgate_deployment_attempts_total", deployment="openai/mt-model", outcome="ok") == CHATS + STREAMS
         assert moved("lockgate_deployment_first_byte_seconds_count", deployment="openai/mt-model") == CHATS + STREAMS
         # a token histogram's sum is the tokens the answers reported
-        assert moved("gen_ai_client_token_usage_sum", **chat_op, gen_ai_token_type="output") == moved("lockgate_tokens_total", model="chatty", kind="completion") > 0
+        assert (
+            moved("gen_ai_client_token_usage_sum", **chat_op, gen_ai_token_type="output")
+            == moved("lockgate_tokens_total", model="chatty", kind="completion")
+            > 0
+        )
     finally:
         gw.stop()
 
@@ -93,8 +99,8 @@ def test_the_grafana_dashboard_reads_only_metrics_lockgate_exports(fake, upstrea
 
     from starlette.testclient import TestClient
 
-    from lockgate.kernel import metrics
     from lockgate.gateway.app import create_app
+    from lockgate.kernel import metrics
     from tests.conftest import ROOT
 
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "lockgate-dashboard.json").read_text())

@@ -13,7 +13,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at i
 litellm = pytest.importorskip("litellm")
 
 KEY = "sk-onyx-admin-typed-this"
-TOOLS = [{"type": "function", "function": {"name": "search", "description": "search docs", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "search", "description": "search docs", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}},
+    }
+]
 
 
 def test_model_discovery_in_litellm_schema(gateway):

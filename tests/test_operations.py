@@ -68,7 +68,14 @@ def test_relative_paths_resolve_next_to_gateway_yaml_and_spend_needs_no_provider
     (conf / "budget.yaml").write_text(yaml.safe_dump({"trust_client_user": True, "budgets": [{"user": "ann", "limit_usd": 5, "period": "monthly"}]}))
     config = {
         "store": {"backend": "disk", "path": "state/here"},
-        "models": [{"name": "m", "deployments": [{"provider": "openai", "model": "ops-m", "base_url": fake.url + "/v1", "api_key": "${LOCKGATE_TEST_PROVIDER_KEY}", "price": PRICE}]}],
+        "models": [
+            {
+                "name": "m",
+                "deployments": [
+                    {"provider": "openai", "model": "ops-m", "base_url": fake.url + "/v1", "api_key": "${LOCKGATE_TEST_PROVIDER_KEY}", "price": PRICE}
+                ],
+            }
+        ],
         "middleware": [{"budget": "budget.yaml"}],
     }
     gw = start_gateway(config, conf, cwd=elsewhere, env={"LOCKGATE_TEST_PROVIDER_KEY": "sk-provider"})
@@ -168,7 +175,7 @@ class Load:
                 except httpx.HTTPError:
                     self.statuses.append(0)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self.thread.start()
         return self
 
@@ -246,18 +253,20 @@ def test_a_policy_edit_naming_a_model_nobody_serves_is_refused(live):
 def test_a_stream_in_flight_finishes_across_a_reload(live, fake):
     fake.set("live-up", chunk_delay_s=0.15, reply="one two three four five six seven eight")
     path = live.config_path
-    with httpx.Client(timeout=20) as client:
-        with client.stream("POST", live.url + "/v1/chat/completions", json={"model": "up", "messages": MESSAGES, "stream": True},
-                           headers={"Authorization": f"Bearer {MASTER}"}) as stream:
-            lines = stream.iter_lines()
-            first = next(line for line in lines if line.startswith("data: "))
+    request = {"model": "up", "messages": MESSAGES, "stream": True}
+    with (
+        httpx.Client(timeout=20) as client,
+        client.stream("POST", live.url + "/v1/chat/completions", json=request, headers={"Authorization": f"Bearer {MASTER}"}) as stream,
+    ):
+        lines = stream.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
 
-            def change(c):
-                c["models"][1]["deployments"] = [{"provider": "mock", "model": "replacement"}]
+        def change(c):
+            c["models"][1]["deployments"] = [{"provider": "mock", "model": "replacement"}]
 
-            edit(path, change)
-            wait_for(lambda: master_chat(live.url, "up").headers.get("x-lockgate-deployment") == "mock/replacement", what="the reload")
-            rest = [line for line in lines if line.startswith("data: ")]
+        edit(path, change)
+        wait_for(lambda: master_chat(live.url, "up").headers.get("x-lockgate-deployment") == "mock/replacement", what="the reload")
+        rest = [line for line in lines if line.startswith("data: ")]
     events = [first] + rest
     assert events[-1] == "data: [DONE]"
     text = "".join((json.loads(e[6:])["choices"] or [{}])[0].get("delta", {}).get("content") or "" for e in events[:-1])
@@ -287,11 +296,11 @@ def test_sigterm_drains_a_slow_stream_then_exits_0(fake, upstream, tmp_path):
         finished = threading.Event()
 
         def consume() -> None:
-            with httpx.Client(timeout=30) as client:
-                with client.stream("POST", gw.url + "/v1/chat/completions", json={"model": "slow", "messages": MESSAGES, "stream": True}) as stream:
-                    for line in stream.iter_lines():
-                        if line.startswith("data: "):
-                            received.append(line)
+            request = {"model": "slow", "messages": MESSAGES, "stream": True}
+            with httpx.Client(timeout=30) as client, client.stream("POST", gw.url + "/v1/chat/completions", json=request) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data: "):
+                        received.append(line)
             finished.set()
 
         reader = threading.Thread(target=consume, daemon=True)
@@ -327,7 +336,9 @@ def test_sigterm_cancels_what_outlives_the_grace(fake, upstream, tmp_path):
 
         def consume() -> None:
             try:
-                with httpx.stream("POST", gw.url + "/v1/chat/completions", json={"model": "endless", "messages": MESSAGES, "stream": True}, timeout=30) as stream:
+                with httpx.stream(
+                    "POST", gw.url + "/v1/chat/completions", json={"model": "endless", "messages": MESSAGES, "stream": True}, timeout=30
+                ) as stream:
                     for _ in stream.iter_lines():
                         started.set()
             except httpx.HTTPError:
@@ -491,4 +502,7 @@ def test_keys_commands_without_a_master_key_say_what_is_missing(command):
     assert said.startswith(f"lockgate keys {command[0]}: no master key: set LOCKGATE_MASTER_KEY"), said
     assert "--master-key" in said and "lockgate keys new --master" in said
     unreachable = cli("keys", *command, "--url", "http://127.0.0.1:9", env={**env, "LOCKGATE_MASTER_KEY": MASTER}).stderr.strip()
-    assert unreachable == f"lockgate keys {command[0]}: cannot reach the gateway at http://127.0.0.1:9 (could not connect): is it running there? Name it with --url or LOCKGATE_URL"
+    assert unreachable == (
+        f"lockgate keys {command[0]}: cannot reach the gateway at http://127.0.0.1:9 (could not connect): "
+        "is it running there? Name it with --url or LOCKGATE_URL"
+    )

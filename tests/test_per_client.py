@@ -67,8 +67,8 @@ def test_x_forwarded_for_names_the_client_only_from_a_trusted_proxy(trusted, tmp
 
 
 def test_per_client_and_trusted_proxies_are_checked_like_the_rest(tmp_path):
-    from lockgate.middleware.throttle import parse_policy
     from lockgate.kernel.parsing import ConfigError, parse_yaml
+    from lockgate.middleware.throttle import parse_policy
 
     with pytest.raises(ConfigError) as refused:
         parse_policy(parse_yaml("trusted_proxies: [10.0.0.0/8, not-an-address]\nlimits:\n  - {per: clients, rpm: 1}\n", "t.yaml"), "t.yaml")

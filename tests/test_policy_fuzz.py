@@ -16,19 +16,37 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from lockgate.middleware import auth, budget, cache, fallback, rewrite, throttle
 import yaml
 
 from lockgate import create_app
 from lockgate.gateway.cli import main as cli
 from lockgate.kernel.parsing import ConfigError
+from lockgate.middleware import auth, budget, cache, fallback, rewrite, throttle
 from tests.conftest import ROOT
 
 PARSERS = {"auth": auth.parse_policy, "throttle": throttle.parse_policy, "budget": budget.parse_policy,
            "cache": cache.parse_policy, "rewrite": rewrite.parse_policy, "fallback": fallback.parse_policy}
 PROBLEM = re.compile(r"^\S+?(:\d+)?: .+|^\d+ problems? found$")
-MUTATION_TOKENS = [b"\x00", b"2027-13-45", b"? [a]\n: b", b"&a x", b"*nothere", b"{", b"]", b"- ", b":", b"\t", b"'", b'"', b"!!python/object:os.system", b"\xff", b"1e999", b"null", b"-1", b"~"]
+MUTATION_TOKENS = [
+    b"\x00",
+    b"2027-13-45",
+    b"? [a]\n: b",
+    b"&a x",
+    b"*nothere",
+    b"{",
+    b"]",
+    b"- ",
+    b":",
+    b"\t",
+    b"'",
+    b'"',
+    b"!!python/object:os.system",
+    b"\xff",
+    b"1e999",
+    b"null",
+    b"-1",
+    b"~",
+]
 ALIAS_BOMB = b"a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + b"".join(
     b"%s: &%s [%s]\n" % (bytes([98 + i]), bytes([98 + i]), b", ".join([b"*" + bytes([97 + i])] * 10)) for i in range(9)
 )
@@ -137,5 +155,7 @@ def test_what_once_crashed_check_is_a_file_line_problem_everywhere(text, expecte
     assert expected in said and "Traceback" not in said
     assert all(PROBLEM.match(line) for line in said.splitlines() if line.strip())
     # and through the real command, as an operator runs it
-    proc = subprocess.run([sys.executable, "-m", "lockgate.gateway.cli", "check", "--config", str(tmp_path / "cold" / "gateway.yaml")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lockgate.gateway.cli", "check", "--config", str(tmp_path / "cold" / "gateway.yaml")], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout and expected in proc.stderr

@@ -157,7 +157,10 @@ def test_non_object_tool_arguments_are_refused():
         translated({"messages": [user("x"), {"role": "assistant", "content": None, "tool_calls": [call]}]})
 
 
-TOOL = {"type": "function", "function": {"name": "weather", "description": "Weather now", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+TOOL = {
+    "type": "function",
+    "function": {"name": "weather", "description": "Weather now", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
 
 
 def test_tools_translate():
@@ -215,7 +218,16 @@ def test_sampling_and_stop():
 
 def test_user_stream_and_unknown_fields():
     out = translated(
-        {"messages": [user("x")], "user": "u-42", "stream": True, "stream_options": {"include_usage": True}, "seed": 1, "frequency_penalty": 0.2, "reasoning_effort": "low", "store": True}
+        {
+            "messages": [user("x")],
+            "user": "u-42",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "seed": 1,
+            "frequency_penalty": 0.2,
+            "reasoning_effort": "low",
+            "store": True,
+        }
     )
     assert out["metadata"] == {"user_id": "u-42"}
     assert out["stream"] is True
@@ -294,14 +306,27 @@ def test_tool_use_answer_and_thinking():
 
 @pytest.mark.parametrize(
     ("stop_reason", "finish"),
-    [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("tool_use", "tool_calls"), ("refusal", "content_filter"), ("model_context_window_exceeded", "length")],
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("model_context_window_exceeded", "length"),
+    ],
 )
 def test_finish_reasons(stop_reason, finish):
     assert ADAPTER.chat_response(DEP, message([{"type": "text", "text": "x"}], stop_reason))["choices"][0]["finish_reason"] == finish
 
 
 def test_usage_counts_cache_reads_and_writes_as_prompt():
-    usage = {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20, "output_tokens_details": {"thinking_tokens": 3}}
+    usage = {
+        "input_tokens": 10,
+        "output_tokens": 7,
+        "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 20,
+        "output_tokens_details": {"thinking_tokens": 3},
+    }
     out = ADAPTER.chat_response(DEP, message([{"type": "text", "text": "x"}], usage=usage))
     assert out["usage"] == {
         "prompt_tokens": 130,
@@ -369,7 +394,7 @@ def run(data: bytes, pieces: list[bytes], include_usage: bool = True) -> tuple[l
 def splits(data: bytes) -> list[list[bytes]]:
     rng = random.Random(7)
     cuts = sorted(rng.sample(range(1, len(data)), 40))
-    randomly = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    randomly = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=False)]
     crlf = data.replace(b"\n", b"\r\n")
     return [[data], [data[i : i + 1] for i in range(len(data))], randomly, [crlf[i : i + 3] for i in range(0, len(crlf), 3)]]
 
@@ -416,7 +441,11 @@ def test_stream_without_include_usage_has_no_usage_chunk_but_keeps_usage():
 def test_stream_usage_from_cumulative_message_delta():
     data = sse(
         START,
-        {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"input_tokens": 30, "cache_read_input_tokens": 5, "cache_creation_input_tokens": None, "output_tokens": 9}},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "max_tokens"},
+            "usage": {"input_tokens": 30, "cache_read_input_tokens": 5, "cache_creation_input_tokens": None, "output_tokens": 9},
+        },
         {"type": "message_stop"},
     )
     chunks, usage = run(data, [data])
@@ -465,7 +494,10 @@ def test_error_mapping(status, kind, expected):
 
 @pytest.mark.parametrize(
     "message",
-    ["prompt is too long: 208310 tokens > 200000 maximum", "input length and `max_tokens` exceed context limit: 198000 + 4096 > 200000, decrease input length or `max_tokens` and try again"],
+    [
+        "prompt is too long: 208310 tokens > 200000 maximum",
+        "input length and `max_tokens` exceed context limit: 198000 + 4096 > 200000, decrease input length or `max_tokens` and try again",
+    ],
 )
 def test_context_errors(message):
     status, body = ADAPTER.error(400, anthropic_error("invalid_request_error", message))
@@ -503,7 +535,12 @@ def test_passthrough_request():
 
 def test_passthrough_usage():
     data = message([{"type": "text", "text": "x"}], usage={"input_tokens": 3, "output_tokens": 4, "cache_creation_input_tokens": 10})
-    assert ADAPTER.passthrough_usage("messages", data) == {"prompt_tokens": 13, "completion_tokens": 4, "total_tokens": 17, "prompt_tokens_details": {"cache_write_tokens": 10}}
+    assert ADAPTER.passthrough_usage("messages", data) == {
+        "prompt_tokens": 13,
+        "completion_tokens": 4,
+        "total_tokens": 17,
+        "prompt_tokens_details": {"cache_write_tokens": 10},
+    }
     assert ADAPTER.passthrough_usage("messages", {"type": "message"}) is None
 
 

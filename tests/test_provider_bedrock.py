@@ -20,7 +20,10 @@ def test_request_shape():
         "model": "x",
         "messages": [
             {"role": "system", "content": "be brief"},
-            {"role": "user", "content": [{"type": "text", "text": "look", "cache_control": {"type": "ephemeral"}}, {"type": "image_url", "image_url": {"url": PNG}}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "look", "cache_control": {"type": "ephemeral"}}, {"type": "image_url", "image_url": {"url": PNG}}],
+            },
             {"role": "assistant", "content": "calling", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]},
             {"role": "tool", "tool_call_id": "c1", "content": '{"ok": true}'},
             {"role": "user", "content": "and?"},
@@ -31,7 +34,9 @@ def test_request_shape():
         "top_k": 5,
         "stop": "END",
         "seed": 3,
-        "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}],
+        "tools": [
+            {"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
+        ],
         "tool_choice": "required",
     }
     out = bedrock.request_to_converse(body)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from lockgate.gateway.config import parse_config
+from lockgate.kernel.parsing import ConfigError
 from lockgate.providers import cohere
 from lockgate.providers.base import Deployment, UnsupportedRequest
 from lockgate.providers.presets import PRESETS
-from lockgate.providers.sse import encode_event
-from lockgate.kernel.parsing import ConfigError
-from lockgate.gateway.config import parse_config
 from lockgate.providers.registry import PROVIDERS
+from lockgate.providers.sse import encode_event
 
 ADAPTERS = {name: entry.adapter for name, entry in PROVIDERS.items()}
 
@@ -54,7 +54,11 @@ def test_answer_with_tool_plan():
     data = {
         "id": "abc",
         "finish_reason": "TOOL_CALL",
-        "message": {"role": "assistant", "tool_plan": "I will call f.", "tool_calls": [{"id": "f_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]},
+        "message": {
+            "role": "assistant",
+            "tool_plan": "I will call f.",
+            "tool_calls": [{"id": "f_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}],
+        },
         "usage": {"billed_units": {"input_tokens": 5, "output_tokens": 2}, "tokens": {"input_tokens": 12, "output_tokens": 2}},
     }
     out = cohere.message_to_chat(data, "command-r-plus")
@@ -69,9 +73,18 @@ def test_stream():
     events = [
         encode_event("message-start", {"id": "m1", "type": "message-start", "delta": {"message": {"role": "assistant"}}}),
         encode_event("content-delta", {"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": "Hi"}}}}),
-        encode_event("tool-call-start", {"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {"id": "t", "type": "function", "function": {"name": "f", "arguments": ""}}}}}),
+        encode_event(
+            "tool-call-start",
+            {
+                "type": "tool-call-start",
+                "index": 0,
+                "delta": {"message": {"tool_calls": {"id": "t", "type": "function", "function": {"name": "f", "arguments": ""}}}},
+            },
+        ),
         encode_event("tool-call-delta", {"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {"function": {"arguments": "{}"}}}}}),
-        encode_event("message-end", {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": {"billed_units": {"input_tokens": 1, "output_tokens": 2}}}}),
+        encode_event(
+            "message-end", {"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": {"billed_units": {"input_tokens": 1, "output_tokens": 2}}}}
+        ),
     ]
     stream = cohere.CohereStream("command-r-plus", include_usage=True)
     chunks = [c for e in events for c in stream.feed(e)] + stream.finish()
@@ -117,7 +130,9 @@ def test_a_hosted_preset_without_a_key_is_a_config_error(monkeypatch):
     monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
     monkeypatch.delenv("COHERE_API_KEY", raising=False)
     with pytest.raises(ConfigError) as err:
-        parse_config({"models": [{"name": "d", "deployments": [{"provider": "deepseek", "model": "deepseek-chat"}, {"provider": "cohere", "model": "command-r"}]}]})
+        parse_config(
+            {"models": [{"name": "d", "deployments": [{"provider": "deepseek", "model": "deepseek-chat"}, {"provider": "cohere", "model": "command-r"}]}]}
+        )
     problems = "\n".join(err.value.problems)
     assert "needs api_key, or DEEPSEEK_API_KEY" in problems and "COHERE_API_KEY" in problems
 

@@ -420,7 +420,9 @@ def test_several_candidates() -> None:
 def test_blocked_prompt_is_a_filtered_answer() -> None:
     data = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8}}
     out = ADAPTER.chat_response(DEP, data)
-    assert out["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": "content_filter", "logprobs": None}]
+    assert out["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "", "refusal": None}, "finish_reason": "content_filter", "logprobs": None}
+    ]
     assert out["usage"] == {"prompt_tokens": 8, "completion_tokens": 0, "total_tokens": 8}
 
 
@@ -440,7 +442,13 @@ def sse(payload: dict) -> bytes:
 STREAM = b"".join(
     [
         sse({"candidates": [{"content": {"role": "model", "parts": [{"text": "thinking", "thought": True}]}}], "modelVersion": "gemini-2.5-flash-002"}),
-        sse({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hé"}]}}], "usageMetadata": {"promptTokenCount": 4}, "modelVersion": "gemini-2.5-flash-002"}),
+        sse(
+            {
+                "candidates": [{"content": {"role": "model", "parts": [{"text": "Hé"}]}}],
+                "usageMetadata": {"promptTokenCount": 4},
+                "modelVersion": "gemini-2.5-flash-002",
+            }
+        ),
         sse({"candidates": [{"content": {"role": "model", "parts": [{"text": "llo"}]}}], "modelVersion": "gemini-2.5-flash-002"}),
         sse(
             {
@@ -448,7 +456,10 @@ STREAM = b"".join(
                     {
                         "content": {
                             "role": "model",
-                            "parts": [{"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "c2ln"}, {"functionCall": {"name": "g", "args": {}}}],
+                            "parts": [
+                                {"functionCall": {"name": "f", "args": {"a": 1}}, "thoughtSignature": "c2ln"},
+                                {"functionCall": {"name": "g", "args": {}}},
+                            ],
                         },
                         "finishReason": "STOP",
                     }
@@ -492,7 +503,19 @@ def test_stream_translation() -> None:
         ({"role": "assistant", "content": ""}, None),
         ({"content": "Hé"}, None),
         ({"content": "llo"}, None),
-        ({"tool_calls": [{"index": 0, "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}, "extra_content": {"google": {"thought_signature": "c2ln"}}}]}, None),
+        (
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "type": "function",
+                        "function": {"name": "f", "arguments": '{"a":1}'},
+                        "extra_content": {"google": {"thought_signature": "c2ln"}},
+                    }
+                ]
+            },
+            None,
+        ),
         ({"tool_calls": [{"index": 1, "type": "function", "function": {"name": "g", "arguments": "{}"}}]}, None),
         ({}, "tool_calls"),
     ]
@@ -529,7 +552,9 @@ def test_stream_finish_reason_length() -> None:
 
 
 def test_stream_error_event() -> None:
-    data = sse({"candidates": [{"content": {"parts": [{"text": "a"}]}}]}) + sse({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}})
+    data = sse({"candidates": [{"content": {"parts": [{"text": "a"}]}}]}) + sse(
+        {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
+    )
     chunks, _ = run_stream(data, 3)
     assert chunks[-1] == {"error": {"message": "The model is overloaded.", "type": "api_error", "code": "upstream_error", "param": None}}
 
@@ -537,7 +562,10 @@ def test_stream_error_event() -> None:
 def test_stream_blocked_prompt() -> None:
     data = sse({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetadata": {"promptTokenCount": 3, "totalTokenCount": 3}})
     chunks, usage = run_stream(data, 10)
-    assert [(c["choices"][0]["delta"], c["choices"][0]["finish_reason"]) for c in chunks[:-1]] == [({"role": "assistant", "content": ""}, None), ({}, "content_filter")]
+    assert [(c["choices"][0]["delta"], c["choices"][0]["finish_reason"]) for c in chunks[:-1]] == [
+        ({"role": "assistant", "content": ""}, None),
+        ({}, "content_filter"),
+    ]
     assert usage == {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}
 
 

@@ -18,7 +18,13 @@ from lockgate.providers.sse import SSEDecoder
 from tests.fakes.upstream import FakeUpstream, count_tokens
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
-WEATHER = {"type": "function", "name": "get_weather", "description": "Weather now", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}, "strict": True}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather now",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+    "strict": True,
+}
 
 
 # -- request translation -------------------------------------------------------------
@@ -135,7 +141,9 @@ def test_function_tools_become_chat_tools() -> None:
     ]
 
 
-@pytest.mark.parametrize("tool", [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}, {"type": "code_interpreter", "container": {"type": "auto"}}])
+@pytest.mark.parametrize(
+    "tool", [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}, {"type": "code_interpreter", "container": {"type": "auto"}}]
+)
 def test_built_in_tools_are_refused_by_name(tool: dict) -> None:
     with pytest.raises(UnsupportedRequest) as err:
         to_chat({"model": "m", "input": "hi", "tools": [WEATHER, tool]})
@@ -223,7 +231,15 @@ def completion(message: dict, finish: str = "stop", usage: dict | None = None) -
 
 
 def test_text_answer_is_a_valid_response() -> None:
-    request = {"model": "claude-sonnet-4", "instructions": "Be brief.", "input": "hi", "temperature": 0.3, "max_output_tokens": 99, "metadata": {"k": "v"}, "tools": [WEATHER]}
+    request = {
+        "model": "claude-sonnet-4",
+        "instructions": "Be brief.",
+        "input": "hi",
+        "temperature": 0.3,
+        "max_output_tokens": 99,
+        "metadata": {"k": "v"},
+        "tools": [WEATHER],
+    }
     data = from_chat(completion({"content": "Hello there"}, usage=usage_dict(12, 3, cached=4)), request)
     response = Response.model_validate(data)
     assert response.output_text == "Hello there"
@@ -289,7 +305,13 @@ def test_usage_round_trips_between_shapes() -> None:
 
 
 def test_passthrough_usage_from_native_answers() -> None:
-    native = {"input_tokens": 7, "input_tokens_details": {"cached_tokens": 2}, "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 10}
+    native = {
+        "input_tokens": 7,
+        "input_tokens_details": {"cached_tokens": 2},
+        "output_tokens": 3,
+        "output_tokens_details": {"reasoning_tokens": 1},
+        "total_tokens": 10,
+    }
     expected = usage_dict(7, 3, cached=2, reasoning=1)
     assert responses.passthrough_usage({"object": "response", "usage": native}) == expected
     earlier = usage_dict(1, 1)
@@ -393,7 +415,7 @@ def test_tool_call_stream(step: int) -> None:
     # each call is closed before the next one opens, as OpenAI streams them
     opened = [i for i, n in enumerate(names) if n == "response.output_item.added"]
     closed = [i for i, n in enumerate(names) if n == "response.output_item.done"]
-    assert len(opened) == len(closed) == 3 and all(c < o for c, o in zip(closed, opened[1:]))
+    assert len(opened) == len(closed) == 3 and all(c < o for c, o in zip(closed, opened[1:], strict=False))
     assert names.count("response.function_call_arguments.done") == 2 and names[-1] == "response.completed"
     assert [(o.type, getattr(o, "call_id", None), getattr(o, "arguments", None)) for o in final.output] == [
         ("message", None, None),

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from lockgate.middleware.budget import BudgetMiddleware, budget_key
 from lockgate.kernel.store.memory import MemoryStore
+from lockgate.middleware.budget import BudgetMiddleware, budget_key
 
 FLAT = {"input_per_mtok": 1000, "output_per_mtok": 1000}  # $0.001 a token
 USAGE = {"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}  # $1.50
@@ -33,7 +33,7 @@ class Session:
         self.from_upstream: asyncio.Queue[dict | None] = asyncio.Queue()
         self.relayed: list[dict] = []  # what reached the upstream from the client
         self.to_client: list[Any] = []  # what the client got
-        self.key = budget_key("user", "u", "total", dt.datetime.now(dt.timezone.utc))
+        self.key = budget_key("user", "u", "total", dt.datetime.now(dt.UTC))
 
     async def app(self, scope: dict, receive: Any, send: Any) -> None:
         await receive()
@@ -172,6 +172,9 @@ def test_stream_pieces_are_told_from_their_head_and_nothing_else_is():
     audio = "A" * 100_000
     assert streamed_delta(orjson.dumps({"type": "response.output_audio.delta", "event_id": "e", "delta": audio}).decode())
     assert streamed_delta('{"event_id": "e", "type": "conversation.item.input_audio_transcription.delta", "delta": "hi"}')
-    said = {"type": "response.done", "response": {"id": "r", "output": [{"type": "message", "content": [{"type": "text", "text": '"type": "x.delta"'}]}], "usage": USAGE}}
+    said = {
+        "type": "response.done",
+        "response": {"id": "r", "output": [{"type": "message", "content": [{"type": "text", "text": '"type": "x.delta"'}]}], "usage": USAGE},
+    }
     assert not streamed_delta(orjson.dumps(said).decode()), "a done quoting a delta type in its text is still a done"
     assert not streamed_delta(orjson.dumps({"type": "error", "error": {"message": "x"}}).decode())

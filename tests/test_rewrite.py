@@ -16,10 +16,10 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 import lockgate.middleware.rewrite as rewrite_module
+from lockgate.kernel.context import Identity, RequestContext, get_context
+from lockgate.kernel.parsing import ConfigError
 from lockgate.middleware import expression
 from lockgate.middleware.rewrite import Names, RewriteMiddleware, parse_policy, rewrite
-from lockgate.kernel.parsing import ConfigError
-from lockgate.kernel.context import Identity, RequestContext, get_context
 from tests.conftest import start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]

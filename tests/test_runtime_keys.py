@@ -15,10 +15,10 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from lockgate.middleware.auth import AuthMiddleware
 from lockgate.gateway.app import create_app
 from lockgate.gateway.keys import RuntimeKeys
 from lockgate.kernel.store.memory import MemoryStore
+from lockgate.middleware.auth import AuthMiddleware
 from tests.conftest import ROOT, start_gateway
 
 MASTER = "sk-master-runtime-0001"
@@ -63,7 +63,9 @@ def admin(url: str, method: str, path: str, body: dict | None = None) -> httpx.R
 
 
 def chat(url: str, key: str, model: str = "priced") -> httpx.Response:
-    return httpx.post(url + "/v1/chat/completions", json={"model": model, "messages": MESSAGES, "max_tokens": 5}, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    return httpx.post(
+        url + "/v1/chat/completions", json={"model": model, "messages": MESSAGES, "max_tokens": 5}, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
 
 
 def code(response: httpx.Response) -> str | None:
@@ -133,7 +135,10 @@ def test_no_secret_or_secret_hash_in_any_listing(fake, upstream, tmp_path):
             assert chat(gw.url, secret).status_code == 200
         hashes = [sha(s) for s in secrets]
         forbidden = secrets + hashes + [h.upper() for h in hashes]
-        pages = [admin(gw.url, "GET", path).text for path in ("/admin/keys", "/admin/budgets", "/admin/limits", "/admin/spend?by=key", "/admin/policies", "/admin/stats")]
+        pages = [
+            admin(gw.url, "GET", path).text
+            for path in ("/admin/keys", "/admin/budgets", "/admin/limits", "/admin/spend?by=key", "/admin/policies", "/admin/stats")
+        ]
         listed = subprocess.run(
             [sys.executable, "-m", "lockgate.gateway.cli", "keys", "list", "--url", gw.url, "--json"],
             cwd=ROOT, capture_output=True, text=True, timeout=60, env={"LOCKGATE_MASTER_KEY": MASTER, "PATH": "/usr/bin:/bin"},
@@ -233,13 +238,15 @@ def test_limits_given_as_strings_are_kept_as_numbers_and_the_key_works(client):
     made = post(client, {"id": "stringly", "budget_usd": "0.5", "rpm": "100", "tpm": str(2**53)})
     assert made.status_code == 201, made.text
     assert {"budget_usd": 0.5, "rpm": 100, "tpm": 2**53}.items() <= made.json().items()
-    ask = client.post("/v1/chat/completions", json={"model": "priced", "messages": MESSAGES, "max_tokens": 5}, headers={"Authorization": f"Bearer {made.json()['key']}"})
+    ask = client.post(
+        "/v1/chat/completions", json={"model": "priced", "messages": MESSAGES, "max_tokens": 5}, headers={"Authorization": f"Bearer {made.json()['key']}"}
+    )
     assert ask.status_code == 200, ask.text
 
 
 def test_auth_yaml_keys_are_held_to_the_same_bounds(client):
-    from lockgate.middleware.auth import parse_policy
     from lockgate.kernel.parsing import ConfigError
+    from lockgate.middleware.auth import parse_policy
 
     entry = {"id": "filed", "sha256": sha("x"), "rpm": 10**20, "tpm": 2.5, "budget_usd": float("nan")}
     with pytest.raises(ConfigError) as refused:
@@ -274,7 +281,8 @@ def test_only_the_master_key_manages_keys(client):
 
 def test_a_runtime_keys_models_and_expiry_hold(client):
     allowed = post(client, {"id": "narrow", "models": "pri*"}).json()["key"]
-    ask = lambda key, model: client.post("/v1/chat/completions", json={"model": model, "messages": MESSAGES}, headers={"Authorization": f"Bearer {key}"})
+    def ask(key, model):
+        return client.post("/v1/chat/completions", json={"model": model, "messages": MESSAGES}, headers={"Authorization": f"Bearer {key}"})
     assert ask(allowed, "priced").status_code == 200
     refused = ask(allowed, "other")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
@@ -303,7 +311,8 @@ def test_the_file_wins_over_a_runtime_key_of_the_same_id(fake, upstream, tmp_pat
     config = gateway_config(fake.url, tmp_path, {"backend": "memory"})
     with TestClient(create_app(config)) as client:
         secret = post(client, {"id": "later-in-file"}).json()["key"]
-        ask = lambda: client.post("/v1/chat/completions", json={"model": "priced", "messages": MESSAGES}, headers={"Authorization": f"Bearer {secret}"})
+        def ask():
+            return client.post("/v1/chat/completions", json={"model": "priced", "messages": MESSAGES}, headers={"Authorization": f"Bearer {secret}"})
         assert ask().status_code == 200
         auth = yaml.safe_load((tmp_path / "auth.yaml").read_text())
         auth["keys"].append({"id": "later-in-file", "sha256": sha("sk-another-secret-0003")})
@@ -341,7 +350,8 @@ def test_store_failure_for_runtime_keys(mode):
     seen = asyncio.run(keys.create({"id": "seen"}))["key"]
     unseen = asyncio.run(keys.create({"id": "unseen"}))["key"]
     client = TestClient(app)  # no lifespan: the inner app is a bare one
-    ask = lambda key: client.post("/v1/chat/completions", json={}, headers={"Authorization": f"Bearer {key}"})
+    def ask(key):
+        return client.post("/v1/chat/completions", json={}, headers={"Authorization": f"Bearer {key}"})
     assert ask(seen).status_code == 200
     store.down = True
     assert ask(FILE_KEY).status_code == 200  # the file's keys never wait for the store

@@ -47,13 +47,22 @@ def gw(fake, tmp_path_factory):
         {"name": "expensive", "deployments": [{"provider": "openai", "model": "sec-expensive", "base_url": v1, "api_key": SECRETS["openai"], "price": price}]},
         {"name": "azure-ok", "deployments": [{"provider": "azure", "model": "sec-azure", "base_url": fake.url, "api_key": SECRETS["azure"], "price": price}]},
         {"name": "embed-ok", "deployments": [{"provider": "openai", "model": "sec-embed", "base_url": v1, "api_key": SECRETS["openai"], "price": price}]},
-        {"name": "embed-dear", "deployments": [{"provider": "openai", "model": "sec-embed-dear", "base_url": v1, "api_key": SECRETS["openai"], "price": price}]},
+        {
+            "name": "embed-dear",
+            "deployments": [{"provider": "openai", "model": "sec-embed-dear", "base_url": v1, "api_key": SECRETS["openai"], "price": price}],
+        },
     ]
     policies = {
         "auth": {
             "master_key_sha256": sha(MASTER),
             "keys": [
-                {"id": "limited", "sha256": sha(LIMITED), "user": "lim", "team": "t1", "models": ["ok", "fb-500", "ab", "cheap-alias", "dear-alias", "embed-ok", "azure-ok"]},
+                {
+                    "id": "limited",
+                    "sha256": sha(LIMITED),
+                    "user": "lim",
+                    "team": "t1",
+                    "models": ["ok", "fb-500", "ab", "cheap-alias", "dear-alias", "embed-ok", "azure-ok"],
+                },
                 {"id": "wide", "sha256": sha(WIDE), "user": "wide", "team": "t2"},
             ],
         },
@@ -79,7 +88,9 @@ def gw(fake, tmp_path_factory):
 
 
 def call(gw, key: str, path: str = "/v1/chat/completions", body: dict | None = None, headers: dict | None = None, method: str = "POST") -> httpx.Response:
-    response = httpx.request(method, gw.url + path, json=body, headers={"Authorization": f"Bearer {key}", "cache-control": "no-store", **(headers or {})}, timeout=20)
+    response = httpx.request(
+        method, gw.url + path, json=body, headers={"Authorization": f"Bearer {key}", "cache-control": "no-store", **(headers or {})}, timeout=20
+    )
     SEEN.append(response)
     return response
 
@@ -242,7 +253,9 @@ def test_no_request_field_or_header_redirects_the_upstream(gw, upstream):
 
 
 # -- hostile paths, names, headers --------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["/health/../admin/spend", "/v1/../admin/policies", "/metrics/../admin/spend", "/%2e%2e/admin/spend", "/admin//spend", "/health/%2e%2e/admin/spend"])
+@pytest.mark.parametrize(
+    "path", ["/health/../admin/spend", "/v1/../admin/policies", "/metrics/../admin/spend", "/%2e%2e/admin/spend", "/admin//spend", "/health/%2e%2e/admin/spend"]
+)
 def test_path_tricks_never_reach_admin_without_the_master_key(gw, path):
     response = call(gw, LIMITED, path, method="GET")
     assert response.status_code in (401, 403, 404), (path, response.status_code)

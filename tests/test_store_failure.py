@@ -7,6 +7,7 @@ reservations stop holding budget headroom as soon as a process starts again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -28,12 +29,14 @@ PRICE = {"input_per_mtok": 1000, "output_per_mtok": 1000}  # the fake's "user hi
 
 
 def budget_key(user: str) -> str:
-    label, _ = period_window("total", dt.datetime.now(dt.timezone.utc))
+    label, _ = period_window("total", dt.datetime.now(dt.UTC))
     return f"budget:user:{user}:total:{label}"
 
 
 def config(fake_url: str, workdir, store: dict, throttle_failure: str = "closed", cache: bool = False) -> dict:
-    (workdir / "throttle.yaml").write_text(yaml.safe_dump({"trust_client_user": True, "store_failure": throttle_failure, "limits": [{"per": "user", "rpm": 1000, "concurrent": 50}]}))
+    (workdir / "throttle.yaml").write_text(
+        yaml.safe_dump({"trust_client_user": True, "store_failure": throttle_failure, "limits": [{"per": "user", "rpm": 1000, "concurrent": 50}]})
+    )
     (workdir / "budget.yaml").write_text(yaml.safe_dump({"trust_client_user": True, "default": {"per": "user", "limit_usd": 10, "period": "total"}}))
     (workdir / "cache.yaml").write_text(yaml.safe_dump({"ttl_s": 60}))
     middleware = [{"throttle": "throttle.yaml"}, {"budget": "budget.yaml"}]
@@ -116,7 +119,9 @@ def test_open_policies_serve_without_the_store_and_count_it(fake, upstream, tmp_
     finally:
         gw.stop()
     (tmp_path / "open").mkdir()
-    gw = start_gateway(config(fake.url, tmp_path / "open", {"backend": "redis", "url": f"redis://127.0.0.1:{free_port()}/0"}, throttle_failure="open"), tmp_path / "open")
+    gw = start_gateway(
+        config(fake.url, tmp_path / "open", {"backend": "redis", "url": f"redis://127.0.0.1:{free_port()}/0"}, throttle_failure="open"), tmp_path / "open"
+    )
     try:
         # throttle open, budget closed (its default): the budget still refuses
         assert_unavailable(chat(gw))
@@ -246,7 +251,5 @@ def test_kill_9_in_flight_then_restart_restores_headroom(fake, upstream, tmp_pat
 
 
 def _swallow(call) -> None:
-    try:
+    with contextlib.suppress(httpx.HTTPError):
         call()
-    except httpx.HTTPError:
-        pass

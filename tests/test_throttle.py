@@ -211,9 +211,9 @@ def test_tpm_estimate_is_corrected_by_real_usage(fake, upstream, tmp_path):
 async def test_a_claim_cancelled_in_flight_is_released(tmp_path):
     """A client that disconnects while its claim is being written must not keep a
     concurrency slot: the claim may have landed, so it is released on the side."""
-    from lockgate.middleware.throttle import ThrottledRequest, parse_policy
     from lockgate.kernel.context import RequestContext
     from lockgate.kernel.store import guard, open_store
+    from lockgate.middleware.throttle import ThrottledRequest, parse_policy
 
     store = open_store({"backend": "disk", "path": str(tmp_path / "state"), "leases": False})  # the middleware alone, not leases
     policy = parse_policy({"limits": [{"per": "global", "concurrent": 1}]}, "<test>")

@@ -66,7 +66,9 @@ def spans_of(collector, trace_id: str, attempts: int = 1) -> tuple[dict, list[di
 
     def done(spans):
         mine = [s for s in spans if s["trace_id"] == trace_id]
-        return any(s["kind"] == "server" for s in mine) and len([s for s in mine if s["kind"] == "client" and not s["name"].startswith("lockgate.")]) >= attempts
+        return (
+            any(s["kind"] == "server" for s in mine) and len([s for s in mine if s["kind"] == "client" and not s["name"].startswith("lockgate.")]) >= attempts
+        )
 
     collector.wait_for(done)
     spans = collector.trace(trace_id)
@@ -80,7 +82,9 @@ def attempts_of(spans: list[dict]) -> list[dict]:
 
 
 def test_a_chat_request_continues_the_traceparent_with_genai_attributes(traced, collector, upstream):
-    answer, trace_id, parent = call(traced, "/v1/chat/completions", {"model": "mini", "messages": [{"role": "user", "content": "trace me, secret words"}], "max_tokens": 20})
+    answer, trace_id, parent = call(
+        traced, "/v1/chat/completions", {"model": "mini", "messages": [{"role": "user", "content": "trace me, secret words"}], "max_tokens": 20}
+    )
     assert answer.status_code == 200, answer.text
     server, spans = spans_of(collector, trace_id)
     assert server["parent_span_id"] == parent  # continued, not a new trace
@@ -124,7 +128,12 @@ def test_a_chat_request_continues_the_traceparent_with_genai_attributes(traced, 
 
 def test_a_stream_reports_its_first_chunk_and_finish(traced, collector, upstream):
     upstream.set("gpt-4o-mini", chunk_delay_s=0.02)
-    body = {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": "stream for the trace"}]}
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "stream for the trace"}],
+    }
     answer, trace_id, _ = call(traced, "/v1/chat/completions", body)
     assert answer.status_code == 200 and "[DONE]" in answer.text
     server, spans = spans_of(collector, trace_id)
@@ -187,8 +196,15 @@ def test_refusals_are_traced_too(traced, collector, upstream):
 
 
 def test_content_is_never_in_a_span(traced, collector, upstream):
-    answer, trace_id, _ = call(traced, "/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "zebra quartz confidential"}],
-                                                                "tools": [{"type": "function", "function": {"name": "lookup_zebra", "parameters": {"type": "object"}}}]})
+    answer, trace_id, _ = call(
+        traced,
+        "/v1/chat/completions",
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "zebra quartz confidential"}],
+            "tools": [{"type": "function", "function": {"name": "lookup_zebra", "parameters": {"type": "object"}}}],
+        },
+    )
     assert answer.status_code == 200
     spans_of(collector, trace_id)
     words = ("zebra", "quartz", "confidential", "secret words", "fall back please", "one line to embed", "cached prefix", KEY, *SECRETS.values())
@@ -206,11 +222,13 @@ def test_tracing_off_adds_nothing(tmp_path):
         "import sys\n"
         "from lockgate.gateway.app import create_app\n"
         f"app = create_app({str(tmp_path / 'gateway.yaml')!r})\n"
-        "print(sorted({(type(m.kwargs['instance']) if 'instance' in m.kwargs else m.cls).__name__ for m in app.user_middleware}), 'opentelemetry' in sys.modules, type(app.state.store).__name__)\n"
+        "names = {(type(m.kwargs['instance']) if 'instance' in m.kwargs else m.cls).__name__ for m in app.user_middleware}\n"
+        "print(sorted(names), 'opentelemetry' in sys.modules, type(app.state.store).__name__)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     off = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
-    assert off.stdout.split("\n")[0] == "['AccessLog', 'AnthropicErrors', 'BudgetMiddleware', 'DialectIngress', 'ThrottleMiddleware'] False MemoryStore", off.stderr
+    layers = "['AccessLog', 'AnthropicErrors', 'BudgetMiddleware', 'DialectIngress', 'ThrottleMiddleware']"
+    assert off.stdout.split("\n")[0] == f"{layers} False MemoryStore", off.stderr
     on = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
                         env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_BSP_SCHEDULE_DELAY": "60000"})
     assert "TraceAttempt" in on.stdout and "TracedStore" in on.stdout and " True " in on.stdout, on.stderr

@@ -11,23 +11,32 @@ import httpx
 import orjson
 import pytest
 
+from lockgate.kernel.multipart import Form, FormError
 from lockgate.providers import cohere, jina, messages, prices, rerank, voyage
 from lockgate.providers.base import Price, UnsupportedRequest
-from lockgate.providers.sse import SSEDecoder
-from lockgate.providers.meter import UsageMeter, answer_usage, usage_bound
-from lockgate.providers.usage import realtime_usage
 from lockgate.providers.endpoints import kind_of
-from lockgate.kernel.multipart import Form, FormError
+from lockgate.providers.meter import UsageMeter, answer_usage, usage_bound
+from lockgate.providers.sse import SSEDecoder
+from lockgate.providers.usage import realtime_usage
 
 
 # -- Messages -> chat ------------------------------------------------------------------------
 def test_system_blocks_tools_and_choice():
-    chat = messages.to_chat({
-        "model": "m", "max_tokens": 50, "system": [{"type": "text", "text": "one", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "two"}],
-        "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2, "top_k": 5, "metadata": {"user_id": "u1"},
-        "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"}}], "tool_choice": {"type": "tool", "name": "f", "disable_parallel_tool_use": True},
-        "thinking": {"type": "enabled", "budget_tokens": 1024}, "stream": True,
-    })
+    chat = messages.to_chat(
+        {
+            "model": "m",
+            "max_tokens": 50,
+            "system": [{"type": "text", "text": "one", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "two"}],
+            "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0.2,
+            "top_k": 5,
+            "metadata": {"user_id": "u1"},
+            "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "f", "disable_parallel_tool_use": True},
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "stream": True,
+        }
+    )
     assert chat["messages"][0] == {"role": "system", "content": "one\n\ntwo"}
     assert chat["tools"] == [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "description": "d"}}]
     assert chat["tool_choice"] == {"type": "function", "function": {"name": "f"}} and chat["parallel_tool_calls"] is False
@@ -46,7 +55,11 @@ def test_tool_results_come_first_and_their_images_follow():
         ]},
     ]})
     assistant, tool, user = chat["messages"]
-    assert assistant == {"role": "assistant", "content": "calling", "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]}
+    assert assistant == {
+        "role": "assistant",
+        "content": "calling",
+        "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}],
+    }
     assert tool == {"role": "tool", "tool_call_id": "t1", "content": "shot"}
     assert user["content"] == [{"type": "text", "text": "here"}, {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAA"}}]
 
@@ -58,7 +71,12 @@ def test_what_cannot_be_sent_is_refused():
         messages.to_chat({"model": "m", "messages": [{"role": "system", "content": "x"}]})
     with pytest.raises(UnsupportedRequest):
         messages.to_chat({"model": "m", "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "u"}}]}]})
-    pdf = messages.to_chat({"model": "m", "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}]}]})
+    pdf = messages.to_chat(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}]}],
+        }
+    )
     assert pdf["messages"][0]["content"][0]["file"]["file_data"] == "data:application/pdf;base64,JVBE"
 
 
@@ -89,11 +107,18 @@ def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
 def test_stream_blocks_open_and_close_in_turn():
     stream = messages.MessagesStream({"model": "m", "messages": [{"role": "user", "content": "hello"}]})
     out = []
-    for c in (chunk({"role": "assistant", "content": ""}), chunk({"reasoning_content": "hm"}), chunk({"content": "a"}), chunk({"content": "b"}),
-              chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}]}),
-              chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"x":'}}]}), chunk({"tool_calls": [{"index": 1, "id": "c2", "function": {"name": "g", "arguments": "{}"}}]}),
-              chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}), chunk({}, "tool_calls"),
-              {"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7}}):
+    for c in (
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"reasoning_content": "hm"}),
+        chunk({"content": "a"}),
+        chunk({"content": "b"}),
+        chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"x":'}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "c2", "function": {"name": "g", "arguments": "{}"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+        chunk({}, "tool_calls"),
+        {"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7}},
+    ):
         out += stream.feed(c)
     out += stream.finish(None)
     seen = events(out)
@@ -109,7 +134,12 @@ def test_stream_blocks_open_and_close_in_turn():
     assert [d["index"] for e, d in seen if e == "content_block_start"] == [0, 1, 2, 3]
     assert seen[0][1]["message"]["id"] == "msg_1"
     delta = seen[-2][1]
-    assert delta["delta"]["stop_reason"] == "tool_use" and delta["usage"] == {"input_tokens": 9, "output_tokens": 7, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    assert delta["delta"]["stop_reason"] == "tool_use" and delta["usage"] == {
+        "input_tokens": 9,
+        "output_tokens": 7,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
     fragments = [(d["index"], d["delta"]["partial_json"]) for e, d in seen if e == "content_block_delta" and d["delta"]["type"] == "input_json_delta"]
     assert fragments == [(2, '{"x":'), (3, "{}")], "a late fragment of a closed call is not sent (Anthropic cannot reopen a block)"
 
@@ -132,13 +162,23 @@ def test_error_shape():
 def test_count_tokens_counts_everything_the_model_reads():
     base = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
     with_tools = {**base, "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {"a": {"type": "string"}}}}]}
-    with_calls = {**base, "messages": [*base["messages"], {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"a": "x" * 400}}]}]}
+    with_calls = {
+        **base,
+        "messages": [*base["messages"], {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"a": "x" * 400}}]}],
+    }
     assert messages.count_tokens(base) < messages.count_tokens(with_tools)
     assert messages.count_tokens(with_calls) >= messages.count_tokens(base) + 100
 
 
 # -- rerank -------------------------------------------------------------------------------------
-BODY = {"model": "r", "query": "q", "documents": ["a", {"text": "b"}, {"title": "T", "body": "B"}], "top_n": 2, "return_documents": True, "max_chunks_per_doc": 3}
+BODY = {
+    "model": "r",
+    "query": "q",
+    "documents": ["a", {"text": "b"}, {"title": "T", "body": "B"}],
+    "top_n": 2,
+    "return_documents": True,
+    "max_chunks_per_doc": 3,
+}
 
 
 def test_rerank_requests_per_provider():
@@ -153,7 +193,9 @@ def test_rerank_answers_per_provider():
                                             "meta": {"billed_units": {"search_units": 1}}}, BODY)
     assert [r["index"] for r in cohere_answer["results"]] == [0, 2], "best first"
     assert cohere_answer["results"][1]["document"] == {"text": "title: T\nbody: B"} and cohere_answer["meta"]["billed_units"] == {"search_units": 1}
-    voyage_answer = voyage.from_voyage({"object": "list", "data": [{"index": 1, "relevance_score": 0.5}], "usage": {"total_tokens": 12}}, {**BODY, "return_documents": False})
+    voyage_answer = voyage.from_voyage(
+        {"object": "list", "data": [{"index": 1, "relevance_score": 0.5}], "usage": {"total_tokens": 12}}, {**BODY, "return_documents": False}
+    )
     assert voyage_answer["results"] == [{"index": 1, "relevance_score": 0.5}] and voyage_answer["meta"]["billed_units"] == {"input_tokens": 12}
     tei = rerank.from_compatible({"results": [{"index": 0, "score": 0.3}]}, {"query": "q", "documents": ["a"]})
     assert tei["results"] == [{"index": 0, "relevance_score": 0.3}]
@@ -170,7 +212,9 @@ def multipart(fields: dict, files: dict) -> tuple[bytes, str]:
 @pytest.mark.parametrize("piece", [1, 7, 64, 4096, 1 << 20])
 def test_a_form_is_read_in_any_pieces_and_written_back_whole(piece):
     audio = os.urandom(100_000) + b"\r\n--" + os.urandom(100)  # bytes that look like a boundary's start
-    raw, content_type = multipart({"model": "asked", "prompt": "héllo", "timestamp_granularities[]": ["word", "segment"]}, {"file": ("a b.wav", audio, "audio/wav")})
+    raw, content_type = multipart(
+        {"model": "asked", "prompt": "héllo", "timestamp_granularities[]": ["word", "segment"]}, {"file": ("a b.wav", audio, "audio/wav")}
+    )
     form = Form(content_type)
     for i in range(0, len(raw), piece):
         form.feed(raw[i : i + piece])
@@ -232,11 +276,23 @@ def test_unit_prices():
 
 
 def test_usage_read_off_answers():
-    assert answer_usage("rerank", {"meta": {"billed_units": {"search_units": 3}}}) == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "search_units": 3}
+    assert answer_usage("rerank", {"meta": {"billed_units": {"search_units": 3}}}) == {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "search_units": 3,
+    }
     assert answer_usage("rerank", {"usage": {"total_tokens": 40}})["prompt_tokens"] == 40
-    image = answer_usage("image_generation", {"data": [{}], "usage": {"input_tokens": 50, "input_tokens_details": {"text_tokens": 20, "image_tokens": 30}, "output_tokens": 4160}})
+    image = answer_usage(
+        "image_generation",
+        {"data": [{}], "usage": {"input_tokens": 50, "input_tokens_details": {"text_tokens": 20, "image_tokens": 30}, "output_tokens": 4160}},
+    )
     assert image["prompt_tokens_details"] == {"image_tokens": 30} and image["completion_tokens_details"] == {"image_tokens": 4160}
-    assert answer_usage("image_generation", {"data": [{}, {}]}, {"quality": "hd", "size": "1024x1792"}) == {"images": 2, "image_quality": "hd", "image_size": "1024x1792"}
+    assert answer_usage("image_generation", {"data": [{}, {}]}, {"quality": "hd", "size": "1024x1792"}) == {
+        "images": 2,
+        "image_quality": "hd",
+        "image_size": "1024x1792",
+    }
     assert answer_usage("transcription", {"text": "x", "usage": {"type": "duration", "seconds": 7}}) == {"audio_seconds": 7}
     assert answer_usage("translation", {"text": "x", "duration": 3.5}) == {"audio_seconds": 3.5}
     assert answer_usage("speech", None, {"input": "hello"}) == {"characters": 5}

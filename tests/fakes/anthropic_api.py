@@ -85,7 +85,9 @@ def anthropic_error(b: Behaviour) -> Response:
 
 def text(content: object) -> str:
     if isinstance(content, list):
-        return "".join(text(block.get("content")) if block.get("type") == "tool_result" else block.get("text", "") for block in content if isinstance(block, dict))
+        return "".join(
+            text(block.get("content")) if block.get("type") == "tool_result" else block.get("text", "") for block in content if isinstance(block, dict)
+        )
     return content if isinstance(content, str) else ""
 
 

@@ -53,10 +53,10 @@ def verify_sigv4(request: Request, body: bytes, accounts: AwsAccounts, service: 
         return f"InvalidSignatureException: Credential should be scoped to a valid region and service {accounts.region}/{service}."
     amz_date = request.headers.get("x-amz-date", "")
     try:
-        when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+        when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
     except ValueError:
         return "IncompleteSignatureException: x-amz-date is missing or malformed"
-    if abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) > 300 or amz_date[:8] != date:
+    if abs((dt.datetime.now(dt.UTC) - when).total_seconds()) > 300 or amz_date[:8] != date:
         return "InvalidSignatureException: Signature expired"
     signed_headers = fields["SignedHeaders"].split(";")
     if "host" not in signed_headers:

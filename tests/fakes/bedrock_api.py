@@ -10,8 +10,6 @@ AssumeRoleWithWebIdentity."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 import asyncio
 import datetime as dt
 import secrets
@@ -19,6 +17,7 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
@@ -80,7 +79,7 @@ def validate(body: dict) -> str | None:
     messages = body.get("messages") or []
     if not messages or messages[0].get("role") != "user":
         return "A conversation must start with a user message. Try again with a conversation that starts with a user message."
-    for previous, current in zip(messages, messages[1:]):
+    for previous, current in zip(messages, messages[1:], strict=False):
         if previous.get("role") == current.get("role"):
             return "A conversation must alternate between user and assistant roles."
     for message in messages:
@@ -242,7 +241,7 @@ def routes(fake: FakeUpstream) -> list[Route]:
         if request.headers.get("authorization") != "container-auth-token":
             return json_response({"message": "unauthorized"}, 401)
         access, secret, token = accounts.issue()
-        expiration = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        expiration = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         return json_response({"AccessKeyId": access, "SecretAccessKey": secret, "Token": token, "Expiration": expiration})
 
     async def sts(request: Request) -> Response:
@@ -252,7 +251,7 @@ def routes(fake: FakeUpstream) -> list[Route]:
         if form.get("Action") != "AssumeRoleWithWebIdentity" or form.get("WebIdentityToken") != WEB_IDENTITY_TOKEN:
             return Response("<ErrorResponse><Error><Code>InvalidIdentityToken</Code></Error></ErrorResponse>", 400, media_type="text/xml")
         access, secret, token = accounts.issue()
-        expiration = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        expiration = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         xml = (
             '<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleWithWebIdentityResult>'
             f"<Credentials><AccessKeyId>{access}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>"

@@ -41,7 +41,11 @@ def reply_for(body: dict, b: Behaviour) -> tuple[str | None, dict | None]:
         return "tool said: " + text(last.get("content")), None
     if body.get("tools"):
         function = body["tools"][0]["function"]
-        return None, {"id": function["name"] + "_" + uuid.uuid4().hex[:8], "type": "function", "function": {"name": function["name"], "arguments": orjson.dumps(b.tool_args).decode()}}
+        return None, {
+            "id": function["name"] + "_" + uuid.uuid4().hex[:8],
+            "type": "function",
+            "function": {"name": function["name"], "arguments": orjson.dumps(b.tool_args).decode()},
+        }
     if b.reply is not None:
         return b.reply, None
     users = [m for m in messages if m.get("role") == "user"]
@@ -56,7 +60,9 @@ def routes(fake: FakeUpstream) -> list[Route]:
         b = fake.behaviour(body.get("model", ""))
         await fake.before_answer(b)
         if b.status != 200:
-            message = "too many tokens: total number of tokens in the prompt cannot exceed 128000" if looks_like_context_error(b.error_message) else b.error_message
+            message = (
+                "too many tokens: total number of tokens in the prompt cannot exceed 128000" if looks_like_context_error(b.error_message) else b.error_message
+            )
             return cohere_error(b.status, message)
         extra = set(body) - CHAT_KEYS
         if extra:
@@ -112,6 +118,8 @@ def routes(fake: FakeUpstream) -> list[Route]:
         texts = body.get("texts") or []
         vectors = [vector_for(t, body.get("output_dimension") or 8) for t in texts]
         billed = {"input_tokens": count_tokens(texts)}
-        return json_response({"id": str(uuid.uuid4()), "embeddings": {"float": vectors}, "texts": texts, "meta": {"billed_units": billed}, "response_type": "embeddings_by_type"})
+        return json_response(
+            {"id": str(uuid.uuid4()), "embeddings": {"float": vectors}, "texts": texts, "meta": {"billed_units": billed}, "response_type": "embeddings_by_type"}
+        )
 
     return [Route("/v2/chat", chat, methods=["POST"]), Route("/v2/embed", embed, methods=["POST"])]

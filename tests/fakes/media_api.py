@@ -66,7 +66,12 @@ def made(usage: dict, fraction: float) -> dict:
     """The usage of a response cut short after `fraction` of its output: all of its input,
     that share of its output."""
     output = int(usage["output_tokens"] * fraction)
-    return {**usage, "output_tokens": output, "total_tokens": usage["input_tokens"] + output, "output_token_details": {"text_tokens": output, "audio_tokens": 0}}
+    return {
+        **usage,
+        "output_tokens": output,
+        "total_tokens": usage["input_tokens"] + output,
+        "output_token_details": {"text_tokens": output, "audio_tokens": 0},
+    }
 
 
 def routes(fake: FakeUpstream) -> list:
@@ -131,11 +136,23 @@ def routes(fake: FakeUpstream) -> list:
         if fields.get("stream") == "true":
             words = text.split(" ")
             events = [b"data: " + orjson.dumps({"type": "transcript.text.delta", "delta": (" " if i else "") + w}) + b"\n\n" for i, w in enumerate(words)]
-            usage = {"type": "tokens", "input_tokens": 100, "input_token_details": {"text_tokens": 10, "audio_tokens": 90}, "output_tokens": len(words), "total_tokens": 100 + len(words)}
+            usage = {
+                "type": "tokens",
+                "input_tokens": 100,
+                "input_token_details": {"text_tokens": 10, "audio_tokens": 90},
+                "output_tokens": len(words),
+                "total_tokens": 100 + len(words),
+            }
             events.append(b"data: " + orjson.dumps({"type": "transcript.text.done", "text": text, "usage": usage}) + b"\n\n")
             return fake.stream_response(events, fake.behaviour(model))
         if model.startswith("gpt-4o"):
-            usage = {"type": "tokens", "input_tokens": 100, "input_token_details": {"text_tokens": 10, "audio_tokens": 90}, "output_tokens": 6, "total_tokens": 106}
+            usage = {
+                "type": "tokens",
+                "input_tokens": 100,
+                "input_token_details": {"text_tokens": 10, "audio_tokens": 90},
+                "output_tokens": 6,
+                "total_tokens": 106,
+            }
         else:
             usage = {"type": "duration", "seconds": seconds}
         return json_response({"text": text, "usage": usage})
@@ -194,7 +211,9 @@ def routes(fake: FakeUpstream) -> list:
             return json_response({"id": str(uuid.uuid4()), "message": "fake upstream error"}, fake.behaviour(body.get("model", "")).status)
         extra = set(body) - {"model", "query", "documents", "top_n", "max_tokens_per_doc", "priority"}
         if extra:
-            return json_response({"id": str(uuid.uuid4()), "message": f"invalid request: unknown field: parameter {sorted(extra)[0]} is not a valid field"}, 400)
+            return json_response(
+                {"id": str(uuid.uuid4()), "message": f"invalid request: unknown field: parameter {sorted(extra)[0]} is not a valid field"}, 400
+            )
         if not all(isinstance(d, str) for d in body.get("documents") or []):
             return json_response({"id": str(uuid.uuid4()), "message": "invalid request: documents must be a list of strings"}, 400)
         ranked = scores(body["query"], body["documents"])[: body.get("top_n") or None]
@@ -222,7 +241,9 @@ def routes(fake: FakeUpstream) -> list:
             return json_response({"detail": f"Request contains unknown field(s): {sorted(extra)}"}, 400)
         ranked = scores(body["query"], body["documents"])[: body.get("top_k") or None]
         data = [{"relevance_score": s, "index": i} for i, s in ranked]
-        return json_response({"object": "list", "data": data, "model": body["model"], "usage": {"total_tokens": count_tokens([body["query"], body["documents"]])}})
+        return json_response(
+            {"object": "list", "data": data, "model": body["model"], "usage": {"total_tokens": count_tokens([body["query"], body["documents"]])}}
+        )
 
     async def compatible_rerank(request: Request) -> Response:
         """vLLM's `/v1/rerank`: Cohere's request, Cohere-ish answer with documents and token usage."""
@@ -233,7 +254,14 @@ def routes(fake: FakeUpstream) -> list:
         ranked = scores(body["query"], body["documents"])[: body.get("top_n") or None]
         texts = [d if isinstance(d, str) else d.get("text", "") for d in body["documents"]]
         results = [{"index": i, "document": {"text": texts[i]}, "relevance_score": s} for i, s in ranked]
-        return json_response({"id": "rerank-" + uuid.uuid4().hex[:8], "model": body["model"], "usage": {"total_tokens": count_tokens([body["query"], body["documents"]])}, "results": results})
+        return json_response(
+            {
+                "id": "rerank-" + uuid.uuid4().hex[:8],
+                "model": body["model"],
+                "usage": {"total_tokens": count_tokens([body["query"], body["documents"]])},
+                "results": results,
+            }
+        )
 
     # -- realtime ------------------------------------------------------------------------
     async def realtime(websocket: WebSocket) -> None:
@@ -274,19 +302,42 @@ def routes(fake: FakeUpstream) -> list:
                     session.update(event.get("session") or {})
                     await websocket.send_text(orjson.dumps({"type": "session.updated", "event_id": "e", "session": session}).decode())
                 elif kind == "transcription_session.update":
-                    await websocket.send_text(orjson.dumps({"type": "transcription_session.updated", "event_id": "e", "session": event.get("session")}).decode())
+                    await websocket.send_text(
+                        orjson.dumps({"type": "transcription_session.updated", "event_id": "e", "session": event.get("session")}).decode()
+                    )
                 elif kind == "input_audio_buffer.append":
                     audio += len(__import__("base64").b64decode(event.get("audio") or ""))
                 elif kind == "input_audio_buffer.commit":
                     item = "item_" + uuid.uuid4().hex[:8]
                     await websocket.send_text(orjson.dumps({"type": "input_audio_buffer.committed", "event_id": "e", "item_id": item}).decode())
-                    await websocket.send_text(orjson.dumps({"type": "conversation.item.input_audio_transcription.delta", "event_id": "e", "item_id": item, "content_index": 0, "delta": "hello"}).decode())
+                    await websocket.send_text(
+                        orjson.dumps(
+                            {
+                                "type": "conversation.item.input_audio_transcription.delta",
+                                "event_id": "e",
+                                "item_id": item,
+                                "content_index": 0,
+                                "delta": "hello",
+                            }
+                        ).decode()
+                    )
                     usage = {"type": "duration", "seconds": round(audio / 48000, 3)}  # pcm16 at 24 kHz
-                    done = {"type": "conversation.item.input_audio_transcription.completed", "event_id": "e", "item_id": item, "content_index": 0, "transcript": "hello voice", "usage": usage}
+                    done = {
+                        "type": "conversation.item.input_audio_transcription.completed",
+                        "event_id": "e",
+                        "item_id": item,
+                        "content_index": 0,
+                        "transcript": "hello voice",
+                        "usage": usage,
+                    }
                     await websocket.send_text(orjson.dumps(done).decode())
                     audio = 0
                 elif kind == "test.echo_auth":  # what a careless upstream does: repeat the credentials it got
-                    await websocket.send_text(orjson.dumps({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "message": f"bad session for key {auth}"}}).decode())
+                    await websocket.send_text(
+                        orjson.dumps(
+                            {"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "message": f"bad session for key {auth}"}}
+                        ).decode()
+                    )
                 elif kind == "test.close":
                     await websocket.close(code=int(event.get("code", 4000)))
                     return
@@ -321,7 +372,9 @@ def routes(fake: FakeUpstream) -> list:
                 await self.send({"type": "error", "event_id": "e", "error": error})
                 return
             response_id = "resp_" + uuid.uuid4().hex[:12]
-            await self.send({"type": "response.created", "event_id": "e", "response": {"id": response_id, "object": "realtime.response", "status": "in_progress"}})
+            await self.send(
+                {"type": "response.created", "event_id": "e", "response": {"id": response_id, "object": "realtime.response", "status": "in_progress"}}
+            )
             task = asyncio.ensure_future(self.run(response_id, str(params.get("instructions") or "hello from realtime").split(" ")))
             self.running[response_id] = (task, default)
 
@@ -329,7 +382,17 @@ def routes(fake: FakeUpstream) -> list:
             sent = 0
             try:
                 for word in words:
-                    await self.send({"type": "response.output_text.delta", "event_id": "e", "response_id": response_id, "item_id": "item_1", "output_index": 0, "content_index": 0, "delta": word})
+                    await self.send(
+                        {
+                            "type": "response.output_text.delta",
+                            "event_id": "e",
+                            "response_id": response_id,
+                            "item_id": "item_1",
+                            "output_index": 0,
+                            "content_index": 0,
+                            "delta": word,
+                        }
+                    )
                     sent += 1
                     await asyncio.sleep(self.behaviour.chunk_delay_s)
             except asyncio.CancelledError:
@@ -337,19 +400,42 @@ def routes(fake: FakeUpstream) -> list:
                 fake.realtime_billed.append(usage)
                 if response_id not in self.cancelled:
                     raise  # the session closed: billed, never reported
-                await self.send({"type": "response.done", "event_id": "e", "response": {"id": response_id, "object": "realtime.response", "status": "cancelled", "output": [], "usage": usage}})
+                await self.send(
+                    {
+                        "type": "response.done",
+                        "event_id": "e",
+                        "response": {"id": response_id, "object": "realtime.response", "status": "cancelled", "output": [], "usage": usage},
+                    }
+                )
                 return
             finally:
                 self.running.pop(response_id, None)
             usage = self.behaviour.realtime_usage or RESPONSE_USAGE
             fake.realtime_billed.append(usage)
-            await self.send({"type": "response.done", "event_id": "e", "response": {"id": response_id, "object": "realtime.response", "status": "completed", "output": [], "usage": usage}})
+            await self.send(
+                {
+                    "type": "response.done",
+                    "event_id": "e",
+                    "response": {"id": response_id, "object": "realtime.response", "status": "completed", "output": [], "usage": usage},
+                }
+            )
 
         async def cancel(self, response_id: str | None) -> None:
             if not response_id:  # the default conversation's response
                 response_id = next((i for i, (_, default) in self.running.items() if default), None)
             if response_id not in self.running:
-                await self.send({"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "code": "response_cancel_not_active", "message": "There is no active response to cancel.", "param": None}})
+                await self.send(
+                    {
+                        "type": "error",
+                        "event_id": "e",
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": "response_cancel_not_active",
+                            "message": "There is no active response to cancel.",
+                            "param": None,
+                        },
+                    }
+                )
                 return
             self.cancelled.add(response_id)
             self.running[response_id][0].cancel()
@@ -388,7 +474,7 @@ def images_answer(model: str, fields: dict, edits: int) -> Response:
     n = int(fields.get("n") or 1)
     fmt = fields.get("response_format") or ("b64_json" if model.startswith("gpt-image") else "url")
     data = []
-    for i in range(n):
+    for _ in range(n):
         item = {"url": f"https://fake.invalid/img/{uuid.uuid4().hex[:8]}.png"} if fmt == "url" else {"b64_json": __import__("base64").b64encode(PNG).decode()}
         if model.startswith("dall-e-3"):
             item["revised_prompt"] = "revised: " + str(fields.get("prompt") or "")
@@ -398,5 +484,10 @@ def images_answer(model: str, fields: dict, edits: int) -> Response:
         prompt = count_tokens(str(fields.get("prompt") or ""))
         image_in = 323 * edits
         answer.update({"background": "opaque", "output_format": "png", "quality": fields.get("quality") or "high", "size": fields.get("size") or "1024x1024"})
-        answer["usage"] = {"input_tokens": prompt + image_in, "input_tokens_details": {"text_tokens": prompt, "image_tokens": image_in}, "output_tokens": 4160 * n, "total_tokens": prompt + image_in + 4160 * n}
+        answer["usage"] = {
+            "input_tokens": prompt + image_in,
+            "input_tokens_details": {"text_tokens": prompt, "image_tokens": image_in},
+            "output_tokens": 4160 * n,
+            "total_tokens": prompt + image_in + 4160 * n,
+        }
     return json_response(answer)

@@ -6,14 +6,13 @@ stream that goes wrong (an error object in it, data that is not JSON, a body cut
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
-import base64
 import time
 import uuid
 
 import orjson
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route

@@ -74,7 +74,7 @@ class Collector:
                             "service": resource.get("service.name"),
                         })
 
-    def start(self) -> "Collector":
+    def start(self) -> Collector:
         self.thread.start()
         return self
 

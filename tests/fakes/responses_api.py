@@ -88,7 +88,10 @@ def envelope(body: dict, response_id: str, created: int, status: str) -> dict:
         "text": body.get("text") or {"format": {"type": "text"}, "verbosity": "medium"},
         "tool_choice": body.get("tool_choice", "auto"),
         # OpenAI echoes each function tool whole, strict defaulting to true
-        "tools": [{"description": None, "parameters": None, **t, "strict": t.get("strict", True)} if t.get("type") == "function" else t for t in body.get("tools") or []],
+        "tools": [
+            {"description": None, "parameters": None, **t, "strict": t.get("strict", True)} if t.get("type") == "function" else t
+            for t in body.get("tools") or []
+        ],
         "top_logprobs": 0,
         "top_p": body.get("top_p", 1.0),
         "truncation": "disabled",
@@ -116,7 +119,14 @@ def routes(fake: FakeUpstream) -> list[Route]:
         item_id = ("fc_" if call else "msg_") + uuid.uuid4().hex
         created = int(time.time())
         if call:
-            item = {"id": item_id, "type": "function_call", "status": "completed", "arguments": call["arguments"], "call_id": "call_" + uuid.uuid4().hex[:24], "name": call["name"]}
+            item = {
+                "id": item_id,
+                "type": "function_call",
+                "status": "completed",
+                "arguments": call["arguments"],
+                "call_id": "call_" + uuid.uuid4().hex[:24],
+                "name": call["name"],
+            }
         else:
             part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
             item = {"id": item_id, "type": "message", "status": status, "content": [part], "role": "assistant"}

@@ -7,13 +7,12 @@ Gemini (generateContent, streamGenerateContent, predict for embeddings) and Clau
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 import base64
 import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -105,7 +104,16 @@ def routes(fake: FakeUpstream) -> list[Route]:
                 return google_error(400, f"{method} is not supported for anthropic models", "INVALID_ARGUMENT")
             if body.get("anthropic_version") != "vertex-2023-10-16" or "model" in body:
                 # what Vertex says to a body in the first-party Anthropic shape
-                return anthropic_api.json_response({"type": "error", "error": {"type": "invalid_request_error", "message": "anthropic_version: vertex-2023-10-16 is required; model: Extra inputs are not permitted"}}, 400)
+                return anthropic_api.json_response(
+                    {
+                        "type": "error",
+                        "error": {
+                            "type": "invalid_request_error",
+                            "message": "anthropic_version: vertex-2023-10-16 is required; model: Extra inputs are not permitted",
+                        },
+                    },
+                    400,
+                )
             if (method == "streamRawPredict") != bool(body.get("stream")):
                 return google_error(400, "stream must be true for streamRawPredict and absent for rawPredict", "INVALID_ARGUMENT")
             return await anthropic_api.answer(fake, body, model)
