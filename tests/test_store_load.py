@@ -190,3 +190,20 @@ async def test_an_answer_that_arrives_while_the_loop_stalls_is_taken_not_mistake
     store.claim = answered_during_the_stall
     result = await guard.claim(store, CLAIM, "r", 0.1)
     assert result.ok
+
+
+async def test_silence_while_other_processes_keep_this_one_off_the_cpu_is_not_the_stores(monkeypatch):
+    """On a machine whose cores other processes keep busy, this process waits for a CPU
+    (Linux's runqueue wait, read at the last look): the store's silence then says nothing
+    of the store, and the call gets another deadline. Kept on the CPU, the same silence
+    is an outage."""
+    slow = Queued(0.35)  # answers after three and a half deadlines
+
+    waits = iter(range(0, 1000, 10))  # each reading: ten more seconds spent waiting for a CPU
+    monkeypatch.setattr(guard, "runqueue_wait", lambda: float(next(waits)))
+    result = await guard.claim(slow, CLAIM, "starved", 0.1)
+    assert result.ok
+
+    monkeypatch.setattr(guard, "runqueue_wait", lambda: 0.0)
+    with pytest.raises(StoreUnavailable, match=r"no answer within 0.1s \(waited 0.1\d"):
+        await guard.claim(Queued(0.35), CLAIM, "on the cpu", 0.1)

@@ -185,7 +185,8 @@ class Store:
     # -- life cycle -----------------------------------------------------------------------
     def working(self) -> bool:
         """Whether the backend is busy with work of its own that holds calls up for a while
-        (a disk checkpoint): calls wait for it rather than take its silence for an outage."""
+        (a disk checkpoint, a disk batch queued behind a slow loop or another writer's
+        lock): calls wait for it rather than take its silence for an outage."""
         return False
 
     async def ping(self) -> bool:
