@@ -47,7 +47,7 @@ def passthrough(scope: Scope) -> bool:
     """A request to a provider-native passthrough route (`/openai/...`: any method, and a
     body that is the proxy's to read, whatever it is). Throttle and budget govern these
     whatever their `paths:` say; cache, rewrite and fallback never touch them."""
-    return scope["type"] == "http" and route_of(route_path(scope)) is not None
+    return scope.get("type") == "http" and "path" in scope and route_of(route_path(scope)) is not None
 
 
 def parse_paths(check: Any, raw: dict[str, Any], default: Paths = DEFAULT) -> Paths:

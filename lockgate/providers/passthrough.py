@@ -246,6 +246,9 @@ class AnswerReader:
             *complete, self.pending = self.pending.split(b"\n")
             for line in complete:
                 self._line(line)
+                if not self.lines:
+                    self.pending = b""
+                    return
             if len(self.pending) > self.MAX_LINE_BYTES:
                 self.lines = False  # not a results file: nothing of it is kept
                 self.pending = b""
