@@ -258,7 +258,14 @@ def test_anthropic_passthrough_with_its_own_sdk_sets_the_deployments_x_api_key(g
     assert ANTHROPIC_BATCH_USAGE == {"input_tokens": 2000, "output_tokens": 1000}
     assert spend(gw, "key")["anthro"] == pytest.approx(expected)
     assert spend(gw, "model")["claude-3-5-sonnet-20241022"] >= expected
+    # a model call through Anthropic's own API, charged at the full rate from its usage
+    message = client.messages.create(model="claude-3-5-sonnet-20241022", max_tokens=50, messages=[{"role": "user", "content": "hello claude"}])
+    full = prices.cost({"prompt_tokens": message.usage.input_tokens, "completion_tokens": message.usage.output_tokens}, SONNET)
+    assert spend(gw, "key")["anthro"] == pytest.approx(expected + full, abs=2e-8)
     never_forwarded(upstream, KEYS["anthro"])
+    # lockgate's own refusal is in OpenAI's shape on every passthrough path, /v1/messages too
+    refused = httpx.post(gw.url + "/anthropic/v1/messages", headers={"x-api-key": KEYS["plain"]}, json={"model": "claude-3-5-sonnet-20241022"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "passthrough_not_allowed"
 
 
 def test_a_keys_rate_limit_counts_passthrough_requests(gw: Gateway, upstream: FakeUpstream) -> None:

@@ -280,11 +280,12 @@ class BudgetedRequest:
         self.now = dt.datetime.now(dt.UTC)
         self.identity = identity_of(scope, ctx, policy.trust_client_user)
         self.who = self.identity.facts()
-        self.kind = kind_of(route_path(scope)) if "path" in scope else None
-        self.free = self.kind is not None and KINDS[self.kind].free
         # a passthrough request's cost is known from its answer alone: it reserves nothing
-        # (a spent budget still refuses it) and is settled at its answer's end
+        # (a spent budget still refuses it) and is settled at its answer's end; it is of no
+        # endpoint kind, whatever its path ends with (`/openai/v1/chat/completions`)
         self.passthrough = passthrough(scope)
+        self.kind = kind_of(route_path(scope)) if "path" in scope and not self.passthrough else None
+        self.free = self.kind is not None and KINDS[self.kind].free
         self.applicable = self._applicable()
         self.keys = [self._key(b) for b in self.applicable]
         self.reserved = False
