@@ -164,6 +164,15 @@ def test_the_allow_list_holds_for_the_deployment_and_the_model_a_body_names(gw: 
     answer = httpx.post(gw.url + "/openai/v1/chat/completions", headers=headers, json={**body, "model": "gpt-4o-mini"})
     assert answer.status_code == 200 and answer.json()["object"] == "chat.completion"
     assert answer.headers["x-lockgate-deployment"] == "openai/gpt-4o-mini"
+    # a batch's input file names its models line by line: each is held to the allow-list too
+    client = openai.OpenAI(base_url=gw.url + "/openai/v1", api_key=KEYS["mini_only"], max_retries=0)
+    line = {"custom_id": "r", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o", "messages": []}}
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.files.create(file=("batch.jsonl", json.dumps(line).encode() + b"\n"), purpose="batch")
+    assert refused.value.body["code"] == "model_not_allowed"  # type: ignore[index]
+    assert upstream.seen("/v1/files") == []
+    line["body"]["model"] = "gpt-4o-mini"  # type: ignore[index]
+    assert client.files.create(file=("batch.jsonl", json.dumps(line).encode() + b"\n"), purpose="batch").purpose == "batch"
 
 
 def test_client_credentials_never_go_upstream_and_the_deployments_never_come_back(gw: Gateway, upstream: FakeUpstream) -> None:
@@ -376,3 +385,14 @@ def test_gemini_passthrough_sets_the_deployments_key_and_charges_its_usage_metad
     meta = answer.json()["usageMetadata"]
     charged = prices.cost({"prompt_tokens": meta["promptTokenCount"], "completion_tokens": meta["candidatesTokenCount"]}, prices.lookup("gemini-1.5-flash"))
     assert spend(gw, "key")["clouds"] - before == pytest.approx(charged, abs=2e-8)  # the report rounds to 8 places
+
+
+def test_the_models_a_request_names_are_found_in_its_path_body_and_upload() -> None:
+    assert passthrough.models_named("gemini", "v1beta/models/gemini-1.5-pro:generateContent", b"{}", "application/json") == ["gemini-1.5-pro"]
+    assert passthrough.models_named("bedrock", "model/anthropic.claude-v2%3A1/invoke", b"", None) == ["anthropic.claude-v2:1"]
+    batch = {"requests": [{"custom_id": "a", "params": {"model": "claude-3-opus-20240229", "max_tokens": 5, "messages": []}}]}
+    assert passthrough.models_named("anthropic", "v1/messages/batches", json.dumps(batch).encode(), "application/json") == ["claude-3-opus-20240229"]
+    upload = httpx.Request("POST", "http://x/", files={"file": ("b.jsonl", b'{"custom_id": "a", "body": {"model": "o1"}}\n')}, data={"purpose": "batch"})
+    body = upload.read()
+    assert passthrough.models_named("openai", "v1/files", body, upload.headers["content-type"]) == ["o1"]
+    assert passthrough.models_named("openai", "v1/files", b"", None) == []

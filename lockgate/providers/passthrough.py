@@ -34,11 +34,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
 from yarl import URL
 
+from lockgate.kernel.multipart import Form, FormError
 from lockgate.providers import anthropic, azure, bedrock, gemini
 from lockgate.providers.base import Deployment
 from lockgate.providers.sse import SSEDecoder
@@ -307,6 +308,49 @@ def body_model(raw: bytes, content_type: str | None) -> str | None:
     if not raw or not (media == "application/json" or media.endswith("+json")):
         return None
     return model_of(loads(raw)) if raw.lstrip()[:1] == b"{" else None
+
+
+PATH_MODELS = {
+    "gemini": re.compile(r"(?:^|/)models/([^/:]+)"),  # v1beta/models/gemini-1.5-flash:generateContent
+    "bedrock": re.compile(r"^model/([^/]+)/"),  # model/anthropic.claude-...-v1%3A0/converse
+}
+
+
+def models_named(provider: str, path: str, body: bytes, content_type: str | None) -> list[str]:
+    """Every model a request names, for the key's allow-list: in its path (Gemini's
+    `models/NAME:method`, Bedrock's `model/ID/...`), its JSON body (`model`, and each
+    request's `params.model` of an Anthropic message batch), and, in a multipart upload,
+    each line of a JSONL file part (an OpenAI batch's input: `body.model`)."""
+    found: list[str] = []
+    pattern = PATH_MODELS.get(provider)
+    match = pattern.search(path) if pattern is not None else None
+    if match:
+        found.append(unquote(match.group(1)))
+    media = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data" and content_type is not None:
+        try:
+            form = Form(content_type)
+            form.feed(body)
+            form.finish()
+        except FormError:
+            return found  # not a form lockgate can read: nor, then, can the upstream
+        for part in form.files():
+            for line in b"".join(part.data).splitlines():
+                data = loads(line) if line.strip() else None
+                request = data.get("body") if isinstance(data, dict) else None
+                if (model := model_of(request)) is not None:
+                    found.append(model)
+        return found
+    data = loads(body) if body and (media == "application/json" or media.endswith("+json")) else None
+    if isinstance(data, dict):
+        if (model := model_of(data)) is not None:
+            found.append(model)
+        requests = data.get("requests")
+        for request in requests if isinstance(requests, list) else ():
+            params = request.get("params") if isinstance(request, dict) else None
+            if (model := model_of(params)) is not None:
+                found.append(model)
+    return found
 
 
 def deployments_of(provider: str, models: Mapping[str, Any]) -> dict[str, tuple[str, Deployment]]:

@@ -11,7 +11,9 @@ What is decided here, before anything goes upstream:
   gateway.yaml's `passthrough: {openai: ID}`; it must be a deployment of that provider
   (404 `deployment_not_found`), of a model the key may use (403 `model_not_allowed`);
 - the path stays under the provider's API root (400 `invalid_path`, providers/passthrough.py);
-- a JSON body naming a `model` names one the key may use (403 `model_not_allowed`).
+- every model the request names is one the key may use (403 `model_not_allowed`): in its
+  path (Gemini's, Bedrock's), its JSON body (`model`, an Anthropic batch's requests), the
+  JSONL lines of an upload (an OpenAI batch's input file).
 
 The client's credentials never go upstream and the deployment's never come back: the
 request's headers are rebuilt (providers/passthrough.py), and an upstream error is
@@ -96,10 +98,13 @@ class Passthrough:
         try:
             dep, path = self._admit(provider, scope, ctx)
             body = await read_body(scope, receive, ctx.max_body)
-            model = passthrough.body_model(body, header(scope, b"content-type"))
+            content_type = header(scope, b"content-type")
+            if ctx.model_check is not None:
+                for named in passthrough.models_named(provider, path, body, content_type):
+                    if not ctx.allows(named):
+                        raise not_allowed(named)
+            model = passthrough.body_model(body, content_type)
             if model is not None:
-                if not ctx.allows(model):
-                    raise not_allowed(model)
                 ctx.model_requested = ctx.attempt.model_served = model
             request = UpstreamRequest(
                 passthrough.upstream_url(provider, dep, path, scope.get("query_string", b"")),
