@@ -10,7 +10,7 @@ import httpx
 from lockgate import create_app
 from lockgate.kernel.errors import bad_request
 from lockgate.middleware import cache, paths
-from lockgate.providers import endpoints, registry, translation, validation
+from lockgate.providers import endpoints, passthrough, registry, translation, validation
 from lockgate.providers.presets import Preset, PresetAdapter
 from lockgate.proxy import genai
 
@@ -56,7 +56,9 @@ def test_every_endpoint_kind_is_served_and_known_to_the_middlewares():
             assert path in paths.DEFAULT.exact, "the middlewares govern every model path by default"
             assert (path in cache.DEFAULT_PATHS.exact) == kind.cacheable
             assert genai.OPERATIONS.get(path) == kind.operation
-    posted = {path for path, methods in routes.items() if "POST" in methods and not path.startswith(("/admin", "/{"))}
+    relayed = {path for path in routes if path.startswith(passthrough.PREFIXES)}
+    assert relayed == {f"/{name}/{{path:path}}" for name in passthrough.PROVIDERS}, "the passthrough routes, apart from the model kinds"
+    posted = {path for path, methods in routes.items() if "POST" in methods and not path.startswith(("/admin", "/{")) and path not in relayed}
     assert posted == registry_paths - {p for kind in endpoints.ENTRIES if kind.websocket for p in kind.paths}, "no model route outside the registry"
 
 

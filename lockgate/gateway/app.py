@@ -39,6 +39,7 @@ from lockgate.proxy.dialect import AnthropicErrors
 from lockgate.proxy.handlers import Endpoint, Gateway
 from lockgate.proxy.ingress import DialectIngress
 from lockgate.proxy.models import ConfigCatalog
+from lockgate.proxy.passthrough import Passthrough
 from lockgate.proxy.router import Router, SharedCooldowns
 from lockgate.proxy.routes import proxy_routes
 from lockgate.proxy.upstream import UpstreamClient
@@ -109,6 +110,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     lifecycle = Lifecycle()
     cooldowns = SharedCooldowns(store, deployment_ids(config))
     gateway = Gateway(config.models, Router(dict(config.models), cooldowns), upstream, store, config.server.max_upstream_body_bytes)
+    passthrough = Passthrough(lambda: gateway.configured, config.passthrough, upstream, store, gateway.secrets)
     built = build(config.middleware, config.source, Services(store, ConfigCatalog(lambda: gateway.configured)))
     mounted = built.mounted
     problems = built.problems or cross_check(config, layers_of(mounted))
@@ -123,6 +125,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         cooldowns.dep_ids = deployment_ids(edited)
         gateway.router = gateway.router.rebuilt(dict(edited.models))
         gateway.configured = edited.models
+        passthrough.defaults = edited.passthrough
 
     async def readiness(scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -170,6 +173,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         *admin_routes(store, gateway, mounted, keys, history),
     ]
     routes.extend(proxy_routes(gateway))
+    routes.extend(passthrough.routes())
     routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
 
     known = frozenset(route.path for route in routes if "{" not in route.path)

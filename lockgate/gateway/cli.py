@@ -230,6 +230,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         body["metadata"] = dict(args.metadata)
     if args.aws:
         body["aws"] = True
+    if args.passthrough:
+        body["passthrough"] = [p.strip() for value in args.passthrough for p in value.split(",") if p.strip()]
     created = admin_call(args, "POST", "/admin/keys", body)
     if args.json:
         print(json.dumps(created, indent=2))
@@ -394,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         "--aws", action="store_true",
         help="also issue an AWS access key pair for SigV4 clients (the Bedrock dialect; needs LOCKGATE_AWS_KEY_SECRET on the gateway)",
     )
+    keys_create.add_argument("--passthrough", action="append", metavar="PROVIDER",
+                             help="a provider whose passthrough routes (/openai/...) the key may use; repeat or comma separate")
     keys_create.add_argument("--json", action="store_true", help="print the answer as JSON")
     keys_create.set_defaults(run=cmd_keys_create)
     keys_list = remote("list", "list a running gateway's keys (auth.yaml's and runtime ones; never a secret)")

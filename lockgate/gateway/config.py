@@ -7,12 +7,14 @@ hot reload of gateway.yaml (gateway/live.py). Relative paths name places next to
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lockgate.gateway.stack import KINDS as MIDDLEWARES
 from lockgate.kernel.parsing import Checker, ConfigError, load_yaml
+from lockgate.providers.passthrough import PROVIDERS as PASSTHROUGH_PROVIDERS
+from lockgate.providers.passthrough import deployments_of
 from lockgate.proxy.models import ModelConfig, parse_model
 
 STORES = ("memory", "disk", "redis")
@@ -48,13 +50,14 @@ class GatewayConfig:
     source: str = "<dict>"
     base_dir: Path = Path(".")
     warnings: tuple[str, ...] = ()  # `file:line: warning: ...`: legal, but probably not meant
+    passthrough: Mapping[str, str] = field(default_factory=dict)  # provider -> the deployment id its passthrough routes use by default
 
 
 def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None) -> GatewayConfig:
     check = Checker(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: the config must be a mapping with at least `models:`"])
-    check.unknown(raw, {"server", "store", "models", "middleware", "routing"}, "the config")
+    check.unknown(raw, {"server", "store", "models", "middleware", "routing", "passthrough"}, "the config")
 
     server_node = check.mapping(raw, "server", "server")
     check.unknown(server_node, set(ServerConfig.__dataclass_fields__), "server")
@@ -96,10 +99,32 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
         models[model.name] = model
 
     middleware = parse_middleware(check, raw, base_dir)
-    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(check.warnings))
+    passthrough = parse_passthrough(check, raw, models)
+    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(check.warnings), passthrough)
     if check.problems:
         raise ConfigError(check.problems, config)
     return config
+
+
+def parse_passthrough(check: Checker, raw: dict, models: Mapping[str, ModelConfig]) -> dict[str, str]:
+    """`passthrough: {openai: openai/gpt-4o-mini}`: the deployment (by id) each provider's
+    passthrough routes use when a request names none (proxy/passthrough.py)."""
+    node = check.mapping(raw, "passthrough", "passthrough")
+    defaults: dict[str, str] = {}
+    for provider, dep_id in node.items():
+        if provider not in PASSTHROUGH_PROVIDERS:
+            check.fail(node, provider, f"passthrough: {provider!r} is not a provider with passthrough routes ({', '.join(PASSTHROUGH_PROVIDERS)})")
+            continue
+        if not isinstance(dep_id, str) or not dep_id:
+            check.fail(node, provider, f"passthrough.{provider} must be the id of a {provider} deployment (`provider/model`, or its `id:`)")
+            continue
+        known = deployments_of(provider, models)
+        if dep_id not in known:
+            names = ", ".join(sorted(known)) or "none"
+            check.fail(node, provider, f"passthrough.{provider}: no {provider} deployment has the id {dep_id!r} (the {provider} deployments: {names})")
+            continue
+        defaults[provider] = dep_id
+    return defaults
 
 
 def parse_store(check: Checker, raw: dict, base_dir: Path | None) -> StoreConfig:

@@ -6,7 +6,8 @@ A created key is shown once, in the answer that created it. The store keeps only
 sha256, as auth.yaml does, next to the fields a key of the file has:
 
     runtime-key:{sha256 hex}   the key's entry (JSON): id, sha256, user, team, tier, models,
-                               expires, metadata, budget_usd, budget_period, rpm, tpm, created
+                               expires, metadata, budget_usd, budget_period, rpm, tpm,
+                               passthrough, created
     runtime-key-id:{id}        the sha256 hex: an id is taken once (the store's `add`), and
                                a revocation finds the entry by it
 
@@ -56,7 +57,7 @@ from lockgate.middleware.auth import (
 from lockgate.providers.aws_auth import GATEWAY_SECRET_ENV, gateway_secret, issued_secret
 
 ADMIN_TIMEOUT_S = 2.0
-FIELDS = ("id", "user", "team", "tier", "models", "expires", "metadata", *LIMIT_KEYS)
+FIELDS = ("id", "user", "team", "tier", "models", "expires", "metadata", *LIMIT_KEYS, "passthrough")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 MAX_TEXT = 128
 log = get_logger("lockgate.keys")
@@ -177,9 +178,14 @@ def validate(body: dict) -> dict:
     models = body.get("models")
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()] or None
+    passthrough = body.get("passthrough")
+    if isinstance(passthrough, str):
+        passthrough = [p.strip() for p in passthrough.split(",") if p.strip()] or None
     fields = {name: body[name] for name in FIELDS if body.get(name) not in (None, "")}
     if models is not None:
         fields["models"] = models
+    if passthrough is not None:
+        fields["passthrough"] = passthrough
     if "metadata" in fields and len(orjson.dumps(fields["metadata"])) > 4096:
         check.fail(body, "metadata", "metadata must be at most 4 KB of JSON")
     key = None
@@ -229,6 +235,7 @@ def file_listing(key: Key) -> dict:
     }
     limits = key.limits.fields() if key.limits else {}
     row.update({name: limits.get(name) for name in LIMIT_KEYS})
+    row["passthrough"] = sorted(key.passthrough) or None
     row.update(source="file", created=None, status=status(row["expires"]))
     return row
 

@@ -16,7 +16,7 @@ field is a shortcut (README "Use it as a library").
 | `body`, `raw_body`, `form`, `body_error` | `load_json` (once); rewrite and fallback change `body` (`set_model`) | every middleware, the proxy |
 | `model_requested` | `load_json`: the model the client named | budget (prices), access log, traces, Responses/Messages answers |
 | `websocket` | `load_json`: a realtime handshake | `replay` |
-| `identity` | auth (`Identity`) | throttle, budget, cache, rewrite (`identity_of`), the proxy (`/v1/models`), access log, traces, admin |
+| `identity` | auth (`Identity`) | throttle, budget, cache, rewrite (`identity_of`), the proxy (`/v1/models`, passthrough routes), access log, traces, admin |
 | `model_check` | auth: may this caller be served a model? (`allows`) | rewrite, fallback, the proxy (the last word) |
 | `cache` | cache: `hit` / `miss` / `bypass` | budget and throttle (a hit costs nothing), access log, traces |
 | `cost_usd` | budget | access log, traces |
@@ -97,6 +97,7 @@ class Identity:
     admin: bool = False  # the master key
     source: str = "anonymous"  # auth | client | anonymous
     limits: KeyLimits | None = None
+    passthrough: frozenset[str] = frozenset()  # the providers whose passthrough routes (/openai/...) the key may use
 
     def facts(self) -> dict[str, Any]:
         """The fields a policy's `match:` and a rewrite condition name."""
@@ -111,6 +112,8 @@ class Identity:
         }
         if self.limits is not None:
             shown["limits"] = self.limits.fields()
+        if self.passthrough:
+            shown["passthrough"] = sorted(self.passthrough)
         return shown
 
 

@@ -29,6 +29,7 @@ auth.yaml (every key optional except each key's `id` and `sha256`):
         budget_period: monthly        # daily | weekly | monthly | total (default monthly)
         rpm: 60                       # the key's own rate limits (the throttle middleware counts them)
         tpm: 100000
+        passthrough: [openai]         # providers whose native routes (/openai/..., proxy/passthrough.py) it may use
 
 The key comes from `Authorization: Bearer`, `x-api-key` (Anthropic's SDK) or `api-key`
 (Azure's); on a WebSocket handshake (the realtime API) also from a browser's
@@ -77,12 +78,13 @@ from lockgate.middleware.identity import Network, client_address, networks, with
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
 from lockgate.middleware.paths import Paths, parse_paths
 from lockgate.providers.aws_auth import SIGV4, SignatureError, check_signature, gateway_secret, issued_secret, signed_by
+from lockgate.providers.passthrough import PROVIDERS as PASSTHROUGH_PROVIDERS
 from lockgate.providers.tokens import ANSWER_LIMIT_FIELDS
 
 TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths",
             "runtime_keys", "store_failure", "store_timeout_s"}
 LIMIT_KEYS = ("budget_usd", "budget_period", "rpm", "tpm")
-KEY_KEYS = {"id", "sha256", "user", "team", "tier", "models", "expires", "metadata", "ip_allow", "max_tokens", "max_messages", *LIMIT_KEYS}
+KEY_KEYS = {"id", "sha256", "user", "team", "tier", "models", "expires", "metadata", "ip_allow", "max_tokens", "max_messages", "passthrough", *LIMIT_KEYS}
 DEFAULT_PUBLIC_PATHS = ("/health", "/health/*", "/metrics")
 # the console's page and scripts hold no data: the master key is asked for by the page itself
 CONSOLE_PATHS = ("/admin/ui", "/admin/ui/*")
@@ -110,11 +112,13 @@ class Key:
     max_messages: int | None
     admin: bool = False
     limits: KeyLimits | None = None  # the key's own budget and rate limits, for budget and throttle
+    passthrough: frozenset[str] = frozenset()  # providers whose passthrough routes it may use
 
     def identity(self) -> Identity:
         return Identity(
             user=self.user, key=self.id, team=self.team, tier=self.tier, models=self.models,
             metadata=MappingProxyType(dict(self.metadata)), admin=self.admin, source="auth", limits=self.limits,
+            passthrough=self.passthrough,
         )
 
     def needs_body(self) -> bool:
@@ -170,7 +174,8 @@ def parse_policy(raw: Any, source: str) -> AuthPolicy:
     master = None
     master_digest = digest_field(check, raw, "master_key_sha256")
     if master_digest is not None:
-        master = Key(MASTER_ID, master_digest, MASTER_ID, None, None, None, None, {}, ip_allow, max_tokens, max_messages, admin=True)
+        master = Key(MASTER_ID, master_digest, MASTER_ID, None, None, None, None, {}, ip_allow, max_tokens, max_messages, admin=True,
+                     passthrough=frozenset(PASSTHROUGH_PROVIDERS))
     public = raw.get("public_paths", list(DEFAULT_PUBLIC_PATHS))
     if not isinstance(public, list) or not all(isinstance(p, str) and p.startswith("/") for p in public):
         check.fail(raw, "public_paths", "public_paths must be a list of paths (globs) starting with /")
@@ -231,7 +236,19 @@ def parse_key(check: Checker, node: dict[str, Any], ip_allow: Any, max_tokens: A
         max_tokens=cap(check, node, "max_tokens") if "max_tokens" in node else max_tokens,
         max_messages=cap(check, node, "max_messages") if "max_messages" in node else max_messages,
         limits=own_limits(check, node),
+        passthrough=passthrough_of(check, node),
     )
+
+
+def passthrough_of(check: Checker, node: dict[str, Any]) -> frozenset[str]:
+    """The providers a key may reach through their passthrough routes (`passthrough: [openai]`)."""
+    value = node.get("passthrough")
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in PASSTHROUGH_PROVIDERS for v in value):
+        check.fail(node, "passthrough", f"passthrough must be a list of providers among {', '.join(PASSTHROUGH_PROVIDERS)}")
+        return frozenset()
+    return frozenset(value)
 
 
 def own_limits(check: Checker, node: dict[str, Any]) -> KeyLimits | None:

@@ -67,7 +67,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.kernel import metrics
-from lockgate.kernel.context import Identity, RequestContext, model_request, new_id, refuse, route_path
+from lockgate.kernel.context import Identity, RequestContext, get_context, model_request, new_id, refuse, route_path
 from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.logs import get_logger
 from lockgate.kernel.parsing import Checker, ConfigError
@@ -77,7 +77,7 @@ from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 from lockgate.kernel.websocket import query_value, realtime_event, refusals, streamed_delta
 from lockgate.middleware.identity import identity_of
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
-from lockgate.middleware.paths import Paths, parse_paths
+from lockgate.middleware.paths import Paths, parse_paths, passthrough
 from lockgate.providers import prices
 from lockgate.providers.base import Price
 from lockgate.providers.catalog import BUILTIN, Catalog
@@ -256,10 +256,12 @@ class BudgetMiddleware:
             return
         self.policy.ensure_watching()
         policy = self.policy.current
-        if not policy.paths.match(scope):
+        relayed = passthrough(scope)
+        if not (relayed or policy.paths.match(scope)):
             await self.app(scope, receive, send)
             return
-        ctx, inner_receive = await model_request(scope, receive)
+        # a passthrough request's body is left unread: it is the provider's format, not ours
+        ctx, inner_receive = (get_context(scope), receive) if relayed else await model_request(scope, receive)
         if ctx is None:
             await self.app(scope, inner_receive, send)
             return
@@ -278,7 +280,11 @@ class BudgetedRequest:
         self.now = dt.datetime.now(dt.UTC)
         self.identity = identity_of(scope, ctx, policy.trust_client_user)
         self.who = self.identity.facts()
-        self.kind = kind_of(route_path(scope)) if "path" in scope else None
+        # a passthrough request's cost is known from its answer alone: it reserves nothing
+        # (a spent budget still refuses it) and is settled at its answer's end; it is of no
+        # endpoint kind, whatever its path ends with (`/openai/v1/chat/completions`)
+        self.passthrough = passthrough(scope)
+        self.kind = kind_of(route_path(scope)) if "path" in scope and not self.passthrough else None
         self.free = self.kind is not None and KINDS[self.kind].free
         self.applicable = self._applicable()
         self.keys = [self._key(b) for b in self.applicable]
@@ -312,10 +318,10 @@ class BudgetedRequest:
         """The price the request is reserved at, once admitted; False when it was refused
         (the refusal sent)."""
         ctx = self.ctx
-        price = FREE_PRICE if self.free else price_for(self.policy, self.models, ctx.model)
-        if price is None:
+        price = FREE_PRICE if self.free else None if self.passthrough else price_for(self.policy, self.models, ctx.model)
+        if price is None and not self.passthrough:
             price = self._price_after_rewrite()
-        if price is None and self.policy.unknown_price == "refuse":
+        if price is None and self.policy.unknown_price == "refuse" and not self.passthrough:
             metrics.unpriced.inc()
             log.warning("unpriced_model_refused", model=ctx.model, request_id=ctx.request_id)
             message = f"No price is known for model `{ctx.model}`, and the budget policy refuses unpriced models."
@@ -417,7 +423,7 @@ class BudgetedRequest:
                     self.meter = UsageMeter(self.kind, self.ctx.body)
                     self.meter.start(message)
                 self.streaming = _is_stream(message)
-                if self.meter is None and not self.streaming:
+                if self.meter is None and not self.streaming and not self.passthrough:
                     message = await self._with_cost(message)
                 elif self.meter is not None and self.meter.json:
                     self.held = message  # its usage is in the body: settle once that is in
@@ -440,7 +446,7 @@ class BudgetedRequest:
                     self.held_body = []
                 if not more and not self.settled:
                     cost = await self._settle()
-                    if cost is not None and self.streaming:
+                    if cost is not None and self.streaming and not self.passthrough:
                         await send({"type": "http.response.body", "body": f": x-lockgate-cost-usd={cost:.8f}\n\n".encode(), "more_body": True})
             await send(message)
 

@@ -10,7 +10,7 @@ without `/v1`. A path is
 matched after the app's `root_path`, by the rule Starlette's routes use, so a gateway or a
 middleware mounted under a prefix (`app.mount("/llm", create_app(...))`) matches the same
 paths it would at the root. Only POSTs are model calls, and WebSocket handshakes
-(the realtime API's).
+(the realtime API's). Passthrough routes (`passthrough` below) are apart.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from starlette.types import Scope
 
 from lockgate.kernel.context import route_path
 from lockgate.providers.endpoints import ENTRIES
+from lockgate.providers.passthrough import route_of
 
 MODEL_PATHS = tuple(path for kind in ENTRIES for path in kind.paths)
 
@@ -40,6 +41,13 @@ class Paths:
 
 
 DEFAULT = Paths(frozenset(MODEL_PATHS))
+
+
+def passthrough(scope: Scope) -> bool:
+    """A request to a provider-native passthrough route (`/openai/...`: any method, and a
+    body that is the proxy's to read, whatever it is). Throttle and budget govern these
+    whatever their `paths:` say; cache, rewrite and fallback never touch them."""
+    return scope.get("type") == "http" and "path" in scope and route_of(route_path(scope)) is not None
 
 
 def parse_paths(check: Any, raw: dict[str, Any], default: Paths = DEFAULT) -> Paths:

@@ -44,7 +44,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lockgate.kernel.context import CONTEXT_KEY, Identity, RequestContext, model_request, new_id, refuse
+from lockgate.kernel.context import CONTEXT_KEY, Identity, RequestContext, get_context, model_request, new_id, refuse
 from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.policy import Policy
@@ -53,7 +53,7 @@ from lockgate.kernel.store.guard import StoreFailure, StoreUnavailable
 from lockgate.kernel.websocket import refusals
 from lockgate.middleware.identity import Network, client_address, identity_of, matches, networks
 from lockgate.middleware.paths import DEFAULT as DEFAULT_PATHS
-from lockgate.middleware.paths import Paths, parse_paths
+from lockgate.middleware.paths import Paths, parse_paths, passthrough
 from lockgate.providers.meter import UsageMeter
 from lockgate.providers.tokens import answer_limit, prompt_tokens
 
@@ -165,10 +165,12 @@ class ThrottleMiddleware:
         send = refusals(scope, send)  # a realtime session is limited at its handshake
         self.policy.ensure_watching()
         policy = self.policy.current
-        if not (policy.limits or has_own_limits(scope)) or not policy.paths.match(scope):
+        relayed = passthrough(scope)
+        if not (policy.limits or has_own_limits(scope)) or not (relayed or policy.paths.match(scope)):
             await self.app(scope, receive, send)
             return
-        ctx, inner_receive = await model_request(scope, receive)
+        # a passthrough request's body is left unread: it is the provider's format, not ours
+        ctx, inner_receive = (get_context(scope), receive) if relayed else await model_request(scope, receive)
         if ctx is None:
             await self.app(scope, inner_receive, send)
             return
@@ -189,6 +191,7 @@ class ThrottledRequest:
         self.headers: list[tuple[bytes, bytes]] = []
         self.meter: UsageMeter | None = None
         self.status = 0
+        self.body: dict[str, Any] = ctx.body if isinstance(ctx.body, dict) else {}  # none read: a passthrough request
 
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ctx
@@ -201,7 +204,7 @@ class ThrottledRequest:
         if not active:
             await app(scope, receive, send)
             return
-        estimate = prompt_tokens(ctx.body)
+        estimate = prompt_tokens(self.body)
         wait_until = asyncio.get_running_loop().time() + max((limit.max_wait_s for limit in active if limit.queue), default=0.0)
         self._plan(active, facts, estimate)
         failure = self.policy.store_failure
@@ -248,7 +251,7 @@ class ThrottledRequest:
             base = f"throttle:{limit.id}:{subject}"
             wanted = (
                 ("rpm", limit.rpm, 1, WINDOW_S),
-                ("tpm", limit.tpm, estimate + (answer_limit(self.ctx.body) or limit.completion_estimate), WINDOW_S),
+                ("tpm", limit.tpm, estimate + (answer_limit(self.body) or limit.completion_estimate), WINDOW_S),
                 ("concurrent", limit.concurrent, 1, LEASE_S),
             )
             for kind, cap, amount, ttl in wanted:

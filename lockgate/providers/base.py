@@ -36,6 +36,7 @@ class Price:
     per_audio_minute: float | None = None  # transcription and translation
     per_mchar: float | None = None  # speech: per million characters of input
     per_image: tuple[tuple[str, float], ...] = ()  # "quality/size" glob -> USD an image, first match
+    batch_factor: float | None = None  # a batch's results (usage marked `batch`) at this share of the price (unset: BATCH_FACTOR)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,10 @@ from typing import Any
 from lockgate.providers.base import Price
 
 PRICES_DATE = "2025-10-01"
+# a batch's results (OpenAI's Batch API, Anthropic's Message Batches, Gemini's and Bedrock's
+# batch inference) are billed at half the model's price by every provider that offers them;
+# a `price:` with `batch_factor` says otherwise for its model
+BATCH_FACTOR = 0.5
 
 # gpt-image models: per image by quality and 1024x1024 or larger, as OpenAI lists them
 GPT_IMAGE_1 = (("low/1024x1024", 0.011), ("low/*", 0.016), ("medium/1024x1024", 0.042), ("medium/*", 0.063), ("*/1024x1024", 0.167), ("*", 0.25))
@@ -232,7 +236,8 @@ def cost(usage: dict | None, price: Price) -> float:
     total += audio_out * _or(price.audio_output_per_mtok, price.output_per_mtok) + image_out * _or(price.image_output_per_mtok, price.output_per_mtok)
     total += cached * _or(price.cached_input_per_mtok, price.input_per_mtok)
     total += written * _or(price.cache_write_per_mtok, price.input_per_mtok)
-    return total / 1_000_000 + unit_cost(usage, price)
+    total = total / 1_000_000 + unit_cost(usage, price)
+    return total * _or(price.batch_factor, BATCH_FACTOR) if usage.get("batch") else total
 
 
 def unit_cost(usage: dict, price: Price) -> float:
@@ -265,6 +270,7 @@ def _or(rate: float | None, default: float) -> float:
 PRICE_KEYS = (
     "input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok", "audio_input_per_mtok",
     "audio_output_per_mtok", "image_input_per_mtok", "image_output_per_mtok", "per_search_unit", "per_audio_minute", "per_mchar",
+    "batch_factor",
 )
 
 

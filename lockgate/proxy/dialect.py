@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lockgate.kernel.context import route_path
 from lockgate.providers.endpoints import endpoint_of
 from lockgate.providers.messages import error_body
+from lockgate.providers.passthrough import route_of
 
 
 class AnthropicErrors:
@@ -22,7 +23,10 @@ class AnthropicErrors:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = endpoint_of(route_path(scope)) if scope["type"] == "http" else None
+        path = route_path(scope) if scope["type"] == "http" else ""
+        # a passthrough route (`/anthropic/v1/messages`) answers its provider's errors as they
+        # came and lockgate's own in OpenAI's shape, whatever its path ends with
+        kind = endpoint_of(path) if path and route_of(path) is None else None
         if kind is None or kind.dialect != "anthropic":
             await self.app(scope, receive, send)
             return

@@ -63,6 +63,12 @@ class UpstreamResponse:
         self._done = False
         self.content_type = content_type if response is None else response.headers.get("content-type")
 
+    def header_items(self) -> list[tuple[str, str]]:
+        """The answer's headers as the upstream sent them (none for an in-process answer)."""
+        if self._response is None:
+            return [("content-type", self.content_type)] if self.content_type else []
+        return list(self._response.headers.items())
+
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive (decompressed a bounded piece at a time); timeouts
         and breaks raise `UpstreamError`s that name no library internals."""

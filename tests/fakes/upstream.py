@@ -4,7 +4,8 @@ One Starlette app speaks OpenAI (also as Azure, under /openai/deployments/...), 
 images, audio, moderations and realtime endpoints and rerank as Cohere, Jina, Voyage
 and vLLM answer it (tests/fakes/media_api.py), Anthropic (tests/fakes/anthropic_api.py), Gemini (tests/fakes/gemini_api.py), Bedrock
 with SigV4 (tests/fakes/bedrock_api.py), Vertex with its OAuth token endpoint
-(tests/fakes/vertex_api.py) and Cohere (tests/fakes/cohere_api.py).
+(tests/fakes/vertex_api.py), Cohere (tests/fakes/cohere_api.py) and the native APIs the passthrough
+routes relay (OpenAI Files and Batches, Anthropic Message Batches: tests/fakes/files_api.py).
 Tests steer it per model name with `Behaviour` switches and read back every request
 it saw in `requests`.
 """
@@ -119,10 +120,10 @@ class FakeUpstream:
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        from tests.fakes import anthropic_api, bedrock_api, cohere_api, gemini_api, media_api, openai_api, responses_api, vertex_api
+        from tests.fakes import anthropic_api, bedrock_api, cohere_api, files_api, gemini_api, media_api, openai_api, responses_api, vertex_api
 
         routes: list = []
-        for module in (openai_api, responses_api, anthropic_api, gemini_api, bedrock_api, vertex_api, cohere_api, media_api):
+        for module in (openai_api, responses_api, anthropic_api, gemini_api, bedrock_api, vertex_api, cohere_api, media_api, files_api):
             routes.extend(module.routes(self))
         self.app = Starlette(routes=routes)
 
