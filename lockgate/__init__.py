@@ -1,4 +1,4 @@
-"""lockgate: an OpenAI-compatible LLM API gateway, and its six middlewares for mounting
+"""lockgate: an OpenAI-compatible LLM API gateway, and its seven middlewares for mounting
 into any ASGI app.
 
     from lockgate import BudgetMiddleware, create_app, open_store
@@ -24,6 +24,7 @@ _EXPORTS = {
     "CacheMiddleware": "lockgate.middleware.cache",
     "RewriteMiddleware": "lockgate.middleware.rewrite",
     "FallbackMiddleware": "lockgate.middleware.fallback",
+    "GuardMiddleware": "lockgate.middleware.guard",
     "create_app": "lockgate.gateway.app",
     "open_store": "lockgate.kernel.store",
 }
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from lockgate.middleware.budget import BudgetMiddleware
     from lockgate.middleware.cache import CacheMiddleware
     from lockgate.middleware.fallback import FallbackMiddleware
+    from lockgate.middleware.guard import GuardMiddleware
     from lockgate.middleware.rewrite import RewriteMiddleware
     from lockgate.middleware.throttle import ThrottleMiddleware
     from lockgate.gateway.app import create_app
