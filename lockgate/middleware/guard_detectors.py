@@ -1,14 +1,19 @@
 """The guard's built-in detectors: pure functions from text to the spans they find.
 
-Each detector is a regular expression for candidates, a cheap pre-check that skips the
-expression on text that cannot hold a match (an `@` for an email, a digit for a card
-number) and, where the format has one, a validation of each candidate by a well-kept
-library: Luhn for card numbers (python-stdnum), the ISO 13616 checksum and each
-country's BBAN layout for IBANs (python-stdnum), Google's libphonenumber metadata for
-phone numbers (phonenumbers), `ipaddress` for IP addresses. Every expression is linear
-in the text (no nested quantifiers over the same characters), and each match is at most
-`max_len` characters, so a stream needs to hold back no more than the longest
-(`holdback`).
+Each detector finds candidates with a regular expression and, where the format has one,
+validates each with a well-kept library: Luhn for card numbers (python-stdnum), the ISO
+13616 checksum and each country's BBAN layout for IBANs (python-stdnum), Google's
+libphonenumber metadata for phone numbers (phonenumbers), `ipaddress` for IP addresses.
+
+Fast on long text, in Python's `re`: an expression is only ever run where a match can be.
+A scan of one text (`Text`) finds its runs of digits once, and the detectors of numbers
+(phone, card, SSN, IPv4) look only inside those; an email is looked for only around an
+`@`, an IPv6 address around a `::` or `h:h:`, a connection string around `://`, a
+`password = ...` assignment around its keyword (found with `str.find` in the lowered
+text); every other secret shape starts with a literal (`ghp_`, `sk-`, `AKIA`...), which
+`re` finds as fast as `str.find`. So a 100 KB text costs a few passes at C speed plus
+the candidates, and every expression is linear in the text it is given. Each match is at
+most `max_len` characters: a stream holds back no more than that.
 
 What each finds and misses is in README "Guard" (the detectors table); the labeled
 corpus in tests/data/guard/ measures it (tests/test_guard_corpus.py).
@@ -20,48 +25,121 @@ import ipaddress
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import phonenumbers
 from stdnum import iban as stdnum_iban
 from stdnum import luhn
 
 Validate = Callable[[str], bool]
+Span = tuple[int, int]
+RUNS = re.compile(r"[0-9][-0-9 .()+/]{5,}[0-9]")  # digits with what numbers are written with between them
+
+
+class Text:
+    """One text being scanned, with what several detectors need of it worked out once."""
+
+    __slots__ = ("value", "_runs", "_lower")
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+        self._runs: list[Span] | None = None
+        self._lower: str | None = None
+
+    def runs(self) -> list[Span]:
+        if self._runs is None:
+            self._runs = [m.span() for m in RUNS.finditer(self.value)]
+        return self._runs
+
+    def lower(self) -> str:
+        if self._lower is None:
+            self._lower = self.value.lower()
+        return self._lower
+
+
+def word_start(text: str, start: int) -> bool:
+    """Nothing of a word (letter, digit, `_`) right before `start`: what `\\b` would say, checked after the fact."""
+    return start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_")
 
 
 @dataclass(frozen=True, slots=True)
 class Detector:
+    """A pattern run over the whole text: for patterns that start with a literal (which
+    `re` finds at C speed) or for a rule's own pattern."""
+
     name: str  # what a rule's `detect:` names
     label: str  # the placeholder's name: [EMAIL], <EMAIL_1>
     pattern: re.Pattern[str]
     validate: Validate | None = None  # a candidate is a finding only when this says so
-    hints: tuple[str, ...] = ()  # the text must hold one of these for the pattern to run (none: always runs)
     max_len: int = 64  # the longest match: what a stream holds back for it
     group: str | None = None  # the named group that is the finding (the rest is context), else the whole match
-    digits: bool = False  # the text must hold a digit
+    bounded: bool = False  # the match must start a word (`\b` before it, checked after the fact)
 
-    def find(self, text: str) -> Iterable[tuple[int, int]]:
-        if self.digits and not _has_digit(text):
-            return ()
-        if self.hints and not any(hint in text for hint in self.hints):
-            return ()
-        return self._matches(text)
+    def find(self, text: Text) -> Iterable[Span]:
+        return self._take(text.value, self.pattern.finditer(text.value))
 
-    def _matches(self, text: str) -> Iterable[tuple[int, int]]:
-        for match in self.pattern.finditer(text):
+    def _take(self, value: str, matches: Iterable[re.Match[str]]) -> Iterator[Span]:
+        for match in matches:
+            if self.bounded and not word_start(value, match.start()):
+                continue
             start, end = match.span(self.group) if self.group else match.span()
             if start < 0:
                 continue
-            if self.validate is None or self.validate(text[start:end]):
+            if self.validate is None or self.validate(value[start:end]):
                 yield start, end
 
 
-_DIGIT = re.compile(r"\d")
+@dataclass(frozen=True, slots=True)
+class NumberDetector(Detector):
+    """A pattern run only inside the text's runs of digits (and the `back` characters
+    before one: a `+` or `(` a number starts with, an IBAN's country and bank code)."""
+
+    back: int = 2
+
+    def find(self, text: Text) -> Iterable[Span]:
+        value, pattern, size = text.value, self.pattern, len(text.value)
+        seen: set[Span] = set()
+        for start, end in text.runs():
+            for span in self._take(value, pattern.finditer(value, max(start - self.back, 0), min(end + 1, size))):
+                if span not in seen:
+                    seen.add(span)
+                    yield span
 
 
-def _has_digit(text: str) -> bool:
-    return _DIGIT.search(text) is not None
+@dataclass(frozen=True, slots=True)
+class AnchoredDetector(Detector):
+    """A pattern run only near its anchors (literals every match holds: `@` for an email):
+    from `back` characters before each to `max_len` after it."""
+
+    anchors: tuple[str, ...] = ()
+    back: int = 64
+    lowered: bool = False  # the anchors are looked for in the lowered text
+    anchor: re.Pattern[str] | None = None  # or an expression starting with a literal, for anchors a literal alone would find too often
+
+    def find(self, text: Text) -> Iterable[Span]:
+        value = text.value
+        haystack = text.lower() if self.lowered else value
+        windows: list[list[int]] = []
+        reach = self.max_len + 1
+        for anchor in self.anchors:
+            at = haystack.find(anchor)
+            while at >= 0:
+                windows.append([max(at - self.back, 0), min(at + reach, len(value))])
+                at = haystack.find(anchor, at + 1)
+        if self.anchor is not None:
+            windows += [[max(m.start() - self.back, 0), min(m.start() + reach, len(value))] for m in self.anchor.finditer(haystack)]
+        if not windows:
+            return
+        windows.sort()
+        merged = [windows[0]]
+        for lo, hi in windows[1:]:
+            if lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        for lo, hi in merged:
+            yield from self._take(value, self.pattern.finditer(value, lo, hi))
 
 
 # -- validations ---------------------------------------------------------------------------
@@ -137,13 +215,16 @@ def connection_password(value: str) -> bool:
 
 
 # -- the detectors ---------------------------------------------------------------------------
-EMAIL = Detector(
+EMAIL = AnchoredDetector(
     "email", "EMAIL",
     # not the user and password of a URL (`scheme://user:pass@host`), but `mailto:` is an address
-    re.compile(r"(?<![\w.%+-])(?:(?<=mailto:)|(?<!:))[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![\w-])"),
-    hints=("@",), max_len=254,
+    re.compile(
+        r"(?<![\w.%+-])(?:(?<=mailto:)|(?<!:))[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
+        r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![\w-])"
+    ),
+    max_len=254, anchors=("@",), back=64,
 )
-PHONE = Detector(
+PHONE = NumberDetector(
     "phone", "PHONE",
     re.compile(
         r"(?<![\w+.-])(?:"
@@ -153,101 +234,124 @@ PHONE = Detector(
         r"|\d{3} \d{3} \d{4}"
         r")(?![\w-]|\.\d)"
     ),
-    validate=valid_phone, digits=True, max_len=32,
+    validate=valid_phone, max_len=32,
 )
-CREDIT_CARD = Detector(
+CREDIT_CARD = NumberDetector(
     "credit_card", "CREDIT_CARD",
     re.compile(r"(?<![\w.-])(?:\d{4}[ -]?){2,3}\d{1,7}(?![\w-]|\.\d)"),
-    validate=valid_card, digits=True, max_len=24,
+    validate=valid_card, max_len=24,
 )
-IBAN = Detector(
-    "iban", "IBAN",
-    re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?(?![\w-])"),
-    validate=valid_iban, digits=True, max_len=42,
-)
-US_SSN = Detector(
+US_SSN = NumberDetector(
     "us_ssn", "US_SSN",
     re.compile(r"(?<![\w-])\d{3}([- ])\d{2}\1\d{4}(?![\w-])"),
-    validate=valid_ssn, digits=True, max_len=11,
+    validate=valid_ssn, max_len=11,
+)
+IBAN = NumberDetector(
+    "iban", "IBAN",
+    # every IBAN holds a run of digits (its account number), at most 34 characters after its start
+    re.compile(r"[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?(?![\w-])"),
+    validate=valid_iban, max_len=42, bounded=True, back=34,
 )
 IPV4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
-IPV6 = r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|" + IPV4 + r")?"
-IP_ADDRESS = Detector(
-    "ip_address", "IP_ADDRESS",
-    # not inside a longer dotted number (a version like 1.2.3.4.5), nor after `v`
-    re.compile(r"(?<![\w.:])(?:" + IPV4 + r"(?![\w]|\.\d)|" + IPV6 + r"(?![\w:]|\.\d))"),
-    validate=valid_ip, max_len=45,
-)
+IPV6 = r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|" + IPV4 + r")?(?![\w:]|\.\d)"
 
-# name -> (pattern, hints): each with a literal every match holds, so most text skips it
-# whole. Sources: each provider's documented key format (and gitleaks' and detect-secrets'
-# rules for the same providers).
-SECRET_PATTERNS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "aws_access_key_id": (r"\b(?:AKIA|ASIA|ABIA|ACCA|AIDA|AROA|AGPA|ANPA|ANVA|APKA)[A-Z2-7]{16}\b", ("A",)),
-    "aws_secret_access_key": (r"(?i:aws.{0,20}?(?:secret|private).{0,20}?)[\s\"':=]{1,6}(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])", ("ws", "WS")),
-    "github_token": (r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b", ("gh", "github_pat_")),
-    "gitlab_token": (r"\bgl(?:pat|dt|ptt|rt|cbt|oas|imt|agent|ft)-[A-Za-z0-9_-]{20,64}\b", ("gl",)),
-    "slack_token": (r"\bxox[abposr]-(?:\d+-)+[A-Za-z0-9-]{10,100}\b|\bxapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{32,80}\b", ("xox", "xapp-")),
-    "slack_webhook": (r"https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9+/]{20,120}", ("hooks.slack",)),
-    "anthropic_key": (r"\bsk-ant-(?:api|admin)\d\d-[A-Za-z0-9_-]{32,120}", ("sk-ant-",)),
-    "openai_key": (r"\bsk-(?!ant-)(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,200}(?<=[A-Za-z0-9])(?![A-Za-z0-9_-])", ("sk-",)),
-    "google_api_key": (r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])", ("AIza",)),
-    "stripe_key": (r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}\b|\bwhsec_[0-9A-Za-z]{24,64}\b", ("_live_", "_test_", "whsec_")),
-    "private_key": (
-        r"-----BEGIN[A-Z ]{0,20} PRIVATE KEY(?: BLOCK)?-----(?:[\sA-Za-z0-9+/=:,-]{0,8192}?-----END[A-Z ]{0,20} PRIVATE KEY(?: BLOCK)?-----)?",
-        ("PRIVATE KEY",),
+
+@dataclass(frozen=True, slots=True)
+class IPAddresses:
+    """IPv4 inside the runs of digits (not inside a longer dotted number such as the
+    version 1.2.3.4.5), IPv6 near a `::` or an `h:h:` group; both validated by `ipaddress`."""
+
+    name: str = "ip_address"
+    label: str = "IP_ADDRESS"
+    max_len: int = 45
+    v4: NumberDetector = NumberDetector("ip_address", "IP_ADDRESS", re.compile(r"(?<![\w.])" + IPV4 + r"(?![\w]|\.\d)"), valid_ip, 15)
+    v6: AnchoredDetector = AnchoredDetector("ip_address", "IP_ADDRESS", re.compile(IPV6), valid_ip, 45, back=40, anchor=re.compile(r":[0-9A-Fa-f]{0,4}:"))
+
+    def find(self, text: Text) -> Iterable[Span]:
+        yield from self.v4.find(text)
+        if text.value.count(":") >= 2:
+            yield from self.v6.find(text)
+
+
+IP_ADDRESS = IPAddresses()
+
+
+def aws_key_id(candidate: str) -> bool:
+    return candidate[:4] in ("AKIA", "ASIA", "ABIA", "ACCA", "AIDA", "AROA", "AGPA", "ANPA", "ANVA", "APKA")
+
+
+def anything(value: str) -> bool:
+    return True
+
+
+# Every secret shape, each starting with a literal `re` finds at speed (or anchored on
+# one). Sources: each provider's documented key format, and gitleaks' and detect-secrets'
+# rules for the same providers.
+SECRET_MAX_LEN = 256  # what a stream holds back for the secret detector: a longer match grows in the held part
+SECRET_SHAPES: tuple[Detector, ...] = (
+    Detector("aws_access_key_id", "SECRET", re.compile(r"A[KSBCIRGNP][A-Z]{2}[A-Z2-7]{16}(?![A-Za-z0-9])"), aws_key_id, bounded=True),
+    AnchoredDetector(
+        "aws_secret_access_key", "SECRET",
+        re.compile(r"(?i:aws[\w.-]{0,20}?(?:secret|private)[\w.-]{0,20}?)[\s\"':=]{1,6}(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"),
+        anything, 120, "s", anchors=("aws",), back=0, lowered=True,
     ),
-    "jwt": (r"\beyJ[A-Za-z0-9_-]{8,2048}\.eyJ[A-Za-z0-9_-]{8,4096}\.[A-Za-z0-9_-]{16,1024}", ("eyJ",)),
-    "connection_string": (r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"'<>]{1,64}:(?P<s>[^\s@/\"'<>]{3,128})@[A-Za-z0-9.\[\]_-]{1,253}", ("://",)),
-}
-ASSIGNMENT = re.compile(
-    r"(?i)(?<![A-Za-z0-9])(?:[a-z0-9]+[_.-])*(?:password|passwd|pwd|passphrase|secret|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|"
-    r"private[_-]?key|client[_-]?secret|auth[_-]?token|access[_-]?token|refresh[_-]?token|bearer[_-]?token|token)"
-    r"[\"']?\s{0,3}(?::=|=>|[=:])\s{0,3}(?P<q>[\"']?)(?P<s>[^\s\"',;&]{8,200})(?P=q)"
-)
-ASSIGNMENT_HINTS = ("=", ":")
-SECRET_MAX_LEN = 256  # what a stream holds back for the secret detector (longer ones: see `holdback`)
-
-
-def _secret_matches(text: str) -> list[tuple[int, int]]:
-    found: list[tuple[int, int]] = []
-    for pattern, hints, check in _SECRETS:
-        if not any(hint in text for hint in hints):
-            continue
-        for match in pattern.finditer(text):
-            if check is None:
-                found.append(match.span())
-            elif check(match.group("s")):
-                found.append(match.span("s"))
-    if any(hint in text for hint in ASSIGNMENT_HINTS):
-        for match in ASSIGNMENT.finditer(text):
-            if assigned_secret(match.group("s")):
-                found.append(match.span("s"))
-    return found
-
-
-CHECKS: dict[str, Validate] = {"connection_string": connection_password}
-_SECRETS: tuple[tuple[re.Pattern[str], tuple[str, ...], Validate | None], ...] = tuple(
-    (re.compile(pattern), hints, CHECKS.get(name, (lambda value: True) if "(?P<s>" in pattern else None))
-    for name, (pattern, hints) in SECRET_PATTERNS.items()
+    Detector("github_token", "SECRET", re.compile(r"gh[pousr]_[A-Za-z0-9]{36,255}(?![A-Za-z0-9_])"), bounded=True, max_len=260),
+    Detector("github_pat", "SECRET", re.compile(r"github_pat_[A-Za-z0-9_]{22,255}"), bounded=True, max_len=266),
+    Detector("gitlab_token", "SECRET", re.compile(r"gl(?:pat|dt|ptt|rt|cbt|oas|imt|agent|ft)-[A-Za-z0-9_-]{20,64}(?![A-Za-z0-9_-])"), bounded=True),
+    Detector("slack_token", "SECRET", re.compile(r"xox[abposr]-(?:\d+-)+[A-Za-z0-9-]{10,100}"), bounded=True, max_len=160),
+    Detector("slack_app_token", "SECRET", re.compile(r"xapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{32,80}"), bounded=True, max_len=160),
+    Detector("slack_webhook", "SECRET", re.compile(r"https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9+/]{20,120}"), max_len=160),
+    Detector("anthropic_key", "SECRET", re.compile(r"sk-ant-(?:api|admin)\d\d-[A-Za-z0-9_-]{32,120}"), bounded=True, max_len=140),
+    Detector(
+        "openai_key", "SECRET", re.compile(r"sk-(?!ant-)(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,200}(?<=[A-Za-z0-9])(?![A-Za-z0-9_-])"),
+        bounded=True, max_len=220,
+    ),
+    Detector("google_api_key", "SECRET", re.compile(r"AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"), bounded=True),
+    AnchoredDetector(
+        "stripe_key", "SECRET", re.compile(r"(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}(?![0-9A-Za-z])"), max_len=110, bounded=True,
+        anchors=("_live_", "_test_"), back=2,
+    ),
+    Detector("stripe_webhook_secret", "SECRET", re.compile(r"whsec_[0-9A-Za-z]{24,64}"), bounded=True, max_len=70),
+    Detector(
+        "private_key", "SECRET",
+        re.compile(r"-----BEGIN[A-Z ]{0,20} PRIVATE KEY(?: BLOCK)?-----(?:[\sA-Za-z0-9+/=:,-]{0,8192}?-----END[A-Z ]{0,20} PRIVATE KEY(?: BLOCK)?-----)?"),
+        max_len=SECRET_MAX_LEN,
+    ),
+    Detector("jwt", "SECRET", re.compile(r"eyJ[A-Za-z0-9_-]{8,2048}\.eyJ[A-Za-z0-9_-]{8,4096}\.[A-Za-z0-9_-]{16,1024}"), bounded=True, max_len=SECRET_MAX_LEN),
+    AnchoredDetector(
+        "connection_string", "SECRET",
+        re.compile(r"[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"'<>]{1,64}:(?P<s>[^\s@/\"'<>]{3,128})@[A-Za-z0-9.\[\]_-]{1,253}"),
+        connection_password, SECRET_MAX_LEN, "s", bounded=True, back=22, anchor=re.compile(r"://[^\s:/@\"'<>]{1,64}:[^\s@/\"'<>]{3,128}@"),
+    ),
+    AnchoredDetector(
+        "assignment", "SECRET",
+        re.compile(
+            r"(?i)(?<![A-Za-z0-9])(?:password|passwd|pwd|passphrase|secret|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|"
+            r"private[_-]?key|client[_-]?secret|auth[_-]?token|access[_-]?token|refresh[_-]?token|bearer[_-]?token|token)"
+            r"[\"']?\s{0,3}(?::=|=>|[=:])\s{0,3}(?P<q>[\"']?)(?P<s>[^\s\"',;&]{8,200})(?P=q)"
+        ),
+        assigned_secret, SECRET_MAX_LEN, "s", anchors=("pass", "pwd", "secret", "key", "token"), back=16, lowered=True,
+    ),
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Secrets:
-    """The `secret` detector: its own find, over every shape above."""
+    """The `secret` detector: every shape in SECRET_SHAPES (a rule names `secret` for all)."""
 
     name: str = "secret"
     label: str = "SECRET"
     max_len: int = SECRET_MAX_LEN
+    shapes: tuple[Detector, ...] = field(default=SECRET_SHAPES)
 
-    def find(self, text: str) -> Iterable[tuple[int, int]]:
-        return _secret_matches(text)
+    def find(self, text: Text) -> Iterable[Span]:
+        for shape in self.shapes:
+            yield from shape.find(text)
 
 
 SECRET = Secrets()
-BUILTIN: dict[str, Detector | Secrets] = {d.name: d for d in (EMAIL, PHONE, CREDIT_CARD, IBAN, US_SSN, IP_ADDRESS)}
-BUILTIN["secret"] = SECRET
+AnyDetector = Detector | IPAddresses | Secrets
+BUILTIN: dict[str, AnyDetector] = {d.name: d for d in (EMAIL, PHONE, CREDIT_CARD, IBAN, US_SSN, IP_ADDRESS, SECRET)}
 PII = ("email", "phone", "credit_card", "iban", "us_ssn", "ip_address")
 
 
@@ -262,15 +366,13 @@ def keywords_pattern(words: Sequence[str], case_sensitive: bool = False) -> re.P
     return re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)", 0 if case_sensitive else re.IGNORECASE)
 
 
-AnyDetector = Detector | Secrets
-
-
 def scan(text: str, detectors: Iterable[AnyDetector]) -> list[tuple[int, int, AnyDetector]]:
     """Every finding of `detectors` in `text`, by start, overlaps resolved: the earliest
     start wins, then the longest span, then the detector listed first."""
     found: list[tuple[int, int, int, AnyDetector]] = []
+    scanned = Text(text)
     for order, detector in enumerate(detectors):
-        for start, end in detector.find(text):
+        for start, end in detector.find(scanned):
             if end > start:
                 found.append((start, -end, order, detector))
     if not found:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from lockgate.middleware.guard_detectors import AnyDetector, scan
+from lockgate.middleware.guard_detectors import AnyDetector, Text, scan
 
 ACTIONS = ("block", "tokenize", "mask", "log")  # strongest first: where rules find the same text, the strongest acts
 DIRECTIONS = ("input", "output", "both")
@@ -111,7 +111,7 @@ def find(text: str, plan: Plan) -> list[Finding]:
 def _rule_of_failure(plan: Plan, text: str) -> Rule:
     for detector, rule in plan.entries:
         try:
-            list(detector.find(text))
+            list(detector.find(Text(text)))
         except Exception:  # noqa: BLE001 - this is the one that fails
             return rule
     return plan.entries[0][1]
