@@ -67,7 +67,23 @@ class StreamGuard:
                     return b"".join(out), True
                 self._unscanned()
                 out.extend(self._event(event, payload))
+        if not more and self.channels:
+            out.extend(self._rest())  # a stream that ended without its proper end: what was held still goes
         return b"".join(out), False
+
+    def _rest(self) -> list[bytes]:
+        out: list[bytes] = []
+        for key in list(self.channels):
+            channel = self.channels.get(key)
+            if channel is None:
+                continue
+            if isinstance(channel.template, tuple):
+                out += self._responses_rest(key)
+            elif self.dialect == "anthropic":
+                out += self._messages_rest(key[0])
+        if self.channels:
+            out += self._chat_flush(None)
+        return out
 
     def _unscanned(self) -> None:
         """on_error: open: the rest of the stream is restored but no longer scanned."""
@@ -97,6 +113,8 @@ class StreamGuard:
         if payload == b"[DONE]":
             return [*self._chat_flush(None), DONE]
         chunk = _object(payload)
+        if chunk is not None and isinstance(chunk.get("type"), str) and "choices" not in chunk:
+            return self._typed(event, chunk["type"], chunk)  # a streamed transcription's events
         if chunk is None or "error" in chunk or not isinstance(chunk.get("choices"), list):
             return [encode_raw(event, payload)]
         self.base = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
@@ -155,31 +173,37 @@ class StreamGuard:
         data = _object(payload)
         if data is None or event in ("error", "response.failed"):
             return [encode_raw(event, payload)]
+        return self._typed(event, event, data)
+
+    def _typed(self, event: str, kind: str, data: dict[str, Any]) -> list[bytes]:
+        """An event named by its type (the Responses API's; a streamed transcription's, whose
+        SSE events are unnamed and carry the type in their data): `<kind>.delta` pieces of a
+        text, then its `<kind>.done` with the whole of it."""
         if isinstance(data.get("sequence_number"), int):
             self.sequence = data["sequence_number"]
-        if event.endswith(".delta") and isinstance(data.get("delta"), str):
-            key = _responses_key(event[: -len(".delta")], data)
-            channel = self._channel(key, "arguments" in event)
-            channel.template = data
+        if kind.endswith(".delta") and isinstance(data.get("delta"), str):
+            channel = self._channel(_responses_key(kind[: -len(".delta")], data), "arguments" in kind)
+            channel.template = (event, data)
             data["delta"] = channel.feed(data["delta"])
             return [encode_raw(event, orjson.dumps(data))]
         out: list[bytes] = []
-        if event.endswith(".done"):
-            out += self._responses_rest(_responses_key(event[: -len(".done")], data), event[: -len(".done")])
-        elif event in ("response.completed", "response.incomplete"):
+        if kind.endswith(".done"):
+            out += self._responses_rest(_responses_key(kind[: -len(".done")], data))
+        elif kind in ("response.completed", "response.incomplete"):
             for key in list(self.channels):
-                out += self._responses_rest(key, key[0])
+                out += self._responses_rest(key)
         out.append(encode_raw(event, orjson.dumps(self._whole(data))))
         return out
 
-    def _responses_rest(self, key: Key, prefix: str) -> list[bytes]:
+    def _responses_rest(self, key: Key) -> list[bytes]:
         channel = self.channels.pop(key, None)
         if channel is None:
             return []
         rest = channel.flush()
         if not rest or channel.template is None:
             return []
-        return [encode_raw(prefix + ".delta", orjson.dumps({**channel.template, "delta": rest}))]
+        event, data = channel.template
+        return [encode_raw(event, orjson.dumps({**data, "delta": rest}))]
 
     # -- Anthropic's Messages ------------------------------------------------------------------------
     def _messages(self, event: str, payload: bytes) -> list[bytes]:
