@@ -369,11 +369,14 @@ def test_output_detection_in_streams_finds_a_value_split_at_every_boundary() -> 
 
 
 def test_the_holdback_is_bounded_by_the_longest_pattern() -> None:
-    rules = [{"name": "m", "detect": ["us_ssn"], "action": "mask", "direction": "output"}]
+    plan = Plan.of(list(parse_policy(policy({"name": "m", "detect": ["us_ssn"], "action": "mask", "direction": "output"}), "g").rules))
+    guard = StreamGuard(plan, Vault(), Tally(), "chat")
     text = "x" * 100 + "y"
-    unfinished = chat_stream([{"content": text[:100]}, {"content": text[100:]}])[:-2]  # no finish chunk yet
-    raw, _ = run_stream("chat", unfinished, rules)
-    assert streamed_text(raw)[0] == text[: len(text) - guard_detectors.US_SSN.max_len]
+    pieces = chat_stream([{"content": text[:100]}, {"content": text[100:]}])
+    sent = b"".join(guard.feed(piece, True)[0] for piece in pieces[:-2])  # the stream goes on
+    assert streamed_text(sent)[0] == text[: len(text) - guard_detectors.US_SSN.max_len]
+    rest, _ = guard.feed(b"".join(pieces[-2:]), False)
+    assert streamed_text(sent + rest)[0] == text
 
 
 # -- failures -----------------------------------------------------------------------------------------

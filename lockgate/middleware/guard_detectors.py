@@ -219,7 +219,7 @@ EMAIL = AnchoredDetector(
     "email", "EMAIL",
     # not the user and password of a URL (`scheme://user:pass@host`), but `mailto:` is an address
     re.compile(
-        r"(?<![\w.%+-])(?:(?<=mailto:)|(?<!:))[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
+        r"(?<![\w.%+-])(?:(?<=mailto:)|(?<!:))[A-Za-z0-9][A-Za-z0-9._%+'-]{0,63}@"
         r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![\w-])"
     ),
     max_len=254, anchors=("@",), back=64,

@@ -24,13 +24,14 @@ SKIPPED_KEYS = frozenset(
     {
         "model", "role", "type", "id", "object", "tool_call_id", "call_id", "item_id", "previous_response_id", "response_id",
         "name", "user", "safety_identifier", "prompt_cache_key", "tools", "functions", "tool_choice", "response_format",
-        "parameters", "input_schema", "signature", "encrypted_content", "data", "b64_json", "url", "image_url", "file_data",
+        "parameters", "input_schema", "signature", "encrypted_content", "b64_json", "url", "image_url", "file_data",
         "file_id", "file_url", "input_audio", "audio", "voice", "modalities", "stream_options", "reasoning", "encoding_format",
         "embedding", "logprobs", "top_logprobs", "usage", "finish_reason", "stop_reason", "system_fingerprint", "status",
         "media_type", "cache_control", "service_tier", "created", "created_at", "index", "sequence_number", "stream", "format",
         "quality", "size", "style", "background", "language", "temperature", "timestamp_granularities", "include",
     }
 )
+BLOB_KEYS = frozenset({"data"})  # base64 media when a string (input_audio, an image source); a list of results otherwise
 TOKEN = re.compile(r"<([A-Z][A-Z0-9_]{0,40})_([0-9]{1,6})>")
 TOKEN_PREFIX = re.compile(r"<[A-Z0-9_]{0,48}\Z")  # the start of a placeholder the next piece may finish
 MAX_TOKEN_LEN = 50
@@ -212,6 +213,8 @@ def walk(value: Any, change: Callable[[str, str], str]) -> Any:
         for key, item in value.items():
             if key in SKIPPED_KEYS or not isinstance(item, (str, dict, list)):
                 continue
+            if isinstance(item, str) and key in BLOB_KEYS:
+                continue
             new = change(key, item) if isinstance(item, str) else walk(item, change)
             if new is not item:
                 if changed is None:
@@ -238,7 +241,7 @@ def strings(value: Any) -> Iterator[str]:
         yield value
     elif isinstance(value, dict):
         for key, item in value.items():
-            if key not in SKIPPED_KEYS:
+            if key not in SKIPPED_KEYS and not (key in BLOB_KEYS and isinstance(item, str)):
                 yield from strings(item)
     elif isinstance(value, list):
         for item in value:
