@@ -100,20 +100,23 @@ def echo_app(seen: list[dict]) -> Starlette:
             arguments = orjson.dumps({"to": text}).decode()
             if not body.get("stream"):
                 call = {"id": "call_1", "type": "function", "function": {"name": "send", "arguments": arguments}}
-                return JSONResponse({**base, "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]}, "finish_reason": "tool_calls"}]})
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
+                return JSONResponse({**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
             pieces = [arguments[i : i + 3] for i in range(0, len(arguments), 3)]
             deltas = [{"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "send", "arguments": ""}}]}]
             deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
         else:
             if not body.get("stream"):
-                return JSONResponse({**base, "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo: " + text}, "finish_reason": "stop"}]})
+                message = {"role": "assistant", "content": "echo: " + text}
+                return JSONResponse({**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
             reply = "echo: " + text
             deltas = [{"content": reply[i : i + 4]} for i in range(0, len(reply), 4)]
 
         async def events() -> Any:
+            chunk = {**base, "object": "chat.completion.chunk"}
             for delta in deltas:
-                yield b"data: " + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}) + b"\n\n"
-            yield b"data: " + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + b"\n\n"
+                yield b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}) + b"\n\n"
+            yield b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + b"\n\n"
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -229,7 +232,8 @@ async def test_transcription_text_answers_are_restored_and_form_fields_tokenized
     seen: list[dict] = []
     app = GuardMiddleware(echo_app(seen), policy(TOKENIZE))
     async with client(app) as http:
-        answer = await http.post("/v1/audio/transcriptions", data={"model": "m", "prompt": f"names: {EMAIL}"}, files={"file": ("a.wav", b"RIFF0000", "audio/wav")})
+        upload = {"file": ("a.wav", b"RIFF0000", "audio/wav")}
+        answer = await http.post("/v1/audio/transcriptions", data={"model": "m", "prompt": f"names: {EMAIL}"}, files=upload)
         assert seen[-1]["prompt"] == "names: <EMAIL_1>"
         assert answer.text == f"you said: names: {EMAIL}"
 
@@ -251,14 +255,16 @@ def responses_stream(deltas: list[str], arguments: list[str]) -> list[bytes]:
     events.append(("response.function_call_arguments.done", {"item_id": "f1", "output_index": 1, "arguments": args}))
     output = [{"type": "message", "id": "m1", "content": [{"type": "output_text", "text": text}]}, {"type": "function_call", "id": "f1", "arguments": args}]
     events.append(("response.completed", {"response": {"id": "r", "output": output}}))
-    return [f"event: {name}\n".encode() + b"data: " + orjson.dumps({"type": name, "sequence_number": i, **data}) + b"\n\n" for i, (name, data) in enumerate(events)]
+    return [f"event: {name}\n".encode() + b"data: " + orjson.dumps({"type": name, "sequence_number": i, **data}) + b"\n\n"
+            for i, (name, data) in enumerate(events)]
 
 
 def messages_stream(deltas: list[str], partial_json: list[str]) -> list[bytes]:
     events: list[tuple[str, dict]] = [("message_start", {"message": {"id": "msg", "content": []}}),
                                       ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})]
     events += [("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": d}}) for d in deltas]
-    events += [("content_block_stop", {"index": 0}), ("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "t", "name": "send", "input": {}}})]
+    tool_use = {"type": "tool_use", "id": "t", "name": "send", "input": {}}
+    events += [("content_block_stop", {"index": 0}), ("content_block_start", {"index": 1, "content_block": tool_use})]
     events += [("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": d}}) for d in partial_json]
     events += [("content_block_stop", {"index": 1}), ("message_delta", {"delta": {"stop_reason": "tool_use"}}), ("message_stop", {})]
     return [f"event: {name}\n".encode() + b"data: " + orjson.dumps({"type": name, **data}) + b"\n\n" for name, data in events]

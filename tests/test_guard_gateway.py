@@ -49,7 +49,7 @@ def gw(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     models = [
         {"name": "gpt-4o-mini", "deployments": [{**openai_at, "model": "gpt-4o-mini"}]},
         {"name": "cached-gpt", "deployments": [{**openai_at, "model": "gpt-4o-mini"}]},
-        {"name": "claude", "deployments": [{"provider": "anthropic", "model": "claude-3-5-sonnet-20241022", "base_url": fake.url, "api_key": SECRETS["anthropic"]}]},
+        {"name": "claude", "deployments": [{"provider": "anthropic", "model": CHAT_MODELS["claude"], "base_url": fake.url, "api_key": SECRETS["anthropic"]}]},
         {"name": "gemini-flash", "deployments": [{"provider": "gemini", "model": "gemini-1.5-flash", "base_url": fake.url, "api_key": SECRETS["gemini"]}]},
         {"name": "bedrock-claude", "deployments": [{"provider": "bedrock", "model": BEDROCK_CLAUDE, **aws}]},
         {"name": "embed", "deployments": [{**openai_at, "model": "text-embedding-3-small"}]},
@@ -145,7 +145,8 @@ def test_secrets_are_refused_for_everyone_and_never_echoed(gw: Gateway, upstream
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_tool_call_arguments_are_restored(gw: Gateway, upstream: FakeUpstream, model: str, stream: bool) -> None:
     upstream.set(CHAT_MODELS[model], tool_args={"to": "<EMAIL_1>", "cc": "<EMAIL_2>"})
-    tools = [{"type": "function", "function": {"name": "send_mail", "parameters": {"type": "object", "properties": {"to": {"type": "string"}, "cc": {"type": "string"}}}}}]
+    schema = {"type": "object", "properties": {"to": {"type": "string"}, "cc": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "send_mail", "parameters": schema}}]
     body = chat(model, f"mail {EMAIL} and cc o'neil@example.org", tools=tools, stream=stream)
     answer = post(gw, "/v1/chat/completions", body, "tok")
     assert answer.status_code == 200, answer.text
@@ -170,7 +171,7 @@ def test_responses_plain_and_streamed(gw: Gateway, upstream: FakeUpstream, model
         deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
         final = stream.get_final_response()
     assert deltas == f"echo: mail {EMAIL}" and final.output_text == f"echo: mail {EMAIL}"
-    masked = httpx.post(gw.url + "/v1/responses", json={"model": model, "input": f"mail {EMAIL}", "stream": True}, headers={"x-lockgate-user": "blockout"}, timeout=30)
+    masked = post(gw, "/v1/responses", {"model": model, "input": f"mail {EMAIL}", "stream": True}, "blockout")
     events = sse(masked.text)
     assert EMAIL not in masked.text and events[-1][0] == "error" and events[-1][1]["code"] == "guard_blocked"
     assert not any(name == "response.completed" for name, _ in events)
@@ -198,7 +199,10 @@ def test_completions_plain_and_streamed(gw: Gateway, upstream: FakeUpstream) -> 
     for stream in (False, True):
         answer = post(gw, "/v1/completions", {"model": "gpt-4o-mini", "prompt": f"mail {EMAIL}", "stream": stream}, "tok")
         assert "<EMAIL_1>" in sent_upstream(upstream)
-        text = "".join(c.get("text", "") for _, e in sse(answer.text) if isinstance(e, dict) for c in e["choices"]) if stream else answer.json()["choices"][0]["text"]
+        if stream:
+            text = "".join(c.get("text", "") for _, e in sse(answer.text) if isinstance(e, dict) for c in e["choices"])
+        else:
+            text = answer.json()["choices"][0]["text"]
         assert text == f"echo: mail {EMAIL}"
 
 

@@ -75,6 +75,7 @@ class Detector:
     max_len: int = 64  # the longest match: what a stream holds back for it
     group: str | None = None  # the named group that is the finding (the rest is context), else the whole match
     bounded: bool = False  # the match must start a word (`\b` before it, checked after the fact)
+    context: Callable[[str, int], bool] | None = None  # (text, start): False when what comes before rules the match out
 
     def find(self, text: Text) -> Iterable[Span]:
         return self._take(text.value, self.pattern.finditer(text.value))
@@ -84,7 +85,7 @@ class Detector:
             if self.bounded and not word_start(value, match.start()):
                 continue
             start, end = match.span(self.group) if self.group else match.span()
-            if start < 0:
+            if start < 0 or (self.context is not None and not self.context(value, start)):
                 continue
             if self.validate is None or self.validate(value[start:end]):
                 yield start, end
@@ -155,6 +156,20 @@ def valid_card(candidate: str) -> bool:
     return bool(luhn.is_valid(digits))
 
 
+IBAN_START = re.compile(r"[A-Z]{2}\d{2}[ ]?(?:[A-Z0-9]{4}[ ]?){0,2}\Z")
+
+
+def not_in_iban(text: str, start: int) -> bool:
+    """A card-like run of digits that is the rest of an IBAN (FR76 3000 6000 0112 ...) is the IBAN's."""
+    return IBAN_START.search(text, max(start - 16, 0), start) is None
+
+
+def not_in_url(text: str, start: int) -> bool:
+    """`user:password@host` in a URL is no email address (the password is the connection string's secret)."""
+    word = max(text.rfind(c, 0, start) for c in " \t\n\"'<>(")
+    return "://" not in text[word + 1 : start]
+
+
 def valid_iban(candidate: str) -> bool:
     return bool(stdnum_iban.is_valid(candidate))
 
@@ -199,11 +214,15 @@ PLACEHOLDER_VALUES = re.compile(
 )
 
 
+CODE_VALUE = re.compile(r"(?:os\.|process\.env|getenv|environ|config\.|settings\.|self\.|this\.|[\[\](){}])")
+
+
 def assigned_secret(value: str) -> bool:
     """What detect-secrets' keyword rule would flag, less its usual false positives:
-    a value of 8+ characters, not a placeholder or template, mixed enough to be a key."""
+    a value of 8+ characters, not a placeholder, template or code (`os.environ[...]`),
+    mixed enough to be a key."""
     value = value.strip("'\"")
-    if len(value) < 8 or PLACEHOLDER_VALUES.match(value):
+    if len(value) < 8 or PLACEHOLDER_VALUES.match(value) or CODE_VALUE.search(value):
         return False
     if value.isalpha() and value.islower():
         return False  # a word (`password = lettersonly`) is a variable name more often than a secret
@@ -222,7 +241,7 @@ EMAIL = AnchoredDetector(
         r"(?<![\w.%+-])(?:(?<=mailto:)|(?<!:))[A-Za-z0-9][A-Za-z0-9._%+'-]{0,63}@"
         r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![\w-])"
     ),
-    max_len=254, anchors=("@",), back=64,
+    max_len=254, anchors=("@",), back=64, context=not_in_url,
 )
 PHONE = NumberDetector(
     "phone", "PHONE",
@@ -238,8 +257,9 @@ PHONE = NumberDetector(
 )
 CREDIT_CARD = NumberDetector(
     "credit_card", "CREDIT_CARD",
-    re.compile(r"(?<![\w.-])(?:\d{4}[ -]?){2,3}\d{1,7}(?![\w-]|\.\d)"),
-    validate=valid_card, max_len=24,
+    # groups of four (Visa, Mastercard, Discover, JCB: 4-4-4-4), or Amex's 4-6-5
+    re.compile(r"(?<![\w.-])(?:\d{4}([ -]?)\d{6}\1\d{5}|(?:\d{4}[ -]?){2,3}\d{1,7})(?![\w-]|\.\d)"),
+    validate=valid_card, max_len=24, context=not_in_iban,
 )
 US_SSN = NumberDetector(
     "us_ssn", "US_SSN",
