@@ -78,7 +78,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.kernel import metrics
 from lockgate.kernel.context import CONTEXT_KEY, RequestContext, model_request, redacted, refuse, route_path
-from lockgate.kernel.logs import get_logger
+from lockgate.kernel.logs import get_logger, info_line
 from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.policy import Policy
 from lockgate.middleware.guard_detectors import BUILTIN, AnyDetector, custom, keywords_pattern
@@ -352,10 +352,9 @@ class Guarded:
         for (rule, action, direction), count in self.tally.counts.items():
             metrics.guard_findings.labels(rule, action, direction).inc(count)
         if self.tally.counts:
-            log.info(
-                "guard_findings", request_id=self.ctx.request_id, redacted=redacted(self.scope),
-                findings=[{"rule": rule, "action": action, "direction": direction, "count": n} for (rule, action, direction), n in self.tally.counts.items()],
-            )
+            # by rule and count only, never a matched value: an incognito request's line is the same
+            findings = [{"rule": rule, "action": action, "direction": direction, "count": n} for (rule, action, direction), n in self.tally.counts.items()]
+            info_line("guard_findings", {"request_id": self.ctx.request_id, "redacted": redacted(self.scope), "findings": findings})
 
 
 class GuardMiddleware:

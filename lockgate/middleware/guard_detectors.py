@@ -25,7 +25,7 @@ import ipaddress
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import phonenumbers
@@ -35,22 +35,43 @@ from stdnum import luhn
 Validate = Callable[[str], bool]
 Span = tuple[int, int]
 RUNS = re.compile(r"[0-9][-0-9 .()+/]{5,}[0-9]")  # digits with what numbers are written with between them
+# windows closer than this are looked at in one call: `re` reads that many characters in
+# about the time Python takes to make one more call
+WINDOW_GAP = 96
 
 
 class Text:
     """One text being scanned, with what several detectors need of it worked out once."""
 
-    __slots__ = ("value", "_runs", "_lower")
+    __slots__ = ("value", "_runs", "_lower", "_windows")
 
     def __init__(self, value: str) -> None:
         self.value = value
         self._runs: list[Span] | None = None
         self._lower: str | None = None
+        self._windows: dict[int, list[Span]] = {}
 
     def runs(self) -> list[Span]:
         if self._runs is None:
             self._runs = [m.span() for m in RUNS.finditer(self.value)]
         return self._runs
+
+    def windows(self, back: int) -> list[Span]:
+        """The runs of digits widened by `back` characters before and one after, those
+        that touch merged: where text is dense with numbers (a CSV) this is a few long
+        windows, not one short call per number."""
+        merged = self._windows.get(back)
+        if merged is None:
+            merged = []
+            size = len(self.value)
+            for start, end in self.runs():
+                lo, hi = max(start - back, 0), min(end + 1, size)
+                if merged and lo <= merged[-1][1] + WINDOW_GAP:
+                    merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+                else:
+                    merged.append((lo, hi))
+            self._windows[back] = merged
+        return merged
 
     def lower(self) -> str:
         if self._lower is None:
@@ -76,19 +97,26 @@ class Detector:
     group: str | None = None  # the named group that is the finding (the rest is context), else the whole match
     bounded: bool = False  # the match must start a word (`\b` before it, checked after the fact)
     context: Callable[[str, int], bool] | None = None  # (text, start): False when what comes before rules the match out
+    hints: tuple[str, ...] = ()  # literals one of which every match holds: text without any is skipped at `str` speed
 
     def find(self, text: Text) -> Iterable[Span]:
-        return self._take(text.value, self.pattern.finditer(text.value))
+        value = text.value
+        if self.hints and not any(hint in value for hint in self.hints):
+            return ()
+        return self._take(value, self.pattern.finditer(value))
 
-    def _take(self, value: str, matches: Iterable[re.Match[str]]) -> Iterator[Span]:
+    def _take(self, value: str, matches: Iterable[re.Match[str]]) -> list[Span]:
+        found: list[Span] = []
+        bounded, group, context, validate = self.bounded, self.group, self.context, self.validate
         for match in matches:
-            if self.bounded and not word_start(value, match.start()):
+            if bounded and not word_start(value, match.start()):
                 continue
-            start, end = match.span(self.group) if self.group else match.span()
-            if start < 0 or (self.context is not None and not self.context(value, start)):
+            start, end = match.span(group) if group else match.span()
+            if start < 0 or (context is not None and not context(value, start)):
                 continue
-            if self.validate is None or self.validate(value[start:end]):
-                yield start, end
+            if validate is None or validate(value[start:end]):
+                found.append((start, end))
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +127,11 @@ class NumberDetector(Detector):
     back: int = 2
 
     def find(self, text: Text) -> Iterable[Span]:
-        value, pattern, size = text.value, self.pattern, len(text.value)
-        seen: set[Span] = set()
-        for start, end in text.runs():
-            for span in self._take(value, pattern.finditer(value, max(start - self.back, 0), min(end + 1, size))):
-                if span not in seen:
-                    seen.add(span)
-                    yield span
+        value, finditer = text.value, self.pattern.finditer
+        found: list[Span] = []
+        for lo, hi in text.windows(self.back):
+            found += self._take(value, finditer(value, lo, hi))
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +201,7 @@ def valid_iban(candidate: str) -> bool:
 
 
 def valid_ssn(candidate: str) -> bool:
-    digits = re.sub(r"[ -]", "", candidate)
+    digits = candidate.replace("-", "").replace(" ", "")
     area, group, serial = digits[:3], digits[3:5], digits[5:]
     if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
         return False
@@ -309,35 +335,42 @@ def anything(value: str) -> bool:
 # rules for the same providers.
 SECRET_MAX_LEN = 256  # what a stream holds back for the secret detector: a longer match grows in the held part
 SECRET_SHAPES: tuple[Detector, ...] = (
-    Detector("aws_access_key_id", "SECRET", re.compile(r"A[KSBCIRGNP][A-Z]{2}[A-Z2-7]{16}(?![A-Za-z0-9])"), aws_key_id, bounded=True),
+    Detector("aws_access_key_id", "SECRET", re.compile(r"A[KSBCIRGNP][A-Z]{2}[A-Z2-7]{16}(?![A-Za-z0-9])"), aws_key_id, bounded=True, hints=("A",)),
     AnchoredDetector(
         "aws_secret_access_key", "SECRET",
         re.compile(r"(?i:aws[\w.-]{0,20}?(?:secret|private)[\w.-]{0,20}?)[\s\"':=]{1,6}(?P<s>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"),
         anything, 120, "s", anchors=("aws",), back=0, lowered=True,
     ),
-    Detector("github_token", "SECRET", re.compile(r"gh[pousr]_[A-Za-z0-9]{36,255}(?![A-Za-z0-9_])"), bounded=True, max_len=260),
-    Detector("github_pat", "SECRET", re.compile(r"github_pat_[A-Za-z0-9_]{22,255}"), bounded=True, max_len=266),
-    Detector("gitlab_token", "SECRET", re.compile(r"gl(?:pat|dt|ptt|rt|cbt|oas|imt|agent|ft)-[A-Za-z0-9_-]{20,64}(?![A-Za-z0-9_-])"), bounded=True),
-    Detector("slack_token", "SECRET", re.compile(r"xox[abposr]-(?:\d+-)+[A-Za-z0-9-]{10,100}"), bounded=True, max_len=160),
-    Detector("slack_app_token", "SECRET", re.compile(r"xapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{32,80}"), bounded=True, max_len=160),
-    Detector("slack_webhook", "SECRET", re.compile(r"https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9+/]{20,120}"), max_len=160),
-    Detector("anthropic_key", "SECRET", re.compile(r"sk-ant-(?:api|admin)\d\d-[A-Za-z0-9_-]{32,120}"), bounded=True, max_len=140),
+    Detector("github_token", "SECRET", re.compile(r"gh[pousr]_[A-Za-z0-9]{36,255}(?![A-Za-z0-9_])"), bounded=True, max_len=260, hints=("gh",)),
+    Detector("github_pat", "SECRET", re.compile(r"github_pat_[A-Za-z0-9_]{22,255}"), bounded=True, max_len=266, hints=("github_pat_",)),
+    Detector(
+        "gitlab_token", "SECRET", re.compile(r"gl(?:pat|dt|ptt|rt|cbt|oas|imt|agent|ft)-[A-Za-z0-9_-]{20,64}(?![A-Za-z0-9_-])"), bounded=True, hints=("gl",),
+    ),
+    Detector("slack_token", "SECRET", re.compile(r"xox[abposr]-(?:\d+-)+[A-Za-z0-9-]{10,100}"), bounded=True, max_len=160, hints=("xox",)),
+    Detector("slack_app_token", "SECRET", re.compile(r"xapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{32,80}"), bounded=True, max_len=160, hints=("xapp-",)),
+    Detector(
+        "slack_webhook", "SECRET", re.compile(r"https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9+/]{20,120}"), max_len=160, hints=("hooks.slack",),
+    ),
+    Detector("anthropic_key", "SECRET", re.compile(r"sk-ant-(?:api|admin)\d\d-[A-Za-z0-9_-]{32,120}"), bounded=True, max_len=140, hints=("sk-ant-",)),
     Detector(
         "openai_key", "SECRET", re.compile(r"sk-(?!ant-)(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,200}(?<=[A-Za-z0-9])(?![A-Za-z0-9_-])"),
-        bounded=True, max_len=220,
+        bounded=True, max_len=220, hints=("sk-",),
     ),
-    Detector("google_api_key", "SECRET", re.compile(r"AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"), bounded=True),
+    Detector("google_api_key", "SECRET", re.compile(r"AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"), bounded=True, hints=("AIza",)),
     AnchoredDetector(
         "stripe_key", "SECRET", re.compile(r"(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}(?![0-9A-Za-z])"), max_len=110, bounded=True,
         anchors=("_live_", "_test_"), back=2,
     ),
-    Detector("stripe_webhook_secret", "SECRET", re.compile(r"whsec_[0-9A-Za-z]{24,64}"), bounded=True, max_len=70),
+    Detector("stripe_webhook_secret", "SECRET", re.compile(r"whsec_[0-9A-Za-z]{24,64}"), bounded=True, max_len=70, hints=("whsec_",)),
     Detector(
         "private_key", "SECRET",
         re.compile(r"-----BEGIN[A-Z ]{0,20} PRIVATE KEY(?: BLOCK)?-----(?:[\sA-Za-z0-9+/=:,-]{0,8192}?-----END[A-Z ]{0,20} PRIVATE KEY(?: BLOCK)?-----)?"),
-        max_len=SECRET_MAX_LEN,
+        max_len=SECRET_MAX_LEN, hints=("PRIVATE KEY",),
     ),
-    Detector("jwt", "SECRET", re.compile(r"eyJ[A-Za-z0-9_-]{8,2048}\.eyJ[A-Za-z0-9_-]{8,4096}\.[A-Za-z0-9_-]{16,1024}"), bounded=True, max_len=SECRET_MAX_LEN),
+    Detector(
+        "jwt", "SECRET", re.compile(r"eyJ[A-Za-z0-9_-]{8,2048}\.eyJ[A-Za-z0-9_-]{8,4096}\.[A-Za-z0-9_-]{16,1024}"), bounded=True, max_len=SECRET_MAX_LEN,
+        hints=("eyJ",),
+    ),
     AnchoredDetector(
         "connection_string", "SECRET",
         re.compile(r"[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"'<>]{1,64}:(?P<s>[^\s@/\"'<>]{3,128})@[A-Za-z0-9.\[\]_-]{1,253}"),
