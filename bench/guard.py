@@ -44,7 +44,9 @@ POLICIES = {
     "both": {"rules": [{"name": "no-secrets", "detect": ["secret"], "action": "block", "direction": "both"},
                        {"name": "pii", "detect": PII, "action": "mask", "direction": "both"}]},
 }
-WORDS = ["the", "quarterly", "report", "shows", "revenue", "growth", "in", "the", "northern", "region", "while", "costs", "of", "the", "new", "platform", "stayed", "flat;", "please", "review", "section", "4.2", "before", "the", "meeting", "on", "2024-03-14", "at", "10:30,", "see", "https://docs.example.com/q1?id=42", "and", "version", "2.3.1", "of", "the", "client,", "order", "ORD-2024-000917", "is", "pending"]
+WORDS = ("the quarterly report shows revenue growth in the northern region while costs of the new platform stayed flat; "  # noqa: SIM905
+         "please review section 4.2 before the meeting on 2024-03-14 at 10:30, see https://docs.example.com/q1?id=42 "
+         "and version 2.3.1 of the client, order ORD-2024-000917 is pending").split()
 
 
 def prose(size: int, seed: int = 1) -> str:
