@@ -11,6 +11,7 @@ everyone. The fake upstream answers `echo: <the last user text>`."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 
 import anthropic
@@ -21,6 +22,7 @@ import pytest
 
 from tests.cloud import AWS_ACCESS_KEY, AWS_SECRET_KEY, BEDROCK_CLAUDE
 from tests.conftest import SECRETS, Gateway, start_gateway
+from tests.fakes.otlp import Collector
 from tests.fakes.upstream import FakeUpstream
 
 EMAIL = "jane.doe@example.com"
@@ -41,7 +43,14 @@ CHAT_MODELS = {"gpt-4o-mini": "gpt-4o-mini", "claude": "claude-3-5-sonnet-202410
 
 
 @pytest.fixture(scope="module")
-def gw(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def collector() -> Iterator[Collector]:
+    running = Collector().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(fake: FakeUpstream, collector: Collector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir = tmp_path_factory.mktemp("guard")
     fake.aws.keys[AWS_ACCESS_KEY] = (AWS_SECRET_KEY, None)
     aws = {"region": "us-east-1", "base_url": fake.url, "aws_access_key_id": AWS_ACCESS_KEY, "aws_secret_access_key": AWS_SECRET_KEY}
@@ -62,10 +71,12 @@ def gw(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (workdir / "guard.yaml").write_text(json.dumps(GUARD))
     (workdir / "cache.yaml").write_text(json.dumps({"scope": "global", "models": ["cached-*"]}))
     config = {"models": models, "middleware": [{"guard": "guard.yaml"}, {"cache": "cache.yaml"}]}
-    gateway = start_gateway(config, workdir, env={"HOME": str(workdir), "AWS_EC2_METADATA_DISABLED": "true"})
+    env = {"HOME": str(workdir), "AWS_EC2_METADATA_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    gateway = start_gateway(config, workdir, env=env)
     yield gateway
     gateway.stop()
     assert EMAIL not in gateway.log(), "a matched value reached the log"
+    assert EMAIL not in repr(collector.spans) and "<EMAIL_1>" not in repr(collector.spans), "a matched value reached a span"
 
 
 def post(gw: Gateway, path: str, body: dict, user: str, **headers: str) -> httpx.Response:
@@ -265,3 +276,15 @@ def test_incognito_requests_are_guarded_and_counted(gw: Gateway, upstream: FakeU
     assert 'lockgate_guard_findings_total{action="tokenize",direction="input",rule="pii-tok"}' in metrics
     assert 'lockgate_guard_findings_total{action="log",direction="output",rule="mail-log"}' in metrics
     assert "lockgate_guard_seconds_bucket" in metrics
+
+
+def test_the_guard_span_says_what_was_found_never_the_text(gw: Gateway, upstream: FakeUpstream, collector: Collector) -> None:
+    for user, outcome in (("tok", "passed"), ("blockin", "blocked")):
+        trace_id = secrets.token_hex(16)
+        headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+        post(gw, "/v1/chat/completions", chat("gpt-4o-mini", f"mail {EMAIL}"), user, **headers)
+        spans = collector.wait_for(lambda spans, t=trace_id: any(s["trace_id"] == t and s["name"] == "lockgate.guard" for s in spans))
+        span = next(s for s in spans if s["trace_id"] == trace_id and s["name"] == "lockgate.guard")
+        attributes = span["attributes"]
+        assert attributes["lockgate.guard.outcome"] == outcome and attributes["lockgate.guard.findings"] == 1
+        assert attributes["lockgate.guard.rules"] == (("pii-tok",) if user == "tok" else ("mail-in",))

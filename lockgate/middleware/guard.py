@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -327,7 +328,7 @@ class Guarded:
         self.checks = [r for r in rules if r.inbound and (r.moderation or r.webhook)]
         self.vault = Vault()
         self.tally = Tally()
-        self.errors: list[str] = []
+        self.outcome = "passed"  # passed | blocked | unavailable (a rule could not decide and the policy is closed)
 
     def facts(self) -> dict[str, Any]:
         who = identity_of(self.scope, self.ctx, self.policy.trust_client_user)
@@ -351,6 +352,15 @@ class Guarded:
     def record(self) -> None:
         for (rule, action, direction), count in self.tally.counts.items():
             metrics.guard_findings.labels(rule, action, direction).inc(count)
+        trace = sys.modules.get("opentelemetry.trace")  # imported only when the gateway traces: nothing to do otherwise
+        if trace is not None:
+            span = trace.get_current_span()  # the guard's own `lockgate.guard` span (gateway/tracing.py TraceLayer)
+            if span.is_recording():
+                span.set_attributes({
+                    "lockgate.guard.findings": sum(self.tally.counts.values()),
+                    "lockgate.guard.rules": sorted({rule for rule, _, _ in self.tally.counts}),
+                    "lockgate.guard.outcome": self.outcome,
+                })
         if self.tally.counts:
             # by rule and count only, never a matched value: an incognito request's line is the same
             findings = [{"rule": rule, "action": action, "direction": direction, "count": n} for (rule, action, direction), n in self.tally.counts.items()]
@@ -387,11 +397,13 @@ class GuardMiddleware:
             for rule in guarded.checks:
                 await self._check(guarded, rule)
         except Blocked as exc:
+            guarded.outcome = "blocked"
             guarded.record()
             await refuse(ctx, send, blocked_error(exc.rule.name, "input"), headers)
             return
         except (Unavailable, DetectorFailed) as exc:
             if self._failed(guarded, exc.rule, exc.kind):
+                guarded.outcome = "unavailable"
                 guarded.record()
                 await refuse(ctx, send, unavailable_error(exc.rule.name), headers)
                 return
@@ -405,12 +417,16 @@ class GuardMiddleware:
         try:
             await self.app(scope, inner_receive, outbound.send)
         finally:
+            if outbound.stream is not None and outbound.stream.blocked:
+                guarded.outcome = "blocked"
             guarded.record()
 
     def _failed(self, guarded: Guarded, rule: Rule, kind: str) -> bool:
         """Counts and logs a rule that could not decide; True when the policy refuses then."""
         metrics.guard_errors.labels(rule.name).inc()
         closed = guarded.policy.closed
+        if closed:
+            guarded.outcome = "unavailable"
         log.warning("guard_rule_failed", rule=rule.name, error=kind, outcome="refused" if closed else "passed", request_id=guarded.ctx.request_id)
         return closed
 
@@ -570,6 +586,7 @@ class Outbound:
         try:
             body = self._guarded_body(body)
         except Blocked as exc:
+            guarded.outcome = "blocked"
             await refuse(guarded.ctx, self.downstream, blocked_error(exc.rule.name, "output"))
             return
         except DetectorFailed as exc:

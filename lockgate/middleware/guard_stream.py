@@ -39,6 +39,7 @@ class StreamGuard:
     client, and whether the stream ended there (a block)."""
 
     def __init__(self, plan: Plan, vault: Vault, tally: Tally, endpoint: str, on_failure: Any = None) -> None:
+        self.blocked = False
         self.plan = plan
         self.vault = vault
         self.tally = tally
@@ -59,6 +60,7 @@ class StreamGuard:
             try:
                 out.extend(self._event(event, payload))
             except Blocked as exc:
+                self.blocked = True
                 out.append(self._error(blocked_error(exc.rule.name, "output")))
                 return b"".join(out), True
             except DetectorFailed as exc:
