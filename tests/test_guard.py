@@ -490,3 +490,23 @@ def test_the_findings_never_carry_text() -> None:
     assert guard_text(f"{EMAIL}", plan, vault, "input", tally) == "<EMAIL_1>"
     assert tally.counts == {("pii", "tokenize", "input"): 1}
     assert not re.search("@", repr(tally))
+
+
+async def test_an_output_scan_that_fails_open_still_restores_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(self: Any, text: Any) -> Any:
+        raise Boom("no")
+
+    monkeypatch.setattr(guard_detectors.NumberDetector, "find", explode)
+    rules = [{**TOKENIZE, "detect": ["email"]}, {"name": "out-phone", "detect": ["phone"], "action": "mask", "direction": "output"}]
+    seen: list[dict] = []
+    async with client(GuardMiddleware(echo_app(seen), policy(*rules, on_error="open"))) as http:
+        answer = await http.post("/v1/chat/completions", json=chat_body(f"mail {EMAIL}"))
+        streamed = await http.post("/v1/chat/completions", json=chat_body(f"mail {EMAIL}", stream=True))
+    assert seen[-1]["messages"][-1]["content"] == "mail <EMAIL_1>"
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == f"echo: mail {EMAIL}"
+    assert streamed_text(streamed.content)[0] == f"echo: mail {EMAIL}"
+    async with client(GuardMiddleware(echo_app(seen), policy(*rules))) as http:
+        refused = await http.post("/v1/chat/completions", json=chat_body(f"mail {EMAIL}"))
+        cut = await http.post("/v1/chat/completions", json=chat_body(f"mail {EMAIL}", stream=True))
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "guard_unavailable" and EMAIL not in refused.text
+    assert streamed_text(cut.content)[2][-1]["error"]["code"] == "guard_unavailable"

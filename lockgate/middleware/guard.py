@@ -593,6 +593,8 @@ class Outbound:
             if self.middleware._failed(guarded, exc.rule, exc.kind):
                 await refuse(guarded.ctx, self.downstream, unavailable_error(exc.rule.name))
                 return
+            guarded.output = Plan((), 0)  # on_error: open: the answer goes unscanned, but restored
+            body = self._guarded_body(body)
         finally:
             metrics.guard_latency.labels("output").observe(time.perf_counter() - started)
         headers = [(k, v) for k, v in self.start.get("headers", ()) if k != b"content-length"]

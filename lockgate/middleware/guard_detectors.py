@@ -358,7 +358,7 @@ SECRET_SHAPES: tuple[Detector, ...] = (
     ),
     Detector("google_api_key", "SECRET", re.compile(r"AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"), bounded=True, hints=("AIza",)),
     AnchoredDetector(
-        "stripe_key", "SECRET", re.compile(r"(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,99}(?![0-9A-Za-z])"), max_len=110, bounded=True,
+        "stripe_key", "SECRET", re.compile(r"(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{16,99}(?![0-9A-Za-z])"), max_len=110, bounded=True,
         anchors=("_live_", "_test_"), back=2,
     ),
     Detector("stripe_webhook_secret", "SECRET", re.compile(r"whsec_[0-9A-Za-z]{24,64}"), bounded=True, max_len=70, hints=("whsec_",)),
