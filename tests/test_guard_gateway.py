@@ -19,6 +19,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from websockets.sync.client import connect
 
 from tests.cloud import AWS_ACCESS_KEY, AWS_SECRET_KEY, BEDROCK_CLAUDE
 from tests.conftest import SECRETS, Gateway, start_gateway
@@ -67,6 +68,7 @@ def gw(fake: FakeUpstream, collector: Collector, tmp_path_factory: pytest.TempPa
         {"name": "tts", "deployments": [{**openai_at, "model": "tts-1"}]},
         {"name": "whisper", "deployments": [{**openai_at, "model": "whisper-1"}]},
         {"name": "gpt-4o-transcribe", "deployments": [{**openai_at, "model": "gpt-4o-transcribe"}]},
+        {"name": "gpt-4o-realtime", "deployments": [{**openai_at, "model": "gpt-4o-realtime-preview"}]},
     ]
     (workdir / "guard.yaml").write_text(json.dumps(GUARD))
     (workdir / "cache.yaml").write_text(json.dumps({"scope": "global", "models": ["cached-*"]}))
@@ -272,6 +274,7 @@ def test_the_cache_keeps_the_tokenized_form_and_never_another_requests_originals
 def test_incognito_requests_are_guarded_and_counted(gw: Gateway, upstream: FakeUpstream) -> None:
     answer = post(gw, "/v1/chat/completions", chat("gpt-4o-mini", f"incognito {EMAIL}"), "tok", **{"x-lockgate-redact": "true"})
     assert "<EMAIL_1>" in sent_upstream(upstream) and answer.json()["choices"][0]["message"]["content"] == f"echo: incognito {EMAIL}"
+    post(gw, "/v1/chat/completions", chat("gpt-4o-mini", f"counted {EMAIL}"), "log")
     metrics = httpx.get(gw.url + "/metrics").text
     assert 'lockgate_guard_findings_total{action="tokenize",direction="input",rule="pii-tok"}' in metrics
     assert 'lockgate_guard_findings_total{action="log",direction="output",rule="mail-log"}' in metrics
@@ -288,3 +291,43 @@ def test_the_guard_span_says_what_was_found_never_the_text(gw: Gateway, upstream
         attributes = span["attributes"]
         assert attributes["lockgate.guard.outcome"] == outcome and attributes["lockgate.guard.findings"] == 1
         assert attributes["lockgate.guard.rules"] == (("pii-tok",) if user == "tok" else ("mail-in",))
+
+
+def realtime(gw: Gateway, user: str) -> object:
+    url = gw.url.replace("http://", "ws://") + "/v1/realtime?model=gpt-4o-realtime"
+    return connect(url, additional_headers={"x-lockgate-user": user}, open_timeout=10)
+
+
+def realtime_events(ws: object, last: str) -> list[dict]:
+    seen = []
+    while True:
+        event = json.loads(ws.recv(timeout=10))  # type: ignore[attr-defined]
+        seen.append(event)
+        if event["type"] == last:
+            return seen
+
+
+def test_realtime_sessions_are_guarded_both_ways(gw: Gateway, upstream: FakeUpstream) -> None:
+    # the fake answers a response.create with its instructions' words, one delta each
+    with realtime(gw, "tok") as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+        ws.send(json.dumps({"type": "response.create", "response": {"instructions": f"write to {EMAIL} soon"}}))
+        events = realtime_events(ws, "response.done")
+        assert "<EMAIL_1>" in json.dumps(upstream.realtime_events[-1]) and EMAIL not in json.dumps(upstream.realtime_events[-1])
+        assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["write", "to", EMAIL, "soon"]
+        ws.send(json.dumps({"type": "response.create", "response": {"instructions": "key ghp_" + "a1B2c3D4e5" * 4}}))
+        refused = json.loads(ws.recv(timeout=10))
+        assert refused["type"] == "error" and refused["error"]["code"] == "guard_blocked" and "ghp_" not in json.dumps(refused)
+        sent = len(upstream.realtime_events)
+        ws.send(json.dumps({"type": "response.create", "response": {"instructions": "still here"}}))
+        assert [e["delta"] for e in realtime_events(ws, "response.done") if e["type"] == "response.output_text.delta"] == ["still", "here"]
+        assert len(upstream.realtime_events) == sent + 1  # the blocked event never went upstream; the session went on
+    with realtime(gw, "blockout") as ws:
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"type": "response.create", "response": {"instructions": f"write to {EMAIL} soon"}}))
+        events = []
+        with pytest.raises(Exception):  # noqa: B017 - the session is closed after the error event (websockets' ConnectionClosed)
+            while True:
+                events.append(json.loads(ws.recv(timeout=10)))
+        assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "guard_blocked"
+        assert EMAIL not in json.dumps(events)

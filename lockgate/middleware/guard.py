@@ -79,9 +79,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.kernel import metrics
 from lockgate.kernel.context import CONTEXT_KEY, RequestContext, model_request, redacted, refuse, route_path
+from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.logs import get_logger, info_line
 from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.policy import Policy
+from lockgate.kernel.websocket import realtime_event
 from lockgate.middleware.guard_detectors import BUILTIN, AnyDetector, custom, keywords_pattern
 from lockgate.middleware.guard_stream import StreamGuard, blocked_error, unavailable_error
 from lockgate.middleware.guard_text import (
@@ -377,7 +379,7 @@ class GuardMiddleware:
         self._session_loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         self.policy.ensure_watching()
@@ -388,6 +390,13 @@ class GuardMiddleware:
         ctx, inner_receive = await model_request(scope, receive)
         if ctx is None:
             await self.app(scope, inner_receive, send)
+            return
+        if scope["type"] == "websocket":
+            session = RealtimeGuard(Guarded(policy, scope, ctx), self, send)
+            try:
+                await self.app(scope, session.receive(inner_receive), session.send)
+            finally:
+                session.guarded.record()
             return
         guarded = Guarded(policy, scope, ctx)
         headers = [(b"x-request-id", ctx.request_id.encode("latin-1"))]
@@ -617,3 +626,85 @@ class Outbound:
             return body
         changed = walk(answer, change)
         return body if changed is answer else orjson.dumps(changed)
+
+
+AUDIO_EVENTS = ('"input_audio_buffer.append"', 'audio.delta"')  # the frames that are most of a session: audio, never read
+EVENT_HEAD = 120  # a realtime event names its type within its first characters
+
+
+class RealtimeGuard:
+    """A realtime (WebSocket) session: each text event the client sends is guarded as a
+    request (an event a rule blocks is answered with an `error` event and never sent on;
+    the session goes on), each event the upstream sends as a piece of a stream (the
+    Responses API's event names: deltas held back and restored, `.done` and
+    `response.done` whole; a block sends an `error` event and closes the session, 1008).
+    Audio frames pass unread; moderation and webhook rules do not apply to sessions."""
+
+    def __init__(self, guarded: Guarded, middleware: GuardMiddleware, send: Send) -> None:
+        self.guarded = guarded
+        self.middleware = middleware
+        self.downstream = send
+        self.stream = StreamGuard(guarded.output, guarded.vault, guarded.tally, "responses", lambda rule, why: middleware._failed(guarded, rule, why))
+        self.closed = False
+
+    def receive(self, receive: Receive) -> Receive:
+        guarded = self.guarded
+        plan, vault, tally = guarded.input, guarded.vault, guarded.tally
+
+        async def guarded_receive() -> Message:
+            while True:
+                message = await receive()
+                text = message.get("text") if message["type"] == "websocket.receive" else None
+                if not text or not plan.entries or any(a in text[:EVENT_HEAD] for a in AUDIO_EVENTS):
+                    return message
+                event = realtime_event(text)
+                try:
+                    changed = walk(event, lambda key, value: guard_text(value, plan, vault, "input", tally))
+                except Blocked as exc:
+                    guarded.outcome = "blocked"
+                    await self._error(blocked_error(exc.rule.name, "input"), event.get("event_id"))
+                    continue  # the event is dropped; the session goes on
+                except DetectorFailed as exc:
+                    if self.middleware._failed(guarded, exc.rule, exc.kind):
+                        await self._error(unavailable_error(exc.rule.name), event.get("event_id"))
+                        continue
+                    return message
+                return message if changed is event else {**message, "text": orjson.dumps(changed).decode()}
+
+        return guarded_receive
+
+    async def send(self, message: Message) -> None:
+        if self.closed:
+            return
+        text = message.get("text") if message["type"] == "websocket.send" else None
+        if not text or not self.guarded.answers_touched or any(a in text[:EVENT_HEAD] for a in AUDIO_EVENTS):
+            await self.downstream(message)
+            return
+        event = realtime_event(text)
+        kind = event.get("type")
+        if not isinstance(kind, str) or kind == "error":
+            await self.downstream(message)
+            return
+        try:
+            frames = self.stream.typed(kind, kind, event)
+        except Blocked as exc:
+            self.guarded.outcome = "blocked"
+            await self._error(blocked_error(exc.rule.name, "output"), None)
+            await self.downstream({"type": "websocket.close", "code": 1008, "reason": "blocked by the guard"})
+            self.closed = True
+            return
+        except DetectorFailed as exc:
+            if self.middleware._failed(self.guarded, exc.rule, exc.kind):
+                await self._error(unavailable_error(exc.rule.name), None)
+                await self.downstream({"type": "websocket.close", "code": 1011, "reason": "guard unavailable"})
+                self.closed = True
+                return
+            self.stream._unscanned()
+            frames = self.stream.typed(kind, kind, event)
+        for _, payload in frames:
+            await self.downstream({"type": "websocket.send", "text": payload.decode()})
+
+    async def _error(self, error: GatewayError, event_id: Any) -> None:
+        body = error.body["error"]
+        event = {"type": "error", "event_id": f"guard_{self.guarded.ctx.request_id}", "error": {**body, "event_id": event_id}}
+        await self.downstream({"type": "websocket.send", "text": orjson.dumps(event).decode()})

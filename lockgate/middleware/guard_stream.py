@@ -80,7 +80,7 @@ class StreamGuard:
             if channel is None:
                 continue
             if isinstance(channel.template, tuple):
-                out += self._responses_rest(key)
+                out += [encode_raw(name, payload) for name, payload in self._responses_rest(key)]
             elif self.dialect == "anthropic":
                 out += self._messages_rest(key[0])
         if self.channels:
@@ -178,26 +178,32 @@ class StreamGuard:
         return self._typed(event, event, data)
 
     def _typed(self, event: str, kind: str, data: dict[str, Any]) -> list[bytes]:
+        return [encode_raw(name, payload) for name, payload in self.typed(event, kind, data)]
+
+    def typed(self, event: str, kind: str, data: dict[str, Any]) -> list[tuple[str, bytes]]:
         """An event named by its type (the Responses API's; a streamed transcription's, whose
-        SSE events are unnamed and carry the type in their data): `<kind>.delta` pieces of a
-        text, then its `<kind>.done` with the whole of it."""
+        SSE events are unnamed and carry the type in their data; a realtime session's, one
+        WebSocket frame each): `<kind>.delta` pieces of a text, then its `<kind>.done` with
+        the whole of it. (event name, data) for each event to send in its place."""
         if isinstance(data.get("sequence_number"), int):
             self.sequence = data["sequence_number"]
         if kind.endswith(".delta") and isinstance(data.get("delta"), str):
+            if "audio" in kind and "transcript" not in kind:
+                return [(event, orjson.dumps(data))]  # audio itself, base64: no one's words
             channel = self._channel(_responses_key(kind[: -len(".delta")], data), "arguments" in kind)
             channel.template = (event, data)
             data["delta"] = channel.feed(data["delta"])
-            return [encode_raw(event, orjson.dumps(data))]
-        out: list[bytes] = []
-        if kind.endswith(".done"):
+            return [(event, orjson.dumps(data))]
+        out: list[tuple[str, bytes]] = []
+        if kind.endswith(".done") and kind != "response.done":
             out += self._responses_rest(_responses_key(kind[: -len(".done")], data))
-        elif kind in ("response.completed", "response.incomplete"):
+        elif kind in ("response.completed", "response.incomplete", "response.done"):
             for key in list(self.channels):
                 out += self._responses_rest(key)
-        out.append(encode_raw(event, orjson.dumps(self._whole(data))))
+        out.append((event, orjson.dumps(self._whole(data))))
         return out
 
-    def _responses_rest(self, key: Key) -> list[bytes]:
+    def _responses_rest(self, key: Key) -> list[tuple[str, bytes]]:
         channel = self.channels.pop(key, None)
         if channel is None:
             return []
@@ -205,7 +211,7 @@ class StreamGuard:
         if not rest or channel.template is None:
             return []
         event, data = channel.template
-        return [encode_raw(event, orjson.dumps({**data, "delta": rest}))]
+        return [(event, orjson.dumps({**data, "delta": rest}))]
 
     # -- Anthropic's Messages ------------------------------------------------------------------------
     def _messages(self, event: str, payload: bytes) -> list[bytes]:
