@@ -510,3 +510,19 @@ async def test_an_output_scan_that_fails_open_still_restores_the_answer(monkeypa
         cut = await http.post("/v1/chat/completions", json=chat_body(f"mail {EMAIL}", stream=True))
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "guard_unavailable" and EMAIL not in refused.text
     assert streamed_text(cut.content)[2][-1]["error"]["code"] == "guard_unavailable"
+
+
+def test_check_refuses_a_tokenizing_guard_inside_the_cache_and_an_unserved_moderation_model(tmp_path: Any) -> None:
+    from lockgate.gateway.checks import inspect
+
+    (tmp_path / "guard.yaml").write_text(
+        "rules:\n  - name: pii\n    detect: [email]\n    action: tokenize\n  - name: mod\n    moderation: {model: nowhere}\n    action: block\n"
+    )
+    (tmp_path / "cache.yaml").write_text("ttl_s: 60\n")
+    models = "models:\n  - name: demo\n    deployments: [{provider: mock}]\n"
+    (tmp_path / "gateway.yaml").write_text(models + "middleware:\n  - cache: cache.yaml\n  - guard: guard.yaml\n")
+    problems = inspect(tmp_path / "gateway.yaml").problems
+    assert any(p.startswith(f"{tmp_path / 'guard.yaml'}:4: guard rule 'pii' tokenizes") for p in problems), problems
+    assert any("guard.yaml:6: the moderation of guard rule 'mod' names model 'nowhere'" in p for p in problems), problems
+    (tmp_path / "gateway.yaml").write_text(models + "middleware:\n  - guard: guard.yaml\n  - cache: cache.yaml\n")
+    assert not [p for p in inspect(tmp_path / "gateway.yaml").problems if "tokenizes" in p]
