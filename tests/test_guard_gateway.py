@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -331,3 +332,14 @@ def test_realtime_sessions_are_guarded_both_ways(gw: Gateway, upstream: FakeUpst
                 events.append(json.loads(ws.recv(timeout=10)))
         assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "guard_blocked"
         assert EMAIL not in json.dumps(events)
+
+
+def test_a_stream_blocked_on_output_stops_the_upstream(gw: Gateway, upstream: FakeUpstream) -> None:
+    upstream.set("gpt-4o-mini", reply=f"write to {EMAIL} " + "and more " * 40, chunk_delay_s=0.05)
+    answer = post(gw, "/v1/chat/completions", chat("gpt-4o-mini", "hi", stream=True), "blockout")
+    events = sse(answer.text)
+    assert events[-1][1]["error"]["code"] == "guard_blocked" and EMAIL not in answer.text
+    deadline = time.monotonic() + 5
+    while not upstream.streams_aborted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert upstream.streams_aborted == 1 and upstream.streams_completed == 0, "the upstream was stopped, not read to its end"

@@ -559,6 +559,8 @@ class Outbound:
             out, ended = self.stream.feed(message.get("body", b""), more)
             if ended:
                 self.done = True
+                # the response is complete: the server now tells the app inside the client is
+                # gone (http.disconnect), and lockgate's proxy stops the upstream
                 await self.downstream({"type": "http.response.body", "body": out, "more_body": False})
             elif out or not more:
                 await self.downstream({"type": "http.response.body", "body": out, "more_body": more})
