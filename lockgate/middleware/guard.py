@@ -324,7 +324,8 @@ class Guarded:
         self.policy = policy
         self.scope = scope
         self.ctx = ctx
-        rules = [r for r in policy.rules if not r.match or matches(r.match, self.facts())]
+        facts = self.facts() if any(r.match for r in policy.rules) else {}
+        rules = [r for r in policy.rules if not r.match or matches(r.match, facts)]
         self.input = Plan.of([r for r in rules if r.inbound])
         self.output = Plan.of([r for r in rules if r.outbound])
         self.checks = [r for r in rules if r.inbound and (r.moderation or r.webhook)]
@@ -598,11 +599,11 @@ class Outbound:
             body = self._guarded_body(body)
         except Blocked as exc:
             guarded.outcome = "blocked"
-            await refuse(guarded.ctx, self.downstream, blocked_error(exc.rule.name, "output"))
+            await refuse(guarded.ctx, self.downstream, blocked_error(exc.rule.name, "output"), self._kept_headers())
             return
         except DetectorFailed as exc:
             if self.middleware._failed(guarded, exc.rule, exc.kind):
-                await refuse(guarded.ctx, self.downstream, unavailable_error(exc.rule.name))
+                await refuse(guarded.ctx, self.downstream, unavailable_error(exc.rule.name), self._kept_headers())
                 return
             guarded.output = Plan((), 0)  # on_error: open: the answer goes unscanned, but restored
             body = self._guarded_body(body)
@@ -611,6 +612,11 @@ class Outbound:
         headers = [(k, v) for k, v in self.start.get("headers", ()) if k != b"content-length"]
         await self.downstream({**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await self.downstream({"type": "http.response.body", "body": body})
+
+    def _kept_headers(self) -> list[tuple[bytes, bytes]]:
+        """The answer's own lockgate headers (request id, model, cost...) on the error that replaces it."""
+        assert self.start is not None
+        return [(k, v) for k, v in self.start.get("headers", ()) if k.startswith(b"x-")]
 
     def _guarded_body(self, body: bytes) -> bytes:
         guarded = self.guarded
