@@ -526,3 +526,9 @@ def test_check_refuses_a_tokenizing_guard_inside_the_cache_and_an_unserved_moder
     assert any("guard.yaml:6: the moderation of guard rule 'mod' names model 'nowhere'" in p for p in problems), problems
     (tmp_path / "gateway.yaml").write_text(models + "middleware:\n  - guard: guard.yaml\n  - cache: cache.yaml\n")
     assert not [p for p in inspect(tmp_path / "gateway.yaml").problems if "tokenizes" in p]
+
+
+def test_a_stream_of_an_unknown_format_is_guarded_event_by_event() -> None:
+    gemini = [b'data: {"candidates": [{"content": {"parts": [{"text": "to <EMAIL_1> now"}], "role": "model"}}]}\r\n\r\n']
+    raw, _ = run_stream("chat", gemini)
+    assert events_of(raw)[0][1]["candidates"][0]["content"]["parts"][0]["text"] == f"to {EMAIL} now"

@@ -117,8 +117,12 @@ class StreamGuard:
         chunk = _object(payload)
         if chunk is not None and isinstance(chunk.get("type"), str) and "choices" not in chunk:
             return self._typed(event, chunk["type"], chunk)  # a streamed transcription's events
-        if chunk is None or "error" in chunk or not isinstance(chunk.get("choices"), list):
+        if chunk is None or "error" in chunk:
             return [encode_raw(event, payload)]
+        if not isinstance(chunk.get("choices"), list):
+            # a usage chunk, or an event of a format this guard does not know the texts of
+            # (another provider's native stream): guarded whole, event by event
+            return [encode_raw(event, orjson.dumps(self._whole(chunk)))]
         self.base = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
         for choice in chunk["choices"]:
             if isinstance(choice, dict):
