@@ -129,6 +129,8 @@ def echo_app(seen: list[dict]) -> Starlette:
     async def moderations(request: Request) -> Response:
         body = await request.json()
         seen.append(body)
+        if any("slowly" in t for t in body["input"]):
+            await asyncio.sleep(30)
         scores = [{"violence": 0.9 if "fight" in t else 0.01} for t in body["input"]]
         return JSONResponse({"id": "m", "model": body["model"], "results": [{"flagged": s["violence"] > 0.5, "category_scores": s} for s in scores]})
 
@@ -464,13 +466,15 @@ async def test_webhook_flags_and_fails_closed_or_open(webhook: Any, on_error: st
 
 async def test_moderation_asks_the_app_inside_and_blocks_above_the_threshold() -> None:
     seen: list[dict] = []
-    rule = {"name": "mod", "moderation": {"model": "omni-moderation", "categories": {"violence": 0.8}}, "action": "block"}
+    rule = {"name": "mod", "moderation": {"model": "omni-moderation", "categories": {"violence": 0.8}, "timeout_s": 0.2}, "action": "block"}
     async with client(GuardMiddleware(echo_app(seen), policy(rule))) as http:
         ok = await http.post("/v1/chat/completions", json=chat_body("a calm day"))
         assert ok.status_code == 200
         assert seen[-2] == {"model": "omni-moderation", "input": ["be brief", "a calm day"]}
         refused = await http.post("/v1/chat/completions", json=chat_body("let us fight"))
         assert refused.status_code == 400 and "mod" in refused.json()["error"]["message"]
+        hung = await http.post("/v1/chat/completions", json=chat_body("answer slowly"))
+        assert hung.status_code == 503 and hung.json()["error"]["code"] == "guard_unavailable"
 
 
 async def test_guard_alone_around_a_plain_starlette_app_leaves_other_paths_alone() -> None:

@@ -69,7 +69,7 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +116,7 @@ MAX_MAX_LEN = 4096
 class Moderation:
     model: str
     categories: tuple[tuple[str, float], ...]  # none: the model's own `flagged`
+    timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +273,10 @@ def parse_detectors(check: Checker, node: dict[Any, Any], name: str, label: str)
 
 def parse_moderation(check: Checker, node: dict[Any, Any]) -> Moderation:
     spec = check.mapping(node, "moderation", "moderation")
-    check.unknown(spec, {"model", "categories"}, "moderation")
+    check.unknown(spec, {"model", "categories", "timeout_s"}, "moderation")
+    timeout = float(check.number(spec, "timeout_s", 5.0))
+    if timeout <= 0:
+        check.fail(spec, "timeout_s", "timeout_s must be more than 0")
     model = check.string(spec, "model", required=True, what="moderation")
     thresholds = check.mapping(spec, "categories", "categories")
     categories = []
@@ -281,7 +285,7 @@ def parse_moderation(check: Checker, node: dict[Any, Any]) -> Moderation:
         if value > 1:
             check.fail(thresholds, category, f"the threshold of {category!r} is a score from 0 to 1")
         categories.append((str(category), float(value)))
-    return Moderation(model or "", tuple(categories))
+    return Moderation(model or "", tuple(categories), timeout)
 
 
 def parse_webhook(check: Checker, node: dict[Any, Any]) -> Webhook:
@@ -312,9 +316,6 @@ class Unavailable(Exception):
         super().__init__(rule.name)
         self.rule = rule
         self.kind = kind
-
-
-ModerationCall = Callable[[Scope, RequestContext, Moderation, list[str]], Awaitable[bool]]
 
 
 class Guarded:
@@ -446,7 +447,7 @@ class GuardMiddleware:
             return
         try:
             if rule.moderation is not None:
-                flagged = await self._moderate(guarded, rule.moderation, texts)
+                flagged = await asyncio.wait_for(self._moderate(guarded, rule.moderation, texts), rule.moderation.timeout_s)
             else:
                 flagged = await self._webhook(guarded, rule, texts)
         except Unavailable:
