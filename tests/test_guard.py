@@ -536,3 +536,21 @@ def test_a_stream_of_an_unknown_format_is_guarded_event_by_event() -> None:
     gemini = [b'data: {"candidates": [{"content": {"parts": [{"text": "to <EMAIL_1> now"}], "role": "model"}}]}\r\n\r\n']
     raw, _ = run_stream("chat", gemini)
     assert events_of(raw)[0][1]["candidates"][0]["content"]["parts"][0]["text"] == f"to {EMAIL} now"
+
+
+async def test_a_compressed_answer_output_rules_cannot_read_is_refused_when_closed() -> None:
+    import gzip
+
+    async def zipped(request: Request) -> Response:
+        await request.body()
+        return Response(gzip.compress(b'{"choices": [{"message": {"content": "jane.doe@example.com"}}]}'), media_type="application/json",
+                        headers={"content-encoding": "gzip"})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", zipped, methods=["POST"])])
+    rule = {"name": "out-mail", "detect": ["email"], "action": "mask", "direction": "output"}
+    async with client(GuardMiddleware(app, policy(rule))) as http:
+        refused = await http.post("/v1/chat/completions", json=chat_body("hi"))
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "guard_unavailable"
+    async with client(GuardMiddleware(app, policy(rule, on_error="open"))) as http:
+        passed = await http.post("/v1/chat/completions", json=chat_body("hi"))
+    assert passed.status_code == 200 and passed.json()["choices"][0]["message"]["content"] == EMAIL

@@ -552,6 +552,12 @@ class Outbound:
             if self.mode in ("pass", "sse"):
                 await self.downstream(self.start or message)
             return
+        if self.mode == "refused":
+            if kind == "http.response.body" and not message.get("more_body", False):
+                self.done = True
+                ctx, rule = self.guarded.ctx, self.guarded.output.entries[0][1]
+                await refuse(ctx, self.downstream, unavailable_error(rule.name), [(b"x-request-id", ctx.request_id.encode("latin-1"))])
+            return
         if kind != "http.response.body" or self.mode == "pass":
             await self.downstream(message)
             return
@@ -575,8 +581,15 @@ class Outbound:
         headers = list(message.get("headers", ()))
         content_type = next((v for k, v in headers if k == b"content-type"), b"").lower()
         encoded = any(k == b"content-encoding" and v.lower() != b"identity" for k, v in headers)
-        if message["status"] != 200 or encoded:
-            self.mode = "pass"  # errors, and what lockgate cannot read: the output rules see nothing
+        if message["status"] != 200:
+            self.mode = "pass"  # errors: the output rules see nothing
+            return
+        if encoded:
+            # an answer compressed by the app inside cannot be read: with output rules, that is a
+            # rule that cannot decide (closed: refused; open: passed as it is, unrestored)
+            entries = self.guarded.output.entries
+            refused = bool(entries) and self.middleware._failed(self.guarded, entries[0][1], "encoded_answer")
+            self.mode = "refused" if refused else "pass"
             return
         if content_type.startswith(b"text/event-stream"):
             kind = endpoint_of(route_path(self.guarded.scope))
