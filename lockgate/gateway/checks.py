@@ -121,7 +121,8 @@ def tokenized_in_cache(layer: Layer, raw: Any) -> list[str]:
     """A guard that tokenizes must be mounted outside the cache: inside it, the cache would
     keep answers with the originals restored (README "Guard": the cache keeps the tokenized form)."""
     check = Checker(layer.source)
-    nodes = raw.get("rules") if isinstance(raw, dict) and isinstance(raw.get("rules"), list) else []
+    rules = raw.get("rules") if isinstance(raw, dict) else None
+    nodes: list[Any] = rules if isinstance(rules, list) else []
     for index, rule in enumerate(layer.policy.rules):
         if rule.action == "tokenize" and rule.inbound:
             node = nodes[index] if index < len(nodes) else {}
