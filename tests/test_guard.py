@@ -555,3 +555,14 @@ async def test_a_compressed_answer_output_rules_cannot_read_is_refused_when_clos
     async with client(GuardMiddleware(app, policy(rule, on_error="open"))) as http:
         passed = await http.post("/v1/chat/completions", json=chat_body("hi"))
     assert passed.status_code == 200 and passed.json()["choices"][0]["message"]["content"] == EMAIL
+
+
+def test_a_block_stands_whatever_overlaps_it() -> None:
+    # the log rule's match starts first and covers the key: the block still holds
+    rules = [{"name": "log-all", "regex": "deploy [^ ]+ now", "action": "log"}, {**SECRETS, "direction": "input"}]
+    plan = Plan.of(list(parse_policy(policy(*rules), "g").rules))
+    from lockgate.middleware.guard_text import Blocked, guard_text
+
+    with pytest.raises(Blocked) as blocked:
+        guard_text(f"deploy {AWS} now", plan, Vault(), "input", Tally())
+    assert blocked.value.rule.name == "no-secrets"

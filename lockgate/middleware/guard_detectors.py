@@ -419,14 +419,18 @@ def keywords_pattern(words: Sequence[str], case_sensitive: bool = False) -> re.P
     return re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)", 0 if case_sensitive else re.IGNORECASE)
 
 
-def scan(text: str, detectors: Iterable[AnyDetector]) -> list[tuple[int, int, AnyDetector]]:
+def scan(text: str, detectors: Iterable[AnyDetector], first: int = 0) -> list[tuple[int, int, AnyDetector]]:
     """Every finding of `detectors` in `text`, by start, overlaps resolved: the earliest
-    start wins, then the longest span, then the detector listed first."""
+    start wins, then the longest span, then the detector listed first. A finding of one
+    of the `first` detectors is never hidden by another's: when there is one, it alone is
+    the answer (a block stands whatever overlaps it)."""
     found: list[tuple[int, int, int, AnyDetector]] = []
     scanned = Text(text)
     for order, detector in enumerate(detectors):
         for start, end in detector.find(scanned):
             if end > start:
+                if order < first:
+                    return [(start, end, detector)]
                 found.append((start, -end, order, detector))
     if not found:
         return []

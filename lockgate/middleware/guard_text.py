@@ -80,12 +80,14 @@ class Plan:
 
     entries: tuple[tuple[AnyDetector, Rule], ...]
     holdback: int  # the longest match any of them makes: what a stream holds back
+    blocking: int = 0  # the first entries are block rules': one of their findings blocks, whatever overlaps it
 
     @staticmethod
     def of(rules: list[Rule]) -> Plan:
         ranked = sorted((r for r in rules if r.detectors), key=lambda r: ACTIONS.index(r.action))
         entries = tuple((detector, rule) for rule in ranked for detector in rule.detectors)
-        return Plan(entries, max((d.max_len for d, _ in entries), default=0))
+        blocking = sum(1 for _, rule in entries if rule.action == "block")
+        return Plan(entries, max((d.max_len for d, _ in entries), default=0), blocking)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,7 @@ def find(text: str, plan: Plan) -> list[Finding]:
     """Every finding of the plan's rules in `text`, overlaps resolved (the earliest, then
     the longest, then the strongest rule's)."""
     try:
-        spans = scan(text, (detector for detector, _ in plan.entries))
+        spans = scan(text, (detector for detector, _ in plan.entries), plan.blocking)
     except Exception as exc:  # noqa: BLE001 - a detector's bug fails its rule (closed or open), and no text is kept
         raise DetectorFailed(_rule_of_failure(plan, text), type(exc).__name__) from None
     if not spans:
