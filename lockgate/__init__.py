@@ -1,4 +1,4 @@
-"""lockgate: an OpenAI-compatible LLM API gateway, and its six middlewares for mounting
+"""lockgate: an OpenAI-compatible LLM API gateway, and its seven middlewares for mounting
 into any ASGI app.
 
     from lockgate import BudgetMiddleware, create_app, open_store
@@ -24,6 +24,7 @@ _EXPORTS = {
     "CacheMiddleware": "lockgate.middleware.cache",
     "RewriteMiddleware": "lockgate.middleware.rewrite",
     "FallbackMiddleware": "lockgate.middleware.fallback",
+    "GuardMiddleware": "lockgate.middleware.guard",
     "create_app": "lockgate.gateway.app",
     "open_store": "lockgate.kernel.store",
 }
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # the names type checkers and IDEs see; `as` marks each a re-
     from lockgate.middleware.budget import BudgetMiddleware as BudgetMiddleware
     from lockgate.middleware.cache import CacheMiddleware as CacheMiddleware
     from lockgate.middleware.fallback import FallbackMiddleware as FallbackMiddleware
+    from lockgate.middleware.guard import GuardMiddleware as GuardMiddleware
     from lockgate.middleware.rewrite import RewriteMiddleware as RewriteMiddleware
     from lockgate.middleware.throttle import ThrottleMiddleware as ThrottleMiddleware
 

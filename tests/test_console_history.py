@@ -54,7 +54,7 @@ def test_stats_hold_the_last_minute_of_every_worker(workers, tmp_path):
         assert len(readings) <= 61 and times[-1] - times[0] <= 61, "one minute at most"
         assert readings[0]["requests"]["total"] == 0, "the minute reaches back to before the requests"
         assert readings[-1]["requests"] == stats["requests"] == {"total": 31, "errors": 0, "refused": 1}, "the same counts as the live figures"
-        assert set(readings[-1]) == {"time", "requests", "cache"}, "counts only: the histograms are too dear to read every second"
+        assert set(readings[-1]) == {"time", "requests", "cache", "guard"}, "counts only: the histograms are too dear to read every second"
         assert "history" not in httpx.get(gw.url + "/admin/stats", headers={"Authorization": f"Bearer {MASTER}"}).json(), "only when asked"
         assert httpx.get(gw.url + "/admin/stats?history=1").status_code == 401
     finally:

@@ -80,6 +80,8 @@ def cross_check(config: GatewayConfig, layers: list[Layer], gateway_raw: Any = N
             check.fail(node, key, f"{what} names model {name!r}, which no model in {config.source} serves{hint}")
         if layer.kind == "budget" and layer.policy.unknown_price == "refuse":
             problems.extend(unpriced(config, layer, gateway_raw))
+        if layer.kind == "guard" and any(outer.kind == "cache" for outer in layers[:index]):
+            problems.extend(tokenized_in_cache(layer, raw))
         problems.extend(check.problems)
     return problems
 
@@ -108,6 +110,28 @@ def named_models(layer: Layer, raw: Any) -> Iterator[tuple[Any, Any, str, str]]:
             for model, _ in rule.split:
                 split = node.get("split") if isinstance(node, dict) and isinstance(node.get("split"), dict) else node
                 yield split, model if split is not node else "split", f"the split of rule {rule.label!r}", model
+    elif layer.kind == "guard":
+        rule_nodes = raw.get("rules") if isinstance(raw.get("rules"), list) else []
+        for index, rule in enumerate(layer.policy.rules):
+            node = rule_nodes[index] if index < len(rule_nodes) else {}
+            if rule.moderation is not None:
+                spec = node.get("moderation") if isinstance(node, dict) and isinstance(node.get("moderation"), dict) else node
+                yield spec, "model", f"the moderation of guard rule {rule.name!r}", rule.moderation.model
+
+
+def tokenized_in_cache(layer: Layer, raw: Any) -> list[str]:
+    """A guard that tokenizes must be mounted outside the cache: inside it, the cache would
+    keep answers with the originals restored (README "Guard": the cache keeps the tokenized form)."""
+    check = Checker(layer.source)
+    rules = raw.get("rules") if isinstance(raw, dict) else None
+    nodes: list[Any] = rules if isinstance(rules, list) else []
+    for index, rule in enumerate(layer.policy.rules):
+        if rule.action == "tokenize" and rule.inbound:
+            node = nodes[index] if index < len(nodes) else {}
+            check.fail(node, "action", f"guard rule {rule.name!r} tokenizes, and the guard is mounted inside the cache, which would keep answers "
+                       "with the originals restored: list the guard before the cache in gateway.yaml's middleware (the cache then keeps "
+                       "the tokenized request and answer)")
+    return check.problems
 
 
 def unpriced(config: GatewayConfig, layer: Layer, gateway_raw: Any) -> list[str]:

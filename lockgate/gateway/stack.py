@@ -22,6 +22,7 @@ from lockgate.middleware.auth import AuthMiddleware
 from lockgate.middleware.budget import BudgetMiddleware
 from lockgate.middleware.cache import CacheMiddleware
 from lockgate.middleware.fallback import FallbackMiddleware
+from lockgate.middleware.guard import GuardMiddleware
 from lockgate.middleware.rewrite import RewriteMiddleware
 from lockgate.middleware.throttle import ThrottleMiddleware
 from lockgate.providers.catalog import Catalog
@@ -50,6 +51,7 @@ KINDS: Mapping[str, Callable[[Any, Services], Any]] = {
     "cache": lambda policy, s: CacheMiddleware(unattached, policy=policy, store=s.store),
     "rewrite": lambda policy, s: RewriteMiddleware(unattached, policy=policy, store=s.store),
     "fallback": lambda policy, s: FallbackMiddleware(unattached, policy=policy, store=s.store),
+    "guard": lambda policy, s: GuardMiddleware(unattached, policy=policy, store=s.store),
 }
 
 

@@ -74,6 +74,20 @@ policy_invalid = Gauge(
     "lockgate_policy_invalid", "Policies whose file holds a refused edit right now", ("kind",), registry=REGISTRY, multiprocess_mode="livemax"
 )
 
+guard_findings = Counter(
+    "lockgate_guard_findings", "What the guard's rules found, by rule, action and direction", ("rule", "action", "direction"), registry=REGISTRY
+)
+guard_errors = Counter(
+    "lockgate_guard_errors", "Guard rules that could not decide (a detector's bug, a moderation call or webhook failed)", ("rule",), registry=REGISTRY
+)
+guard_latency = Histogram(
+    "lockgate_guard_seconds",
+    "Time the guard spent on a request (input: detectors, moderation and webhooks) or a whole answer (output)",
+    ("direction",),
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+    registry=REGISTRY,
+)
+
 genai_duration = Histogram(
     "gen_ai_server_request_duration_seconds",
     "GenAI server request duration (OpenTelemetry gen_ai.server.request.duration)",

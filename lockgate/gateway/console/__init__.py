@@ -8,7 +8,7 @@ lets them through without a key; the page asks for the master key, keeps it in t
 browser tab's sessionStorage, and sends it with every call to the endpoints below, which
 answer the master key only:
 
-    GET /admin/stats         cumulative request, error, latency, cache and token counters of
+    GET /admin/stats         cumulative request, error, latency, cache, token and guard-finding counters of
                              every worker (the page turns two readings into rates), and
                              today's spend; with `?history=1` also the readings of the last
                              minute, one a second, so the page's last-minute rates are whole
@@ -97,12 +97,12 @@ class TrafficHistory:
 
 def counted() -> dict:
     if metrics.REGISTRY is not None:
-        families = [*metrics.requests.collect(), *metrics.cache_lookups.collect()]
+        families = [*metrics.requests.collect(), *metrics.cache_lookups.collect(), *metrics.guard_findings.collect()]
     else:
         files = glob.glob(os.path.join(metrics.MULTIPROCESS_DIR or "", "counter_*.db"))
         families = list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))
     found = traffic({family.name: [(s.name, s.labels, s.value) for s in family.samples] for family in families})
-    return {"time": time.time(), "requests": found["requests"], "cache": found["cache"]}
+    return {"time": time.time(), "requests": found["requests"], "cache": found["cache"], "guard": found["guard"]}
 
 
 def admin_routes(store: Store, gateway: Gateway, mounted: Mounted, runtime: RuntimeKeys, history: TrafficHistory | None = None) -> list[Route]:
@@ -320,8 +320,14 @@ def traffic(samples: dict) -> dict:
     for name, labels, value in samples.get("gen_ai_client_token_usage", ()):
         if name.endswith("_sum") and labels.get("gen_ai_token_type") in tokens:
             tokens[labels["gen_ai_token_type"]] += value
+    guard: dict[str, float] = {}  # the guard's findings by rule (every action and direction), never their text
+    for name, labels, value in samples.get("lockgate_guard_findings", ()):
+        if name.endswith("_total") and labels.get("rule"):
+            guard[labels["rule"]] = guard.get(labels["rule"], 0.0) + value
     buckets = sorted(by_bound.items(), key=lambda item: float(item[0]))
-    return {"requests": requests, "latency": {"buckets": buckets, "count": latency_count, "sum": latency_sum}, "cache": cache, "tokens": tokens}
+    return {
+        "requests": requests, "latency": {"buckets": buckets, "count": latency_count, "sum": latency_sum}, "cache": cache, "tokens": tokens, "guard": guard,
+    }
 
 
 def histograms(samples: Any, label: str) -> dict[str, dict]:

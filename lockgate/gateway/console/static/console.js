@@ -448,11 +448,36 @@
 
   // -- policies ---------------------------------------------------------------------------------
   async function loadPolicies() {
-    const policies = await api("policies");
+    const [policies, stats] = await Promise.all([api("policies"), api("stats?history=1")]);
     fillTable($("#policies-table"), policies.policies.map((p) => el("tr", { "data-policy": p.kind },
       el("th", { scope: "row" }, p.kind), el("td", {}, p.file || "(inline)"), el("td", {}, el("code", {}, p.version)), el("td", {}, when(p.loaded_at)),
       el("td", { class: "num" }, p.reloads), el("td", { class: "num" }, p.failures),
       el("td", { class: p.last_error ? "error" : "muted" }, p.last_error ? p.last_error + " (" + when(p.error_at) + ")" : "none"))), "No policy files are loaded.");
+    drawGuard(policies.policies.some((p) => p.kind === "guard"), stats);
+  }
+
+  function drawGuard(mounted, stats) {
+    // findings per rule: the table since start and over the last minute, the chart per second
+    const readings = [...(stats.history || []), stats].filter((r) => r.guard);
+    const latest = stats.guard || {};
+    const first = readings.find((r) => stats.time - r.time <= WINDOW_S + 1) || stats;
+    const rules = Object.keys(latest).sort((a, b) => latest[b] - latest[a]);
+    fillTable($("#guard-table"), rules.map((rule) => el("tr", { "data-rule": rule },
+      el("th", { scope: "row" }, rule), el("td", { class: "num" }, number(latest[rule], 0)),
+      el("td", { class: "num" }, number(latest[rule] - ((first.guard || {})[rule] || 0), 0)))),
+      mounted ? "No guard rule has found anything yet." : "The guard middleware is not mounted.");
+    const shown = rules.slice(0, PALETTE.length);
+    const times = [], perRule = shown.map(() => []);
+    for (let i = 1; i < readings.length; i++) {
+      const seconds = readings[i].time - readings[i - 1].time;
+      times.push(readings[i].time);
+      shown.forEach((rule, j) => perRule[j].push(seconds > 0 ? ((readings[i].guard[rule] || 0) - (readings[i - 1].guard[rule] || 0)) / seconds : 0));
+    }
+    drawChart("guard", $("#guard-chart"), {
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.2)] } },
+      series: [{}, ...shown.map((rule, j) => ({ label: rule, stroke: PALETTE[j], width: 2 }))],
+      axes: [{}, { label: "findings/s" }],
+    }, [times, ...perRule]);
   }
 
   async function reloadPolicies() {
