@@ -13,6 +13,7 @@ from typing import Any
 
 from lockgate.gateway.stack import KINDS as MIDDLEWARES
 from lockgate.kernel.parsing import Checker, ConfigError, load_yaml
+from lockgate.proxy.mcp import McpServer, parse_mcp_servers
 from lockgate.proxy.models import ModelConfig, parse_model
 
 STORES = ("memory", "disk", "redis")
@@ -48,13 +49,14 @@ class GatewayConfig:
     source: str = "<dict>"
     base_dir: Path = Path(".")
     warnings: tuple[str, ...] = ()  # `file:line: warning: ...`: legal, but probably not meant
+    mcp_servers: tuple[McpServer, ...] = ()  # remote MCP servers lockgate relays (proxy/mcp.py)
 
 
 def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None) -> GatewayConfig:
     check = Checker(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: the config must be a mapping with at least `models:`"])
-    check.unknown(raw, {"server", "store", "models", "middleware", "routing"}, "the config")
+    check.unknown(raw, {"server", "store", "models", "middleware", "routing", "mcp_servers"}, "the config")
 
     server_node = check.mapping(raw, "server", "server")
     check.unknown(server_node, set(ServerConfig.__dataclass_fields__), "server")
@@ -96,7 +98,8 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
         models[model.name] = model
 
     middleware = parse_middleware(check, raw, base_dir)
-    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(check.warnings))
+    mcp_servers = parse_mcp_servers(check, raw)
+    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(check.warnings), mcp_servers)
     if check.problems:
         raise ConfigError(check.problems, config)
     return config
