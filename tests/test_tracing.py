@@ -195,6 +195,21 @@ def test_refusals_are_traced_too(traced, collector, upstream):
     assert server["attributes"]["error.type"] == "401" and server["attributes"]["http.response.status_code"] == 401
 
 
+def test_an_mcp_tool_call_is_a_span_of_its_own(traced, collector, upstream):
+    trace_id = secrets.token_hex(16)
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "search_issues", "arguments": {"query": "zebra quartz"}}}
+    headers = {"Authorization": f"Bearer {KEY}", "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    answer = httpx.post(traced.url + "/mcp/nosuch", json=body, headers=headers)
+    assert answer.status_code == 404 and answer.json()["error"]["data"]["code"] == "mcp_server_not_found"
+    collector.wait_for(lambda spans: any(s["trace_id"] == trace_id and s["kind"] == "server" for s in spans))
+    server = next(s for s in collector.trace(trace_id) if s["kind"] == "server")
+    assert server["name"] == "tools/call nosuch__search_issues"
+    attributes = server["attributes"]
+    assert attributes["mcp.method.name"] == "tools/call" and attributes["gen_ai.tool.name"] == "nosuch__search_issues"
+    assert attributes["gen_ai.operation.name"] == "execute_tool" and attributes["lockgate.mcp.status"] == "refused"
+    assert "zebra" not in repr(server)
+
+
 def test_content_is_never_in_a_span(traced, collector, upstream):
     answer, trace_id, _ = call(
         traced,

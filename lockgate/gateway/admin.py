@@ -21,7 +21,7 @@ from lockgate.kernel.store import Store, guard
 from lockgate.kernel.store.guard import StoreUnavailable
 from lockgate.middleware.budget import report_key, spend_report, spend_total
 
-SPEND_BY = ("key", "user", "team", "model")
+SPEND_BY = ("key", "user", "team", "model", "tool")
 SPEND_PERIODS = ("day", "month", "total")
 
 

@@ -38,6 +38,7 @@ from lockgate.proxy.answers import response_headers
 from lockgate.proxy.dialect import AnthropicErrors
 from lockgate.proxy.handlers import Endpoint, Gateway
 from lockgate.proxy.ingress import DialectIngress
+from lockgate.proxy.mcp import McpRelay
 from lockgate.proxy.models import ConfigCatalog
 from lockgate.proxy.passthrough import Passthrough
 from lockgate.proxy.router import Router, SharedCooldowns
@@ -111,7 +112,8 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     cooldowns = SharedCooldowns(store, deployment_ids(config))
     gateway = Gateway(config.models, Router(dict(config.models), cooldowns), upstream, store, config.server.max_upstream_body_bytes)
     passthrough = Passthrough(lambda: gateway.configured, config.passthrough, upstream, store, gateway.secrets)
-    built = build(config.middleware, config.source, Services(store, ConfigCatalog(lambda: gateway.configured)))
+    relay = McpRelay(config.mcp_servers, upstream, store)
+    built = build(config.middleware, config.source, Services(store, ConfigCatalog(lambda: gateway.configured), relay.price, relay.idempotent))
     mounted = built.mounted
     problems = built.problems or cross_check(config, layers_of(mounted))
     if problems:
@@ -126,6 +128,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         gateway.router = gateway.router.rebuilt(dict(edited.models))
         gateway.configured = edited.models
         passthrough.defaults = edited.passthrough
+        relay.servers = {server.name: server for server in edited.mcp_servers}
 
     async def readiness(scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -170,14 +173,17 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
         Route("/admin/spend", Endpoint(admin.spend), methods=["GET"]),
         Route("/admin/policies", Endpoint(admin.policies), methods=["GET"]),
         Route("/admin/reload", Endpoint(admin.reload), methods=["POST"]),
-        *admin_routes(store, gateway, mounted, keys, history),
+        *admin_routes(store, gateway, mounted, keys, history, relay),
     ]
     routes.extend(proxy_routes(gateway))
     routes.extend(passthrough.routes())
+    routes.append(Route("/mcp", Endpoint(relay.serve_all), methods=["GET", "POST", "DELETE"]))
+    routes.append(Route("/mcp/{name}", Endpoint(relay.serve_one), methods=["GET", "POST", "DELETE"]))
     routes.append(Route("/{path:path}", Endpoint(not_found), methods=ALL_METHODS))
 
     known = frozenset(route.path for route in routes if "{" not in route.path)
-    access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.configured, lifecycle=lifecycle)
+    access = Middleware(AccessLog, max_body_bytes=config.server.max_body_bytes, paths=known, models=lambda: gateway.configured, lifecycle=lifecycle,
+                        mcp_audit=relay.audit)
     # Anthropic's error shape on the Messages paths, whichever layer refused (proxy/dialect.py)
     # Gemini, Cohere and Bedrock clients: translated in and out around everything else (proxy/ingress.py)
     stack = [access, Middleware(DialectIngress), Middleware(AnthropicErrors), *(Middleware(attach, instance=instance) for _, instance in mounted.entries)]
@@ -192,6 +198,7 @@ def create_app(config: str | Path | Mapping[str, Any] | GatewayConfig, *, client
     app.state.lifecycle = lifecycle
     app.state.live = live
     app.state.mounted = mounted
+    app.state.mcp = relay
     return app
 
 

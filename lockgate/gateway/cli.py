@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -122,8 +123,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = checked_or_exit(path)
     for warning in config.warnings:
         print(warning, file=sys.stderr)
-    print(f"{path}: ok ({len(config.models)} models, middleware: {', '.join(n for n, _ in config.middleware) or 'none'})")
+    mcp = f", MCP servers: {', '.join(s.name for s in config.mcp_servers)}" if config.mcp_servers else ""
+    print(f"{path}: ok ({len(config.models)} models, middleware: {', '.join(n for n, _ in config.middleware) or 'none'}{mcp})")
+    if getattr(args, "online", False) and config.mcp_servers:
+        return asyncio.run(check_mcp_online(config))
     return 0
+
+
+async def check_mcp_online(config: GatewayConfig) -> int:
+    """`check --online`: each MCP server answers initialize and tools/list."""
+    from lockgate.proxy.mcp import probe
+    from lockgate.proxy.upstream import UpstreamClient
+
+    client = UpstreamClient()
+    await client.open()
+    failed = 0
+    try:
+        for server in config.mcp_servers:
+            count, problem = await probe(server, client)
+            if problem is None:
+                print(f"mcp server {server.name}: ok ({count} tools exposed)")
+            else:
+                failed += 1
+                print(f"mcp server {server.name}: {problem}", file=sys.stderr)
+    finally:
+        await client.close()
+    return 1 if failed else 0
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
@@ -355,11 +380,12 @@ def main(argv: list[str] | None = None) -> int:
 
     check = commands.add_parser("check", help="validate gateway.yaml and every policy it names")
     check.add_argument("--config")
+    check.add_argument("--online", action="store_true", help="also ask each MCP server for its tools")
     check.set_defaults(run=cmd_check)
 
     spend = commands.add_parser("spend", help="spend report from the store")
     spend.add_argument("--config")
-    spend.add_argument("--by", default="key", choices=["key", "user", "team", "model"])
+    spend.add_argument("--by", default="key", choices=["key", "user", "team", "model", "tool"])
     spend.add_argument("--period", default="total", choices=["day", "month", "total"])
     spend.add_argument("--json", action="store_true", help="print JSON instead of a table")
     spend.set_defaults(run=cmd_spend)

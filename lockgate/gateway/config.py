@@ -15,6 +15,7 @@ from lockgate.gateway.stack import KINDS as MIDDLEWARES
 from lockgate.kernel.parsing import Checker, ConfigError, load_yaml
 from lockgate.providers.passthrough import PROVIDERS as PASSTHROUGH_PROVIDERS
 from lockgate.providers.passthrough import deployments_of
+from lockgate.proxy.mcp import McpServer, parse_mcp_servers
 from lockgate.proxy.models import ModelConfig, parse_model
 
 STORES = ("memory", "disk", "redis")
@@ -51,13 +52,14 @@ class GatewayConfig:
     base_dir: Path = Path(".")
     warnings: tuple[str, ...] = ()  # `file:line: warning: ...`: legal, but probably not meant
     passthrough: Mapping[str, str] = field(default_factory=dict)  # provider -> the deployment id its passthrough routes use by default
+    mcp_servers: tuple[McpServer, ...] = ()  # remote MCP servers lockgate relays (proxy/mcp.py)
 
 
 def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None) -> GatewayConfig:
     check = Checker(source)
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}:1: the config must be a mapping with at least `models:`"])
-    check.unknown(raw, {"server", "store", "models", "middleware", "routing", "passthrough"}, "the config")
+    check.unknown(raw, {"server", "store", "models", "middleware", "routing", "passthrough", "mcp_servers"}, "the config")
 
     server_node = check.mapping(raw, "server", "server")
     check.unknown(server_node, set(ServerConfig.__dataclass_fields__), "server")
@@ -100,7 +102,10 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path | None = None)
 
     middleware = parse_middleware(check, raw, base_dir)
     passthrough = parse_passthrough(check, raw, models)
-    config = GatewayConfig(server, store, models, middleware, source, base_dir or Path("."), tuple(check.warnings), passthrough)
+    mcp_servers = parse_mcp_servers(check, raw)
+    config = GatewayConfig(
+        server, store, models, middleware, source, base_dir or Path("."), tuple(check.warnings), passthrough=passthrough, mcp_servers=mcp_servers
+    )
     if check.problems:
         raise ConfigError(check.problems, config)
     return config

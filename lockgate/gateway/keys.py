@@ -5,7 +5,7 @@ rather than written into auth.yaml.
 A created key is shown once, in the answer that created it. The store keeps only its
 sha256, as auth.yaml does, next to the fields a key of the file has:
 
-    runtime-key:{sha256 hex}   the key's entry (JSON): id, sha256, user, team, tier, models,
+    runtime-key:{sha256 hex}   the key's entry (JSON): id, sha256, user, team, tier, models, mcp,
                                expires, metadata, budget_usd, budget_period, rpm, tpm,
                                passthrough, created
     runtime-key-id:{id}        the sha256 hex: an id is taken once (the store's `add`), and
@@ -57,7 +57,7 @@ from lockgate.middleware.auth import (
 from lockgate.providers.aws_auth import GATEWAY_SECRET_ENV, gateway_secret, issued_secret
 
 ADMIN_TIMEOUT_S = 2.0
-FIELDS = ("id", "user", "team", "tier", "models", "expires", "metadata", *LIMIT_KEYS, "passthrough")
+FIELDS = ("id", "user", "team", "tier", "models", "mcp", "expires", "metadata", *LIMIT_KEYS, "passthrough")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 MAX_TEXT = 128
 log = get_logger("lockgate.keys")
@@ -230,6 +230,7 @@ def file_listing(key: Key) -> dict:
         "team": key.team,
         "tier": key.tier,
         "models": list(key.models) if key.models is not None else None,
+        "mcp": {server: "*" if tools is None else list(tools) for server, tools in key.mcp.items()} if key.mcp is not None else None,
         "expires": key.expires.isoformat() if key.expires else None,
         "metadata": dict(key.metadata),
     }

@@ -35,6 +35,8 @@ class Services:
 
     store: Store
     catalog: Catalog
+    tool_price: Callable[[str, str], float | None] | None = None  # gateway.yaml's MCP prices: (server, tool) -> USD a call
+    tool_idempotent: Callable[[str, str], bool] | None = None  # gateway.yaml's `idempotent:` MCP tools (the cache may keep them)
 
 
 async def unattached(scope: Scope, receive: Receive, send: Send) -> None:
@@ -47,8 +49,8 @@ async def unattached(scope: Scope, receive: Receive, send: Send) -> None:
 KINDS: Mapping[str, Callable[[Any, Services], Any]] = {
     "auth": lambda policy, s: AuthMiddleware(unattached, policy=policy, store=s.store),
     "throttle": lambda policy, s: ThrottleMiddleware(unattached, policy=policy, store=s.store),
-    "budget": lambda policy, s: BudgetMiddleware(unattached, policy=policy, store=s.store, catalog=s.catalog),
-    "cache": lambda policy, s: CacheMiddleware(unattached, policy=policy, store=s.store),
+    "budget": lambda policy, s: BudgetMiddleware(unattached, policy=policy, store=s.store, catalog=s.catalog, tool_price=s.tool_price),
+    "cache": lambda policy, s: CacheMiddleware(unattached, policy=policy, store=s.store, idempotent=s.tool_idempotent),
     "rewrite": lambda policy, s: RewriteMiddleware(unattached, policy=policy, store=s.store),
     "fallback": lambda policy, s: FallbackMiddleware(unattached, policy=policy, store=s.store),
     "guard": lambda policy, s: GuardMiddleware(unattached, policy=policy, store=s.store),

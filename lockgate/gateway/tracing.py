@@ -201,6 +201,27 @@ def describe(span: Any, ctx: Any, reader: AnswerReader, operation: str | None, m
         span.set_status(Status(StatusCode.ERROR, attributes["error.type"]))
 
 
+def describe_mcp(span: Any, call: Any) -> None:
+    """An MCP request's span, by the MCP semantic conventions: named `{method} {target}`
+    (`tools/call github__search_issues`), a span per tool call. Never its arguments."""
+    if call.method is None:
+        return
+    attributes: dict[str, Any] = {"mcp.method.name": call.method}
+    if call.server:
+        attributes["lockgate.mcp.server"] = call.server
+    if call.id is not None:
+        attributes["jsonrpc.request.id"] = str(call.id)
+    if call.status:
+        attributes["lockgate.mcp.status"] = call.status
+    if call.is_tool_call:
+        attributes["gen_ai.operation.name"] = "execute_tool"
+        attributes["gen_ai.tool.name"] = call.label
+        span.update_name(f"tools/call {call.label}")
+    else:
+        span.update_name(call.method)
+    span.set_attributes(attributes)
+
+
 def headers_of(scope: Scope) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", ())}
 
@@ -246,6 +267,8 @@ class TraceRequest:
             describe(span, ctx, reader, operation, models, ctx.model_requested)
             if operation is not None and ctx.model_requested:
                 span.update_name(f"{operation} {ctx.model_requested}")
+            if ctx.mcp is not None:
+                describe_mcp(span, ctx.mcp)
             identity = ctx.identity.facts() if ctx.identity is not None else {}
             extra = {
                 "lockgate.key": identity.get("key"), "lockgate.user": identity.get("user"), "lockgate.team": identity.get("team"),

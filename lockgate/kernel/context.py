@@ -37,6 +37,12 @@ nothing of a failed try (its usage, its upstream's status) leaks into the next:
 | `usage` | the proxy (the cache on a hit; budget when it metered a foreign app's answer) | budget, throttle (tpm), cache, access log, traces |
 | `upstream_status`, `failure`, `stream_error` | the proxy: how the upstream failed | fallback (whether to try the next model), access log, traces, metrics |
 | `refusal` | whoever answered an error (`refuse`): its code | fallback (a caller's own refusal is never retried; a context-length error moves up) |
+
+On an MCP path (`/mcp`, `/mcp/{name}`) `mcp` holds the JSON-RPC message (kernel/jsonrpc.py
+`McpCall`), written by `mcp_request` (kernel/mcp.py) whoever asks first, its `status` by
+the relay (proxy/mcp.py) or a refusal; read by auth (the key's `mcp:` allow-list),
+throttle and budget (the tool, as they read a model), the relay, and the access log
+(the tool call's audit line). `refuse` answers it in JSON-RPC's error shape.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from lockgate.kernel.errors import GatewayError, bad_request, send_error
+from lockgate.kernel.errors import GatewayError, bad_request, send_error, send_json
+from lockgate.kernel.jsonrpc import McpCall, ToolAllowList, from_openai
 from lockgate.kernel.multipart import Form, FormError
 from lockgate.kernel.websocket import query_model
 
@@ -98,6 +105,7 @@ class Identity:
     source: str = "anonymous"  # auth | client | anonymous
     limits: KeyLimits | None = None
     passthrough: frozenset[str] = frozenset()  # the providers whose passthrough routes (/openai/...) the key may use
+    mcp: ToolAllowList | None = None  # the key's MCP servers and tools (kernel/jsonrpc.py); None: any
 
     def facts(self) -> dict[str, Any]:
         """The fields a policy's `match:` and a rewrite condition name."""
@@ -114,6 +122,8 @@ class Identity:
             shown["limits"] = self.limits.fields()
         if self.passthrough:
             shown["passthrough"] = sorted(self.passthrough)
+        if self.mcp is not None:
+            shown["mcp"] = {server: "*" if tools is None else list(tools) for server, tools in self.mcp.items()}
         return shown
 
 
@@ -165,6 +175,7 @@ class RequestContext:
         "form",
         "websocket",
         "attempt",
+        "mcp",
     )
 
     def __init__(self, request_id: str) -> None:
@@ -190,6 +201,7 @@ class RequestContext:
         self.websocket = False  # a realtime handshake: no body, its model in the query string
         self.attempt = Attempt()
         self.wire: Wire | None = None
+        self.mcp: McpCall | None = None  # a JSON-RPC message to an MCP path (kernel/mcp.py)
 
     def new_attempt(self) -> Attempt:
         """A fresh try (fallback's next model, or a retry): nothing of the last one stays."""
@@ -236,6 +248,12 @@ class RequestContext:
 async def refuse(ctx: RequestContext, send: Send, error: GatewayError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """Answers `error` for this try, its code kept in the context for the layers outside."""
     ctx.attempt.refusal = error.code
+    if ctx.mcp is not None:
+        # an MCP client reads JSON-RPC errors only; the HTTP status and headers stay
+        ctx.mcp.status = "refused"
+        extra = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        await send_json(send, error.status, from_openai(ctx.mcp.id, error.status, error.body, error.headers), (headers or []) + extra)
+        return
     await send_error(send, error, headers)
 
 

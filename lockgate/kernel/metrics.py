@@ -67,6 +67,10 @@ store_backlog = Gauge(
 unpriced = Counter("lockgate_unpriced_requests", "Requests to models with no known price", registry=REGISTRY)
 unmetered = Counter("lockgate_unmetered_answers", "Answers that reported no usage, charged and counted from an estimate", registry=REGISTRY)
 upstream_failures = Counter("lockgate_upstream_failures", "Upstream timeouts, connection errors and broken streams", ("kind",), registry=REGISTRY)
+mcp_calls = Counter("lockgate_mcp_calls", "MCP tool calls, by server, tool and outcome (ok, tool_error, error, refused, failed, timeout)",
+                    ("server", "tool", "status"), registry=REGISTRY)
+mcp_latency = Histogram("lockgate_mcp_call_duration_seconds", "Time from an MCP tool call to the end of its answer", ("server", "tool"),
+                        buckets=LATENCY_BUCKETS, registry=REGISTRY)
 # every worker reloads every policy file itself: the highest count is the number of reloads
 policy_reloads = Gauge("lockgate_policy_reloads_total", "Policy files reloaded", ("kind",), registry=REGISTRY, multiprocess_mode="max")
 policy_failures = Gauge("lockgate_policy_reload_failures_total", "Policy edits refused as invalid", ("kind",), registry=REGISTRY, multiprocess_mode="max")

@@ -20,6 +20,9 @@ auth.yaml (every key optional except each key's `id` and `sha256`):
         team: platform
         tier: premium
         models: ["gpt-4o*", "claude-*"]   # allow-list of globs; absent: every model
+        mcp:                          # MCP servers and tools (README "MCP"); absent: every server and tool
+          github: [search_issues, "get_*"]   # tool names or globs of that server
+          docs: "*"                   # every tool of it; `"*":` as a server: every server not named
         expires: 2027-01-01           # a date (refused from 00:00 UTC that day) or an ISO datetime (UTC if no zone)
         metadata: {env: prod}         # free-form, handed to the other middlewares in the identity
         ip_allow: ["10.1.0.0/16"]     # ip_allow, max_tokens, max_messages per key replace the global ones
@@ -56,7 +59,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from types import MappingProxyType
@@ -65,9 +68,11 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lockgate.kernel.context import Identity, KeyLimits, RequestContext, get_context, header, load_json, replay
+from lockgate.kernel.context import Identity, KeyLimits, RequestContext, get_context, header, load_json, refuse, replay
 from lockgate.kernel.errors import GatewayError, send_error
+from lockgate.kernel.jsonrpc import McpCall, ToolAllowList, allows_server, allows_tool, split_tool
 from lockgate.kernel.logs import get_logger
+from lockgate.kernel.mcp import filtered_tools, mcp_request, mcp_target
 from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.policy import Policy
 from lockgate.kernel.store import Store, attached, guard
@@ -84,7 +89,9 @@ from lockgate.providers.tokens import ANSWER_LIMIT_FIELDS
 TOP_KEYS = {"master_key_sha256", "trusted_proxies", "public_paths", "ip_allow", "max_tokens", "max_messages", "keys", "paths",
             "runtime_keys", "store_failure", "store_timeout_s"}
 LIMIT_KEYS = ("budget_usd", "budget_period", "rpm", "tpm")
-KEY_KEYS = {"id", "sha256", "user", "team", "tier", "models", "expires", "metadata", "ip_allow", "max_tokens", "max_messages", "passthrough", *LIMIT_KEYS}
+KEY_KEYS = {
+    "id", "sha256", "user", "team", "tier", "models", "mcp", "expires", "metadata", "ip_allow", "max_tokens", "max_messages", "passthrough", *LIMIT_KEYS,
+}
 DEFAULT_PUBLIC_PATHS = ("/health", "/health/*", "/metrics")
 # the console's page and scripts hold no data: the master key is asked for by the page itself
 CONSOLE_PATHS = ("/admin/ui", "/admin/ui/*")
@@ -113,11 +120,12 @@ class Key:
     admin: bool = False
     limits: KeyLimits | None = None  # the key's own budget and rate limits, for budget and throttle
     passthrough: frozenset[str] = frozenset()  # providers whose passthrough routes it may use
+    mcp: ToolAllowList | None = None  # MCP servers -> tool globs (None: every tool); None: any server
 
     def identity(self) -> Identity:
         return Identity(
             user=self.user, key=self.id, team=self.team, tier=self.tier, models=self.models,
-            metadata=MappingProxyType(dict(self.metadata)), admin=self.admin, source="auth", limits=self.limits,
+            metadata=MappingProxyType(dict(self.metadata)), admin=self.admin, source="auth", limits=self.limits, mcp=self.mcp,
             passthrough=self.passthrough,
         )
 
@@ -237,7 +245,27 @@ def parse_key(check: Checker, node: dict[str, Any], ip_allow: Any, max_tokens: A
         max_messages=cap(check, node, "max_messages") if "max_messages" in node else max_messages,
         limits=own_limits(check, node),
         passthrough=passthrough_of(check, node),
+        mcp=tool_allow_list(check, node),
     )
+
+
+def tool_allow_list(check: Checker, node: dict[str, Any]) -> ToolAllowList | None:
+    """A key's `mcp:`: server -> `"*"` or a list of tool names and globs."""
+    raw = node.get("mcp")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        check.fail(node, "mcp", 'mcp must map server names to "*" or a list of tools, like {github: [search_issues], docs: "*"}')
+        return MappingProxyType({})
+    allow: dict[str, tuple[str, ...] | None] = {}
+    for server, tools in raw.items():
+        if tools == "*":
+            allow[str(server)] = None
+        elif isinstance(tools, list) and all(isinstance(t, str) and t for t in tools):
+            allow[str(server)] = tuple(tools)
+        else:
+            check.fail(raw, server, f'the tools of {server!r} must be "*" or a list of tool names (globs allowed)')
+    return MappingProxyType(allow)
 
 
 def passthrough_of(check: Checker, node: dict[str, Any]) -> frozenset[str]:
@@ -489,16 +517,42 @@ class AuthMiddleware:
             ctx.identity = key.identity()
             if key.models is not None:
                 ctx.model_check = key.allows
-            if key.needs_body() and policy.paths.match(scope):
+            if mcp_target(scope) is not None:
+                receive, send = await self.admit_mcp(scope, receive, send, key)
+            elif key.needs_body() and policy.paths.match(scope):
                 await load_json(scope, receive)
                 check_body(key, ctx.body)
                 receive = replay(ctx, receive)
         except GatewayError as exc:
             code = exc.body["error"].get("code")
             log.info("auth_refused", request_id=ctx.request_id, path=scope.get("path"), code=code, key=key.id if key else None)
-            await send_error(send, exc, [(b"x-request-id", ctx.request_id.encode("latin-1", "replace"))])
+            request_id = [(b"x-request-id", ctx.request_id.encode("latin-1", "replace"))]
+            target = mcp_target(scope)
+            if target is not None:
+                ctx.mcp = ctx.mcp or McpCall(target[1], None, aggregated=target[0])
+                await refuse(ctx, send, exc, request_id)  # in JSON-RPC's shape
+                return
+            await send_error(send, exc, request_id)
             return
         await self.app(without_credentials(scope), receive, send)
+
+    async def admit_mcp(self, scope: Scope, receive: Receive, send: Send, key: Key) -> tuple[Receive, Send]:
+        """An MCP request: the key's `mcp:` allow-list decides which servers it reaches,
+        which tools it calls (anything else is refused, never relayed), and which tools a
+        `tools/list` answer shows."""
+        ctx, receive = await mcp_request(scope, receive)
+        allow = key.mcp
+        if allow is None or ctx is None or ctx.mcp is None:
+            return receive, send
+        call = ctx.mcp
+        if not call.aggregated and not allows_server(allow, call.server):
+            raise refusal(403, "server_not_allowed", f"This API key may not use the MCP server `{call.server}`.")
+        if call.method == "tools/call" and not allows_tool(allow, call.server, call.tool or ""):
+            name = call.label if call.aggregated and call.server else call.tool
+            raise refusal(403, "tool_not_allowed", f"This API key may not call the tool `{name}`.", "name")
+        if call.method == "tools/list":
+            return receive, filtered_tools(send, listing_filter(ctx, allow))
+        return receive, send
 
     async def find(self, policy: AuthPolicy, scope: Scope, request_id: str) -> Key | None:
         """The key presented: the file's, else a runtime key from the store."""
@@ -546,6 +600,15 @@ class AuthMiddleware:
         except SignatureError as exc:
             raise refusal(403, "invalid_signature", exc.message) from None
         return key
+
+
+def listing_filter(ctx: RequestContext, allow: ToolAllowList) -> Callable[[str], bool]:
+    """Which names of a tools/list answer the key may call (on /mcp, `{server}__{tool}`)."""
+    call = ctx.mcp
+    if call is not None and call.aggregated:
+        return lambda name: allows_tool(allow, *split_tool(name))
+    server = call.server if call is not None else None
+    return lambda name: allows_tool(allow, server, name)
 
 
 def new_key(id: str, user: str | None = None, team: str | None = None, tier: str | None = None) -> tuple[str, dict[str, str]]:

@@ -14,6 +14,8 @@ budget.yaml:
     trust_client_user: false   # without auth: believe x-lockgate-user / the body's `user`?
     prices:                    # USD per million tokens, by model name (served or upstream), overriding the table
       my-finetune: {input_per_mtok: 3, output_per_mtok: 12}
+    tool_prices:               # USD per MCP tool call, by `{server}__{tool}` (globs), before gateway.yaml's `prices:`
+      github__search_issues: 0.002
     store_failure: closed      # closed (503 store_unavailable) | open (serve unchecked): see proxy/store/guard.py
     store_timeout_s: 0.5
     paths: [...]               # which requests are model calls (middleware/paths.py)
@@ -59,8 +61,9 @@ import asyncio
 import calendar
 import datetime as dt
 import functools
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 import orjson
@@ -70,6 +73,7 @@ from lockgate.kernel import metrics
 from lockgate.kernel.context import Identity, RequestContext, get_context, model_request, new_id, refuse, route_path
 from lockgate.kernel.errors import GatewayError
 from lockgate.kernel.logs import get_logger
+from lockgate.kernel.mcp import is_mcp, mcp_request
 from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.policy import Policy
 from lockgate.kernel.store import Claim, Store, guard, open_store, owners
@@ -112,6 +116,7 @@ class BudgetPolicy:
     prices: Mapping[str, Price]
     store_failure: StoreFailure = StoreFailure()
     paths: Paths = DEFAULT_PATHS
+    tool_prices: Mapping[str, float] = field(default_factory=dict)  # `{server}__{tool}` (globs) -> USD a call
 
 
 def parse_budget(check: Checker, node: Any, default: bool) -> Budget | None:
@@ -146,7 +151,8 @@ def parse_policy(raw: Any, source: str) -> BudgetPolicy:
         raise ConfigError([f"{source}:1: the budget policy must be a mapping"])
     check.unknown(
         raw,
-        {"budgets", "default", "unknown_price", "reserve_max_tokens", "trust_client_user", "prices", "store_failure", "store_timeout_s", "paths"},
+        {"budgets", "default", "unknown_price", "reserve_max_tokens", "trust_client_user", "prices", "tool_prices", "store_failure", "store_timeout_s",
+         "paths"},
         "the budget policy",
     )
     budgets: dict[tuple[str, str], Budget] = {}
@@ -179,9 +185,11 @@ def parse_policy(raw: Any, source: str) -> BudgetPolicy:
     answer_tokens = None if answer == "auto" else check.number(raw, "reserve_max_tokens", 1024, minimum=1, integer=True)
     failure = guard.parse_store_failure(check, raw, "closed")
     paths = parse_paths(check, raw)
+    tool_nodes = check.mapping(raw, "tool_prices", "tool_prices")
+    tool_prices = {str(tool): float(check.number(tool_nodes, tool, 0.0)) for tool in tool_nodes}
     if check.problems:
         raise ConfigError(check.problems)
-    return BudgetPolicy(budgets, default, unknown, answer_tokens, bool(trust), table, failure, paths)
+    return BudgetPolicy(budgets, default, unknown, answer_tokens, bool(trust), table, failure, paths, tool_prices)
 
 
 # -- periods ------------------------------------------------------------------------------
@@ -244,11 +252,13 @@ class BudgetMiddleware:
     """`catalog` prices the models (lockgate's gateway hands in gateway.yaml's; around
     another app, the built-in tables price them)."""
 
-    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None, catalog: Catalog | None = None) -> None:
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None, catalog: Catalog | None = None,
+                 tool_price: Callable[[str, str], float | None] | None = None) -> None:
         self.app = app
         self.policy = Policy("budget", policy, parse_policy)
         self.store = open_store(store)
         self.catalog = catalog or BUILTIN
+        self.tool_price = tool_price  # gateway.yaml's MCP prices, after budget.yaml's `tool_prices:`
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -256,6 +266,9 @@ class BudgetMiddleware:
             return
         self.policy.ensure_watching()
         policy = self.policy.current
+        if is_mcp(scope):
+            await self.charge_tool(scope, receive, send, policy)
+            return
         relayed = passthrough(scope)
         if not (relayed or policy.paths.match(scope)):
             await self.app(scope, receive, send)
@@ -267,6 +280,27 @@ class BudgetMiddleware:
             return
         budgeted = BudgetedSession if scope["type"] == "websocket" else BudgetedRequest
         await budgeted(self.store, policy, self.catalog, ctx, scope)(self.app, inner_receive, send)
+
+
+    async def charge_tool(self, scope: Scope, receive: Receive, send: Send, policy: BudgetPolicy) -> None:
+        """An MCP tool call with a price is charged like a model request: reserved in
+        every budget that applies before it is relayed, settled when it answers."""
+        ctx, inner_receive = await mcp_request(scope, receive)
+        call = ctx.mcp if ctx is not None else None
+        price = self.price_of(policy, call.server or "", call.tool or "") if call is not None and call.is_tool_call else None
+        if ctx is None or price is None:
+            await self.app(scope, inner_receive, send)
+            return
+        await BudgetedToolCall(self.store, policy, self.catalog, ctx, scope, price)(self.app, inner_receive, send)
+
+    def price_of(self, policy: BudgetPolicy, server: str, tool: str) -> float | None:
+        label = f"{server}__{tool}"
+        if label in policy.tool_prices:
+            return policy.tool_prices[label]
+        found = next((usd for glob, usd in policy.tool_prices.items() if fnmatchcase(label, glob)), None)
+        if found is None and self.tool_price is not None:
+            found = self.tool_price(server, tool)
+        return found
 
 
 class BudgetedRequest:
@@ -537,6 +571,52 @@ class BudgetedRequest:
     def _report(self, amount: float) -> list[tuple[str, str, float]]:
         fields = [f"{d}:{self.who.get(d)}" for d in DIMENSIONS if self.who.get(d)]
         fields.append(f"model:{self._served()}")
+        return [(report_key(period, self.now), field, amount) for period in REPORT_PERIODS for field in fields]
+
+
+class BudgetedToolCall(BudgetedRequest):
+    """One MCP tool call at its price: reserved up front, charged when the server answered
+    (a call refused, or that never reached the server, costs nothing)."""
+
+    def __init__(self, store: Store, policy: BudgetPolicy, models: Catalog, ctx: RequestContext, scope: Scope, price: float) -> None:
+        super().__init__(store, policy, models, ctx, scope)
+        self.price = price
+
+    async def _admit(self, send: Send) -> Price | Literal[False] | None:
+        if self.applicable:
+            refusal = await self._reserve_amount(self.price, self.entry)
+            if refusal is not None:
+                refusal.headers["x-request-id"] = self.ctx.request_id
+                await refuse(self.ctx, send, refusal)
+                return False
+        return None
+
+    def _send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False) and not self.settled:
+                await self._settle()
+            await send(message)
+
+        self.status = 0
+        return wrapped
+
+    async def _settle(self) -> float | None:
+        if self.settled:
+            return self.cost
+        self.settled = True
+        call = self.ctx.mcp
+        answered = 200 <= self.status < 300 and self.ctx.cache != "hit" and (call is None or call.status not in ("refused", "failed", "timeout"))
+        cost = self.price if answered else 0.0
+        self.ctx.cost_usd = self.cost = cost
+        await self._record(cost)
+        return cost
+
+    def _report(self, amount: float) -> list[tuple[str, str, float]]:
+        fields = [f"{d}:{self.who.get(d)}" for d in DIMENSIONS if self.who.get(d)]
+        call = self.ctx.mcp
+        fields.append(f"tool:{call.label if call is not None else '-'}")
         return [(report_key(period, self.now), field, amount) for period in REPORT_PERIODS for field in fields]
 
 
@@ -816,8 +896,8 @@ def _is_stream(message: Message) -> bool:
 
 
 def _charged(counters: dict[str, float]) -> float:
-    # every report line names the model served: the model rows hold every charge, with a key or without
-    return sum(value for field, value in counters.items() if field.startswith("model:"))
+    # every report line names the model served (or, for an MCP tool call, the tool): those rows hold every charge
+    return sum(value for field, value in counters.items() if field.startswith(("model:", "tool:")))
 
 
 def spend_total(counters: dict[str, float]) -> float:

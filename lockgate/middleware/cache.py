@@ -18,6 +18,8 @@ cache.yaml:
     store_timeout_s: 0.5       # the longest a lookup waits for the store
     paths: [...]               # which requests are cached (default: chat, completions, embeddings,
                                # responses, messages and rerank, with and without /v1)
+    tools: []                  # MCP tool calls cached, as `{server}__{tool}` (globs): only tools that
+                               # are idempotent (README "MCP"); also gateway.yaml's `idempotent:`
 
 The key is the sha256 of the endpoint (`/v1` or not), the request body as canonical
 JSON (sorted keys, no whitespace, integral floats as integers: `1.0` is `1`), the
@@ -68,7 +70,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -78,6 +80,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.kernel.context import RequestContext, header, model_request, redacted, refuse, route_path
 from lockgate.kernel.logs import get_logger
+from lockgate.kernel.mcp import answer_of, is_mcp, mcp_request
 from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.policy import Policy
 from lockgate.kernel.store import Store, guard, open_store
@@ -122,6 +125,7 @@ class CachePolicy:
     trust_client_user: bool = False
     store_failure: StoreFailure = StoreFailure("open")
     paths: Paths = DEFAULT_PATHS
+    tools: tuple[str, ...] = ()  # idempotent MCP tools, `{server}__{tool}` globs
 
     def caches(self, model: str) -> bool:
         return any(fnmatchcase(model, glob) for glob in self.models)
@@ -154,6 +158,10 @@ def parse_policy(raw: Any, source: str) -> CachePolicy:
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         check.fail(raw, "models", "models must be a list of model names or globs")
         models = []
+    tools = raw.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        check.fail(raw, "tools", "tools must be a list of MCP tools, as {server}__{tool} (globs allowed)")
+        tools = []
     by_model = check.mapping(raw, "ttl_by_model", "ttl_by_model")
     flags = {}
     for name in ("streaming", "coalesce", "trust_client_user"):
@@ -170,6 +178,7 @@ def parse_policy(raw: Any, source: str) -> CachePolicy:
         coalesce_wait_s=positive(check, raw, "coalesce_wait_s", DEFAULT.coalesce_wait_s),
         store_failure=guard.parse_store_failure(check, raw, "open"),
         paths=parse_paths(check, raw, DEFAULT_PATHS),
+        tools=tuple(tools),
         **flags,
     )
     if check.problems:
@@ -237,10 +246,12 @@ async def replay_json(send: Send, payload: bytes, headers: list[tuple[bytes, byt
 
 
 class CacheMiddleware:
-    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, app: ASGIApp, policy: Any, store: Store | Mapping[str, Any] | None = None,
+                 idempotent: Callable[[str, str], bool] | None = None) -> None:
         self.app = app
         self.policy = Policy("cache", policy, parse_policy)
         self.store = open_store(store)
+        self.idempotent = idempotent  # gateway.yaml's `idempotent:` tools of its MCP servers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,6 +259,9 @@ class CacheMiddleware:
             return
         self.policy.ensure_watching()
         policy = self.policy.current
+        if is_mcp(scope):
+            await self.cache_tool(scope, receive, send, policy)
+            return
         if not policy.paths.match(scope):
             await self.app(scope, receive, send)
             return
@@ -268,6 +282,67 @@ class CacheMiddleware:
             await self.app(scope, receive, tagged(send, b"bypass"))
             return
         await CachedRequest(self.store, policy, ctx, scope, model, "no-cache" not in directives)(self.app, receive, send)
+
+
+    async def cache_tool(self, scope: Scope, receive: Receive, send: Send, policy: CachePolicy) -> None:
+        """An MCP tool call: cached only when its tool is declared idempotent (tools have
+        side effects); the result kept is a successful one (not `isError`), answered
+        again as JSON to the same call (same tool, same arguments, same scope subject)."""
+        ctx, receive = await mcp_request(scope, receive)
+        call = ctx.mcp if ctx is not None else None
+        if ctx is None or call is None or not call.is_tool_call or not self.tool_cached(policy, call.server or "", call.tool or ""):
+            await self.app(scope, receive, send)
+            return
+        if "no-store" in cache_control(scope) or redacted(scope):
+            ctx.cache = "bypass"
+            await self.app(scope, receive, tagged(send, b"bypass"))
+            return
+        params = ctx.body.get("params") if isinstance(ctx.body, dict) else None
+        arguments = params.get("arguments") if isinstance(params, dict) else None
+        material = orjson.dumps([KEY_VERSION, "mcp", subject(policy, scope, ctx), call.label, arguments], option=orjson.OPT_SORT_KEYS)
+        key = "cache:" + hashlib.sha256(material).hexdigest()
+        timeout = policy.store_failure.timeout_s
+        if "no-cache" not in cache_control(scope):
+            try:
+                stored = await guard.call(self.store, self.store.get(key), timeout)
+            except StoreUnavailable:
+                stored = None
+            if stored is not None:
+                ctx.cache = "hit"
+                call.status, call.known = "ok", True
+                payload = b'{"jsonrpc":"2.0","id":' + orjson.dumps(call.id) + b',"result":' + stored + b"}"
+                await replay_json(send, payload, [JSON_TYPE])
+                return
+        ctx.cache = "miss"
+        start: Message | None = None
+        parts: list[bytes] = []
+        size = 0
+
+        async def kept(message: Message) -> None:
+            nonlocal start, size
+            if message["type"] == "http.response.start":
+                start = message
+                message = {**message, "headers": [*message.get("headers", ()), (HEADER, b"miss")]}
+            elif message["type"] == "http.response.body" and start is not None:
+                size += len(message.get("body", b""))
+                if size <= policy.max_entry_bytes:
+                    parts.append(message.get("body", b""))
+                if not message.get("more_body", False) and start["status"] == 200 and size <= policy.max_entry_bytes:
+                    content_type = next((v.decode("latin-1").lower() for k, v in start.get("headers", ()) if k == b"content-type"), "")
+                    answer = answer_of(b"".join(parts), content_type, call.id)
+                    result = answer.get("result") if answer is not None else None
+                    if isinstance(result, dict) and result.get("isError") is not True:
+                        write = self.store.set(key, orjson.dumps(result), policy.ttl_for(call.label))
+                        guard.spawn(self.store, guard.call(self.store, write, timeout), "cache_write_failed", request_id=ctx.request_id)
+            await send(message)
+
+        await self.app(scope, receive, kept)
+
+    def tool_cached(self, policy: CachePolicy, server: str, tool: str) -> bool:
+        label = f"{server}__{tool}"
+        if any(fnmatchcase(label, glob) for glob in policy.tools):
+            return True
+        return self.idempotent is not None and self.idempotent(server, tool)
 
 
 class CachedRequest:

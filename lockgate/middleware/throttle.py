@@ -8,6 +8,8 @@ throttle.yaml:
     limits:
       - per: user              # key | user | team | model | global | client
         match: {team: [eng, "ml-*"]}   # optional: identity fields (`source`: auth | client | anonymous), `model`, `client`; globs and lists
+                               # `mcp_tool: github__search_issues` / `mcp_server: github`: a limit on MCP tool calls
+                               # (README "MCP"); only such limits count tool calls, and they count nothing else
         rpm: 60                # requests in any 60 s (an exact sliding window)
         tpm: 100000            # tokens in any 60 s: estimated up front, corrected by usage
         concurrent: 4          # requests in flight at once
@@ -46,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockgate.kernel.context import CONTEXT_KEY, Identity, RequestContext, get_context, model_request, new_id, refuse
 from lockgate.kernel.errors import GatewayError
+from lockgate.kernel.mcp import is_mcp, mcp_request
 from lockgate.kernel.parsing import Checker, ConfigError
 from lockgate.kernel.policy import Policy
 from lockgate.kernel.store import Claim, ClaimResult, Store, guard, open_store, owners
@@ -75,6 +78,10 @@ class Limit:
     queue: bool
     max_wait_s: float
     completion_estimate: int
+    mcp: bool = False  # its match names mcp_server / mcp_tool: it counts MCP tool calls (only)
+
+
+MCP_FACTS = ("mcp_server", "mcp_tool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +130,11 @@ def parse_policy(raw: Any, source: str) -> ThrottlePolicy:
                 queue=on_limit == "queue",
                 max_wait_s=check.number(node, "max_wait_s", 10.0),
                 completion_estimate=check.number(node, "completion_estimate", 256, integer=True),
+                mcp=any(name in match for name in MCP_FACTS),
             )
         )
+        if limits[-1].mcp and limits[-1].tpm:
+            check.fail(node, "tpm", "a limit on MCP tool calls counts calls (rpm) and calls in flight (concurrent), not tokens")
     trust = raw.get("trust_client_user", False)
     if not isinstance(trust, bool):
         check.fail(raw, "trust_client_user", "trust_client_user must be true or false")
@@ -165,6 +175,9 @@ class ThrottleMiddleware:
         send = refusals(scope, send)  # a realtime session is limited at its handshake
         self.policy.ensure_watching()
         policy = self.policy.current
+        if is_mcp(scope):
+            await self.limit_tool(scope, receive, send, policy)
+            return
         relayed = passthrough(scope)
         if not (policy.limits or has_own_limits(scope)) or not (relayed or policy.paths.match(scope)):
             await self.app(scope, receive, send)
@@ -175,6 +188,18 @@ class ThrottleMiddleware:
             await self.app(scope, inner_receive, send)
             return
         await ThrottledRequest(self.store, policy, ctx)(self.app, scope, inner_receive, send)
+
+
+    async def limit_tool(self, scope: Scope, receive: Receive, send: Send, policy: ThrottlePolicy) -> None:
+        """An MCP request: a tools/call is counted by the limits that name MCP facts."""
+        if not any(limit.mcp for limit in policy.limits):
+            await self.app(scope, receive, send)
+            return
+        ctx, inner_receive = await mcp_request(scope, receive)
+        if ctx is None or ctx.mcp is None or not ctx.mcp.is_tool_call:
+            await self.app(scope, inner_receive, send)
+            return
+        await ThrottledToolCall(self.store, policy, ctx)(self.app, scope, inner_receive, send)
 
 
 class ThrottledRequest:
@@ -195,12 +220,7 @@ class ThrottledRequest:
 
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ctx
-        who = identity_of(scope, ctx, self.policy.trust_client_user)
-        facts = {**who.facts(), "model": ctx.model, "client": str(client_address(scope, self.policy.trusted_proxies) or "")}
-        active = [limit for limit in self.policy.limits if matches(limit.match, facts)]
-        own = own_limit(who)
-        if own is not None:
-            active.append(own)
+        facts, active = self._active(scope, identity_of(scope, ctx, self.policy.trust_client_user))
         if not active:
             await app(scope, receive, send)
             return
@@ -242,6 +262,15 @@ class ThrottledRequest:
             await app(scope, receive, self._send(send))
         finally:
             await self._settle()
+
+    def _active(self, scope: Scope, who: Identity) -> tuple[dict[str, Any], list[Limit]]:
+        """The facts limits match against, and the limits that apply."""
+        facts = {**who.facts(), "model": self.ctx.model, "client": str(client_address(scope, self.policy.trusted_proxies) or "")}
+        active = [limit for limit in self.policy.limits if matches(limit.match, facts)]
+        own = own_limit(who)
+        if own is not None:
+            active.append(own)
+        return facts, active
 
     def _plan(self, active: list[Limit], facts: dict[str, Any], estimate: int) -> None:
         self.limit_of: list[Limit] = []
@@ -349,3 +378,16 @@ class ThrottledRequest:
         if items:
             write = functools.partial(self.store.adjust_many, items)
             await asyncio.shield(guard.write_or_defer(self.store, "throttle_release", write, self.policy.store_failure.timeout_s))
+
+
+class ThrottledToolCall(ThrottledRequest):
+    """An MCP tool call, limited per key / user / team / client / global by the limits
+    whose match names `mcp_server` or `mcp_tool` (`{server}__{tool}`); a
+    `concurrent` limit matching a server holds its calls in flight."""
+
+    def _active(self, scope: Scope, who: Identity) -> tuple[dict[str, Any], list[Limit]]:
+        call = self.ctx.mcp
+        assert call is not None
+        facts = {**who.facts(), "model": None, "mcp_server": call.server, "mcp_tool": call.label,
+                 "client": str(client_address(scope, self.policy.trusted_proxies) or "")}
+        return facts, [limit for limit in self.policy.limits if limit.mcp and matches(limit.match, facts)]

@@ -40,11 +40,13 @@ class AccessLog:
         paths: Container[str] = (),
         models: Callable[[], Container[str]] = tuple,
         lifecycle: Any = None,
+        mcp_audit: Callable[[Scope, RequestContext, int, float], None] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.paths = paths  # the routes a path label may name
         self.models = models  # the models a model label may name (read per request: the config may be reloaded)
+        self.mcp_audit = mcp_audit  # an MCP tool call's audit line, metrics and count (proxy/mcp.py)
         self.lifecycle = lifecycle  # draining: each answer closes its connection (see proxy/live.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -122,6 +124,8 @@ class AccessLog:
         failure = ctx.attempt.stream_error or ctx.attempt.failure
         if failure:
             metrics.upstream_failures.labels(failure).inc()
+        if ctx.mcp is not None and self.mcp_audit is not None:
+            self.mcp_audit(scope, ctx, status, elapsed)
         identity = ctx.identity.facts() if ctx.identity is not None else {}
         info_line(
             "request",

@@ -10,7 +10,7 @@ can be swapped: `send` a request, get a status and an async stream of body bytes
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 
@@ -93,6 +93,11 @@ class UpstreamResponse:
                 raise UpstreamTooLarge(f"the upstream's answer is larger than {max_bytes} bytes")
             parts.append(chunk)
         return b"".join(parts)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The answer's headers (case-insensitive); none for an in-process answer."""
+        return self._response.headers if self._response is not None else {}
 
     def close(self) -> None:
         """Hands the connection back for reuse once the answer was read whole; closes it

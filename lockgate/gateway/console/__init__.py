@@ -18,6 +18,8 @@ answer the master key only:
     GET /admin/limits        each throttle limit (throttle.yaml's, keys' own) and its use now
     GET /admin/models        models, deployments, cooldowns, calls and failures, in-flight and
                              time to the upstream's first byte
+    GET /admin/mcp           MCP servers (gateway.yaml's `mcp_servers:`), with `?tools=1` the tools
+                             each lists now, and today's tool calls and refusals per key and tool
 
 beside the existing `/admin/spend`, `/admin/policies`, `/admin/reload` and `/admin/keys`.
 Figures that must agree across workers come from the store and the multiprocess
@@ -51,6 +53,7 @@ from lockgate.kernel.store import Store
 from lockgate.middleware.budget import budget_key, report_key_for_day, spend_report
 from lockgate.middleware.throttle import OWN_LIMIT_ID
 from lockgate.proxy.handlers import Endpoint, Gateway
+from lockgate.proxy.mcp import McpRelay, list_tools, shown_url
 
 STATIC = Path(__file__).parent / "static"
 MAX_DAYS = 90
@@ -105,10 +108,12 @@ def counted() -> dict:
     return {"time": time.time(), "requests": found["requests"], "cache": found["cache"], "guard": found["guard"]}
 
 
-def admin_routes(store: Store, gateway: Gateway, mounted: Mounted, runtime: RuntimeKeys, history: TrafficHistory | None = None) -> list[Route]:
+def admin_routes(store: Store, gateway: Gateway, mounted: Mounted, runtime: RuntimeKeys, history: TrafficHistory | None = None,
+                 relay: McpRelay | None = None) -> list[Route]:
     """The console, its data and the runtime keys API."""
     keys = KeysAdmin(runtime, mounted.names)
     console = Console(store, gateway, mounted, runtime, history or TrafficHistory())
+    console.relay = relay
     return [
         Route("/admin/keys", Endpoint(keys.list), methods=["GET"]),
         Route("/admin/keys", Endpoint(keys.create), methods=["POST"]),
@@ -118,6 +123,7 @@ def admin_routes(store: Store, gateway: Gateway, mounted: Mounted, runtime: Runt
         Route("/admin/budgets", Endpoint(console.budgets), methods=["GET"]),
         Route("/admin/limits", Endpoint(console.limits), methods=["GET"]),
         Route("/admin/models", Endpoint(console.models), methods=["GET"]),
+        Route("/admin/mcp", Endpoint(console.mcp), methods=["GET"]),
         Route("/admin/ui", Endpoint(console.page), methods=["GET", "HEAD"]),
         Route("/admin/ui/", Endpoint(console.page), methods=["GET", "HEAD"]),
         Route("/admin/ui/{name}", Endpoint(console.page), methods=["GET", "HEAD"]),
@@ -136,6 +142,7 @@ class Console:
         self.runtime = runtime
         self.history = history
         self.files = load_static()
+        self.relay: McpRelay | None = None  # the gateway's MCP servers
 
     # -- the page ---------------------------------------------------------------------------
     async def page(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -236,6 +243,24 @@ class Console:
                 rows.append({"id": f"key:{key['id']}", "per": "key", "match": {"key": key["id"]}, "rpm": key.get("rpm"), "tpm": key.get("tpm"),
                              "concurrent": None, "on_limit": "reject", "source": f"{key['source']} key", "use": use})
         await send_json(send, 200, {"mounted": True, "data": rows})
+
+    @admin_only
+    async def mcp(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = self.relay
+        if relay is None:
+            return await send_json(send, 200, {"servers": [], "calls": []})
+        listed: dict[str, Any] = {}
+        if query(scope).get("tools") == "1" and relay.servers:
+            probes = await asyncio.gather(*(list_tools(server, relay.client) for server in relay.servers.values()))
+            listed = dict(zip(relay.servers, probes, strict=True))
+        servers = []
+        for server in relay.servers.values():
+            row: dict[str, Any] = {"name": server.name, "url": shown_url(server.url), "exposes": list(server.tools) if server.tools is not None else None,
+                                   "timeout_s": server.timeout_s, "prices": dict(server.prices), "idempotent": list(server.idempotent)}
+            if server.name in listed:
+                row["tools"], row["problem"] = listed[server.name]
+            servers.append(row)
+        await send_json(send, 200, {"servers": servers, "calls": await relay.calls_today()})
 
     async def _use(self, limit_id: str) -> list[dict]:
         """What each subject of a limit holds now: requests and tokens in the last 60 s, requests in flight."""

@@ -8,8 +8,8 @@
   const WINDOW_S = 60;
   const KEEP_SAMPLES = 150;
   const PALETTE = ["#0b5cad", "#c2410c", "#1a7f37", "#7c3aed", "#b42318", "#0e7490", "#57606a"];
-  const PAGES = ["overview", "spend", "keys", "limits", "models", "policies"];
-  const REFRESH_MS = { overview: 2000, limits: 5000, models: 5000 };
+  const PAGES = ["overview", "spend", "keys", "limits", "models", "mcp", "policies"];
+  const REFRESH_MS = { overview: 2000, limits: 5000, models: 5000, mcp: 5000 };
 
   let masterKey = sessionStorage.getItem(STORAGE);
   let timer = null;
@@ -446,6 +446,29 @@
     }));
   }
 
+  // -- MCP --------------------------------------------------------------------------------------
+  let mcpToolsAt = 0;
+  let mcpTools = {};
+
+  async function loadMcp() {
+    const listTools = Date.now() - mcpToolsAt > 60000;  // the servers' tools once a minute: each asks every server
+    const mcp = await api("mcp" + (listTools ? "?tools=1" : ""));
+    if (listTools) {
+      mcpToolsAt = Date.now();
+      mcpTools = Object.fromEntries(mcp.servers.map((s) => [s.name, s]));
+    }
+    fillTable($("#mcp-servers"), mcp.servers.map((server) => {
+      const listed = mcpTools[server.name] || {};
+      const tools = listed.problem ? el("span", { class: "badge bad" }, listed.problem) : (listed.tools || []).join(", ") || "–";
+      const prices = Object.entries(server.prices).map(([tool, usd]) => tool + " $" + usd).join(", ") || "–";
+      return el("tr", { "data-server": server.name }, el("th", { scope: "row" }, server.name), el("td", {}, server.url), el("td", {}, tools),
+        el("td", { class: "num" }, server.timeout_s + " s"), el("td", {}, prices));
+    }), "No MCP servers in gateway.yaml.");
+    fillTable($("#mcp-calls"), mcp.calls.map((row) => el("tr", { "data-key": row.key || "-", "data-tool": row.tool },
+      el("th", { scope: "row" }, row.key || "(no key)"), el("td", {}, row.tool), el("td", { class: "num" }, String(row.calls)),
+      el("td", { class: "num" }, String(row.refused)), el("td", { class: "num" }, String(row.failed)))), "No tool calls today.");
+  }
+
   // -- policies ---------------------------------------------------------------------------------
   async function loadPolicies() {
     const [policies, stats] = await Promise.all([api("policies"), api("stats?history=1")]);
@@ -490,7 +513,7 @@
     }
   }
 
-  const LOADERS = { overview: loadOverview, spend: loadSpend, keys: loadKeys, limits: loadLimits, models: loadModels, policies: loadPolicies };
+  const LOADERS = { overview: loadOverview, spend: loadSpend, keys: loadKeys, limits: loadLimits, models: loadModels, mcp: loadMcp, policies: loadPolicies };
 
   // -- wiring -----------------------------------------------------------------------------------
   document.addEventListener("DOMContentLoaded", () => {
