@@ -4,6 +4,7 @@ bench/tracing_overhead.py import them from there)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -74,9 +75,8 @@ class Server:
                  cores: list[int] | None = None, log: Path | None = None, cwd: Path = ROOT, timeout: float = 60) -> None:
         if cores:
             args = ["taskset", "-c", cpulist(cores), *args]
-        out = open(log, "wb") if log else subprocess.DEVNULL
-        self.process = subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
-                                        start_new_session=True)
+        with open(log or os.devnull, "wb") as out:  # the child keeps its own copy
+            self.process = subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.ps = psutil.Process(self.process.pid)
         if health:
             try:
@@ -94,11 +94,9 @@ class Server:
     def cpu_seconds(self) -> float:
         total = 0.0
         for proc in self.tree():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 times = proc.cpu_times()
                 total += times.user + times.system
-            except psutil.NoSuchProcess:
-                pass
         return total
 
     def tree_rss_mb(self) -> float | None:
@@ -119,10 +117,8 @@ class Server:
         workers = procs[1:] if len(procs) > 1 and any("multiprocessing" in " ".join(p.cmdline()) for p in procs[1:]) else procs
         total = 0
         for proc in workers:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         return total / 2**20
 
     def affinity(self) -> dict[int, list[int]]:

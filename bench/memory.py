@@ -55,7 +55,7 @@ def slope_mib_per_min(samples: list[tuple[float, float]]) -> float | None:
     ys = [m for _, m in samples]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     var = sum((x - mx) ** 2 for x in xs)
-    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var * 60, 2) if var else None
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 60, 2) if var else None
 
 
 def under_load(server: Server, load: Callable[[], dict], recovery_s: float) -> tuple[dict, dict]:

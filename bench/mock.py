@@ -3,10 +3,11 @@ never the bottleneck): a raw asyncio HTTP/1.1 server, uvloop when installed, ans
 
 - a chat completion (OpenAI's format) at once with the same small body, on any POST path
   but `/messages`, which answers Anthropic Messages' body (the peers' own lanes);
-- `"stream": true` with an SSE stream: a role chunk at once, then `--chunks` content
-  deltas (" w0" .. " w63" by default) `--pace-ms` apart (64 and 20 ms: onthebench's
-  stream suite), then a finish chunk, a usage chunk and `[DONE]`; each delta is written by
-  a timer callback (no task or sleep per stream), so thousands of streams cost little;
+- `"stream": true` with an SSE stream: a role chunk and the first of `--chunks` content
+  deltas (" w0" .. " w63" by default) at once, the rest `--pace-ms` apart (64 and 20 ms:
+  onthebench's stream suite), then a finish chunk, a usage chunk and `[DONE]`; the deltas
+  due in one millisecond are written by one timer callback (no task or sleep per
+  stream), so thousands of streams cost little;
 - any GET with 200 "ok" (health).
 
 Keep-alive, `Content-Length` or chunked request bodies; pipelined requests are answered in
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import re
 
 import orjson
@@ -82,6 +84,30 @@ def stream_frames(chunks: int) -> tuple[bytes, list[bytes], bytes]:
 STREAM_FLAG = re.compile(rb'"stream"\s*:\s*true')
 
 
+class Wheel:
+    """Deltas due in the same millisecond are written by one timer callback (libuv's timers
+    have millisecond resolution anyway), so a thousand streams cost one callback a
+    millisecond, not one a delta."""
+
+    def __init__(self) -> None:
+        self.due: dict[int, list[tuple[Mock, int, float]]] = {}
+
+    def add(self, when: float, mock: Mock, i: int, start: float) -> None:
+        slot = math.ceil(when * 1000)
+        entries = self.due.get(slot)
+        if entries is None:
+            entries = self.due[slot] = []
+            asyncio.get_running_loop().call_at(slot / 1000, self.fire, slot)
+        entries.append((mock, i, start))
+
+    def fire(self, slot: int) -> None:
+        for mock, i, start in self.due.pop(slot, ()):
+            mock.tick(i, start)
+
+
+WHEEL = Wheel()
+
+
 class Mock(asyncio.Protocol):
     frames: tuple[bytes, list[bytes], bytes] = stream_frames(64)
     pace_s: float = 0.02
@@ -90,15 +116,12 @@ class Mock(asyncio.Protocol):
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
         self.streaming = False
-        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self.timer:
-            self.timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -144,27 +167,26 @@ class Mock(asyncio.Protocol):
                 self.transport.write(CHAT_RESPONSE)
 
     def start_stream(self) -> None:
+        """The head, the role chunk and the first delta at once (so time to first token is
+        the gateway's alone, not a timer's); delta i at start + i x pace."""
         if self.transport is None:
             return
-        head, _, _ = self.frames
+        head, deltas, _ = self.frames
         self.streaming = True
-        self.transport.write(head)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        self.timer = loop.call_at(start + self.pace_s, self.tick, 0, start)
+        self.transport.write(head + deltas[0])
+        self.tick(0, asyncio.get_running_loop().time(), written=True)
 
-    def tick(self, i: int, start: float) -> None:
-        """Delta i at start + (i + 1) x pace: the schedule is the stream's own, so a late tick
-        does not push the rest of the stream later."""
+    def tick(self, i: int, start: float, written: bool = False) -> None:
+        """The schedule is the stream's own, so a late tick does not push the rest later."""
         if self.transport is None:
             return
         _, deltas, tail = self.frames
-        self.transport.write(deltas[i])
+        if not written:
+            self.transport.write(deltas[i])
         if i + 1 < len(deltas):
-            self.timer = asyncio.get_running_loop().call_at(start + (i + 2) * self.pace_s, self.tick, i + 1, start)
+            WHEEL.add(start + (i + 1) * self.pace_s, self, i + 1, start)
             return
         self.transport.write(tail)
-        self.timer = None
         self.streaming = False
         self.serve()
 

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from harness import BENCH, ROOT, Server, free_port
 
 PORTKEY_VERSION = "1.15.2"

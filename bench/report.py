@@ -102,6 +102,8 @@ def markdown(results: dict) -> str:
         f"Pinned with taskset: the gateway under test on core(s) {', '.join(map(str, pin['gateway_cores']))}; the mock, wrk and the stream client on"
         f" {', '.join(map(str, pin['other_cores']))}" + (f"; Redis: {pin['redis']}" if pin.get("redis") else "") + ".",
         f"{m['duration_s']:g} s a load window, {m['windows_per_rung']} window(s) a sweep rung; streams of {m['chunks']} deltas {m['pace_ms']:g} ms apart.",
+        *([f"**{m['duration_s']:g} s windows: a check of the harness, not a measurement** (the method's windows are 10 s, on a quiet machine)."]
+          if m["duration_s"] < 10 else []),
         "",
         "| target | added p50 ms (1 conn) | added p99 ms (1 conn) | req/s at 32 conns | × bare | p99 ms at 32 | CPU ms/req | req/s at p99 < 1 ms | < 5 ms | < 10 ms | < 50 ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -123,19 +125,21 @@ def markdown(results: dict) -> str:
     ]
     streamed = [r for r in rows if r.get("stream")]
     if streamed:
-        lines += ["", "| streams | added TTFT p50 / p99 ms | added inter-frame p50 / p99 ms | streams sustained | frames/s there |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "| streams | added TTFT p50 / p99 ms | added inter-frame p50 / p99 ms | streams sustained | frames/s there | pace stretch p99 there |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for r in streamed:
             s, sus = r["stream"], r.get("streams_sustained") or {}
             if not s.get("served"):
-                lines.append(f"| {r['label']} | not served: {str(s.get('failures'))[:100].replace('|', '/')} | | | |")
+                lines.append(f"| {r['label']} | not served: {str(s.get('failures'))[:100].replace('|', '/')} | | | | |")
                 continue
             n = sus.get("sustained")
             flag = " (rig)" if sus.get("rig_bound") else ("+" if sus.get("floor") else "")
             lines.append(f"| {r['label']} | {fmt(s['added_ttft_p50_ms'], 3)} / {fmt(s['added_ttft_p99_ms'], 3)} | {fmt(s['added_gap_p50_ms'], 3)} / {fmt(s['added_gap_p99_ms'], 3)} |"
-                         f" {fmt(n, 0)}{flag} | {fmt(sus.get('frames_per_s'), 0)} |")
+                         f" {fmt(n, 0)}{flag} | {fmt(sus.get('frames_per_s'), 0)} | {fmt(sus.get('stretch_p99'), 2)} |")
         lines += ["", "Time to first token: from sending the request to the first content delta; each stream paired with one straight to the mock, back to back."
                   " Streams sustained: the largest concurrency, doubling from 1, at which every stream got every delta and no gap between deltas passed"
-                  f" {m['stall_x']:g}× the pace; `+` the top of the ladder ({m['stream_top']}) held (a floor), `(rig)` as many as the rig carries straight to the mock."]
+                  f" {m['stall_x']:g}× the pace; `+` the top of the ladder ({m['stream_top']}) held (a floor), `(rig)` as many as the rig carries straight to the mock."
+                  " Pace stretch: a stream's first-to-last delta span over the mock's (1.00 on pace), the p99 over that rung's streams; not part of the gate."]
     mem = [r for r in rows if r.get("rss_idle_mb") is not None]
     if mem:
         lines += ["", "| memory (RSS of the process tree) | idle MB | steady MB (per worker) | growth MiB/min | peak MB | recovered MB | ready in s |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -160,21 +164,20 @@ def chart(results: dict, path: Path) -> None:
     if not rows:
         return
     color = {"upstream": "#888888", "reference": "#555555", "lockgate": "#2a7ab0", "peer": "#d9534f"}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 0.45 * len(rows) + 3.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 0.45 * len(rows) + 4), gridspec_kw={"width_ratios": [1.2, 1]})
     markers = "osD^v<>ph*"
     for i, r in enumerate(rows):
         ys = [((r.get("frontier") or {}).get(b) or {}).get("rps") for b in BOUNDS]
-        xs = [int(b) for b, y in zip(BOUNDS, ys) if y]
+        xs = [int(b) for b, y in zip(BOUNDS, ys, strict=True) if y]
         if xs:
-            left.plot(xs, [y for y in ys if y], marker=markers[i % len(markers)], color=color.get(r["kind"], "#2a7ab0"),
-                      alpha=0.5 + 0.5 * (i % 2), label=r["label"][:60])
+            left.plot(xs, [y for y in ys if y], marker=markers[i % len(markers)], color=plt.get_cmap("tab10")(i % 10), label=r["label"][:60])
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xticks([int(b) for b in BOUNDS], [f"< {b} ms" for b in BOUNDS])
     left.set_xlabel("p99 bound (no failed request)")
     left.set_ylabel("most req/s (log scale)")
     left.set_title("throughput frontier")
-    left.legend(fontsize=7, loc="lower right")
+    left.legend(fontsize=7, loc="best")
     names = [r["label"][:60] for r in rows][::-1]
     values = [r["rps_32"] for r in rows][::-1]
     right.barh(names, values, color=[color.get(r["kind"], "#2a7ab0") for r in rows][::-1])

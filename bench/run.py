@@ -39,12 +39,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-import psutil
-
 import frontier as frontier_mod
+import httpx
 import memory
 import peers
+import psutil
 import report
 import streams
 from harness import (  # noqa: F401  (bench/profile.py and bench/tracing_overhead.py use these through this module)
@@ -151,7 +150,8 @@ def measure(target: Target, server: Server | None, url: str, direct_url: str, ar
         direct_lane = streams.Lane(direct_url, "/v1/chat/completions", {}, {"model": "bench", "stream": True})
         row["stream"] = streams.paired(lane, direct_lane, args.stream_pairs, args.chunks, args.pace_ms / 1000)
         if row["stream"].get("served"):
-            row["streams_sustained"] = streams.sustained(lane, args.stream_top, args.stream_window, args.chunks, args.pace_ms / 1000, args.stall_x)
+            row["streams_sustained"] = streams.sustained(lane, args.stream_top, args.stream_window, args.chunks, args.pace_ms / 1000, args.stall_x,
+                                                         args.stream_tries)
     return row
 
 
@@ -252,12 +252,12 @@ def run(args) -> dict:
         mock.stop()
     report.derive(rows)
     return {
-        "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "method": {
             "duration_s": args.duration, "windows_per_rung": args.windows, "sweep_top": args.sweep_top, "bounds_ms": list(frontier_mod.BOUNDS_MS),
             "chunks": args.chunks, "pace_ms": args.pace_ms, "stall_x": args.stall_x, "stream_pairs": args.stream_pairs,
-            "stream_top": args.stream_top, "stream_window_s": args.stream_window, "idle_s": args.idle_s, "recovery_s": args.recovery_s,
+            "stream_top": args.stream_top, "stream_window_s": args.stream_window, "stream_tries": args.stream_tries, "idle_s": args.idle_s, "recovery_s": args.recovery_s,
             "load_generator": f"wrk, closed loop, {max(1, len(args.other_cores))} thread(s); streams: an asyncio client in this process",
         },
         "pinning": pinning,
@@ -291,6 +291,7 @@ def main() -> None:
     parser.add_argument("--stream-pairs", type=int, help="streams at one at a time, each paired with a direct one (default: 2 x duration, at least 10)")
     parser.add_argument("--stream-top", type=int, default=2048, help="the most concurrent streams the ladder climbs to")
     parser.add_argument("--stream-window", type=float, help="seconds each streams rung runs past its ramp (default: duration / 2, at least 2)")
+    parser.add_argument("--stream-tries", type=int, default=2, help="windows a streams rung may take to hold")
     parser.add_argument("--idle-s", type=float, default=3.0)
     parser.add_argument("--recovery-s", type=float, default=5.0)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"), help="default: the Redis at 127.0.0.1:6379, db 14, else a private one")
