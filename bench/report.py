@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 BOUNDS = ("1", "5", "10", "50")
-README_BEGIN = "<!-- bench:results begin (written by `python bench/run.py --render --readme`) -->"
+README_BEGIN = "<!-- bench:results begin (written by `make bench` and `bench/run.py --render`) -->"
 README_END = "<!-- bench:results end -->"
 
 

@@ -17,10 +17,11 @@ peers (bench/peers.py). Per target:
   sustained;
 - memory (bench/memory.py): RSS of the gateway's process tree idle, steady, recovered.
 
-Results: bench/results/results.json, results.md, results.png.
+Results: bench/results/results.json, results.md, results.png, and the table in README's Performance section.
 
     python bench/run.py [--duration 10] [--peers litellm,portkey] [--only direct,bare,none,disk,redis,translation]
-    python bench/run.py --render [--readme]   # redraw from results.json; --readme also refreshes README's section
+    python bench/run.py --render   # redraw results.md, results.png and README's section from results.json
+    (--no-readme: leave README alone)
 """
 
 from __future__ import annotations
@@ -296,7 +297,7 @@ def main() -> None:
     parser.add_argument("--recovery-s", type=float, default=5.0)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"), help="default: the Redis at 127.0.0.1:6379, db 14, else a private one")
     parser.add_argument("--render", action="store_true", help="only redraw results.md and results.png from results.json")
-    parser.add_argument("--readme", action="store_true", help="also write the table and the targets into README's Performance section")
+    parser.add_argument("--no-readme", dest="readme", action="store_false", help="do not write the table and the targets into README's Performance section")
     ARGS = parser.parse_args()
     if ARGS.render:
         results = json.loads((RESULTS / "results.json").read_text())
