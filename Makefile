@@ -50,10 +50,13 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# make bench [PEERS=litellm] [DURATION=10]
+# make bench [PEERS=litellm,portkey] [DURATION=10] [GATEWAY_CORES=0] [BENCH_ARGS='--only disk --windows 3']
+# (the method and how long it takes: README, "Performance")
 bench: $(BENCH_STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
-	$(BIN)/python bench/run.py --duration $(or $(DURATION),10) --peers '$(PEERS)'
+	command -v taskset >/dev/null || (apt-get update -qq && apt-get install -y -qq util-linux >/dev/null)
+	case ',$(PEERS),' in *,portkey,*) command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null);; esac
+	$(BIN)/python bench/run.py --duration $(or $(DURATION),10) --peers '$(PEERS)' $(if $(GATEWAY_CORES),--gateway-cores $(GATEWAY_CORES)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .lockgate policies/.lockgate .pytest_cache
