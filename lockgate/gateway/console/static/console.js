@@ -65,16 +65,20 @@
   class Refused extends Error {}
 
   async function api(path, options = {}) {
+    const key = masterKey;
     const response = await fetch("../" + path, {
       ...options,
       cache: "no-store",
-      headers: { Authorization: "Bearer " + masterKey, ...(options.body ? { "Content-Type": "application/json" } : {}) },
+      headers: { Authorization: "Bearer " + key, ...(options.body ? { "Content-Type": "application/json" } : {}) },
     });
+    // signed out while the answer was on its way: nothing of it is shown
+    if (masterKey !== key) throw new Refused("signed out");
     if (response.status === 401 || response.status === 403) {
       signOut("The gateway refused the master key.");
       throw new Refused("refused");
     }
     const body = await response.json().catch(() => ({}));
+    if (masterKey !== key) throw new Refused("signed out");
     if (!response.ok) throw new Error((body.error && body.error.message) || "HTTP " + response.status);
     return body;
   }
