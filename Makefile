@@ -60,4 +60,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --duration $(or $(DURATION),10) --peers '$(PEERS)' $(if $(GATEWAY_CORES),--gateway-cores $(GATEWAY_CORES)) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .lockgate policies/.lockgate .pytest_cache
+	rm -rf $(VENV) .lockgate policies/.lockgate .pytest_cache .mypy_cache .ruff_cache tests/screenshots

@@ -3,6 +3,8 @@ errors that say how an upstream failed (each endpoint, the realtime relay includ
 
 from __future__ import annotations
 
+from starlette.types import Message, Send
+
 from lockgate.kernel.context import RequestContext
 from lockgate.kernel.errors import GatewayError
 from lockgate.proxy.upstream import UpstreamBroken, UpstreamError, UpstreamTimeout, UpstreamTooLarge
@@ -38,3 +40,22 @@ def response_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
     if ctx.attempt.deployment:
         headers.append((b"x-lockgate-deployment", ctx.attempt.deployment.encode("latin-1", "replace")))
     return headers
+
+
+class TrackedSend:
+    """The ASGI `send` of a request the proxy answers, noting whether its answer has
+    started (past that, an error can no longer be a refusal of its own) and whether it
+    has ended (a client that leaves after the end is not a disconnect)."""
+
+    __slots__ = ("send", "started", "finished")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = self.finished = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        elif not message.get("more_body", False):
+            self.finished = True
+        await self.send(message)

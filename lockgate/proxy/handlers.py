@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from lockgate.kernel.context import RequestContext, get_context, load_json, refuse
 from lockgate.kernel.errors import GatewayError, bad_request, model_not_found, send_json
@@ -29,7 +29,7 @@ from lockgate.providers.registry import PROVIDERS
 from lockgate.providers.translation import Call, Mode, Outbound
 from lockgate.proxy import streams
 from lockgate.proxy.access import log_internal_error
-from lockgate.proxy.answers import internal_error, not_allowed, response_headers, upstream_failure
+from lockgate.proxy.answers import TrackedSend, internal_error, not_allowed, response_headers, upstream_failure
 from lockgate.proxy.items import ResponseItems
 from lockgate.proxy.models import ModelConfig
 from lockgate.proxy.realtime import Realtime
@@ -109,17 +109,7 @@ class Gateway:
     async def serve(self, kind: EndpointKind, scope: Scope, receive: Receive, send: Send) -> None:
         """A request of an endpoint kind (providers/endpoints.py), whatever the kind."""
         ctx = get_context(scope)
-        sent_start = False
-        finished = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal sent_start, finished
-            if message["type"] == "http.response.start":
-                sent_start = True
-            elif not message.get("more_body", False):
-                finished = True
-            await send(message)
-
+        tracked = TrackedSend(send)
         ctx.attempt.proxied = True
         try:
             await load_json(scope, receive)
@@ -136,13 +126,13 @@ class Gateway:
             if not ctx.allows(model):
                 raise not_allowed(model)  # the last word on the model actually served
             ctx.attempt.model_served = model
-            await run_until_disconnect(self._dispatch(scope, receive, tracking_send, ctx, kind, balancer), receive, lambda: finished)
+            await run_until_disconnect(self._dispatch(scope, receive, tracked, ctx, kind, balancer), receive, lambda: tracked.finished)
         except GatewayError as exc:
-            if not sent_start:
+            if not tracked.started:
                 await refuse(ctx, send, exc, response_headers(ctx))
         except Exception as exc:  # noqa: BLE001 - a bug: its traceback logged, the client still answered in OpenAI's shape
             log_internal_error(scope, ctx, exc)
-            if not sent_start:
+            if not tracked.started:
                 await refuse(ctx, send, internal_error(ctx), response_headers(ctx))
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: EndpointKind, balancer: Balancer) -> None:

@@ -39,7 +39,7 @@ from functools import partial
 from typing import Any
 
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from lockgate.kernel import metrics
 from lockgate.kernel.context import RequestContext, get_context, header, read_body, refuse
@@ -53,7 +53,7 @@ from lockgate.providers.base import CredentialsError, Deployment, UpstreamReques
 from lockgate.providers.registry import PROVIDERS
 from lockgate.providers.tokens import prompt_tokens
 from lockgate.proxy.access import log_internal_error
-from lockgate.proxy.answers import internal_error, not_allowed, response_headers, upstream_failure
+from lockgate.proxy.answers import TrackedSend, internal_error, not_allowed, response_headers, upstream_failure
 from lockgate.proxy.handlers import Endpoint, error_answer, run_until_disconnect
 from lockgate.proxy.models import ModelConfig
 from lockgate.proxy.secrets import Secrets
@@ -85,16 +85,7 @@ class Passthrough:
     async def serve(self, provider: str, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = get_context(scope)
         ctx.attempt.proxied = True  # the usage in the context is lockgate's count, whatever it is
-        sent_start = finished = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal sent_start, finished
-            if message["type"] == "http.response.start":
-                sent_start = True
-            elif not message.get("more_body", False):
-                finished = True
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
             dep, path = self._admit(provider, scope, ctx)
             body = await read_body(scope, receive, ctx.max_body)
@@ -113,16 +104,16 @@ class Passthrough:
                 scope["method"],
             )
             relay = Relay(self, ctx, provider, dep, path, body if model is not None else None)
-            await run_until_disconnect(relay.run(request, tracking_send), receive, lambda: finished)
+            await run_until_disconnect(relay.run(request, tracked), receive, lambda: tracked.finished)
         except passthrough.PathRefused as exc:
-            if not sent_start:
+            if not tracked.started:
                 await refuse(ctx, send, bad_request(f"This path cannot be relayed: {exc}.", "path", "invalid_path"), response_headers(ctx))
         except GatewayError as exc:
-            if not sent_start:
+            if not tracked.started:
                 await refuse(ctx, send, exc, response_headers(ctx))
         except Exception as exc:  # noqa: BLE001 - a bug: its traceback logged, the client still answered in OpenAI's shape
             log_internal_error(scope, ctx, exc)
-            if not sent_start:
+            if not tracked.started:
                 await refuse(ctx, send, internal_error(ctx), response_headers(ctx))
 
     def _admit(self, provider: str, scope: Scope, ctx: RequestContext) -> tuple[Deployment, str]:
