@@ -291,6 +291,32 @@ async def test_sighup_reloads_every_policy(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_moves_off_a_loop_that_stopped_without_closing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app served once on a loop that stopped but was never closed, then another on a
+    new loop: SIGHUP's handler moves to the loop that runs, instead of staying where no
+    signal is ever read (a full suite's worker ran into it: SIGHUP did nothing for 30 s)."""
+    monkeypatch.setattr(policy, "watch", deaf_watch)
+    stale = asyncio.new_event_loop()
+
+    async def first() -> None:
+        watched(tmp_path / "a.yaml", 1)
+
+    async def second() -> None:
+        holder = watched(tmp_path / "b.yaml", 1)
+        await async_wait_for(armed)
+        (tmp_path / "b.yaml").write_text("value: 2\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await async_wait_for(lambda: holder.current.value == 2, timeout=5)
+
+    try:
+        stale.run_until_complete(first())
+        asyncio.run(second())
+    finally:
+        policy.stop_watching()
+        stale.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_leaves_someone_elses_handler_alone() -> None:
     def theirs(signum: int, frame: Any) -> None:
         pass

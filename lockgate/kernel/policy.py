@@ -459,15 +459,27 @@ def install_sighup() -> bool:
     current = signal.getsignal(signal.SIGHUP)
     if current is on_sighup:
         return True
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
     if _sighup_loop is not None and not _sighup_loop.is_closed() and current is not signal.SIG_DFL:
-        return True  # a closed loop has put SIG_DFL back, so this is still ours
+        # a closed loop has put SIG_DFL back, so this is still ours: on the loop that runs
+        # now, or on one that stopped without closing (an app served once, then another on
+        # a new loop), where no signal would ever be read: then it moves here
+        if running is None or running is _sighup_loop:
+            return True
+        _sighup_loop.remove_signal_handler(signal.SIGHUP)
+        _sighup_loop = None
+        current = signal.getsignal(signal.SIGHUP)
     if current is not signal.SIG_DFL:
         log.info("policy_sighup_left_alone", handler=repr(current))
         return False
     try:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, request_reload)
-        _sighup_loop = loop
+        if running is None:
+            raise RuntimeError("no running loop")
+        running.add_signal_handler(signal.SIGHUP, request_reload)
+        _sighup_loop = running
     except (RuntimeError, NotImplementedError, ValueError):
         signal.signal(signal.SIGHUP, on_sighup)
     return True
