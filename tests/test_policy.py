@@ -317,6 +317,25 @@ def test_sighup_moves_off_a_loop_that_stopped_without_closing(tmp_path: Path, mo
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+async def test_sighup_reloads_under_nohup_and_is_ignored_again_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nohup lockgate serve &` starts it with SIGHUP ignored: `kill -HUP` must still
+    reload (ours replaces SIG_IGN, as it would the default), and when watching stops the
+    hangup is ignored again (SIGHUP reloaded nothing under nohup before)."""
+    monkeypatch.setattr(policy, "watch", deaf_watch)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        holder = watched(tmp_path / "limit.yaml", 1)
+        await async_wait_for(armed)
+        (tmp_path / "limit.yaml").write_text("value: 2\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await async_wait_for(lambda: holder.current.value == 2, timeout=5)
+        policy.stop_watching()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_leaves_someone_elses_handler_alone() -> None:
     def theirs(signum: int, frame: Any) -> None:
         pass

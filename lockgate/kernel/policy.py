@@ -397,6 +397,9 @@ class Watcher:
 
 _watcher = Watcher()
 _sighup_loop: asyncio.AbstractEventLoop | None = None  # where our handler lives when asyncio installed it
+# the disposition ours replaced, put back when watching stops: SIG_IGN under `nohup`
+_sighup_before: Any = signal.SIG_DFL
+FREE = (signal.SIG_DFL, signal.SIG_IGN)  # dispositions nobody's handler: ours may take them
 
 
 def reload_files() -> None:
@@ -416,9 +419,10 @@ def start_watching() -> None:
 
 
 def stop_watching(timeout: float = 5.0) -> None:
-    """Stops the watcher thread and removes our SIGHUP handler; the next request starts
-    them again. For tests, and for embedders that want no thread left behind."""
-    global _sighup_loop
+    """Stops the watcher thread and removes our SIGHUP handler (the disposition it
+    replaced comes back); the next request starts them again. For tests, and for
+    embedders that want no thread left behind."""
+    global _sighup_loop, _sighup_before
     with _lock:
         thread = _watcher.thread
         _watcher.stop.set()
@@ -429,11 +433,12 @@ def stop_watching(timeout: float = 5.0) -> None:
         thread.join(timeout)
     if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGHUP) is on_sighup:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    ours = signal.getsignal(signal.SIGHUP) is on_sighup
     if _sighup_loop is not None and not _sighup_loop.is_closed():
-        _sighup_loop.remove_signal_handler(signal.SIGHUP)
-    _sighup_loop = None
+        ours = _sighup_loop.remove_signal_handler(signal.SIGHUP) or ours
+    if ours:
+        signal.signal(signal.SIGHUP, _sighup_before)
+    _sighup_loop, _sighup_before = None, signal.SIG_DFL
 
 
 def request_reload() -> None:
@@ -451,9 +456,11 @@ def on_sighup(signum: int, frame: FrameType | None) -> None:
 
 def install_sighup() -> bool:
     """SIGHUP reloads every policy. Installed from the main thread only, through the
-    running loop when there is one, and never over a handler someone else set (uvicorn's
-    supervisor, for one, restarts its workers on SIGHUP). True when ours is in place."""
-    global _sighup_loop
+    running loop when there is one, over the default or an ignored SIGHUP (`nohup
+    lockgate serve`: a hangup still must not stop it, and `kill -HUP` still reloads),
+    and never over a handler someone else set (uvicorn's supervisor, for one, restarts
+    its workers on SIGHUP). True when ours is in place."""
+    global _sighup_loop, _sighup_before
     if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
         return False
     current = signal.getsignal(signal.SIGHUP)
@@ -463,7 +470,7 @@ def install_sighup() -> bool:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         running = None
-    if _sighup_loop is not None and not _sighup_loop.is_closed() and current is not signal.SIG_DFL:
+    if _sighup_loop is not None and not _sighup_loop.is_closed() and current not in FREE:
         # a closed loop has put SIG_DFL back, so this is still ours: on the loop that runs
         # now, or on one that stopped without closing (an app served once, then another on
         # a new loop), where no signal would ever be read: then it moves here
@@ -471,8 +478,9 @@ def install_sighup() -> bool:
             return True
         _sighup_loop.remove_signal_handler(signal.SIGHUP)
         _sighup_loop = None
-        current = signal.getsignal(signal.SIGHUP)
-    if current is not signal.SIG_DFL:
+    elif current in FREE:
+        _sighup_before = current
+    else:
         log.info("policy_sighup_left_alone", handler=repr(current))
         return False
     try:
