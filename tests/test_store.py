@@ -426,6 +426,39 @@ async def test_settle_records_report_counters_with_the_cost(store: Store) -> Non
     assert (await store.reserve([Claim("team-budget", 10, 0, LONG)], "next")).reserved == (0.0,), "the reservation was dropped"
 
 
+async def test_counters_of_concurrent_charges_add_up_in_order_with_other_writes(store: Store) -> None:
+    """Charges landing together (one disk batch sums their counters and writes them once)
+    count every addition, and a write between them keeps its place: counters charged
+    before a delete are gone with it, those charged after it count, and an incr with a
+    life of its own is summed with the charges beside it."""
+    first = [store.settle([f"b{i}"], f"e{i}", 1.0, None, counters=[("rep", "team:a", 0.25), ("rep", f"user:{i % 3}", 1.0)]) for i in range(12)]
+    await asyncio.gather(*first, store.incr([("rep", "team:a", 2.0)], ttl_s=LONG))
+    assert await store.counters("rep") == {"team:a": 0.25 * 12 + 2.0, "user:0": 4.0, "user:1": 4.0, "user:2": 4.0}
+    before = [store.settle(["b"], f"x{i}", 1.0, None, counters=[("gone", "team:a", 1.0)]) for i in range(5)]
+    after = [store.settle(["b"], f"y{i}", 1.0, None, counters=[("gone", "team:a", 0.5)]) for i in range(3)]
+    await asyncio.gather(*before, store.delete("gone"), *after)
+    assert await store.counters("gone") == {"team:a": 1.5}
+    assert await store.spent("b") == 8.0
+
+
+async def test_disk_a_failed_charge_in_a_batch_adds_no_counters(tmp_path: Path) -> None:
+    """A charge that fails after its counters were summed into the batch's takes them
+    back with the rest of its writes; the charges beside it count."""
+    store = DiskStore(str(tmp_path / "state"))
+
+    def counts_then_fails(sql, now):
+        store._add_counts(sql, [("rep", "team:a", 100.0)], now)
+        sql("INSERT INTO Budget VALUES ('half-written', 1.0, NULL)")
+        raise RuntimeError("boom")
+
+    good = [store.settle(["fine"], f"e{i}", 1.0, None, counters=[("rep", "team:a", 1.0)]) for i in range(4)]
+    results = await asyncio.gather(*good[:2], store._run(counts_then_fails, sums=True), *good[2:], return_exceptions=True)
+    assert isinstance(results[2], RuntimeError) and store.batches == 1, "the four charges and the failure shared one batch"
+    assert await store.counters("rep") == {"team:a": 4.0}
+    assert await store.spent("half-written") == 0.0 and await store.spent("fine") == 4.0
+    await store.close()
+
+
 async def test_adjust_many_in_one_step(store: Store) -> None:
     await store.claim([Claim("tpm", 100, 40, LONG), Claim("conc", 2, 1, LONG)], "req")
     await store.adjust_many([("tpm", "req", 7), ("conc", "req", None)])

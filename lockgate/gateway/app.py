@@ -24,6 +24,7 @@ from lockgate.gateway.console import TrafficHistory, admin_routes
 from lockgate.gateway.keys import RuntimeKeys
 from lockgate.gateway.live import Lifecycle, LiveConfig, drain_on_sigterm
 from lockgate.gateway.protocol import STATE_KEY
+from lockgate.gateway.server import tune_gc
 from lockgate.gateway.stack import Mounted, Services, build
 from lockgate.kernel import metrics, policy
 from lockgate.kernel.context import get_context, route_path
@@ -213,4 +214,6 @@ def deployment_ids(config: GatewayConfig) -> list[str]:
 
 def app_from_env() -> Starlette:
     """The factory uvicorn's workers call: the config path comes from LOCKGATE_CONFIG."""
-    return create_app(os.environ.get("LOCKGATE_CONFIG", "gateway.yaml"))
+    app = create_app(os.environ.get("LOCKGATE_CONFIG", "gateway.yaml"))
+    tune_gc()
+    return app

@@ -21,11 +21,16 @@ import glob
 import os
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import GC_COLLECTOR, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.metrics import MetricWrapperBase
 
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # read once: prometheus-client chose its value class at import
 REGISTRY = None if MULTIPROCESS_DIR else CollectorRegistry(auto_describe=True)
+if REGISTRY is not None:
+    # python_gc_{objects_collected,objects_uncollectable,collections}_total by generation:
+    # what `lockgate serve`'s collector settings (gateway/server.py) leave it doing. One
+    # process only: prometheus-client has no multiprocess form of it
+    REGISTRY.register(GC_COLLECTOR)
 M = TypeVar("M", bound=MetricWrapperBase)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # the GenAI conventions' advised boundaries
