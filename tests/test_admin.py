@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -92,7 +93,10 @@ def test_policies_reload_and_readiness(gw, tmp_path):
     assert {p["kind"] for p in listed} == {"auth", "budget", "gateway"}, "gateway.yaml is watched like a policy"
     assert all(p["version"] and p["last_error"] is None for p in listed)
 
-    (tmp_path / "budget.yaml").write_text("budgets: [{team: search, limit_usd: 5, period: fortnightly}]\n")
+    # written whole (a rename): the watcher may otherwise read the file half-written, a
+    # second refused content counted on a busy machine (the gauge then says 2)
+    (tmp_path / "budget.yaml.new").write_text("budgets: [{team: search, limit_usd: 5, period: fortnightly}]\n")
+    os.replace(tmp_path / "budget.yaml.new", tmp_path / "budget.yaml")
     reloaded = httpx.post(gw.url + "/admin/reload", headers={"Authorization": f"Bearer {MASTER}"}).json()["policies"]
     budget = next(p for p in reloaded if p["kind"] == "budget")
     assert "budget.yaml:1" in budget["last_error"] and "period" in budget["last_error"]

@@ -317,6 +317,41 @@ async def test_disk_store_is_created_with_small_pages_and_opens_an_old_one(tmp_p
     assert sqlite3.connect(tmp_path / "old" / "cache.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
+async def test_disk_wal_starts_over_and_a_rewind_never_holds_writers_for_its_readers(tmp_path: Path, monkeypatch) -> None:
+    """Writes across many WAL restarts keep every value and every cent, the file within
+    bounds; and the checkpoint that rewinds the WAL does not keep the write lock while a
+    reader is in it: writes go on meanwhile (SQLite's own busy handler would sleep
+    holding the lock, so every write waited out the readers: fails that way)."""
+    import sqlite3
+
+    from lockgate.kernel.store import disk
+
+    monkeypatch.setattr(disk, "WAL_LIMIT_BYTES", 256 * 1024)
+    monkeypatch.setattr(disk, "CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr(disk, "REWIND_TRY_S", 3.0)
+    store = DiskStore(str(tmp_path / "state"))
+    for i in range(600):
+        await store.set(f"v{i}", os.urandom(2048), LONG)
+        await store.settle(["steady"], f"e{i}", 1.0)
+        if store.checkpoint is not None:
+            await asyncio.wrap_future(store.checkpoint)
+    assert os.path.getsize(store.wal) < 4 * disk.WAL_LIMIT_BYTES, "the WAL kept growing"
+    assert await store.get("v0") is not None and await store.get("v599") is not None and await store.spent("steady") == 600.0
+
+    reader = sqlite3.connect(tmp_path / "state" / "cache.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM Cache").fetchall()  # a read snapshot held in the WAL
+    await store.settle(["during"], "w0", 1.0)  # frames after the reader's snapshot
+    rewind = asyncio.wrap_future(store.checkpointer.submit(store._rewind, "RESTART"))
+    await asyncio.sleep(0.05)
+    assert await store.settle(["during"], "w1", 1.0) == (2.0,)
+    assert not rewind.done(), "the write went through while the rewind was still waiting for the reader"
+    reader.execute("COMMIT")
+    await rewind
+    await store.close()
+    assert sqlite3.connect(tmp_path / "state" / "cache.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
 async def test_redis_keys_expire_unless_they_hold_spend(redis_url: str, redis_prefix: str) -> None:
     store = RedisStore(redis_url, redis_prefix)
 

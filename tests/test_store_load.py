@@ -207,3 +207,97 @@ async def test_silence_while_other_processes_keep_this_one_off_the_cpu_is_not_th
     monkeypatch.setattr(guard, "runqueue_wait", lambda: 0.0)
     with pytest.raises(StoreUnavailable, match=r"no answer within 0.1s \(waited 0.1\d"):
         await guard.claim(Queued(0.35), CLAIM, "on the cpu", 0.1)
+
+
+# -- calls answered at once --------------------------------------------------------------------
+async def test_a_call_answered_at_once_sets_no_deadline_and_one_that_waits_keeps_it() -> None:
+    """A store call that never waits (a lease, memory) is answered without a deadline's
+    timer; one that waits still has its deadline, the deadline's cancellation reaching
+    the call itself (its cleanup runs), and store errors are StoreUnavailable either way."""
+    store = MemoryStore()
+    loop = asyncio.get_running_loop()
+    timers = []
+    call_at = loop.call_at
+    loop.call_at = lambda when, callback, *args, **kw: timers.append(callback) or call_at(when, callback, *args, **kw)  # type: ignore[method-assign]
+
+    async def at_once() -> str:
+        return "answered"
+
+    try:
+        assert await guard.call(store, at_once(), 0.1) == "answered"
+        assert timers == []
+        cleaned = []
+
+        async def hangs() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                cleaned.append(True)
+
+        with pytest.raises(StoreUnavailable):
+            await guard.call(store, hangs(), 0.05)
+        assert cleaned == [True] and timers, "the waiting call had its deadline and was cancelled by it"
+    finally:
+        del loop.call_at
+
+    async def fails_at_once() -> None:
+        raise ConnectionError("down")
+
+    async def fails_later() -> None:
+        await asyncio.sleep(0)
+        raise ConnectionError("down")
+
+    for failing in (fails_at_once, fails_later):
+        with pytest.raises(StoreUnavailable):
+            await guard.call(store, failing(), 0.5)
+
+
+async def test_shielded_outlives_its_caller_and_costs_no_task_when_it_need_not() -> None:
+    """`shielded` is `asyncio.shield` for a write (a release) that must finish though the
+    request that made it is cancelled; a write done at once makes no task."""
+    gate = asyncio.Event()
+    written = []
+
+    async def write() -> str:
+        await gate.wait()
+        written.append(True)
+        return "written"
+
+    caller = asyncio.ensure_future(guard.shielded(write()))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert written == [True], "the write went on after its caller was cancelled"
+
+    async def at_once() -> str:
+        return "written"
+
+    before = len(asyncio.all_tasks())
+    assert await guard.shielded(at_once()) == "written" and len(asyncio.all_tasks()) == before
+
+
+async def test_a_spawned_write_keeps_one_context_across_its_first_step_and_the_rest() -> None:
+    """A write started at once (`spawn`, `shielded`) runs its first step and the rest
+    in one context, as a task would: a context var set before its first wait is reset
+    after it without "created in a different Context" (tracing's spans do exactly that)."""
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("span", default="none")
+    outcomes: list[str] = []
+
+    async def traced() -> None:
+        token = var.set("inside")
+        await asyncio.sleep(0.01)
+        outcomes.append(var.get())
+        var.reset(token)  # raises ValueError when the rest runs in another context
+        outcomes.append("reset")
+
+    store = MemoryStore()
+    guard.spawn(store, traced(), "test_failed")
+    await guard.shielded(traced())
+    await asyncio.sleep(0.05)
+    assert outcomes == ["inside", "reset", "inside", "reset"] and var.get() == "none"

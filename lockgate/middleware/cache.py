@@ -505,10 +505,10 @@ class CachedRequest:
         }
         write = self.store.set(self.key, orjson.dumps(meta) + b"\n" + payload, self.ttl)
         if self.lock is None:
-            # written behind: queued before the answer's last byte goes out, so the client's
-            # next request finds it, without the answer waiting for the write
+            # written behind: queued (an in-process store's, done) before the answer's last
+            # byte goes out, so the client's next request finds it, without the answer
+            # waiting for the write
             guard.spawn(self.store, guard.call(self.store, write, self.policy.store_failure.timeout_s), "cache_write_failed", request_id=ctx.request_id)
-            await asyncio.sleep(0)  # one turn: the write is queued (an in-process store's, done)
             return
         try:
             # coalesced requests wait on the lock: the entry must be in before it is released

@@ -377,7 +377,8 @@ class ThrottledRequest:
     async def _write(self, items: list[tuple[str, str, float | None]]) -> None:
         if items:
             write = functools.partial(self.store.adjust_many, items)
-            await asyncio.shield(guard.write_or_defer(self.store, "throttle_release", write, self.policy.store_failure.timeout_s))
+            # shielded: a client that leaves mid-write does not take the release with it
+            await guard.shielded(guard.write_or_defer(self.store, "throttle_release", write, self.policy.store_failure.timeout_s))
 
 
 class ThrottledToolCall(ThrottledRequest):
