@@ -111,29 +111,24 @@ class Gateway:
         ctx = get_context(scope)
         tracked = TrackedSend(send)
         ctx.attempt.proxied = True
-        try:
-            await load_json(scope, receive)
-            body = ctx.body
-            validation.body_form(kind.files, ctx.form)
-            if kind.default_model is not None and body.get("model") is None:
-                body["model"] = kind.default_model
-            kind.validate(body)
-            model = body["model"]
-            ctx.model_requested = ctx.model_requested or model
-            balancer = self.router.get(model)
-            if balancer is None:
-                raise model_not_found(model)
-            if not ctx.allows(model):
-                raise not_allowed(model)  # the last word on the model actually served
-            ctx.attempt.model_served = model
-            await run_until_disconnect(self._dispatch(scope, receive, tracked, ctx, kind, balancer), receive, lambda: tracked.finished)
-        except GatewayError as exc:
-            if not tracked.started:
-                await refuse(ctx, send, exc, response_headers(ctx))
-        except Exception as exc:  # noqa: BLE001 - a bug: its traceback logged, the client still answered in OpenAI's shape
-            log_internal_error(scope, ctx, exc)
-            if not tracked.started:
-                await refuse(ctx, send, internal_error(ctx), response_headers(ctx))
+        await answer_or_refuse(scope, ctx, send, tracked, self._serve(kind, scope, receive, tracked, ctx))
+
+    async def _serve(self, kind: EndpointKind, scope: Scope, receive: Receive, tracked: TrackedSend, ctx: RequestContext) -> None:
+        await load_json(scope, receive)
+        body = ctx.body
+        validation.body_form(kind.files, ctx.form)
+        if kind.default_model is not None and body.get("model") is None:
+            body["model"] = kind.default_model
+        kind.validate(body)
+        model = body["model"]
+        ctx.model_requested = ctx.model_requested or model
+        balancer = self.router.get(model)
+        if balancer is None:
+            raise model_not_found(model)
+        if not ctx.allows(model):
+            raise not_allowed(model)  # the last word on the model actually served
+        ctx.attempt.model_served = model
+        await run_until_disconnect(self._dispatch(scope, receive, tracked, ctx, kind, balancer), receive, lambda: tracked.finished)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext, kind: EndpointKind, balancer: Balancer) -> None:
         body = ctx.body
@@ -384,6 +379,22 @@ def client_headers(scope: Scope, allowed: tuple[bytes, ...]) -> dict[str, str]:
 
 
 WATCH_AFTER_S = 0.02  # how long an answer may take before anyone listens for the client leaving
+
+
+async def answer_or_refuse(scope: Scope, ctx: RequestContext, send: Send, tracked: TrackedSend, work: Awaitable[None]) -> None:
+    """Runs a request's `work`, which answers through `tracked` (a TrackedSend of `send`).
+    What it raises before anything went out is answered in OpenAI's shape: a GatewayError
+    as itself, anything else (a bug) as a 500, its traceback logged. Once the answer has
+    started, the client has what it has (a stream ends with its own error event)."""
+    try:
+        await work
+    except GatewayError as exc:
+        if not tracked.started:
+            await refuse(ctx, send, exc, response_headers(ctx))
+    except Exception as exc:  # noqa: BLE001 - a bug: its traceback logged, the client still answered in OpenAI's shape
+        log_internal_error(scope, ctx, exc)
+        if not tracked.started:
+            await refuse(ctx, send, internal_error(ctx), response_headers(ctx))
 
 
 async def run_until_disconnect(work: Awaitable[object], receive: Receive, finished: Callable[[], bool]) -> bool:

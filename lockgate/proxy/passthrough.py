@@ -42,7 +42,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from lockgate.kernel import metrics
-from lockgate.kernel.context import RequestContext, get_context, header, read_body, refuse
+from lockgate.kernel.context import RequestContext, get_context, header, read_body
 from lockgate.kernel.errors import GatewayError, bad_request
 from lockgate.kernel.logs import get_logger
 from lockgate.kernel.store import Store, guard
@@ -52,9 +52,8 @@ from lockgate.providers import passthrough
 from lockgate.providers.base import CredentialsError, Deployment, UpstreamRequest
 from lockgate.providers.registry import PROVIDERS
 from lockgate.providers.tokens import prompt_tokens
-from lockgate.proxy.access import log_internal_error
-from lockgate.proxy.answers import TrackedSend, internal_error, not_allowed, response_headers, upstream_failure
-from lockgate.proxy.handlers import Endpoint, error_answer, run_until_disconnect
+from lockgate.proxy.answers import TrackedSend, not_allowed, response_headers, upstream_failure
+from lockgate.proxy.handlers import Endpoint, answer_or_refuse, error_answer, run_until_disconnect
 from lockgate.proxy.models import ModelConfig
 from lockgate.proxy.secrets import Secrets
 from lockgate.proxy.upstream import UpstreamClient, UpstreamError, UpstreamResponse
@@ -86,35 +85,33 @@ class Passthrough:
         ctx = get_context(scope)
         ctx.attempt.proxied = True  # the usage in the context is lockgate's count, whatever it is
         tracked = TrackedSend(send)
+        await answer_or_refuse(scope, ctx, send, tracked, self._serve(provider, scope, receive, tracked, ctx))
+
+    async def _serve(self, provider: str, scope: Scope, receive: Receive, tracked: TrackedSend, ctx: RequestContext) -> None:
         try:
-            dep, path = self._admit(provider, scope, ctx)
-            body = await read_body(scope, receive, ctx.max_body)
-            content_type = header(scope, b"content-type")
-            if ctx.model_check is not None:
-                for named in passthrough.models_named(provider, path, body, content_type):
-                    if not ctx.allows(named):
-                        raise not_allowed(named)
-            model = passthrough.body_model(body, content_type)
-            if model is not None:
-                ctx.model_requested = ctx.attempt.model_served = model
-            request = UpstreamRequest(
-                passthrough.upstream_url(provider, dep, path, scope.get("query_string", b"")),
-                passthrough.upstream_headers(provider, dep, scope.get("headers", ())),
-                body,
-                scope["method"],
-            )
-            relay = Relay(self, ctx, provider, dep, path, body if model is not None else None)
-            await run_until_disconnect(relay.run(request, tracked), receive, lambda: tracked.finished)
+            await self._relay(provider, scope, receive, tracked, ctx)
         except passthrough.PathRefused as exc:
-            if not tracked.started:
-                await refuse(ctx, send, bad_request(f"This path cannot be relayed: {exc}.", "path", "invalid_path"), response_headers(ctx))
-        except GatewayError as exc:
-            if not tracked.started:
-                await refuse(ctx, send, exc, response_headers(ctx))
-        except Exception as exc:  # noqa: BLE001 - a bug: its traceback logged, the client still answered in OpenAI's shape
-            log_internal_error(scope, ctx, exc)
-            if not tracked.started:
-                await refuse(ctx, send, internal_error(ctx), response_headers(ctx))
+            raise bad_request(f"This path cannot be relayed: {exc}.", "path", "invalid_path") from None
+
+    async def _relay(self, provider: str, scope: Scope, receive: Receive, tracked: TrackedSend, ctx: RequestContext) -> None:
+        dep, path = self._admit(provider, scope, ctx)
+        body = await read_body(scope, receive, ctx.max_body)
+        content_type = header(scope, b"content-type")
+        if ctx.model_check is not None:
+            for named in passthrough.models_named(provider, path, body, content_type):
+                if not ctx.allows(named):
+                    raise not_allowed(named)
+        model = passthrough.body_model(body, content_type)
+        if model is not None:
+            ctx.model_requested = ctx.attempt.model_served = model
+        request = UpstreamRequest(
+            passthrough.upstream_url(provider, dep, path, scope.get("query_string", b"")),
+            passthrough.upstream_headers(provider, dep, scope.get("headers", ())),
+            body,
+            scope["method"],
+        )
+        relay = Relay(self, ctx, provider, dep, path, body if model is not None else None)
+        await run_until_disconnect(relay.run(request, tracked), receive, lambda: tracked.finished)
 
     def _admit(self, provider: str, scope: Scope, ctx: RequestContext) -> tuple[Deployment, str]:
         """The deployment and path to relay to, or the refusal."""
