@@ -301,3 +301,29 @@ async def test_a_spawned_write_keeps_one_context_across_its_first_step_and_the_r
     await guard.shielded(traced())
     await asyncio.sleep(0.05)
     assert outcomes == ["inside", "reset", "inside", "reset"] and var.get() == "none"
+
+
+async def test_a_spawned_write_that_fails_is_logged_never_raised() -> None:
+    """A write nobody waits for (the cache entry behind an answer) that fails at its
+    first step (the store is down) or later is logged under its failure name; the request
+    that started it never sees the error."""
+    store = MemoryStore()
+
+    async def down_at_once() -> None:
+        raise ConnectionError("refused")
+
+    async def down_later() -> None:
+        await asyncio.sleep(0)
+        raise ConnectionError("reset")
+
+    failures: list[str] = []
+    original = guard.log.warning
+    guard.log.warning = lambda event, **facts: failures.append(f"{event}: {facts.get('error')}")  # type: ignore[method-assign]
+    try:
+        guard.spawn(store, guard.call(store, down_at_once(), 0.5), "cache_write_failed", request_id="r1")
+        guard.spawn(store, guard.call(store, down_later(), 0.5), "cache_write_failed", request_id="r2")
+        for _ in range(5):
+            await asyncio.sleep(0)
+    finally:
+        guard.log.warning = original  # type: ignore[method-assign]
+    assert failures == ["cache_write_failed: ConnectionError", "cache_write_failed: ConnectionError"]
