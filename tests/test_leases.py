@@ -491,3 +491,40 @@ async def test_a_lease_renewed_for_a_request_is_taken_by_it_not_stranded():
     assert stolen == [True, True], "two leases went to others"
     assert result.ok, "the third lease, made for it, went to the request that asked"
     assert await inner.used(claims[0].key) == 3
+
+
+async def test_a_requests_lapsed_leases_are_renewed_in_one_store_call(two_workers, monkeypatch):
+    """A request's rpm and tpm leases close together (a window lease serves one second):
+    a request a few seconds after the last one used to renew them one after the other,
+    two store round trips before its call (half a millisecond of a stream's first token
+    on disk); now one call makes both. Still all or none: where the pair does not fit at
+    lease size, each key is renewed alone and the limit stays exact."""
+    a, b = two_workers
+    monkeypatch.setattr(lease_module, "WINDOW_LEASE_S", 0.05)
+    claims = [Claim("throttle:p:u:rpm", 1000, 1, 60, adjustable=False), Claim("throttle:p:u:tpm", 10**6, 100, 60, adjustable=True)]
+    calls: list[int] = []
+    real = a.inner.claim
+
+    async def counted(batch, entry):
+        calls.append(len(batch))
+        return await real(batch, entry)
+
+    a.inner.claim = counted
+    for i in range(4):
+        result = await a.claim(claims, f"q{i}")
+        assert result.ok
+        await a.adjust("throttle:p:u:tpm", f"q{i}", 90)
+        await asyncio.sleep(0.06)  # both leases lapse before the next request
+    assert calls == [2, 2, 2, 2], f"one trip with both keys a request, not {calls}"
+    await a.tidy(everything=True)
+    assert await a.used("throttle:p:u:rpm") == 4
+    assert await a.used("throttle:p:u:tpm") == 4 * 90, "each request counts what it used, as without leases"
+
+    # near the edge of one of the two: the pair is refused at lease size, each key alone decides
+    edge = [Claim("throttle:e:u:rpm", 5, 1, 60, adjustable=False), Claim("throttle:e:u:tpm", 10**6, 100, 60, adjustable=True)]
+    results = await asyncio.gather(*(store.claim(edge, f"e{i}") for i, store in enumerate([a, b] * 8)))
+    assert sum(r.ok for r in results) == 5, "exactly the rpm limit across both"
+    assert [r.failed for r in results if not r.ok] == [0] * 11, "every refusal names the rpm limit"
+    for store in (a, b):
+        await store.tidy(everything=True)
+    assert await a.used("throttle:e:u:rpm") == 5

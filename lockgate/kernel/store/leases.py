@@ -154,12 +154,12 @@ class LeasedStore(Store):
         self.janitor: asyncio.Task[None] | None = None
 
     # -- plumbing ----------------------------------------------------------------------
-    async def _landed(self, key: str, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Runs `work` (a lease's store call and its installing) under the key's lock, to
+    async def _landed(self, keys: str | Sequence[str], work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Runs `work` (a lease's store call and its installing) under the keys' locks, to
         its end even when the request that asked leaves or times out meanwhile: a lease
         the store granted is then installed here (served to the next requests, given
         back when idle), never left in the store holding headroom nobody knows of."""
-        task = asyncio.get_running_loop().create_task(self._locked(key, work))
+        task = asyncio.get_running_loop().create_task(self._locked((keys,) if isinstance(keys, str) else tuple(keys), work))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         outcome = await asyncio.shield(task)
@@ -167,22 +167,32 @@ class LeasedStore(Store):
             raise outcome
         return outcome[0]
 
-    async def _locked(self, key: str, work: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T] | Exception:
+    async def _locked(self, keys: tuple[str, ...], work: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T] | Exception:
         """`work`'s result (in a tuple) or its failure (handed to the request that asked, if
-        it still waits: a task nobody awaits must not end in an exception)."""
-        lock, users = self.locks.get(key) or (asyncio.Lock(), 0)
-        self.locks[key] = (lock, users + 1)
+        it still waits: a task nobody awaits must not end in an exception). Several keys'
+        locks are taken in one order (sorted), so two renewals never wait on each other."""
+        keys = tuple(sorted(set(keys)))
+        for key in keys:
+            lock, users = self.locks.get(key) or (asyncio.Lock(), 0)
+            self.locks[key] = (lock, users + 1)
+        held: list[asyncio.Lock] = []
         try:
-            async with lock:
-                return (await work(),)
+            for key in keys:
+                lock = self.locks[key][0]
+                await lock.acquire()
+                held.append(lock)
+            return (await work(),)
         except Exception as exc:  # noqa: BLE001 - re-raised in the request, see above
             return exc
         finally:
-            lock, users = self.locks[key]
-            if users == 1:
-                del self.locks[key]
-            else:
-                self.locks[key] = (lock, users - 1)
+            for lock in held:
+                lock.release()
+            for key in keys:
+                lock, users = self.locks[key]
+                if users == 1:
+                    del self.locks[key]
+                else:
+                    self.locks[key] = (lock, users - 1)
 
     def _start_janitor(self) -> None:
         loop = asyncio.get_running_loop()
@@ -289,6 +299,16 @@ class LeasedStore(Store):
 
     # -- rate windows and slots -----------------------------------------------------------
     async def claim(self, claims: Sequence[Claim], entry_id: str) -> ClaimResult:
+        granted = self.claim_now(claims, entry_id)
+        if granted is not None:
+            return granted
+        # Several keys without room (a request's rpm and tpm, whose leases close together):
+        # their new leases in one store call, not one after the other. Refused (one of them
+        # does not fit at its lease's size), each key is renewed on its own below, as ever.
+        now = time.monotonic()
+        lacking = [claim for claim in claims if not self._room(claim, now)]
+        if len(lacking) > 1:
+            await self._landed([c.key for c in lacking], functools.partial(self._renew_together, lacking))
         for _ in range(3):
             granted = self.claim_now(claims, entry_id)
             if granted is not None:
@@ -343,12 +363,9 @@ class LeasedStore(Store):
             del self.holdings[entry_id]  # nothing the caller will come back for
         return ClaimResult(True, tuple(used))
 
-    async def _renew(self, claim: Claim, index: int, count: int) -> ClaimResult | None:
-        """A new lease for the claim's key (or None when one was made meanwhile); the
-        refusal, as the store gave it, when not even this one claim fits."""
+    def _lease_size(self, claim: Claim) -> tuple[float, float, float]:
+        """A new lease for the claim's key: its size, scale and ttl in the store."""
         slot = claim.key.startswith(SLOT_PREFIX)
-        if self._room(claim, time.monotonic()):
-            return None
         known = self._known_total(claim.key, slot)
         left = claim.limit - known if known is not None else claim.limit
         scale = 1.0
@@ -358,7 +375,41 @@ class LeasedStore(Store):
             size = max(claim.amount, left * FRACTION)
             if slot or claim.amount == int(claim.amount):
                 size = max(claim.amount, math.floor(size))
-        ttl = claim.ttl_s if slot else claim.ttl_s + WINDOW_LEASE_S
+        return size, scale, claim.ttl_s if slot else claim.ttl_s + WINDOW_LEASE_S
+
+    async def _renew_together(self, claims: Sequence[Claim]) -> None:
+        """New leases for several keys in one store call (one entry id: each key's ledger
+        has its own), all or none; none when one does not fit, and the keys are then
+        renewed one by one (`_renew`), which knows how to shrink a lease or give back."""
+        now = time.monotonic()
+        claims = [claim for claim in claims if not self._room(claim, now)]  # (made meanwhile: not again)
+        if not claims:
+            return
+        sizes = [self._lease_size(claim) for claim in claims]
+        entry = new_id()
+        result = await self.inner.claim([Claim(c.key, c.limit, size, ttl) for c, (size, _, ttl) in zip(claims, sizes, strict=True)], entry)
+        if result.ok:
+            for claim, (size, scale, ttl), total in zip(claims, sizes, result.used, strict=True):
+                self._install(claim, entry, size, scale, ttl, total)
+
+    def _install(self, claim: Claim, entry: str, size: float, scale: float, ttl: float, total: float) -> None:
+        now = time.monotonic()
+        if claim.key.startswith(SLOT_PREFIX):
+            lease = SlotLease(entry, int(size), claim.limit, ttl, now, total, checked=now)
+            self.slots.setdefault(claim.key, []).append(lease)
+        else:
+            old = self.windows.get(claim.key)
+            if old is not None:
+                self.closed.append((claim.key, old))
+            self.windows[claim.key] = WindowLease(entry, size, claim.limit, ttl, now + WINDOW_LEASE_S, total, scale)
+
+    async def _renew(self, claim: Claim, index: int, count: int) -> ClaimResult | None:
+        """A new lease for the claim's key (or None when one was made meanwhile); the
+        refusal, as the store gave it, when not even this one claim fits."""
+        slot = claim.key.startswith(SLOT_PREFIX)
+        if self._room(claim, time.monotonic()):
+            return None
+        size, scale, ttl = self._lease_size(claim)
         entry = new_id()
         result = await self.inner.claim([Claim(claim.key, claim.limit, size, ttl)], entry)
         if not result.ok and size > claim.amount:
@@ -372,15 +423,7 @@ class LeasedStore(Store):
             used = [0.0] * count
             used[index] = result.used[0]
             return ClaimResult(False, tuple(used), index, result.retry_after_s)
-        now = time.monotonic()
-        if slot:
-            lease = SlotLease(entry, int(size), claim.limit, ttl, now, result.used[0], checked=now)
-            self.slots.setdefault(claim.key, []).append(lease)
-        else:
-            old = self.windows.get(claim.key)
-            if old is not None:
-                self.closed.append((claim.key, old))
-            self.windows[claim.key] = WindowLease(entry, size, claim.limit, ttl, now + WINDOW_LEASE_S, result.used[0], scale)
+        self._install(claim, entry, size, scale, ttl, result.used[0])
         return None
 
     def _token_lease(self, claim: Claim, left: float) -> tuple[float, float]:
