@@ -528,3 +528,46 @@ async def test_a_requests_lapsed_leases_are_renewed_in_one_store_call(two_worker
     for store in (a, b):
         await store.tidy(everything=True)
     assert await a.used("throttle:e:u:rpm") == 5
+
+
+async def test_a_requests_idle_budgets_are_leased_in_one_store_call(two_workers):
+    """A request under a key's, a user's and a team's budget, after their leases went back
+    idle (IDLE_RETURN_S), leased them one after the other: three store round trips before
+    its call. Now one makes all three; spend is exact per budget, and a budget too close to
+    its edge for a lease makes the call refused whole (nothing taken): each budget is then
+    decided on its own, as without leases."""
+    a, b = two_workers
+    keys = ["budget:key:k:total:total", "budget:user:u:total:total", "budget:team:t:total:total"]
+    calls: list[int] = []
+    real = a.inner.reserve
+
+    async def counted(batch, entry):
+        calls.append(len(batch))
+        return await real(batch, entry)
+
+    a.inner.reserve = counted
+    for i in range(3):
+        claims = [Claim(key, 100.0, 0.5, 900) for key in keys]
+        assert (await a.reserve(claims, f"r{i}")).ok
+        await a.settle(keys, f"r{i}", 0.25)
+        await a.tidy(everything=True)  # the leases go back, as when idle
+    assert calls == [3, 3, 3], f"one trip with the three budgets a request, not {calls}"
+    for key in keys:
+        assert await b.spent(key) == pytest.approx(0.75)
+
+    # one budget near its edge: no lease for it, so none together; each decides as ever
+    await b.settle(["budget:team:t:total:total"], "elsewhere", 99.0)  # 99.75 of 100 spent
+    calls.clear()
+    results = []
+    for i in range(3):
+        claims = [Claim(key, 100.0, 0.2, 900) for key in keys]
+        result = await a.reserve(claims, f"e{i}")
+        results.append(result.ok)
+        if result.ok:
+            await a.settle(keys, f"e{i}", 0.2)
+    # 0.25 left: one request of 0.20, then one alone past the edge (as ever), then refused
+    assert results == [True, True, False]
+    assert await b.spent("budget:team:t:total:total") == pytest.approx(100.15)
+    assert calls[0] == 3 and 3 not in calls[1:], "tried together once (this process did not know), refused whole, then each alone"
+    for key in keys[:2]:
+        assert await b.spent(key) == pytest.approx(0.75 + 0.4), "the refused pair took nothing"

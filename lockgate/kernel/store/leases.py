@@ -531,6 +531,13 @@ class LeasedStore(Store):
         self._start_janitor()
         taken: dict[str, tuple[BudgetLease, float]] = {}
         direct: list[str] = []
+        # Several budgets without a lease with room (a key's, a user's and a team's, which
+        # go idle together): their new leases in one store call, not one after the other.
+        # Only fresh leases (no old one to shrink first), all or none; otherwise, or refused,
+        # each budget is leased (or reserved in the store) on its own below, as ever.
+        lacking = [claim for claim in claims if self._budget_room(claim) is None]
+        if len(lacking) > 1:
+            await self._landed([c.key for c in lacking], functools.partial(self._budget_leases_together, lacking))
         try:
             for index, claim in enumerate(claims):
                 lease = self._budget_room(claim)
@@ -583,6 +590,37 @@ class LeasedStore(Store):
     def _budget_room(self, claim: Claim, now: float | None = None) -> BudgetLease | None:
         lease = self.budgets.get(claim.key)
         return lease if lease is not None and lease.room(claim.amount, time.monotonic() if now is None else now) else None
+
+    def _budget_lease_size(self, claim: Claim) -> float | None:
+        """A fresh lease's size for the claim's budget: FRACTION of what the store last said
+        is left; None when a lease would not be worth it (the request alone decides)."""
+        lease = self.budgets.get(claim.key)
+        seen = self._seen_total(claim.key)  # the store's latest word, else what it said at the lease's grant
+        left = claim.limit - (seen if seen is not None else lease.spent + lease.reserved if lease is not None else 0.0)
+        size = left * FRACTION
+        return size if size > claim.amount else None
+
+    async def _budget_leases_together(self, claims: Sequence[Claim]) -> None:
+        """Fresh leases for several budgets in one store call (one entry id: each budget's
+        reservations are a ledger of their own); none made when any of them has an old
+        lease to shrink first, is not worth a lease, or does not fit."""
+        claims = [claim for claim in claims if self._budget_room(claim) is None]  # (made meanwhile: not again)
+        if len(claims) < 2 or any(claim.key in self.budgets for claim in claims):
+            return
+        sizes = [self._budget_lease_size(claim) for claim in claims]
+        if any(size is None for size in sizes):
+            return
+        entry = new_id()
+        wanted = [Claim(c.key, c.limit, size, c.ttl_s, alone=False) for c, size in zip(claims, sizes, strict=True) if size is not None]
+        result = await self.inner.reserve(wanted, entry)
+        if not result.ok:
+            if result.failed is not None:  # what is left there, for the next size
+                index = result.failed
+                self.seen[wanted[index].key] = (result.spent[index] + result.reserved[index], time.monotonic())
+            return
+        now = time.monotonic()
+        for claim, spent, reserved in zip(wanted, result.spent, result.reserved, strict=True):
+            self.budgets[claim.key] = BudgetLease(entry, claim.amount, claim.limit, now, spent, reserved)
 
     async def _budget_lease(self, claim: Claim) -> bool:
         """Makes sure a lease has room for the claim (a new one if need be); False when
