@@ -493,6 +493,19 @@ async def test_a_lease_renewed_for_a_request_is_taken_by_it_not_stranded():
     assert await inner.used(claims[0].key) == 3
 
 
+def batch_sizes(store, method: str) -> list[int]:
+    """The sizes of the batches `store.method(batch, entry)` is called with, as it is."""
+    sizes: list[int] = []
+    real = getattr(store, method)
+
+    async def counted(batch, entry):
+        sizes.append(len(batch))
+        return await real(batch, entry)
+
+    setattr(store, method, counted)
+    return sizes
+
+
 async def test_a_requests_lapsed_leases_are_renewed_in_one_store_call(two_workers, monkeypatch):
     """A request's rpm and tpm leases close together (a window lease serves one second):
     a request a few seconds after the last one used to renew them one after the other,
@@ -502,14 +515,7 @@ async def test_a_requests_lapsed_leases_are_renewed_in_one_store_call(two_worker
     a, b = two_workers
     monkeypatch.setattr(lease_module, "WINDOW_LEASE_S", 0.05)
     claims = [Claim("throttle:p:u:rpm", 1000, 1, 60, adjustable=False), Claim("throttle:p:u:tpm", 10**6, 100, 60, adjustable=True)]
-    calls: list[int] = []
-    real = a.inner.claim
-
-    async def counted(batch, entry):
-        calls.append(len(batch))
-        return await real(batch, entry)
-
-    a.inner.claim = counted
+    calls = batch_sizes(a.inner, "claim")
     for i in range(4):
         result = await a.claim(claims, f"q{i}")
         assert result.ok
@@ -538,14 +544,7 @@ async def test_a_requests_idle_budgets_are_leased_in_one_store_call(two_workers)
     decided on its own, as without leases."""
     a, b = two_workers
     keys = ["budget:key:k:total:total", "budget:user:u:total:total", "budget:team:t:total:total"]
-    calls: list[int] = []
-    real = a.inner.reserve
-
-    async def counted(batch, entry):
-        calls.append(len(batch))
-        return await real(batch, entry)
-
-    a.inner.reserve = counted
+    calls = batch_sizes(a.inner, "reserve")
     for i in range(3):
         claims = [Claim(key, 100.0, 0.5, 900) for key in keys]
         assert (await a.reserve(claims, f"r{i}")).ok
