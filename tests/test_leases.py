@@ -526,6 +526,17 @@ async def test_a_requests_lapsed_leases_are_renewed_in_one_store_call(two_worker
     assert await a.used("throttle:p:u:rpm") == 4
     assert await a.used("throttle:p:u:tpm") == 4 * 90, "each request counts what it used, as without leases"
 
+    # the same key twice (two identical limits in a policy): never leased together, so it
+    # gets one lease, not two installed over each other under one entry id
+    twice = [Claim("throttle:d:u:rpm", 1000, 1, 60, adjustable=False)] * 2
+    calls.clear()
+    for i in range(2):
+        assert (await a.claim(twice, f"d{i}")).ok
+        await asyncio.sleep(0.06)
+    assert calls == [1, 1], calls
+    await a.tidy(everything=True)
+    assert await a.used("throttle:d:u:rpm") == 4, "each claim of the pair counted"
+
     # near the edge of one of the two: the pair is refused at lease size, each key alone decides
     edge = [Claim("throttle:e:u:rpm", 5, 1, 60, adjustable=False), Claim("throttle:e:u:tpm", 10**6, 100, 60, adjustable=True)]
     results = await asyncio.gather(*(store.claim(edge, f"e{i}") for i, store in enumerate([a, b] * 8)))

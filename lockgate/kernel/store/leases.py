@@ -64,6 +64,12 @@ SLOT_PREFIX = "lease:"
 log = get_logger("lockgate.store")
 
 
+def distinct(claims: Sequence[Claim]) -> bool:
+    """No key twice (two identical limits in a policy name one ledger): only such claims
+    are leased together, one lease a key; a repeated key is leased one claim at a time."""
+    return len({claim.key for claim in claims}) == len(claims)
+
+
 @dataclass(slots=True)
 class WindowLease:
     entry: str
@@ -307,7 +313,7 @@ class LeasedStore(Store):
         # does not fit at its lease's size), each key is renewed on its own below, as ever.
         now = time.monotonic()
         lacking = [claim for claim in claims if not self._room(claim, now)]
-        if len(lacking) > 1:
+        if len(lacking) > 1 and distinct(lacking):
             await self._landed([c.key for c in lacking], functools.partial(self._renew_together, lacking))
         for _ in range(3):
             granted = self.claim_now(claims, entry_id)
@@ -536,7 +542,7 @@ class LeasedStore(Store):
         # Only fresh leases (no old one to shrink first), all or none; otherwise, or refused,
         # each budget is leased (or reserved in the store) on its own below, as ever.
         lacking = [claim for claim in claims if self._budget_room(claim) is None]
-        if len(lacking) > 1:
+        if len(lacking) > 1 and distinct(lacking):
             await self._landed([c.key for c in lacking], functools.partial(self._budget_leases_together, lacking))
         try:
             for index, claim in enumerate(claims):
