@@ -57,6 +57,14 @@ def replay(ctx: Ctx, receive):
     return replayed
 
 
+def inspect(ctx: Ctx, message: Message) -> None:
+    """What each layer does with an answer's message (the same work stacked or fused)."""
+    if message["type"] == "http.response.start":
+        ctx.seen += message["status"]
+    elif message["type"] == "http.response.body" and not message.get("more_body", False):
+        ctx.seen += 1
+
+
 class Layer:
     """One of six stacked layers."""
 
@@ -76,10 +84,7 @@ class Layer:
         ctx: Ctx = scope["state"]["ctx"]
 
         async def wrapped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                ctx.seen += message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                ctx.seen += 1
+            inspect(ctx, message)
             await send(message)
 
         await self.app(scope, replay(ctx, receive), wrapped)
@@ -106,10 +111,7 @@ class Fused:
 
         async def wrapped(message: Message) -> None:
             for _ in active:
-                if message["type"] == "http.response.start":
-                    ctx.seen += message["status"]
-                elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                    ctx.seen += 1
+                inspect(ctx, message)
             await send(message)
 
         await self.app(scope, replay(ctx, receive), wrapped)
