@@ -305,9 +305,6 @@ class LeasedStore(Store):
 
     # -- rate windows and slots -----------------------------------------------------------
     async def claim(self, claims: Sequence[Claim], entry_id: str) -> ClaimResult:
-        granted = self.claim_now(claims, entry_id)
-        if granted is not None:
-            return granted
         # Several keys without room (a request's rpm and tpm, whose leases close together):
         # their new leases in one store call, not one after the other. Refused (one of them
         # does not fit at its lease's size), each key is renewed on its own below, as ever.
@@ -597,10 +594,10 @@ class LeasedStore(Store):
         lease = self.budgets.get(claim.key)
         return lease if lease is not None and lease.room(claim.amount, time.monotonic() if now is None else now) else None
 
-    def _budget_lease_size(self, claim: Claim) -> float | None:
-        """A fresh lease's size for the claim's budget: FRACTION of what the store last said
-        is left; None when a lease would not be worth it (the request alone decides)."""
-        lease = self.budgets.get(claim.key)
+    def _budget_lease_size(self, claim: Claim, lease: BudgetLease | None) -> float | None:
+        """A new lease's size for the claim's budget (`lease`: the one it replaces): FRACTION
+        of what the store last said is left; None when a lease would not be worth it (the
+        request alone decides, in the store)."""
         seen = self._seen_total(claim.key)  # the store's latest word, else what it said at the lease's grant
         left = claim.limit - (seen if seen is not None else lease.spent + lease.reserved if lease is not None else 0.0)
         size = left * FRACTION
@@ -613,7 +610,7 @@ class LeasedStore(Store):
         claims = [claim for claim in claims if self._budget_room(claim) is None]  # (made meanwhile: not again)
         if len(claims) < 2 or any(claim.key in self.budgets for claim in claims):
             return
-        sizes = [self._budget_lease_size(claim) for claim in claims]
+        sizes = [self._budget_lease_size(claim, None) for claim in claims]
         if any(size is None for size in sizes):
             return
         entry = new_id()
@@ -637,11 +634,9 @@ class LeasedStore(Store):
         lease = self.budgets.get(claim.key)
         if lease is not None:
             await self._shrink(claim.key, lease)
-        seen = self._seen_total(claim.key)  # the store's latest word, else what it said at the lease's grant
-        left = claim.limit - (seen if seen is not None else lease.spent + lease.reserved if lease is not None else 0.0)
-        size = left * FRACTION
-        if size <= claim.amount:
-            return False  # not worth a lease: this request alone decides, in the store
+        size = self._budget_lease_size(claim, lease)
+        if size is None:
+            return False
         entry = new_id()
         # a lease must fit whole: only one request's own reservation may pass the edge alone
         result = await self.inner.reserve([Claim(claim.key, claim.limit, size, claim.ttl_s, alone=False)], entry)
