@@ -581,3 +581,31 @@ async def test_a_requests_idle_budgets_are_leased_in_one_store_call(two_workers)
     assert calls[0] == 3 and 3 not in calls[1:], "tried together once (this process did not know), refused whole, then each alone"
     for key in keys[:2]:
         assert await b.spent(key) == pytest.approx(0.75 + 0.4), "the refused pair took nothing"
+
+
+async def test_leases_renewed_together_land_after_their_request_left_and_go_back():
+    """The together path keeps the single path's promise: the store granted two keys' (or
+    two budgets') leases in one call but answered after the request's deadline; they are
+    installed all the same and given back, and no lock outlives them."""
+    inner = Flaky()
+    store = LeasedStore(inner)
+    inner.delay = 0.05
+    rates = [Claim("throttle:t:u:rpm", 1000, 1, 60, adjustable=False), Claim("throttle:t:u:tpm", 10**6, 10, 60, adjustable=True)]
+    budgets = [Claim("budget:key:k:total:total", 100.0, 1.0, 900), Claim("budget:team:t:total:total", 100.0, 1.0, 900)]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await store.claim(rates, "r1")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await store.reserve(budgets, "r2")
+    assert inner.calls == {"claim": 1, "reserve": 1}, "one store call each, for both keys"
+    await store.adjust_many([(rates[1].key, "r1", None)])  # the middlewares' undo
+    await store.settle([b.key for b in budgets], "r2", 0.0)
+    await asyncio.sleep(0.1)  # the store's late answers arrive
+    assert [await inner.used(c.key) > 0 for c in rates] == [True, True], "the leases landed"
+    assert all(inner.reserved(b.key) > 0 for b in budgets)
+    assert {c.key for c in rates} <= store.windows.keys() and {b.key for b in budgets} <= store.budgets.keys(), "and this process knows them"
+    inner.delay = 0.0
+    await store.tidy(everything=True)
+    assert await inner.used(rates[1].key) == 0 and all(inner.reserved(b.key) == 0 for b in budgets), "given back"
+    assert store.locks == {}, "no lock is kept for keys nobody renews"
