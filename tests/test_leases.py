@@ -609,3 +609,32 @@ async def test_leases_renewed_together_land_after_their_request_left_and_go_back
     await store.tidy(everything=True)
     assert await inner.used(rates[1].key) == 0 and all(inner.reserved(b.key) == 0 for b in budgets), "given back"
     assert store.locks == {}, "no lock is kept for keys nobody renews"
+
+
+async def test_a_store_that_fails_a_together_renewal_fails_the_request_and_leaves_nothing():
+    """The store fails the one call that renews a request's leases together: the request
+    gets the failure (the guard makes it a 503 or, open, an unchecked pass), nothing is
+    installed or held, no lock is kept, and once the store answers the next request
+    renews together and counts exactly, as if the failed one had never come."""
+    inner = Flaky()
+    store = LeasedStore(inner)
+    rates = [Claim("throttle:t:u:rpm", 1000, 1, 60, adjustable=False), Claim("throttle:t:u:tpm", 10**6, 10, 60, adjustable=True)]
+    budgets = [Claim("budget:key:k:total:total", 100.0, 1.0, 900), Claim("budget:team:t:total:total", 100.0, 1.0, 900)]
+    inner.fail |= {"claim", "reserve"}
+    with pytest.raises(OSError):
+        await store.claim(rates, "r1")
+    with pytest.raises(OSError):
+        await store.reserve(budgets, "r2")
+    assert store.windows == {} and store.budgets == {} and store.holdings == {}, "nothing installed"
+    assert store.locks == {}, "no lock kept"
+    assert [await inner.used(c.key) for c in rates] == [0, 0]
+    assert not any(b.key in inner.budgets and inner.reserved(b.key) for b in budgets), "nothing held in the store"
+
+    assert (await store.claim(rates, "r3")).ok and (await store.reserve(budgets, "r4")).ok
+    assert inner.calls == {"claim": 1, "reserve": 1}, "the store back: one call each, together again"
+    await store.adjust("throttle:t:u:tpm", "r3", 7)
+    await store.settle([b.key for b in budgets], "r4", 0.5)
+    await store.tidy(everything=True)
+    assert [await inner.used(c.key) for c in rates] == [1, 7], "only the request that was served counts"
+    assert [await inner.spent(b.key) for b in budgets] == [0.5, 0.5]
+    assert [inner.reserved(b.key) for b in budgets] == [0, 0] and store.locks == {}
