@@ -386,8 +386,8 @@ class LeasedStore(Store):
         renewed one by one (`_renew`), which knows how to shrink a lease or give back."""
         now = time.monotonic()
         claims = [claim for claim in claims if not self._room(claim, now)]  # (made meanwhile: not again)
-        if not claims:
-            return
+        if len(claims) < 2:
+            return  # one key left: `_renew` alone, which shrinks the lease when refused
         sizes = [self._lease_size(claim) for claim in claims]
         entry = new_id()
         result = await self.inner.claim([Claim(c.key, c.limit, size, ttl) for c, (size, _, ttl) in zip(claims, sizes, strict=True)], entry)
